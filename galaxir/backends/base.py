@@ -1,0 +1,198 @@
+"""The backend contract every target implements, the backend registry (with the
+``galaxir.backends`` entry point group for third-party plugins) and ``Executable``,
+which validates inputs before any backend code runs."""
+from __future__ import annotations
+
+import abc
+from importlib import metadata
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CompileError, InputValidationError, UnsupportedOpError
+from ..ir import Module
+from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
+
+ENTRY_POINT_GROUP = "galaxir.backends"
+
+
+class Backend(abc.ABC):
+    """A compilation target.  Subclasses set ``name`` and implement ``compile``."""
+
+    name: str = ""
+
+    def supported_ops(self) -> set[str] | None:
+        """Op names this backend runs natively; None means every op."""
+        return None
+
+    def patterns(self, level: int) -> list:
+        """Rewrite patterns this backend adds at optimization ``level`` (its extended rules)."""
+        return []
+
+    def passes(self, level: int) -> list:
+        """Whole passes this backend adds at ``level``, run after the generic ones."""
+        return []
+
+    @abc.abstractmethod
+    def compile(self, module: Module, **options: Any) -> "Executable":
+        """Turn a verified module into something callable."""
+
+
+class Executable(abc.ABC):
+    """A compiled module: ``exe(*arrays) -> tuple`` or ``exe.run({name: array}) -> dict``.
+
+    Inputs are checked against the graph signature (names, dtypes, rank, static dims,
+    symbolic dims bound consistently) before ``_execute`` sees them.
+    """
+
+    def __init__(self, module: Module):
+        self.module = module
+        self.input_names = list(module.graph.input_names)
+        self.input_types = [v.type for v in module.graph.inputs]
+        self.output_names = list(module.graph.output_names)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple:
+        if args and kwargs:
+            raise InputValidationError("pass inputs either positionally or by name, not both")
+        if kwargs:
+            feeds = kwargs
+        else:
+            if len(args) != len(self.input_names):
+                raise InputValidationError(
+                    f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                    f"got {len(args)}")
+            feeds = dict(zip(self.input_names, args))
+        return tuple(self._execute(self.validate(feeds)))
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        outs = self._execute(self.validate(feeds))
+        return dict(zip(self.output_names, outs))
+
+    def validate(self, feeds: Mapping[str, Any]) -> list[Any]:
+        missing = [n for n in self.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.input_names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if extra:
+                parts.append(f"unknown input(s) {extra}")
+            raise InputValidationError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
+        bindings: dict[str, int] = {}
+        return [check_value(feeds[n], t, n, bindings) for n, t in zip(self.input_names, self.input_types)]
+
+    @abc.abstractmethod
+    def _execute(self, inputs: list[Any]) -> list[Any]:
+        """Run on validated inputs, in graph input order; return outputs in order."""
+
+    def report(self) -> str:
+        """Where each op ran; backends that partition override this."""
+        return f"all {self.module.num_ops} ops run on {type(self).__name__}"
+
+
+def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> Any:
+    """Check one runtime value against a declared type; returns it in canonical form."""
+    if isinstance(ty, AnyType):
+        return value
+    if isinstance(ty, OptionalType):
+        return None if value is None else check_value(value, ty.elem, name, bindings)
+    if isinstance(ty, SequenceType):
+        if not isinstance(value, (list, tuple)):
+            raise InputValidationError(f"input '{name}': expected a sequence (list of tensors), "
+                                       f"got {type(value).__name__}")
+        return [check_value(v, ty.elem, f"{name}[{i}]", {}) for i, v in enumerate(value)]
+    if not isinstance(ty, TensorType):
+        return value
+    if not isinstance(value, np.ndarray):
+        if isinstance(value, (int, float, bool, np.generic)) or (
+                isinstance(value, (list, tuple)) and ty.dtype is not DType.string):
+            value = np.asarray(value, dtype=ty.dtype.numpy)
+        elif isinstance(value, (list, tuple, str)):
+            value = np.asarray(value, dtype=object)
+        else:
+            raise InputValidationError(f"input '{name}': expected a numpy array of {ty}, got "
+                                       f"{type(value).__name__}")
+    got = value.dtype
+    if ty.dtype is DType.string:
+        if got.kind not in "OUS":
+            raise InputValidationError(f"input '{name}': expected dtype string, got {got}")
+        value = value.astype(object) if got.kind != "O" else value
+    elif got != ty.dtype.numpy:
+        raise InputValidationError(f"input '{name}': expected dtype {ty.dtype.name}, got {got}")
+    if ty.shape is not None:
+        if value.ndim != len(ty.shape):
+            raise InputValidationError(f"input '{name}': expected rank {len(ty.shape)} ({ty}), "
+                                       f"got shape {list(value.shape)}")
+        for axis, (want, have) in enumerate(zip(ty.shape, value.shape)):
+            if isinstance(want, int) and want != have:
+                raise InputValidationError(f"input '{name}': dim {axis} must be {want} ({ty}), "
+                                           f"got shape {list(value.shape)}")
+            if isinstance(want, str) and want != UNKNOWN:
+                bound = bindings.setdefault(want, have)
+                if bound != have:
+                    raise InputValidationError(
+                        f"input '{name}': dim {axis} is symbol '{want}', bound to {bound} by an "
+                        f"earlier input, but is {have} here")
+    return value
+
+
+# -- the registry -------------------------------------------------------------------------
+_BACKENDS: dict[str, type[Backend] | Backend] = {}
+
+
+def register_backend(name: str, backend: type[Backend] | Backend) -> None:
+    _BACKENDS[name] = backend
+
+
+def _load_entry_points() -> None:
+    try:
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except TypeError:  # Python < 3.10 API
+        eps = metadata.entry_points().get(ENTRY_POINT_GROUP, [])
+    for ep in eps:
+        if ep.name not in _BACKENDS:
+            _BACKENDS[ep.name] = ep  # loaded lazily
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered under ``name`` (built-in or from an entry point)."""
+    _builtin()
+    if name not in _BACKENDS:
+        _load_entry_points()
+    entry = _BACKENDS.get(name)
+    if entry is None:
+        raise CompileError(f"no backend named '{name}'; available: {sorted(available_backends())}")
+    if isinstance(entry, metadata.EntryPoint):
+        try:
+            entry = entry.load()
+        except Exception as e:
+            raise CompileError(f"backend plugin '{name}' failed to load: {e}") from e
+        _BACKENDS[name] = entry
+    return entry() if isinstance(entry, type) else entry
+
+
+def available_backends() -> list[str]:
+    _builtin()
+    _load_entry_points()
+    return sorted(_BACKENDS)
+
+
+def _builtin() -> None:
+    if "numpy" not in _BACKENDS:
+        from .numpy import NumpyBackend
+        _BACKENDS["numpy"] = NumpyBackend
+    if "cpu" not in _BACKENDS:
+        try:
+            from .cpu import CpuBackend
+        except ImportError:
+            return
+        _BACKENDS["cpu"] = CpuBackend
+
+
+def check_supported(module: Module, backend: Backend) -> None:
+    supported = backend.supported_ops()
+    if supported is None:
+        return
+    for op in module.walk():
+        if not op.is_terminator and op.name not in supported:
+            raise UnsupportedOpError(f"backend '{backend.name}' does not support op '{op.name}'")

@@ -1,0 +1,31 @@
+"""The ONNX frontend: import ONNX models into galaxir modules (and export them back)."""
+from __future__ import annotations
+
+from ...ir import Module
+from .importer import CONVERTERS, ConvertContext, GraphImporter, ModelInfo, converter, simple
+from .loader import ModelSource, check_model, load_model
+
+
+def import_onnx(source: ModelSource, check: bool = True) -> Module:
+    """Import a ModelProto, a path or serialized bytes; the result is verified."""
+    model, base_dir = load_model(source)
+    if check:
+        check_model(model)
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+    if "" not in opsets:
+        opsets[""] = 1
+    functions = {(f.domain, f.name): f for f in model.functions}
+    imp = GraphImporter(ModelInfo(opsets, functions, base_dir))
+    graph = imp.import_main(model.graph)
+    meta = {"producer": model.producer_name or "", "source": "onnx",
+            "onnx_opset": str(opsets.get("", 1)), "ir_version": str(model.ir_version)}
+    if model.producer_version:
+        meta["producer_version"] = model.producer_version
+    for p in model.metadata_props:
+        meta[f"onnx.{p.key}"] = p.value
+    m = Module(graph, name=model.graph.name or "main", metadata=meta)
+    m.verify()
+    return m
+
+
+__all__ = ["import_onnx", "converter", "simple", "ConvertContext", "CONVERTERS"]

@@ -1,0 +1,37 @@
+"""Deep copies of graphs and modules (weights are shared: attributes are immutable)."""
+from __future__ import annotations
+
+from .core import Block, Graph, Module, Operation, Region, Value
+
+
+def clone_op(op: Operation, mapping: dict[int, Value]) -> Operation:
+    """Copy ``op`` (regions included), remapping operands through ``mapping``; the copy's
+    results are added to ``mapping``.  Values not in ``mapping`` (outer scope) are kept."""
+    operands = [None if v is None else mapping.get(id(v), v) for v in op.operands]
+    regions = [clone_region(r, mapping) for r in op.regions]
+    new = Operation(op.name, operands, [r.type for r in op.results], dict(op.attrs), regions,
+                    [r.name for r in op.results], op.provenance, op.created_by)
+    for old, r in zip(op.results, new.results):
+        mapping[id(old)] = r
+    return new
+
+
+def clone_block_into(src: Block, dst: Block, mapping: dict[int, Value]) -> None:
+    for op in src:
+        dst.append(clone_op(op, mapping))
+
+
+def clone_region(region: Region, mapping: dict[int, Value]) -> Region:
+    block = Block([a.type for a in region.block.args], [a.name for a in region.block.args])
+    for old, new in zip(region.block.args, block.args):
+        mapping[id(old)] = new
+    clone_block_into(region.block, block, mapping)
+    return Region(block)
+
+
+def clone_module(m: Module) -> Module:
+    g = Graph([a.type for a in m.graph.inputs], m.graph.input_names)
+    mapping = {id(old): new for old, new in zip(m.graph.inputs, g.inputs)}
+    clone_block_into(m.graph.block, g.block, mapping)
+    g.output_names = list(m.graph.output_names)
+    return Module(g, m.name, dict(m.metadata))

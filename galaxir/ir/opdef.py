@@ -1,0 +1,161 @@
+"""Op definitions: each op is declared once, with its operands, attributes, result count,
+type inference and verifier, in a registry users can extend from outside the package.
+
+    from galaxir.ir import opdef, TensorType
+    opdef.define("my.scale", operands=["x"], attrs={"factor": opdef.attr("float", 1.0)},
+                 infer=lambda op: [op.operand_types[0]])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import ShapeInferenceError, VerificationError
+from .types import DType, Type
+
+if TYPE_CHECKING:
+    from .core import Operation
+
+ATTR_KINDS = ("int", "float", "str", "bool", "ints", "floats", "strs", "tensor", "dtype",
+              "type", "any")
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    kind: str
+    default: Any = None
+    required: bool = False
+
+    def check(self, value: Any) -> bool:
+        k = self.kind
+        if k == "any":
+            return True
+        if k == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if k == "float":
+            return isinstance(value, (float, int)) and not isinstance(value, bool)
+        if k == "str":
+            return isinstance(value, str)
+        if k == "bool":
+            return isinstance(value, bool)
+        if k == "ints":
+            return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if k == "floats":
+            return isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value)
+        if k == "strs":
+            return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        if k == "tensor":
+            return isinstance(value, np.ndarray)
+        if k == "dtype":
+            return isinstance(value, DType)
+        if k == "type":
+            return isinstance(value, Type)
+        return False
+
+
+def attr(kind: str, default: Any = None, required: bool = False) -> AttrSpec:
+    if kind not in ATTR_KINDS:
+        raise ValueError(f"unknown attribute kind {kind!r}; one of {ATTR_KINDS}")
+    return AttrSpec(kind, default, required)
+
+
+InferFn = Callable[["Operation"], "list[Type]"]
+
+
+@dataclass
+class OpDef:
+    """What an op is: its signature, type rules, verifier and (for composites) decomposition.
+
+    ``operands`` lists names; a trailing ``?`` marks an optional operand (may be None), a
+    trailing ``*`` a variadic tail.  ``num_results`` is an int, or None when the op says
+    how many results it has at creation (e.g. split).  ``regions`` is how many regions.
+    ``decompose(builder, op) -> list[Value]`` rewrites a composite op into core ops.
+    """
+
+    name: str
+    operands: tuple[str, ...] = ()
+    attrs: dict[str, AttrSpec] = field(default_factory=dict)
+    infer: InferFn | None = None
+    num_results: int | None = 1
+    regions: int = 0
+    verify: Callable[["Operation"], None] | None = None
+    decompose: Callable | None = None
+    pure: bool = True
+    doc: str = ""
+
+    @property
+    def min_operands(self) -> int:
+        return sum(1 for o in self.operands if not o.endswith(("?", "*")))
+
+    @property
+    def max_operands(self) -> int | None:
+        if any(o.endswith("*") for o in self.operands):
+            return None
+        return len(self.operands)
+
+    @property
+    def is_composite(self) -> bool:
+        return self.decompose is not None
+
+    def infer_types(self, op: "Operation") -> list[Type] | None:
+        if self.infer is None:
+            return None
+        try:
+            return list(self.infer(op))
+        except (ShapeInferenceError, VerificationError):
+            raise
+        except Exception as e:  # a rule that crashed on odd input: name the op
+            raise ShapeInferenceError(f"{describe(op)}: type inference failed: {e}") from e
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def register(od: OpDef, replace: bool = False) -> OpDef:
+    if od.name in _REGISTRY and not replace:
+        raise ValueError(f"op {od.name!r} is already defined")
+    _REGISTRY[od.name] = od
+    return od
+
+
+def define(name: str, operands=(), attrs=None, infer=None, num_results=1, regions=0,
+           verify=None, decompose=None, pure=True, doc="", replace=False) -> OpDef:
+    """Declare an op and register it; returns its OpDef."""
+    return register(OpDef(name, tuple(operands), dict(attrs or {}), infer, num_results, regions,
+                          verify, decompose, pure, doc), replace=replace)
+
+
+def lookup(name: str) -> OpDef | None:
+    _ensure_loaded()
+    return _REGISTRY.get(name)
+
+
+def all_ops() -> dict[str, OpDef]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+_loaded = False
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from . import ops  # noqa: F401  (registers the built-in op set)
+
+
+def describe(op: "Operation") -> str:
+    """How error messages name an op: kind, position in its block, and source node."""
+    pos = "?"
+    if op.parent is not None:
+        for i, o in enumerate(op.parent):
+            if o is op:
+                pos = str(i)
+                break
+    src = f" (from {', '.join(op.provenance)})" if op.provenance else ""
+    depth = sum(1 for _ in op.ancestors)
+    nest = f" in a region nested {depth} deep" if depth else ""
+    return f"op '{op.name}' #{pos}{nest}{src}"

@@ -1,0 +1,126 @@
+"""Structural ops: constants, the block terminator, and control flow with regions."""
+from __future__ import annotations
+
+from ..opdef import attr, define
+from ..types import UNKNOWN, DType, TensorType, Type, types_compatible
+from .rules import fail, tensor_operand
+
+
+def _constant_type(op) -> list[Type]:
+    v = op.attrs.get("value")
+    if v is None:
+        raise fail(op, "needs a 'value' tensor attribute")
+    return [TensorType(DType.from_numpy(v.dtype), v.shape)]
+
+
+define("constant", attrs={"value": attr("tensor", required=True)}, infer=_constant_type,
+       doc="A tensor known at compile time (weights, folded values).")
+
+define("return", operands=["values*"], num_results=0,
+       doc="Terminates a block; its operands are the block's results.")
+
+
+def _region_result_types(region) -> list[Type]:
+    return [v.type if v is not None else TensorType(DType.float32, None) for v in region.block.results]
+
+
+def _merge(a: Type, b: Type) -> Type:
+    """The type both branches can produce: shared dims kept, differing dims unknown."""
+    if isinstance(a, TensorType) and isinstance(b, TensorType) and a.dtype == b.dtype:
+        if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+            return TensorType(a.dtype, None)
+        return TensorType(a.dtype, tuple(x if x == y else UNKNOWN for x, y in zip(a.shape, b.shape)))
+    return a
+
+
+def _if_infer(op) -> list[Type]:
+    then_t = _region_result_types(op.regions[0])
+    else_t = _region_result_types(op.regions[1])
+    return [_merge(a, b) for a, b in zip(then_t, else_t)]
+
+
+def _if_verify(op) -> None:
+    n = len(op.results)
+    for i, region in enumerate(op.regions):
+        got = len(region.block.results)
+        if got != n:
+            raise fail(op, f"branch {i} returns {got} values, expected {n} (one per result)")
+        if region.block.args:
+            raise fail(op, f"branch {i} must take no arguments, has {len(region.block.args)}")
+
+
+define("if", operands=["cond"], num_results=None, regions=2, infer=_if_infer, verify=_if_verify,
+       doc="Runs region 0 when cond is true, else region 1; results are the branch's results.")
+
+
+def _loop_infer(op) -> list[Type]:
+    body = _region_result_types(op.regions[0])[1:]
+    n_carried = len(op.operands) - 2
+    out = []
+    for i, t in enumerate(body):
+        if i < n_carried:
+            out.append(t)
+        elif isinstance(t, TensorType):  # scan outputs gain a leading iteration dim
+            out.append(TensorType(t.dtype, None if t.shape is None else (UNKNOWN,) + t.shape))
+        else:
+            out.append(t)
+    return out
+
+
+def _loop_verify(op) -> None:
+    body = op.regions[0].block
+    n_carried = len(op.operands) - 2
+    if len(op.operands) < 2:
+        raise fail(op, "needs operands (max_trip_count?, cond?, carried...)")
+    if len(body.args) != n_carried + 2:
+        raise fail(op, f"body takes {len(body.args)} arguments, expected {n_carried + 2} "
+                       "(iteration number, condition, then one per carried value)")
+    if len(body.results) < n_carried + 1:
+        raise fail(op, f"body returns {len(body.results)} values, expected at least {n_carried + 1}")
+    for i in range(n_carried):
+        init = op.operands[i + 2]
+        if init is not None and not types_compatible(body.args[i + 2].type, init.type) and \
+                not types_compatible(init.type, body.args[i + 2].type):
+            raise fail(op, f"carried value {i}: body argument {body.args[i + 2].type} does not "
+                           f"match initial value {init.type}")
+
+
+define("loop", operands=["max_trip_count?", "cond?", "carried*"], num_results=None, regions=1,
+       infer=_loop_infer, verify=_loop_verify,
+       doc="ONNX Loop: body(iter, cond, carried...) -> (cond, carried..., scan_outputs...).")
+
+
+def _scan_infer(op) -> list[Type]:
+    n_scan_in = op.attr("num_scan_inputs")
+    n_state = len(op.operands) - n_scan_in
+    body = _region_result_types(op.regions[0])
+    out_axes = list(op.attr("scan_output_axes", ()) or ())
+    out = list(body[:n_state])
+    for j, t in enumerate(body[n_state:]):
+        if isinstance(t, TensorType) and t.shape is not None:
+            axis = out_axes[j] if j < len(out_axes) else 0
+            rank = len(t.shape) + 1
+            axis = axis + rank if axis < 0 else axis
+            shape = list(t.shape)
+            shape.insert(axis, UNKNOWN)
+            out.append(TensorType(t.dtype, tuple(shape)))
+        else:
+            out.append(t if not isinstance(t, TensorType) else TensorType(t.dtype, None))
+    return out
+
+
+def _scan_verify(op) -> None:
+    n_scan_in = op.attr("num_scan_inputs")
+    if n_scan_in is None or n_scan_in > len(op.operands):
+        raise fail(op, f"num_scan_inputs={n_scan_in} but only {len(op.operands)} operands")
+    if len(op.regions[0].block.args) != len(op.operands):
+        raise fail(op, f"body takes {len(op.regions[0].block.args)} arguments, expected "
+                       f"{len(op.operands)} (one per state and scan input)")
+
+
+define("scan", operands=["inputs*"], num_results=None, regions=1, infer=_scan_infer,
+       verify=_scan_verify,
+       attrs={"num_scan_inputs": attr("int", required=True), "scan_input_axes": attr("ints"),
+              "scan_input_directions": attr("ints"), "scan_output_axes": attr("ints"),
+              "scan_output_directions": attr("ints")},
+       doc="ONNX Scan (opset 9+ form): states then scan inputs; body(states, slices).")
