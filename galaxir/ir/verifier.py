@@ -60,12 +60,13 @@ def verify_block(block: Block, visible: set[int]) -> None:
                 raise VerificationError(f"{describe(op)}: operand {i} is missing from its value's use list")
         if not op.is_terminator:
             check_signature(op)
-            _check_types(op)
         for region in op.regions:
             verify_block(region.block, defined)
         od = op.opdef
-        if od is not None and od.verify is not None:
+        if od is not None and od.verify is not None and not op.is_terminator:
             od.verify(op)
+        if not op.is_terminator:
+            _check_types(op)
         for r in op.results:
             defined.add(id(r))
     if block.terminator is None:

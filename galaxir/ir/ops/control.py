@@ -1,9 +1,12 @@
-"""Structural ops: constants, the block terminator, and control flow with regions."""
+"""Structural ops: constants, the block terminator, and control flow with regions
+(if, loop, scan).  ``merge_types`` is the join used wherever two values may flow into one
+result (if branches, loop-carried values, sequence elements)."""
 from __future__ import annotations
 
 from ..opdef import attr, define
-from ..types import UNKNOWN, DType, TensorType, Type, types_compatible
-from .rules import fail, tensor_operand
+from ..types import (UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type,
+                     types_compatible)
+from .rules import fail
 
 
 def _constant_type(op) -> list[Type]:
@@ -20,23 +23,50 @@ define("return", operands=["values*"], num_results=0,
        doc="Terminates a block; its operands are the block's results.")
 
 
-def _region_result_types(region) -> list[Type]:
-    return [v.type if v is not None else TensorType(DType.float32, None) for v in region.block.results]
-
-
-def _merge(a: Type, b: Type) -> Type:
-    """The type both branches can produce: shared dims kept, differing dims unknown."""
-    if isinstance(a, TensorType) and isinstance(b, TensorType) and a.dtype == b.dtype:
+def merge_types(a: Type | None, b: Type | None) -> Type:
+    """The most precise type that holds a value of either type: shared dims kept,
+    differing dims unknown, differing ranks unknown rank.  Unknown (None/any) gives way."""
+    if a is None or isinstance(a, AnyType):
+        return b if b is not None else AnyType()
+    if b is None or isinstance(b, AnyType):
+        return a
+    if isinstance(a, TensorType) and isinstance(b, TensorType):
+        if a.dtype != b.dtype:
+            return a  # a type error the verifier of the producer reports; keep the first
         if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
             return TensorType(a.dtype, None)
         return TensorType(a.dtype, tuple(x if x == y else UNKNOWN for x, y in zip(a.shape, b.shape)))
+    if isinstance(a, SequenceType) and isinstance(b, SequenceType):
+        return SequenceType(merge_types(a.elem, b.elem))
+    if isinstance(a, OptionalType) and isinstance(b, OptionalType):
+        return OptionalType(merge_types(a.elem, b.elem))
+    if isinstance(a, OptionalType):
+        return OptionalType(merge_types(a.elem, b))
+    if isinstance(b, OptionalType):
+        return OptionalType(merge_types(a, b.elem))
     return a
+
+
+def relax_type(t: Type) -> Type:
+    """``t`` with every dim unknown (rank kept): for values whose shape may change per
+    iteration (loop-carried values)."""
+    if isinstance(t, TensorType):
+        return t if t.shape is None else TensorType(t.dtype, (UNKNOWN,) * len(t.shape))
+    if isinstance(t, SequenceType):
+        return SequenceType(relax_type(t.elem))
+    if isinstance(t, OptionalType):
+        return OptionalType(relax_type(t.elem))
+    return t
+
+
+def _region_result_types(region) -> list[Type]:
+    return [v.type if v is not None else AnyType() for v in region.block.results]
 
 
 def _if_infer(op) -> list[Type]:
     then_t = _region_result_types(op.regions[0])
     else_t = _region_result_types(op.regions[1])
-    return [_merge(a, b) for a, b in zip(then_t, else_t)]
+    return [merge_types(a, b) for a, b in zip(then_t, else_t)]
 
 
 def _if_verify(op) -> None:
@@ -50,7 +80,8 @@ def _if_verify(op) -> None:
 
 
 define("if", operands=["cond"], num_results=None, regions=2, infer=_if_infer, verify=_if_verify,
-       doc="Runs region 0 when cond is true, else region 1; results are the branch's results.")
+       doc="Runs region 0 when cond is true, else region 1; results are the branch's results "
+           "(tensors, sequences or optionals).")
 
 
 def _loop_infer(op) -> list[Type]:
@@ -59,7 +90,9 @@ def _loop_infer(op) -> list[Type]:
     out = []
     for i, t in enumerate(body):
         if i < n_carried:
-            out.append(t)
+            init = op.operands[i + 2]
+            # zero iterations return the initial value: the result holds either
+            out.append(merge_types(t, init.type) if init is not None else t)
         elif isinstance(t, TensorType):  # scan outputs gain a leading iteration dim
             out.append(TensorType(t.dtype, None if t.shape is None else (UNKNOWN,) + t.shape))
         else:
@@ -95,14 +128,27 @@ def _scan_infer(op) -> list[Type]:
     n_state = len(op.operands) - n_scan_in
     body = _region_result_types(op.regions[0])
     out_axes = list(op.attr("scan_output_axes", ()) or ())
-    out = list(body[:n_state])
+    out = [merge_types(t, op.operands[i].type) if op.operands[i] is not None else t
+           for i, t in enumerate(body[:n_state])]
+    in_axes = list(op.attr("scan_input_axes", ()) or ())
+    lengths = []
+    for j, v in enumerate(op.operands[n_state:]):
+        t = v.type if v is not None else None
+        if isinstance(t, TensorType) and t.shape is not None and t.shape:
+            ax = in_axes[j] if j < len(in_axes) else 0
+            ax = ax + len(t.shape) if ax < 0 else ax
+            if 0 <= ax < len(t.shape):
+                lengths.append(t.shape[ax])
+    # the scan length: a static dim if any scan input has one, else a symbol, else unknown
+    length = next((d for d in lengths if isinstance(d, int)),
+                  next((d for d in lengths if d != UNKNOWN), UNKNOWN))
     for j, t in enumerate(body[n_state:]):
         if isinstance(t, TensorType) and t.shape is not None:
             axis = out_axes[j] if j < len(out_axes) else 0
             rank = len(t.shape) + 1
             axis = axis + rank if axis < 0 else axis
             shape = list(t.shape)
-            shape.insert(axis, UNKNOWN)
+            shape.insert(axis, length)
             out.append(TensorType(t.dtype, tuple(shape)))
         else:
             out.append(t if not isinstance(t, TensorType) else TensorType(t.dtype, None))
@@ -116,6 +162,10 @@ def _scan_verify(op) -> None:
     if len(op.regions[0].block.args) != len(op.operands):
         raise fail(op, f"body takes {len(op.regions[0].block.args)} arguments, expected "
                        f"{len(op.operands)} (one per state and scan input)")
+    n_state = len(op.operands) - n_scan_in
+    if len(op.regions[0].block.results) < n_state:
+        raise fail(op, f"body returns {len(op.regions[0].block.results)} values, expected at "
+                       f"least {n_state} (one per state)")
 
 
 define("scan", operands=["inputs*"], num_results=None, regions=1, infer=_scan_infer,
@@ -123,4 +173,5 @@ define("scan", operands=["inputs*"], num_results=None, regions=1, infer=_scan_in
        attrs={"num_scan_inputs": attr("int", required=True), "scan_input_axes": attr("ints"),
               "scan_input_directions": attr("ints"), "scan_output_axes": attr("ints"),
               "scan_output_directions": attr("ints")},
-       doc="ONNX Scan (opset 9+ form): states then scan inputs; body(states, slices).")
+       doc="ONNX Scan (opset 9+ form): states then scan inputs; body(states, slices) -> "
+           "(states, scan_outputs).")

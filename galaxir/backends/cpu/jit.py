@@ -1,0 +1,200 @@
+"""The LLVM side of the cpu backend: a target machine for the host CPU, the O3 pipeline,
+object code emission, a compile cache (in memory, optionally on disk) and loading object
+code into an MCJIT engine.
+
+Object code never holds raw addresses: external routines (BLAS sgemm) are reached through
+named symbols bound with ``llvm.add_symbol``, so a cached object file stays valid in a new
+process.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from ...errors import CompileError
+
+_lock = threading.Lock()
+_state: dict = {}
+_MEMORY_CACHE: dict[str, bytes] = {}
+_MEMORY_CACHE_LIMIT = 256
+
+
+def _llvm():
+    import llvmlite.binding as llvm
+    if "tm" not in _state:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        cpu = llvm.get_host_cpu_name()
+        features = llvm.get_host_cpu_features().flatten()
+        triple = llvm.get_process_triple()
+        target = llvm.Target.from_triple(triple)
+        _state["tm"] = target.create_target_machine(cpu=cpu, features=features, opt=3,
+                                                    jit=True, codemodel="jitdefault")
+        _state["triple"] = triple
+        _state["cpu"] = cpu
+        _state["features"] = features
+        _bind_symbols(llvm)
+    return llvm
+
+
+def target_triple() -> str:
+    _llvm()
+    return _state["triple"]
+
+
+def target_key() -> str:
+    """What object code depends on besides the IR: triple, cpu name and features."""
+    _llvm()
+    return f"{_state['triple']}|{_state['cpu']}|{_state['features']}"
+
+
+def target_data_layout() -> str:
+    _llvm()
+    return str(_state["tm"].target_data)
+
+
+# -- external symbols ---------------------------------------------------------------------
+def _capsule_pointer(capsule) -> int:
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype = ctypes.c_void_p
+    get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get_ptr(capsule, get_name(capsule))
+
+
+def _bind_symbols(llvm) -> None:
+    """Bind ``gx_sgemm`` (Fortran sgemm from scipy's OpenBLAS) and libm routines."""
+    addr = None
+    try:
+        from scipy.linalg import cython_blas
+        addr = _capsule_pointer(cython_blas.__pyx_capi__["sgemm"])
+    except Exception:  # scipy missing: matmul falls back to generated loops
+        addr = None
+    _state["has_blas"] = bool(addr)
+    if addr:
+        llvm.add_symbol("gx_sgemm", addr)
+    libm = ctypes.CDLL(None)
+    for name in ("expf", "logf", "powf", "tanhf", "erff"):
+        try:
+            fn = getattr(libm, name)
+        except AttributeError:
+            continue
+        llvm.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
+
+
+def has_blas() -> bool:
+    _llvm()
+    return _state["has_blas"]
+
+
+_warmed = False
+
+
+def warm_blas() -> None:
+    """OpenBLAS runs small GEMMs slowly until one large GEMM has run: run one once."""
+    global _warmed
+    if _warmed or not has_blas():
+        return
+    _warmed = True
+    try:
+        import numpy as np
+        from scipy.linalg import blas
+        a = np.ones((512, 512), np.float32, order="F")
+        blas.sgemm(1.0, a, a)
+    except Exception:
+        pass
+
+
+# -- compile and cache --------------------------------------------------------------------
+def cache_key(llvm_ir: str) -> str:
+    from ... import __version__
+    h = hashlib.sha256()
+    h.update(llvm_ir.encode())
+    h.update(target_key().encode())
+    h.update(f"galaxir-{__version__}".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path | None:
+    d = os.environ.get("GALAXIR_CACHE_DIR")
+    return Path(d) if d else None
+
+
+def compile_ir(llvm_ir: str, cache_dir: str | os.PathLike | None = None) -> tuple[bytes, str]:
+    """Object code for ``llvm_ir``; returns (object bytes, where it came from:
+    'memory', 'disk' or 'compiled')."""
+    llvm = _llvm()
+    key = cache_key(llvm_ir)
+    with _lock:
+        obj = _MEMORY_CACHE.get(key)
+    if obj is not None:
+        return obj, "memory"
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{key}.o"
+        try:
+            obj = path.read_bytes()
+        except OSError:
+            obj = None
+        if obj:
+            _remember(key, obj)
+            return obj, "disk"
+    try:
+        mod = llvm.parse_assembly(llvm_ir)
+        mod.verify()
+    except RuntimeError as e:
+        raise CompileError(f"cpu backend generated invalid LLVM IR: {e}") from e
+    tm = _state["tm"]
+    with _lock:
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pto.loop_unrolling = True
+        pb = llvm.create_pass_builder(tm, pto)
+        mpm = pb.getModulePassManager()
+        mpm.run(mod, pb)
+        obj = bytes(tm.emit_object(mod))
+    _remember(key, obj)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(obj)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the disk cache is best effort
+    return obj, "compiled"
+
+
+def _remember(key: str, obj: bytes) -> None:
+    with _lock:
+        if len(_MEMORY_CACHE) >= _MEMORY_CACHE_LIMIT:
+            _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
+        _MEMORY_CACHE[key] = obj
+
+
+def clear_memory_cache() -> None:
+    with _lock:
+        _MEMORY_CACHE.clear()
+
+
+class LoadedObject:
+    """Object code loaded into its own MCJIT engine; keep it alive while calling into it."""
+
+    def __init__(self, obj: bytes):
+        llvm = _llvm()
+        with _lock:
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _state["tm"])
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self._engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        addr = self._engine.get_function_address(name)
+        if not addr:
+            raise CompileError(f"cpu backend: symbol '{name}' missing from the object code")
+        return addr
