@@ -1,0 +1,20 @@
+"""Every ```python block in docs/*.md runs, top to bottom, one namespace per page."""
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = sorted((Path(__file__).parent.parent / "docs").glob("*.md"))
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+@pytest.mark.parametrize("page", [p for p in DOCS if BLOCK.search(p.read_text())], ids=lambda p: p.name)
+def test_doc_examples_run(page, capsys):
+    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    blocks = BLOCK.findall(page.read_text())
+    assert blocks
+    for i, code in enumerate(blocks):
+        try:
+            exec(compile(code, f"{page.name}[block {i}]", "exec"), namespace)
+        except Exception as e:
+            raise AssertionError(f"{page.name}, python block {i} failed: {type(e).__name__}: {e}") from e
