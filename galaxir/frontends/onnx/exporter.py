@@ -1,0 +1,212 @@
+"""galaxir modules back to ONNX, so a model optimized here can go to other tools.
+
+galaxir op semantics are those of the newest ONNX version of the op, with the same operand
+order and attribute names, so most ops map one to one.  Ops with no ONNX form (fused ops,
+custom ops) are first rewritten through their ``decompose``; an op with neither is an
+UnsupportedOpError.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.defs
+from onnx import helper, numpy_helper
+
+from ...errors import UnsupportedOpError
+from ...ir import Block, Builder, Module, Operation, Value
+from ...ir.opdef import all_ops, describe, lookup
+from ...ir.types import (UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type)
+
+MIN_OPSET = 21
+DOMAIN_PREFIXES = {"ml.": "ai.onnx.ml", "training.": "ai.onnx.preview.training", "preview.": "ai.onnx.preview"}
+REGION_ATTRS = {"if": ("then_branch", "else_branch"), "loop": ("body",), "scan": ("body",),
+                "sequence_map": ("body",)}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("normalization", "norm")
+
+
+@functools.lru_cache(maxsize=1)
+def _onnx_names() -> dict[tuple[str, str], tuple[str, int]]:
+    """(domain, key) -> (ONNX op type, newest since_version) over every ONNX schema."""
+    out: dict[tuple[str, str], tuple[str, int]] = {}
+    for s in onnx.defs.get_all_schemas_with_history():
+        k = (s.domain, _key(s.name))
+        if k not in out or s.since_version > out[k][1]:
+            if k in out and out[k][0] != s.name and s.deprecated:
+                continue
+            out[k] = (s.name, s.since_version)
+    return out
+
+
+def onnx_op_for(name: str) -> tuple[str, str, int] | None:
+    """(domain, op type, since_version) of the ONNX op with a galaxir op's semantics."""
+    domain, base = "", name
+    for prefix, dom in DOMAIN_PREFIXES.items():
+        if name.startswith(prefix):
+            domain, base = dom, name[len(prefix):]
+            break
+    hit = _onnx_names().get((domain, _key(base)))
+    if hit is None:
+        return None
+    return domain, hit[0], hit[1]
+
+
+def type_proto(t: Type) -> onnx.TypeProto:
+    if isinstance(t, TensorType):
+        shape = None if t.shape is None else [None if d == UNKNOWN else d for d in t.shape]
+        return helper.make_tensor_type_proto(t.dtype.onnx, shape)
+    if isinstance(t, SequenceType):
+        return helper.make_sequence_type_proto(type_proto(t.elem))
+    if isinstance(t, OptionalType):
+        return helper.make_optional_type_proto(type_proto(t.elem))
+    return onnx.TypeProto()
+
+
+def tensor_proto(arr: np.ndarray, name: str) -> onnx.TensorProto:
+    if arr.dtype == object:
+        t = helper.make_tensor(name, onnx.TensorProto.STRING, arr.shape,
+                               [str(s).encode("utf-8", "surrogateescape") for s in arr.reshape(-1)])
+        return t
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+class _Exporter:
+    def __init__(self):
+        self.names: dict[int, str] = {}
+        self.taken: set[str] = set()
+        self.opsets: dict[str, int] = {"": MIN_OPSET}
+        self.counter = 0
+
+    def name(self, v: Value) -> str:
+        key = id(v)
+        if key not in self.names:
+            base = v.name or f"v{self.counter}"
+            self.counter += 1
+            n, i = base, 1
+            while n in self.taken:
+                n = f"{base}_{i}"
+                i += 1
+            self.taken.add(n)
+            self.names[key] = n
+        return self.names[key]
+
+    def fresh(self, base: str) -> str:
+        n, i = base, 1
+        while n in self.taken:
+            n = f"{base}_{i}"
+            i += 1
+        self.taken.add(n)
+        return n
+
+    def attr_value(self, key: str, v: Any, op: Operation) -> Any:
+        if isinstance(v, DType):
+            return v.onnx
+        if isinstance(v, np.ndarray):
+            return tensor_proto(v, key)
+        if isinstance(v, Type):
+            return type_proto(v)
+        if isinstance(v, bool):
+            return int(v)
+        return v
+
+    def block(self, block: Block, main: bool, initializers: list,
+              out_names: list[str] | None = None) -> tuple[list, list[str]]:
+        """Nodes for a block; returns (nodes, output names).  ``out_names`` (main graph)
+        are reserved up front and given to the outputs."""
+        nodes: list[onnx.NodeProto] = []
+        for op in block:
+            if op.is_terminator:
+                break
+            nodes.extend(self.op(op, main, initializers))
+        outs = []
+        local = {id(r) for op in block for r in op.results}
+        seen: set[str] = set()
+        for i, v in enumerate(block.results):
+            n = self.name(v)
+            if main or id(v) not in local or n in seen:
+                # a graph output must be produced by a node of its own graph, once
+                copy = out_names[i] if out_names else self.fresh(n + "_out")
+                nodes.append(helper.make_node("Identity", [n], [copy]))
+                n = copy
+            seen.add(n)
+            outs.append(n)
+        return nodes, outs
+
+    def op(self, op: Operation, main: bool, initializers: list) -> list[onnx.NodeProto]:
+        if op.name == "constant":
+            n = self.name(op.result)
+            t = tensor_proto(op.attrs["value"], n)
+            if main:
+                initializers.append(t)
+                return []
+            return [helper.make_node("Constant", [], [n], value=t)]
+        target = onnx_op_for(op.name)
+        if target is None:
+            od = lookup(op.name)
+            if od is not None and od.decompose is not None:
+                return self.decomposed(op, main, initializers)
+            raise UnsupportedOpError(f"{describe(op)}: no ONNX op has the semantics of '{op.name}' "
+                                     "and it has no decomposition")
+        domain, op_type, since = target
+        self.opsets[domain] = max(self.opsets.get(domain, 1), since if domain else max(since, MIN_OPSET))
+        inputs = ["" if v is None else self.name(v) for v in op.operands]
+        while inputs and inputs[-1] == "":
+            inputs.pop()
+        outputs = [self.name(r) for r in op.results]
+        attrs = {k: self.attr_value(k, v, op) for k, v in op.attrs.items()}
+        for key, region in zip(REGION_ATTRS.get(op.name, ()), op.regions):
+            attrs[key] = self.graph(region.block, f"{op.name}_{key}")
+        node = helper.make_node(op_type, inputs, outputs, name=",".join(op.provenance) or None,
+                                domain=domain or None, **attrs)
+        return [node]
+
+    def decomposed(self, op: Operation, main: bool, initializers: list) -> list[onnx.NodeProto]:
+        """Export a composite op through its decomposition, built in a scratch block."""
+        scratch = Block()
+        b = Builder(scratch, provenance=op.provenance, created_by=f"export:{op.name}")
+        outs = op.opdef.decompose(b, op)
+        b.ret(*outs)
+        nodes = []
+        for inner in scratch:
+            if inner.is_terminator:
+                break
+            nodes.extend(self.op(inner, main, initializers))
+        for r, v in zip(op.results, outs):
+            nodes.append(helper.make_node("Identity", [self.name(v)], [self.name(r)]))
+        return nodes
+
+    def graph(self, block: Block, name: str) -> onnx.GraphProto:
+        inputs = [helper.make_value_info(self.name(a), type_proto(a.type)) for a in block.args]
+        nodes, outs = self.block(block, False, [])
+        outputs = [helper.make_value_info(n, type_proto(v.type)) for n, v in zip(outs, block.results)]
+        return helper.make_graph(nodes, name, inputs, outputs)
+
+
+def export_onnx(module: Module, opset: int | None = None) -> onnx.ModelProto:
+    """An ONNX model with the module's semantics (checked with onnx.checker)."""
+    ex = _Exporter()
+    g = module.graph
+    for v in g.inputs:
+        ex.taken.add(v.name)
+        ex.names[id(v)] = v.name
+    ex.taken.update(g.output_names)
+    initializers: list[onnx.TensorProto] = []
+    nodes, outs = ex.block(g.block, True, initializers, list(g.output_names))
+    inputs = [helper.make_value_info(v.name, type_proto(v.type)) for v in g.inputs]
+    outputs = [helper.make_value_info(n, type_proto(v.type)) for n, v in zip(outs, g.outputs)]
+    graph = helper.make_graph(nodes, module.name or "galaxir", inputs, outputs, initializers)
+    if opset is not None:
+        ex.opsets[""] = max(ex.opsets[""], opset)
+    model = helper.make_model(graph, producer_name="galaxir",
+                              opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(ex.opsets.items())])
+    model.ir_version = min(model.ir_version, 10)
+    for k, v in module.metadata.items():
+        if not k.startswith("onnx."):
+            model.metadata_props.add(key=f"galaxir.{k}", value=str(v))
+    return model
