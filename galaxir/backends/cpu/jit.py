@@ -27,10 +27,12 @@ def _llvm():
     if "tm" not in _state:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
+        llvm.initialize_native_asmparser()  # inline asm (pause) in the worker loop
         cpu = llvm.get_host_cpu_name()
         features = llvm.get_host_cpu_features().flatten()
         triple = llvm.get_process_triple()
         target = llvm.Target.from_triple(triple)
+        _state["target"] = target
         _state["tm"] = target.create_target_machine(cpu=cpu, features=features, opt=3,
                                                     jit=True, codemodel="jitdefault")
         _state["triple"] = triple
@@ -189,9 +191,20 @@ class LoadedObject:
     def __init__(self, obj: bytes):
         llvm = _llvm()
         with _lock:
-            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _state["tm"])
+            # the engine takes ownership of its target machine: give it its own
+            tm = _state["target"].create_target_machine(
+                cpu=_state["cpu"], features=_state["features"], opt=3, jit=True,
+                codemodel="jitdefault")
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
+
+    def global_address(self, name: str) -> int:
+        """Address of a global variable, 0 when the object code has none by that name."""
+        try:
+            return self._engine.get_global_value_address(name) or 0
+        except Exception:
+            return 0
 
     def address(self, name: str) -> int:
         addr = self._engine.get_function_address(name)

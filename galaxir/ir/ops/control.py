@@ -175,3 +175,9 @@ define("scan", operands=["inputs*"], num_results=None, regions=1, infer=_scan_in
               "scan_output_directions": attr("ints")},
        doc="ONNX Scan (opset 9+ form): states then scan inputs; body(states, slices) -> "
            "(states, scan_outputs).")
+
+
+define("unreachable", num_results=None, attrs={"message": attr("str", required=True)},
+       doc="Fails at run time with 'message'.  Stands in for an If branch whose ops cannot be "
+           "typed (e.g. the 2-D branch of a graph built for 3-D): running it would fail anyway. "
+           "Its results are typed at creation.")

@@ -175,7 +175,9 @@ def conv_transpose_geometry(in_dims: Sequence[int], kernel: Sequence[int], strid
         output_shape = tuple(output_shape)[-n:]
     full = [(i - 1) * s + window_span(k, d) + op for i, k, s, d, op in
             zip(in_dims, kernel, strides, dilations, opad)]
-    if not pads and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+    # As the spec (and onnxruntime) say: a given output_shape overrides pads, and the
+    # total padding it implies is split by auto_pad (SAME_UPPER puts the odd one at the end).
+    if output_shape or (not pads and auto_pad in ("SAME_UPPER", "SAME_LOWER")):
         out = list(output_shape) if output_shape else [i * s for i, s in zip(in_dims, strides)]
         begin = []
         for f, o in zip(full, out):

@@ -167,7 +167,7 @@ def _normalize(b, x, axes, eps):
 
 
 def _decompose_layer_norm(b, op):
-    x, scale, bias = op.operands
+    x, scale, bias = op.operand(0), op.operand(1), op.operand(2)
     y = b.mul(_normalize(b, x, _trailing_axes(op, _rank_of(op)), op.attr("epsilon")), scale)
     return [y if bias is None else b.add(y, bias)]
 

@@ -21,10 +21,6 @@ def _seq_operand(op, i: int) -> SequenceType:
     return v.type
 
 
-def _elem_tensor(op, seq: SequenceType) -> TensorType | None:
-    return seq.elem if isinstance(seq.elem, TensorType) else None
-
-
 def _check_elem(op, seq: SequenceType, t: Type) -> None:
     e = seq.elem
     if isinstance(e, TensorType) and isinstance(t, TensorType) and e.dtype != t.dtype:
@@ -36,8 +32,8 @@ def _position_operand(op, i: int) -> None:
     if v is not None and isinstance(v.type, TensorType):
         if v.type.dtype not in (DType.int32, DType.int64):
             raise fail(op, f"position must be int32 or int64, got {v.type.dtype.name}")
-        if v.type.shape is not None and len(v.type.shape) != 0:
-            raise fail(op, f"position must be a scalar, got {v.type}")
+        if v.type.shape is not None and any(d != 1 for d in v.type.shape if isinstance(d, int)):
+            raise fail(op, f"position must be a scalar (or hold one element), got {v.type}")
 
 
 # -- sequences ------------------------------------------------------------------------------

@@ -31,7 +31,11 @@ def dequantize_linear(ctx):
     return [ctx.op("dequantize_linear", *ctx.inputs, output_dtype=_dtype_attr(ctx, "output_dtype"), **kw)]
 
 
-simple("DynamicQuantizeLinear", "dynamic_quantize_linear")
+@converter("DynamicQuantizeLinear")
+def dynamic_quantize_linear(ctx):
+    return list(ctx.op("dynamic_quantize_linear", ctx.inputs[0]))
+
+
 simple("MatMulInteger", "matmul_integer")
 simple("ConvInteger", "conv_integer")
 simple("QLinearMatMul", "qlinear_matmul")

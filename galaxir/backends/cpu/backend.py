@@ -1,0 +1,169 @@
+"""The cpu backend: ``galaxir.compile(model, target="cpu")``.
+
+The module is prepared once (constant folding, batch-norm folding); each set of concrete
+input shapes gets a specialization (compiled at ``compile`` time when every input shape is
+static, else at the first call with new shapes), holding native code for the ops the
+backend lowers and the list of ops that run on the numpy reference in between.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ...errors import CompileError, GalaxirError, InputValidationError
+from ...ir import Module
+from ...ir.types import TensorType
+from ..base import Backend, Executable
+from . import jit
+from .lower import ELEMENTWISE, RULES, ALIAS_OPS
+from .prepare import prepare, specialize
+from .program import Specialization
+
+MAX_SPECIALIZATIONS = 8
+
+
+def _passes_ready() -> bool:
+    try:
+        from ...passes import optimize  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class CpuExecutable(Executable):
+    def __init__(self, module: Module, cache_dir=None, prepared: Module | None = None,
+                 num_threads: int | None = None):
+        super().__init__(module)
+        from .parallel import get_pool
+        self.pool = get_pool(num_threads)
+        from ..numpy import Interpreter
+        self.cache_dir = cache_dir
+        self.prepared = prepared if prepared is not None else prepare(module)
+        self._interp = Interpreter(self.prepared)
+        self._specs: OrderedDict[tuple, Specialization] = OrderedDict()
+        self._lock = threading.RLock()
+        self.last: Specialization | None = None
+        static = {}
+        for a in self.prepared.graph.inputs:
+            t = a.type
+            if isinstance(t, TensorType) and t.shape is not None and all(isinstance(d, int) for d in t.shape):
+                static[a.name] = tuple(t.shape)
+            elif isinstance(t, TensorType):
+                static = None
+                break
+        if static is not None:
+            self._spec_for(static)
+
+    @property
+    def cache_source(self) -> str | None:
+        """Where the latest specialization's object code came from: compiled/memory/disk."""
+        return self.last.cache_source if self.last is not None else None
+
+    def _spec_for(self, shapes: dict[str, tuple]) -> Specialization:
+        key = tuple(sorted(shapes.items()))
+        spec = self._specs.get(key)
+        if spec is None:
+            try:
+                m = specialize(self.prepared, shapes)
+                spec = Specialization(m, self.cache_dir)
+            except GalaxirError:
+                raise
+            except MemoryError as e:
+                raise CompileError(f"cpu backend: out of memory compiling for shapes {shapes}") from e
+            self._specs[key] = spec
+            if len(self._specs) > MAX_SPECIALIZATIONS:
+                self._specs.popitem(last=False)
+        else:
+            self._specs.move_to_end(key)
+        self.last = spec
+        return spec
+
+    def _execute(self, inputs: list[Any]) -> list[Any]:
+        shapes = {}
+        for a, x in zip(self.prepared.graph.inputs, inputs):
+            if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
+                shapes[a.name] = tuple(int(d) for d in x.shape)
+        with self._lock:
+            spec = self._spec_for(shapes)
+            return spec.run(inputs, self._interp, pool=self.pool)
+
+    # -- reports ----------------------------------------------------------------------------
+    def placement(self):
+        if self.last is None:
+            return []
+        return self.last.placement()
+
+    @property
+    def native_ops(self) -> list[str]:
+        return [op.name for op, where, _ in self.placement() if where == "native"]
+
+    @property
+    def fallback_ops(self) -> list[str]:
+        return [op.name for op, where, _ in self.placement() if where == "numpy"]
+
+    def report(self) -> str:
+        if self.last is None:
+            return ("cpu backend: not specialized yet (symbolic input dims); call it once to "
+                    "compile for concrete shapes")
+        spec = self.last
+        rows = spec.placement()
+        native: dict[str, int] = {}
+        kernels: dict[str, int] = {}
+        fallback: dict[tuple[str, str], int] = {}
+        for op, where, detail in rows:
+            if where == "native":
+                native[op.name] = native.get(op.name, 0) + 1
+                kernels[detail] = kernels.get(detail, 0) + 1
+            else:
+                fallback[(op.name, detail)] = fallback.get((op.name, detail), 0) + 1
+        lines = [f"cpu backend: {len(rows)} ops ({sum(native.values())} native in "
+                 f"{len(spec.segments)} native segment(s), {sum(fallback.values())} on the numpy "
+                 f"reference); arena {spec.arena_size / 2**20:.1f} MiB; object code "
+                 f"{spec.cache_source}"]
+        if native:
+            lines.append("  native:")
+            lines += [f"    {name}: {n}" for name, n in sorted(native.items())]
+        if fallback:
+            lines.append("  numpy fallback:")
+            lines += [f"    {name}: {n} ({why})" for (name, why), n in sorted(fallback.items())]
+        else:
+            lines.append("  numpy fallback: none")
+        return "\n".join(lines)
+
+    def memory_plan(self) -> list[dict]:
+        """Each arena buffer: value name, offset, size, and lifetime in steps."""
+        if self.last is None:
+            return []
+        return [dict(name=b.name, offset=b.offset, size=b.size, start=b.start, end=b.end)
+                for b in sorted(self.last.buffers, key=lambda b: b.offset)]
+
+
+class CpuBackend(Backend):
+    """llvmlite JIT for the host CPU with numpy fallback for everything else."""
+
+    name = "cpu"
+    default_level = 1 if _passes_ready() else 0
+
+    def supported_ops(self) -> set[str] | None:
+        return None  # every op runs: those without a native kernel run on numpy
+
+    def native_ops(self) -> set[str]:
+        return set(RULES) | set(ELEMENTWISE) | set(ALIAS_OPS)
+
+    def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
+                **options: Any) -> CpuExecutable:
+        from ..numpy.registry import get_kernel
+        missing = sorted({op.name for op in module.walk()
+                          if not op.is_terminator and get_kernel(op.name) is None
+                          and op.name not in self.native_ops()})
+        if missing:
+            from ...errors import UnsupportedOpError
+            raise UnsupportedOpError(f"the cpu backend cannot run: {', '.join(missing)} "
+                                     "(no native kernel and no numpy reference kernel)")
+        if cache_dir is None:
+            cache_dir = jit.default_cache_dir()
+        jit.warm_blas()
+        return CpuExecutable(module, cache_dir, num_threads=num_threads)

@@ -1,0 +1,1064 @@
+"""The native kernels: each is a small object holding static shapes and attributes that
+emits one LLVM function taking its buffers as pointer arguments (outputs first, then
+inputs, then scratch).  ``key()`` describes the generated code (used to share identical
+kernels within a module)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import llvmlite.ir as ir
+
+from .codegen import (F32, I64, INT_OF_SIZE, FnBuilder, Sgemm, f32, i64, memcpy, memset0)
+
+
+def prod(xs) -> int:
+    p = 1
+    for x in xs:
+        p *= int(x)
+    return p
+
+
+def contiguous_strides(shape: Sequence[int]) -> list[int]:
+    st, acc = [], 1
+    for d in reversed(shape):
+        st.append(acc)
+        acc *= int(d)
+    return st[::-1]
+
+
+def broadcast_strides(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[int]:
+    """Element strides of a contiguous ``in_shape`` read as broadcast to ``out_shape``."""
+    pad = len(out_shape) - len(in_shape)
+    shape = [1] * pad + list(in_shape)
+    st = contiguous_strides(shape)
+    return [0 if (s == 1 and o != 1) else t for s, o, t in zip(shape, out_shape, st)]
+
+
+def collapse(out_shape: Sequence[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Merge adjacent dims that every operand walks contiguously; drop size-1 dims."""
+    dims = [(int(d), [s[i] for s in strides]) for i, d in enumerate(out_shape) if d != 1]
+    if not dims:
+        return [1], [[0] for _ in strides]
+    merged = [dims[0]]
+    for d, st in dims[1:]:
+        pd, pst = merged[-1]
+        if all(a == b * d for a, b in zip(pst, st)):
+            merged[-1] = (pd * d, st)
+        else:
+            merged.append((d, st))
+    shape = [d for d, _ in merged]
+    per_operand = [[st[k] for _, st in merged] for k in range(len(strides))]
+    return shape, per_operand
+
+
+class Kernel:
+    """Base: ``n_out`` outputs, then inputs, then ``scratch_bytes`` of scratch (if any)."""
+
+    name = "kernel"
+    parallel = False
+    scratch_bytes = 0
+
+    def key(self) -> tuple:
+        raise NotImplementedError
+
+    def emit(self, module: ir.Module, fname: str, n_args: int) -> ir.Function:
+        raise NotImplementedError
+
+
+def _fb(module, fname, n_args):
+    return FnBuilder(module, fname, [F32.as_pointer()] * n_args)
+
+
+# -- elementwise, fused ---------------------------------------------------------------------
+# An expression is ("in", k) | ("const", value) | (op_name, (children...), attrs_tuple)
+
+def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
+    b = fb.b
+    kind = expr[0]
+    if kind == "in":
+        return inputs[expr[1]]
+    if kind == "const":
+        return f32(expr[1])
+    if kind == "none":
+        return None
+    args = [emit_expr(fb, e, inputs) for e in expr[1]]
+    attrs = dict(expr[2])
+    if kind in ("add", "sum"):
+        v = args[0]
+        for a in args[1:]:
+            v = b.fadd(v, a)
+        return v
+    if kind == "mean":
+        v = args[0]
+        for a in args[1:]:
+            v = b.fadd(v, a)
+        return b.fdiv(v, f32(len(args))) if len(args) > 1 else v
+    if kind == "sub":
+        return b.fsub(args[0], args[1])
+    if kind == "mul":
+        return b.fmul(args[0], args[1])
+    if kind == "div":
+        return b.fdiv(args[0], args[1])
+    if kind == "neg":
+        return b.fneg(args[0])
+    if kind == "relu":
+        x = args[0]
+        return b.select(b.fcmp_ordered("<", x, f32(0)), f32(0), x)
+    if kind in ("max", "min"):
+        v = args[0]
+        for a in args[1:]:
+            # NaN propagates (ONNX Max/Min): pick a when it is NaN or wins
+            cmp = b.fcmp_unordered(">" if kind == "max" else "<", v, a)
+            v = b.select(cmp, v, a)
+            v = b.select(b.fcmp_unordered("uno", a, a), a, v)
+        return v
+    if kind == "abs":
+        return fb.intrinsic("llvm.fabs.f32", F32, [args[0]])
+    if kind == "sqrt":
+        return fb.intrinsic("llvm.sqrt.f32", F32, [args[0]])
+    if kind == "reciprocal":
+        return b.fdiv(f32(1.0), args[0])
+    if kind == "exp":
+        return fb.intrinsic("llvm.exp.f32", F32, [args[0]])
+    if kind == "log":
+        return fb.intrinsic("llvm.log.f32", F32, [args[0]])
+    if kind == "floor":
+        return fb.intrinsic("llvm.floor.f32", F32, [args[0]])
+    if kind == "ceil":
+        return fb.intrinsic("llvm.ceil.f32", F32, [args[0]])
+    if kind == "sigmoid":
+        e = fb.intrinsic("llvm.exp.f32", F32, [b.fneg(args[0])])
+        return b.fdiv(f32(1.0), b.fadd(f32(1.0), e))
+    if kind == "tanh":
+        return fb.intrinsic("tanhf", F32, [args[0]])
+    if kind == "leaky_relu":
+        x = args[0]
+        return b.select(b.fcmp_ordered("<", x, f32(0)), b.fmul(x, f32(attrs.get("alpha", 0.01))), x)
+    if kind == "clip":
+        x = args[0]
+        if len(args) > 1 and args[1] is not None:
+            x = b.select(b.fcmp_ordered("<", x, args[1]), args[1], x)
+        if len(args) > 2 and args[2] is not None:
+            x = b.select(b.fcmp_ordered(">", x, args[2]), args[2], x)
+        return x
+    if kind == "identity":
+        return args[0]
+    raise NotImplementedError(kind)
+
+
+@dataclass
+class Elementwise(Kernel):
+    """out = expr(inputs...) with numpy broadcasting, one pass over memory."""
+
+    out_shape: tuple
+    in_shapes: list
+    expr: Any
+    name: str = "elementwise"
+
+    def key(self):
+        return ("ew", self.out_shape, tuple(map(tuple, self.in_shapes)), self.expr)
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        out = fb.args[0]
+        ins = fb.args[1:1 + len(self.in_shapes)]
+        strides = [contiguous_strides(self.out_shape)] + [
+            broadcast_strides(s, self.out_shape) for s in self.in_shapes]
+        shape, per = collapse(self.out_shape, strides)
+        r = len(shape)
+        idx = []
+
+        def body(depth):
+            if depth == r:
+                vals = [fb.load(p, fb.mul_add(list(zip(idx, per[k + 1]))))
+                        for k, p in enumerate(ins)]
+                v = emit_expr(fb, self.expr, vals)
+                fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))))
+                return
+            with fb.loop(0, shape[depth]) as i:
+                idx.append(i)
+                body(depth + 1)
+                idx.pop()
+
+        if prod(self.out_shape) > 0:
+            body(0)
+        return fb.finish()
+
+
+# -- matmul / gemm -------------------------------------------------------------------------
+@dataclass
+class MatMul(Kernel):
+    """Batched ``out[b] = alpha * op(A[b]) @ op(B[b]) + beta * C`` through sgemm; batch
+    strides (elements, 0 = broadcast) are static.  ``c_shape`` (optional) is broadcast into
+    the output first (Gemm's C)."""
+
+    M: int
+    N: int
+    K: int
+    batch: tuple = ()
+    a_batch_strides: tuple = ()
+    b_batch_strides: tuple = ()
+    trans_a: bool = False
+    trans_b: bool = False
+    alpha: float = 1.0
+    beta: float = 0.0
+    c_shape: tuple | None = None
+    name: str = "matmul"
+
+    def key(self):
+        return ("mm", self.M, self.N, self.K, self.batch, self.a_batch_strides,
+                self.b_batch_strides, self.trans_a, self.trans_b, self.alpha, self.beta, self.c_shape)
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        out, a, bm = fb.args[0], fb.args[1], fb.args[2]
+        M, N, K = self.M, self.N, self.K
+        beta = 0.0
+        if self.c_shape is not None:
+            c = fb.args[3]
+            full = tuple(self.batch) + (M, N)
+            st = broadcast_strides(self.c_shape, full)
+            shape, per = collapse(full, [contiguous_strides(full), st])
+            idx = []
+
+            def body(depth):
+                if depth == len(shape):
+                    v = fb.load(c, fb.mul_add(list(zip(idx, per[1]))))
+                    if self.beta != 1.0:
+                        v = fb.b.fmul(v, f32(self.beta))
+                    fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))))
+                    return
+                with fb.loop(0, shape[depth]) as i:
+                    idx.append(i)
+                    body(depth + 1)
+                    idx.pop()
+            body(0)
+            beta = 1.0
+        if M * N == 0:
+            return fb.finish()
+        if K == 0:
+            if self.c_shape is None:
+                memset0(fb, out, M * N * 4 * prod(self.batch))
+            return fb.finish()
+        gemm = Sgemm(fb)
+        lda = M if self.trans_a else K
+        ldb = K if self.trans_b else N
+        idx = []
+
+        def body(depth):
+            if depth == len(self.batch):
+                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+                bo = fb.mul_add(list(zip(idx, self.b_batch_strides)))
+                oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
+                oo = fb.b.mul(oo, i64(M * N)) if idx else oo
+                gemm.call(M, N, K, fb.ptr(a, ao), lda, self.trans_a, fb.ptr(bm, bo), ldb,
+                          self.trans_b, fb.ptr(out, oo), N, self.alpha, beta)
+                return
+            with fb.loop(0, self.batch[depth]) as i:
+                idx.append(i)
+                body(depth + 1)
+                idx.pop()
+        body(0)
+        return fb.finish()
+
+
+# -- convolution ---------------------------------------------------------------------------
+@dataclass
+class Conv2d(Kernel):
+    """NCHW conv: im2col (skipped for 1x1/stride 1/no pad) + sgemm per (image, group), then
+    bias and an optional relu on the tile while it is still in cache.  Depthwise-like convs
+    (few input channels per group) use a direct loop instead."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    group: int
+    has_bias: bool
+    relu: bool
+    name: str = "conv"
+
+    def key(self):
+        return ("conv",) + tuple(getattr(self, f) for f in (
+            "N", "C", "H", "W", "M", "OH", "OW", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl",
+            "group", "has_bias", "relu"))
+
+    @property
+    def pointwise(self) -> bool:
+        return (self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.pt == self.pl == 0
+                and self.OH == self.H and self.OW == self.W)
+
+    @property
+    def direct(self) -> bool:
+        cg = self.C // self.group
+        mg = self.M // self.group
+        return cg * self.kh * self.kw <= 16 and mg <= 4 and self.group > 1
+
+    @property
+    def scratch_bytes(self) -> int:
+        if self.pointwise or self.direct:
+            return 0
+        return (self.C // self.group) * self.kh * self.kw * self.OH * self.OW * 4
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        if self.direct:
+            self._emit_direct(fb)
+        else:
+            self._emit_gemm(fb)
+        return fb.finish()
+
+    def _epilogue(self, fb, out, bias, m_start, rows, plane):
+        """out[m, :] = act(out[m, :] + bias[m]) for ``rows`` channels from ``m_start``."""
+        if not (self.has_bias or self.relu):
+            return
+        b = fb.b
+        with fb.loop(0, rows) as r:
+            m = b.add(m_start, r) if not isinstance(m_start, int) else b.add(i64(m_start), r)
+            bv = fb.load(bias, m) if self.has_bias else None
+            rowoff = b.mul(r, i64(plane))
+            with fb.loop(0, plane) as p:
+                ix = b.add(rowoff, p)
+                v = fb.load(out, ix)
+                if bv is not None:
+                    v = b.fadd(v, bv)
+                if self.relu:
+                    v = b.select(b.fcmp_ordered("<", v, f32(0)), f32(0), v)
+                fb.store(v, out, ix)
+
+    def _emit_gemm(self, fb):
+        b = fb.b
+        out, x, w = fb.args[0], fb.args[1], fb.args[2]
+        bias = fb.args[3] if self.has_bias else None
+        scratch = fb.args[-1] if self.scratch_bytes else None
+        G = self.group
+        Cg, Mg = self.C // G, self.M // G
+        K = Cg * self.kh * self.kw
+        P = self.OH * self.OW
+        gemm = Sgemm(fb)
+        with fb.loop(0, self.N) as n:
+            with fb.loop(0, G) as g:
+                xo = b.add(b.mul(n, i64(self.C * self.H * self.W)), b.mul(g, i64(Cg * self.H * self.W)))
+                oo = b.add(b.mul(n, i64(self.M * P)), b.mul(g, i64(Mg * P)))
+                wo = b.mul(g, i64(Mg * K))
+                if self.pointwise:
+                    col = fb.ptr(x, xo)
+                else:
+                    self._im2col(fb, fb.ptr(x, xo), scratch)
+                    col = scratch
+                dst = fb.ptr(out, oo)
+                gemm.call(Mg, P, K, fb.ptr(w, wo), K, False, col, P, False, dst, P)
+                self._epilogue(fb, dst, bias, b.mul(g, i64(Mg)), Mg, P)
+
+    def _im2col(self, fb, x, col):
+        """col[(c, i, j), (oh, ow)] = x[c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] (0 outside)."""
+        b = fb.b
+        Cg = self.C // self.group
+        H, W, OH, OW = self.H, self.W, self.OH, self.OW
+        P = OH * OW
+        with fb.loop(0, Cg) as c:
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    row = b.add(b.mul(c, i64(self.kh * self.kw * P)), i64((i * self.kw + j) * P))
+                    # output columns whose input column is inside [0, W)
+                    off_w = j * self.dw - self.pl
+                    lo = max(0, -(off_w // self.sw) if off_w < 0 else 0)
+                    while lo < OW and lo * self.sw + off_w < 0:
+                        lo += 1
+                    hi = OW
+                    while hi > lo and (hi - 1) * self.sw + off_w >= W:
+                        hi -= 1
+                    off_h = i * self.dh - self.pt
+                    with fb.loop(0, OH) as oh:
+                        ih = b.add(b.mul(oh, i64(self.sh)), i64(off_h))
+                        dst = b.add(row, b.mul(oh, i64(OW)))
+                        inside = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
+                        then, other, end = fb.block("in"), fb.block("out"), fb.block("join")
+                        b.cbranch(inside, then, other)
+                        b.position_at_end(then)
+                        src = b.add(b.mul(c, i64(H * W)), b.mul(ih, i64(W)))
+                        if lo > 0:
+                            memset0(fb, fb.ptr(col, dst), lo * 4)
+                        if hi > lo:
+                            if self.sw == 1:
+                                memcpy(fb, fb.ptr(col, b.add(dst, i64(lo))),
+                                       fb.ptr(x, b.add(src, i64(lo + off_w))), (hi - lo) * 4)
+                            else:
+                                with fb.loop(lo, hi) as ow:
+                                    v = fb.load(x, b.add(src, b.add(b.mul(ow, i64(self.sw)), i64(off_w))))
+                                    fb.store(v, col, b.add(dst, ow))
+                        if hi < OW:
+                            memset0(fb, fb.ptr(col, b.add(dst, i64(hi))), (OW - hi) * 4)
+                        b.branch(end)
+                        b.position_at_end(other)
+                        memset0(fb, fb.ptr(col, dst), OW * 4)
+                        b.branch(end)
+                        b.position_at_end(end)
+
+    def _emit_direct(self, fb):
+        b = fb.b
+        out, x, w = fb.args[0], fb.args[1], fb.args[2]
+        bias = fb.args[3] if self.has_bias else None
+        G = self.group
+        Cg, Mg = self.C // G, self.M // G
+        H, W, OH, OW = self.H, self.W, self.OH, self.OW
+        P = OH * OW
+        with fb.loop(0, self.N) as n:
+            with fb.loop(0, self.M) as m:
+                g = b.sdiv(m, i64(Mg)) if Mg > 1 else m
+                ob = b.add(b.mul(n, i64(self.M * P)), b.mul(m, i64(P)))
+                init = fb.load(bias, m) if bias is not None else f32(0)
+                with fb.loop(0, P) as p:
+                    fb.store(init, out, b.add(ob, p))
+                for c in range(Cg):
+                    xb = b.add(b.mul(n, i64(self.C * H * W)), b.mul(b.add(b.mul(g, i64(Cg)), i64(c)), i64(H * W)))
+                    for i in range(self.kh):
+                        for j in range(self.kw):
+                            wv = fb.load(w, b.add(b.mul(m, i64(Cg * self.kh * self.kw)),
+                                                  i64((c * self.kh + i) * self.kw + j)))
+                            off_w = j * self.dw - self.pl
+                            lo = 0
+                            while lo < OW and lo * self.sw + off_w < 0:
+                                lo += 1
+                            hi = OW
+                            while hi > lo and (hi - 1) * self.sw + off_w >= W:
+                                hi -= 1
+                            if hi <= lo:
+                                continue
+                            off_h = i * self.dh - self.pt
+                            oh_lo = 0
+                            while oh_lo < OH and oh_lo * self.sh + off_h < 0:
+                                oh_lo += 1
+                            oh_hi = OH
+                            while oh_hi > oh_lo and (oh_hi - 1) * self.sh + off_h >= H:
+                                oh_hi -= 1
+                            if oh_hi <= oh_lo:
+                                continue
+                            with fb.loop(oh_lo, oh_hi) as oh:
+                                ih = b.add(b.mul(oh, i64(self.sh)), i64(off_h))
+                                xrow = b.add(xb, b.mul(ih, i64(W)))
+                                orow = b.add(ob, b.mul(oh, i64(OW)))
+                                with fb.loop(lo, hi) as ow:
+                                    xv = fb.load(x, b.add(xrow, b.add(b.mul(ow, i64(self.sw)), i64(off_w))))
+                                    dst = b.add(orow, ow)
+                                    acc = fb.load(out, dst)
+                                    fb.store(b.fadd(acc, b.fmul(xv, wv)), out, dst)
+                if self.relu:
+                    with fb.loop(0, P) as p:
+                        ix = b.add(ob, p)
+                        v = fb.load(out, ix)
+                        fb.store(b.select(b.fcmp_ordered("<", v, f32(0)), f32(0), v), out, ix)
+
+
+# -- pooling -------------------------------------------------------------------------------
+@dataclass
+class Pool2d(Kernel):
+    """max / average pooling over NCHW planes with pads, strides, dilations, ceil mode."""
+
+    kind: str  # "max" | "avg"
+    planes: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    count_include_pad: bool
+    name: str = "pool"
+
+    def key(self):
+        return ("pool", self.kind, self.planes, self.H, self.W, self.OH, self.OW, self.kh, self.kw,
+                self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.pb, self.pr,
+                self.count_include_pad)
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, x = fb.args[0], fb.args[1]
+        H, W, OH, OW = self.H, self.W, self.OH, self.OW
+        # per output row/col: the valid window taps (static), as python lists
+        def taps(o, s, p, k, d, size):
+            return [t for t in range(k) if 0 <= o * s - p + t * d < size]
+
+        def padded_count(o, s, p, pend, k, d, size):
+            start = o * s - p
+            end = min(start + (k - 1) * d + 1, size + pend)
+            return len(range(start, end, d)) if end > start else 0
+
+        max_mode = self.kind == "max"
+        acc = fb.alloca(F32)
+        with fb.loop(0, self.planes) as pl:
+            xb = b.mul(pl, i64(H * W))
+            ob = b.mul(pl, i64(OH * OW))
+            # rows are emitted generically; columns too, with a runtime-computed window
+            with fb.loop(0, OH) as oh:
+                hs = b.sub(b.mul(oh, i64(self.sh)), i64(self.pt))
+                with fb.loop(0, OW) as ow:
+                    ws = b.sub(b.mul(ow, i64(self.sw)), i64(self.pl))
+                    b.store(f32(-math.inf if max_mode else 0.0), acc)
+                    cnt = fb.alloca(I64)
+                    b.store(i64(0), cnt)
+                    with fb.loop(0, self.kh) as i:
+                        ih = b.add(hs, b.mul(i, i64(self.dh)))
+                        ok_h = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
+                        with fb.if_(ok_h):
+                            with fb.loop(0, self.kw) as j:
+                                iw = b.add(ws, b.mul(j, i64(self.dw)))
+                                ok_w = b.and_(b.icmp_signed(">=", iw, i64(0)), b.icmp_signed("<", iw, i64(W)))
+                                with fb.if_(ok_w):
+                                    v = fb.load(x, b.add(xb, b.add(b.mul(ih, i64(W)), iw)))
+                                    a = b.load(acc)
+                                    if max_mode:
+                                        nv = b.select(b.fcmp_unordered(">", v, a), v, a)
+                                    else:
+                                        nv = b.fadd(a, v)
+                                    b.store(nv, acc)
+                                    b.store(b.add(b.load(cnt), i64(1)), cnt)
+                    res = b.load(acc)
+                    if not max_mode:
+                        if self.count_include_pad:
+                            he = _min(b, b.add(hs, i64((self.kh - 1) * self.dh + 1)), i64(H + self.pb))
+                            we = _min(b, b.add(ws, i64((self.kw - 1) * self.dw + 1)), i64(W + self.pr))
+                            nh = b.sdiv(b.add(b.sub(he, hs), i64(self.dh - 1)), i64(self.dh))
+                            nw = b.sdiv(b.add(b.sub(we, ws), i64(self.dw - 1)), i64(self.dw))
+                            n = b.mul(nh, nw)
+                        else:
+                            n = b.load(cnt)
+                        n = _max(b, n, i64(1))
+                        res = b.fdiv(res, b.sitofp(n, F32))
+                    fb.store(res, out, b.add(ob, b.add(b.mul(oh, i64(OW)), ow)))
+        return fb.finish()
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _max(b, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+@dataclass
+class GlobalPool(Kernel):
+    kind: str  # "avg" | "max"
+    planes: int
+    size: int
+    name: str = "global_pool"
+
+    def key(self):
+        return ("gpool", self.kind, self.planes, self.size)
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, x = fb.args[0], fb.args[1]
+        acc = fb.alloca(F32)
+        with fb.loop(0, self.planes) as p:
+            base = b.mul(p, i64(self.size))
+            b.store(f32(0.0 if self.kind == "avg" else -math.inf), acc)
+            with fb.loop(0, self.size) as i:
+                v = fb.load(x, b.add(base, i))
+                a = b.load(acc)
+                if self.kind == "avg":
+                    b.store(b.fadd(a, v, flags=("reassoc", "nsz")), acc)
+                else:
+                    b.store(b.select(b.fcmp_unordered(">", v, a), v, a), acc)
+            r = b.load(acc)
+            if self.kind == "avg":
+                r = b.fdiv(r, f32(max(self.size, 1)))
+            fb.store(r, out, p)
+        return fb.finish()
+
+
+@dataclass
+class Softmax(Kernel):
+    """softmax / log_softmax over the middle dim of (outer, D, inner)."""
+
+    outer: int
+    D: int
+    inner: int
+    log: bool = False
+    name: str = "softmax"
+
+    def key(self):
+        return ("softmax", self.outer, self.D, self.inner, self.log)
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, x = fb.args[0], fb.args[1]
+        mx = fb.alloca(F32)
+        sm = fb.alloca(F32)
+        D, inner = self.D, self.inner
+        with fb.loop(0, self.outer) as o:
+            with fb.loop(0, inner) as q:
+                base = b.add(b.mul(o, i64(D * inner)), q)
+                b.store(f32(-math.inf), mx)
+                with fb.loop(0, D) as d:
+                    v = fb.load(x, b.add(base, b.mul(d, i64(inner))))
+                    a = b.load(mx)
+                    b.store(b.select(b.fcmp_unordered(">", v, a), v, a), mx)
+                m = b.load(mx)
+                b.store(f32(0.0), sm)
+                with fb.loop(0, D) as d:
+                    ix = b.add(base, b.mul(d, i64(inner)))
+                    e = fb.intrinsic("llvm.exp.f32", F32, [b.fsub(fb.load(x, ix), m)])
+                    if not self.log:
+                        fb.store(e, out, ix)
+                    b.store(b.fadd(b.load(sm), e, flags=("reassoc", "nsz")), sm)
+                s = b.load(sm)
+                if self.log:
+                    ls = b.fadd(m, fb.intrinsic("llvm.log.f32", F32, [s]))
+                    with fb.loop(0, D) as d:
+                        ix = b.add(base, b.mul(d, i64(inner)))
+                        fb.store(b.fsub(fb.load(x, ix), ls), out, ix)
+                else:
+                    inv = b.fdiv(f32(1.0), s)
+                    with fb.loop(0, D) as d:
+                        ix = b.add(base, b.mul(d, i64(inner)))
+                        fb.store(b.fmul(fb.load(out, ix), inv), out, ix)
+        return fb.finish()
+
+
+@dataclass
+class LRN(Kernel):
+    """out = x / (bias + alpha/size * sum_window x^2) ** beta across channels (NC...)."""
+
+    N: int
+    C: int
+    plane: int
+    size: int
+    alpha: float
+    beta: float
+    bias: float
+    name: str = "lrn"
+
+    def key(self):
+        return ("lrn", self.N, self.C, self.plane, self.size, self.alpha, self.beta, self.bias)
+
+    def emit(self, module, fname, n_args):
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, x = fb.args[0], fb.args[1]
+        lo = (self.size - 1) // 2
+        hi = self.size - 1 - lo
+        P, C = self.plane, self.C
+        with fb.loop(0, self.N) as n:
+            with fb.loop(0, C) as c:
+                ob = b.add(b.mul(n, i64(C * P)), b.mul(c, i64(P)))
+                with fb.loop(0, P) as p:
+                    fb.store(f32(0.0), out, b.add(ob, p))
+                c0 = _max(b, b.sub(c, i64(lo)), i64(0))
+                c1 = _min(b, b.add(c, i64(hi + 1)), i64(C))
+                with fb.loop(c0, c1) as cc:
+                    xb = b.add(b.mul(n, i64(C * P)), b.mul(cc, i64(P)))
+                    with fb.loop(0, P) as p:
+                        v = fb.load(x, b.add(xb, p))
+                        ix = b.add(ob, p)
+                        fb.store(b.fadd(fb.load(out, ix), b.fmul(v, v)), out, ix)
+                with fb.loop(0, P) as p:
+                    ix = b.add(ob, p)
+                    t = b.fadd(f32(self.bias), b.fmul(f32(self.alpha / self.size), fb.load(out, ix)))
+                    if self.beta == 0.75:
+                        s = fb.intrinsic("llvm.sqrt.f32", F32, [t])
+                        d = b.fmul(s, fb.intrinsic("llvm.sqrt.f32", F32, [s]))
+                    elif self.beta == 0.5:
+                        d = fb.intrinsic("llvm.sqrt.f32", F32, [t])
+                    elif self.beta == 1.0:
+                        d = t
+                    else:
+                        d = fb.intrinsic("llvm.pow.f32", F32, [t, f32(self.beta)])
+                    fb.store(b.fdiv(fb.load(x, ix), d), out, ix)
+        return fb.finish()
+
+
+# -- data movement -------------------------------------------------------------------------
+@dataclass
+class Concat(Kernel):
+    """out = concat(inputs, axis): per input, ``outer`` block copies."""
+
+    outer: int
+    chunks: tuple  # bytes per outer index of each input
+    name: str = "concat"
+
+    def key(self):
+        return ("concat", self.outer, self.chunks)
+
+    def emit(self, module, fname, n_args):
+        fb = FnBuilder(module, fname, [ir.IntType(8).as_pointer()] * n_args)
+        b = fb.b
+        out = fb.args[0]
+        total = sum(self.chunks)
+        I8 = ir.IntType(8)
+        off = 0
+        for k, chunk in enumerate(self.chunks):
+            src = fb.args[1 + k]
+            if chunk:
+                if self.outer == 1:
+                    memcpy(fb, fb.ptr(out, off, I8), src, chunk)
+                else:
+                    with fb.loop(0, self.outer) as o:
+                        memcpy(fb, fb.ptr(out, b.add(b.mul(o, i64(total)), i64(off)), I8),
+                               fb.ptr(src, b.mul(o, i64(chunk)), I8), chunk)
+            off += chunk
+        return fb.finish()
+
+
+@dataclass
+class Transpose(Kernel):
+    """out = transpose(x, perm) for any element size (moved as integers)."""
+
+    in_shape: tuple
+    perm: tuple
+    itemsize: int
+    name: str = "transpose"
+
+    def key(self):
+        return ("transpose", self.in_shape, self.perm, self.itemsize)
+
+    def emit(self, module, fname, n_args):
+        ty = INT_OF_SIZE[self.itemsize]
+        fb = FnBuilder(module, fname, [ty.as_pointer()] * n_args)
+        out, x = fb.args[0], fb.args[1]
+        out_shape = [self.in_shape[p] for p in self.perm]
+        in_st = contiguous_strides(self.in_shape)
+        strides = [contiguous_strides(out_shape), [in_st[p] for p in self.perm]]
+        shape, per = collapse(out_shape, strides)
+        idx = []
+
+        def body(depth):
+            if depth == len(shape):
+                v = fb.load(x, fb.mul_add(list(zip(idx, per[1]))), ty)
+                fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))), ty)
+                return
+            with fb.loop(0, shape[depth]) as i:
+                idx.append(i)
+                body(depth + 1)
+                idx.pop()
+        if prod(out_shape):
+            body(0)
+        return fb.finish()
+
+
+@dataclass
+class Copy(Kernel):
+    """A contiguous copy (materializes an alias that must own its buffer)."""
+
+    nbytes: int
+    name: str = "copy"
+
+    def key(self):
+        return ("copy", self.nbytes)
+
+    def emit(self, module, fname, n_args):
+        fb = FnBuilder(module, fname, [ir.IntType(8).as_pointer()] * n_args)
+        if self.nbytes:
+            memcpy(fb, fb.args[0], fb.args[1], self.nbytes)
+        return fb.finish()
+
+
+# -- packed GEMM (generated micro-kernel) ---------------------------------------------------
+MR, NR = 6, 16  # register tile: 6 rows x 16 columns = 12 ymm accumulators
+
+
+def pack_a(a: "np.ndarray") -> "np.ndarray":
+    """Row-major A[M, K] -> panels [ceil(M/6), K, 6] (zero rows pad the last panel)."""
+    import numpy as np
+    M, Kd = a.shape
+    T = -(-M // MR)
+    p = np.zeros((T * MR, Kd), np.float32)
+    p[:M] = a
+    return np.ascontiguousarray(p.reshape(T, MR, Kd).transpose(0, 2, 1))
+
+
+@dataclass
+class PackedGemm(Kernel):
+    """C[M, N] = act(Ap @ B + bias[row]) with A pre-packed (see ``pack_a``) and B read through
+    a ``source``: ("dense", ldb, trans) for a matrix, or ("conv", C, H, W, OW, kh, kw, sh, sw,
+    dh, dw, pt, pl) for the implicit im2col of an NCHW image.  Every output element is one
+    sequential chain of FMAs over k, whatever its position in a tile, so equal inputs give
+    bit-equal outputs across channels (as onnxruntime's kernels do).
+    ``batch`` repeats the product over images: B and C advance by ``b_step``/``c_step``."""
+
+    M: int
+    N: int
+    K: int
+    source: tuple
+    has_bias: bool = False
+    relu: bool = False
+    batch: int = 1
+    b_step: int = 0
+    c_step: int = 0
+    a_step: int = 0
+    groups: int = 1   # A (and bias) advance with (image % groups)
+    name: str = "gemm"
+
+    def key(self):
+        return ("pgemm", self.M, self.N, self.K, self.source, self.has_bias, self.relu,
+                self.batch, self.b_step, self.c_step, self.a_step, self.groups)
+
+    @property
+    def n_tasks(self) -> int:
+        panels = -(-self.N // NR)
+        return panels * self.m_chunks * self.batch
+
+    @property
+    def m_chunks(self) -> int:
+        tiles = -(-self.M // MR)
+        panels = -(-self.N // NR)
+        want = max(1, -(-16 // max(panels * self.batch, 1)))
+        return max(1, min(tiles, want))
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, self.n_tasks, self._emit_task)
+
+    def _emit_task(self, fb, args, t):
+        b = fb.b
+        V8 = ir.VectorType(F32, 8)
+        c, bm, ap = args[0], args[1], args[2]
+        bias = args[3] if self.has_bias else None
+        M, N, Kd = self.M, self.N, self.K
+        panels = -(-N // NR)
+        tiles = -(-M // MR)
+        mch = self.m_chunks
+        tiles_per = -(-tiles // mch)
+        # task -> (image, panel, m chunk)
+        img = b.sdiv(t, i64(panels * mch))
+        rest = b.srem(t, i64(panels * mch))
+        pj = b.sdiv(rest, i64(mch))
+        mc = b.srem(rest, i64(mch))
+        j0 = b.mul(pj, i64(NR))
+        cb = fb.ptr(c, b.mul(img, i64(self.c_step)))
+        bb = fb.ptr(bm, b.mul(img, i64(self.b_step)))
+        gi = b.srem(img, i64(self.groups)) if self.groups > 1 else i64(0)
+        ab = fb.ptr(ap, b.mul(gi, i64(self.a_step)))
+        if bias is not None and self.groups > 1:
+            bias = fb.ptr(bias, b.mul(gi, i64(M)))
+        # pack the B panel: bp[k*16 + q] = B[k, j0 + q] (0 past N)
+        with fb.b.goto_block(fb.entry):
+            bp = fb.b.alloca(F32, size=i64(Kd * NR))
+            bp.align = 32
+        self._pack_b(fb, bb, bp, j0)
+        t0 = b.mul(mc, i64(tiles_per))
+        t1 = _min(b, b.add(t0, i64(tiles_per)), i64(tiles))
+        accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
+        zero = ir.Constant(V8, [0.0] * 8)
+        fma = _fma_v8(fb.module)
+        full_cols = b.icmp_signed("<=", b.add(j0, i64(NR)), i64(N))
+        with fb.loop(t0, t1) as ti:
+            for r in range(MR):
+                for h in range(2):
+                    b.store(zero, accs[r][h])
+            abase = b.mul(ti, i64(Kd * MR))
+            with fb.loop(0, Kd) as k:
+                bk = b.mul(k, i64(NR))
+                bv = [b.load(b.bitcast(fb.ptr(bp, b.add(bk, i64(8 * h))), V8.as_pointer()), align=32)
+                      for h in range(2)]
+                ak = b.add(abase, b.mul(k, i64(MR)))
+                for r in range(MR):
+                    av = fb.load(ab, b.add(ak, i64(r)))
+                    splat = b.shuffle_vector(b.insert_element(ir.Constant(V8, ir.Undefined), av, ir.Constant(ir.IntType(32), 0)),
+                                             ir.Constant(V8, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+                    for h in range(2):
+                        acc = b.load(accs[r][h])
+                        b.store(b.call(fma, [splat, bv[h], acc]), accs[r][h])
+            # epilogue: bias, relu, store the valid part of the tile
+            row0 = b.mul(ti, i64(MR))
+            for r in range(MR):
+                row = b.add(row0, i64(r))
+                with fb.if_(b.icmp_signed("<", row, i64(M))):
+                    bvl = None
+                    if bias is not None:
+                        bs = fb.load(bias, row)
+                        bvl = b.shuffle_vector(b.insert_element(ir.Constant(V8, ir.Undefined), bs, ir.Constant(ir.IntType(32), 0)),
+                                               ir.Constant(V8, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+                    vals = []
+                    for h in range(2):
+                        v = b.load(accs[r][h])
+                        if bvl is not None:
+                            v = b.fadd(v, bvl)
+                        if self.relu:
+                            v = b.select(b.fcmp_ordered("<", v, zero), zero, v)
+                        vals.append(v)
+                    rowoff = b.add(b.mul(row, i64(N)), j0)
+                    then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
+                    b.cbranch(full_cols, then, other)
+                    b.position_at_end(then)
+                    for h in range(2):
+                        b.store(vals[h], b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))), V8.as_pointer()), align=4)
+                    b.branch(end)
+                    b.position_at_end(other)
+                    for q in range(NR):
+                        ok = b.icmp_signed("<", b.add(j0, i64(q)), i64(N))
+                        with fb.if_(ok):
+                            fb.store(b.extract_element(vals[q // 8], ir.Constant(ir.IntType(32), q % 8)),
+                                     cb, b.add(rowoff, i64(q)))
+                    b.branch(end)
+                    b.position_at_end(end)
+
+    def _pack_b(self, fb, src, bp, j0):
+        b = fb.b
+        Kd, N = self.K, self.N
+        kind = self.source[0]
+        if kind == "dense":
+            _, ldb, trans = self.source
+            for q in range(NR):
+                col = b.add(j0, i64(q))
+                ok = b.icmp_signed("<", col, i64(N))
+                colc = b.select(ok, col, i64(0))
+                with fb.loop(0, Kd) as k:
+                    idx = b.add(b.mul(colc, i64(ldb)), k) if trans else b.add(b.mul(k, i64(ldb)), colc)
+                    v = b.select(ok, fb.load(src, idx), f32(0.0))
+                    fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+            return
+        _, C, H, W, OW, kh, kw, sh, sw, dh, dw, pt, pl = self.source
+        pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and OW == W
+        if pointwise:
+            V8 = ir.VectorType(F32, 8)
+            full = b.icmp_signed("<=", b.add(j0, i64(NR)), i64(N))
+            then, other, end = fb.block("pfull"), fb.block("ppart"), fb.block("pdone")
+            b.cbranch(full, then, other)
+            b.position_at_end(then)
+            with fb.loop(0, Kd) as k:
+                base = b.add(b.mul(k, i64(N)), j0)
+                for h in range(2):
+                    v = b.load(b.bitcast(fb.ptr(src, b.add(base, i64(8 * h))), V8.as_pointer()), align=4)
+                    b.store(v, b.bitcast(fb.ptr(bp, b.add(b.mul(k, i64(NR)), i64(8 * h))), V8.as_pointer()), align=32)
+            b.branch(end)
+            b.position_at_end(other)
+            for q in range(NR):
+                col = b.add(j0, i64(q))
+                ok = b.icmp_signed("<", col, i64(N))
+                colc = b.select(ok, col, i64(0))
+                with fb.loop(0, Kd) as k:
+                    v = b.select(ok, fb.load(src, b.add(b.mul(k, i64(N)), colc)), f32(0.0))
+                    fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+            b.branch(end)
+            b.position_at_end(end)
+            return
+        # implicit im2col: k = (c, i, j); column p = oh * OW + ow
+        ih0, iw0 = [], []
+        for q in range(NR):
+            p = b.add(j0, i64(q))
+            ok = b.icmp_signed("<", p, i64(N))
+            oh = b.sdiv(p, i64(OW))
+            ow = b.srem(p, i64(OW))
+            big = i64(-(1 << 40))
+            ih0.append(b.select(ok, b.sub(b.mul(oh, i64(sh)), i64(pt)), big))
+            iw0.append(b.select(ok, b.sub(b.mul(ow, i64(sw)), i64(pl)), big))
+        with fb.loop(0, C) as ch:
+            cbase = b.mul(ch, i64(H * W))
+            with fb.loop(0, kh) as i:
+                with fb.loop(0, kw) as j:
+                    k = b.add(b.mul(ch, i64(kh * kw)), b.add(b.mul(i, i64(kw)), j))
+                    di, dj = b.mul(i, i64(dh)), b.mul(j, i64(dw))
+                    for q in range(NR):
+                        ih = b.add(ih0[q], di)
+                        iw = b.add(iw0[q], dj)
+                        ok = b.and_(b.icmp_unsigned("<", ih, i64(H)), b.icmp_unsigned("<", iw, i64(W)))
+                        idx = b.select(ok, b.add(cbase, b.add(b.mul(ih, i64(W)), iw)), i64(0))
+                        v = b.select(ok, fb.load(src, idx), f32(0.0))
+                        fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+
+
+def _fma_v8(module):
+    name = "llvm.fma.v8f32"
+    fn = module.globals.get(name)
+    if fn is None:
+        V8 = ir.VectorType(F32, 8)
+        fn = ir.Function(module, ir.FunctionType(V8, [V8, V8, V8]), name)
+    return fn
+
+
+@dataclass
+class Gemv(Kernel):
+    """out[m, n] = act(sum_k a[m, k] * W[n, k] + bias[n]) for few rows m (fully connected
+    layers at small batch): one vectorized dot product per output, the same for every n."""
+
+    M: int
+    N: int
+    K: int
+    has_bias: bool = False
+    alpha: float = 1.0
+    beta: float = 1.0
+    relu: bool = False
+    name: str = "gemv"
+    rows_per_task: int = 32
+
+    def key(self):
+        return ("gemv", self.M, self.N, self.K, self.has_bias, self.alpha, self.beta, self.relu)
+
+    @property
+    def n_tasks(self):
+        return -(-self.N // self.rows_per_task)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, self.n_tasks, self._emit_task)
+
+    def _emit_task(self, fb, args, t):
+        b = fb.b
+        V8 = ir.VectorType(F32, 8)
+        out, a, w = args[0], args[1], args[2]
+        bias = args[3] if self.has_bias else None
+        Kd = self.K
+        n0 = b.mul(t, i64(self.rows_per_task))
+        n1 = _min(b, b.add(n0, i64(self.rows_per_task)), i64(self.N))
+        acc = [fb.alloca(V8) for _ in range(4)]
+        sacc = fb.alloca(F32)
+        zero = ir.Constant(V8, [0.0] * 8)
+        fma = _fma_v8(fb.module)
+        kv = Kd // 32 * 32
+        with fb.loop(0, self.M) as m:
+            with fb.loop(n0, n1) as n:
+                for x in acc:
+                    b.store(zero, x)
+                wb = b.mul(n, i64(Kd))
+                ab = b.mul(m, i64(Kd))
+                with fb.loop(0, kv, 32) as k:
+                    for u in range(4):
+                        off = b.add(k, i64(8 * u))
+                        av = b.load(b.bitcast(fb.ptr(a, b.add(ab, off)), V8.as_pointer()), align=4)
+                        wv = b.load(b.bitcast(fb.ptr(w, b.add(wb, off)), V8.as_pointer()), align=4)
+                        b.store(b.call(fma, [av, wv, b.load(acc[u])]), acc[u])
+                v = b.fadd(b.fadd(b.load(acc[0]), b.load(acc[1])), b.fadd(b.load(acc[2]), b.load(acc[3])))
+                s = b.extract_element(v, ir.Constant(ir.IntType(32), 0))
+                for e in range(1, 8):
+                    s = b.fadd(s, b.extract_element(v, ir.Constant(ir.IntType(32), e)))
+                b.store(s, sacc)
+                if kv < Kd:
+                    with fb.loop(kv, Kd) as k:
+                        b.store(b.fadd(b.load(sacc), b.fmul(fb.load(a, b.add(ab, k)), fb.load(w, b.add(wb, k)))), sacc)
+                s = b.load(sacc)
+                if self.alpha != 1.0:
+                    s = b.fmul(s, f32(self.alpha))
+                if bias is not None:
+                    bv = fb.load(bias, n)
+                    if self.beta != 1.0:
+                        bv = b.fmul(bv, f32(self.beta))
+                    s = b.fadd(s, bv)
+                if self.relu:
+                    s = b.select(b.fcmp_ordered("<", s, f32(0)), f32(0), s)
+                fb.store(s, out, b.add(b.mul(m, i64(self.N)), n))

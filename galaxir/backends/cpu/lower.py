@@ -1,0 +1,460 @@
+"""Lowering: decide for each op of a shape-specialized module whether it runs natively
+(and as which kernel) or on the numpy reference, fuse elementwise chains, and give every
+native op its kernel object.  Produces a list of steps in schedule order."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ...ir import Module, Operation, Value
+from ...ir.types import DType, TensorType
+from . import kernels as K
+from .jit import has_blas
+
+F32 = DType.float32
+
+# ops whose result is the operand's buffer reinterpreted (no data movement)
+ALIAS_OPS = {"reshape", "flatten", "squeeze", "unsqueeze", "identity", "dropout"}
+ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "relu", "max", "min", "sum", "mean", "abs",
+               "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu", "clip",
+               "floor", "ceil"}
+
+
+def static_shape(t) -> tuple[int, ...] | None:
+    if not isinstance(t, TensorType) or t.shape is None:
+        return None
+    if not all(isinstance(d, int) and d >= 0 for d in t.shape):
+        return None
+    return tuple(t.shape)
+
+
+def is_static(v: Value | None) -> bool:
+    return v is not None and static_shape(v.type) is not None
+
+
+def is_f32(v: Value | None) -> bool:
+    return v is not None and isinstance(v.type, TensorType) and v.type.dtype is F32
+
+
+def nbytes_of(v: Value) -> int:
+    shape = static_shape(v.type)
+    return K.prod(shape) * v.type.dtype.numpy.itemsize
+
+
+def const_of(v: Value | None):
+    if v is None or v.producer is None or v.producer.name != "constant":
+        return None
+    return v.producer.attrs.get("value")
+
+
+class ConstArray:
+    """A constant made by lowering (e.g. pre-packed weights) that native code reads."""
+
+    def __init__(self, array: np.ndarray, name: str = ""):
+        self.array = np.ascontiguousarray(array)
+        self.name = name
+
+
+@dataclass
+class NativeStep:
+    kernel: K.Kernel
+    outputs: list[Value]
+    inputs: list[Value]
+    ops: list[Operation]            # the IR ops this step implements (for the report)
+
+    @property
+    def kind(self) -> str:
+        return "native"
+
+
+@dataclass
+class AliasStep:
+    op: Operation
+    source: Value
+    result: Value
+
+    @property
+    def kind(self) -> str:
+        return "alias"
+
+
+@dataclass
+class FallbackStep:
+    op: Operation
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return "fallback"
+
+
+# -- per-op lowering rules -----------------------------------------------------------------
+Rule = Callable[[Operation], "tuple[K.Kernel, list[Value]] | str"]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*names):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+def _all_static_f32(op: Operation) -> str | None:
+    for v in list(op.operands) + list(op.results):
+        if v is None:
+            continue
+        if not is_f32(v):
+            return f"dtype {getattr(v.type, 'dtype', v.type)} (native kernels are float32)"
+        if not is_static(v):
+            return "shape not static"
+    return None
+
+
+def _window(op, x_shape, kernel):
+    from ...ir.ops.nn import resolve_window
+    n = len(kernel)
+    strides, dil, pads = resolve_window(list(x_shape[2:]), list(kernel), op.attr("strides"),
+                                        op.attr("dilations"), op.attr("pads"),
+                                        op.attr("auto_pad") or "NOTSET")
+    return list(strides), list(dil), list(pads[:n]), list(pads[n:])
+
+
+@rule("conv")
+def lower_conv(op):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    if not has_blas():
+        return "no BLAS available"
+    x, w, b = op.operands[0], op.operands[1], op.operand(2)
+    xs, ws, ys = static_shape(x.type), static_shape(w.type), static_shape(op.results[0].type)
+    if len(xs) != 4:
+        return "only 2-d convolutions are native"
+    if K.prod(ys) == 0 or K.prod(xs) == 0 or K.prod(ws) == 0:
+        return "zero-size tensor"
+    kernel = op.attr("kernel_shape") or ws[2:]
+    st, dl, pb, pe = _window(op, xs, kernel)
+    g = op.attr("group") or 1
+    wc = const_of(w)
+    cg, mg = xs[1] // g, ws[0] // g
+    direct = cg * kernel[0] * kernel[1] <= 16 and mg <= 4 and g > 1
+    if wc is not None and not direct:
+        kd = cg * kernel[0] * kernel[1]
+        wk = np.asarray(wc, np.float32).reshape(g, mg, kd)
+        packed = np.concatenate([K.pack_a(wk[i]).reshape(-1) for i in range(g)])
+        P = ys[2] * ys[3]
+        src = ("conv", cg, xs[2], xs[3], ys[3], kernel[0], kernel[1], st[0], st[1], dl[0], dl[1],
+               pb[0], pb[1])
+        kern = K.PackedGemm(M=mg, N=P, K=kd, source=src, has_bias=b is not None,
+                            batch=xs[0] * g, b_step=cg * xs[2] * xs[3], c_step=mg * P,
+                            a_step=packed.size // g, groups=g)
+        return kern, [x, ConstArray(packed, (w.name or "w") + ".packed")] + ([b] if b is not None else [])
+    kern = K.Conv2d(N=xs[0], C=xs[1], H=xs[2], W=xs[3], M=ws[0], OH=ys[2], OW=ys[3],
+                    kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1],
+                    pt=pb[0], pl=pb[1], group=g, has_bias=b is not None, relu=False)
+    return kern, [x, w] + ([b] if b is not None else [])
+
+
+@rule("matmul")
+def lower_matmul(op):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    if not has_blas():
+        return "no BLAS available"
+    a, bm = op.operands
+    as_, bs = static_shape(a.type), static_shape(bm.type)
+    if len(as_) == 0 or len(bs) == 0:
+        return "scalar operand"
+    A = as_ if len(as_) >= 2 else (1,) + as_
+    B = bs if len(bs) >= 2 else bs + (1,)
+    M, Ka = A[-2], A[-1]
+    Kb, N = B[-2], B[-1]
+    if Ka != Kb:
+        return "inner dims differ"
+    ab, bb = A[:-2], B[:-2]
+    r = max(len(ab), len(bb))
+    batch = []
+    abp = (1,) * (r - len(ab)) + tuple(ab)
+    bbp = (1,) * (r - len(bb)) + tuple(bb)
+    for x, y in zip(abp, bbp):
+        if x != y and x != 1 and y != 1:
+            return "batch dims do not broadcast"
+        batch.append(max(x, y))
+    a_st = [s * M * Ka for s in K.broadcast_strides(abp, batch)]
+    b_st = [s * Kb * N for s in K.broadcast_strides(bbp, batch)]
+    if batch and all(s == 0 for s in b_st) and all(
+            st == cs * M * Ka for st, cs in zip(a_st, K.contiguous_strides(batch))):
+        # B shared by every batch: fold the batch into M
+        kern = K.MatMul(M=M * K.prod(batch), N=N, K=Ka)
+    else:
+        kern = K.MatMul(M=M, N=N, K=Ka, batch=tuple(batch), a_batch_strides=tuple(a_st),
+                        b_batch_strides=tuple(b_st))
+    return kern, [a, bm]
+
+
+@rule("gemm")
+def lower_gemm(op):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    if not has_blas():
+        return "no BLAS available"
+    a, bm, c = op.operands[0], op.operands[1], op.operand(2)
+    as_, bs = static_shape(a.type), static_shape(bm.type)
+    if len(as_) != 2 or len(bs) != 2:
+        return "gemm operands must be 2-d"
+    ta, tb = bool(op.attr("transA")), bool(op.attr("transB"))
+    M, Ka = (as_[1], as_[0]) if ta else as_
+    Kb, N = (bs[1], bs[0]) if tb else bs
+    if Ka != Kb:
+        return "inner dims differ"
+    alpha = float(op.attr("alpha") if op.attr("alpha") is not None else 1.0)
+    beta = float(op.attr("beta") if op.attr("beta") is not None else 1.0)
+    bc = const_of(bm)
+    cs = static_shape(c.type) if c is not None else None
+    if bc is not None and M <= 4 and not ta and (cs is None or (K.prod(cs) == N and cs[-1:] == (N,))):
+        wt = np.asarray(bc, np.float32)
+        wt = wt if tb else wt.T
+        kern = K.Gemv(M=M, N=N, K=Ka, has_bias=c is not None, alpha=alpha, beta=beta)
+        return kern, [a, ConstArray(wt, (bm.name or "w") + ".nk")] + ([c] if c is not None else [])
+    kern = K.MatMul(M=M, N=N, K=Ka, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta,
+                    c_shape=static_shape(c.type) if c is not None else None)
+    return kern, [a, bm] + ([c] if c is not None else [])
+
+
+def _pool(op, kind):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    if len(op.results) > 1 and op.results[1].uses:
+        return "max_pool indices are used"
+    x = op.operands[0]
+    xs, ys = static_shape(x.type), static_shape(op.results[0].type)
+    if len(xs) != 4:
+        return "only 2-d pooling is native"
+    if K.prod(ys) == 0 or K.prod(xs) == 0:
+        return "zero-size tensor"
+    kernel = op.attr("kernel_shape")
+    st, dl, pb, pe = _window(op, xs, kernel)
+    kern = K.Pool2d(kind=kind, planes=xs[0] * xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3],
+                    kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1],
+                    pt=pb[0], pl=pb[1], pb=pe[0], pr=pe[1],
+                    count_include_pad=bool(op.attr("count_include_pad")))
+    return kern, [x]
+
+
+@rule("max_pool")
+def lower_max_pool(op):
+    return _pool(op, "max")
+
+
+@rule("average_pool")
+def lower_avg_pool(op):
+    return _pool(op, "avg")
+
+
+@rule("global_average_pool", "global_max_pool")
+def lower_global_pool(op):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    xs = static_shape(op.operands[0].type)
+    if len(xs) < 3:
+        return "rank below 3"
+    return K.GlobalPool(kind="avg" if op.name == "global_average_pool" else "max",
+                        planes=xs[0] * xs[1], size=K.prod(xs[2:])), [op.operands[0]]
+
+
+@rule("softmax", "log_softmax")
+def lower_softmax(op):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    xs = static_shape(op.operands[0].type)
+    if len(xs) == 0:
+        return "scalar"
+    ax = op.attr("axis")
+    ax = ax + len(xs) if ax < 0 else ax
+    return K.Softmax(outer=K.prod(xs[:ax]), D=xs[ax], inner=K.prod(xs[ax + 1:]),
+                     log=op.name == "log_softmax"), [op.operands[0]]
+
+
+@rule("lrn")
+def lower_lrn(op):
+    why = _all_static_f32(op)
+    if why:
+        return why
+    xs = static_shape(op.operands[0].type)
+    if len(xs) < 2:
+        return "rank below 2"
+    return K.LRN(N=xs[0], C=xs[1], plane=K.prod(xs[2:]), size=int(op.attr("size")),
+                 alpha=float(op.attr("alpha")), beta=float(op.attr("beta")),
+                 bias=float(op.attr("bias"))), [op.operands[0]]
+
+
+@rule("concat")
+def lower_concat(op):
+    ys = static_shape(op.results[0].type)
+    if ys is None or any(not is_static(v) for v in op.operands):
+        return "shape not static"
+    item = op.results[0].type.dtype.numpy.itemsize
+    if op.results[0].type.dtype is DType.string:
+        return "string tensor"
+    ax = op.attr("axis")
+    ax = ax + len(ys) if ax < 0 else ax
+    outer = K.prod(ys[:ax])
+    chunks = tuple(K.prod(static_shape(v.type)[ax:]) * item for v in op.operands)
+    return K.Concat(outer=outer, chunks=chunks), list(op.operands)
+
+
+@rule("transpose")
+def lower_transpose(op):
+    x = op.operands[0]
+    xs = static_shape(x.type)
+    if xs is None or not is_static(op.results[0]):
+        return "shape not static"
+    item = x.type.dtype.numpy.itemsize
+    if x.type.dtype is DType.string or item not in K.INT_OF_SIZE:
+        return f"dtype {x.type.dtype.name}"
+    perm = op.attr("perm") or tuple(reversed(range(len(xs))))
+    return K.Transpose(in_shape=xs, perm=tuple(perm), itemsize=item), [x]
+
+
+def alias_source(op: Operation) -> Value | None:
+    """The operand whose buffer ``op``'s first result reuses, when it is a pure view."""
+    if op.name not in ALIAS_OPS or not op.results:
+        return None
+    x = op.operands[0]
+    r = op.results[0]
+    if x is None or not isinstance(x.type, TensorType) or not isinstance(r.type, TensorType):
+        return None
+    if not is_static(x) or not is_static(r) or x.type.dtype != r.type.dtype:
+        return None
+    if x.type.dtype is DType.string or nbytes_of(x) != nbytes_of(r):
+        return None
+    if op.name == "dropout":
+        if len(op.results) > 1 and op.results[1].uses:
+            return None
+        tm = op.operand(2)
+        if tm is not None and (const_of(tm) is None or bool(np.asarray(const_of(tm)))):
+            return None
+    return x
+
+
+# -- elementwise fusion --------------------------------------------------------------------
+def _ew_native(op: Operation) -> bool:
+    if op.name not in ELEMENTWISE or len(op.results) != 1:
+        return False
+    if _all_static_f32(op) is not None:
+        return False
+    if op.name == "clip":
+        return True
+    return all(v is not None for v in op.operands)
+
+
+@dataclass
+class _Group:
+    out: Value
+    ops: list[Operation] = field(default_factory=list)
+    expr: Any = None
+
+
+def lower_module(module: Module, report_reasons: dict | None = None) -> list:
+    """Steps for the top-level block of a specialized module."""
+    outputs = {id(v) for v in module.graph.outputs if v is not None}
+    steps: list = []
+    groups: dict[int, _Group] = {}      # value id -> group whose output it is
+    pending: dict[int, NativeStep] = {}  # value id -> the fused step producing it
+    absorbed: set[int] = set()
+
+    def group_input(inputs: list[Value], v: Value):
+        for k, u in enumerate(inputs):
+            if u is v:
+                return ("in", k)
+        inputs.append(v)
+        return ("in", len(inputs) - 1)
+
+    for op in module.graph.block:
+        if op.is_terminator or op.name == "constant" or id(op) in absorbed:
+            continue
+        if _ew_native(op):
+            out = op.results[0]
+            oshape = static_shape(out.type)
+            inputs: list[Value] = []
+            children = []
+            members: list[Operation] = []
+            for v in op.operands:
+                if v is None:
+                    children.append(("none",))
+                    continue
+                c = const_of(v)
+                if c is not None and c.size == 1 and np.isfinite(c).all():
+                    children.append(("const", float(np.asarray(c).reshape(-1)[0])))
+                    continue
+                g = groups.get(id(v))
+                if (g is not None and len(v.uses) == 1 and id(v) not in outputs
+                        and static_shape(v.type) == oshape and id(v) in pending):
+                    # inline the producer's expression
+                    step = pending.pop(id(v))
+                    steps.remove(step)
+                    mapping = {}
+                    for k, u in enumerate(step.inputs):
+                        mapping[k] = group_input(inputs, u)
+                    children.append(_remap(g.expr, mapping))
+                    members.extend(g.ops)
+                    continue
+                children.append(group_input(inputs, v))
+            attrs = ()
+            if op.name == "leaky_relu":
+                attrs = (("alpha", float(op.attr("alpha") if op.attr("alpha") is not None else 0.01)),)
+            expr = (op.name, tuple(children), attrs)
+            members.append(op)
+            kern = K.Elementwise(out_shape=oshape,
+                                 in_shapes=[static_shape(v.type) for v in inputs], expr=expr)
+            step = NativeStep(kern, [out], inputs, members)
+            groups[id(out)] = _Group(out, members, expr)
+            pending[id(out)] = step
+            steps.append(step)
+            continue
+        src = alias_source(op)
+        if src is not None:
+            steps.append(AliasStep(op, src, op.results[0]))
+            continue
+        fn = RULES.get(op.name)
+        if fn is None:
+            steps.append(FallbackStep(op, "no native kernel"))
+            continue
+        try:
+            res = fn(op)
+        except Exception as e:  # a lowering rule that cannot handle this op: run it on numpy
+            res = f"lowering failed: {type(e).__name__}: {e}"
+        if isinstance(res, str):
+            steps.append(FallbackStep(op, res))
+            continue
+        kern, ins = res
+        step = NativeStep(kern, [op.results[0]], ins, [op])
+        # conv/gemm + relu: apply the relu on the tile before it is stored
+        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv)):
+            r = op.results[0]
+            if len(r.uses) == 1 and id(r) not in outputs:
+                user = r.uses[0][0]
+                if user.name == "relu" and user.parent is op.parent and _ew_native(user):
+                    kern.relu = True
+                    step.outputs = [user.results[0]]
+                    step.ops.append(user)
+                    absorbed.add(id(user))
+        steps.append(step)
+    return steps
+
+
+def _remap(expr, mapping):
+    if expr[0] == "in":
+        return mapping[expr[1]]
+    if expr[0] in ("const", "none"):
+        return expr
+    return (expr[0], tuple(_remap(c, mapping) for c in expr[1]), expr[2])

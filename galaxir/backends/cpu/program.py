@@ -1,0 +1,351 @@
+"""A compiled specialization: the memory plan (one arena, liveness-based offsets), the LLVM
+module with one entry point per native segment, and the runtime loop that calls the
+segments and runs fallback ops on the numpy reference in between."""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import llvmlite.ir as ir
+import numpy as np
+
+from ...errors import ExecutionError, GalaxirError
+from ...ir import Module, Operation, Value
+from ...ir.types import TensorType
+from . import jit
+from .codegen import I8, I8P, I64
+from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
+
+ALIGN = 64
+
+
+@dataclass
+class Buffer:
+    key: int           # value id (root) or a negative id for scratch
+    size: int
+    start: int
+    end: int
+    offset: int = -1
+    name: str = ""
+
+
+def plan_offsets(buffers: list[Buffer]) -> int:
+    """Greedy by size: each buffer goes to the lowest aligned offset that does not overlap
+    a placed buffer whose lifetime intersects its own.  Returns the arena size."""
+    placed: list[Buffer] = []
+    total = 0
+    for buf in sorted(buffers, key=lambda b: (-b.size, b.start)):
+        size = -(-max(buf.size, 1) // ALIGN) * ALIGN
+        busy = sorted((p.offset, p.offset + -(-max(p.size, 1) // ALIGN) * ALIGN) for p in placed
+                      if p.start <= buf.end and buf.start <= p.end)
+        off = 0
+        for lo, hi in busy:
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        buf.offset = off
+        placed.append(buf)
+        total = max(total, off + size)
+    return total
+
+
+def free_values(op: Operation) -> list[Value]:
+    """Values ``op`` reads, including those its regions read from outer scopes."""
+    vals = [v for v in op.operands if v is not None]
+    if op.regions:
+        inner = set()
+        for r in op.regions:
+            inner.update(id(a) for a in r.block.args)
+            for nested in r.walk():
+                inner.update(id(x) for x in nested.results)
+                for x in nested.regions:
+                    inner.update(id(a) for a in x.block.args)
+        seen = {id(v) for v in vals}
+        for r in op.regions:
+            for nested in r.walk():
+                for v in nested.operands:
+                    if v is not None and id(v) not in inner and id(v) not in seen:
+                        seen.add(id(v))
+                        vals.append(v)
+    return vals
+
+
+class Specialization:
+    """Everything for one set of concrete input shapes."""
+
+    def __init__(self, module: Module, cache_dir=None, split: bool = False):
+        self.module = module
+        self.split = split  # one segment per native step (debugging: check each step)
+        self.steps = lower_module(module)
+        self._build_plan()
+        self._build_code(cache_dir)
+
+    # -- planning ---------------------------------------------------------------------------
+    def _build_plan(self) -> None:
+        steps = self.steps
+        g = self.module.graph
+        self.root: dict[int, Value] = {}
+        self.values: dict[int, Value] = {}
+
+        def root_of(v):
+            return self.root.get(id(v), v)
+
+        produced_native: set[int] = set()
+        for s in steps:
+            if isinstance(s, AliasStep):
+                self.root[id(s.result)] = root_of(s.source)
+            elif isinstance(s, NativeStep):
+                for v in s.outputs:
+                    produced_native.add(id(v))
+        self.root_of = root_of
+        # liveness of arena roots
+        start: dict[int, int] = {}
+        end: dict[int, int] = {}
+        rootv: dict[int, Value] = {}
+        scratch: list[Buffer] = []
+        for i, s in enumerate(steps):
+            if isinstance(s, NativeStep):
+                for v in s.outputs:
+                    start.setdefault(id(v), i)
+                    end[id(v)] = max(end.get(id(v), i), i)
+                    rootv[id(v)] = v
+                reads = s.inputs
+                if s.kernel.scratch_bytes:
+                    scratch.append(Buffer(-(i + 1), s.kernel.scratch_bytes, i, i, name=f"scratch{i}"))
+            elif isinstance(s, FallbackStep):
+                reads = free_values(s.op)
+            else:
+                reads = []
+            for v in reads:
+                if isinstance(v, ConstArray):
+                    continue
+                r = root_of(v)
+                if id(r) in produced_native:
+                    end[id(r)] = max(end.get(id(r), i), i)
+        n = len(steps)
+        for v in g.outputs:
+            if v is not None:
+                r = root_of(v)
+                if id(r) in produced_native:
+                    end[id(r)] = n
+        buffers = [Buffer(k, nbytes_of(rootv[k]), start[k], end[k], name=rootv[k].name or "")
+                   for k in start] + scratch
+        self.arena_size = plan_offsets(buffers)
+        self.buffers = buffers
+        self.offset = {b.key: b.offset for b in buffers}
+        self.scratch_offset = {-(b.key) - 1: b.offset for b in scratch}
+        self.produced_native = produced_native
+        # ext slots: values not in the arena that native code reads
+        self.slot: dict[int, int] = {}
+        self.slot_value: list[Value] = []
+        for s in steps:
+            if isinstance(s, NativeStep):
+                for v in s.inputs:
+                    r = root_of(v)
+                    if id(r) not in produced_native and id(r) not in self.slot:
+                        self.slot[id(r)] = len(self.slot_value) + 1
+                        self.slot_value.append(r)
+
+    # -- code -------------------------------------------------------------------------------
+    def _build_code(self, cache_dir) -> None:
+        mod = ir.Module(name="galaxir")
+        mod.triple = jit.target_triple()
+        mod.data_layout = jit.target_data_layout()
+        kernel_fns: dict[tuple, ir.Function] = {}
+        self.segments: list[list[NativeStep]] = []
+        seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
+        cur: list[NativeStep] | None = None
+        for i, s in enumerate(self.steps):
+            if isinstance(s, NativeStep):
+                if cur is None or self.split:
+                    cur = []
+                    self.segments.append(cur)
+                    seq.append(("native", len(self.segments) - 1))
+                cur.append((i, s))
+            elif isinstance(s, FallbackStep):
+                cur = None
+                seq.append(("fallback", s))
+        self.seq = seq
+        table_t = I8P.as_pointer()
+        for k, seg in enumerate(self.segments):
+            fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [table_t]), f"gx_seg{k}")
+            fn.attributes.add("nounwind")
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            table = fn.args[0]
+            base = b.load(table)
+            for i, s in seg:
+                nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
+                key = s.kernel.key()
+                kf = kernel_fns.get(key)
+                if kf is None:
+                    kf = s.kernel.emit(mod, f"gx_k{len(kernel_fns)}_{s.kernel.name}", nargs)
+                    kernel_fns[key] = kf
+                args = []
+                for v in list(s.outputs) + list(s.inputs):
+                    r = self.root_of(v)
+                    if id(r) in self.produced_native:
+                        p = b.gep(base, [ir.Constant(I64, self.offset[id(r)])], inbounds=True)
+                    else:
+                        p = b.load(b.gep(table, [ir.Constant(I64, self.slot[id(r)])], inbounds=True))
+                    args.append(p)
+                if s.kernel.scratch_bytes:
+                    args.append(b.gep(base, [ir.Constant(I64, self.scratch_offset[i])], inbounds=True))
+                args = [b.bitcast(a, t.type) for a, t in zip(args, kf.args)]
+                b.call(kf, args)
+            b.ret_void()
+        self.llvm_ir = str(mod)
+        self.n_kernels = len(kernel_fns)
+        if self.segments:
+            obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
+            self.loaded = jit.LoadedObject(obj)
+            proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+            self.entries = [proto(self.loaded.address(f"gx_seg{k}")) for k in range(len(self.segments))]
+            self.pool_slot = self.loaded.global_address("gx_pool")
+        else:
+            self.cache_source = "none"
+            self.pool_slot = 0
+            self.loaded = None
+            self.entries = []
+        self._arena = None
+        self._table = (ctypes.c_void_p * (len(self.slot_value) + 1))()
+        self._fixed: list[Any] = []
+        for k, v in enumerate(self.slot_value, start=1):
+            if isinstance(v, ConstArray):
+                arr = _native_ready(v.array)
+                self._fixed.append(arr)
+                self._table[k] = arr.ctypes.data
+                continue
+            p = v.producer
+            if p is not None and p.name == "constant":
+                arr = _native_ready(np.asarray(p.attrs["value"]))
+                self._fixed.append(arr)
+                self._table[k] = arr.ctypes.data
+
+    # -- running ----------------------------------------------------------------------------
+    def _ensure_arena(self) -> None:
+        if self._arena is None:
+            try:
+                raw = np.empty(self.arena_size + ALIGN, np.uint8)
+            except (MemoryError, ValueError) as e:
+                raise ExecutionError(f"cpu backend: cannot allocate the {self.arena_size} byte "
+                                     f"arena for these input shapes: {e}") from None
+            off = (-raw.ctypes.data) % ALIGN
+            self._arena = raw[off:off + self.arena_size]
+            self._table[0] = self._arena.ctypes.data if self.arena_size else raw.ctypes.data
+            self._views: dict[int, np.ndarray] = {}
+
+    def view(self, v: Value) -> np.ndarray:
+        arr = self._views.get(id(v))
+        if arr is None:
+            r = self.root_of(v)
+            shape = static_shape(v.type)
+            dt = v.type.dtype.numpy
+            nb = nbytes_of(v)
+            off = self.offset[id(r)]
+            arr = self._arena[off:off + nb].view(dt).reshape(shape)
+            self._views[id(v)] = arr
+        return arr
+
+    def run(self, inputs: list[Any], interp, hook=None, pool=None) -> list[Any]:
+        self._ensure_arena()
+        if self.pool_slot:
+            ctypes.c_void_p.from_address(self.pool_slot).value = pool.address if pool else None
+        if pool is not None and self.pool_slot:
+            pool.begin()
+            try:
+                return self._run(inputs, interp, hook)
+            finally:
+                pool.end()
+        return self._run(inputs, interp, hook)
+
+    def _run(self, inputs, interp, hook):
+        ext: dict[int, Any] = {}
+        g = self.module.graph
+        for a, x in zip(g.inputs, inputs):
+            slot = self.slot.get(id(a))
+            if slot is not None:
+                x = _native_ready(x)
+                self._table[slot] = x.ctypes.data
+            ext[id(a)] = x
+        for v in self.slot_value:
+            p = getattr(v, "producer", None)
+            if p is not None and p.name == "constant":
+                ext[id(v)] = p.attrs["value"]
+        table = ctypes.addressof(self._table)
+        for kind, item in self.seq:
+            if kind == "native":
+                self.entries[item](table)
+                if hook is not None:
+                    hook(self, self.segments[item], ext)
+                continue
+            op = item.op
+            env = {}
+            for v in free_values(op):
+                env[id(v)] = self._materialize(v, ext)
+            interp.run_op(op, env)
+            for r in op.results:
+                x = env.get(id(r))
+                if isinstance(x, np.ndarray) and self._arena is not None and self._arena.size \
+                        and np.may_share_memory(x, self._arena):
+                    x = x.copy()
+                slot = self.slot.get(id(r))
+                if slot is not None:
+                    x = _native_ready(x, static_shape(r.type))
+                    self._table[slot] = x.ctypes.data
+                ext[id(r)] = x
+        outs = []
+        for v in g.outputs:
+            if v is None:
+                outs.append(None)
+                continue
+            r = self.root_of(v)
+            if id(r) in self.produced_native:
+                outs.append(self.view(v).copy())
+            else:
+                outs.append(self._materialize(v, ext))
+        return outs
+
+    def _materialize(self, v: Value, ext: dict[int, Any]) -> Any:
+        r = self.root_of(v)
+        if id(r) in self.produced_native:
+            return self.view(v)
+        if id(r) in ext:
+            x = ext[id(r)]
+        elif r.producer is not None and r.producer.name == "constant":
+            x = r.producer.attrs["value"]
+        else:
+            raise ExecutionError(f"cpu backend: value {v!r} was not computed")
+        if r is not v:
+            x = np.asarray(x).reshape(static_shape(v.type))
+        return x
+
+    # -- reporting --------------------------------------------------------------------------
+    def placement(self) -> list[tuple[Operation, str, str]]:
+        """(op, where, detail) for every op of the specialized module."""
+        out = []
+        for s in self.steps:
+            if isinstance(s, NativeStep):
+                for op in s.ops:
+                    out.append((op, "native", s.kernel.name))
+            elif isinstance(s, AliasStep):
+                out.append((s.op, "native", "view"))
+            else:
+                out.append((s.op, "numpy", s.reason))
+        return out
+
+
+def _native_ready(x: Any, shape=None) -> np.ndarray:
+    """A C-contiguous array whose data is aligned for its element type (copied if not)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if shape is not None and x.shape != tuple(shape):
+        raise ExecutionError(f"cpu backend: a fallback op produced shape {list(x.shape)}, "
+                             f"expected {list(shape)}")
+    if not x.flags.c_contiguous or x.ctypes.data % max(x.dtype.itemsize, 1) or x.dtype.hasobject:
+        if x.dtype.hasobject:
+            raise ExecutionError("cpu backend: object arrays cannot enter native code")
+        y = np.empty(x.shape, x.dtype)
+        y[...] = x
+        x = y
+    return x

@@ -1,0 +1,227 @@
+"""Constant folding (through the numpy reference kernels) and shape folding.
+
+Folding evaluates an op whose operands are all constants with the numpy backend's own
+kernel, so the folded value is exactly what the reference would compute at run time.  A
+size cap (``fold_max_elements``, default 4M elements) keeps folding from blowing a model
+up; ``constant_of_shape`` and ``expand`` of constants fold to broadcast views (a splat
+costs one element of memory whatever its shape), so weights a model builds with
+ConstantOfShape become constants without materializing them.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ...errors import GalaxirError
+from ...ir.core import Operation, Value
+from ...ir.types import DType, TensorType, types_compatible
+from ..rewrite import Const, P, RewritePattern, Rewriter, Var, const_array, is_pure, pattern
+
+DEFAULT_MAX_ELEMENTS = 1 << 22
+
+#: Ops whose output size depends on operand values: folded only when the result type is
+#: static (so the size cap can be checked before evaluating).
+GROWING = frozenset({"range", "constant_of_shape", "expand", "tile", "resize", "pad",
+                     "one_hot", "upsample", "eye_like", "non_zero", "unique", "compress",
+                     "string_split", "split_to_sequence"})
+
+#: Never folded: evaluation depends on more than the operands.
+NO_FOLD = frozenset({"constant", "return"})
+
+
+def _evaluate(op: Operation, args: list) -> list | None:
+    from ...backends.numpy.interpreter import Interpreter
+    env = {id(v): a for v, a in zip(op.operands, args) if v is not None}
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            Interpreter(None).run_op(op, env)
+    except (GalaxirError, Exception):
+        return None  # the op fails on these values: leave it for run time to report
+    return [env.get(id(r)) for r in op.results]
+
+
+class FoldConstant(RewritePattern):
+    """Replace an op whose operands are all constants by constants of its results."""
+
+    name = "fold-constant"
+    root = None
+    benefit = 10
+
+    def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS):
+        self.max_elements = max_elements
+
+    def match_and_rewrite(self, op: Operation, rw: Rewriter) -> bool:
+        if op.name in NO_FOLD or op.regions or not op.results:
+            return False
+        args = []
+        for v in op.operands:
+            if v is None:
+                args.append(None)
+                continue
+            arr = const_array(v)
+            if arr is None:
+                return False
+            args.append(arr)
+        if not is_pure(op):
+            return False
+        if not all(isinstance(r.type, TensorType) for r in op.results):
+            return False
+        values = self._splat(op, args)
+        if values is None:
+            for r in op.results:
+                n = r.type.numel
+                if n is None and op.name in GROWING:
+                    return False
+                if n is not None and n > self.max_elements:
+                    return False
+            values = _evaluate(op, args)
+            if values is None:
+                return False
+        for r, val in zip(op.results, values):
+            if not isinstance(val, np.ndarray):
+                return False
+            if val.size > self.max_elements and any(s != 0 for s in val.strides):
+                return False
+            if not types_compatible(r.type, TensorType(DType.from_numpy(val.dtype), val.shape)):
+                return False
+        rw._begin(op, self.name, ())
+        new = [rw.constant(_readonly(val)) for val in values]
+        rw.replace_op(op, new)
+        return True
+
+    def _splat(self, op: Operation, args: list) -> list | None:
+        """constant_of_shape / expand of constants as zero-copy broadcast views."""
+        r = op.results[0]
+        if op.name == "constant_of_shape" and args and args[0] is not None:
+            shape = tuple(int(d) for d in np.asarray(args[0]).reshape(-1))
+            if any(d < 0 for d in shape):
+                return None
+            value = op.attr("value")
+            dt = r.type.dtype.numpy
+            scalar = np.zeros((), dt) if value is None else np.asarray(value).reshape(-1)[:1].astype(dt).reshape(())
+            return [np.broadcast_to(scalar, shape)]
+        if op.name == "expand" and len(args) == 2 and args[0] is not None and args[1] is not None:
+            try:
+                shape = np.broadcast_shapes(args[0].shape, tuple(int(d) for d in np.asarray(args[1]).reshape(-1)))
+            except ValueError:
+                return None
+            return [np.broadcast_to(args[0].astype(r.type.dtype.numpy, copy=False), shape)]
+        return None
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    if arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
+# -- shape folding --------------------------------------------------------------------------
+def _dims(v: Value) -> list | None:
+    t = v.type
+    if not isinstance(t, TensorType) or t.shape is None:
+        return None
+    return [d if isinstance(d, int) else None for d in t.shape]
+
+
+def _shape_vector(shape_op: Operation) -> list | None:
+    """The dims a ``shape`` op returns, None where not static (or None for unknown rank)."""
+    dims = _dims(shape_op.operand(0))
+    if dims is None:
+        return None
+    rank = len(dims)
+    start = shape_op.attr("start", 0) or 0
+    end = shape_op.attr("end", None)
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    end = rank if end is None else max(0, min(rank, end + rank if end < 0 else end))
+    return dims[start:end]
+
+
+def _int64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+@pattern(P.shape(Var("x")), name="fold-shape")
+def fold_shape(m):
+    """shape(x) of static dims -> a constant."""
+    dims = _shape_vector(m.root)
+    if dims is None or any(d is None for d in dims):
+        return m.fail("the shape has dynamic dims")
+    return m.b.constant(_int64(dims))
+
+
+@pattern(P.size(Var("x")), name="fold-size")
+def fold_size(m):
+    """size(x) of a static shape -> a constant."""
+    t = m.x.type
+    if not isinstance(t, TensorType) or t.numel is None:
+        return m.fail("the shape is not static")
+    return m.b.constant(np.asarray(t.numel, dtype=np.int64))
+
+
+@pattern(P.gather(P.shape(Var()).named("s"), Const(name="i")), name="fold-shape-gather")
+def fold_shape_gather(m):
+    """gather(shape(x), i) picking static dims -> a constant (the rest may be symbolic)."""
+    if (m.root.attr("axis", 0) or 0) != 0:
+        return None
+    dims = _shape_vector(m.s)
+    if dims is None:
+        return None
+    idx = np.asarray(m.array("i")).astype(np.int64)
+    n = len(dims)
+    if np.any(idx < -n) or np.any(idx >= n):
+        return m.fail("index out of range")
+    picked = [dims[int(k)] for k in idx.reshape(-1)]
+    if any(d is None for d in picked):
+        return m.fail("a picked dim is dynamic")
+    return m.b.constant(_int64(picked).reshape(idx.shape))
+
+
+@pattern(P.slice(P.shape(Var()).named("s"), Const(name="starts"), Const(name="ends"), ...),
+         name="fold-shape-slice")
+def fold_shape_slice(m):
+    """slice(shape(x), ...) picking static dims -> a constant."""
+    dims = _shape_vector(m.s)
+    if dims is None:
+        return None
+    ops = m.root.operands
+    axes = const_array(ops[3]) if len(ops) > 3 and ops[3] is not None else np.zeros(1, np.int64)
+    steps = const_array(ops[4]) if len(ops) > 4 and ops[4] is not None else np.ones(1, np.int64)
+    if axes is None or steps is None:
+        return None
+    if axes.size != 1 or int(axes.reshape(-1)[0]) not in (0, -1) or steps.size != 1:
+        return None
+    idx = onnx_slice_indices(len(dims), int(m.array("starts").reshape(-1)[0]),
+                             int(m.array("ends").reshape(-1)[0]), int(steps.reshape(-1)[0]))
+    if idx is None:
+        return None
+    picked = [dims[k] for k in idx]
+    if any(d is None for d in picked):
+        return m.fail("a picked dim is dynamic")
+    return m.b.constant(_int64(picked))
+
+
+def onnx_slice_indices(dim: int, start: int, end: int, step: int) -> list[int] | None:
+    """The indices ONNX Slice takes along an axis of size ``dim``."""
+    if step == 0:
+        return None
+    if start < 0:
+        start += dim
+    if end < 0:
+        end += dim
+    if step > 0:
+        start = max(0, min(dim, start))
+        end = max(0, min(dim, end))
+    else:
+        start = max(-1, min(dim - 1, start))
+        end = max(-1, min(dim - 1, end))
+    return list(range(start, end, step))
+
+
+SHAPE_PATTERNS = [fold_shape, fold_size, fold_shape_gather, fold_shape_slice]
+
+
+def fold_patterns(max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[RewritePattern]:
+    return [FoldConstant(max_elements)]
