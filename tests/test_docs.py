@@ -1,10 +1,11 @@
-"""Every ```python block in docs/*.md runs, top to bottom, one namespace per page."""
+"""Every ```python block in README.md and docs/*.md runs, top to bottom, one namespace per page."""
 import re
 from pathlib import Path
 
 import pytest
 
-DOCS = sorted((Path(__file__).parent.parent / "docs").glob("*.md"))
+ROOT = Path(__file__).parent.parent
+DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

@@ -106,7 +106,7 @@ def _with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelPro
 
 
 # alexnet, vgg19 and zfnet512 hold 60-140M weights: too big to randomize in a test.
-@pytest.mark.parametrize("name", [n if n in ("resnet50", "shufflenet", "squeezenet")
+@pytest.mark.parametrize("name", [n if n in ("shufflenet", "squeezenet")
                                   else pytest.param(n, marks=pytest.mark.slow)
                                   for n in ("densenet121", "inception_v1", "inception_v2",
                                             "resnet50", "shufflenet", "squeezenet")])

@@ -31,3 +31,5 @@ __all__ = [
     "AlgebraicSimplify", "InlineIf", "CSE", "DCE", "FoldConstant", "canonicalize_patterns",
     "cse", "dce",
 ]
+
+from . import fusion  # noqa: E402,F401  (registers the O2 fusion passes for level 2)

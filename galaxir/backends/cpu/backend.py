@@ -165,5 +165,4 @@ class CpuBackend(Backend):
                                      "(no native kernel and no numpy reference kernel)")
         if cache_dir is None:
             cache_dir = jit.default_cache_dir()
-        jit.warm_blas()
         return CpuExecutable(module, cache_dir, num_threads=num_threads)

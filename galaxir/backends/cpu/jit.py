@@ -80,6 +80,7 @@ def _bind_symbols(llvm) -> None:
     _state["has_blas"] = bool(addr)
     if addr:
         llvm.add_symbol("gx_sgemm", addr)
+        _single_thread_blas()
     libm = ctypes.CDLL(None)
     for name in ("expf", "logf", "powf", "tanhf", "erff"):
         try:
@@ -87,6 +88,27 @@ def _bind_symbols(llvm) -> None:
         except AttributeError:
             continue
         llvm.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
+
+
+def _single_thread_blas() -> None:
+    """scipy's OpenBLAS threads spin after each call and would fight the backend's own
+    worker for the cores: native code calls sgemm from one thread only."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "scipy_openblas" in line and "/scipy" in line}
+    except OSError:
+        return
+    for p in paths:
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "openblas_set_num_threads", "openblas_set_num_threads64_"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(1)
+                break
 
 
 def has_blas() -> bool:

@@ -864,6 +864,9 @@ class PackedGemm(Kernel):
         t0 = b.mul(mc, i64(tiles_per))
         t1 = _min(b, b.add(t0, i64(tiles_per)), i64(tiles))
         accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
+        with fb.b.goto_block(fb.entry):
+            tmp = fb.b.alloca(F32, size=i64(NR))
+            tmp.align = 32
         zero = ir.Constant(V8, [0.0] * 8)
         fma = _fma_v8(fb.module)
         full_cols = b.icmp_signed("<=", b.add(j0, i64(NR)), i64(N))
@@ -910,11 +913,10 @@ class PackedGemm(Kernel):
                         b.store(vals[h], b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))), V8.as_pointer()), align=4)
                     b.branch(end)
                     b.position_at_end(other)
-                    for q in range(NR):
-                        ok = b.icmp_signed("<", b.add(j0, i64(q)), i64(N))
-                        with fb.if_(ok):
-                            fb.store(b.extract_element(vals[q // 8], ir.Constant(ir.IntType(32), q % 8)),
-                                     cb, b.add(rowoff, i64(q)))
+                    for h in range(2):
+                        b.store(vals[h], b.bitcast(fb.ptr(tmp, i64(8 * h)), V8.as_pointer()), align=32)
+                    with fb.loop(0, b.sub(i64(N), j0)) as q:
+                        fb.store(fb.load(tmp, q), cb, b.add(rowoff, q))
                     b.branch(end)
                     b.position_at_end(end)
 

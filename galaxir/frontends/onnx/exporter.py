@@ -33,19 +33,31 @@ def _key(name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _onnx_names() -> dict[tuple[str, str], tuple[str, int]]:
-    """(domain, key) -> (ONNX op type, newest since_version) over every ONNX schema."""
+    """(domain, key) -> (ONNX op type, the opset where it first appeared) over every schema."""
     out: dict[tuple[str, str], tuple[str, int]] = {}
     for s in onnx.defs.get_all_schemas_with_history():
+        if s.deprecated:
+            continue
         k = (s.domain, _key(s.name))
-        if k not in out or s.since_version > out[k][1]:
-            if k in out and out[k][0] != s.name and s.deprecated:
-                continue
+        if k not in out or s.since_version < out[k][1]:
             out[k] = (s.name, s.since_version)
     return out
 
 
+def _optional_outputs(domain: str, op_type: str, opset: int) -> list[bool]:
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:
+        return []
+    opt = onnx.defs.OpSchema.FormalParameterOption.Optional
+    return [o.option == opt for o in schema.outputs]
+
+
 def onnx_op_for(name: str) -> tuple[str, str, int] | None:
-    """(domain, op type, since_version) of the ONNX op with a galaxir op's semantics."""
+    """(domain, op type, first opset) of the ONNX op with a galaxir op's semantics.
+    galaxir follows the newest version of each op; exporting at an opset where the op
+    exists uses the version in force there, which accepts what galaxir emits as long as
+    the model uses no feature newer than that opset (the source model's opset is the floor)."""
     domain, base = "", name
     for prefix, dom in DOMAIN_PREFIXES.items():
         if name.startswith(prefix):
@@ -82,6 +94,8 @@ class _Exporter:
         self.taken: set[str] = set()
         self.opsets: dict[str, int] = {"": MIN_OPSET}
         self.counter = 0
+        self.node_names: set[str] = set()
+        self.returned: set[int] = set()
 
     def name(self, v: Value) -> str:
         key = id(v)
@@ -104,6 +118,16 @@ class _Exporter:
         self.taken.add(n)
         return n
 
+    def node_name(self, op: Operation) -> str:
+        """Unique node names: the op's source nodes (several ops may share one source)."""
+        base = ",".join(op.provenance) or op.name
+        name, i = base, 1
+        while name in self.node_names:
+            name = f"{base}#{i}"
+            i += 1
+        self.node_names.add(name)
+        return name
+
     def attr_value(self, key: str, v: Any, op: Operation) -> Any:
         if isinstance(v, DType):
             return v.onnx
@@ -119,6 +143,7 @@ class _Exporter:
               out_names: list[str] | None = None) -> tuple[list, list[str]]:
         """Nodes for a block; returns (nodes, output names).  ``out_names`` (main graph)
         are reserved up front and given to the outputs."""
+        self.returned.update(id(v) for v in block.results if v is not None)
         nodes: list[onnx.NodeProto] = []
         for op in block:
             if op.is_terminator:
@@ -158,11 +183,17 @@ class _Exporter:
         inputs = ["" if v is None else self.name(v) for v in op.operands]
         while inputs and inputs[-1] == "":
             inputs.pop()
-        outputs = [self.name(r) for r in op.results]
+        outputs = [self.name(r) if (r.uses or id(r) in self.returned) else "" for r in op.results]
+        optional = _optional_outputs(domain, op_type, self.opsets[domain])
+        for i, r in enumerate(op.results):  # unused outputs the schema requires keep a name
+            if outputs[i] == "" and not (i < len(optional) and optional[i]):
+                outputs[i] = self.name(r)
+        while outputs and outputs[-1] == "":
+            outputs.pop()
         attrs = {k: self.attr_value(k, v, op) for k, v in op.attrs.items()}
         for key, region in zip(REGION_ATTRS.get(op.name, ()), op.regions):
             attrs[key] = self.graph(region.block, f"{op.name}_{key}")
-        node = helper.make_node(op_type, inputs, outputs, name=",".join(op.provenance) or None,
+        node = helper.make_node(op_type, inputs, outputs, name=self.node_name(op),
                                 domain=domain or None, **attrs)
         return [node]
 
@@ -201,8 +232,9 @@ def export_onnx(module: Module, opset: int | None = None) -> onnx.ModelProto:
     inputs = [helper.make_value_info(v.name, type_proto(v.type)) for v in g.inputs]
     outputs = [helper.make_value_info(n, type_proto(v.type)) for n, v in zip(outs, g.outputs)]
     graph = helper.make_graph(nodes, module.name or "galaxir", inputs, outputs, initializers)
-    if opset is not None:
-        ex.opsets[""] = max(ex.opsets[""], opset)
+    source = module.metadata.get("onnx_opset", "")
+    floor = max(opset or 0, int(source) if source.isdigit() else 0)
+    ex.opsets[""] = max(ex.opsets[""], floor)
     model = helper.make_model(graph, producer_name="galaxir",
                               opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(ex.opsets.items())])
     model.ir_version = min(model.ir_version, 10)

@@ -1,0 +1,164 @@
+"""galaxir cpu vs galaxir numpy vs onnxruntime on the 9 light model-zoo CNNs, plus a
+1024x1024 float32 matmul.  Each (model, engine) runs in its own process so peak memory
+(ru_maxrss) is its own.  Threads: 2 for everyone (GALAXIR_NUM_THREADS, intra_op_num_threads).
+
+    python benchmarks/bench_cpu.py                 # everything, markdown table on stdout
+    python benchmarks/bench_cpu.py --models squeezenet resnet50 --runs 10
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+THREADS = 2
+LIGHT = os.path.join(os.path.dirname(__import__("onnx").__file__), "backend", "test", "data", "light")
+
+
+def _feeds_onnx(path):
+    import onnx
+    m = onnx.load(path)
+    inits = {i.name for i in m.graph.initializer}
+    feeds = {}
+    for i in m.graph.input:
+        if i.name in inits:
+            continue
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
+        n = int(np.prod(shape))
+        feeds[i.name] = (np.arange(n).reshape(shape) / n).astype(np.float32)
+    return feeds
+
+
+def child(engine: str, model: str, runs: int) -> dict:
+    os.environ["GALAXIR_NUM_THREADS"] = str(THREADS)
+    path = os.path.join(LIGHT, f"light_{model}.onnx")
+    feeds = _feeds_onnx(path)
+    t0 = time.perf_counter()
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        run = lambda: sess.run(None, feeds)  # noqa: E731
+    else:
+        import galaxir as gx
+        exe = gx.compile(path, target=engine)
+        run = lambda: exe.run(feeds)  # noqa: E731
+    compile_s = time.perf_counter() - t0
+    run()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return dict(compile_s=compile_s, latency_ms=statistics.median(times) * 1e3,
+                peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def matmul_child(engine: str, runs: int) -> dict:
+    os.environ["GALAXIR_NUM_THREADS"] = str(THREADS)
+    import onnx
+    from onnx import TensorProto, helper
+    n = 1024
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        run = lambda: sess.run(None, {"a": a, "b": a})  # noqa: E731
+    else:
+        import galaxir as gx
+        exe = gx.compile(model, target=engine)
+        run = lambda: exe(a, a)  # noqa: E731
+    run()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return dict(gflops=2 * n ** 3 / statistics.median(times) / 1e9)
+
+
+def spawn(args: list[str]) -> dict | None:
+    try:
+        out = subprocess.run([sys.executable, __file__] + args, capture_output=True, text=True,
+                             timeout=1800)
+    except subprocess.TimeoutExpired:
+        return None
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    sys.stderr.write(out.stderr[-2000:])
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--numpy-runs", type=int, default=3)
+    ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument("--child", nargs=2)
+    ap.add_argument("--matmul-child")
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child[0], a.child[1], a.runs)))
+        return
+    if a.matmul_child:
+        print(json.dumps(matmul_child(a.matmul_child, a.runs)))
+        return
+    models = a.models or sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
+    engines = ["cpu", "onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
+    rows = []
+    for m in models:
+        res = {}
+        for e in engines:
+            runs = a.numpy_runs if e == "numpy" else a.runs
+            res[e] = spawn(["--child", e, m, "--runs", str(runs)])
+        rows.append((m, res))
+        print(f"# {m}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    mm = {e: spawn(["--matmul-child", e, "--runs", str(a.runs)]) for e in ("cpu", "onnxruntime")}
+
+    def f(x, k, fmt):
+        return "n/a" if not x else format(x[k], fmt)
+
+    print(f"threads: {THREADS}; latency = median of {a.runs} runs (numpy: {a.numpy_runs})\n")
+    print("| model | compile s (cpu / ort / numpy) | latency ms cpu | ort | numpy | peak MB cpu / ort / numpy | cpu/ort |")
+    print("|---|---|---|---|---|---|---|")
+    ratios = []
+    for m, r in rows:
+        c, o, n = r.get("cpu"), r.get("onnxruntime"), r.get("numpy")
+        ratio = c["latency_ms"] / o["latency_ms"] if c and o else None
+        if ratio:
+            ratios.append(ratio)
+        print(f"| {m} | {f(c, 'compile_s', '.2f')} / {f(o, 'compile_s', '.2f')} / {f(n, 'compile_s', '.2f')} "
+              f"| {f(c, 'latency_ms', '.1f')} | {f(o, 'latency_ms', '.1f')} | {f(n, 'latency_ms', '.1f')} "
+              f"| {f(c, 'peak_mb', '.0f')} / {f(o, 'peak_mb', '.0f')} / {f(n, 'peak_mb', '.0f')} "
+              f"| {'n/a' if ratio is None else format(ratio, '.2f')} |")
+    if ratios:
+        gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        print(f"\ngeometric mean cpu/ort latency: {gm:.2f}; worst: {max(ratios):.2f}")
+    c, o = mm.get("cpu"), mm.get("onnxruntime")
+    if c and o:
+        print(f"matmul 1024x1024 f32: galaxir cpu {c['gflops']:.1f} GFLOP/s, onnxruntime "
+              f"{o['gflops']:.1f} GFLOP/s ({c['gflops'] / o['gflops'] * 100:.0f}%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Chains of elementwise ops fused into one ``fused_elementwise`` op carrying them as a region.
+
+The pattern is rooted at the last op of a chain (an elementwise op whose result is not
+consumed only by other elementwise ops).  It grows the group backwards through
+producers that are elementwise, in the same block, and whose results are used only inside
+the group (diamonds such as ``x * sigmoid(x)`` included), then moves the group into the
+region of a new op: the region's block arguments are the chain's external inputs, scalar
+constants are copied inside, and the region returns the chain's result.
+
+    %1 = mul(%x, %c) ; %2 = add(%1, %y) ; %3 = tanh(%2)
+      -> %3 = fused_elementwise(%x, %y) ({ ^(%a, %b): %c = constant ; %1 = mul(%a, %c) ;
+                                            %2 = add(%1, %b) ; %3 = tanh(%2) ; return %3 })
+"""
+from __future__ import annotations
+
+from ...ir.clone import clone_op
+from ...ir.core import Block, Operation, Region, Value
+from ...ir.types import TensorType
+from ..rewrite import RewritePattern, Rewriter, const_array
+
+UNARY = {"abs", "neg", "exp", "log", "sqrt", "reciprocal", "floor", "ceil", "round", "sign",
+         "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
+         "acosh", "atanh", "erf", "relu", "sigmoid", "leaky_relu", "hard_sigmoid",
+         "hard_swish", "gelu", "elu", "selu", "celu", "softplus", "softsign", "mish",
+         "swish", "thresholded_relu", "shrink"}
+BINARY = {"add", "sub", "mul", "div", "pow", "max", "min", "prelu", "fused_add"}
+OTHER = {"where", "clip"}
+ELEMENTWISE = frozenset(UNARY | BINARY | OTHER)
+
+#: constants up to this many elements are copied into the region instead of passed in
+INLINE_CONST_ELEMENTS = 16
+
+
+def _fusible(op: Operation | None) -> bool:
+    if op is None or op.name not in ELEMENTWISE or len(op.results) != 1 or op.regions:
+        return False
+    if not all(isinstance(v.type, TensorType) for v in op.operands if v is not None):
+        return False
+    return isinstance(op.results[0].type, TensorType)
+
+
+def _inside_fused(op: Operation) -> bool:
+    return any(a.name == "fused_elementwise" for a in op.ancestors)
+
+
+def _continues(op: Operation) -> bool:
+    """Will a later op of the chain absorb ``op``?  (Every user is a fusible op of the same
+    block; the group grown back from the chain's end then takes it in.)"""
+    users = op.results[0].users
+    return bool(users) and all(_fusible(u) and u.parent is op.parent for u in users)
+
+
+def collect_group(root: Operation) -> list[Operation]:
+    """The ops of the chain ending at ``root``, in block order."""
+    group = {id(root): root}
+    changed = True
+    while changed:
+        changed = False
+        for op in list(group.values()):
+            for v in op.operands:
+                p = v.producer if v is not None else None
+                if p is None or id(p) in group or not _fusible(p) or p.parent is not root.parent:
+                    continue
+                if all(id(u) in group for u in p.results[0].users):
+                    group[id(p)] = p
+                    changed = True
+    return [op for op in root.parent if id(op) in group]
+
+
+def _small_const(v: Value) -> bool:
+    arr = const_array(v)
+    return arr is not None and arr.size <= INLINE_CONST_ELEMENTS
+
+
+class FuseElementwise(RewritePattern):
+    """A chain of >= ``min_ops`` elementwise ops -> one fused_elementwise op with a region."""
+
+    name = "fuse-elementwise"
+    root = tuple(sorted(ELEMENTWISE))
+
+    def __init__(self, min_ops: int = 2):
+        self.min_ops = min_ops
+
+    def _match(self, op: Operation):
+        if not _fusible(op):
+            return None, "not a fusible elementwise op"
+        if _continues(op):
+            return None, "not the end of its chain"
+        if op.parent is None or _inside_fused(op):
+            return None, "already inside a fused op"
+        group = collect_group(op)
+        if len(group) < self.min_ops:
+            return None, f"the chain has {len(group)} op(s), fewer than {self.min_ops}"
+        return group, None
+
+    def match_and_rewrite(self, op: Operation, rewriter: Rewriter) -> bool:
+        group, _ = self._match(op)
+        if group is None:
+            return False
+        inside = {id(g) for g in group}
+        inputs: list[Value] = []
+        consts: list[Value] = []
+        seen: set[int] = set()
+        for g in group:
+            for v in g.operands:
+                if v is None or id(v) in seen or (v.producer is not None and id(v.producer) in inside):
+                    continue
+                seen.add(id(v))
+                (consts if _small_const(v) else inputs).append(v)
+        block = Block([v.type for v in inputs])
+        mapping = {id(v): a for v, a in zip(inputs, block.args)}
+        for c in consts:
+            block.append(clone_op(c.producer, mapping))
+        for g in group:
+            block.append(clone_op(g, mapping))
+        block.append(Operation("return", [mapping[id(op.results[0])]]))
+        new = rewriter.create("fused_elementwise", *inputs, before=op, regions=[Region(block)])
+        rewriter.replace_op(op, new.results)
+        return True
+
+    def explain(self, op: Operation) -> str:
+        group, why = self._match(op)
+        return "matches" if group is not None else why
+
+
+PATTERNS = [FuseElementwise()]
