@@ -109,8 +109,18 @@ def run_case(case, target: str = "numpy", transform: Callable | None = None) -> 
         return CaseResult(case.name, False, f"{type(e).__name__}: {msg[:200]}")
 
 
+_ORT_RESULTS: dict[str, CaseResult] = {}
+
+
 def run_case_onnxruntime(case) -> CaseResult:
-    """The same comparison with onnxruntime, for the count printed beside galaxir's."""
+    """The same comparison with onnxruntime, for the count printed beside galaxir's
+    (cached per process: several tests ask)."""
+    if case.name not in _ORT_RESULTS:
+        _ORT_RESULTS[case.name] = _run_case_onnxruntime(case)
+    return _ORT_RESULTS[case.name]
+
+
+def _run_case_onnxruntime(case) -> CaseResult:
     import onnxruntime as ort
     try:
         opts = ort.SessionOptions()

@@ -45,3 +45,33 @@ def expected_outputs(name: str, model: onnx.ModelProto) -> list[np.ndarray]:
         t.ParseFromString((light_dir() / f"light_{name}_output_{i}.pb").read_bytes())
         outs.append(onnx.numpy_helper.to_array(t))
     return outs
+
+
+def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """The model with every float ConstantOfShape weight replaced by a random initializer.
+
+    The shipped weights are constants, which makes every class score equal; random
+    weights (scaled so activations stay O(1)) make the comparison see every channel.
+    """
+    rng = np.random.default_rng(seed)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    keep = []
+    for node in m.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type != "ConstantOfShape" or node.input[0] not in inits or \
+                value is None or value.data_type != onnx.TensorProto.FLOAT:
+            keep.append(node)
+            continue
+        shape = tuple(int(d) for d in inits[node.input[0]])
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[1:]))
+            arr = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
+        else:  # biases, batch-norm scale/shift/mean/var: positive, near 1
+            arr = rng.uniform(0.5, 1.5, shape)
+        keep.append(onnx.helper.make_node("Constant", [], [node.output[0]],
+                                          value=onnx.numpy_helper.from_array(arr.astype(np.float32))))
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return m
