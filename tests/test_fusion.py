@@ -12,11 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import galaxir as gx
 from galaxir.ir import Builder, GraphBuilder, Module, tensor
-from galaxir.ir.core import Region
-from galaxir.ir.opdef import lookup
 from galaxir.passes import explain, optimize, pipeline_for, random_inputs
 from galaxir.passes.bisect import _run, compare_outputs
-from galaxir.passes.fusion import FuseElementwise, RecognizeAttention, RecognizeGelu
+from galaxir.passes.fusion import FuseElementwise, RecognizeGelu
 
 RNG = np.random.default_rng(0)
 

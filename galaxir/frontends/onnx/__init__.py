@@ -19,6 +19,9 @@ def import_onnx(source: ModelSource, check: bool = True) -> Module:
     graph = imp.import_main(model.graph)
     meta = {"producer": model.producer_name or "", "source": "onnx",
             "onnx_opset": str(opsets.get("", 1)), "ir_version": str(model.ir_version)}
+    for domain, version in opsets.items():
+        if domain:
+            meta[f"onnx_opset:{domain}"] = str(version)
     if model.producer_version:
         meta["producer_version"] = model.producer_version
     for p in model.metadata_props:

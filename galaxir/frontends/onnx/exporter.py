@@ -232,9 +232,13 @@ def export_onnx(module: Module, opset: int | None = None) -> onnx.ModelProto:
     inputs = [helper.make_value_info(v.name, type_proto(v.type)) for v in g.inputs]
     outputs = [helper.make_value_info(n, type_proto(v.type)) for n, v in zip(outs, g.outputs)]
     graph = helper.make_graph(nodes, module.name or "galaxir", inputs, outputs, initializers)
-    source = module.metadata.get("onnx_opset", "")
-    floor = max(opset or 0, int(source) if source.isdigit() else 0)
-    ex.opsets[""] = max(ex.opsets[""], floor)
+    for key, version in module.metadata.items():  # the source model's opsets are the floor
+        if (key == "onnx_opset" or key.startswith("onnx_opset:")) and version.isdigit():
+            domain = key.partition(":")[2]
+            if domain in ex.opsets:
+                ex.opsets[domain] = max(ex.opsets[domain], int(version))
+    if opset is not None:
+        ex.opsets[""] = max(ex.opsets[""], opset)
     model = helper.make_model(graph, producer_name="galaxir",
                               opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(ex.opsets.items())])
     model.ir_version = min(model.ir_version, 10)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..basic import DCE
 from ..greedy import PatternPass
 from ..pipeline import LEVEL_PASSES, register_level_pass, register_pass
-from . import conv_bn, elementwise, epilogue, recognize
+from . import conv_bn, elementwise, recognize
 from .conv_bn import fold_conv_batchnorm
 from .elementwise import FuseElementwise, collect_group
 from .epilogue import ACTIVATION_PATTERNS, BIAS_PATTERNS, FuseActivation, activation_of

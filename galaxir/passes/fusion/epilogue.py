@@ -22,7 +22,7 @@ import numpy as np
 
 from ...ir.core import Operation, Value
 from ...ir.types import UNKNOWN, TensorType
-from ..rewrite import Const, Match, P, RewritePattern, Rewriter, Var, const_array, pattern
+from ..rewrite import Const, P, RewritePattern, Rewriter, Var, const_array, pattern
 
 X, W, B = Var("x"), Var("w"), Var("b")
 

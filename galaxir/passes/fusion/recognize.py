@@ -16,8 +16,8 @@ import math
 import numpy as np
 
 from ...ir.core import Operation, Value
-from ...ir.types import UNKNOWN, TensorType
-from ..rewrite import (Absent, Const, P, RewritePattern, Rewriter, Var, const_array, pattern,
+from ...ir.types import TensorType
+from ..rewrite import (Const, P, RewritePattern, Rewriter, Var, const_array, pattern,
                        splat_value)
 
 X, D = Var("x"), Var("d")
