@@ -5,8 +5,7 @@ import pytest
 
 import galaxir as gx
 from galaxir import errors
-from galaxir.ir import (Block, Builder, DType, Graph, GraphBuilder, Module, Operation, Region,
-                        SequenceType, OptionalType, TensorType, parse, tensor, verify)
+from galaxir.ir import (Builder, DType, Graph, GraphBuilder, Module, Operation, SequenceType, OptionalType, TensorType, parse, tensor, verify)
 from galaxir.ir.types import UNKNOWN
 
 
@@ -64,9 +63,7 @@ def test_display_print_elides_and_parse_takes_resources_back():
 
 
 def test_attributes_of_every_kind_round_trip():
-    gb = GraphBuilder()
-    x = gb.input("x", tensor("f32", 2))
-    op = gb.create("relu", x)
+    """Each attribute value prints and parses back to an equal value of the same type."""
     attrs = {"i": -3, "f": 1e-5, "f2": float("inf"), "s": 'a "quoted"\nname', "b": True,
              "ints": (1, -2, 3), "floats": (0.5, -1.25), "strs": ("a", "b"), "empty": (),
              "dt": DType.bfloat16, "ty": TensorType(DType.int64, ("N", UNKNOWN, 3)),
@@ -75,12 +72,6 @@ def test_attributes_of_every_kind_round_trip():
              "t_str": np.array(["x", "y z"], dtype=object),
              "t_big": np.random.rand(50).astype(np.float64),
              "t_bool": np.array([True, False])}
-    for k, v in attrs.items():
-        op.set_attr(k, v)
-    gb.output(op.result, "y")
-    m = gb.module()
-    # relu declares no such attributes: parse checks signatures, so check the printer and
-    # parser pieces on the attribute values directly.
     from galaxir.ir.parser import Parser
     from galaxir.ir.printer import Printer
     p = Printer()

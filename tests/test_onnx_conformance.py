@@ -5,7 +5,6 @@ an unlisted case fails.  Regenerate the list (hand-written reasons are kept) wit
 ``python -m galaxir.testing.onnx_conformance --write-expected tests/data/onnx_expected_failures.txt``."""
 from pathlib import Path
 
-import pytest
 
 from galaxir.testing.onnx_conformance import (load_cases, read_expected, run_case,
                                                run_case_onnxruntime, summarize)

@@ -88,7 +88,6 @@ def test_weights_are_zero_copy_views_of_the_mapped_file(tmp_path):
     raw = p.read_bytes()
     _, _, w_off, _, _ = gxm.read_header(raw)
     assert raw[w_off:w_off + w.nbytes] == w.tobytes()
-    import ctypes
     addr = arr.__array_interface__["data"][0]
     assert addr % gxm.ALIGN == 0
     np.testing.assert_array_equal(arr, w)

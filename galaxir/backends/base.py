@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 from importlib import metadata
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .types import DType, Type, TensorType
+from .types import DType, Type
 
 _ids = itertools.count()
 

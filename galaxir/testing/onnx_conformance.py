@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import re
-import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence

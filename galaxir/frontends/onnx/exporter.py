@@ -8,7 +8,6 @@ UnsupportedOpError.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,8 @@ from onnx import helper, numpy_helper
 
 from ...errors import UnsupportedOpError
 from ...ir import Block, Builder, Module, Operation, Value
-from ...ir.opdef import all_ops, describe, lookup
-from ...ir.types import (UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type)
+from ...ir.opdef import describe, lookup
+from ...ir.types import (UNKNOWN, DType, OptionalType, SequenceType, TensorType, Type)
 
 MIN_OPSET = 21
 DOMAIN_PREFIXES = {"ml.": "ai.onnx.ml", "training.": "ai.onnx.preview.training", "preview.": "ai.onnx.preview"}

@@ -3,13 +3,11 @@ schema carries a (possibly context-dependent) function.  Both are inlined at imp
 is how galaxir gets a decomposition for ops it has no direct converter for."""
 from __future__ import annotations
 
-from typing import Any
 
 import onnx
 import onnx.defs
 from onnx import helper
 
-from ...errors import ModelImportError
 from ...ir import Value
 from ...ir.types import OptionalType, SequenceType, TensorType, Type
 

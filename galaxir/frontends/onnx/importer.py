@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
-from ...ir import Block, Builder, Graph, Module, Region, Value
+from ...ir import Block, Builder, Graph, Region, Value
 from ...ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType,
                          TensorType, Type, refine, types_compatible)
 
