@@ -28,8 +28,7 @@ from ..ir import Block, Graph, Module, Operation, Region, Value
 from ..ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType,
                         TensorType, Type)
 from .gxm_fb import (Attr as FAttr, Block as FBlock, Dim as FDim, Meta as FMeta,
-                     Model as FModel, Op as FOp, TensorRef as FTensorRef, TypeDesc as FTypeDesc,
-                     ValueDesc as FValueDesc)
+                     Model as FModel, Op as FOp, TensorRef as FTensorRef, TypeDesc as FTypeDesc)
 from .gxm_fb.AttrKind import AttrKind
 from .gxm_fb.TypeKind import TypeKind
 
@@ -52,7 +51,8 @@ class _Writer:
         self.chunks: list[np.ndarray] = []
         self.weights_size = 0
         self.ids: dict[int, int] = {}
-        self._strings: dict[str, int] = {}
+        self.type_ids: dict[str, int] = {}
+        self.type_list: list[Type] = []
 
     def string(self, s: str) -> int:
         return self.b.CreateString(s.encode("utf-8", "surrogateescape"))
@@ -171,23 +171,30 @@ class _Writer:
             adders[key](b, val)
         return FAttr.End(b)
 
-    def value(self, v: Value) -> int:
-        self.ids[id(v)] = len(self.ids)
-        t = self.type(v.type)
-        name = self.string(v.name) if v.name else None
-        FValueDesc.Start(self.b)
-        FValueDesc.AddType(self.b, t)
-        if name is not None:
-            FValueDesc.AddName(self.b, name)
-        return FValueDesc.End(self.b)
+    def type_index(self, t: Type) -> int:
+        """Types are stored once each in Model.types; values refer to them by index."""
+        key = str(t)
+        if key not in self.type_ids:
+            self.type_ids[key] = len(self.type_list)
+            self.type_list.append(t)
+        return self.type_ids[key]
+
+    def names(self, start_fn, values: list[Value]) -> int:
+        return self.offsets_vector(start_fn, [self.string(v.name or "") for v in values])
 
     def block(self, block: Block) -> int:
-        args = self.offsets_vector(FBlock.StartArgsVector, [self.value(a) for a in block.args])
+        b = self.b
+        for a in block.args:
+            self.ids[id(a)] = len(self.ids)
+        arg_types = self.scalar_vector(FBlock.StartArgTypesVector, b.PrependInt32,
+                                       [self.type_index(a.type) for a in block.args])
+        arg_names = self.names(FBlock.StartArgNamesVector, block.args)
         ops = self.offsets_vector(FBlock.StartOpsVector, [self.op(op) for op in block])
-        FBlock.Start(self.b)
-        FBlock.AddArgs(self.b, args)
-        FBlock.AddOps(self.b, ops)
-        return FBlock.End(self.b)
+        FBlock.Start(b)
+        FBlock.AddArgTypes(b, arg_types)
+        FBlock.AddArgNames(b, arg_names)
+        FBlock.AddOps(b, ops)
+        return FBlock.End(b)
 
     def op(self, op: Operation) -> int:
         b = self.b
@@ -203,13 +210,18 @@ class _Writer:
         operands = self.scalar_vector(FOp.StartOperandsVector, b.PrependInt32, operand_ids)
         attrs = self.offsets_vector(FOp.StartAttrsVector, [self.attr(k, v) for k, v in sorted(op.attrs.items())])
         regions = self.offsets_vector(FOp.StartRegionsVector, [self.block(r.block) for r in op.regions])
-        results = self.offsets_vector(FOp.StartResultsVector, [self.value(r) for r in op.results])
+        for r in op.results:
+            self.ids[id(r)] = len(self.ids)
+        result_types = self.scalar_vector(FOp.StartResultTypesVector, b.PrependInt32,
+                                          [self.type_index(r.type) for r in op.results])
+        result_names = self.names(FOp.StartResultNamesVector, op.results)
         prov = self.offsets_vector(FOp.StartProvenanceVector, [self.string(p) for p in op.provenance])
         created = self.string(op.created_by) if op.created_by else None
         FOp.Start(b)
         FOp.AddName(b, name)
         FOp.AddOperands(b, operands)
-        FOp.AddResults(b, results)
+        FOp.AddResultTypes(b, result_types)
+        FOp.AddResultNames(b, result_names)
         FOp.AddAttrs(b, attrs)
         FOp.AddRegions(b, regions)
         FOp.AddProvenance(b, prov)
@@ -220,6 +232,7 @@ class _Writer:
     def model(self, m: Module) -> bytes:
         b = self.b
         graph = self.block(m.graph.block)
+        types = self.offsets_vector(FModel.StartTypesVector, [self.type(t) for t in self.type_list])
         metas = []
         for k, v in sorted(m.metadata.items()):
             ko, vo = self.string(k), self.string(str(v))
@@ -233,6 +246,7 @@ class _Writer:
         FModel.Start(b)
         FModel.AddName(b, name)
         FModel.AddMetadata(b, meta)
+        FModel.AddTypes(b, types)
         FModel.AddGraph(b, graph)
         FModel.AddOutputNames(b, outs)
         b.Finish(FModel.End(b))
@@ -274,6 +288,7 @@ class _Reader:
         self.mm = mm
         self.budget = 4 * len(graph) + 1024
         self.values: list[Value] = []
+        self.types: list[Type] = []
 
     def spend(self, n: int = 1) -> None:
         self.budget -= n
@@ -334,7 +349,7 @@ class _Reader:
         if tr is None:
             raise FormatError("a tensor attribute has no data")
         dt = self.dtype(tr.Dtype())
-        shape = [tr.Shape(i) for i in range(self.count(tr.ShapeLength(), "tensor shape"))]
+        shape = self.ints(tr.ShapeLength(), tr.ShapeAsNumpy, "tensor shape")
         if any(d < 0 for d in shape):
             raise FormatError(f"tensor shape {shape} has a negative dim")
         n = 1
@@ -378,33 +393,42 @@ class _Reader:
         if k == AttrKind.Tensor:
             return self.tensor(a.Tensor())
         if k == AttrKind.Ints:
-            return tuple(int(a.Ints(i)) for i in range(self.count(a.IntsLength(), "ints")))
+            return tuple(self.ints(a.IntsLength(), a.IntsAsNumpy, "ints"))
         if k == AttrKind.Floats:
-            return tuple(float(a.Floats(i)) for i in range(self.count(a.FloatsLength(), "floats")))
+            return tuple(self.ints(a.FloatsLength(), a.FloatsAsNumpy, "floats"))
         if k == AttrKind.Strs:
             return tuple(self.text(a.Strs(i)) or "" for i in range(self.count(a.StrsLength(), "strs")))
         if k == AttrKind.List:
             return tuple(self.attr(a.Items(i), depth + 1) for i in range(self.count(a.ItemsLength(), "list")))
         raise FormatError(f"unknown attribute kind {k}")
 
-    def new_value(self, vd, owner_block: Block | None = None) -> tuple[Type, str | None]:
-        self.spend()
-        if vd is None:
-            raise FormatError("a value description is missing")
-        return self.type(vd.Type()), self.text(vd.Name())
+    def ints(self, n: int, as_numpy, what: str) -> list:
+        """A numeric vector (ints or floats) read in one call, its length checked first."""
+        self.count(n, what)
+        return as_numpy().tolist() if n else []
+
+    def strings(self, n: int, get, what: str) -> list[str | None]:
+        return [self.text(get(i)) or None for i in range(self.count(n, what))]
+
+    def typed(self, idx: int, where: str) -> Type:
+        if not 0 <= idx < len(self.types):
+            raise FormatError(f"{where}: type index {idx} is outside the type table ({len(self.types)} types)")
+        return self.types[idx]
 
     def block(self, fb, block: Block, depth: int) -> None:
         if fb is None:
             raise FormatError("a region has no block")
         if depth > MAX_DEPTH:
             raise FormatError("regions nest too deeply")
-        for i in range(self.count(fb.ArgsLength(), "block arguments")):
-            t, name = self.new_value(fb.Args(i))
-            self.values.append(block.add_arg(t, name))
-        n_ops = self.count(fb.OpsLength(), "ops")
-        for i in range(n_ops):
-            op = self.op(fb.Ops(i), depth)
-            block.append(op)
+        n = fb.ArgTypesLength()
+        types = self.ints(n, fb.ArgTypesAsNumpy, "block arguments")
+        names = self.strings(fb.ArgNamesLength(), fb.ArgNames, "argument names")
+        if len(names) != n:
+            raise FormatError(f"a block has {n} argument types but {len(names)} names")
+        for t, name in zip(types, names):
+            self.values.append(block.add_arg(self.typed(t, "a block argument"), name))
+        for i in range(self.count(fb.OpsLength(), "ops")):
+            block.append(self.op(fb.Ops(i), depth))
         if block.terminator is None:
             raise FormatError("a block does not end with a return op")
 
@@ -416,11 +440,11 @@ class _Reader:
         if not name:
             raise FormatError("an op has no name")
         operands: list[Value | None] = []
-        for i in range(self.count(fo.OperandsLength(), "operands")):
-            vid = fo.Operands(i)
+        n_values = len(self.values)
+        for i, vid in enumerate(self.ints(fo.OperandsLength(), fo.OperandsAsNumpy, "operands")):
             if vid == -1:
                 operands.append(None)
-            elif 0 <= vid < len(self.values):
+            elif 0 <= vid < n_values:
                 operands.append(self.values[vid])
             else:
                 raise FormatError(f"op '{name}': operand {i} refers to value #{vid}, which is not defined before it")
@@ -436,15 +460,19 @@ class _Reader:
             block = Block()
             self.block(fo.Regions(i), block, depth + 1)
             regions.append(Region(block))
-        result_descs = [self.new_value(fo.Results(i)) for i in range(self.count(fo.ResultsLength(), "results"))]
+        types = [self.typed(t, f"op '{name}'") for t in
+                 self.ints(fo.ResultTypesLength(), fo.ResultTypesAsNumpy, "results")]
+        names = self.strings(fo.ResultNamesLength(), fo.ResultNames, "result names")
+        if len(names) != len(types):
+            raise FormatError(f"op '{name}' has {len(types)} result types but {len(names)} names")
         prov = tuple(self.text(fo.Provenance(i)) or "" for i in range(self.count(fo.ProvenanceLength(), "provenance")))
-        op = Operation(name, operands, [t for t, _ in result_descs], attrs, regions,
-                       [n for _, n in result_descs], prov, self.text(fo.CreatedBy()))
+        op = Operation(name, operands, types, attrs, regions, names, prov, self.text(fo.CreatedBy()))
         self.values.extend(op.results)
         return op
 
     def model(self) -> Module:
         root = FModel.Model.GetRootAs(self.buf, 0)
+        self.types = [self.type(root.Types(i)) for i in range(self.count(root.TypesLength(), "types"))]
         graph = Graph()
         self.block(root.Graph(), graph.block, 0)
         graph.output_names = [self.text(root.OutputNames(i)) or "" for i in

@@ -140,6 +140,15 @@ class CpuExecutable(Executable):
         return [dict(name=b.name, offset=b.offset, size=b.size, start=b.start, end=b.end)
                 for b in sorted(self.last.buffers, key=lambda b: b.offset)]
 
+    def memory_report(self):
+        """The latest specialization's arena plan (galaxir/passes/memory.py): a dict with
+        arena_bytes, naive_bytes (every intermediate in its own buffer),
+        largest_live_set_bytes, inplace_steps and buffers (offset, size, lifetime); it
+        prints as a text report.  None before the first specialization."""
+        if self.last is None:
+            return None
+        return self.last.plan.as_report()
+
 
 class CpuBackend(Backend):
     """llvmlite JIT for the host CPU with numpy fallback for everything else."""

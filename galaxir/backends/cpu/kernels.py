@@ -145,6 +145,25 @@ def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
         return x
     if kind == "identity":
         return args[0]
+    if kind in ("hard_sigmoid", "hard_swish"):
+        x = args[0]
+        alpha = attrs.get("alpha", 0.2 if kind == "hard_sigmoid" else 1.0 / 6.0)
+        beta = attrs.get("beta", 0.5)
+        t = b.fadd(b.fmul(x, f32(alpha)), f32(beta))
+        t = b.select(b.fcmp_ordered("<", t, f32(0.0)), f32(0.0), t)
+        t = b.select(b.fcmp_ordered(">", t, f32(1.0)), f32(1.0), t)
+        t = b.select(b.fcmp_unordered("uno", x, x), x, t)
+        return t if kind == "hard_sigmoid" else b.fmul(x, t)
+    if kind == "gelu":
+        x = args[0]
+        e = fb.intrinsic("erff", F32, [b.fmul(x, f32(1.0 / math.sqrt(2.0)))])
+        return b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), e))
+    if kind == "gelu_tanh":
+        x = args[0]
+        inner = b.fmul(f32(math.sqrt(2.0 / math.pi)),
+                       b.fadd(x, b.fmul(f32(0.044715), b.fmul(x, b.fmul(x, x)))))
+        th = fb.intrinsic("tanhf", F32, [inner])
+        return b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), th))
     raise NotImplementedError(kind)
 
 
@@ -794,12 +813,16 @@ def pack_a(a: "np.ndarray") -> "np.ndarray":
 
 @dataclass
 class PackedGemm(Kernel):
-    """C[M, N] = act(Ap @ B + bias[row]) with A pre-packed (see ``pack_a``) and B read through
-    a ``source``: ("dense", ldb, trans) for a matrix, or ("conv", C, H, W, OW, kh, kw, sh, sw,
-    dh, dw, pt, pl) for the implicit im2col of an NCHW image.  Every output element is one
-    sequential chain of FMAs over k, whatever its position in a tile, so equal inputs give
-    bit-equal outputs across channels (as onnxruntime's kernels do).
-    ``batch`` repeats the product over images: B and C advance by ``b_step``/``c_step``."""
+    """C[M, N] = act(Ap @ B + bias[row] + Z) with A pre-packed (see ``pack_a``) and B read
+    through a ``source``: ("dense", ldb, trans) for a matrix, or ("conv", C, H, W, OW, kh, kw,
+    sh, sw, dh, dw, pt, pl) for the implicit im2col of an NCHW image.  Every output element
+    is one sequential chain of FMAs over k, whatever its position in a tile, so equal inputs
+    give bit-equal outputs across channels (as onnxruntime's kernels do).
+    ``batch`` repeats the product over images: B and C advance by ``b_step``/``c_step``.
+
+    The code is shape-generic: one library function per variant (source kind, epilogue)
+    serves every conv/gemm of the process; shapes reach it in a constant parameter block.
+    """
 
     M: int
     N: int
@@ -812,11 +835,15 @@ class PackedGemm(Kernel):
     c_step: int = 0
     a_step: int = 0
     groups: int = 1   # A (and bias) advance with (image % groups)
+    activation: str = "none"
+    act_params: tuple = ()
+    has_z: bool = False  # residual Z (same layout as C) added before the activation
     name: str = "gemm"
 
     def key(self):
         return ("pgemm", self.M, self.N, self.K, self.source, self.has_bias, self.relu,
-                self.batch, self.b_step, self.c_step, self.a_step, self.groups)
+                self.batch, self.b_step, self.c_step, self.a_step, self.groups,
+                self.activation, self.act_params, self.has_z)
 
     @property
     def n_tasks(self) -> int:
@@ -830,159 +857,324 @@ class PackedGemm(Kernel):
         want = max(1, -(-16 // max(panels * self.batch, 1)))
         return max(1, min(tiles, want))
 
-    def emit(self, module, fname, n_args):
-        from .parallel import parallel_kernel
-        return parallel_kernel(module, fname, n_args, self.n_tasks, self._emit_task)
+    # -- variant and parameters ----------------------------------------------------------------
+    def _act(self):
+        if self.relu and self.activation == "none":
+            return "relu", ()
+        return self.activation, tuple(float(p) for p in self.act_params)
 
-    def _emit_task(self, fb, args, t):
-        b = fb.b
-        V8 = ir.VectorType(F32, 8)
-        c, bm, ap = args[0], args[1], args[2]
-        bias = args[3] if self.has_bias else None
-        M, N, Kd = self.M, self.N, self.K
-        panels = -(-N // NR)
-        tiles = -(-M // MR)
+    def _src_kind(self):
+        if self.source[0] == "dense":
+            return "dense_t" if self.source[2] else "dense_n"
+        _, C, H, W, OW, kh, kw, sh, sw, dh, dw, pt, pl = self.source
+        if kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and OW == W:
+            return "pointwise"
+        return "conv"
+
+    def variant(self) -> tuple:
+        act, params = self._act()
+        return (self._src_kind(), self.has_bias, self.has_z, act, params)
+
+    def params(self) -> list[int]:
+        tiles = -(-self.M // MR)
+        panels = -(-self.N // NR)
         mch = self.m_chunks
-        tiles_per = -(-tiles // mch)
-        # task -> (image, panel, m chunk)
-        img = b.sdiv(t, i64(panels * mch))
-        rest = b.srem(t, i64(panels * mch))
-        pj = b.sdiv(rest, i64(mch))
-        mc = b.srem(rest, i64(mch))
-        j0 = b.mul(pj, i64(NR))
-        cb = fb.ptr(c, b.mul(img, i64(self.c_step)))
-        bb = fb.ptr(bm, b.mul(img, i64(self.b_step)))
-        gi = b.srem(img, i64(self.groups)) if self.groups > 1 else i64(0)
-        ab = fb.ptr(ap, b.mul(gi, i64(self.a_step)))
-        if bias is not None and self.groups > 1:
-            bias = fb.ptr(bias, b.mul(gi, i64(M)))
-        # pack the B panel: bp[k*16 + q] = B[k, j0 + q] (0 past N)
-        with fb.b.goto_block(fb.entry):
-            bp = fb.b.alloca(F32, size=i64(Kd * NR))
-            bp.align = 32
-        self._pack_b(fb, bb, bp, j0)
-        t0 = b.mul(mc, i64(tiles_per))
-        t1 = _min(b, b.add(t0, i64(tiles_per)), i64(tiles))
-        accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
-        with fb.b.goto_block(fb.entry):
-            tmp = fb.b.alloca(F32, size=i64(NR))
-            tmp.align = 32
+        p = [self.M, self.N, self.K, self.batch, self.b_step, self.c_step, self.a_step,
+             self.groups, mch, -(-tiles // mch), panels, tiles, self.n_tasks]
+        if self.source[0] == "dense":
+            p.append(self.source[1])
+        else:
+            p.extend(self.source[1:])
+        return p
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .parallel import pool_global
+        var = self.variant()
+        vname = "pgemm_" + "_".join(str(x) for x in var[:4]) + (
+            "_" + "_".join(f"{v:g}" for v in var[4]) if var[4] else "")
+        sym = library.ensure(vname, lambda m, n: build_pgemm_library(m, n, var))
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        state = b.load(pool_global(module))
+        params = library.param_block(module, self.params(), "pgemm")
+        pp = b.bitcast(params, P64)
+        k = 3
+        bias = z = ir.Constant(F32P, None)
+        if self.has_bias:
+            bias = fb.args[k]
+            k += 1
+        if self.has_z:
+            z = fb.args[k]
+        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
+        return fb.finish()
+
+
+# parameter block layout of the generic packed GEMM
+(GP_M, GP_N, GP_K, GP_BATCH, GP_BSTEP, GP_CSTEP, GP_ASTEP, GP_GROUPS, GP_MCH, GP_TPER, GP_PANELS,
+ GP_TILES, GP_NTASKS, GP_SRC) = range(14)
+
+
+def build_pgemm_library(module, name, variant):
+    """Define ``name(state, params, C, B, Ap, bias, Z)`` for one packed-GEMM variant."""
+    from .codegen import I8P
+    from .parallel import TASK_T, define_parallel_for_state
+    P64 = I64.as_pointer()
+    F32P = F32.as_pointer()
+    tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
+    b = tb.b
+    ctx, t = tb.args
+    raw = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(6)]
+    params = b.bitcast(raw[0], P64)
+    c, bm, ap, bias, z = (b.bitcast(r, F32P) for r in raw[1:])
+    _pgemm_task(tb, variant, params, c, bm, ap, bias, z, t)
+    task = tb.finish()
+    pfor = define_parallel_for_state(module)
+    fb = FnBuilder(module, name, [P64, P64] + [F32P] * 5, noalias=False, linkage="external")
+    fb.fn.attributes.add("noinline")
+    b = fb.b
+    state, pp = fb.args[0], fb.args[1]
+    with b.goto_block(fb.entry):
+        arr = b.alloca(I8P, size=i64(6))
+    for k, a in enumerate(fb.args[1:]):
+        b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
+    n = b.load(b.gep(pp, [i64(GP_NTASKS)], inbounds=True))
+    b.call(pfor, [state, task, arr, n])
+    fb.finish()
+
+
+def _splat8(b, s):
+    V8 = ir.VectorType(F32, 8)
+    return b.shuffle_vector(b.insert_element(ir.Constant(V8, ir.Undefined), s, ir.Constant(ir.IntType(32), 0)),
+                            ir.Constant(V8, ir.Undefined),
+                            ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+
+
+def activation_expr(name: str, params=()):
+    """The elementwise expression (see ``emit_expr``) of a fused-op activation on ("in", 0)."""
+    x = ("in", 0)
+    if name == "none":
+        return x
+    if name in ("relu", "tanh", "sigmoid"):
+        return (name, (x,), ())
+    if name == "silu":
+        return ("mul", (x, ("sigmoid", (x,), ())), ())
+    if name == "clip":
+        lo, hi = params
+        return ("clip", (x, ("const", lo) if math.isfinite(lo) else ("none",),
+                         ("const", hi) if math.isfinite(hi) else ("none",)), ())
+    if name == "leaky_relu":
+        return ("leaky_relu", (x,), (("alpha", float(params[0])),))
+    if name == "hard_sigmoid":
+        return ("hard_sigmoid", (x,), (("alpha", float(params[0])), ("beta", float(params[1]))))
+    if name == "hard_swish":
+        return ("hard_swish", (x,), ())
+    if name == "gelu":
+        return ("gelu", (x,), ())
+    if name == "gelu_tanh":
+        return ("gelu_tanh", (x,), ())
+    raise NotImplementedError(name)
+
+
+def apply_activation_v8(fb, v, name, params=()):
+    """``name`` applied to an <8 x float>: vector selects for the piecewise-linear ones,
+    lane by lane through ``emit_expr`` for the transcendental ones."""
+    b = fb.b
+    V8 = ir.VectorType(F32, 8)
+    if name == "none":
+        return v
+    if name == "relu":
         zero = ir.Constant(V8, [0.0] * 8)
-        fma = _fma_v8(fb.module)
-        full_cols = b.icmp_signed("<=", b.add(j0, i64(NR)), i64(N))
-        with fb.loop(t0, t1) as ti:
+        return b.select(b.fcmp_ordered("<", v, zero), zero, v)
+    if name == "clip":
+        lo, hi = params
+        if math.isfinite(lo):
+            c = ir.Constant(V8, [lo] * 8)
+            v = b.select(b.fcmp_ordered("<", v, c), c, v)
+        if math.isfinite(hi):
+            c = ir.Constant(V8, [hi] * 8)
+            v = b.select(b.fcmp_ordered(">", v, c), c, v)
+        return v
+    if name == "leaky_relu":
+        zero = ir.Constant(V8, [0.0] * 8)
+        return b.select(b.fcmp_ordered("<", v, zero), b.fmul(v, ir.Constant(V8, [params[0]] * 8)), v)
+    expr = activation_expr(name, params)
+    out = v
+    for lane in range(8):
+        s = b.extract_element(v, ir.Constant(ir.IntType(32), lane))
+        r = emit_expr(fb, expr, [s])
+        out = b.insert_element(out, r, ir.Constant(ir.IntType(32), lane))
+    return out
+
+
+def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
+    src_kind, has_bias, has_z, act, act_params = variant
+    b = fb.b
+    V8 = ir.VectorType(F32, 8)
+
+    def P(k):
+        return b.load(b.gep(params, [i64(k)], inbounds=True))
+
+    M, N, Kd = P(GP_M), P(GP_N), P(GP_K)
+    panels, mch, tiles_per, tiles = P(GP_PANELS), P(GP_MCH), P(GP_TPER), P(GP_TILES)
+    groups = P(GP_GROUPS)
+    # task -> (image, panel, m chunk)
+    pm = b.mul(panels, mch)
+    img = b.sdiv(t, pm)
+    rest = b.srem(t, pm)
+    pj = b.sdiv(rest, mch)
+    mc = b.srem(rest, mch)
+    j0 = b.mul(pj, i64(NR))
+    coff = b.mul(img, P(GP_CSTEP))
+    cb = fb.ptr(c, coff)
+    zb = fb.ptr(z, coff) if has_z else None
+    bb = fb.ptr(bm, b.mul(img, P(GP_BSTEP)))
+    gi = b.srem(img, groups)
+    ab = fb.ptr(ap, b.mul(gi, P(GP_ASTEP)))
+    if has_bias:
+        bias = fb.ptr(bias, b.mul(gi, M))
+    # pack the B panel: bp[k*16 + q] = B[k, j0 + q] (0 past N)
+    bp = b.alloca(F32, size=b.mul(Kd, i64(NR)))  # dynamic: once per task call, not in a loop
+    bp.align = 32
+    _pack_b_generic(fb, src_kind, params, P, bb, bp, j0, N, Kd)
+    t0 = b.mul(mc, tiles_per)
+    t1 = _min(b, b.add(t0, tiles_per), tiles)
+    accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
+    with fb.b.goto_block(fb.entry):
+        tmp = fb.b.alloca(F32, size=i64(NR))
+        tmp.align = 32
+    zero = ir.Constant(V8, [0.0] * 8)
+    fma = _fma_v8(fb.module)
+    full_cols = b.icmp_signed("<=", b.add(j0, i64(NR)), N)
+    with fb.loop(t0, t1) as ti:
+        for r in range(MR):
+            for h in range(2):
+                b.store(zero, accs[r][h])
+        abase = b.mul(ti, b.mul(Kd, i64(MR)))
+        with fb.loop(0, Kd) as k:
+            bk = b.mul(k, i64(NR))
+            bv = [b.load(b.bitcast(fb.ptr(bp, b.add(bk, i64(8 * h))), V8.as_pointer()), align=32)
+                  for h in range(2)]
+            ak = b.add(abase, b.mul(k, i64(MR)))
             for r in range(MR):
+                splat = _splat8(b, fb.load(ab, b.add(ak, i64(r))))
                 for h in range(2):
-                    b.store(zero, accs[r][h])
-            abase = b.mul(ti, i64(Kd * MR))
-            with fb.loop(0, Kd) as k:
-                bk = b.mul(k, i64(NR))
-                bv = [b.load(b.bitcast(fb.ptr(bp, b.add(bk, i64(8 * h))), V8.as_pointer()), align=32)
-                      for h in range(2)]
-                ak = b.add(abase, b.mul(k, i64(MR)))
-                for r in range(MR):
-                    av = fb.load(ab, b.add(ak, i64(r)))
-                    splat = b.shuffle_vector(b.insert_element(ir.Constant(V8, ir.Undefined), av, ir.Constant(ir.IntType(32), 0)),
-                                             ir.Constant(V8, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
-                    for h in range(2):
-                        acc = b.load(accs[r][h])
-                        b.store(b.call(fma, [splat, bv[h], acc]), accs[r][h])
-            # epilogue: bias, relu, store the valid part of the tile
-            row0 = b.mul(ti, i64(MR))
-            for r in range(MR):
-                row = b.add(row0, i64(r))
-                with fb.if_(b.icmp_signed("<", row, i64(M))):
-                    bvl = None
-                    if bias is not None:
-                        bs = fb.load(bias, row)
-                        bvl = b.shuffle_vector(b.insert_element(ir.Constant(V8, ir.Undefined), bs, ir.Constant(ir.IntType(32), 0)),
-                                               ir.Constant(V8, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+                    acc = b.load(accs[r][h])
+                    b.store(b.call(fma, [splat, bv[h], acc]), accs[r][h])
+        # epilogue: bias, residual, activation; store the valid part of the tile
+        row0 = b.mul(ti, i64(MR))
+        for r in range(MR):
+            row = b.add(row0, i64(r))
+            with fb.if_(b.icmp_signed("<", row, M)):
+                bvl = _splat8(b, fb.load(bias, row)) if has_bias else None
+                rowoff = b.add(b.mul(row, N), j0)
+                then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
+                b.cbranch(full_cols, then, other)
+                for full in (True, False):
+                    b.position_at_end(then if full else other)
                     vals = []
                     for h in range(2):
                         v = b.load(accs[r][h])
                         if bvl is not None:
                             v = b.fadd(v, bvl)
-                        if self.relu:
-                            v = b.select(b.fcmp_ordered("<", v, zero), zero, v)
+                        if has_z:
+                            if full:
+                                zv = b.load(b.bitcast(fb.ptr(zb, b.add(rowoff, i64(8 * h))),
+                                                      V8.as_pointer()), align=4)
+                            else:
+                                zv = zero
+                            v = b.fadd(v, zv) if full else v
                         vals.append(v)
-                    rowoff = b.add(b.mul(row, i64(N)), j0)
-                    then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
-                    b.cbranch(full_cols, then, other)
-                    b.position_at_end(then)
-                    for h in range(2):
-                        b.store(vals[h], b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))), V8.as_pointer()), align=4)
+                    if full:
+                        for h in range(2):
+                            v = apply_activation_v8(fb, vals[h], act, act_params)
+                            b.store(v, b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))),
+                                                 V8.as_pointer()), align=4)
+                    else:
+                        for h in range(2):
+                            b.store(vals[h], b.bitcast(fb.ptr(tmp, i64(8 * h)), V8.as_pointer()),
+                                    align=32)
+                        with fb.loop(0, b.sub(N, j0)) as q:
+                            s = fb.load(tmp, q)
+                            if has_z:
+                                s = b.fadd(s, fb.load(zb, b.add(rowoff, q)))
+                            s = emit_expr(fb, activation_expr(act, act_params), [s])
+                            fb.store(s, cb, b.add(rowoff, q))
                     b.branch(end)
-                    b.position_at_end(other)
-                    for h in range(2):
-                        b.store(vals[h], b.bitcast(fb.ptr(tmp, i64(8 * h)), V8.as_pointer()), align=32)
-                    with fb.loop(0, b.sub(i64(N), j0)) as q:
-                        fb.store(fb.load(tmp, q), cb, b.add(rowoff, q))
-                    b.branch(end)
-                    b.position_at_end(end)
+                b.position_at_end(end)
 
-    def _pack_b(self, fb, src, bp, j0):
-        b = fb.b
-        Kd, N = self.K, self.N
-        kind = self.source[0]
-        if kind == "dense":
-            _, ldb, trans = self.source
-            for q in range(NR):
-                col = b.add(j0, i64(q))
-                ok = b.icmp_signed("<", col, i64(N))
-                colc = b.select(ok, col, i64(0))
-                with fb.loop(0, Kd) as k:
-                    idx = b.add(b.mul(colc, i64(ldb)), k) if trans else b.add(b.mul(k, i64(ldb)), colc)
-                    v = b.select(ok, fb.load(src, idx), f32(0.0))
-                    fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
-            return
-        _, C, H, W, OW, kh, kw, sh, sw, dh, dw, pt, pl = self.source
-        pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and OW == W
-        if pointwise:
-            V8 = ir.VectorType(F32, 8)
-            full = b.icmp_signed("<=", b.add(j0, i64(NR)), i64(N))
-            then, other, end = fb.block("pfull"), fb.block("ppart"), fb.block("pdone")
-            b.cbranch(full, then, other)
-            b.position_at_end(then)
-            with fb.loop(0, Kd) as k:
-                base = b.add(b.mul(k, i64(N)), j0)
-                for h in range(2):
-                    v = b.load(b.bitcast(fb.ptr(src, b.add(base, i64(8 * h))), V8.as_pointer()), align=4)
-                    b.store(v, b.bitcast(fb.ptr(bp, b.add(b.mul(k, i64(NR)), i64(8 * h))), V8.as_pointer()), align=32)
-            b.branch(end)
-            b.position_at_end(other)
-            for q in range(NR):
-                col = b.add(j0, i64(q))
-                ok = b.icmp_signed("<", col, i64(N))
-                colc = b.select(ok, col, i64(0))
-                with fb.loop(0, Kd) as k:
-                    v = b.select(ok, fb.load(src, b.add(b.mul(k, i64(N)), colc)), f32(0.0))
-                    fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
-            b.branch(end)
-            b.position_at_end(end)
-            return
-        # implicit im2col: k = (c, i, j); column p = oh * OW + ow
-        ih0, iw0 = [], []
+
+def _pack_b_generic(fb, kind, params, P, src, bp, j0, N, Kd):
+    b = fb.b
+    V8 = ir.VectorType(F32, 8)
+    if kind in ("dense_n", "dense_t"):
+        ldb = P(GP_SRC)
+        trans = kind == "dense_t"
         for q in range(NR):
-            p = b.add(j0, i64(q))
-            ok = b.icmp_signed("<", p, i64(N))
-            oh = b.sdiv(p, i64(OW))
-            ow = b.srem(p, i64(OW))
-            big = i64(-(1 << 40))
-            ih0.append(b.select(ok, b.sub(b.mul(oh, i64(sh)), i64(pt)), big))
-            iw0.append(b.select(ok, b.sub(b.mul(ow, i64(sw)), i64(pl)), big))
-        with fb.loop(0, C) as ch:
-            cbase = b.mul(ch, i64(H * W))
-            with fb.loop(0, kh) as i:
-                with fb.loop(0, kw) as j:
-                    k = b.add(b.mul(ch, i64(kh * kw)), b.add(b.mul(i, i64(kw)), j))
-                    di, dj = b.mul(i, i64(dh)), b.mul(j, i64(dw))
-                    for q in range(NR):
-                        ih = b.add(ih0[q], di)
-                        iw = b.add(iw0[q], dj)
-                        ok = b.and_(b.icmp_unsigned("<", ih, i64(H)), b.icmp_unsigned("<", iw, i64(W)))
-                        idx = b.select(ok, b.add(cbase, b.add(b.mul(ih, i64(W)), iw)), i64(0))
-                        v = b.select(ok, fb.load(src, idx), f32(0.0))
-                        fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+            col = b.add(j0, i64(q))
+            ok = b.icmp_signed("<", col, N)
+            colc = b.select(ok, col, i64(0))
+            with fb.loop(0, Kd) as k:
+                idx = b.add(b.mul(colc, ldb), k) if trans else b.add(b.mul(k, ldb), colc)
+                v = b.select(ok, fb.load(src, idx), f32(0.0))
+                fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+        return
+    if kind == "pointwise":
+        full = b.icmp_signed("<=", b.add(j0, i64(NR)), N)
+        then, other, end = fb.block("pfull"), fb.block("ppart"), fb.block("pdone")
+        b.cbranch(full, then, other)
+        b.position_at_end(then)
+        with fb.loop(0, Kd) as k:
+            base = b.add(b.mul(k, N), j0)
+            for h in range(2):
+                v = b.load(b.bitcast(fb.ptr(src, b.add(base, i64(8 * h))), V8.as_pointer()), align=4)
+                b.store(v, b.bitcast(fb.ptr(bp, b.add(b.mul(k, i64(NR)), i64(8 * h))), V8.as_pointer()), align=32)
+        b.branch(end)
+        b.position_at_end(other)
+        for q in range(NR):
+            col = b.add(j0, i64(q))
+            ok = b.icmp_signed("<", col, N)
+            colc = b.select(ok, col, i64(0))
+            with fb.loop(0, Kd) as k:
+                v = b.select(ok, fb.load(src, b.add(b.mul(k, N), colc)), f32(0.0))
+                fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+        b.branch(end)
+        b.position_at_end(end)
+        return
+    # implicit im2col: k = (c, i, j); column p = oh * OW + ow
+    C, H, W, OW, kh, kw, sh, sw, dh, dw, pt, pl = (P(GP_SRC + i) for i in range(12))
+    ih0, iw0 = [], []
+    big = i64(-(1 << 40))
+    for q in range(NR):
+        p = b.add(j0, i64(q))
+        ok = b.icmp_signed("<", p, N)
+        oh = b.sdiv(p, OW)
+        ow = b.srem(p, OW)
+        ih0.append(b.select(ok, b.sub(b.mul(oh, sh), pt), big))
+        iw0.append(b.select(ok, b.sub(b.mul(ow, sw), pl), big))
+    HW = b.mul(H, W)
+    khw = b.mul(kh, kw)
+    with fb.loop(0, C) as ch:
+        cbase = b.mul(ch, HW)
+        kc = b.mul(ch, khw)
+        with fb.loop(0, kh) as i:
+            ki = b.add(kc, b.mul(i, kw))
+            di = b.mul(i, dh)
+            with fb.loop(0, kw) as j:
+                k = b.add(ki, j)
+                dj = b.mul(j, dw)
+                kb = b.mul(k, i64(NR))
+                for q in range(NR):
+                    ih = b.add(ih0[q], di)
+                    iw = b.add(iw0[q], dj)
+                    ok = b.and_(b.icmp_unsigned("<", ih, H), b.icmp_unsigned("<", iw, W))
+                    idx = b.select(ok, b.add(cbase, b.add(b.mul(ih, W), iw)), i64(0))
+                    v = b.select(ok, fb.load(src, idx), f32(0.0))
+                    fb.store(v, bp, b.add(kb, i64(q)))
+
 
 
 def _fma_v8(module):

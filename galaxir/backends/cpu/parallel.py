@@ -57,17 +57,25 @@ def _grab_loop(fb: FnBuilder, state, gen, fn, ctx, n):
     b.position_at_end(out)
 
 
-def define_parallel_for(module: ir.Module) -> ir.Function:
-    fn = module.globals.get("gx_parallel_for")
+def pool_global(module: ir.Module) -> ir.GlobalVariable:
+    """The module's ``gx_pool`` global (the loader points it at the pool state)."""
+    pool = module.globals.get("gx_pool")
+    if pool is None:
+        pool = ir.GlobalVariable(module, I64.as_pointer(), "gx_pool")
+        pool.initializer = ir.Constant(I64.as_pointer(), None)
+    return pool
+
+
+def define_parallel_for_state(module: ir.Module) -> ir.Function:
+    """``gx_parallel_for_s(state, task, ctx, n)``: run ``task(ctx, t)`` for t < n over the
+    pool whose state block is ``state`` (inline when state is null or n <= 1)."""
+    fn = module.globals.get("gx_parallel_for_s")
     if fn is not None:
         return fn
-    pool = ir.GlobalVariable(module, I64.as_pointer(), "gx_pool")
-    pool.initializer = ir.Constant(I64.as_pointer(), None)
-    fb = FnBuilder(module, "gx_parallel_for", [TASK_T.as_pointer(), I8P.as_pointer(), I64],
-                   noalias=False)
+    fb = FnBuilder(module, "gx_parallel_for_s",
+                   [I64.as_pointer(), TASK_T.as_pointer(), I8P.as_pointer(), I64], noalias=False)
     b = fb.b
-    task, ctx, n = fb.args
-    state = b.load(pool)
+    state, task, ctx, n = fb.args
     serial = b.or_(b.icmp_unsigned("==", b.ptrtoint(state, I64), i64(0)),
                    b.icmp_signed("<=", n, i64(1)))
     ser, par = fb.block("serial"), fb.block("parallel")
@@ -96,6 +104,21 @@ def define_parallel_for(module: ir.Module) -> ir.Function:
     _pause(b)
     b.branch(wait)
     b.position_at_end(done)
+    return fb.finish()
+
+
+def define_parallel_for(module: ir.Module) -> ir.Function:
+    """``gx_parallel_for(task, ctx, n)`` over the pool the module's ``gx_pool`` points at."""
+    fn = module.globals.get("gx_parallel_for")
+    if fn is not None:
+        return fn
+    pool = pool_global(module)
+    inner = define_parallel_for_state(module)
+    fb = FnBuilder(module, "gx_parallel_for", [TASK_T.as_pointer(), I8P.as_pointer(), I64],
+                   noalias=False)
+    b = fb.b
+    task, ctx, n = fb.args
+    b.call(inner, [b.load(pool), task, ctx, n])
     return fb.finish()
 
 

@@ -14,40 +14,17 @@ from ...errors import ExecutionError, GalaxirError
 from ...ir import Module, Operation, Value
 from ...ir.types import TensorType
 from . import jit
+from . import kernels as K
 from .codegen import I8, I8P, I64
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
-ALIGN = 64
+from ...passes.memory import ALIGN  # noqa: E402  (64 bytes)
 
 
-@dataclass
-class Buffer:
-    key: int           # value id (root) or a negative id for scratch
-    size: int
-    start: int
-    end: int
-    offset: int = -1
-    name: str = ""
-
-
-def plan_offsets(buffers: list[Buffer]) -> int:
-    """Greedy by size: each buffer goes to the lowest aligned offset that does not overlap
-    a placed buffer whose lifetime intersects its own.  Returns the arena size."""
-    placed: list[Buffer] = []
-    total = 0
-    for buf in sorted(buffers, key=lambda b: (-b.size, b.start)):
-        size = -(-max(buf.size, 1) // ALIGN) * ALIGN
-        busy = sorted((p.offset, p.offset + -(-max(p.size, 1) // ALIGN) * ALIGN) for p in placed
-                      if p.start <= buf.end and buf.start <= p.end)
-        off = 0
-        for lo, hi in busy:
-            if off + size <= lo:
-                break
-            off = max(off, hi)
-        buf.offset = off
-        placed.append(buf)
-        total = max(total, off + size)
-    return total
+def plan_offsets(buffers) -> int:
+    """Place ``buffers`` (galaxir.passes.memory.Buffer) in one arena; returns its size."""
+    from ...passes.memory import place
+    return place(list(buffers))[0]
 
 
 def free_values(op: Operation) -> list[Value]:
@@ -74,8 +51,9 @@ def free_values(op: Operation) -> list[Value]:
 class Specialization:
     """Everything for one set of concrete input shapes."""
 
-    def __init__(self, module: Module, cache_dir=None, split: bool = False):
+    def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True):
         self.module = module
+        self.inplace = inplace  # elementwise steps may write over an input that dies there
         self.split = split  # one segment per native step (debugging: check each step)
         self.steps = lower_module(module)
         self._build_plan()
@@ -83,58 +61,62 @@ class Specialization:
 
     # -- planning ---------------------------------------------------------------------------
     def _build_plan(self) -> None:
+        """Liveness over the steps, in-place elementwise steps, and the arena offsets, by
+        the O3 memory planner (galaxir/passes/memory.py); the plan is validated."""
+        from ...passes.memory import Step, plan_schedule
         steps = self.steps
         g = self.module.graph
         self.root: dict[int, Value] = {}
-        self.values: dict[int, Value] = {}
 
         def root_of(v):
             return self.root.get(id(v), v)
 
         produced_native: set[int] = set()
+        rootv: dict[int, Value] = {}
         for s in steps:
             if isinstance(s, AliasStep):
                 self.root[id(s.result)] = root_of(s.source)
             elif isinstance(s, NativeStep):
                 for v in s.outputs:
                     produced_native.add(id(v))
+                    rootv[id(v)] = v
         self.root_of = root_of
-        # liveness of arena roots
-        start: dict[int, int] = {}
-        end: dict[int, int] = {}
-        rootv: dict[int, Value] = {}
-        scratch: list[Buffer] = []
+        sched: list[Step] = []
         for i, s in enumerate(steps):
             if isinstance(s, NativeStep):
-                for v in s.outputs:
-                    start.setdefault(id(v), i)
-                    end[id(v)] = max(end.get(id(v), i), i)
-                    rootv[id(v)] = v
-                reads = s.inputs
-                if s.kernel.scratch_bytes:
-                    scratch.append(Buffer(-(i + 1), s.kernel.scratch_bytes, i, i, name=f"scratch{i}"))
+                uses = [id(root_of(v)) for v in s.inputs if not isinstance(v, ConstArray)]
+                pairs = []
+                if self.inplace and isinstance(s.kernel, K.Elementwise) and len(s.outputs) == 1:
+                    out = s.outputs[0]
+                    oshape = tuple(s.kernel.out_shape)
+                    bad = {id(root_of(v)) for v, shp in zip(s.inputs, s.kernel.in_shapes)
+                           if not isinstance(v, ConstArray) and tuple(shp) != oshape}
+                    for v in s.inputs:
+                        if isinstance(v, ConstArray):
+                            continue
+                        r = root_of(v)
+                        # every read of r must walk it like the output (same shape, no view
+                        # broadcast), so element i is read before element i is written
+                        if id(r) in produced_native and id(r) not in bad \
+                                and v.type.dtype == out.type.dtype:
+                            pairs.append((id(out), id(r)))
+                sched.append(Step([id(v) for v in s.outputs], uses, pairs,
+                                  scratch=s.kernel.scratch_bytes or 0, name=s.kernel.name))
             elif isinstance(s, FallbackStep):
-                reads = free_values(s.op)
+                sched.append(Step((), [id(root_of(v)) for v in free_values(s.op)], name=s.op.name))
             else:
-                reads = []
-            for v in reads:
-                if isinstance(v, ConstArray):
-                    continue
-                r = root_of(v)
-                if id(r) in produced_native:
-                    end[id(r)] = max(end.get(id(r), i), i)
-        n = len(steps)
-        for v in g.outputs:
-            if v is not None:
-                r = root_of(v)
-                if id(r) in produced_native:
-                    end[id(r)] = n
-        buffers = [Buffer(k, nbytes_of(rootv[k]), start[k], end[k], name=rootv[k].name or "")
-                   for k in start] + scratch
-        self.arena_size = plan_offsets(buffers)
-        self.buffers = buffers
-        self.offset = {b.key: b.offset for b in buffers}
-        self.scratch_offset = {-(b.key) - 1: b.offset for b in scratch}
+                sched.append(Step((), (), name="view"))
+        sizes = {k: nbytes_of(v) for k, v in rootv.items()}
+        names = {k: (v.name or f"%{v.producer.name if v.producer else '?'}") for k, v in rootv.items()}
+        live_out = [id(root_of(v)) for v in g.outputs if v is not None]
+        # the validator runs on every plan (CompileError naming the buffers if unsound)
+        self.plan = plan_schedule(sched, sizes, live_out=live_out, names=names,
+                                  inplace=self.inplace)
+        self.arena_size = self.plan.arena_bytes
+        self.buffers = self.plan.buffers
+        self.offset = {k: b.offset for k, b in self.plan.assignment.items()}
+        self.scratch_offset = {b.key[1]: b.offset for b in self.buffers if b.kind == "scratch"}
+        self.inplace_steps = {i for i, _, _ in self.plan.inplace}
         self.produced_native = produced_native
         # ext slots: values not in the arena that native code reads
         self.slot: dict[int, int] = {}
@@ -176,10 +158,14 @@ class Specialization:
             base = b.load(table)
             for i, s in seg:
                 nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
-                key = s.kernel.key()
+                inplace = i in self.inplace_steps
+                key = (s.kernel.key(), inplace)
                 kf = kernel_fns.get(key)
                 if kf is None:
                     kf = s.kernel.emit(mod, f"gx_k{len(kernel_fns)}_{s.kernel.name}", nargs)
+                    if inplace:  # output and an input share memory: no noalias promise
+                        for a in kf.args:
+                            a.attributes.discard("noalias")
                     kernel_fns[key] = kf
                 args = []
                 for v in list(s.outputs) + list(s.inputs):

@@ -25,33 +25,55 @@ class Block(object):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Block
-    def Args(self, j):
+    def ArgTypes(self, j):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
-            x = self._tab.Vector(o)
-            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
-            x = self._tab.Indirect(x)
-            from galaxir.serialize.gxm_fb.ValueDesc import ValueDesc
-            obj = ValueDesc()
-            obj.Init(self._tab.Bytes, x)
-            return obj
-        return None
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
 
     # Block
-    def ArgsLength(self):
+    def ArgTypesAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Int32Flags, o)
+        return 0
+
+    # Block
+    def ArgTypesLength(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Block
-    def ArgsIsNone(self):
+    def ArgTypesIsNone(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         return o == 0
 
     # Block
-    def Ops(self, j):
+    def ArgNames(self, j):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.String(a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return ""
+
+    # Block
+    def ArgNamesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Block
+    def ArgNamesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        return o == 0
+
+    # Block
+    def Ops(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         if o != 0:
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
@@ -64,26 +86,32 @@ class Block(object):
 
     # Block
     def OpsLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Block
     def OpsIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         return o == 0
 
-def BlockStart(builder): builder.StartObject(2)
+def BlockStart(builder): builder.StartObject(3)
 def Start(builder):
     return BlockStart(builder)
-def BlockAddArgs(builder, args): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(args), 0)
-def AddArgs(builder, args):
-    return BlockAddArgs(builder, args)
-def BlockStartArgsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
-def StartArgsVector(builder, numElems):
-    return BlockStartArgsVector(builder, numElems)
-def BlockAddOps(builder, ops): builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(ops), 0)
+def BlockAddArgTypes(builder, argTypes): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(argTypes), 0)
+def AddArgTypes(builder, argTypes):
+    return BlockAddArgTypes(builder, argTypes)
+def BlockStartArgTypesVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartArgTypesVector(builder, numElems):
+    return BlockStartArgTypesVector(builder, numElems)
+def BlockAddArgNames(builder, argNames): builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(argNames), 0)
+def AddArgNames(builder, argNames):
+    return BlockAddArgNames(builder, argNames)
+def BlockStartArgNamesVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartArgNamesVector(builder, numElems):
+    return BlockStartArgNamesVector(builder, numElems)
+def BlockAddOps(builder, ops): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(ops), 0)
 def AddOps(builder, ops):
     return BlockAddOps(builder, ops)
 def BlockStartOpsVector(builder, numElems): return builder.StartVector(4, numElems, 4)

@@ -57,8 +57,33 @@ class Model(object):
         return o == 0
 
     # Model
-    def Graph(self):
+    def Types(self, j):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            from galaxir.serialize.gxm_fb.TypeDesc import TypeDesc
+            obj = TypeDesc()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Model
+    def TypesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Model
+    def TypesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        return o == 0
+
+    # Model
+    def Graph(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         if o != 0:
             x = self._tab.Indirect(o + self._tab.Pos)
             from galaxir.serialize.gxm_fb.Block import Block
@@ -69,7 +94,7 @@ class Model(object):
 
     # Model
     def OutputNames(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         if o != 0:
             a = self._tab.Vector(o)
             return self._tab.String(a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
@@ -77,17 +102,17 @@ class Model(object):
 
     # Model
     def OutputNamesLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Model
     def OutputNamesIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         return o == 0
 
-def ModelStart(builder): builder.StartObject(4)
+def ModelStart(builder): builder.StartObject(5)
 def Start(builder):
     return ModelStart(builder)
 def ModelAddName(builder, name): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -99,10 +124,16 @@ def AddMetadata(builder, metadata):
 def ModelStartMetadataVector(builder, numElems): return builder.StartVector(4, numElems, 4)
 def StartMetadataVector(builder, numElems):
     return ModelStartMetadataVector(builder, numElems)
-def ModelAddGraph(builder, graph): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(graph), 0)
+def ModelAddTypes(builder, types): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(types), 0)
+def AddTypes(builder, types):
+    return ModelAddTypes(builder, types)
+def ModelStartTypesVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartTypesVector(builder, numElems):
+    return ModelStartTypesVector(builder, numElems)
+def ModelAddGraph(builder, graph): builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(graph), 0)
 def AddGraph(builder, graph):
     return ModelAddGraph(builder, graph)
-def ModelAddOutputNames(builder, outputNames): builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(outputNames), 0)
+def ModelAddOutputNames(builder, outputNames): builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(outputNames), 0)
 def AddOutputNames(builder, outputNames):
     return ModelAddOutputNames(builder, outputNames)
 def ModelStartOutputNamesVector(builder, numElems): return builder.StartVector(4, numElems, 4)

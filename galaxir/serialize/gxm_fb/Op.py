@@ -59,33 +59,55 @@ class Op(object):
         return o == 0
 
     # Op
-    def Results(self, j):
+    def ResultTypes(self, j):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         if o != 0:
-            x = self._tab.Vector(o)
-            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
-            x = self._tab.Indirect(x)
-            from galaxir.serialize.gxm_fb.ValueDesc import ValueDesc
-            obj = ValueDesc()
-            obj.Init(self._tab.Bytes, x)
-            return obj
-        return None
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
 
     # Op
-    def ResultsLength(self):
+    def ResultTypesAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Int32Flags, o)
+        return 0
+
+    # Op
+    def ResultTypesLength(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Op
-    def ResultsIsNone(self):
+    def ResultTypesIsNone(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         return o == 0
 
     # Op
-    def Attrs(self, j):
+    def ResultNames(self, j):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.String(a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return ""
+
+    # Op
+    def ResultNamesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Op
+    def ResultNamesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        return o == 0
+
+    # Op
+    def Attrs(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         if o != 0:
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
@@ -98,19 +120,19 @@ class Op(object):
 
     # Op
     def AttrsLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Op
     def AttrsIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         return o == 0
 
     # Op
     def Regions(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         if o != 0:
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
@@ -123,19 +145,19 @@ class Op(object):
 
     # Op
     def RegionsLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Op
     def RegionsIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         return o == 0
 
     # Op
     def Provenance(self, j):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
         if o != 0:
             a = self._tab.Vector(o)
             return self._tab.String(a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
@@ -143,24 +165,24 @@ class Op(object):
 
     # Op
     def ProvenanceLength(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Op
     def ProvenanceIsNone(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
         return o == 0
 
     # Op
     def CreatedBy(self):
-        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
         if o != 0:
             return self._tab.String(o + self._tab.Pos)
         return None
 
-def OpStart(builder): builder.StartObject(7)
+def OpStart(builder): builder.StartObject(8)
 def Start(builder):
     return OpStart(builder)
 def OpAddName(builder, name): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -172,31 +194,37 @@ def AddOperands(builder, operands):
 def OpStartOperandsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
 def StartOperandsVector(builder, numElems):
     return OpStartOperandsVector(builder, numElems)
-def OpAddResults(builder, results): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(results), 0)
-def AddResults(builder, results):
-    return OpAddResults(builder, results)
-def OpStartResultsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
-def StartResultsVector(builder, numElems):
-    return OpStartResultsVector(builder, numElems)
-def OpAddAttrs(builder, attrs): builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(attrs), 0)
+def OpAddResultTypes(builder, resultTypes): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(resultTypes), 0)
+def AddResultTypes(builder, resultTypes):
+    return OpAddResultTypes(builder, resultTypes)
+def OpStartResultTypesVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartResultTypesVector(builder, numElems):
+    return OpStartResultTypesVector(builder, numElems)
+def OpAddResultNames(builder, resultNames): builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(resultNames), 0)
+def AddResultNames(builder, resultNames):
+    return OpAddResultNames(builder, resultNames)
+def OpStartResultNamesVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartResultNamesVector(builder, numElems):
+    return OpStartResultNamesVector(builder, numElems)
+def OpAddAttrs(builder, attrs): builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(attrs), 0)
 def AddAttrs(builder, attrs):
     return OpAddAttrs(builder, attrs)
 def OpStartAttrsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
 def StartAttrsVector(builder, numElems):
     return OpStartAttrsVector(builder, numElems)
-def OpAddRegions(builder, regions): builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(regions), 0)
+def OpAddRegions(builder, regions): builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(regions), 0)
 def AddRegions(builder, regions):
     return OpAddRegions(builder, regions)
 def OpStartRegionsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
 def StartRegionsVector(builder, numElems):
     return OpStartRegionsVector(builder, numElems)
-def OpAddProvenance(builder, provenance): builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(provenance), 0)
+def OpAddProvenance(builder, provenance): builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(provenance), 0)
 def AddProvenance(builder, provenance):
     return OpAddProvenance(builder, provenance)
 def OpStartProvenanceVector(builder, numElems): return builder.StartVector(4, numElems, 4)
 def StartProvenanceVector(builder, numElems):
     return OpStartProvenanceVector(builder, numElems)
-def OpAddCreatedBy(builder, createdBy): builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(createdBy), 0)
+def OpAddCreatedBy(builder, createdBy): builder.PrependUOffsetTRelativeSlot(7, flatbuffers.number_types.UOffsetTFlags.py_type(createdBy), 0)
 def AddCreatedBy(builder, createdBy):
     return OpAddCreatedBy(builder, createdBy)
 def OpEnd(builder): return builder.EndObject()
