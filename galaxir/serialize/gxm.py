@@ -13,6 +13,7 @@ verified before it is returned.  No pickle anywhere.
 """
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import struct
@@ -253,8 +254,7 @@ class _Writer:
         return bytes(b.Output())
 
 
-def save(module: Module, path: str | os.PathLike) -> None:
-    """Write ``module`` to ``path`` as .gxm (graph + 64-byte-aligned weights)."""
+def _write(module: Module, f) -> None:
     w = _Writer()
     graph = w.model(module)
     graph_off = HEADER_SIZE
@@ -262,19 +262,30 @@ def save(module: Module, path: str | os.PathLike) -> None:
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, graph_off, len(graph), weights_off,
                           w.weights_size, zlib.crc32(graph))
     header += struct.pack("<I", zlib.crc32(header))
-    header = header.ljust(HEADER_SIZE, b"\0")
+    f.write(header.ljust(HEADER_SIZE, b"\0"))
+    f.write(graph)
+    pos = graph_off + len(graph)
+    for offset, data in w.chunks:
+        target = weights_off + offset
+        f.write(b"\0" * (target - pos))
+        f.write(memoryview(data.reshape(-1).view(np.uint8)) if data.size else b"")
+        pos = target + data.nbytes
+    f.write(b"\0" * (weights_off + w.weights_size - pos))
+
+
+def save(module: Module, path: str | os.PathLike) -> None:
+    """Write ``module`` to ``path`` as .gxm (graph + 64-byte-aligned weights)."""
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(graph)
-        pos = graph_off + len(graph)
-        for offset, data in w.chunks:
-            target = weights_off + offset
-            f.write(b"\0" * (target - pos))
-            f.write(memoryview(data.reshape(-1).view(np.uint8)) if data.size else b"")
-            pos = target + data.nbytes
-        f.write(b"\0" * (weights_off + w.weights_size - pos))
+        _write(module, f)
     os.replace(tmp, path)
+
+
+def dumps(module: Module) -> bytes:
+    """The .gxm bytes of ``module`` (``loads`` reads them back)."""
+    buf = io.BytesIO()
+    _write(module, buf)
+    return buf.getvalue()
 
 
 # -- reading -------------------------------------------------------------------------------------

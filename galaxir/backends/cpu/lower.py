@@ -426,6 +426,10 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
             steps.append(AliasStep(op, src, op.results[0]))
             continue
         fn = RULES.get(op.name)
+        if fn is not None and op.attrs.get("layout", "NCHW") not in getattr(
+                fn, "layouts", ("NCHW",)):  # native rules are NCHW unless they say otherwise
+            steps.append(FallbackStep(op, f"layout {op.attrs['layout']} has no native kernel"))
+            continue
         if fn is None:
             steps.append(FallbackStep(op, "no native kernel"))
             continue

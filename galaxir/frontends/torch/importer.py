@@ -291,7 +291,9 @@ class ImportInfo:
 
     module: Module
     tensor_inputs: list[int] = field(default_factory=list)  # positions of tensor user inputs
-    out_spec: Any = None
+    out_spec: Any = None  # torch's pytree spec of the user outputs
+    num_outputs: int = 0  # user outputs, graph outputs and constants (None, ints) together
+    constant_outputs: dict[int, Any] = field(default_factory=dict)  # position -> value
 
 
 class FxImporter:
@@ -328,6 +330,8 @@ class FxImporter:
         consts = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
         user_inputs = list(sig.user_inputs)
         tensor_inputs: list[int] = []
+        constant_outputs: dict[int, Any] = {}
+        position = 0
         state = ep.state_dict
         for node in ep.graph.nodes:
             if node.op == "placeholder":
@@ -353,19 +357,22 @@ class FxImporter:
                 self.convert(node, gb)
             elif node.op == "output":
                 outs = node.args[0]
-                specs = [s for s in sig.output_specs]
-                used = set()
-                for spec, o in zip(specs, outs):
+                used: set[str] = set()
+                position = 0
+                for spec, o in zip(sig.output_specs, outs):
                     if spec.kind.name != "USER_OUTPUT":
                         continue
                     v = self.lookup(o, node)
-                    if not isinstance(v, Value):
-                        v = Builder(gb.graph.block, provenance=("output",)).constant(v)
-                    name = o.name if isinstance(o, torch.fx.Node) else f"output_{len(used)}"
+                    if not isinstance(v, Value):  # None or a Python scalar: not a graph output
+                        constant_outputs[position] = v
+                        position += 1
+                        continue
+                    name = o.name if isinstance(o, torch.fx.Node) else f"output_{position}"
                     if name in used or name in {i.name for i in gb.graph.inputs}:
-                        name = f"output_{len(used)}"
+                        name = f"output_{position}"
                     used.add(name)
                     gb.output(v, name)
+                    position += 1
             elif node.op == "get_attr":
                 t = getattr(ep.graph_module, node.target)
                 if not isinstance(t, torch.Tensor):
@@ -376,7 +383,7 @@ class FxImporter:
         meta = {"producer": "torch.export", "torch_version": torch.__version__}
         module = gb.module(meta)
         module.verify()
-        return ImportInfo(module, tensor_inputs, ep.call_spec.out_spec)
+        return ImportInfo(module, tensor_inputs, ep.call_spec.out_spec, position, constant_outputs)
 
     def lookup(self, a: Any, user: torch.fx.Node) -> Any:
         if isinstance(a, torch.fx.Node):

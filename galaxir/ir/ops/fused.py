@@ -31,7 +31,7 @@ import numpy as np
 from ..opdef import attr, define
 from ..types import TensorType, Type
 from .linalg import _gemm_infer, matmul_shape
-from .nn import _WINDOW_ATTRS, _conv_infer, _conv_verify
+from .nn import LAYOUT_ATTR, _WINDOW_ATTRS, _conv_infer, _conv_verify
 from .rules import broadcast_shapes, fail, tensor_operand
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ ACTIVATIONS: dict[str, int] = {
 }
 
 _ACT_ATTRS = {"activation": attr("str", "none"), "activation_params": attr("floats", ())}
-CONV_ATTRS = tuple(_WINDOW_ATTRS) + ("group",)
+CONV_ATTRS = tuple(_WINDOW_ATTRS) + ("group", "layout")
 GEMM_ATTRS = ("alpha", "beta", "transA", "transB")
 
 
@@ -117,7 +117,7 @@ def _fused_conv_decompose(b, op):
 
 
 define("fused_conv", operands=["x", "w", "b?", "z?"],
-       attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **_ACT_ATTRS},
+       attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **_ACT_ATTRS, **LAYOUT_ATTR},
        infer=_conv_infer, verify=_fused_conv_verify, decompose=_fused_conv_decompose,
        doc="activation(conv(x, w, b) + z): a convolution with its bias, optional residual "
            "input z and activation epilogue.")

@@ -128,22 +128,53 @@ def _check_auto_pad(op) -> None:
         raise fail(op, f"auto_pad must be one of {AUTO_PADS}, got {op.attr('auto_pad')!r}")
 
 
+#: the optional ``layout`` attribute of conv, fused_conv, pools and batch_norm: "NCHW"
+#: (channels at axis 1, the ONNX default) or "NHWC" (channels last: x is [N, *spatial, C]
+#: and so is the result; weights stay [M, C/group, *K]).  Set by the O3 layout pass.
+LAYOUTS = ("NCHW", "NHWC")
+LAYOUT_ATTR = {"layout": attr("str", "NCHW")}
+
+
+def channels_last(op) -> bool:
+    lay = op.attr("layout") or "NCHW"
+    if lay not in LAYOUTS:
+        raise fail(op, f"layout must be one of {LAYOUTS}, got {lay!r}")
+    return lay == "NHWC"
+
+
+def _layout_in(op, i: int = 0) -> TensorType:
+    """Operand i's type seen channels-first (moved from last to axis 1 for NHWC ops)."""
+    x = tensor_operand(op, i)
+    if x.shape is None or len(x.shape) < 2 or not channels_last(op):
+        return x
+    s = x.shape
+    return TensorType(x.dtype, (s[0], s[-1], *s[1:-1]))
+
+
+def _layout_out(op, t: TensorType) -> TensorType:
+    """A channels-first result type moved back to the op's layout."""
+    if t.shape is None or len(t.shape) < 2 or not channels_last(op):
+        return t
+    s = t.shape
+    return TensorType(t.dtype, (s[0], *s[2:], s[1]))
+
+
 # -- conv -----------------------------------------------------------------------------------
 def _conv_infer(op):
-    x, w = tensor_operand(op, 0), tensor_operand(op, 1)
+    x, w = _layout_in(op), tensor_operand(op, 1)
     m = w.shape[0] if w.shape is not None else UNKNOWN
     if x.shape is None:
         return [TensorType(x.dtype, None)]
     rank = len(x.shape)
     ks = _kernel_shape(op, w)
     if ks is None:
-        return [TensorType(x.dtype, (x.shape[0], m) + (UNKNOWN,) * (rank - 2))]
-    return [TensorType(x.dtype, (x.shape[0], m, *_spatial_out(op, x, ks)))]
+        return [_layout_out(op, TensorType(x.dtype, (x.shape[0], m) + (UNKNOWN,) * (rank - 2)))]
+    return [_layout_out(op, TensorType(x.dtype, (x.shape[0], m, *_spatial_out(op, x, ks))))]
 
 
 def _conv_verify(op):
     _check_auto_pad(op)
-    x, w = tensor_operand(op, 0), tensor_operand(op, 1)
+    x, w = _layout_in(op), tensor_operand(op, 1)
     g = op.attr("group") or 1
     if x.shape is not None and w.shape is not None:
         if len(x.shape) != len(w.shape):
@@ -154,7 +185,7 @@ def _conv_verify(op):
 
 
 define("conv", operands=["x", "w", "b?"],
-       attrs={**_WINDOW_ATTRS, "group": attr("int", 1)},
+       attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **LAYOUT_ATTR},
        infer=_conv_infer, verify=_conv_verify,
        doc="N-d convolution (ONNX Conv): x[N,C,*S] * w[M,C/group,*K] + b[M].")
 
@@ -259,7 +290,7 @@ define("causal_conv_with_state", operands=["x", "w", "b?", "past_state?"], num_r
 
 # -- pooling --------------------------------------------------------------------------------
 def _pool_infer(op):
-    x = tensor_operand(op, 0)
+    x = _layout_in(op)
     ks = op.attr("kernel_shape")
     if not ks:
         raise fail(op, "needs kernel_shape")
@@ -267,16 +298,17 @@ def _pool_infer(op):
         shape = None
     else:
         shape = (x.shape[0], x.shape[1], *_spatial_out(op, x, ks, bool(op.attr("ceil_mode"))))
-    out = [TensorType(x.dtype, shape)]
+    out = [_layout_out(op, TensorType(x.dtype, shape))]
     if len(op.results) > 1:
-        out.append(TensorType(DType.int64, shape))
+        out.append(_layout_out(op, TensorType(DType.int64, shape)))
     return out
 
 
 _POOL_ATTRS = {**_WINDOW_ATTRS, "kernel_shape": attr("ints", required=True),
                "ceil_mode": attr("int", 0)}
 
-define("average_pool", operands=["x"], attrs={**_POOL_ATTRS, "count_include_pad": attr("int", 0)},
+define("average_pool", operands=["x"], attrs={**_POOL_ATTRS, "count_include_pad": attr("int", 0),
+                                             **LAYOUT_ATTR},
        infer=_pool_infer, verify=lambda op: _check_auto_pad(op))
 define("lp_pool", operands=["x"], attrs={**_POOL_ATTRS, "p": attr("int", 2)},
        infer=_pool_infer, verify=lambda op: _check_auto_pad(op))
@@ -289,20 +321,20 @@ def _max_pool_verify(op):
 
 
 define("max_pool", operands=["x"], num_results=None,
-       attrs={**_POOL_ATTRS, "storage_order": attr("int", 0)},
+       attrs={**_POOL_ATTRS, "storage_order": attr("int", 0), **LAYOUT_ATTR},
        infer=_pool_infer, verify=_max_pool_verify,
        doc="Max pooling; a second result (int64) holds the flat index of each maximum.")
 
 
 def _global_infer(op):
-    x = tensor_operand(op, 0)
+    x = _layout_in(op) if "layout" in op.attrs else tensor_operand(op, 0)
     if x.shape is None:
         return [x]
-    return [TensorType(x.dtype, (x.shape[0], x.shape[1]) + (1,) * (len(x.shape) - 2))]
+    return [_layout_out(op, TensorType(x.dtype, (x.shape[0], x.shape[1]) + (1,) * (len(x.shape) - 2)))]
 
 
-define("global_average_pool", operands=["x"], infer=_global_infer)
-define("global_max_pool", operands=["x"], infer=_global_infer)
+define("global_average_pool", operands=["x"], attrs=dict(LAYOUT_ATTR), infer=_global_infer)
+define("global_max_pool", operands=["x"], attrs=dict(LAYOUT_ATTR), infer=_global_infer)
 define("global_lp_pool", operands=["x"], attrs={"p": attr("int", 2)}, infer=_global_infer)
 
 

@@ -202,6 +202,8 @@ def _decompose_batch_norm(b, op):
     rank = _rank_of(op)
     inv = b.div(scale, b.sqrt(b.add(var, _scalar(b, op.attr("epsilon"), var))))
     shift = b.sub(bias, b.mul(mean, inv))
+    if (op.attr("layout") or "NCHW") == "NHWC":  # channels last: [C] broadcasts as it is
+        return [b.add(b.mul(x, inv), shift)]
     return [b.add(b.mul(x, _channel_view(b, inv, rank)), _channel_view(b, shift, rank))]
 
 
@@ -263,7 +265,8 @@ define("group_norm", operands=["x", "scale", "bias"], infer=_check_rank_at_least
 define("instance_norm", operands=["x", "scale", "bias"], infer=_check_rank_at_least(2),
        attrs={"epsilon": attr("float", 1e-5)}, decompose=_decompose_instance_norm)
 define("batch_norm", operands=["x", "scale", "bias", "mean", "var"],
-       infer=_check_rank_at_least(1), attrs={"epsilon": attr("float", 1e-5)},
+       infer=_check_rank_at_least(1), attrs={"epsilon": attr("float", 1e-5),
+                                              "layout": attr("str", "NCHW")},
        decompose=_decompose_batch_norm,
        doc="Inference-mode batch normalization with per-channel (axis 1) statistics. "
            "ONNX training mode imports as reductions feeding this op.")

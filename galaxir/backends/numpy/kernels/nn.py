@@ -119,7 +119,24 @@ def conv_nd(x: np.ndarray, w: np.ndarray, b, strides, dilations, pads, group: in
     return y.astype(out_dtype, copy=False)
 
 
+def channels_last(fn):
+    """Run an NCHW kernel for an op whose ``layout`` attribute is "NHWC": channels moved
+    to axis 1 on the way in and back to the last axis on the way out."""
+    def wrapped(ctx, x, *rest):
+        if (ctx.attr("layout") or "NCHW") != "NHWC":
+            return fn(ctx, x, *rest)
+        if x.ndim < 2:
+            raise ExecutionError(f"{ctx.op.name}: layout NHWC needs rank >= 2, got {x.shape}")
+        out = fn(ctx, np.ascontiguousarray(np.moveaxis(x, -1, 1)), *rest)
+        back = lambda y: np.ascontiguousarray(np.moveaxis(y, 1, -1))  # noqa: E731
+        return tuple(back(y) for y in out) if isinstance(out, tuple) else back(out)
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
 @kernel("conv")
+@channels_last
 def conv(ctx, x, w, b=None):
     kernel_shape = ctx.attr("kernel_shape") or w.shape[2:]
     if tuple(kernel_shape) != tuple(w.shape[2:]):
@@ -297,6 +314,7 @@ def _valid_counts(size, k, s, d, pb, pe, out, include_pad: bool) -> np.ndarray:
 
 
 @kernel("average_pool")
+@channels_last
 def average_pool(ctx, x):
     kernel, strides, dil, pads, out = _pool_geometry(ctx, x)
     n = len(kernel)
@@ -342,6 +360,7 @@ def _lowest(dt: np.dtype):
 
 
 @kernel("max_pool")
+@channels_last
 def max_pool(ctx, x):
     kernel, strides, dil, pads, out = _pool_geometry(ctx, x)
     n = len(kernel)
@@ -388,6 +407,7 @@ def max_pool(ctx, x):
 
 
 @kernel("global_average_pool")
+@channels_last
 def global_average_pool(ctx, x):
     axes = tuple(range(2, x.ndim))
     wt = _work_dtype(x.dtype)
@@ -395,6 +415,7 @@ def global_average_pool(ctx, x):
 
 
 @kernel("global_max_pool")
+@channels_last
 def global_max_pool(ctx, x):
     return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
 

@@ -257,6 +257,10 @@ def batch_norm(ctx, x, scale, bias, mean, var):
     var = np.asarray(var).astype(cd, copy=False)
     inv = np.asarray(scale).astype(cd, copy=False) / np.sqrt(var + cd.type(ctx.attr("epsilon")))
     shift = np.asarray(bias).astype(cd, copy=False) - np.asarray(mean).astype(cd, copy=False) * inv
+    if (ctx.attr("layout") or "NCHW") == "NHWC":  # channels last: [C] broadcasts as it is
+        y = x.astype(cd, copy=False) * inv.reshape(-1)
+        y += shift.reshape(-1)
+        return y.astype(x.dtype, copy=False)
     y = x.astype(cd, copy=False) * _channel(inv, x.ndim, cd)
     y += _channel(shift, x.ndim, cd)
     return y.astype(x.dtype, copy=False)
