@@ -51,3 +51,28 @@ def test_node_suite_exports_and_matches_onnxruntime():
             problems.append(f"{case.name}: onnxruntime on the export: {type(e).__name__}: {' '.join(str(e).split())}"[:300])
     print(f"\nexported {exported} cases, {compared} compared in onnxruntime")
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:60])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "inception_v1", "inception_v2",
+                                  "shufflenet", "squeezenet", "bvlc_alexnet", "zfnet512", "vgg19"])
+def test_zoo_models_export_after_o2_and_match(name):
+    """O2's fused ops export through their decompositions; onnxruntime runs the export with
+    random weights to the same outputs as galaxir's numpy backend."""
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from galaxir.testing import zoo
+    proto = onnx.load(str(zoo.model_path(name)))
+    if name in ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet"):
+        proto = zoo.with_random_weights(proto)
+    m = gx.optimize(gx.import_model(proto), level=2)
+    assert any(op.name.startswith(("fused_", "linear")) for op in m.walk())
+    exported = export_onnx(m)
+    onnx.checker.check_model(exported)
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.random(v.shape, dtype=np.float32) for k, v in zoo.dummy_inputs(proto).items()}
+    want = gx.compile(m, target="numpy", level=0).run(feeds)
+    sess = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
+    for n, g in zip(m.graph.output_names, got):
+        np.testing.assert_allclose(g, want[n], rtol=1e-3, atol=1e-6)

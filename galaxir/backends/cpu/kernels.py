@@ -872,15 +872,35 @@ class PackedGemm(Kernel):
         return "conv"
 
     def variant(self) -> tuple:
+        """What the generated code depends on: B's source family, the residual, and the
+        activation class ("lin" covers none/relu/clip/leaky_relu, chosen at run time)."""
         act, params = self._act()
-        return (self._src_kind(), self.has_bias, self.has_z, act, params)
+        kind = self._src_kind()
+        fam = "conv" if kind == "pointwise" else kind
+        if act in LINEAR_ACTS:
+            return (fam, self.has_z, "lin", ())
+        return (fam, self.has_z, act, params)
+
+    def linear_params(self) -> tuple[float, float, float]:
+        """(lo, hi, alpha) of the piecewise-linear epilogue: clip(v, lo, hi), then v*alpha
+        where v < 0 (none = (-inf, inf, 1))."""
+        act, params = self._act()
+        if act == "relu":
+            return (0.0, math.inf, 1.0)
+        if act == "clip":
+            return (float(params[0]), float(params[1]), 1.0)
+        if act == "leaky_relu":
+            return (-math.inf, math.inf, float(params[0]))
+        return (-math.inf, math.inf, 1.0)
 
     def params(self) -> list[int]:
         tiles = -(-self.M // MR)
         panels = -(-self.N // NR)
         mch = self.m_chunks
         p = [self.M, self.N, self.K, self.batch, self.b_step, self.c_step, self.a_step,
-             self.groups, mch, -(-tiles // mch), panels, tiles, self.n_tasks]
+             self.groups, mch, -(-tiles // mch), panels, tiles, self.n_tasks, int(self.has_bias)]
+        p.extend(_f32_bits(v) for v in self.linear_params())
+        p.append(int(self._src_kind() == "pointwise"))
         if self.source[0] == "dense":
             p.append(self.source[1])
         else:
@@ -891,8 +911,8 @@ class PackedGemm(Kernel):
         from . import library
         from .parallel import pool_global
         var = self.variant()
-        vname = "pgemm_" + "_".join(str(x) for x in var[:4]) + (
-            "_" + "_".join(f"{v:g}" for v in var[4]) if var[4] else "")
+        vname = "pgemm_" + "_".join(str(x) for x in var[:3]) + (
+            "_" + "_".join(f"{v:g}" for v in var[3]) if var[3] else "")
         sym = library.ensure(vname, lambda m, n: build_pgemm_library(m, n, var))
         P64 = I64.as_pointer()
         F32P = F32.as_pointer()
@@ -915,7 +935,23 @@ class PackedGemm(Kernel):
 
 # parameter block layout of the generic packed GEMM
 (GP_M, GP_N, GP_K, GP_BATCH, GP_BSTEP, GP_CSTEP, GP_ASTEP, GP_GROUPS, GP_MCH, GP_TPER, GP_PANELS,
- GP_TILES, GP_NTASKS, GP_SRC) = range(14)
+ GP_TILES, GP_NTASKS, GP_HAS_BIAS, GP_LO, GP_HI, GP_ALPHA, GP_POINTWISE, GP_SRC) = range(19)
+LINEAR_ACTS = ("none", "relu", "clip", "leaky_relu")
+
+
+def _f32_bits(v: float) -> int:
+    import numpy as np
+    return int(np.array(v, np.float32).view(np.int32))
+
+
+def _linear_act_v8(fb, v, lo, hi, alpha):
+    """clip(v, lo, hi), then v*alpha where v < 0 (lo, hi, alpha are splat vectors)."""
+    b = fb.b
+    V8 = ir.VectorType(F32, 8)
+    zero = ir.Constant(V8, [0.0] * 8)
+    v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+    v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
+    return b.select(b.fcmp_ordered("<", v, zero), b.fmul(v, alpha), v)
 
 
 def build_pgemm_library(module, name, variant):
@@ -1011,12 +1047,23 @@ def apply_activation_v8(fb, v, name, params=()):
 
 
 def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
-    src_kind, has_bias, has_z, act, act_params = variant
+    src_kind, has_z, act, act_params = variant
     b = fb.b
     V8 = ir.VectorType(F32, 8)
 
     def P(k):
         return b.load(b.gep(params, [i64(k)], inbounds=True))
+
+    def PF(k):
+        return b.bitcast(b.trunc(P(k), ir.IntType(32)), F32)
+
+    lin = act == "lin"
+    if lin:
+        lo_s, hi_s, al_s = PF(GP_LO), PF(GP_HI), PF(GP_ALPHA)
+        lo_v, hi_v, al_v = _splat8(b, lo_s), _splat8(b, hi_s), _splat8(b, al_s)
+    has_bias = b.icmp_signed("!=", P(GP_HAS_BIAS), i64(0))
+    zslot = fb.alloca(F32)
+    b.store(f32(0.0), zslot)
 
     M, N, Kd = P(GP_M), P(GP_N), P(GP_K)
     panels, mch, tiles_per, tiles = P(GP_PANELS), P(GP_MCH), P(GP_TPER), P(GP_TILES)
@@ -1034,8 +1081,8 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
     bb = fb.ptr(bm, b.mul(img, P(GP_BSTEP)))
     gi = b.srem(img, groups)
     ab = fb.ptr(ap, b.mul(gi, P(GP_ASTEP)))
-    if has_bias:
-        bias = fb.ptr(bias, b.mul(gi, M))
+    bias = b.select(has_bias, fb.ptr(bias, b.mul(gi, M)), zslot)
+    bias_step = b.select(has_bias, i64(1), i64(0))
     # pack the B panel: bp[k*16 + q] = B[k, j0 + q] (0 past N)
     bp = b.alloca(F32, size=b.mul(Kd, i64(NR)))  # dynamic: once per task call, not in a loop
     bp.align = 32
@@ -1069,7 +1116,8 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
         for r in range(MR):
             row = b.add(row0, i64(r))
             with fb.if_(b.icmp_signed("<", row, M)):
-                bvl = _splat8(b, fb.load(bias, row)) if has_bias else None
+                bs = fb.load(bias, b.mul(row, bias_step))
+                bvl = _splat8(b, bs)
                 rowoff = b.add(b.mul(row, N), j0)
                 then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
                 b.cbranch(full_cols, then, other)
@@ -1078,8 +1126,7 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
                     vals = []
                     for h in range(2):
                         v = b.load(accs[r][h])
-                        if bvl is not None:
-                            v = b.fadd(v, bvl)
+                        v = b.select(has_bias, b.fadd(v, bvl), v)
                         if has_z:
                             if full:
                                 zv = b.load(b.bitcast(fb.ptr(zb, b.add(rowoff, i64(8 * h))),
@@ -1090,7 +1137,10 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
                         vals.append(v)
                     if full:
                         for h in range(2):
-                            v = apply_activation_v8(fb, vals[h], act, act_params)
+                            if lin:
+                                v = _linear_act_v8(fb, vals[h], lo_v, hi_v, al_v)
+                            else:
+                                v = apply_activation_v8(fb, vals[h], act, act_params)
                             b.store(v, b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))),
                                                  V8.as_pointer()), align=4)
                     else:
@@ -1101,7 +1151,12 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
                             s = fb.load(tmp, q)
                             if has_z:
                                 s = b.fadd(s, fb.load(zb, b.add(rowoff, q)))
-                            s = emit_expr(fb, activation_expr(act, act_params), [s])
+                            if lin:
+                                s = b.select(b.fcmp_ordered("<", s, lo_s), lo_s, s)
+                                s = b.select(b.fcmp_ordered(">", s, hi_s), hi_s, s)
+                                s = b.select(b.fcmp_ordered("<", s, f32(0.0)), b.fmul(s, al_s), s)
+                            else:
+                                s = emit_expr(fb, activation_expr(act, act_params), [s])
                             fb.store(s, cb, b.add(rowoff, q))
                     b.branch(end)
                 b.position_at_end(end)
@@ -1121,6 +1176,17 @@ def _pack_b_generic(fb, kind, params, P, src, bp, j0, N, Kd):
                 idx = b.add(b.mul(colc, ldb), k) if trans else b.add(b.mul(k, ldb), colc)
                 v = b.select(ok, fb.load(src, idx), f32(0.0))
                 fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+        return
+    if kind == "conv":
+        pw, gen, done = fb.block("pw"), fb.block("im2col"), fb.block("packed")
+        b.cbranch(b.icmp_signed("!=", P(GP_POINTWISE), i64(0)), pw, gen)
+        b.position_at_end(pw)
+        _pack_b_generic(fb, "pointwise", params, P, src, bp, j0, N, Kd)
+        b.branch(done)
+        b.position_at_end(gen)
+        _pack_b_generic(fb, "im2col", params, P, src, bp, j0, N, Kd)
+        b.branch(done)
+        b.position_at_end(done)
         return
     if kind == "pointwise":
         full = b.icmp_signed("<=", b.add(j0, i64(NR)), N)

@@ -1,0 +1,360 @@
+"""O3 layout: run convolution-heavy graphs channels-last (NHWC), converting only at the
+graph's boundaries.
+
+1. **Wrap**: every conv, fused_conv, max_pool (values only), average_pool,
+   global_average_pool and global_max_pool in NCHW becomes its ``layout="NHWC"`` form
+   between two transposes:  ``transpose(op_nhwc(transpose(x, to_last)), to_first)``
+   (fused_conv's residual input is transposed too; weights keep their [M, C/g, *K] form).
+2. **Push and cancel** (to a fixpoint): a ``to_first`` transpose moves down through
+   elementwise ops (every tensor operand transposed the same way, or a constant that is
+   permuted to match, or a broadcast scalar), concat (its axis remapped) and batch_norm
+   (constant statistics become a channels-last multiply-add; otherwise ``layout="NHWC"``);
+   two transposes in a row merge, and cancel when they compose to the identity; a transpose
+   that only moves size-1 dims becomes a reshape (a view).
+
+What is left are the transposes at the inputs (NCHW -> NHWC) and before ops with no
+channels-last form (flatten to a matrix, gemm, softmax over channels ...).
+
+The pass runs at O3 only for a target whose backend declares ``preferred_layout =
+"NHWC"`` (or when ``optimize(..., layout="NHWC")`` asks for it); otherwise it does nothing.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..ir.builder import Builder
+from ..ir.core import Block, Module, Operation, Value
+from ..ir.types import TensorType
+from .manager import Pass, PassContext
+
+#: ops with an NHWC form (the ``layout`` attribute) that the pass converts
+LAYOUT_OPS = {"conv", "fused_conv", "max_pool", "average_pool", "global_average_pool",
+              "global_max_pool"}
+#: elementwise ops (numpy broadcasting, no axis attribute) that transposes move through
+ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "neg", "relu", "max", "min", "sum", "mean",
+               "abs", "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu",
+               "clip", "floor", "ceil", "elu", "selu", "softplus", "softsign", "hard_sigmoid",
+               "hard_swish", "erf", "gelu", "silu", "mish", "prelu", "celu", "sin", "cos",
+               "sign", "round", "thresholded_relu", "fused_add", "where", "equal", "less",
+               "greater", "less_or_equal", "greater_or_equal", "and", "or", "xor", "not",
+               "cast", "identity", "dropout", "mod", "bit_shift", "isnan", "isinf"}
+
+
+def to_last(rank: int) -> tuple[int, ...]:
+    """The perm NCHW -> NHWC for ``rank`` dims."""
+    return (0, *range(2, rank), 1)
+
+
+def to_first(rank: int) -> tuple[int, ...]:
+    """The perm NHWC -> NCHW for ``rank`` dims."""
+    return (0, rank - 1, *range(1, rank - 1))
+
+
+def inverse(perm: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argsort(perm))
+
+
+def _rank(v: Value | None) -> int | None:
+    t = v.type if v is not None else None
+    if isinstance(t, TensorType) and t.shape is not None:
+        return len(t.shape)
+    return None
+
+
+def _perm_of(op: Operation) -> tuple[int, ...] | None:
+    r = _rank(op.operands[0])
+    perm = op.attr("perm")
+    if perm is None:
+        return None if r is None else tuple(range(r - 1, -1, -1))
+    return tuple(p + len(perm) if p < 0 else p for p in perm)
+
+
+def _transposed(v: Value | None) -> tuple[Value, tuple[int, ...]] | None:
+    """(x, perm) when ``v = transpose(x, perm)``."""
+    p = v.producer if v is not None else None
+    if p is None or p.name != "transpose":
+        return None
+    perm = _perm_of(p)
+    return None if perm is None else (p.operands[0], perm)
+
+
+def _const(v: Value | None) -> np.ndarray | None:
+    p = v.producer if v is not None else None
+    if p is None or p.name != "constant":
+        return None
+    return np.asarray(p.attrs["value"])
+
+
+def wants_nhwc(ctx: PassContext) -> bool:
+    lay = (ctx.options or {}).get("layout")
+    if lay is not None:
+        return str(lay).upper() == "NHWC"
+    if ctx.target is None:
+        return False
+    try:
+        from ..backends import get_backend
+        backend = get_backend(ctx.target)
+    except Exception:
+        return False
+    return getattr(backend, "preferred_layout", "NCHW") == "NHWC"
+
+
+class ToChannelsLast(Pass):
+    """The O3 layout pass (see the module docstring)."""
+
+    name = "layout"
+
+    def run(self, module: Module, ctx: PassContext) -> bool:
+        if not wants_nhwc(ctx):
+            return False
+        n = convert_to_nhwc(module)
+        ctx.stat("wrapped", n["wrapped"])
+        ctx.stat("pushed", n["pushed"])
+        ctx.stat("cancelled", n["cancelled"])
+        return any(n.values())
+
+
+def convert_to_nhwc(module: Module) -> dict[str, int]:
+    """Wrap, push and cancel on every block of ``module``; counts of each kind of change."""
+    counts = {"wrapped": 0, "pushed": 0, "cancelled": 0}
+    blocks = [module.graph.block] + [r.block for op in module.walk() for r in op.regions]
+    for block in blocks:
+        for op in list(block):
+            if _wrap(op):
+                counts["wrapped"] += 1
+        changed = True
+        while changed:
+            changed = False
+            for op in list(block):
+                if op.parent is not block:
+                    continue
+                kind = _rewrite(op)
+                if kind:
+                    counts[kind] += 1
+                    changed = True
+        _erase_dead(block)
+    return counts
+
+
+def _builder(op: Operation) -> Builder:
+    return Builder(op.parent, before=op, provenance=op.provenance, created_by="layout")
+
+
+def _wrap(op: Operation) -> bool:
+    if op.name not in LAYOUT_OPS or op.attrs.get("layout", "NCHW") != "NCHW":
+        return False
+    if len(op.results) != 1:
+        return False   # max_pool with indices: the indices are NCHW flat positions
+    r = _rank(op.operands[0])
+    if r is None or r < 3 or _rank(op.results[0]) != r:
+        return False
+    b = _builder(op)
+    ops = list(op.operands)
+    ops[0] = b.transpose(ops[0], perm=to_last(r))
+    if op.name == "fused_conv" and len(ops) > 3 and ops[3] is not None:
+        if _rank(ops[3]) != r:
+            return False
+        ops[3] = b.transpose(ops[3], perm=to_last(r))
+    kw = dict(op.attrs)
+    kw["layout"] = "NHWC"
+    new = b.create(op.name, *ops, num_results=1, **kw).results[0]
+    new.name = op.results[0].name
+    op.replace_with([b.transpose(new, perm=to_first(r))])
+    return True
+
+
+def _rewrite(op: Operation) -> str | None:
+    if op.name == "transpose":
+        return _fold_transpose(op)
+    if op.name in ELEMENTWISE:
+        return _push_elementwise(op)
+    if op.name == "concat":
+        return _push_concat(op)
+    if op.name == "batch_norm":
+        return _push_batch_norm(op)
+    return None
+
+
+def _fold_transpose(op: Operation) -> str | None:
+    x = op.operands[0]
+    perm = _perm_of(op)
+    if perm is None:
+        return None
+    if perm == tuple(range(len(perm))):
+        op.replace_with([x])
+        return "cancelled"
+    inner = _transposed(x)
+    if inner is not None and len(inner[1]) == len(perm):
+        src, p = inner
+        merged = tuple(p[i] for i in perm)
+        b = _builder(op)
+        op.replace_with([src if merged == tuple(range(len(merged)))
+                         else b.transpose(src, perm=merged)])
+        return "cancelled"
+    # a transpose that keeps every dim larger than 1 in order is a reshape (a view)
+    t, rt = x.type, op.results[0].type
+    if isinstance(t, TensorType) and isinstance(rt, TensorType) and t.shape is not None and \
+            rt.shape is not None and all(isinstance(d, int) for d in rt.shape):
+        big = [i for i in perm if t.shape[i] != 1]
+        if big == sorted(big):
+            b = _builder(op)
+            y = b.reshape(x, b.constant(np.array(rt.shape, np.int64)))
+            op.replace_with([y])
+            return "cancelled"
+    return None
+
+
+def _permute_const(c: np.ndarray, rank: int, inv: tuple[int, ...]) -> np.ndarray | None:
+    if c.ndim > rank:
+        return None
+    c = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    return np.ascontiguousarray(np.transpose(c, inv))
+
+
+def _push_elementwise(op: Operation) -> str | None:
+    """op(transpose(a, p), transpose(b, p), const) -> transpose(op(a, b, const'), p)"""
+    if len(op.results) != 1 or op.regions:
+        return None
+    if op.name == "dropout" and len(op.results) != 1:
+        return None
+    res = op.results[0]
+    rank = _rank(res)
+    perm = None
+    plan = []
+    for v in op.operands:
+        if v is None:
+            plan.append(("none", None))
+            continue
+        tr = _transposed(v)
+        if tr is not None and len(tr[1]) == rank and _rank(tr[0]) == rank:
+            if perm is not None and tr[1] != perm:
+                return None
+            perm = tr[1]
+            plan.append(("t", tr[0]))
+            continue
+        plan.append(("other", v))
+    if perm is None or rank is None:
+        return None
+    inv = inverse(perm)
+    b = _builder(op)
+    new_ops: list[Value | None] = []
+    for kind, v in plan:
+        if kind == "none":
+            new_ops.append(None)
+        elif kind == "t":
+            new_ops.append(v)
+        else:
+            c = _const(v)
+            r = _rank(v)
+            if c is not None:
+                if c.size == 1 and c.ndim <= rank and c.ndim == 0:
+                    new_ops.append(v)
+                    continue
+                pc = _permute_const(c, rank, inv)
+                if pc is None:
+                    return None
+                new_ops.append(b.constant(pc.astype(c.dtype)))
+            elif r == 0 or (isinstance(v.type, TensorType) and v.type.shape is not None
+                            and all(d == 1 for d in v.type.shape) and r <= rank):
+                new_ops.append(v)   # a broadcast scalar is the same in every layout
+            else:
+                return None
+    try:
+        new = b.create(op.name, *new_ops, num_results=1, **dict(op.attrs)).results[0]
+    except Exception:
+        return None
+    if not isinstance(new.type, TensorType) or _rank(new) != rank:
+        return None
+    new.name = res.name
+    op.replace_with([b.transpose(new, perm=perm)])
+    return "pushed"
+
+
+def _push_concat(op: Operation) -> str | None:
+    """concat(transpose(a, p), transpose(b, p), axis=k) -> transpose(concat(a, b, axis=p[k]), p)"""
+    rank = _rank(op.results[0])
+    if rank is None:
+        return None
+    perm = None
+    srcs = []
+    for v in op.operands:
+        tr = _transposed(v)
+        if tr is None or (perm is not None and tr[1] != perm) or len(tr[1]) != rank:
+            return None
+        perm = tr[1]
+        srcs.append(tr[0])
+    if perm is None:
+        return None
+    ax = op.attr("axis")
+    ax = ax + rank if ax < 0 else ax
+    b = _builder(op)
+    kw = dict(op.attrs)
+    kw["axis"] = perm[ax]
+    new = b.create("concat", *srcs, num_results=1, **kw).results[0]
+    new.name = op.results[0].name
+    op.replace_with([b.transpose(new, perm=perm)])
+    return "pushed"
+
+
+def _push_batch_norm(op: Operation) -> str | None:
+    """batch_norm(transpose(x, to_first)) -> transpose(x * a + c, to_first) with constant
+    statistics (a, c per channel, channels last), else batch_norm(x, layout=NHWC)."""
+    if op.attrs.get("layout", "NCHW") != "NCHW" or len(op.results) != 1:
+        return None
+    tr = _transposed(op.operands[0])
+    rank = _rank(op.results[0])
+    if tr is None or rank is None or rank < 3 or tr[1] != to_first(rank):
+        return None
+    x, perm = tr
+    b = _builder(op)
+    stats = [_const(v) for v in op.operands[1:]]
+    dt = x.type.dtype.numpy
+    if all(s is not None and s.dtype.kind == "f" for s in stats):
+        scale, bias, mean, var = (np.asarray(s, np.float64).reshape(-1) for s in stats)
+        a = scale / np.sqrt(var + float(op.attr("epsilon")))
+        c = bias - mean * a
+        y = b.add(b.mul(x, b.constant(a.astype(dt))), b.constant(c.astype(dt)))
+    else:
+        kw = dict(op.attrs)
+        kw["layout"] = "NHWC"
+        y = b.create("batch_norm", x, *op.operands[1:], num_results=1, **kw).results[0]
+    y.name = op.results[0].name
+    op.replace_with([b.transpose(y, perm=perm)])
+    return "pushed"
+
+
+def _erase_dead(block: Block) -> None:
+    for op in reversed(list(block)):
+        if op.is_terminator:
+            continue
+        if op.name in ("transpose", "constant", "reshape") and all(not r.uses for r in op.results):
+            op.erase()
+
+
+def interior_transposes(module: Module) -> list[Operation]:
+    """Transposes of the top-level graph that neither read a graph input nor produce a graph
+    output (what the layout pass should leave none of on a conv net)."""
+    g = module.graph
+    ins = {id(a) for a in g.inputs}
+    outs = {id(v) for v in g.outputs if v is not None}
+    return [op for op in g.block if op.name == "transpose"
+            and id(op.operands[0]) not in ins and id(op.results[0]) not in outs]
+
+
+def _register() -> None:
+    from .memory import PlanMemory
+    from .pipeline import LEVEL_PASSES, register_level_pass, register_pass
+    register_pass("layout", ToChannelsLast)
+    register_pass("plan-memory", PlanMemory)
+    if ToChannelsLast not in LEVEL_PASSES[3]:
+        register_level_pass(3, ToChannelsLast)
+    if PlanMemory not in LEVEL_PASSES[3]:
+        register_level_pass(3, PlanMemory)
+
+
+_register()
+
+__all__ = ["ToChannelsLast", "convert_to_nhwc", "interior_transposes", "to_last", "to_first",
+           "inverse", "wants_nhwc", "LAYOUT_OPS"]
