@@ -95,7 +95,10 @@ def _progress(iterable, desc: str, total: int):
 def cmd_convert(a) -> int:
     m = load_any(a.input)
     if a.O:
-        m = gx.optimize(m, level=a.O, target=a.target)
+        m = gx.optimize(m, level=a.O, target=a.target, timing=a.timing, verify_each=a.verify_each,
+                        print_before=a.print_before or [], print_after=a.print_after or [],
+                        dump_dir=a.dump_dir, stop_after=a.stop_after,
+                        disable_rules=a.disable_rule or [], disable_passes=a.disable_pass or [])
     write_any(m, a.output)
     print(f"wrote {a.output} ({m.num_ops} ops)")
     return 0
@@ -242,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True)
     c.add_argument("-O", type=int, default=0, choices=range(4), metavar="N")
     c.add_argument("--target", default=None)
+    inst = c.add_argument_group("pass instrumentation (with -O1 and up)")
+    inst.add_argument("--timing", action="store_true", help="time and op counts per pass")
+    inst.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    inst.add_argument("--print-before", action="append", metavar="PASS", help="print the IR before a pass")
+    inst.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after a pass")
+    inst.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass to DIR")
+    inst.add_argument("--stop-after", metavar="K", help="stop after pass K (a number or a name)")
+    inst.add_argument("--disable-rule", action="append", metavar="RULE", help="switch a rewrite rule off")
+    inst.add_argument("--disable-pass", action="append", metavar="PASS", help="switch a pass off")
     c.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("show", help="print the textual IR and op statistics")

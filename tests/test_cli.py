@@ -97,3 +97,13 @@ def test_errors_are_one_clear_line(model_file, tmp_path, args, message):
 def test_bad_usage_exits_nonzero():
     r = cli("frobnicate")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_convert_with_pass_instrumentation(model_file, tmp_path):
+    r = cli("convert", model_file, "-o", tmp_path / "o.gxir", "-O", "1", "--timing", "--verify-each",
+            "--print-after", "cse", "--dump-dir", tmp_path / "stages")
+    assert r.returncode == 0, r.stderr
+    assert "cse" in r.stderr and "module @" in r.stderr
+    stages = sorted((tmp_path / "stages").iterdir())
+    assert len(stages) >= 2
+    gx.parse(stages[-1].read_text())
