@@ -59,6 +59,18 @@ class Specialization:
         self._build_plan()
         self._build_code(cache_dir)
 
+    @classmethod
+    def plan_only(cls, module: Module) -> "Specialization":
+        """Lower and plan memory for a specialized module without generating code (for
+        memory reports and benchmarks: the same plan a compiled specialization executes)."""
+        self = cls.__new__(cls)
+        self.module = module
+        self.inplace = True
+        self.split = False
+        self.steps = lower_module(module)
+        self._build_plan()
+        return self
+
     # -- planning ---------------------------------------------------------------------------
     def _build_plan(self) -> None:
         """Liveness over the steps, in-place elementwise steps, and the arena offsets, by

@@ -531,6 +531,19 @@ def export(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None,
         finally:
             if isinstance(model, torch.nn.Module) and was_training:
                 model.train()
+        return _decompose(ep)
+    if all(get_converter(n.target) is not None or _skipped(n.target)
+           for n in ep.graph.nodes if n.op == "call_function"):
+        return ep  # already in ops galaxir converts: decomposing again only costs time
+    return _decompose(ep)
+
+
+def _skipped(target: Any) -> bool:
+    return isinstance(target, torch._ops.OpOverload) and \
+        target._schema.name.split("::")[-1] in _SKIP
+
+
+def _decompose(ep: ExportedProgram) -> ExportedProgram:
     table = torch.export.default_decompositions()
     for name in KEEP:
         packet, overload = name.split(".")
