@@ -174,6 +174,8 @@ def _rewrite(op: Operation) -> str | None:
         return _push_concat(op)
     if op.name == "batch_norm":
         return _push_batch_norm(op)
+    if op.name == "fused_elementwise":
+        return _push_elementwise(op)
     return None
 
 
@@ -215,7 +217,7 @@ def _permute_const(c: np.ndarray, rank: int, inv: tuple[int, ...]) -> np.ndarray
 
 def _push_elementwise(op: Operation) -> str | None:
     """op(transpose(a, p), transpose(b, p), const) -> transpose(op(a, b, const'), p)"""
-    if len(op.results) != 1 or op.regions:
+    if len(op.results) != 1 or (op.regions and op.name != "fused_elementwise"):
         return None
     if op.name == "dropout" and len(op.results) != 1:
         return None
@@ -262,7 +264,14 @@ def _push_elementwise(op: Operation) -> str | None:
             else:
                 return None
     try:
-        new = b.create(op.name, *new_ops, num_results=1, **dict(op.attrs)).results[0]
+        if op.regions:
+            region = _retyped_region(b, op, new_ops)
+            if region is None:
+                return None
+            new = b.create(op.name, *new_ops, num_results=1, regions=[region],
+                           **dict(op.attrs)).results[0]
+        else:
+            new = b.create(op.name, *new_ops, num_results=1, **dict(op.attrs)).results[0]
     except Exception:
         return None
     if not isinstance(new.type, TensorType) or _rank(new) != rank:
@@ -270,6 +279,31 @@ def _push_elementwise(op: Operation) -> str | None:
     new.name = res.name
     op.replace_with([b.transpose(new, perm=perm)])
     return "pushed"
+
+
+def _retyped_region(b: Builder, op: Operation, operands: list):
+    """fused_elementwise's body rebuilt for new operand types (ops re-inferred), or None
+    when the body holds something layout-dependent (a non-scalar constant, a region)."""
+    block = op.regions[0].block
+    for inner in block:
+        if inner.regions or (inner.name == "constant" and np.asarray(inner.attrs["value"]).size != 1):
+            return None
+        if not inner.is_terminator and inner.name != "constant" and inner.name not in ELEMENTWISE:
+            return None
+
+    def body(rb, *args):
+        mapping = {id(a): v for a, v in zip(block.args, args)}
+        for inner in block:
+            if inner.is_terminator:
+                continue
+            ins = [None if v is None else mapping.get(id(v), v) for v in inner.operands]
+            new = rb.create(inner.name, *ins, num_results=len(inner.results), **dict(inner.attrs))
+            for o, n in zip(inner.results, new.results):
+                mapping[id(o)] = n
+        return [mapping.get(id(v), v) for v in block.results]
+
+    return b.region([v.type for v in operands], body,
+                    arg_names=[a.name for a in block.args])
 
 
 def _push_concat(op: Operation) -> str | None:

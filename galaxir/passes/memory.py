@@ -225,7 +225,7 @@ def plan_schedule(steps: Sequence[Step], sizes: Mapping[Hashable, int], *,
         buffers.append(b)
         for k in members:
             assignment[k] = b
-    for k in list(sizes):
+    for k in list(sizes) + list(aliases):
         if k not in assignment and root(k) in assignment:
             assignment[k] = assignment[root(k)]
     for i, s in enumerate(steps):

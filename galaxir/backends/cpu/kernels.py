@@ -180,30 +180,72 @@ class Elementwise(Kernel):
         return ("ew", self.out_shape, tuple(map(tuple, self.in_shapes)), self.expr)
 
     def emit(self, module, fname, n_args):
-        fb = _fb(module, fname, n_args)
-        out = fb.args[0]
-        ins = fb.args[1:1 + len(self.in_shapes)]
+        """A wrapper passing the (collapsed) shape and strides to a shape-generic loop nest
+        shared by every elementwise kernel of the module with the same expression, rank and
+        innermost stride kinds (0: broadcast, 1: contiguous, 2: other)."""
         strides = [contiguous_strides(self.out_shape)] + [
             broadcast_strides(s, self.out_shape) for s in self.in_shapes]
         shape, per = collapse(self.out_shape, strides)
         r = len(shape)
-        idx = []
-
-        def body(depth):
-            if depth == r:
-                vals = [fb.load(p, fb.mul_add(list(zip(idx, per[k + 1]))))
-                        for k, p in enumerate(ins)]
-                v = emit_expr(fb, self.expr, vals)
-                fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))))
-                return
-            with fb.loop(0, shape[depth]) as i:
-                idx.append(i)
-                body(depth + 1)
-                idx.pop()
-
+        inner = tuple(0 if p[-1] == 0 else 1 if p[-1] == 1 else 2 for p in per)
+        n_in = len(self.in_shapes)
+        var = ("ew", self.expr, r, inner, n_in)
+        gen = _generic(module, var, lambda m, name: _build_ew_generic(m, name, self.expr, r, inner, n_in))
+        fb = _fb(module, fname, n_args)
         if prod(self.out_shape) > 0:
-            body(0)
+            params = [int(d) for d in shape] + [int(x) for st in per for x in st]
+            from .library import param_block
+            pp = fb.b.bitcast(param_block(module, params, "ew"), I64.as_pointer())
+            fb.b.call(gen, [pp] + list(fb.args[:1 + n_in]))
         return fb.finish()
+
+
+def _generic(module, var, build):
+    """The module's shape-generic function for ``var`` (built once, never inlined so the
+    wrappers stay small and the loop nest is optimized once)."""
+    cache = module.__dict__.setdefault("_gx_generic", {})
+    fn = cache.get(var)
+    if fn is None:
+        name = module.get_unique_name(f"gx_g{len(cache)}_{var[0]}")
+        fn = build(module, name)
+        fn.attributes.add("noinline")
+        cache[var] = fn
+    return fn
+
+
+def _build_ew_generic(module, name, expr, r, inner, n_in):
+    fb = FnBuilder(module, name, [I64.as_pointer()] + [F32.as_pointer()] * (1 + n_in))
+    b = fb.b
+    pp = fb.args[0]
+    ptrs = fb.args[1:]
+
+    def P(k):
+        return b.load(b.gep(pp, [i64(k)], inbounds=True))
+
+    sizes = [P(d) for d in range(r)]
+    strides = [[P(r + k * r + d) for d in range(r)] for k in range(1 + n_in)]
+
+    def body(depth, bases):
+        if depth == r - 1:
+            hoisted = {}
+            for k in range(1, 1 + n_in):
+                if inner[k] == 0:
+                    hoisted[k] = fb.load(ptrs[k], bases[k])
+            with fb.loop(0, sizes[depth]) as i:
+                def at(k):
+                    if inner[k] == 1:
+                        return b.add(bases[k], i)
+                    return b.add(bases[k], b.mul(i, strides[k][depth]))
+                vals = [hoisted[k] if k in hoisted else fb.load(ptrs[k], at(k))
+                        for k in range(1, 1 + n_in)]
+                v = emit_expr(fb, expr, vals)
+                fb.store(v, ptrs[0], at(0) if inner[0] else bases[0])
+            return
+        with fb.loop(0, sizes[depth]) as i:
+            body(depth + 1, [b.add(bases[k], b.mul(i, strides[k][depth])) for k in range(1 + n_in)])
+
+    body(0, [i64(0)] * (1 + n_in))
+    return fb.finish()
 
 
 # -- matmul / gemm -------------------------------------------------------------------------
@@ -725,23 +767,46 @@ class Concat(Kernel):
         return ("concat", self.outer, self.chunks)
 
     def emit(self, module, fname, n_args):
-        fb = FnBuilder(module, fname, [ir.IntType(8).as_pointer()] * n_args)
+        """A wrapper handing (outer, total, n, chunks...) and the source pointers to one
+        generic copy loop per module."""
+        I8P_ = ir.IntType(8).as_pointer()
+        gen = _generic(module, ("concat",), _build_concat_generic)
+        fb = FnBuilder(module, fname, [I8P_] * n_args)
         b = fb.b
-        out = fb.args[0]
-        total = sum(self.chunks)
-        I8 = ir.IntType(8)
-        off = 0
-        for k, chunk in enumerate(self.chunks):
-            src = fb.args[1 + k]
-            if chunk:
-                if self.outer == 1:
-                    memcpy(fb, fb.ptr(out, off, I8), src, chunk)
-                else:
-                    with fb.loop(0, self.outer) as o:
-                        memcpy(fb, fb.ptr(out, b.add(b.mul(o, i64(total)), i64(off)), I8),
-                               fb.ptr(src, b.mul(o, i64(chunk)), I8), chunk)
-            off += chunk
+        n = len(self.chunks)
+        from .library import param_block
+        pp = b.bitcast(param_block(module, [self.outer, sum(self.chunks), n, *self.chunks],
+                                   "concat"), I64.as_pointer())
+        with b.goto_block(fb.entry):
+            arr = b.alloca(I8P_, size=i64(max(n, 1)))
+        for k in range(n):
+            b.store(fb.args[1 + k], b.gep(arr, [i64(k)], inbounds=True))
+        b.call(gen, [pp, fb.args[0], arr])
         return fb.finish()
+
+
+def _build_concat_generic(module, name):
+    I8 = ir.IntType(8)
+    I8P_ = I8.as_pointer()
+    fb = FnBuilder(module, name, [I64.as_pointer(), I8P_, I8P_.as_pointer()], noalias=False)
+    b = fb.b
+    pp, out, srcs = fb.args
+
+    def P(k):
+        return b.load(b.gep(pp, [k if not isinstance(k, int) else i64(k)], inbounds=True))
+
+    outer, total, n = P(0), P(1), P(2)
+    off = fb.alloca(I64)
+    b.store(i64(0), off)
+    with fb.loop(0, n) as k:
+        chunk = P(b.add(k, i64(3)))
+        src = b.load(b.gep(srcs, [k], inbounds=True))
+        o0 = b.load(off)
+        with fb.loop(0, outer) as o:
+            memcpy(fb, fb.ptr(out, b.add(b.mul(o, total), o0), I8),
+                   fb.ptr(src, b.mul(o, chunk), I8), chunk)
+        b.store(b.add(o0, chunk), off)
+    return fb.finish()
 
 
 @dataclass

@@ -87,6 +87,16 @@ def tensor_proto(arr: np.ndarray, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
+def _unique(base: str, taken: set[str], sep: str) -> str:
+    """``base``, or ``base{sep}1``, ``base{sep}2``... whichever is free; marks it taken."""
+    name, i = base, 1
+    while name in taken:
+        name = f"{base}{sep}{i}"
+        i += 1
+    taken.add(name)
+    return name
+
+
 class _Exporter:
     def __init__(self):
         self.names: dict[int, str] = {}
@@ -101,31 +111,15 @@ class _Exporter:
         if key not in self.names:
             base = v.name or f"v{self.counter}"
             self.counter += 1
-            n, i = base, 1
-            while n in self.taken:
-                n = f"{base}_{i}"
-                i += 1
-            self.taken.add(n)
-            self.names[key] = n
+            self.names[key] = self.fresh(base)
         return self.names[key]
 
     def fresh(self, base: str) -> str:
-        n, i = base, 1
-        while n in self.taken:
-            n = f"{base}_{i}"
-            i += 1
-        self.taken.add(n)
-        return n
+        return _unique(base, self.taken, "_")
 
     def node_name(self, op: Operation) -> str:
         """Unique node names: the op's source nodes (several ops may share one source)."""
-        base = ",".join(op.provenance) or op.name
-        name, i = base, 1
-        while name in self.node_names:
-            name = f"{base}#{i}"
-            i += 1
-        self.node_names.add(name)
-        return name
+        return _unique(",".join(op.provenance) or op.name, self.node_names, "#")
 
     def attr_value(self, key: str, v: Any, op: Operation) -> Any:
         if isinstance(v, DType):

@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import onnx
 import onnx.defs
-from onnx import helper
 
 from ...ir import Value
-from ...ir.types import OptionalType, SequenceType, TensorType, Type
-
-
-def _type_proto(t: Type | None) -> onnx.TypeProto:
-    if isinstance(t, TensorType):
-        shape = None if t.shape is None else [d if isinstance(d, int) else None for d in t.shape]
-        return helper.make_tensor_type_proto(t.dtype.onnx, shape)
-    if isinstance(t, SequenceType):
-        return helper.make_sequence_type_proto(_type_proto(t.elem))
-    if isinstance(t, OptionalType):
-        return helper.make_optional_type_proto(_type_proto(t.elem))
-    return onnx.TypeProto()
+from ...ir.types import AnyType
+from .exporter import type_proto
 
 
 def _bind_attrs(node: onnx.NodeProto, actual: dict[str, onnx.AttributeProto],
@@ -102,7 +91,7 @@ def schema_function(domain: str, op_type: str, opset: int):
             if fn is not None and not fn.node:
                 fn = None
         if fn is None and schema.has_context_dependent_function:
-            types = [_type_proto(v.type if v is not None else None).SerializeToString() for v in ctx.inputs]
+            types = [type_proto(v.type if v is not None else AnyType()).SerializeToString() for v in ctx.inputs]
             try:
                 raw = schema.get_context_dependent_function_with_opset_version(
                     opset, ctx.node.SerializeToString(), types)
