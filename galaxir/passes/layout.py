@@ -285,8 +285,12 @@ def _retyped_region(b: Builder, op: Operation, operands: list):
     """fused_elementwise's body rebuilt for new operand types (ops re-inferred), or None
     when the body holds something layout-dependent (a non-scalar constant, a region)."""
     block = op.regions[0].block
+    rank = _rank(op.results[0])
+    perm = next(tr[1] for tr in map(_transposed, op.operands) if tr is not None)
     for inner in block:
-        if inner.regions or (inner.name == "constant" and np.asarray(inner.attrs["value"]).size != 1):
+        if inner.regions:
+            return None
+        if inner.name == "constant" and np.asarray(inner.attrs["value"]).ndim > rank:
             return None
         if not inner.is_terminator and inner.name != "constant" and inner.name not in ELEMENTWISE:
             return None
@@ -295,6 +299,11 @@ def _retyped_region(b: Builder, op: Operation, operands: list):
         mapping = {id(a): v for a, v in zip(block.args, args)}
         for inner in block:
             if inner.is_terminator:
+                continue
+            if inner.name == "constant" and np.asarray(inner.attrs["value"]).size != 1:
+                c = np.asarray(inner.attrs["value"])   # a constant broadcast over the result
+                mapping[id(inner.results[0])] = rb.constant(
+                    _permute_const(c, rank, inverse(perm)).astype(c.dtype))
                 continue
             ins = [None if v is None else mapping.get(id(v), v) for v in inner.operands]
             new = rb.create(inner.name, *ins, num_results=len(inner.results), **dict(inner.attrs))

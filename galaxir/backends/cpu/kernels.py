@@ -1156,8 +1156,8 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
     t1 = _min(b, b.add(t0, tiles_per), tiles)
     accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
     with fb.b.goto_block(fb.entry):
-        tmp = fb.b.alloca(F32, size=i64(NR))
-        tmp.align = 32
+        tile = fb.b.alloca(F32, size=i64(MR * NR))
+        tile.align = 32
     zero = ir.Constant(V8, [0.0] * 8)
     fma = _fma_v8(fb.module)
     full_cols = b.icmp_signed("<=", b.add(j0, i64(NR)), N)
@@ -1176,55 +1176,50 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
                 for h in range(2):
                     acc = b.load(accs[r][h])
                     b.store(b.call(fma, [splat, bv[h], acc]), accs[r][h])
-        # epilogue: bias, residual, activation; store the valid part of the tile
-        row0 = b.mul(ti, i64(MR))
+        # epilogue: the tile goes to the stack, then one (not unrolled) loop over its valid
+        # rows adds bias and residual, applies the activation and stores
         for r in range(MR):
-            row = b.add(row0, i64(r))
-            with fb.if_(b.icmp_signed("<", row, M)):
-                bs = fb.load(bias, b.mul(row, bias_step))
-                bvl = _splat8(b, bs)
-                rowoff = b.add(b.mul(row, N), j0)
-                then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
-                b.cbranch(full_cols, then, other)
-                for full in (True, False):
-                    b.position_at_end(then if full else other)
-                    vals = []
-                    for h in range(2):
-                        v = b.load(accs[r][h])
-                        v = b.select(has_bias, b.fadd(v, bvl), v)
-                        if has_z:
-                            if full:
-                                zv = b.load(b.bitcast(fb.ptr(zb, b.add(rowoff, i64(8 * h))),
-                                                      V8.as_pointer()), align=4)
-                            else:
-                                zv = zero
-                            v = b.fadd(v, zv) if full else v
-                        vals.append(v)
-                    if full:
-                        for h in range(2):
-                            if lin:
-                                v = _linear_act_v8(fb, vals[h], lo_v, hi_v, al_v)
-                            else:
-                                v = apply_activation_v8(fb, vals[h], act, act_params)
-                            b.store(v, b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))),
-                                                 V8.as_pointer()), align=4)
-                    else:
-                        for h in range(2):
-                            b.store(vals[h], b.bitcast(fb.ptr(tmp, i64(8 * h)), V8.as_pointer()),
-                                    align=32)
-                        with fb.loop(0, b.sub(N, j0)) as q:
-                            s = fb.load(tmp, q)
-                            if has_z:
-                                s = b.fadd(s, fb.load(zb, b.add(rowoff, q)))
-                            if lin:
-                                s = b.select(b.fcmp_ordered("<", s, lo_s), lo_s, s)
-                                s = b.select(b.fcmp_ordered(">", s, hi_s), hi_s, s)
-                                s = b.select(b.fcmp_ordered("<", s, f32(0.0)), b.fmul(s, al_s), s)
-                            else:
-                                s = emit_expr(fb, activation_expr(act, act_params), [s])
-                            fb.store(s, cb, b.add(rowoff, q))
-                    b.branch(end)
-                b.position_at_end(end)
+            for h in range(2):
+                b.store(b.load(accs[r][h]), b.bitcast(fb.ptr(tile, i64(r * NR + 8 * h)),
+                                                      V8.as_pointer()), align=32)
+        row0 = b.mul(ti, i64(MR))
+        rows = _min(b, i64(MR), b.sub(M, row0))
+        with fb.loop(0, rows) as r:
+            row = b.add(row0, r)
+            tr = b.mul(r, i64(NR))
+            bs = fb.load(bias, b.mul(row, bias_step))
+            bvl = _splat8(b, bs)
+            rowoff = b.add(b.mul(row, N), j0)
+            then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
+            b.cbranch(full_cols, then, other)
+            b.position_at_end(then)
+            for h in range(2):
+                v = b.load(b.bitcast(fb.ptr(tile, b.add(tr, i64(8 * h))), V8.as_pointer()), align=32)
+                v = b.select(has_bias, b.fadd(v, bvl), v)
+                if has_z:
+                    v = b.fadd(v, b.load(b.bitcast(fb.ptr(zb, b.add(rowoff, i64(8 * h))),
+                                                   V8.as_pointer()), align=4))
+                if lin:
+                    v = _linear_act_v8(fb, v, lo_v, hi_v, al_v)
+                else:
+                    v = apply_activation_v8(fb, v, act, act_params)
+                b.store(v, b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))), V8.as_pointer()), align=4)
+            b.branch(end)
+            b.position_at_end(other)
+            with fb.loop(0, b.sub(N, j0)) as q:
+                sv = fb.load(tile, b.add(tr, q))
+                sv = b.select(has_bias, b.fadd(sv, bs), sv)
+                if has_z:
+                    sv = b.fadd(sv, fb.load(zb, b.add(rowoff, q)))
+                if lin:
+                    sv = b.select(b.fcmp_ordered("<", sv, lo_s), lo_s, sv)
+                    sv = b.select(b.fcmp_ordered(">", sv, hi_s), hi_s, sv)
+                    sv = b.select(b.fcmp_ordered("<", sv, f32(0.0)), b.fmul(sv, al_s), sv)
+                else:
+                    sv = emit_expr(fb, activation_expr(act, act_params), [sv])
+                fb.store(sv, cb, b.add(rowoff, q))
+            b.branch(end)
+            b.position_at_end(end)
 
 
 def _pack_b_generic(fb, kind, params, P, src, bp, j0, N, Kd):
@@ -1233,14 +1228,14 @@ def _pack_b_generic(fb, kind, params, P, src, bp, j0, N, Kd):
     if kind in ("dense_n", "dense_t"):
         ldb = P(GP_SRC)
         trans = kind == "dense_t"
-        for q in range(NR):
-            col = b.add(j0, i64(q))
+        with fb.loop(0, NR) as q:
+            col = b.add(j0, q)
             ok = b.icmp_signed("<", col, N)
             colc = b.select(ok, col, i64(0))
             with fb.loop(0, Kd) as k:
                 idx = b.add(b.mul(colc, ldb), k) if trans else b.add(b.mul(k, ldb), colc)
                 v = b.select(ok, fb.load(src, idx), f32(0.0))
-                fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+                fb.store(v, bp, b.add(b.mul(k, i64(NR)), q))
         return
     if kind == "conv":
         pw, gen, done = fb.block("pw"), fb.block("im2col"), fb.block("packed")
@@ -1265,13 +1260,13 @@ def _pack_b_generic(fb, kind, params, P, src, bp, j0, N, Kd):
                 b.store(v, b.bitcast(fb.ptr(bp, b.add(b.mul(k, i64(NR)), i64(8 * h))), V8.as_pointer()), align=32)
         b.branch(end)
         b.position_at_end(other)
-        for q in range(NR):
-            col = b.add(j0, i64(q))
+        with fb.loop(0, NR) as q:
+            col = b.add(j0, q)
             ok = b.icmp_signed("<", col, N)
             colc = b.select(ok, col, i64(0))
             with fb.loop(0, Kd) as k:
                 v = b.select(ok, fb.load(src, b.add(b.mul(k, N), colc)), f32(0.0))
-                fb.store(v, bp, b.add(b.mul(k, i64(NR)), i64(q)))
+                fb.store(v, bp, b.add(b.mul(k, i64(NR)), q))
         b.branch(end)
         b.position_at_end(end)
         return

@@ -4,7 +4,6 @@ segments and runs fallback ops on the numpy reference in between."""
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 from typing import Any
 
 import llvmlite.ir as ir

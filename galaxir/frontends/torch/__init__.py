@@ -13,4 +13,4 @@ from .importer import export, import_exported, import_torch
 
 register_backend()
 
-__all__ = ["import_torch", "import_exported", "export", "galaxir_backend", "register_backend"]
+__all__ = ["export", "galaxir_backend", "import_exported", "import_torch", "register_backend"]

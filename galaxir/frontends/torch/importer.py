@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import inspect
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ CONVERTERS: dict[str, Converter] = {}
 KEEP = ("scaled_dot_product_attention.default", "lstm.input", "gru.input", "rnn_tanh.input",
         "rnn_relu.input", "upsample_nearest2d.vec", "upsample_bilinear2d.vec",
         "upsample_nearest1d.vec", "upsample_linear1d.vec", "pixel_shuffle.default",
-        "_adaptive_avg_pool2d.default", "adaptive_max_pool2d.default")
+        "_adaptive_avg_pool2d.default", "adaptive_max_pool2d.default", "silu.default",
+        "hardswish.default", "hardsigmoid.default", "mish.default", "softplus.default",
+        "_prelu_kernel.default", "tril.default", "triu.default")
 
 # Nodes that only assert facts about shapes; they compute nothing.
 _SKIP = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range",
@@ -115,7 +118,7 @@ class Missing:
 class TorchContext:
     """What a converter sees of the FX node it converts."""
 
-    importer: "FxImporter"
+    importer: FxImporter
     node: torch.fx.Node
     args: dict[str, Any]
     b: Builder

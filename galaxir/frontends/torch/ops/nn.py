@@ -60,8 +60,8 @@ def convolution(ctx: TorchContext):
     if n < 1:
         raise ctx.unsupported("convolution of an input without spatial dims")
     strides, pads, dil = (_ints(ctx.args[k], n) for k in ("stride", "padding", "dilation"))
-    attrs = dict(strides=strides, pads=pads + pads, dilations=dil, group=int(ctx.arg("groups", 1)),
-                 kernel_shape=list(ctx.shape_of("weight")[2:]))
+    attrs = {"strides": strides, "pads": pads + pads, "dilations": dil,
+             "group": int(ctx.arg("groups", 1)), "kernel_shape": list(ctx.shape_of("weight")[2:])}
     if not all(isinstance(k, int) for k in attrs["kernel_shape"]):
         del attrs["kernel_shape"]
     if ctx.args.get("transposed"):
@@ -145,8 +145,8 @@ def _pool_attrs(ctx: TorchContext, n: int) -> dict:
     kernel = _ints(ctx.args["kernel_size"], n)
     stride = ctx.args.get("stride") or kernel
     pad = _ints(ctx.arg("padding", 0), n)
-    return dict(kernel_shape=kernel, strides=_ints(stride, n), pads=pad + pad,
-                ceil_mode=int(bool(ctx.args.get("ceil_mode"))))
+    return {"kernel_shape": kernel, "strides": _ints(stride, n), "pads": pad + pad,
+            "ceil_mode": int(bool(ctx.args.get("ceil_mode")))}
 
 
 @converter("max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
@@ -236,10 +236,11 @@ def _resize(ctx: TorchContext, mode: str, align_corners: bool | None):
     sizes = ctx.args.get("output_size")
     scales = ctx.args.get("scale_factors")
     if mode == "nearest":
-        attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                 "nearest_mode": "floor"}
     else:
-        attrs = dict(mode="linear", coordinate_transformation_mode=(
-            "align_corners" if align_corners else "pytorch_half_pixel"))
+        attrs = {"mode": "linear", "coordinate_transformation_mode":
+                 "align_corners" if align_corners else "pytorch_half_pixel"}
     if scales is not None and not align_corners:
         return ctx.op("resize", x, None, ctx.constant(np.asarray(scales, np.float32)), None,
                       axes=axes, **attrs)
@@ -265,3 +266,71 @@ def pixel_shuffle(ctx: TorchContext):
     return ctx.op("depth_to_space", ctx.args["self"], blocksize=int(ctx.args["upscale_factor"]),
                   mode="CRD")
 
+
+
+# -- the fused fast paths torch takes for nn.TransformerEncoderLayer / nn.MultiheadAttention --------
+def _linear(ctx: TorchContext, x: Value, w: Value, b: Value | None) -> Value:
+    y = ctx.op("matmul", x, ctx.op("transpose", w, perm=[1, 0]))
+    return ctx.op("add", y, b) if b is not None else y
+
+
+def _self_attention(ctx: TorchContext, q: Value, k: Value, v: Value, heads: int, embed: int,
+                    qkv_w: Value, qkv_b: Value, proj_w: Value, proj_b: Value) -> Value:
+    """Multi-head attention over (B, T, E) inputs with packed in-projection weights."""
+    if q is k and k is v:
+        qkv = _linear(ctx, q, qkv_w, qkv_b)
+        q, k, v = ctx.op("split", qkv, axis=-1, num_outputs=3, num_results=3)
+    else:
+        ws = ctx.op("split", qkv_w, axis=0, num_outputs=3, num_results=3)
+        bs = ctx.op("split", qkv_b, axis=0, num_outputs=3, num_results=3)
+        q, k, v = (_linear(ctx, t, w, b) for t, w, b in zip((q, k, v), ws, bs))
+    split_heads = ctx.i64([0, 0, heads, embed // heads])
+    q, k, v = (ctx.op("transpose", ctx.op("reshape", t, split_heads), perm=[0, 2, 1, 3])
+               for t in (q, k, v))
+    y = ctx.op("attention", q, k, v)[0]
+    y = ctx.op("reshape", ctx.op("transpose", y, perm=[0, 2, 1, 3]), ctx.i64([0, 0, embed]))
+    return _linear(ctx, y, proj_w, proj_b)
+
+
+@converter("_native_multi_head_attention")
+def native_mha(ctx: TorchContext):
+    if ctx.args.get("mask") is not None:
+        raise ctx.unsupported("attention masks in the fused multi-head attention fast path")
+    if ctx.rank("query") != 3:
+        raise ctx.unsupported("unbatched or nested inputs")
+    a = ctx.args
+    y = _self_attention(ctx, a["query"], a["key"], a["value"], int(a["num_head"]),
+                        int(a["embed_dim"]), a["qkv_weight"], a["qkv_bias"], a["proj_weight"],
+                        a["proj_bias"])
+    if a.get("need_weights"):
+        raise ctx.unsupported("need_weights=True in the fused multi-head attention fast path")
+    return y, None
+
+
+@converter("_transformer_encoder_layer_fwd")
+def transformer_encoder_layer(ctx: TorchContext):
+    """torch's fused nn.TransformerEncoderLayer (batch_first, taken under no_grad)."""
+    a = ctx.args
+    if a.get("mask") is not None:
+        raise ctx.unsupported("masks in the fused transformer encoder layer fast path")
+    if ctx.rank("src") != 3:
+        raise ctx.unsupported("unbatched or nested inputs")
+    eps, norm_first = float(a["eps"]), bool(a["norm_first"])
+
+    def norm(x, i):
+        return ctx.op("layer_norm", x, a[f"norm_weight_{i}"], a[f"norm_bias_{i}"], axis=-1,
+                      epsilon=eps)
+
+    src = a["src"]
+    x = norm(src, 1) if norm_first else src
+    x = _self_attention(ctx, x, x, x, int(a["num_heads"]), int(a["embed_dim"]), a["qkv_weight"],
+                        a["qkv_bias"], a["proj_weight"], a["proj_bias"])
+    x = ctx.op("add", x, src)
+    if not norm_first:
+        x = norm(x, 1)
+    res = x
+    h = norm(x, 2) if norm_first else x
+    h = _linear(ctx, h, a["ffn_weight_1"], a["ffn_bias_1"])
+    h = ctx.op("gelu", h) if a["use_gelu"] else ctx.op("relu", h)
+    x = ctx.op("add", _linear(ctx, h, a["ffn_weight_2"], a["ffn_bias_2"]), res)
+    return norm(x, 2) if not norm_first else x

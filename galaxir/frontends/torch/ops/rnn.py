@@ -82,8 +82,8 @@ def _recurrent(ctx: TorchContext, kind: str, activation: str | None = None):
         B = _stack(ctx, bs) if has_bias else None
         rows = (ctx.i64([layer * nd]), ctx.i64([(layer + 1) * nd]), ctx.i64([0]))
         h0 = ctx.op("slice", h0_all, *rows) if layers > 1 else h0_all
-        attrs: dict[str, Any] = dict(hidden_size=hidden,
-                                     direction="bidirectional" if nd == 2 else "forward")
+        attrs: dict[str, Any] = {"hidden_size": hidden,
+                                 "direction": "bidirectional" if nd == 2 else "forward"}
         if kind == "lstm":
             c0 = ctx.op("slice", c0_all, *rows) if layers > 1 else c0_all
             y, yh, yc = ctx.op("lstm", seq, W, R, B, None, h0, c0, None, **attrs)

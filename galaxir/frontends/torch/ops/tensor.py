@@ -6,7 +6,8 @@ it", 1 = "keep" for expand), so shapes stay foldable; else it builds the shape t
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
