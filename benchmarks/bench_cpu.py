@@ -4,6 +4,9 @@
 
     python benchmarks/bench_cpu.py                 # everything, markdown table on stdout
     python benchmarks/bench_cpu.py --models squeezenet resnet50 --runs 10
+    python benchmarks/bench_cpu.py --cpu-levels 1 2 --skip-numpy   # cpu at O1 and O2
+
+Compile time is cold: a fresh process, no disk cache (GALAXIR_CACHE_DIR unset).
 """
 from __future__ import annotations
 
@@ -52,7 +55,10 @@ def child(engine: str, model: str, runs: int) -> dict:
         run = lambda: sess.run(None, feeds)  # noqa: E731
     else:
         import galaxir as gx
-        exe = gx.compile(path, target=engine)
+        os.environ.pop("GALAXIR_CACHE_DIR", None)
+        target, _, level = engine.partition(":")
+        opts = {"level": int(level)} if level else {}
+        exe = gx.compile(path, target=target, **opts)
         run = lambda: exe.run(feeds)  # noqa: E731
     compile_s = time.perf_counter() - t0
     run()  # warm-up
@@ -116,6 +122,8 @@ def main():
     ap.add_argument("--skip-numpy", action="store_true")
     ap.add_argument("--child", nargs=2)
     ap.add_argument("--matmul-child")
+    ap.add_argument("--cpu-levels", nargs="*", type=int,
+                    help="optimization levels to run the cpu target at (default: its default)")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(a.child[0], a.child[1], a.runs)))
@@ -124,7 +132,8 @@ def main():
         print(json.dumps(matmul_child(a.matmul_child, a.runs)))
         return
     models = a.models or sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
-    engines = ["cpu", "onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
+    cpus = [f"cpu:{lv}" for lv in a.cpu_levels] if a.cpu_levels else ["cpu"]
+    engines = cpus + ["onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
     rows = []
     for m in models:
         res = {}
@@ -139,21 +148,29 @@ def main():
         return "n/a" if not x else format(x[k], fmt)
 
     print(f"threads: {THREADS}; latency = median of {a.runs} runs (numpy: {a.numpy_runs})\n")
-    print("| model | compile s (cpu / ort / numpy) | latency ms cpu | ort | numpy | peak MB cpu / ort / numpy | cpu/ort |")
-    print("|---|---|---|---|---|---|---|")
-    ratios = []
+    cols = cpus + ["onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
+    print("| model | compile s (" + " / ".join(cols) + ") | latency ms (" + " / ".join(cols)
+          + ") | peak MB (" + " / ".join(cols) + ") | " + " | ".join(f"{c}/ort" for c in cpus) + " |")
+    print("|---|---|---|---|" + "---|" * len(cpus))
+    ratios = {c: [] for c in cpus}
     for m, r in rows:
-        c, o, n = r.get("cpu"), r.get("onnxruntime"), r.get("numpy")
-        ratio = c["latency_ms"] / o["latency_ms"] if c and o else None
-        if ratio:
-            ratios.append(ratio)
-        print(f"| {m} | {f(c, 'compile_s', '.2f')} / {f(o, 'compile_s', '.2f')} / {f(n, 'compile_s', '.2f')} "
-              f"| {f(c, 'latency_ms', '.1f')} | {f(o, 'latency_ms', '.1f')} | {f(n, 'latency_ms', '.1f')} "
-              f"| {f(c, 'peak_mb', '.0f')} / {f(o, 'peak_mb', '.0f')} / {f(n, 'peak_mb', '.0f')} "
-              f"| {'n/a' if ratio is None else format(ratio, '.2f')} |")
-    if ratios:
-        gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        print(f"\ngeometric mean cpu/ort latency: {gm:.2f}; worst: {max(ratios):.2f}")
+        o = r.get("onnxruntime")
+        rs = []
+        for c in cpus:
+            x = r.get(c)
+            ratio = x["latency_ms"] / o["latency_ms"] if x and o else None
+            if ratio:
+                ratios[c].append(ratio)
+            rs.append("n/a" if ratio is None else format(ratio, ".2f"))
+        print(f"| {m} | " + " / ".join(f(r.get(c), "compile_s", ".2f") for c in cols)
+              + " | " + " / ".join(f(r.get(c), "latency_ms", ".1f") for c in cols)
+              + " | " + " / ".join(f(r.get(c), "peak_mb", ".0f") for c in cols)
+              + " | " + " | ".join(rs) + " |")
+    print()
+    for c in cpus:
+        if ratios[c]:
+            gm = math.exp(sum(math.log(x) for x in ratios[c]) / len(ratios[c]))
+            print(f"{c}: geometric mean latency / onnxruntime: {gm:.2f}; worst: {max(ratios[c]):.2f}")
     c, o = mm.get("cpu"), mm.get("onnxruntime")
     if c and o:
         print(f"matmul 1024x1024 f32: galaxir cpu {c['gflops']:.1f} GFLOP/s, onnxruntime "

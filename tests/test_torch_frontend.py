@@ -183,7 +183,16 @@ def test_dynamic_batch():
         np.testing.assert_allclose(got, _reference(model, (idx,))[0], atol=2e-5, rtol=1e-4)
 
 
-def test_dynamic_batch_and_sequence_cnn_and_rnn():
+def test_text_and_gxm_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = import_torch(GPTBlock().eval(), example_inputs=(torch.randint(0, 50, (1, 5)),))
+    text = m.to_text()
+    assert gx.parse(text).to_text() == text
+    gx.save(m, tmp_path / "gpt.gxm")
+    assert gx.load(tmp_path / "gpt.gxm").to_text() == text
+
+
+def test_dynamic_batch_cnn_and_gru():
     torch.manual_seed(0)
     cnn = _randomize_norms(SmallCNN())
     batch = torch.export.Dim("batch", min=1, max=32)
@@ -243,6 +252,45 @@ def test_op_zoo():
     with torch.no_grad():
         model.prelu.weight.copy_(torch.rand(4) * 0.5)
     check(model, (torch.randn(2, 4, 6, 6), torch.tensor([1, 7])), atol=1e-4)
+
+
+class BiLSTMWithState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True)
+
+    def forward(self, x, h, c):
+        return self.lstm(x, (h, c))
+
+
+class Norms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm([4, 5], elementwise_affine=False)
+        self.inorm = nn.InstanceNorm2d(3, affine=True)
+
+    def forward(self, x):
+        return self.ln(x), self.inorm(x)
+
+
+class MaskedAttention(nn.Module):
+    def forward(self, q, k, v, bias):
+        return (F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=bias > 0, scale=0.3))
+
+
+@pytest.mark.parametrize("which", ["bilstm", "norms", "masked_attention"])
+def test_more_layers(which):
+    torch.manual_seed(0)
+    if which == "bilstm":
+        model, inputs = BiLSTMWithState(), (torch.randn(2, 5, 4), torch.randn(4, 2, 6),
+                                            torch.randn(4, 2, 6))
+    elif which == "norms":
+        model, inputs = Norms(), (torch.randn(2, 3, 4, 5),)
+    else:
+        model, inputs = MaskedAttention(), (torch.randn(2, 3, 4, 8), torch.randn(2, 3, 6, 8),
+                                            torch.randn(2, 3, 6, 8), torch.randn(4, 6))
+    check(model.eval(), inputs)
 
 
 def test_upsample_bilinear_and_resize():

@@ -160,7 +160,15 @@ class CpuBackend(Backend):
         return None  # every op runs: those without a native kernel run on numpy
 
     def native_ops(self) -> set[str]:
-        return set(RULES) | set(ELEMENTWISE) | set(ALIAS_OPS)
+        return set(RULES) | set(ELEMENTWISE) | set(ALIAS_OPS) | {"fused_add", "fused_elementwise"}
+
+    def patterns(self, level: int) -> list:
+        """The cpu backend's O2 rules: what the generic fusions made that it has no native
+        kernel for goes back to core ops its kernels (and its own elementwise fusion) run."""
+        if level < 2:
+            return []
+        from .rules import cpu_patterns
+        return cpu_patterns()
 
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
                 **options: Any) -> CpuExecutable:

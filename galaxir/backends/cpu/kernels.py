@@ -267,10 +267,14 @@ class MatMul(Kernel):
     beta: float = 0.0
     c_shape: tuple | None = None
     name: str = "matmul"
+    activation: str = "none"
+    act_params: tuple = ()
+    relu: bool = False
 
     def key(self):
         return ("mm", self.M, self.N, self.K, self.batch, self.a_batch_strides,
-                self.b_batch_strides, self.trans_a, self.trans_b, self.alpha, self.beta, self.c_shape)
+                self.b_batch_strides, self.trans_a, self.trans_b, self.alpha, self.beta, self.c_shape,
+                self.activation, self.act_params, self.relu)
 
     def emit(self, module, fname, n_args):
         fb = _fb(module, fname, n_args)
@@ -322,6 +326,10 @@ class MatMul(Kernel):
                 body(depth + 1)
                 idx.pop()
         body(0)
+        expr = _act_expr_of(self)
+        if expr != ("in", 0):  # the activation epilogue: one pass over the product
+            with fb.loop(0, M * N * prod(self.batch)) as i:
+                fb.store(emit_expr(fb, expr, [fb.load(out, i)]), out, i)
         return fb.finish()
 
 
@@ -350,12 +358,18 @@ class Conv2d(Kernel):
     group: int
     has_bias: bool
     relu: bool
+    activation: str = "none"
+    act_params: tuple = ()
+    has_z: bool = False
     name: str = "conv"
 
     def key(self):
         return ("conv",) + tuple(getattr(self, f) for f in (
             "N", "C", "H", "W", "M", "OH", "OW", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl",
-            "group", "has_bias", "relu"))
+            "group", "has_bias", "relu", "activation", "act_params", "has_z"))
+
+    def act_expr(self):
+        return _act_expr_of(self)
 
     @property
     def pointwise(self) -> bool:
@@ -382,9 +396,10 @@ class Conv2d(Kernel):
             self._emit_gemm(fb)
         return fb.finish()
 
-    def _epilogue(self, fb, out, bias, m_start, rows, plane):
-        """out[m, :] = act(out[m, :] + bias[m]) for ``rows`` channels from ``m_start``."""
-        if not (self.has_bias or self.relu):
+    def _epilogue(self, fb, out, bias, m_start, rows, plane, z=None):
+        """out[m, :] = act(out[m, :] + bias[m] + z) for ``rows`` channels from ``m_start``."""
+        expr = self.act_expr()
+        if not (self.has_bias or z is not None or expr != ("in", 0)):
             return
         b = fb.b
         with fb.loop(0, rows) as r:
@@ -396,14 +411,16 @@ class Conv2d(Kernel):
                 v = fb.load(out, ix)
                 if bv is not None:
                     v = b.fadd(v, bv)
-                if self.relu:
-                    v = b.select(b.fcmp_ordered("<", v, f32(0)), f32(0), v)
+                if z is not None:
+                    v = b.fadd(v, fb.load(z, ix))
+                v = emit_expr(fb, expr, [v])
                 fb.store(v, out, ix)
 
     def _emit_gemm(self, fb):
         b = fb.b
         out, x, w = fb.args[0], fb.args[1], fb.args[2]
         bias = fb.args[3] if self.has_bias else None
+        z = fb.args[3 + self.has_bias] if self.has_z else None
         scratch = fb.args[-1] if self.scratch_bytes else None
         G = self.group
         Cg, Mg = self.C // G, self.M // G
@@ -422,7 +439,8 @@ class Conv2d(Kernel):
                     col = scratch
                 dst = fb.ptr(out, oo)
                 gemm.call(Mg, P, K, fb.ptr(w, wo), K, False, col, P, False, dst, P)
-                self._epilogue(fb, dst, bias, b.mul(g, i64(Mg)), Mg, P)
+                zdst = fb.ptr(z, oo) if z is not None else None
+                self._epilogue(fb, dst, bias, b.mul(g, i64(Mg)), Mg, P, zdst)
 
     def _im2col(self, fb, x, col):
         """col[(c, i, j), (oh, ow)] = x[c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] (0 outside)."""
@@ -517,11 +535,15 @@ class Conv2d(Kernel):
                                     dst = b.add(orow, ow)
                                     acc = fb.load(out, dst)
                                     fb.store(b.fadd(acc, b.fmul(xv, wv)), out, dst)
-                if self.relu:
+                expr = self.act_expr()
+                if self.has_z or expr != ("in", 0):
+                    z = fb.args[3 + self.has_bias] if self.has_z else None
                     with fb.loop(0, P) as p:
                         ix = b.add(ob, p)
                         v = fb.load(out, ix)
-                        fb.store(b.select(b.fcmp_ordered("<", v, f32(0)), f32(0), v), out, ix)
+                        if z is not None:
+                            v = b.fadd(v, fb.load(z, ix))
+                        fb.store(emit_expr(fb, expr, [v]), out, ix)
 
 
 # -- pooling -------------------------------------------------------------------------------
@@ -1054,6 +1076,13 @@ def _splat8(b, s):
                             ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
 
 
+def _act_expr_of(kern):
+    """The epilogue expression of a kernel with ``relu``/``activation``/``act_params``."""
+    if kern.relu and kern.activation == "none":
+        return activation_expr("relu")
+    return activation_expr(kern.activation, kern.act_params)
+
+
 def activation_expr(name: str, params=()):
     """The elementwise expression (see ``emit_expr``) of a fused-op activation on ("in", 0)."""
     x = ("in", 0)
@@ -1326,9 +1355,12 @@ class Gemv(Kernel):
     relu: bool = False
     name: str = "gemv"
     rows_per_task: int = 32
+    activation: str = "none"
+    act_params: tuple = ()
 
     def key(self):
-        return ("gemv", self.M, self.N, self.K, self.has_bias, self.alpha, self.beta, self.relu)
+        return ("gemv", self.M, self.N, self.K, self.has_bias, self.alpha, self.beta, self.relu,
+                self.activation, self.act_params)
 
     @property
     def n_tasks(self):
@@ -1379,6 +1411,5 @@ class Gemv(Kernel):
                     if self.beta != 1.0:
                         bv = b.fmul(bv, f32(self.beta))
                     s = b.fadd(s, bv)
-                if self.relu:
-                    s = b.select(b.fcmp_ordered("<", s, f32(0)), f32(0), s)
+                s = emit_expr(fb, _act_expr_of(self), [s])
                 fb.store(s, out, b.add(b.mul(m, i64(self.N)), n))

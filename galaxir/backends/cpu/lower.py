@@ -123,7 +123,19 @@ def _window(op, x_shape, kernel):
     return list(strides), list(dil), list(pads[:n]), list(pads[n:])
 
 
-@rule("conv")
+#: fused ops (galaxir/ir/ops/fused.py) the cpu backend compiles natively
+FUSED_NATIVE = ("fused_conv", "linear", "fused_gemm", "fused_add", "fused_elementwise")
+
+
+def activation_of(op) -> tuple[str, tuple]:
+    """(activation, params) of a fused op's epilogue ("none" for plain ops)."""
+    if "activation" not in op.attrs and op.name not in FUSED_NATIVE:
+        return "none", ()
+    return (op.attr("activation") or "none",
+            tuple(float(p) for p in (op.attr("activation_params") or ())))
+
+
+@rule("conv", "fused_conv")
 def lower_conv(op):
     why = _all_static_f32(op)
     if why:
@@ -131,7 +143,12 @@ def lower_conv(op):
     if not has_blas():
         return "no BLAS available"
     x, w, b = op.operands[0], op.operands[1], op.operand(2)
+    z = op.operand(3) if op.name == "fused_conv" else None
+    act, act_params = activation_of(op)
     xs, ws, ys = static_shape(x.type), static_shape(w.type), static_shape(op.results[0].type)
+    if z is not None and static_shape(z.type) != ys:
+        return "residual z does not have the conv result's shape"
+    extra = ([b] if b is not None else []) + ([z] if z is not None else [])
     if len(xs) != 4:
         return "only 2-d convolutions are native"
     if K.prod(ys) == 0 or K.prod(xs) == 0 or K.prod(ws) == 0:
@@ -151,22 +168,26 @@ def lower_conv(op):
                pb[0], pb[1])
         kern = K.PackedGemm(M=mg, N=P, K=kd, source=src, has_bias=b is not None,
                             batch=xs[0] * g, b_step=cg * xs[2] * xs[3], c_step=mg * P,
-                            a_step=packed.size // g, groups=g)
-        return kern, [x, ConstArray(packed, (w.name or "w") + ".packed")] + ([b] if b is not None else [])
+                            a_step=packed.size // g, groups=g, activation=act,
+                            act_params=act_params, has_z=z is not None)
+        return kern, [x, ConstArray(packed, (w.name or "w") + ".packed")] + extra
     kern = K.Conv2d(N=xs[0], C=xs[1], H=xs[2], W=xs[3], M=ws[0], OH=ys[2], OW=ys[3],
                     kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1],
-                    pt=pb[0], pl=pb[1], group=g, has_bias=b is not None, relu=False)
-    return kern, [x, w] + ([b] if b is not None else [])
+                    pt=pb[0], pl=pb[1], group=g, has_bias=b is not None, relu=False,
+                    activation=act, act_params=act_params, has_z=z is not None)
+    return kern, [x, w] + extra
 
 
-@rule("matmul")
+@rule("matmul", "linear")
 def lower_matmul(op):
     why = _all_static_f32(op)
     if why:
         return why
     if not has_blas():
         return "no BLAS available"
-    a, bm = op.operands
+    a, bm = op.operands[0], op.operands[1]
+    bias = op.operand(2) if op.name == "linear" else None
+    act, act_params = activation_of(op)
     as_, bs = static_shape(a.type), static_shape(bm.type)
     if len(as_) == 0 or len(bs) == 0:
         return "scalar operand"
@@ -187,17 +208,32 @@ def lower_matmul(op):
         batch.append(max(x, y))
     a_st = [s * M * Ka for s in K.broadcast_strides(abp, batch)]
     b_st = [s * Kb * N for s in K.broadcast_strides(bbp, batch)]
+    bs_ = static_shape(bias.type) if bias is not None else None
+    ep = dict(activation=act, act_params=act_params, beta=1.0)
+    if Ka == 0 and (bias is not None or act != "none"):
+        return "empty inner dimension with an epilogue"
+    rows = M * K.prod(batch)
+    bc = const_of(bm)
+    if (bc is not None and len(bs) == 2 and rows <= 4 and Ka > 0 and len(as_) >= 2
+            and (bs_ is None or (len(bs_) == 1 and bs_[0] == N))
+            and all(s == 0 for s in b_st)):
+        # fully connected at small batch: the vectorized dot-product kernel
+        kern = K.Gemv(M=rows, N=N, K=Ka, has_bias=bias is not None, **ep)
+        wt = np.ascontiguousarray(np.asarray(bc, np.float32).T)
+        return kern, [a, ConstArray(wt, (bm.name or "w") + ".nk")] + ([bias] if bias is not None else [])
+    extra = [bias] if bias is not None else []
     if batch and all(s == 0 for s in b_st) and all(
-            st == cs * M * Ka for st, cs in zip(a_st, K.contiguous_strides(batch))):
+            st == cs * M * Ka for st, cs in zip(a_st, K.contiguous_strides(batch))) and (
+            bs_ is None or len(bs_) <= 1):
         # B shared by every batch: fold the batch into M
-        kern = K.MatMul(M=M * K.prod(batch), N=N, K=Ka)
+        kern = K.MatMul(M=M * K.prod(batch), N=N, K=Ka, c_shape=bs_, **ep)
     else:
         kern = K.MatMul(M=M, N=N, K=Ka, batch=tuple(batch), a_batch_strides=tuple(a_st),
-                        b_batch_strides=tuple(b_st))
-    return kern, [a, bm]
+                        b_batch_strides=tuple(b_st), c_shape=bs_, **ep)
+    return kern, [a, bm] + extra
 
 
-@rule("gemm")
+@rule("gemm", "fused_gemm")
 def lower_gemm(op):
     why = _all_static_f32(op)
     if why:
@@ -220,10 +256,16 @@ def lower_gemm(op):
     if bc is not None and M <= 4 and not ta and (cs is None or (K.prod(cs) == N and cs[-1:] == (N,))):
         wt = np.asarray(bc, np.float32)
         wt = wt if tb else wt.T
-        kern = K.Gemv(M=M, N=N, K=Ka, has_bias=c is not None, alpha=alpha, beta=beta)
+        act, act_params = activation_of(op)
+        kern = K.Gemv(M=M, N=N, K=Ka, has_bias=c is not None, alpha=alpha, beta=beta,
+                      activation=act, act_params=act_params)
         return kern, [a, ConstArray(wt, (bm.name or "w") + ".nk")] + ([c] if c is not None else [])
+    act, act_params = activation_of(op)
+    if Ka == 0 and act != "none":
+        return "empty inner dimension with an activation"
     kern = K.MatMul(M=M, N=N, K=Ka, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta,
-                    c_shape=static_shape(c.type) if c is not None else None)
+                    c_shape=static_shape(c.type) if c is not None else None,
+                    activation=act, act_params=act_params)
     return kern, [a, bm] + ([c] if c is not None else [])
 
 
@@ -347,14 +389,89 @@ def alias_source(op: Operation) -> Value | None:
 
 
 # -- elementwise fusion --------------------------------------------------------------------
+#: ops emit_expr implements that may appear inside a fused_elementwise region
+REGION_OPS = ELEMENTWISE | {"fused_add", "hard_sigmoid", "hard_swish", "gelu", "identity"}
+
+
 def _ew_native(op: Operation) -> bool:
-    if op.name not in ELEMENTWISE or len(op.results) != 1:
+    if op.name == "fused_elementwise":
+        return _region_expr(op) is not None and _all_static_f32(op) is None
+    if (op.name not in ELEMENTWISE and op.name != "fused_add") or len(op.results) != 1:
         return False
     if _all_static_f32(op) is not None:
         return False
     if op.name == "clip":
         return True
     return all(v is not None for v in op.operands)
+
+
+def _op_expr(op: Operation, children: tuple):
+    """The expression of one elementwise op over already-built child expressions."""
+    name = op.name
+    if name == "fused_add":
+        act, params = activation_of(op)
+        return _remap_in0(K.activation_expr(act, params), ("add", children, ()))
+    attrs = ()
+    if name == "leaky_relu":
+        attrs = (("alpha", float(op.attr("alpha") if op.attr("alpha") is not None else 0.01)),)
+    elif name == "hard_sigmoid":
+        attrs = (("alpha", float(op.attr("alpha"))), ("beta", float(op.attr("beta"))))
+    elif name == "gelu":
+        if (op.attr("approximate") or "none") == "tanh":
+            return ("gelu_tanh", children, ())
+    return (name, children, attrs)
+
+
+def _remap_in0(expr, sub):
+    if expr[0] == "in":
+        return sub
+    if expr[0] in ("const", "none"):
+        return expr
+    return (expr[0], tuple(_remap_in0(c, sub) for c in expr[1]), expr[2])
+
+
+def _region_expr(op: Operation):
+    """The expression of a fused_elementwise region over ("arg", k) leaves, or None when
+    its body has an op, dtype or constant the native elementwise loop cannot do."""
+    cached = op.__dict__.get("_gx_region_expr", False)
+    if cached is not False:
+        return cached
+    expr = None
+    try:
+        block = op.regions[0].block
+        env = {id(a): ("arg", k) for k, a in enumerate(block.args)}
+        for inner in block:
+            if inner.is_terminator:
+                continue
+            if inner.name == "constant":
+                c = inner.attrs.get("value")
+                if c is None or c.size != 1 or not np.isfinite(c).all():
+                    raise ValueError("non-scalar constant")
+                env[id(inner.results[0])] = ("const", float(np.asarray(c).reshape(-1)[0]))
+                continue
+            if inner.name not in REGION_OPS or len(inner.results) != 1 or inner.regions:
+                raise ValueError(inner.name)
+            if inner.name != "clip" and any(v is None for v in inner.operands):
+                raise ValueError("missing operand")
+            for v in list(inner.operands) + list(inner.results):
+                if v is not None and not is_f32(v):
+                    raise ValueError("dtype")
+            kids = tuple(("none",) if v is None else env[id(v)] for v in inner.operands)
+            env[id(inner.results[0])] = _op_expr(inner, kids)
+        res = block.results[0]
+        expr = env[id(res)]
+    except (ValueError, KeyError, IndexError, TypeError):
+        expr = None
+    op.__dict__["_gx_region_expr"] = expr
+    return expr
+
+
+def _subst_args(expr, children):
+    if expr[0] == "arg":
+        return children[expr[1]]
+    if expr[0] in ("const", "none", "in"):
+        return expr
+    return (expr[0], tuple(_subst_args(c, children) for c in expr[1]), expr[2])
 
 
 @dataclass
@@ -409,10 +526,10 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                     members.extend(g.ops)
                     continue
                 children.append(group_input(inputs, v))
-            attrs = ()
-            if op.name == "leaky_relu":
-                attrs = (("alpha", float(op.attr("alpha") if op.attr("alpha") is not None else 0.01)),)
-            expr = (op.name, tuple(children), attrs)
+            if op.name == "fused_elementwise":
+                expr = _subst_args(_region_expr(op), children)
+            else:
+                expr = _op_expr(op, tuple(children))
             members.append(op)
             kern = K.Elementwise(out_shape=oshape,
                                  in_shapes=[static_shape(v.type) for v in inputs], expr=expr)
@@ -443,7 +560,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         kern, ins = res
         step = NativeStep(kern, [op.results[0]], ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
-        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv)):
+        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul)) and kern.activation == "none":
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:
                 user = r.uses[0][0]

@@ -158,6 +158,8 @@ def specialize(module: Module, shapes: dict[str, tuple[int, ...]]) -> Module:
         od = op.opdef
         if od is None:
             continue
+        if op.name == "fused_elementwise" and op.regions:
+            _reinfer_region(op)
         try:
             types = od.infer_types(op)
         except Exception:
@@ -167,3 +169,23 @@ def specialize(module: Module, shapes: dict[str, tuple[int, ...]]) -> Module:
         for r, t in zip(op.results, types):
             r.type = t
     return Module(g, module.name, dict(module.metadata))
+
+
+def _reinfer_region(op: Operation) -> None:
+    """Give a fused_elementwise region the operand types, then re-infer its body, so the
+    op's result type becomes concrete too."""
+    block = op.regions[0].block
+    for a, v in zip(block.args, op.operands):
+        if v is not None:
+            a.type = v.type
+    for inner in block:
+        if inner.is_terminator or inner.name == "constant" or inner.opdef is None:
+            continue
+        try:
+            types = inner.opdef.infer_types(inner)
+        except Exception:
+            return
+        if types is None or len(types) != len(inner.results):
+            return
+        for r, t in zip(inner.results, types):
+            r.type = t

@@ -96,10 +96,32 @@ def batch_norm_eval(ctx: TorchContext):
 
 @converter("native_batch_norm", "_native_batch_norm_legit")
 def batch_norm(ctx: TorchContext):
-    if ctx.args.get("training") or ctx.args.get("running_mean") is None:
-        raise ctx.unsupported("batch norm with batch statistics (training mode); export the "
-                              "model in eval mode")
+    if ctx.args.get("running_mean") is None:
+        return batch_norm_no_stats(ctx)
+    if ctx.args.get("training"):
+        raise ctx.unsupported("batch norm in training mode (it updates running statistics); "
+                              "export the model in eval mode")
     return batch_norm_eval(ctx)
+
+
+@converter("_native_batch_norm_legit.no_stats")
+def batch_norm_no_stats(ctx: TorchContext):
+    """Normalization with the input's own statistics over every dim but 1: what
+    nn.InstanceNorm (reshaped to one batch) and norms without running stats compute."""
+    x = ctx.args["input"]
+    r = ctx.rank("input")
+    axes = ctx.i64([0] + list(range(2, r)))
+    dt = x.type.dtype
+    mean = ctx.op("reduce_mean", x, axes, keepdims=1)
+    dev = ctx.op("sub", x, mean)
+    var = ctx.op("reduce_mean", ctx.op("mul", dev, dev), axes, keepdims=1)
+    y = ctx.op("div", dev, ctx.op("sqrt", ctx.op("add", var, ctx.tensor(float(ctx.args["eps"]), dt))))
+    shape = ctx.i64([1, -1] + [1] * (r - 2))
+    if ctx.has("weight"):
+        y = ctx.op("mul", y, ctx.op("reshape", ctx.args["weight"], shape))
+    if ctx.has("bias"):
+        y = ctx.op("add", y, ctx.op("reshape", ctx.args["bias"], shape))
+    return y, None, None
 
 
 @converter("native_layer_norm")
