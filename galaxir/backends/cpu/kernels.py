@@ -5,7 +5,7 @@ kernels within a module)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import llvmlite.ir as ir
@@ -194,6 +194,7 @@ class Elementwise(Kernel):
         fb = _fb(module, fname, n_args)
         if prod(self.out_shape) > 0:
             params = [int(d) for d in shape] + [int(x) for st in per for x in st]
+            params += list(_ew_split(shape))
             from .library import param_block
             pp = fb.b.bitcast(param_block(module, params, "ew"), I64.as_pointer())
             fb.b.call(gen, [pp] + list(fb.args[:1 + n_in]))
@@ -213,25 +214,50 @@ def _generic(module, var, build):
     return fn
 
 
+EW_PARALLEL_MIN = 1 << 15   # elements; below this a parallel split costs more than it saves
+EW_MAX_TASKS = 8
+
+
+def _ew_split(shape) -> tuple[int, int]:
+    """(tasks, chunk of dim 0 per task) for an elementwise loop nest over ``shape``."""
+    total = prod(shape)
+    if total < EW_PARALLEL_MIN or shape[0] < 2:
+        return 1, int(shape[0])
+    tasks = min(EW_MAX_TASKS, int(shape[0]))
+    chunk = -(-int(shape[0]) // tasks)
+    return -(-int(shape[0]) // chunk), chunk
+
+
 def _build_ew_generic(module, name, expr, r, inner, n_in):
-    fb = FnBuilder(module, name, [I64.as_pointer()] + [F32.as_pointer()] * (1 + n_in))
-    b = fb.b
-    pp = fb.args[0]
-    ptrs = fb.args[1:]
+    """``name(params, out, ins...)``: params = sizes[r], strides[(1+n_in) x r], tasks, chunk;
+    dim 0 is split into ``tasks`` chunks run over the thread pool."""
+    from .codegen import I8P
+    from .parallel import define_parallel_for
+    tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
+    b = tb.b
+    ctx, t = tb.args
+    pp = b.bitcast(b.load(b.gep(ctx, [i64(0)], inbounds=True)), I64.as_pointer())
+    ptrs = [b.bitcast(b.load(b.gep(ctx, [i64(1 + k)], inbounds=True)), F32.as_pointer())
+            for k in range(1 + n_in)]
+    fb = tb
 
     def P(k):
         return b.load(b.gep(pp, [i64(k)], inbounds=True))
 
     sizes = [P(d) for d in range(r)]
     strides = [[P(r + k * r + d) for d in range(r)] for k in range(1 + n_in)]
+    chunk = P(r + (1 + n_in) * r + 1)
+    lo0 = b.mul(t, chunk)
+    hi0 = _min(b, b.add(lo0, chunk), sizes[0])
 
     def body(depth, bases):
+        lo, hi = (lo0, hi0) if depth == 0 else (i64(0), sizes[depth])
         if depth == r - 1:
             hoisted = {}
             for k in range(1, 1 + n_in):
                 if inner[k] == 0:
                     hoisted[k] = fb.load(ptrs[k], bases[k])
-            with fb.loop(0, sizes[depth]) as i:
+            with fb.loop(lo, hi) as i:
                 def at(k):
                     if inner[k] == 1:
                         return b.add(bases[k], i)
@@ -241,11 +267,21 @@ def _build_ew_generic(module, name, expr, r, inner, n_in):
                 v = emit_expr(fb, expr, vals)
                 fb.store(v, ptrs[0], at(0) if inner[0] else bases[0])
             return
-        with fb.loop(0, sizes[depth]) as i:
+        with fb.loop(lo, hi) as i:
             body(depth + 1, [b.add(bases[k], b.mul(i, strides[k][depth])) for k in range(1 + n_in)])
 
     body(0, [i64(0)] * (1 + n_in))
-    return fb.finish()
+    task = tb.finish()
+    pfor = define_parallel_for(module)
+    gb = FnBuilder(module, name, [I64.as_pointer()] + [F32.as_pointer()] * (1 + n_in))
+    b = gb.b
+    with b.goto_block(gb.entry):
+        arr = b.alloca(I8P, size=i64(2 + n_in))
+    for k, a in enumerate(gb.args):
+        b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
+    n = b.load(b.gep(gb.args[0], [i64(r + (1 + n_in) * r)], inbounds=True))
+    b.call(pfor, [task, arr, n])
+    return gb.finish()
 
 
 # -- matmul / gemm -------------------------------------------------------------------------
@@ -1044,7 +1080,7 @@ def _linear_act_v8(fb, v, lo, hi, alpha):
 def build_pgemm_library(module, name, variant):
     """Define ``name(state, params, C, B, Ap, bias, Z)`` for one packed-GEMM variant."""
     from .codegen import I8P
-    from .parallel import TASK_T, define_parallel_for_state
+    from .parallel import define_parallel_for_state
     P64 = I64.as_pointer()
     F32P = F32.as_pointer()
     tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)

@@ -560,7 +560,8 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         kern, ins = res
         step = NativeStep(kern, [op.results[0]], ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
-        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul)) and kern.activation == "none":
+        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul)) and kern.activation == "none" \
+                and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:
                 user = r.uses[0][0]

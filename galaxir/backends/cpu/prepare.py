@@ -28,7 +28,9 @@ def _replace_with_constants(op: Operation, arrays: Sequence[np.ndarray], tag: st
     b = Builder(op.parent, before=op, provenance=op.provenance, created_by=tag)
     new = []
     for r, arr in zip(op.results, arrays):
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)
+        if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+            arr = arr.copy(order="C")
         if isinstance(r.type, TensorType) and arr.dtype != r.type.dtype.numpy:
             arr = arr.astype(r.type.dtype.numpy)
         arr.flags.writeable = False
