@@ -19,6 +19,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -29,21 +30,36 @@ LIGHT = os.path.join(os.path.dirname(__import__("onnx").__file__), "backend", "t
 
 def _feeds_onnx(path):
     import onnx
-    m = onnx.load(path)
-    inits = {i.name for i in m.graph.initializer}
-    feeds = {}
-    for i in m.graph.input:
-        if i.name in inits:
-            continue
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
-        n = int(np.prod(shape))
-        feeds[i.name] = (np.arange(n).reshape(shape) / n).astype(np.float32)
-    return feeds
+    from galaxir.testing import zoo
+    return zoo.dummy_inputs(onnx.load(path))
+
+
+def torch_models(folder: str) -> list[str]:
+    """Where torch is installed: an LSTM and a small transformer encoder with random
+    weights, imported through galaxir's torch frontend and written as ONNX so that every
+    engine runs the same graph.  Returns the .onnx paths."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    import onnx
+    import galaxir as gx
+    from galaxir.frontends.onnx.exporter import export_onnx
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(64, 128, num_layers=2, batch_first=True)
+    enc = torch.nn.TransformerEncoderLayer(d_model=128, nhead=4, dim_feedforward=512, batch_first=True)
+    paths = []
+    for name, module, x in (("torch_lstm", lstm, torch.randn(1, 32, 64)),
+                            ("torch_transformer", enc, torch.randn(1, 64, 128))):
+        path = os.path.join(folder, f"{name}.onnx")
+        onnx.save(export_onnx(gx.import_model(module.eval(), example_inputs=(x,))), path)
+        paths.append(path)
+    return paths
 
 
 def child(engine: str, model: str, runs: int) -> dict:
     os.environ["GALAXIR_NUM_THREADS"] = str(THREADS)
-    path = os.path.join(LIGHT, f"light_{model}.onnx")
+    path = model if model.endswith(".onnx") else os.path.join(LIGHT, f"light_{model}.onnx")
     feeds = _feeds_onnx(path)
     t0 = time.perf_counter()
     if engine == "onnxruntime":
@@ -132,6 +148,9 @@ def main():
         print(json.dumps(matmul_child(a.matmul_child, a.runs)))
         return
     models = a.models or sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
+    tmp = tempfile.mkdtemp(prefix="galaxir_bench_")
+    if not a.models or "torch" in a.models:
+        models = [m for m in models if m != "torch"] + torch_models(tmp)
     cpus = [f"cpu:{lv}" for lv in a.cpu_levels] if a.cpu_levels else ["cpu"]
     engines = cpus + ["onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
     rows = []
@@ -140,7 +159,7 @@ def main():
         for e in engines:
             runs = a.numpy_runs if e == "numpy" else a.runs
             res[e] = spawn(["--child", e, m, "--runs", str(runs)])
-        rows.append((m, res))
+        rows.append((os.path.basename(m)[:-5] if m.endswith(".onnx") else m, res))
         print(f"# {m}: {json.dumps(res)}", file=sys.stderr, flush=True)
     mm = {e: spawn(["--matmul-child", e, "--runs", str(a.runs)]) for e in ("cpu", "onnxruntime")}
 
