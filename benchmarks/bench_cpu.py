@@ -89,7 +89,6 @@ def child(engine: str, model: str, runs: int) -> dict:
 
 def matmul_child(engine: str, runs: int) -> dict:
     os.environ["GALAXIR_NUM_THREADS"] = str(THREADS)
-    import onnx
     from onnx import TensorProto, helper
     n = 1024
     g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",

@@ -14,7 +14,7 @@ import galaxir as gx
 from galaxir.errors import PassError
 from galaxir.ir import Builder, GraphBuilder, Module, tensor
 from galaxir.ir.opdef import lookup
-from galaxir.passes import (CSE, DCE, Canonicalize, Const, P, Pass, PassContext, PassManager,
+from galaxir.passes import (CSE, DCE, Canonicalize, Const, P, PassManager,
                             PatternPass, RewritePattern, Var, apply_patterns_greedily, bisect,
                             explain, function_pass, optimize, pattern, random_inputs)
 from galaxir.passes.bisect import _run, compare_outputs

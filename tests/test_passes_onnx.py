@@ -4,7 +4,6 @@ A case is optimized (verifying after every pass) and run; only when it fails is 
 unoptimized module run too, and it must fail as well: O1 never breaks a passing case."""
 from __future__ import annotations
 
-import pytest
 
 from galaxir.passes import optimize
 from galaxir.testing.onnx_conformance import load_cases, run_case

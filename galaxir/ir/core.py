@@ -212,6 +212,28 @@ class Operation:
                 old.replace_all_uses_with(new)
         self.erase()
 
+    def read_values(self) -> list[Value]:
+        """Values this op reads: its operands, then the outer-scope values its regions
+        read (each once).  Liveness analyses need the latter to keep them alive."""
+        vals = [v for v in self._operands if v is not None]
+        if not self.regions:
+            return vals
+        inner: set[int] = set()
+        for r in self.regions:
+            inner.update(id(a) for a in r.block.args)
+            for nested in r.walk():
+                inner.update(id(x) for x in nested.results)
+                for x in nested.regions:
+                    inner.update(id(a) for a in x.block.args)
+        seen = {id(v) for v in vals}
+        for r in self.regions:
+            for nested in r.walk():
+                for v in nested.operands:
+                    if v is not None and id(v) not in inner and id(v) not in seen:
+                        seen.add(id(v))
+                        vals.append(v)
+        return vals
+
     def walk(self) -> Iterator["Operation"]:
         """This op, then every op nested in its regions (pre-order)."""
         yield self

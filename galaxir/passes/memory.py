@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from ..errors import CompileError
-from ..ir.core import Module, Operation, Value
+from ..ir.core import Module, Value
 from ..ir.types import TensorType
 from .manager import Pass, PassContext
 
@@ -392,27 +392,6 @@ def _static_nbytes(v: Value) -> int | None:
     return n * item
 
 
-def _free_values(op: Operation) -> list[Value]:
-    vals = [v for v in op.operands if v is not None]
-    if not op.regions:
-        return vals
-    inner: set[int] = set()
-    for r in op.regions:
-        inner.update(id(a) for a in r.block.args)
-        for nested in r.walk():
-            inner.update(id(x) for x in nested.results)
-            for x in nested.regions:
-                inner.update(id(a) for a in x.block.args)
-    seen = {id(v) for v in vals}
-    for r in op.regions:
-        for nested in r.walk():
-            for v in nested.operands:
-                if v is not None and id(v) not in inner and id(v) not in seen:
-                    seen.add(id(v))
-                    vals.append(v)
-    return vals
-
-
 def specialize_types(module: Module, shapes: Mapping[str, Sequence[int]]) -> Module:
     """A copy of ``module`` whose inputs have the given concrete shapes, result types
     re-inferred op by op (ops whose inference fails keep their types)."""
@@ -451,7 +430,7 @@ def schedule_of(module: Module) -> tuple[list[Step], dict, dict, list, dict]:
                 sizes[id(r)] = nb
                 names[id(r)] = r.name or f"%{op.name}"
                 defs.append(id(r))
-        uses = [id(v) for v in _free_values(op)]
+        uses = [id(v) for v in op.read_values()]
         if op.name in VIEW_OPS and op.operands and op.operands[0] is not None and defs:
             x, r = op.operands[0], op.results[0]
             if id(x) in sizes and sizes[id(x)] == sizes.get(id(r)) and \

@@ -27,7 +27,6 @@ uses are erased on the way (dead code).
 """
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -35,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import GalaxirError, PassError
-from ..ir.builder import Builder, create_op
+from ..ir.builder import Builder
 from ..ir.core import Block, Module, Operation, Region, Value
 from ..ir.types import UNKNOWN, TensorType, Type, types_compatible
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CompileError, GalaxirError, InputValidationError
+from ...errors import CompileError, GalaxirError
 from ...ir import Module
 from ...ir.types import TensorType
 from ..base import Backend, Executable

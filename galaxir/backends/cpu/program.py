@@ -9,12 +9,11 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from ...errors import ExecutionError, GalaxirError
+from ...errors import ExecutionError
 from ...ir import Module, Operation, Value
-from ...ir.types import TensorType
 from . import jit
 from . import kernels as K
-from .codegen import I8, I8P, I64
+from .codegen import I8P, I64
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
 from ...passes.memory import ALIGN  # noqa: E402  (64 bytes)
@@ -24,27 +23,6 @@ def plan_offsets(buffers) -> int:
     """Place ``buffers`` (galaxir.passes.memory.Buffer) in one arena; returns its size."""
     from ...passes.memory import place
     return place(list(buffers))[0]
-
-
-def free_values(op: Operation) -> list[Value]:
-    """Values ``op`` reads, including those its regions read from outer scopes."""
-    vals = [v for v in op.operands if v is not None]
-    if op.regions:
-        inner = set()
-        for r in op.regions:
-            inner.update(id(a) for a in r.block.args)
-            for nested in r.walk():
-                inner.update(id(x) for x in nested.results)
-                for x in nested.regions:
-                    inner.update(id(a) for a in x.block.args)
-        seen = {id(v) for v in vals}
-        for r in op.regions:
-            for nested in r.walk():
-                for v in nested.operands:
-                    if v is not None and id(v) not in inner and id(v) not in seen:
-                        seen.add(id(v))
-                        vals.append(v)
-    return vals
 
 
 class Specialization:
@@ -114,7 +92,7 @@ class Specialization:
                 sched.append(Step([id(v) for v in s.outputs], uses, pairs,
                                   scratch=s.kernel.scratch_bytes or 0, name=s.kernel.name))
             elif isinstance(s, FallbackStep):
-                sched.append(Step((), [id(root_of(v)) for v in free_values(s.op)], name=s.op.name))
+                sched.append(Step((), [id(root_of(v)) for v in s.op.read_values()], name=s.op.name))
             else:
                 sched.append(Step((), (), name="view"))
         sizes = {k: nbytes_of(v) for k, v in rootv.items()}
@@ -278,7 +256,7 @@ class Specialization:
                 continue
             op = item.op
             env = {}
-            for v in free_values(op):
+            for v in op.read_values():
                 env[id(v)] = self._materialize(v, ext)
             interp.run_op(op, env)
             for r in op.results:

@@ -45,24 +45,6 @@ class KernelContext:
         return self.interp.run_block(self.op.regions[index].block, list(args), self.env)
 
 
-def _free_values(op: Operation) -> list[Value]:
-    """Values ``op`` reads, including those its regions read from outer scopes."""
-    vals = [v for v in op.operands if v is not None]
-    if op.regions:
-        inner = set()
-        for r in op.regions:
-            for nested in r.walk():
-                inner.update(id(x) for x in nested.results)
-            inner.update(id(a) for a in r.block.args)
-            for nested in r.walk():
-                for x in nested.regions:
-                    inner.update(id(a) for a in x.block.args)
-        for r in op.regions:
-            for nested in r.walk():
-                vals.extend(v for v in nested.operands if v is not None and id(v) not in inner)
-    return vals
-
-
 class Interpreter:
     def __init__(self, module: Module):
         self.module = module
@@ -75,7 +57,7 @@ class Interpreter:
             ops = list(block)
             last: dict[int, int] = {}
             for i, op in enumerate(ops):
-                for v in _free_values(op):
+                for v in op.read_values():
                     last[id(v)] = i
             plan: list[list[int]] = [[] for _ in ops]
             for vid, i in last.items():

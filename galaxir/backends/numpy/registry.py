@@ -1,10 +1,7 @@
 """The numpy kernel registry: one function per op, ``fn(ctx, *operands) -> result(s)``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-    from .interpreter import KernelContext
+from typing import Any, Callable
 
 Kernel = Callable[..., Any]
 KERNELS: dict[str, Kernel] = {}

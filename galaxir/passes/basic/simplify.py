@@ -10,8 +10,7 @@ import numpy as np
 
 from ...ir.core import Operation, Value
 from ...ir.types import UNKNOWN, DType, TensorType
-from ..rewrite import (Const, P, RewritePattern, Rewriter, Var, const_array, pattern,
-                       splat_value)
+from ..rewrite import (Const, P, RewritePattern, Rewriter, Var, const_array, pattern)
 
 X = Var("x")
 
