@@ -107,3 +107,12 @@ def test_convert_with_pass_instrumentation(model_file, tmp_path):
     stages = sorted((tmp_path / "stages").iterdir())
     assert len(stages) >= 2
     gx.parse(stages[-1].read_text())
+
+
+def test_console_script_is_installed():
+    """pyproject's [project.scripts] entry: `galaxir` on PATH once the package is installed."""
+    import shutil
+    exe = shutil.which("galaxir") or shutil.which("galaxir", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert exe is not None, "the galaxir console script is not installed (pip install -e .)"
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "convert" in r.stdout and "bisect" in r.stdout
