@@ -7,25 +7,14 @@ run.  A fusion that is on by default should help or be neutral.
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
 import onnx
 
 import galaxir as gx
 from galaxir.testing import zoo
+from galaxir.testing.timing import median_ms
 
 FUSIONS = ["fuse-recognize", "fold-batchnorm", "fuse-bias", "fuse-activation", "fuse-elementwise"]
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def latency(module, feeds, runs: int) -> float:

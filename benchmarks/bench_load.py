@@ -7,25 +7,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 import galaxir as gx
 from galaxir.frontends.onnx.exporter import export_onnx
 from galaxir.testing import zoo
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+from galaxir.testing.timing import median_ms
 
 
 def main(argv=None) -> int:
@@ -33,8 +22,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--models", nargs="*", default=["densenet121", "resnet50"])
     a = p.parse_args(argv)
-    print(f"| model | weights MB | onnx.load ms | galaxir.load ms | speed-up |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| model | weights MB | onnx.load ms | galaxir.load ms | speed-up |")
+    print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
         for name in a.models:
             m = gx.optimize(gx.import_model(str(zoo.model_path(name))), level=1)

@@ -132,13 +132,8 @@ def cmd_run(a) -> int:
 
 
 def _median_ms(fn, runs: int, desc: str) -> float:
-    fn()
-    times = []
-    for _ in _progress(range(runs), desc, runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+    from galaxir.testing.timing import median_ms
+    return median_ms(fn, runs, wrap=lambda it: _progress(it, desc, runs))
 
 
 def cmd_bench(a) -> int:

@@ -37,6 +37,11 @@ class Value:
         """The op that defines this value, or None for a block argument."""
         return self.owner if isinstance(self.owner, Operation) else None
 
+    def constant_value(self) -> "np.ndarray | None":
+        """The array when a ``constant`` op defines this value, else None."""
+        p = self.producer
+        return p.attrs.get("value") if p is not None and p.name == "constant" else None
+
     @property
     def is_block_arg(self) -> bool:
         return isinstance(self.owner, Block)

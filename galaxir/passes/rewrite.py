@@ -65,12 +65,7 @@ def is_pure(op: Operation) -> bool:
 
 def const_array(v: Value | None) -> np.ndarray | None:
     """The numpy value of ``v`` when a ``constant`` op produces it, else None."""
-    if v is None:
-        return None
-    p = v.producer
-    if p is None or p.name != "constant":
-        return None
-    return p.attrs.get("value")
+    return None if v is None else v.constant_value()
 
 
 def splat_value(arr: np.ndarray, limit: int = 1 << 16):

@@ -16,12 +16,7 @@ FOLD_LIMIT_BYTES = 1 << 31  # never fold a constant bigger than this (memory)
 
 
 def _const(v):
-    if v is None:
-        return None
-    p = v.producer
-    if p is None or p.name != "constant":
-        return None
-    return p.attrs.get("value")
+    return None if v is None else v.constant_value()
 
 
 def _replace_with_constants(op: Operation, arrays: Sequence[np.ndarray], tag: str) -> None:

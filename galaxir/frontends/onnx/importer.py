@@ -174,9 +174,7 @@ class ConvertContext:
     def const(self, i: int) -> np.ndarray | None:
         """Input ``i`` as a numpy array when it is a compile-time constant, else None."""
         v = self.input(i)
-        if v is None or v.producer is None or v.producer.name != "constant":
-            return None
-        return v.producer.attrs["value"]
+        return None if v is None else v.constant_value()
 
     def op(self, name: str, *operands: Value | None, num_results: int | None = None, **attrs):
         return self.b.op(name, *operands, num_results=num_results, **attrs)

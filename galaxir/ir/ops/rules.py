@@ -30,9 +30,7 @@ def tensor_operand(op: "Operation", i: int) -> TensorType:
 def const_value(op: "Operation", i: int) -> np.ndarray | None:
     """The value of operand ``i`` when a ``constant`` op produces it, else None."""
     v = op.operand(i)
-    if v is None or v.producer is None or v.producer.name != "constant":
-        return None
-    return v.producer.attrs.get("value")
+    return None if v is None else v.constant_value()
 
 
 def broadcast_dims(a: Dim, b: Dim) -> Dim:
