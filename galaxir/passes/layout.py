@@ -16,7 +16,8 @@ What is left are the transposes at the inputs (NCHW -> NHWC) and before ops with
 channels-last form (flatten to a matrix, gemm, softmax over channels ...).
 
 The pass runs at O3 only for a target whose backend declares ``preferred_layout =
-"NHWC"`` (or when ``optimize(..., layout="NHWC")`` asks for it); otherwise it does nothing.
+"NHWC"`` (the cpu backend does), and then only where it pays (``worth_converting``), or
+when ``optimize(..., layout="NHWC")`` asks for it; otherwise it does nothing.
 """
 from __future__ import annotations
 
@@ -109,11 +110,26 @@ class ToChannelsLast(Pass):
     def run(self, module: Module, ctx: PassContext) -> bool:
         if not wants_nhwc(ctx):
             return False
+        if (ctx.options or {}).get("layout") is None and not worth_converting(module):
+            ctx.stat("kept NCHW (unprofitable)", 1)
+            return False
         n = convert_to_nhwc(module)
         ctx.stat("wrapped", n["wrapped"])
         ctx.stat("pushed", n["pushed"])
         ctx.stat("cancelled", n["cancelled"])
         return any(n.values())
+
+
+def worth_converting(module: Module) -> bool:
+    """Whether channels-last pays on ``module`` (checked on a copy): it must leave at most
+    one interior transpose per four ops it converted.  Where it cannot push conversions
+    through the graph (shufflenet's channel shuffles are reshape-transpose-reshape; the lrn
+    of alexnet has no NHWC form) the transposes it adds cost more than the faster kernels
+    gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips this check."""
+    from ..ir.clone import clone_module
+    trial = clone_module(module)
+    n = convert_to_nhwc(trial)
+    return n["wrapped"] > 0 and 4 * len(interior_transposes(trial)) <= n["wrapped"]
 
 
 def convert_to_nhwc(module: Module) -> dict[str, int]:

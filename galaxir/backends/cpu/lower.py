@@ -11,6 +11,7 @@ import numpy as np
 from ...ir import Module, Operation, Value
 from ...ir.types import DType, TensorType
 from . import kernels as K
+from . import kernels_nhwc as KN
 from .jit import has_blas
 
 F32 = DType.float32
@@ -140,6 +141,8 @@ def lower_conv(op):
     why = _all_static_f32(op)
     if why:
         return why
+    if (op.attr("layout") or "NCHW") == "NHWC":
+        return _lower_conv_nhwc(op)
     if not has_blas():
         return "no BLAS available"
     x, w, b = op.operands[0], op.operands[1], op.operand(2)
@@ -176,6 +179,45 @@ def lower_conv(op):
                     pt=pb[0], pl=pb[1], group=g, has_bias=b is not None, relu=False,
                     activation=act, act_params=act_params, has_z=z is not None)
     return kern, [x, w] + extra
+
+
+def _nchw_shape(nhwc: tuple) -> tuple:
+    return (nhwc[0], nhwc[-1]) + tuple(nhwc[1:-1])
+
+
+def _lower_conv_nhwc(op):
+    """A channels-last conv (made by the O3 layout pass): the indirect-GEMM kernel, or the
+    per-channel loop for a depthwise conv."""
+    x, w, b = op.operands[0], op.operands[1], op.operand(2)
+    z = op.operand(3) if op.name == "fused_conv" else None
+    act, act_params = activation_of(op)
+    xs, ws, ys = static_shape(x.type), static_shape(w.type), static_shape(op.results[0].type)
+    if len(xs) != 4:
+        return "only 2-d convolutions are native"
+    if K.prod(ys) == 0 or K.prod(xs) == 0 or K.prod(ws) == 0:
+        return "zero-size tensor"
+    if z is not None and static_shape(z.type) != ys:
+        return "residual z does not have the conv result's shape"
+    wc = const_of(w)
+    if wc is None:
+        return "NHWC conv needs constant weights"
+    kernel = op.attr("kernel_shape") or ws[2:]
+    st, dl, pb, pe = _window(op, _nchw_shape(xs), kernel)
+    g = op.attr("group") or 1
+    extra = ([b] if b is not None else []) + ([z] if z is not None else [])
+    geo = dict(N=xs[0], H=xs[1], W=xs[2], C=xs[3], OH=ys[1], OW=ys[2], kh=kernel[0],
+               kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1],
+               has_bias=b is not None, activation=act, act_params=act_params,
+               has_z=z is not None)
+    if g > 1 and g == xs[3] and ws[0] == g:
+        packed = KN.pack_depthwise_nhwc(wc)
+        return KN.DepthwiseNhwc(**geo), [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra
+    packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
+    return (KN.ConvNhwc(M=ws[0], group=g, **geo),
+            [x, ConstArray(packed, (w.name or "w") + ".nhwc")] + extra)
+
+
+lower_conv.layouts = ("NCHW", "NHWC")
 
 
 @rule("matmul", "linear")
@@ -222,6 +264,9 @@ def lower_matmul(op):
         wt = np.ascontiguousarray(np.asarray(bc, np.float32).T)
         return kern, [a, ConstArray(wt, (bm.name or "w") + ".nk")] + ([bias] if bias is not None else [])
     extra = [bias] if bias is not None else []
+    packed = _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bs_, ep, a, bm, bias)
+    if packed is not None:
+        return packed
     if batch and all(s == 0 for s in b_st) and all(
             st == cs * M * Ka for st, cs in zip(a_st, K.contiguous_strides(batch))) and (
             bs_ is None or len(bs_) <= 1):
@@ -231,6 +276,30 @@ def lower_matmul(op):
         kern = K.MatMul(M=M, N=N, K=Ka, batch=tuple(batch), a_batch_strides=tuple(a_st),
                         b_batch_strides=tuple(b_st), c_shape=bs_, **ep)
     return kern, [a, bm] + extra
+
+
+#: products with at least this many multiply-adds run on galaxir's own GEMM over both
+#: threads (kernels_nhwc.MatMulPacked); smaller ones call single-threaded sgemm
+PACKED_MIN_MACS = 1 << 21
+
+
+def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias):
+    rows = M * K.prod(batch)
+    if rows * N * Ka < PACKED_MIN_MACS or N < 16 or Ka == 0 or M == 0:
+        return None
+    if bias_shape is not None and tuple(bias_shape) != (N,):
+        return None
+    shared_b = all(s == 0 for s in b_st)
+    if shared_b and all(st == cs * M * Ka for st, cs in zip(a_st, K.contiguous_strides(batch))):
+        M, batch, a_st, b_st = rows, [], [], []     # one product over the folded rows
+    extra = [bias] if bias is not None else []
+    kw = dict(M=M, N=N, K=Ka, batch=tuple(batch), a_batch_strides=tuple(a_st),
+              b_batch_strides=tuple(b_st), has_bias=bias is not None,
+              activation=ep["activation"], act_params=ep["act_params"])
+    if bc is not None and shared_b and np.ndim(bc) == 2:
+        panels = ConstArray(KN.pack_b_panels(bc), (bm.name or "b") + ".panels")
+        return KN.MatMulPacked(b_packed=True, **kw), [a, panels] + extra
+    return KN.MatMulPacked(**kw), [a, bm] + extra
 
 
 @rule("gemm", "fused_gemm")
@@ -282,6 +351,12 @@ def _pool(op, kind):
     if K.prod(ys) == 0 or K.prod(xs) == 0:
         return "zero-size tensor"
     kernel = op.attr("kernel_shape")
+    if (op.attr("layout") or "NCHW") == "NHWC":
+        st, dl, pb, pe = _window(op, _nchw_shape(xs), kernel)
+        return KN.PoolNhwc(kind=kind, N=xs[0], H=xs[1], W=xs[2], C=xs[3], OH=ys[1], OW=ys[2],
+                           kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1],
+                           pt=pb[0], pl=pb[1], pb=pe[0], pr=pe[1],
+                           count_include_pad=bool(op.attr("count_include_pad"))), [x]
     st, dl, pb, pe = _window(op, xs, kernel)
     kern = K.Pool2d(kind=kind, planes=xs[0] * xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3],
                     kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1],
@@ -300,6 +375,9 @@ def lower_avg_pool(op):
     return _pool(op, "avg")
 
 
+lower_max_pool.layouts = lower_avg_pool.layouts = ("NCHW", "NHWC")
+
+
 @rule("global_average_pool", "global_max_pool")
 def lower_global_pool(op):
     why = _all_static_f32(op)
@@ -308,8 +386,14 @@ def lower_global_pool(op):
     xs = static_shape(op.operands[0].type)
     if len(xs) < 3:
         return "rank below 3"
+    if (op.attr("layout") or "NCHW") == "NHWC":
+        return KN.GlobalPoolNhwc(kind="avg" if op.name == "global_average_pool" else "max",
+                                 N=xs[0], size=K.prod(xs[1:-1]), C=xs[-1]), [op.operands[0]]
     return K.GlobalPool(kind="avg" if op.name == "global_average_pool" else "max",
                         planes=xs[0] * xs[1], size=K.prod(xs[2:])), [op.operands[0]]
+
+
+lower_global_pool.layouts = ("NCHW", "NHWC")
 
 
 @rule("softmax", "log_softmax")
@@ -558,9 +642,10 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
             steps.append(FallbackStep(op, res))
             continue
         kern, ins = res
-        step = NativeStep(kern, [op.results[0]], ins, [op])
+        step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
-        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul)) and kern.activation == "none" \
+        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul, KN.ConvNhwc,
+                             KN.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
                 and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:

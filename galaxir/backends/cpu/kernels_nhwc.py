@@ -1,0 +1,690 @@
+"""Channels-last (NHWC) kernels: the convolution the O3 layout pass hands the cpu backend.
+
+The NCHW convolution (kernels.PackedGemm) gathers a 16-pixel panel of the implicit im2col
+matrix element by element, with a bounds check each, before it can multiply: for a 3x3
+conv that packing costs about as much as the arithmetic.  In NHWC the channels of one pixel
+are contiguous, so a GEMM tile needs no packing at all (the "indirect convolution"):
+
+* A (the patch rows) is read in place: for each filter tap, six pointers, one per output
+  pixel of the tile, point at that pixel's input channels (or at a zero row where the tap
+  falls in the padding), and the k loop walks the channels;
+* B (the weights) is packed once at compile time into 16-output-channel panels
+  ``[panel][tap][channel][16]``;
+* a 6 x 16 register tile (12 ``<8 x float>`` FMA accumulators) is stored straight into the
+  NHWC output, 16 contiguous channels per pixel, after bias, residual and activation.
+
+Every output element is one sequential FMA chain over (tap, channel), wherever it sits in a
+tile, so equal inputs still give bit-equal outputs across channels (the zoo models' expected
+outputs need that).  The code is shape-generic: one library function per epilogue variant
+serves every conv of the process, shapes come in a constant parameter block.
+
+The same kernel multiplies matrices: ``A[M, K] @ B[K, N]`` is a 1x1 convolution over M
+"pixels" of K channels (``MatMulNhwc`` packs a non-constant B at run time first).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from .codegen import F32, I64, FnBuilder, f32, i64, memset0
+from .kernels import (LINEAR_ACTS, Kernel, _f32_bits, _fb, _fma_v8, _linear_act_v8,
+                      _max, _min, _splat8, apply_activation_v8, activation_expr, emit_expr)
+
+MR, NR = 6, 16
+
+# parameter block of the NHWC conv library function
+(NC_N, NC_H, NC_W, NC_C, NC_CG, NC_OH, NC_OW, NC_M, NC_MG, NC_G, NC_KH, NC_KW, NC_SH, NC_SW,
+ NC_DH, NC_DW, NC_PT, NC_PL, NC_PANELS, NC_TILES, NC_TPER, NC_NCH, NC_NTASKS, NC_HAS_BIAS,
+ NC_LO, NC_HI, NC_ALPHA, NC_KD, NC_LDA) = range(29)
+
+
+def pack_weights_nhwc(w, groups: int):
+    """Conv weights [M, C/g, kh, kw] -> panels [g][ceil(M/g/16)][kh][kw][C/g][16] (zero
+    columns pad the last panel of each group)."""
+    import numpy as np
+    M, cg, kh, kw = w.shape
+    mg = M // groups
+    panels = -(-mg // NR)
+    out = np.zeros((groups, panels * NR, kh, kw, cg), np.float32)
+    out[:, :mg] = w.reshape(groups, mg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
+    out = out.reshape(groups, panels, NR, kh * kw * cg).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(out).reshape(-1)
+
+
+@dataclass
+class ConvNhwc(Kernel):
+    """y[n, oh, ow, m] = act(sum over (i, j, c) of x[n, ih, iw, c] * w[m, c, i, j] + bias[m] + z)
+    with x, y, z channels-last and w pre-packed by ``pack_weights_nhwc``."""
+
+    N: int
+    H: int
+    W: int
+    C: int
+    OH: int
+    OW: int
+    M: int
+    kh: int
+    kw: int
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
+    pt: int = 0
+    pl: int = 0
+    group: int = 1
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    has_z: bool = False
+    lda: int = 0          # row stride of A in elements (0: C); matmul rows may be padded
+    relu: bool = False    # set by the lowering's relu fusion
+    name: str = "conv_nhwc"
+
+    def key(self):
+        return ("conv_nhwc", self.N, self.H, self.W, self.C, self.OH, self.OW, self.M, self.kh,
+                self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.group,
+                self.has_bias, self.activation, self.act_params, self.has_z, self.lda, self.relu)
+
+    @property
+    def panels(self) -> int:
+        return -(-(self.M // self.group) // NR)
+
+    @property
+    def tiles(self) -> int:
+        return -(-(self.OH * self.OW) // MR)
+
+    @property
+    def chunks(self) -> int:
+        per_image = self.N * self.group * self.panels
+        return max(1, min(self.tiles, -(-24 // max(per_image, 1))))
+
+    @property
+    def n_tasks(self) -> int:
+        return self.N * self.group * self.panels * self.chunks
+
+    def _act(self):
+        if self.relu and self.activation == "none":
+            return "relu", ()
+        return self.activation, tuple(float(p) for p in self.act_params)
+
+    def variant(self) -> tuple:
+        act, params = self._act()
+        if act in LINEAR_ACTS:
+            return (self.has_z, "lin", ())
+        return (self.has_z, act, params)
+
+    def linear_params(self) -> tuple[float, float, float]:
+        act, params = self._act()
+        if act == "relu":
+            return (0.0, math.inf, 1.0)
+        if act == "clip":
+            return (float(params[0]), float(params[1]), 1.0)
+        if act == "leaky_relu":
+            return (-math.inf, math.inf, float(params[0]))
+        return (-math.inf, math.inf, 1.0)
+
+    def params(self) -> list[int]:
+        cg = self.C // self.group
+        tper = -(-self.tiles // self.chunks)
+        p = [self.N, self.H, self.W, self.C, cg, self.OH, self.OW, self.M, self.M // self.group,
+             self.group, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl,
+             self.panels, self.tiles, tper, self.chunks, self.n_tasks, int(self.has_bias)]
+        p.extend(_f32_bits(v) for v in self.linear_params())
+        p.append(self.kh * self.kw * cg)
+        p.append(self.lda or self.C)
+        return p
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .parallel import pool_global
+        var = self.variant()
+        vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
+            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "")
+        sym = library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var))
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        state = b.load(pool_global(module))
+        pp = b.bitcast(library.param_block(module, self.params(), "convnhwc"), P64)
+        k = 3
+        bias = z = ir.Constant(F32P, None)
+        if self.has_bias:
+            bias = fb.args[k]
+            k += 1
+        if self.has_z:
+            z = fb.args[k]
+        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
+        return fb.finish()
+
+
+def build_conv_nhwc_library(module, name, variant):
+    """Define ``name(state, params, Y, X, Wp, bias, Z)`` for one epilogue variant."""
+    from .codegen import I8P
+    from .parallel import define_parallel_for_state
+    P64 = I64.as_pointer()
+    F32P = F32.as_pointer()
+    tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
+    b = tb.b
+    ctx, t = tb.args
+    raw = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(6)]
+    params = b.bitcast(raw[0], P64)
+    y, x, wp, bias, z = (b.bitcast(r, F32P) for r in raw[1:])
+    _conv_nhwc_task(tb, variant, params, y, x, wp, bias, z, t)
+    task = tb.finish()
+    pfor = define_parallel_for_state(module)
+    fb = FnBuilder(module, name, [P64, P64] + [F32P] * 5, noalias=False, linkage="external")
+    fb.fn.attributes.add("noinline")
+    b = fb.b
+    state, pp = fb.args[0], fb.args[1]
+    with b.goto_block(fb.entry):
+        arr = b.alloca(I8P, size=i64(6))
+    for k, a in enumerate(fb.args[1:]):
+        b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
+    n = b.load(b.gep(pp, [i64(NC_NTASKS)], inbounds=True))
+    b.call(pfor, [state, task, arr, n])
+    fb.finish()
+
+
+def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
+    has_z, act, act_params = variant
+    b = fb.b
+    V8 = ir.VectorType(F32, 8)
+    V8P = V8.as_pointer()
+
+    def P(k):
+        return b.load(b.gep(params, [i64(k)], inbounds=True))
+
+    def PF(k):
+        return b.bitcast(b.trunc(P(k), ir.IntType(32)), F32)
+
+    lin = act == "lin"
+    if lin:
+        lo_s, hi_s, al_s = PF(NC_LO), PF(NC_HI), PF(NC_ALPHA)
+        lo_v, hi_v, al_v = _splat8(b, lo_s), _splat8(b, hi_s), _splat8(b, al_s)
+    H, W, C, CG = P(NC_H), P(NC_W), P(NC_C), P(NC_CG)
+    OH, OW, M, MG, G = P(NC_OH), P(NC_OW), P(NC_M), P(NC_MG), P(NC_G)
+    KH, KW, SH, SW = P(NC_KH), P(NC_KW), P(NC_SH), P(NC_SW)
+    DH, DW, PT, PL = P(NC_DH), P(NC_DW), P(NC_PT), P(NC_PL)
+    panels, tiles, tper, nch = P(NC_PANELS), P(NC_TILES), P(NC_TPER), P(NC_NCH)
+    KD, LDA = P(NC_KD), P(NC_LDA)
+    has_bias = b.icmp_signed("!=", P(NC_HAS_BIAS), i64(0))
+    npix = b.mul(OH, OW)
+
+    # task -> (image, group, panel, chunk of tiles)
+    chunk = b.srem(t, nch)
+    r1 = b.sdiv(t, nch)
+    pj = b.srem(r1, panels)
+    r2 = b.sdiv(r1, panels)
+    g = b.srem(r2, G)
+    img = b.sdiv(r2, G)
+    wpanel = fb.ptr(wp, b.mul(b.add(b.mul(g, panels), pj), b.mul(KD, i64(NR))))
+    col0 = b.add(b.mul(g, MG), b.mul(pj, i64(NR)))
+    ncols = _min(b, i64(NR), b.sub(MG, b.mul(pj, i64(NR))))
+    full_cols = b.icmp_signed("==", ncols, i64(NR))
+    xin = fb.ptr(x, b.add(b.mul(img, b.mul(b.mul(H, W), LDA)), b.mul(g, CG)))
+    ybase = b.add(b.mul(img, b.mul(npix, M)), col0)
+    yb = fb.ptr(y, ybase)
+    zb = fb.ptr(z, ybase) if has_z else None
+    # a row of zeros stands in for taps in the padding (a whole kernel row on the fast
+    # path); 16 zeros stand in for a missing bias
+    zlen = _max(b, b.mul(KW, CG), i64(1))
+    zrow = b.alloca(F32, size=zlen)
+    zrow.align = 32
+    memset0(fb, zrow, b.mul(zlen, i64(4)))
+    with b.goto_block(fb.entry):
+        zeros16 = b.alloca(F32, size=i64(NR))
+        zeros16.align = 32
+        tile = b.alloca(F32, size=i64(MR * NR))
+        tile.align = 32
+    memset0(fb, zeros16, NR * 4)
+    bptr = b.select(has_bias, fb.ptr(bias, col0), zeros16)
+    bv = [b.load(b.bitcast(fb.ptr(bptr, i64(8 * h)), V8P), align=4) for h in range(2)]
+    # a kernel row's taps are one contiguous run of KW*CG floats when dilation is 1 and the
+    # conv has one group (channels of neighbouring pixels follow each other)
+    rows_contiguous = b.and_(b.icmp_signed("==", DW, i64(1)), b.icmp_signed("==", CG, LDA))
+    kw_span = b.mul(b.sub(KW, i64(1)), DW)
+
+    accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
+    rowp = [fb.alloca(F32.as_pointer()) for _ in range(MR)]
+    ih0 = [fb.alloca(I64) for _ in range(MR)]
+    iw0 = [fb.alloca(I64) for _ in range(MR)]
+    zero = ir.Constant(V8, [0.0] * 8)
+    fma = _fma_v8(fb.module)
+
+    def kloop(wk, count):
+        """accs += the 6 rows at rowp[...] times the weight panel rows at wk, ``count`` k."""
+        ptrs = [b.load(rowp[r]) for r in range(MR)]
+        with fb.loop(0, count) as c:
+            wv = [b.load(b.bitcast(fb.ptr(wk, b.add(b.mul(c, i64(NR)), i64(8 * h))), V8P),
+                         align=4) for h in range(2)]
+            for r in range(MR):
+                sv = _splat8(b, b.load(b.gep(ptrs[r], [c], inbounds=True), align=4))
+                for h in range(2):
+                    b.store(b.call(fma, [sv, wv[h], b.load(accs[r][h])]), accs[r][h])
+
+    t0 = b.mul(chunk, tper)
+    t1 = _min(b, b.add(t0, tper), tiles)
+    with fb.loop(t0, t1) as ti:
+        pix0 = b.mul(ti, i64(MR))
+        # output positions of the tile's pixels: one division, then steps along the row
+        # (pixels past the end compute garbage that is never stored)
+        oh = b.sdiv(pix0, OW)
+        ow = b.sub(pix0, b.mul(oh, OW))
+        for r in range(MR):
+            if r:
+                ow = b.add(ow, i64(1))
+                wrap = b.icmp_signed("==", ow, OW)
+                ow = b.select(wrap, i64(0), ow)
+                oh = b.add(oh, b.zext(wrap, I64))
+            b.store(b.sub(b.mul(oh, SH), PT), ih0[r])
+            b.store(b.sub(b.mul(ow, SW), PL), iw0[r])
+            for h in range(2):
+                b.store(zero, accs[r][h])
+        with fb.loop(0, KH) as i:
+            fast = rows_contiguous
+            for r in range(MR):
+                iw = b.load(iw0[r])
+                inside = b.and_(b.icmp_signed(">=", iw, i64(0)),
+                                b.icmp_signed("<", b.add(iw, kw_span), W))
+                fast = b.and_(fast, inside)
+            wrow = fb.ptr(wpanel, b.mul(b.mul(b.mul(i, KW), CG), i64(NR)))
+            then, other, done = fb.block("krow"), fb.block("ktaps"), fb.block("kdone")
+            b.cbranch(fast, then, other)
+            b.position_at_end(then)
+            for r in range(MR):
+                ih = b.add(b.load(ih0[r]), b.mul(i, DH))
+                ok = b.icmp_unsigned("<", ih, H)
+                off = b.mul(b.add(b.mul(ih, W), b.load(iw0[r])), LDA)
+                b.store(b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow), rowp[r])
+            kloop(wrow, b.mul(KW, CG))
+            b.branch(done)
+            b.position_at_end(other)
+            with fb.loop(0, KW) as j:
+                for r in range(MR):
+                    ih = b.add(b.load(ih0[r]), b.mul(i, DH))
+                    iw = b.add(b.load(iw0[r]), b.mul(j, DW))
+                    ok = b.and_(b.icmp_unsigned("<", ih, H), b.icmp_unsigned("<", iw, W))
+                    off = b.mul(b.add(b.mul(ih, W), iw), LDA)
+                    b.store(b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow), rowp[r])
+                kloop(fb.ptr(wrow, b.mul(b.mul(j, CG), i64(NR))), CG)
+            b.branch(done)
+            b.position_at_end(done)
+
+        def finish(v, h, off):
+            v = b.fadd(v, bv[h])
+            if has_z:
+                v = b.fadd(v, b.load(b.bitcast(fb.ptr(zb, off), V8P), align=4))
+            if lin:
+                return _linear_act_v8(fb, v, lo_v, hi_v, al_v)
+            return apply_activation_v8(fb, v, act, act_params)
+
+        rows = _min(b, i64(MR), b.sub(npix, pix0))
+        whole = b.and_(full_cols, b.icmp_signed("==", rows, i64(MR)))
+        direct, staged, stored = fb.block("direct"), fb.block("staged"), fb.block("tiled")
+        b.cbranch(whole, direct, staged)
+        # a whole tile goes straight from the accumulators to the output
+        b.position_at_end(direct)
+        for r in range(MR):
+            rowoff = b.mul(b.add(pix0, i64(r)), M)
+            for h in range(2):
+                off = b.add(rowoff, i64(8 * h))
+                b.store(finish(b.load(accs[r][h]), h, off), b.bitcast(fb.ptr(yb, off), V8P),
+                        align=4)
+        b.branch(stored)
+        # an edge tile goes through the stack, then one loop over its valid rows
+        b.position_at_end(staged)
+        for r in range(MR):
+            for h in range(2):
+                b.store(b.load(accs[r][h]), b.bitcast(fb.ptr(tile, i64(r * NR + 8 * h)), V8P),
+                        align=32)
+        with fb.loop(0, rows) as r:
+            tr = b.mul(r, i64(NR))
+            rowoff = b.mul(b.add(pix0, r), M)
+            then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
+            b.cbranch(full_cols, then, other)
+            b.position_at_end(then)
+            for h in range(2):
+                v = b.load(b.bitcast(fb.ptr(tile, b.add(tr, i64(8 * h))), V8P), align=32)
+                off = b.add(rowoff, i64(8 * h))
+                b.store(finish(v, h, off), b.bitcast(fb.ptr(yb, off), V8P), align=4)
+            b.branch(end)
+            b.position_at_end(other)
+            with fb.loop(0, ncols) as q:
+                sv = b.fadd(fb.load(tile, b.add(tr, q)), fb.load(bptr, q))
+                if has_z:
+                    sv = b.fadd(sv, fb.load(zb, b.add(rowoff, q)))
+                if lin:
+                    sv = b.select(b.fcmp_ordered("<", sv, lo_s), lo_s, sv)
+                    sv = b.select(b.fcmp_ordered(">", sv, hi_s), hi_s, sv)
+                    sv = b.select(b.fcmp_ordered("<", sv, f32(0.0)), b.fmul(sv, al_s), sv)
+                else:
+                    sv = emit_expr(fb, activation_expr(act, act_params), [sv])
+                fb.store(sv, yb, b.add(rowoff, q))
+            b.branch(end)
+            b.position_at_end(end)
+        b.branch(stored)
+        b.position_at_end(stored)
+
+
+# -- the rest of a channels-last CNN: depthwise conv and pooling, vectorized over channels ----
+def _window_rows(fb, b, o, s, p, k, d, size):
+    """(start, first valid tap, end tap) of a pooling/conv window along one dim."""
+    start = b.sub(b.mul(o, i64(s)), i64(p))
+    # first tap t with start + t*d >= 0, last with start + t*d < size
+    lo = _max(b, i64(0), b.sdiv(b.add(b.sub(i64(0), start), i64(d - 1)), i64(d)))
+    hi = _min(b, i64(k), b.sdiv(b.add(b.sub(i64(size), start), i64(d - 1)), i64(d)))
+    return start, lo, hi
+
+
+@dataclass
+class DepthwiseNhwc(Kernel):
+    """Depthwise conv (one input and one output channel per group) on NHWC: each output
+    pixel's channel row accumulates tap by tap (the same FMA order for every channel)."""
+
+    N: int
+    H: int
+    W: int
+    C: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
+    pt: int = 0
+    pl: int = 0
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    has_z: bool = False
+    relu: bool = False
+    name: str = "dwconv_nhwc"
+
+    def key(self):
+        return ("dw_nhwc", self.N, self.H, self.W, self.C, self.OH, self.OW, self.kh, self.kw,
+                self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.has_bias,
+                self.activation, self.act_params, self.has_z, self.relu)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, self.N * self.OH, self._task)
+
+    def _task(self, fb, args, t):
+        from .kernels import _act_expr_of
+        b = fb.b
+        y, x, w = args[0], args[1], args[2]
+        k = 3
+        bias = z = None
+        if self.has_bias:
+            bias, k = args[k], k + 1
+        if self.has_z:
+            z = args[k]
+        C = self.C
+        n = b.sdiv(t, i64(self.OH))
+        oh = b.srem(t, i64(self.OH))
+        hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
+        xn = b.mul(n, i64(self.H * self.W * C))
+        expr = _act_expr_of(self)
+        with fb.loop(0, self.OW) as ow:
+            ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
+            orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
+            with fb.loop(0, C) as c:
+                fb.store(f32(0.0), y, b.add(orow, c))
+            with fb.loop(hlo, hhi) as i:
+                ih = b.add(hs, b.mul(i, i64(self.dh)))
+                with fb.loop(wlo, whi) as j:
+                    iw = b.add(ws, b.mul(j, i64(self.dw)))
+                    xrow = b.add(xn, b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)))
+                    wrow = b.mul(b.add(b.mul(i, i64(self.kw)), j), i64(C))
+                    with fb.loop(0, C) as c:
+                        o = b.add(orow, c)
+                        acc = fb.load(y, o)
+                        v = fb.intrinsic("llvm.fma.f32", F32, [fb.load(x, b.add(xrow, c)),
+                                                               fb.load(w, b.add(wrow, c)), acc])
+                        fb.store(v, y, o)
+            with fb.loop(0, C) as c:
+                o = b.add(orow, c)
+                v = fb.load(y, o)
+                if bias is not None:
+                    v = b.fadd(v, fb.load(bias, c))
+                if z is not None:
+                    v = b.fadd(v, fb.load(z, o))
+                fb.store(emit_expr(fb, expr, [v]), y, o)
+
+
+def pack_depthwise_nhwc(w):
+    """Depthwise weights [C, 1, kh, kw] -> [kh, kw, C]."""
+    import numpy as np
+    return np.ascontiguousarray(np.asarray(w, np.float32)[:, 0].transpose(1, 2, 0))
+
+
+@dataclass
+class PoolNhwc(Kernel):
+    """max / average pooling on NHWC: each output pixel's channel row is reduced over the
+    valid window taps (pads, strides, dilations, ceil mode as Pool2d)."""
+
+    kind: str
+    N: int
+    H: int
+    W: int
+    C: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    count_include_pad: bool
+    name: str = "pool_nhwc"
+
+    def key(self):
+        return ("pool_nhwc", self.kind, self.N, self.H, self.W, self.C, self.OH, self.OW,
+                self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.pb,
+                self.pr, self.count_include_pad)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, self.N * self.OH, self._task)
+
+    def _task(self, fb, args, t):
+        b = fb.b
+        y, x = args[0], args[1]
+        C = self.C
+        max_mode = self.kind == "max"
+        n = b.sdiv(t, i64(self.OH))
+        oh = b.srem(t, i64(self.OH))
+        hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
+        xn = b.mul(n, i64(self.H * self.W * C))
+        with fb.loop(0, self.OW) as ow:
+            ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
+            orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
+            with fb.loop(0, C) as c:
+                fb.store(f32(-math.inf if max_mode else 0.0), y, b.add(orow, c))
+            with fb.loop(hlo, hhi) as i:
+                ih = b.add(hs, b.mul(i, i64(self.dh)))
+                with fb.loop(wlo, whi) as j:
+                    iw = b.add(ws, b.mul(j, i64(self.dw)))
+                    xrow = b.add(xn, b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)))
+                    with fb.loop(0, C) as c:
+                        o = b.add(orow, c)
+                        a, v = fb.load(y, o), fb.load(x, b.add(xrow, c))
+                        nv = b.select(b.fcmp_unordered(">", v, a), v, a) if max_mode else b.fadd(a, v)
+                        fb.store(nv, y, o)
+            if not max_mode:
+                if self.count_include_pad:
+                    he = _min(b, b.add(hs, i64((self.kh - 1) * self.dh + 1)), i64(self.H + self.pb))
+                    we = _min(b, b.add(ws, i64((self.kw - 1) * self.dw + 1)), i64(self.W + self.pr))
+                    nh = b.sdiv(b.add(b.sub(he, hs), i64(self.dh - 1)), i64(self.dh))
+                    nw = b.sdiv(b.add(b.sub(we, ws), i64(self.dw - 1)), i64(self.dw))
+                    cnt = b.mul(nh, nw)
+                else:
+                    cnt = b.mul(_max(b, b.sub(hhi, hlo), i64(0)), _max(b, b.sub(whi, wlo), i64(0)))
+                cntf = b.sitofp(_max(b, cnt, i64(1)), F32)
+                with fb.loop(0, C) as c:
+                    o = b.add(orow, c)
+                    fb.store(b.fdiv(fb.load(y, o), cntf), y, o)
+
+
+@dataclass
+class GlobalPoolNhwc(Kernel):
+    """global average / max pooling of [N, H, W, C] into [N, 1, 1, C]."""
+
+    kind: str
+    N: int
+    size: int
+    C: int
+    name: str = "gpool_nhwc"
+
+    def key(self):
+        return ("gpool_nhwc", self.kind, self.N, self.size, self.C)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, self.N, self._task)
+
+    def _task(self, fb, args, n):
+        b = fb.b
+        y, x = args[0], args[1]
+        C = self.C
+        avg = self.kind == "avg"
+        orow = b.mul(n, i64(C))
+        xn = b.mul(n, i64(self.size * C))
+        with fb.loop(0, C) as c:
+            fb.store(f32(0.0 if avg else -math.inf), y, b.add(orow, c))
+        with fb.loop(0, self.size) as p:
+            xrow = b.add(xn, b.mul(p, i64(C)))
+            with fb.loop(0, C) as c:
+                o = b.add(orow, c)
+                a, v = fb.load(y, o), fb.load(x, b.add(xrow, c))
+                fb.store(b.fadd(a, v) if avg else b.select(b.fcmp_unordered(">", v, a), v, a), y, o)
+        if avg:
+            with fb.loop(0, C) as c:
+                o = b.add(orow, c)
+                fb.store(b.fdiv(fb.load(y, o), f32(max(self.size, 1))), y, o)
+
+
+# -- large matrix products through the same kernel -----------------------------------------
+def pack_b_panels(b):
+    """B [K, N] -> panels [ceil(N/16)][K][16] (what ``pack_weights_nhwc`` makes of a 1x1 conv)."""
+    import numpy as np
+    b = np.asarray(b, np.float32)
+    return pack_weights_nhwc(np.ascontiguousarray(b.T)[:, :, None, None], 1)
+
+
+@dataclass
+class MatMulPacked(Kernel):
+    """``out[i] = act(A[i] @ B[i] + bias)`` over a batch of products, for products large
+    enough that both threads pay: a 1x1 channels-last convolution over the M rows of A.
+    A constant B comes pre-packed (``b_packed``); otherwise each distinct B is packed into
+    16-column panels in scratch first (one pass over B, about 1/M of the product's work).
+    Batch strides are in elements (0 = broadcast), as in kernels.MatMul."""
+
+    M: int
+    N: int
+    K: int
+    batch: tuple = ()
+    a_batch_strides: tuple = ()
+    b_batch_strides: tuple = ()
+    b_packed: bool = False
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    relu: bool = False
+    name: str = "matmul_packed"
+
+    def key(self):
+        return ("mm_packed", self.M, self.N, self.K, self.batch, self.a_batch_strides,
+                self.b_batch_strides, self.b_packed, self.has_bias, self.activation,
+                self.act_params, self.relu)
+
+    @property
+    def panels(self) -> int:
+        return -(-self.N // NR)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return 0 if self.b_packed else self.panels * NR * self.K * 4
+
+    def conv(self) -> ConvNhwc:
+        return ConvNhwc(N=1, H=1, W=self.M, C=self.K, OH=1, OW=self.M, M=self.N, kh=1, kw=1,
+                        has_bias=self.has_bias, activation=self.activation,
+                        act_params=self.act_params, relu=self.relu)
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .kernels import contiguous_strides
+        from .parallel import pool_global
+        conv = self.conv()
+        var = conv.variant()
+        vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
+            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "")
+        sym = library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var))
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, a, bm = fb.args[0], fb.args[1], fb.args[2]
+        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        packed = bm if self.b_packed else fb.args[-1]
+        state = b.load(pool_global(module))
+        pp = b.bitcast(library.param_block(module, conv.params(), "mmpacked"), P64)
+        shared_b = all(s == 0 for s in self.b_batch_strides)
+        if not self.b_packed and shared_b:
+            self._pack(fb, bm, packed)
+        idx: list = []
+
+        def body(depth):
+            if depth == len(self.batch):
+                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+                oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
+                oo = b.mul(oo, i64(self.M * self.N)) if idx else oo
+                if not self.b_packed and not shared_b:
+                    self._pack(fb, fb.ptr(bm, fb.mul_add(list(zip(idx, self.b_batch_strides)))),
+                               packed)
+                b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
+                             bias, ir.Constant(F32P, None)])
+                return
+            with fb.loop(0, self.batch[depth]) as i:
+                idx.append(i)
+                body(depth + 1)
+                idx.pop()
+        body(0)
+        return fb.finish()
+
+    def _pack(self, fb, src, dst):
+        """dst[p][k][q] = src[k, 16p + q] (zero past N); full panels copy 16 at a time."""
+        b = fb.b
+        K, N = self.K, self.N
+        full = N // NR
+        V8P = ir.VectorType(F32, 8).as_pointer()
+        with fb.loop(0, full) as p:
+            base = b.mul(p, i64(K * NR))
+            with fb.loop(0, K) as k:
+                for h in range(2):
+                    v = b.load(b.bitcast(fb.ptr(src, b.add(b.mul(k, i64(N)),
+                                                           b.add(b.mul(p, i64(NR)), i64(8 * h)))),
+                                         V8P), align=4)
+                    b.store(v, b.bitcast(fb.ptr(dst, b.add(base, b.add(b.mul(k, i64(NR)),
+                                                                        i64(8 * h)))), V8P),
+                            align=4)
+        rest = N - full * NR
+        if rest:
+            base = full * K * NR
+            with fb.loop(0, K) as k:
+                for q in range(NR):
+                    v = fb.load(src, b.add(b.mul(k, i64(N)), i64(full * NR + q))) if q < rest \
+                        else f32(0.0)
+                    fb.store(v, dst, b.add(b.mul(k, i64(NR)), i64(base + q)))

@@ -1,0 +1,221 @@
+"""The cpu backend's channels-last kernels (kernels_nhwc.py) against the numpy reference:
+the indirect-GEMM conv (every window parameter, groups, residual, epilogues, channel counts
+that are not multiples of the 16-wide panel), depthwise conv and NHWC pooling, reached the
+way users reach them: O3 with the layout pass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import galaxir as gx
+from galaxir.backends import get_backend
+from galaxir.ir import GraphBuilder, tensor
+from galaxir.passes.layout import interior_transposes
+
+RNG = np.random.default_rng(7)
+
+
+def _run_both(module, feeds, layout="NHWC"):
+    ref = get_backend("numpy").compile(module)(*feeds)
+    opt = gx.optimize(module, level=3, target="cpu", layout=layout)
+    exe = get_backend("cpu").compile(opt)
+    got = exe(*feeds)
+    return ref, got, exe, opt
+
+
+def _conv_module(x_shape, w_shape, *, bias=True, activation=None, residual=False, **attrs):
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", *x_shape))
+    w = gb.constant(RNG.standard_normal(w_shape).astype(np.float32) * 0.3)
+    b = gb.constant(RNG.standard_normal(w_shape[0]).astype(np.float32)) if bias else None
+    y = gb.conv(x, w, b, **attrs) if b is not None else gb.conv(x, w, **attrs)
+    if residual:
+        y = gb.add(y, gb.input("z", tensor("f32", *y.type.shape)))
+    if activation == "relu":
+        y = gb.relu(y)
+    elif activation == "sigmoid":
+        y = gb.sigmoid(y)
+    elif activation == "clip":
+        y = gb.clip(y, gb.constant(np.float32(-0.5)), gb.constant(np.float32(0.7)))
+    gb.output(y, "y")
+    return gb.module()
+
+
+CONV_CASES = [
+    # (x shape, w shape, attrs)
+    ((1, 3, 17, 19), (20, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((2, 8, 9, 9), (16, 8, 1, 1), {}),
+    ((1, 5, 13, 11), (33, 5, 3, 3), dict(strides=[2, 2], pads=[1, 0, 2, 1])),
+    ((1, 4, 15, 15), (7, 4, 3, 3), dict(dilations=[2, 2], pads=[2, 2, 2, 2])),
+    ((1, 3, 23, 23), (17, 3, 7, 7), dict(strides=[2, 2], pads=[3, 3, 3, 3])),
+    ((1, 12, 8, 8), (24, 4, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
+    ((1, 16, 10, 10), (16, 1, 3, 3), dict(group=16, pads=[1, 1, 1, 1])),            # depthwise
+    ((1, 24, 9, 7), (24, 1, 3, 3), dict(group=24, strides=[2, 2], pads=[0, 1, 1, 0])),
+    ((1, 6, 4, 5), (9, 6, 5, 5), dict(pads=[2, 2, 2, 2])),   # fewer pixels than a tile row
+    ((1, 2, 1, 1), (3, 2, 1, 1), {}),                        # one pixel
+]
+
+
+@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_nhwc_conv_matches_reference(xs, ws, attrs, activation):
+    m = _conv_module(xs, ws, activation=activation, **attrs)
+    x = RNG.standard_normal(xs).astype(np.float32)
+    ref, got, exe, opt = _run_both(m, [x])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    convs = [op for op in opt.walk() if op.name in ("conv", "fused_conv")]
+    assert convs and all(op.attrs.get("layout") == "NHWC" for op in convs)
+    assert not exe.fallback_ops, exe.report()
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "clip"])
+def test_nhwc_conv_residual_and_epilogues(activation):
+    m = _conv_module((1, 8, 10, 10), (20, 8, 3, 3), pads=[1, 1, 1, 1], residual=True,
+                     activation=activation)
+    x = RNG.standard_normal((1, 8, 10, 10)).astype(np.float32)
+    z = RNG.standard_normal((1, 20, 10, 10)).astype(np.float32)
+    ref, got, exe, opt = _run_both(m, [x, z])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    fused = [op for op in opt.walk() if op.name == "fused_conv"]
+    assert fused and fused[0].attrs.get("layout") == "NHWC"
+    assert not exe.fallback_ops, exe.report()
+
+
+def test_nhwc_conv_equal_inputs_give_bit_equal_channels():
+    """Every output element is one FMA chain in the same order, whatever its tile position."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 7, 9, 9))
+    w = gb.constant(np.tile(RNG.standard_normal((1, 7, 3, 3)).astype(np.float32), (37, 1, 1, 1)))
+    gb.output(gb.conv(x, w, pads=[1, 1, 1, 1]), "y")
+    x = RNG.standard_normal((1, 7, 9, 9)).astype(np.float32)
+    _, got, _, _ = _run_both(gb.module(), [x])
+    y = got[0]
+    assert (y == y[:, :1]).all()
+
+
+@pytest.mark.parametrize("kind", ["max_pool", "average_pool"])
+@pytest.mark.parametrize("attrs", [
+    dict(kernel_shape=[3, 3], strides=[2, 2]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+    dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 0], count_include_pad=1),
+    dict(kernel_shape=[3, 3], dilations=[2, 2], pads=[1, 1, 1, 1]),
+])
+def test_nhwc_pooling_matches_reference(kind, attrs):
+    if kind == "max_pool":
+        attrs = {k: v for k, v in attrs.items() if k != "count_include_pad"}
+    elif "dilations" in attrs:
+        attrs = dict(attrs)
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 2, 11, 10, 9))
+    w = gb.constant(RNG.standard_normal((11, 11, 1, 1)).astype(np.float32))
+    y = gb.relu(gb.conv(x, w))
+    (p, *_) = gb.create(kind, y, num_results=1, **attrs).results
+    gb.output(p, "y")
+    xv = RNG.standard_normal((2, 11, 10, 9)).astype(np.float32)
+    ref, got, exe, opt = _run_both(gb.module(), [xv])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    assert any(op.name == kind and op.attrs.get("layout") == "NHWC" for op in opt.walk())
+    assert not exe.fallback_ops, exe.report()
+
+
+@pytest.mark.parametrize("kind", ["global_average_pool", "global_max_pool"])
+def test_nhwc_global_pool(kind):
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 3, 5, 6, 7))
+    w = gb.constant(RNG.standard_normal((19, 5, 3, 3)).astype(np.float32))
+    y = gb.conv(x, w, pads=[1, 1, 1, 1])
+    (p,) = gb.create(kind, y, num_results=1).results
+    gb.output(gb.flatten(p, axis=1), "y")
+    xv = RNG.standard_normal((3, 5, 6, 7)).astype(np.float32)
+    ref, got, exe, opt = _run_both(gb.module(), [xv])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    assert not interior_transposes(opt)
+    assert not exe.fallback_ops, exe.report()
+
+
+def test_cpu_target_converts_where_it_pays():
+    """At O3 the cpu target (preferred_layout NHWC) converts a conv chain, and keeps NCHW
+    where the layout pass would leave a transpose per converted op."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 4, 8, 8))
+    y = x
+    for _ in range(3):
+        y = gb.relu(gb.conv(y, gb.constant(RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)),
+                            pads=[1, 1, 1, 1]))
+    gb.output(y, "y")
+    chain = gx.optimize(gb.module(), level=3, target="cpu")
+    assert all(op.attrs.get("layout") == "NHWC" for op in chain.walk() if op.name.endswith("conv"))
+
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 4, 8, 8))
+    w = gb.constant(RNG.standard_normal((4, 4, 3, 3)).astype(np.float32))
+    y = gb.conv(x, w, pads=[1, 1, 1, 1])
+    y = gb.lrn(y, size=3)          # no NHWC form: transposes around it would stay
+    y = gb.conv(y, w, pads=[1, 1, 1, 1])
+    gb.output(gb.lrn(y, size=3), "y")
+    kept = gx.optimize(gb.module(), level=3, target="cpu")
+    assert all(op.attrs.get("layout", "NCHW") == "NCHW" for op in kept.walk())
+    forced = gx.optimize(gb.module(), level=3, target="cpu", layout="NHWC")
+    assert any(op.attrs.get("layout") == "NHWC" for op in forced.walk())
+
+
+def test_nhwc_conv_with_runtime_weights_falls_back_cleanly():
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 3, 6, 6))
+    w = gb.input("w", tensor("f32", 4, 3, 3, 3))
+    gb.output(gb.conv(x, w), "y")
+    xv = RNG.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    wv = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    ref, got, exe, _ = _run_both(gb.module(), [xv, wv])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    assert any("constant weights" in line for line in exe.report().splitlines())
+
+
+# -- large matrix products on the same kernel (kernels_nhwc.MatMulPacked) -------------------
+def _kernels(exe):
+    return [type(s.kernel).__name__ for s in exe.last.steps if s.kind == "native"]
+
+
+@pytest.mark.parametrize("a_shape,b_shape,const_b", [
+    ((200, 150), (150, 170), False),          # N not a multiple of 16, rows not of 6
+    ((3, 70, 128), (128, 96), True),          # batch folded into the rows, packed at compile time
+    ((2, 3, 50, 64), (2, 3, 64, 130), False),  # B per product: packed per product at run time
+    ((2, 1, 64, 90), (4, 90, 48), False),     # broadcast batch dims
+])
+def test_packed_matmul_matches_reference(a_shape, b_shape, const_b):
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", *a_shape))
+    bval = RNG.standard_normal(b_shape).astype(np.float32)
+    bm = gb.constant(bval) if const_b else gb.input("b", tensor("f32", *b_shape))
+    gb.output(gb.matmul(a, bm), "y")
+    m = gb.module()
+    av = RNG.standard_normal(a_shape).astype(np.float32)
+    feeds = [av] if const_b else [av, bval]
+    exe = gx.compile(m, target="cpu")
+    (got,) = exe(*feeds)
+    np.testing.assert_allclose(got, np.matmul(av, bval), rtol=1e-4, atol=1e-3)
+    assert "MatMulPacked" in _kernels(exe)
+
+
+def test_packed_linear_with_bias_and_relu():
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", 96, 256))
+    w = RNG.standard_normal((256, 100)).astype(np.float32)
+    bias = RNG.standard_normal(100).astype(np.float32)
+    gb.output(gb.relu(gb.add(gb.matmul(a, gb.constant(w)), gb.constant(bias))), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    av = RNG.standard_normal((96, 256)).astype(np.float32)
+    (got,) = exe(av)
+    np.testing.assert_allclose(got, np.maximum(av @ w + bias, 0), rtol=1e-4, atol=1e-3)
+    assert _kernels(exe) == ["MatMulPacked"]
+
+
+def test_small_products_stay_on_sgemm():
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", 8, 32))
+    b = gb.input("b", tensor("f32", 32, 24))
+    gb.output(gb.matmul(a, b), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    av, bv = RNG.standard_normal((8, 32)).astype(np.float32), RNG.standard_normal((32, 24)).astype(np.float32)
+    np.testing.assert_allclose(exe(av, bv)[0], av @ bv, rtol=1e-5, atol=1e-5)
+    assert "MatMulPacked" not in _kernels(exe)
