@@ -37,7 +37,13 @@ MR, NR = 6, 16
 # parameter block of the NHWC conv library function
 (NC_N, NC_H, NC_W, NC_C, NC_CG, NC_OH, NC_OW, NC_M, NC_MG, NC_G, NC_KH, NC_KW, NC_SH, NC_SW,
  NC_DH, NC_DW, NC_PT, NC_PL, NC_PANELS, NC_TILES, NC_TPER, NC_NCH, NC_NTASKS, NC_HAS_BIAS,
- NC_LO, NC_HI, NC_ALPHA, NC_KD, NC_LDA) = range(29)
+ NC_LO, NC_HI, NC_ALPHA, NC_KD, NC_LDA, NC_PSPLIT) = range(30)
+
+#: weights of at most this many bytes per group stay in L2 while a task sweeps all their
+#: panels over each tile (the tile's input rows are read once, its output rows written
+#: whole); larger ones are split into one task per panel, so a panel stays in L1/L2 while
+#: the task sweeps the tiles
+TILE_OUTER_MAX_BYTES = 192 * 1024
 
 
 def pack_weights_nhwc(w, groups: int):
@@ -96,13 +102,19 @@ class ConvNhwc(Kernel):
         return -(-(self.OH * self.OW) // MR)
 
     @property
+    def psplit(self) -> int:
+        cg = self.C // self.group
+        weight_bytes = self.kh * self.kw * cg * self.panels * NR * 4
+        return 1 if weight_bytes <= TILE_OUTER_MAX_BYTES else self.panels
+
+    @property
     def chunks(self) -> int:
-        per_image = self.N * self.group * self.panels
+        per_image = self.N * self.group * self.psplit
         return max(1, min(self.tiles, -(-24 // max(per_image, 1))))
 
     @property
     def n_tasks(self) -> int:
-        return self.N * self.group * self.panels * self.chunks
+        return self.N * self.group * self.psplit * self.chunks
 
     def _act(self):
         if self.relu and self.activation == "none":
@@ -134,6 +146,7 @@ class ConvNhwc(Kernel):
         p.extend(_f32_bits(v) for v in self.linear_params())
         p.append(self.kh * self.kw * cg)
         p.append(self.lda or self.C)
+        p.append(self.psplit)
         return p
 
     def emit(self, module, fname, n_args):
@@ -205,7 +218,7 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
     if lin:
         lo_s, hi_s, al_s = PF(NC_LO), PF(NC_HI), PF(NC_ALPHA)
         lo_v, hi_v, al_v = _splat8(b, lo_s), _splat8(b, hi_s), _splat8(b, al_s)
-    H, W, C, CG = P(NC_H), P(NC_W), P(NC_C), P(NC_CG)
+    H, W, CG = P(NC_H), P(NC_W), P(NC_CG)
     OH, OW, M, MG, G = P(NC_OH), P(NC_OW), P(NC_M), P(NC_MG), P(NC_G)
     KH, KW, SH, SW = P(NC_KH), P(NC_KW), P(NC_SH), P(NC_SW)
     DH, DW, PT, PL = P(NC_DH), P(NC_DW), P(NC_PT), P(NC_PL)
@@ -214,21 +227,20 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
     has_bias = b.icmp_signed("!=", P(NC_HAS_BIAS), i64(0))
     npix = b.mul(OH, OW)
 
-    # task -> (image, group, panel, chunk of tiles)
+    # task -> (image, group, panel split, chunk of tiles); its panels are all of the
+    # group's (psplit 1) or the one it names (psplit = panels)
+    psplit = P(NC_PSPLIT)
     chunk = b.srem(t, nch)
     r1 = b.sdiv(t, nch)
-    pj = b.srem(r1, panels)
-    r2 = b.sdiv(r1, panels)
+    ps = b.srem(r1, psplit)
+    r2 = b.sdiv(r1, psplit)
     g = b.srem(r2, G)
     img = b.sdiv(r2, G)
-    wpanel = fb.ptr(wp, b.mul(b.add(b.mul(g, panels), pj), b.mul(KD, i64(NR))))
-    col0 = b.add(b.mul(g, MG), b.mul(pj, i64(NR)))
-    ncols = _min(b, i64(NR), b.sub(MG, b.mul(pj, i64(NR))))
-    full_cols = b.icmp_signed("==", ncols, i64(NR))
+    one_panel = b.icmp_signed("==", psplit, panels)
+    p_lo = b.select(one_panel, ps, i64(0))
+    p_hi = b.select(one_panel, b.add(ps, i64(1)), panels)
     xin = fb.ptr(x, b.add(b.mul(img, b.mul(b.mul(H, W), LDA)), b.mul(g, CG)))
-    ybase = b.add(b.mul(img, b.mul(npix, M)), col0)
-    yb = fb.ptr(y, ybase)
-    zb = fb.ptr(z, ybase) if has_z else None
+    ybase0 = b.add(b.mul(img, b.mul(npix, M)), b.mul(g, MG))
     # a row of zeros stands in for taps in the padding (a whole kernel row on the fast
     # path); 16 zeros stand in for a missing bias
     zlen = _max(b, b.mul(KW, CG), i64(1))
@@ -241,8 +253,6 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
         tile = b.alloca(F32, size=i64(MR * NR))
         tile.align = 32
     memset0(fb, zeros16, NR * 4)
-    bptr = b.select(has_bias, fb.ptr(bias, col0), zeros16)
-    bv = [b.load(b.bitcast(fb.ptr(bptr, i64(8 * h)), V8P), align=4) for h in range(2)]
     # a kernel row's taps are one contiguous run of KW*CG floats when dilation is 1 and the
     # conv has one group (channels of neighbouring pixels follow each other)
     rows_contiguous = b.and_(b.icmp_signed("==", DW, i64(1)), b.icmp_signed("==", CG, LDA))
@@ -266,34 +276,25 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
                 for h in range(2):
                     b.store(b.call(fma, [sv, wv[h], b.load(accs[r][h])]), accs[r][h])
 
-    t0 = b.mul(chunk, tper)
-    t1 = _min(b, b.add(t0, tper), tiles)
-    with fb.loop(t0, t1) as ti:
-        pix0 = b.mul(ti, i64(MR))
-        # output positions of the tile's pixels: one division, then steps along the row
-        # (pixels past the end compute garbage that is never stored)
-        oh = b.sdiv(pix0, OW)
-        ow = b.sub(pix0, b.mul(oh, OW))
+    def _tile_times_panel(pix0, pj, fast_rows):
+        """The 6 x 16 output block of tile ``pix0`` and panel ``pj``."""
+        wpanel = fb.ptr(wp, b.mul(b.add(b.mul(g, panels), pj), b.mul(KD, i64(NR))))
+        col = b.mul(pj, i64(NR))
+        ncols = _min(b, i64(NR), b.sub(MG, col))
+        full_cols = b.icmp_signed("==", ncols, i64(NR))
+        ybase = b.add(ybase0, col)
+        yb = fb.ptr(y, ybase)
+        zb = fb.ptr(z, ybase) if has_z else None
+        bptr = b.select(has_bias, fb.ptr(bias, b.add(b.mul(g, MG), col)), zeros16)
+        bv = [b.load(b.bitcast(fb.ptr(bptr, i64(8 * h)), V8P), align=4) for h in range(2)]
         for r in range(MR):
-            if r:
-                ow = b.add(ow, i64(1))
-                wrap = b.icmp_signed("==", ow, OW)
-                ow = b.select(wrap, i64(0), ow)
-                oh = b.add(oh, b.zext(wrap, I64))
-            b.store(b.sub(b.mul(oh, SH), PT), ih0[r])
-            b.store(b.sub(b.mul(ow, SW), PL), iw0[r])
             for h in range(2):
                 b.store(zero, accs[r][h])
         with fb.loop(0, KH) as i:
-            fast = rows_contiguous
-            for r in range(MR):
-                iw = b.load(iw0[r])
-                inside = b.and_(b.icmp_signed(">=", iw, i64(0)),
-                                b.icmp_signed("<", b.add(iw, kw_span), W))
-                fast = b.and_(fast, inside)
             wrow = fb.ptr(wpanel, b.mul(b.mul(b.mul(i, KW), CG), i64(NR)))
             then, other, done = fb.block("krow"), fb.block("ktaps"), fb.block("kdone")
-            b.cbranch(fast, then, other)
+            b.cbranch(fast_rows, then, other)
+            # the kernel row's taps of each pixel are one run of KW*CG floats
             b.position_at_end(then)
             for r in range(MR):
                 ih = b.add(b.load(ih0[r]), b.mul(i, DH))
@@ -302,6 +303,7 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
                 b.store(b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow), rowp[r])
             kloop(wrow, b.mul(KW, CG))
             b.branch(done)
+            # tap by tap (padding columns, dilation, groups)
             b.position_at_end(other)
             with fb.loop(0, KW) as j:
                 for r in range(MR):
@@ -368,6 +370,31 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
             b.position_at_end(end)
         b.branch(stored)
         b.position_at_end(stored)
+
+    t0 = b.mul(chunk, tper)
+    t1 = _min(b, b.add(t0, tper), tiles)
+    with fb.loop(t0, t1) as ti:
+        pix0 = b.mul(ti, i64(MR))
+        # output positions of the tile's pixels: one division, then steps along the row
+        # (pixels past the end compute garbage that is never stored)
+        oh = b.sdiv(pix0, OW)
+        ow = b.sub(pix0, b.mul(oh, OW))
+        for r in range(MR):
+            if r:
+                ow = b.add(ow, i64(1))
+                wrap = b.icmp_signed("==", ow, OW)
+                ow = b.select(wrap, i64(0), ow)
+                oh = b.add(oh, b.zext(wrap, I64))
+            b.store(b.sub(b.mul(oh, SH), PT), ih0[r])
+            b.store(b.sub(b.mul(ow, SW), PL), iw0[r])
+        fast_rows = rows_contiguous
+        for r in range(MR):
+            iw = b.load(iw0[r])
+            inside = b.and_(b.icmp_signed(">=", iw, i64(0)),
+                            b.icmp_signed("<", b.add(iw, kw_span), W))
+            fast_rows = b.and_(fast_rows, inside)
+        with fb.loop(p_lo, p_hi) as pj:
+            _tile_times_panel(pix0, pj, fast_rows)
 
 
 # -- the rest of a channels-last CNN: depthwise conv and pooling, vectorized over channels ----
