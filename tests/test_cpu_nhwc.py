@@ -219,3 +219,26 @@ def test_small_products_stay_on_sgemm():
     av, bv = RNG.standard_normal((8, 32)).astype(np.float32), RNG.standard_normal((32, 24)).astype(np.float32)
     np.testing.assert_allclose(exe(av, bv)[0], av @ bv, rtol=1e-5, atol=1e-5)
     assert "MatMulPacked" not in _kernels(exe)
+
+
+def test_channel_shuffle_stays_channels_last():
+    """ShuffleNet's shuffle (reshape, transpose, reshape) between two convs: the layout pass
+    rewrites it to the same shuffle on the NHWC value, leaving no conversion around it."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 12, 5, 6))
+    y = gb.relu(gb.conv(x, gb.constant(RNG.standard_normal((12, 4, 1, 1)).astype(np.float32)),
+                        group=3))
+    y = gb.reshape(y, gb.constant(np.array([1, 3, 4, 5, 6], np.int64)))
+    y = gb.transpose(y, perm=[0, 2, 1, 3, 4])
+    y = gb.reshape(y, gb.constant(np.array([1, 12, 5, 6], np.int64)))
+    y = gb.conv(y, gb.constant(RNG.standard_normal((12, 1, 3, 3)).astype(np.float32)),
+                group=12, pads=[1, 1, 1, 1])
+    gb.output(y, "y")
+    m = gb.module()
+    xv = RNG.standard_normal((1, 12, 5, 6)).astype(np.float32)
+    ref, got, exe, opt = _run_both(m, [xv], layout=None)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    perms = sorted(tuple(op.attr("perm")) for op in opt.walk() if op.name == "transpose")
+    # the input and output conversions, and the shuffle itself (now on [N, H, W, g, C/g])
+    assert perms == [(0, 1, 2, 4, 3), (0, 2, 3, 1), (0, 3, 1, 2)], perms
+    assert not exe.fallback_ops, exe.report()

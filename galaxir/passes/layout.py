@@ -121,15 +121,17 @@ class ToChannelsLast(Pass):
 
 
 def worth_converting(module: Module) -> bool:
-    """Whether channels-last pays on ``module`` (checked on a copy): it must leave at most
-    one interior transpose per four ops it converted.  Where it cannot push conversions
-    through the graph (shufflenet's channel shuffles are reshape-transpose-reshape; the lrn
-    of alexnet has no NHWC form) the transposes it adds cost more than the faster kernels
-    gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips this check."""
+    """Whether channels-last pays on ``module`` (checked on a copy): it may add at most one
+    interior transpose per four ops it converts.  Where it cannot push conversions through
+    the graph (the lrn of alexnet has no NHWC form) the transposes it adds cost more than
+    the faster kernels gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips
+    this check."""
     from ..ir.clone import clone_module
+    before = len(interior_transposes(module))
     trial = clone_module(module)
     n = convert_to_nhwc(trial)
-    return n["wrapped"] > 0 and 4 * len(interior_transposes(trial)) <= n["wrapped"]
+    added = len(interior_transposes(trial)) - before
+    return n["wrapped"] > 0 and 4 * added <= n["wrapped"]
 
 
 def convert_to_nhwc(module: Module) -> dict[str, int]:
@@ -192,7 +194,47 @@ def _rewrite(op: Operation) -> str | None:
         return _push_batch_norm(op)
     if op.name == "fused_elementwise":
         return _push_elementwise(op)
+    if op.name == "reshape":
+        return _push_channel_shuffle(op)
     return None
+
+
+def _static_dims(v: Value | None) -> tuple[int, ...] | None:
+    t = v.type if v is not None else None
+    if isinstance(t, TensorType) and t.shape is not None and all(isinstance(d, int) for d in t.shape):
+        return tuple(t.shape)
+    return None
+
+
+def _push_channel_shuffle(op: Operation) -> str | None:
+    """ShuffleNet's channel shuffle on a channels-last value y [N, H, W, C]:
+    reshape(transpose(y, to_first), [N, g, C/g, H, W]) -> transpose(0, 2, 1, 3, 4) ->
+    reshape [N, C, H, W]  becomes  transpose(reshape(transpose(reshape(y, [N, H, W, g, C/g]),
+    (0, 1, 2, 4, 3)), [N, H, W, C]), to_first): the same one data movement, now between
+    channels-last values, so the to_first transpose keeps moving down."""
+    tr = _transposed(op.operands[0])
+    if tr is None or tr[1] != to_first(4) or len(op.results[0].uses) != 1:
+        return None
+    y = tr[0]
+    ys, s5 = _static_dims(y), _static_dims(op.results[0])
+    if ys is None or s5 is None or len(ys) != 4 or len(s5) != 5:
+        return None
+    n, h, w, c = ys
+    if (s5[0], s5[3], s5[4]) != (n, h, w) or s5[1] * s5[2] != c:
+        return None
+    mid = op.results[0].uses[0][0]
+    if mid.name != "transpose" or _perm_of(mid) != (0, 2, 1, 3, 4) or len(mid.results[0].uses) != 1:
+        return None
+    last = mid.results[0].uses[0][0]
+    if last.name != "reshape" or _static_dims(last.results[0]) != (n, c, h, w):
+        return None
+    b = _builder(last)
+    g, cg = s5[1], s5[2]
+    split = b.reshape(y, b.constant(np.array([n, h, w, g, cg], np.int64)))
+    shuffled = b.transpose(split, perm=(0, 1, 2, 4, 3))
+    merged = b.reshape(shuffled, b.constant(np.array([n, h, w, c], np.int64)))
+    last.replace_with([b.transpose(merged, perm=to_first(4))])
+    return "pushed"
 
 
 def _fold_transpose(op: Operation) -> str | None:
