@@ -51,6 +51,7 @@ CONV_CASES = [
     ((1, 12, 8, 8), (24, 4, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
     ((1, 16, 10, 10), (16, 1, 3, 3), dict(group=16, pads=[1, 1, 1, 1])),            # depthwise
     ((1, 24, 9, 7), (24, 1, 3, 3), dict(group=24, strides=[2, 2], pads=[0, 1, 1, 0])),
+    ((2, 13, 6, 8), (13, 1, 3, 3), dict(group=13, pads=[1, 1, 1, 1], dilations=[1, 2])),
     ((1, 6, 4, 5), (9, 6, 5, 5), dict(pads=[2, 2, 2, 2])),   # fewer pixels than a tile row
     ((1, 2, 1, 1), (3, 2, 1, 1), {}),                        # one pixel
 ]

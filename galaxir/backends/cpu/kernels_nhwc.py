@@ -407,10 +407,42 @@ def _window_rows(fb, b, o, s, p, k, d, size):
     return start, lo, hi
 
 
+def _channel_blocks(fb, C: int, body):
+    """``body(c, width)`` for channel blocks: 8 lanes at a time, then the C % 8 rest one by
+    one (``width`` 8 or 1), so the loops need no vectorizer and no alias checks."""
+    full = C // 8 * 8
+    if full:
+        with fb.loop(0, full, 8) as c:
+            body(c, 8)
+    if full < C:
+        with fb.loop(full, C) as c:
+            body(c, 1)
+
+
+def _vload(fb, base, idx, width):
+    if width == 1:
+        return fb.load(base, idx)
+    V8P = ir.VectorType(F32, 8).as_pointer()
+    return fb.b.load(fb.b.bitcast(fb.ptr(base, idx), V8P), align=4)
+
+
+def _vstore(fb, v, base, idx, width):
+    if width == 1:
+        fb.store(v, base, idx)
+        return
+    V8P = ir.VectorType(F32, 8).as_pointer()
+    fb.b.store(v, fb.b.bitcast(fb.ptr(base, idx), V8P), align=4)
+
+
+def _splat(fb, value: float, width):
+    return f32(value) if width == 1 else ir.Constant(ir.VectorType(F32, 8), [value] * 8)
+
+
 @dataclass
 class DepthwiseNhwc(Kernel):
-    """Depthwise conv (one input and one output channel per group) on NHWC: each output
-    pixel's channel row accumulates tap by tap (the same FMA order for every channel)."""
+    """Depthwise conv (one input and one output channel per group) on NHWC: 8 channels of
+    an output pixel accumulate in a register tap by tap (the same FMA order for every
+    channel), then bias, residual and activation."""
 
     N: int
     H: int
@@ -453,36 +485,46 @@ class DepthwiseNhwc(Kernel):
         if self.has_z:
             z = args[k]
         C = self.C
+        act = ("relu", ()) if self.relu and self.activation == "none" else (
+            self.activation, tuple(float(p) for p in self.act_params))
+        expr = _act_expr_of(self)
         n = b.sdiv(t, i64(self.OH))
         oh = b.srem(t, i64(self.OH))
         hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
         xn = b.mul(n, i64(self.H * self.W * C))
-        expr = _act_expr_of(self)
+        V8 = ir.VectorType(F32, 8)
+        accs = {1: fb.alloca(F32), 8: fb.alloca(V8)}
         with fb.loop(0, self.OW) as ow:
             ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
             orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
-            with fb.loop(0, C) as c:
-                fb.store(f32(0.0), y, b.add(orow, c))
-            with fb.loop(hlo, hhi) as i:
-                ih = b.add(hs, b.mul(i, i64(self.dh)))
-                with fb.loop(wlo, whi) as j:
-                    iw = b.add(ws, b.mul(j, i64(self.dw)))
-                    xrow = b.add(xn, b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)))
-                    wrow = b.mul(b.add(b.mul(i, i64(self.kw)), j), i64(C))
-                    with fb.loop(0, C) as c:
-                        o = b.add(orow, c)
-                        acc = fb.load(y, o)
-                        v = fb.intrinsic("llvm.fma.f32", F32, [fb.load(x, b.add(xrow, c)),
-                                                               fb.load(w, b.add(wrow, c)), acc])
-                        fb.store(v, y, o)
-            with fb.loop(0, C) as c:
+
+            def block(c, width):
+                acc = accs[width]
+                b.store(_splat(fb, 0.0, width), acc)
+                with fb.loop(hlo, hhi) as i:
+                    ih = b.add(hs, b.mul(i, i64(self.dh)))
+                    with fb.loop(wlo, whi) as j:
+                        iw = b.add(ws, b.mul(j, i64(self.dw)))
+                        xo = b.add(xn, b.add(b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)), c))
+                        wo = b.add(b.mul(b.add(b.mul(i, i64(self.kw)), j), i64(C)), c)
+                        xv, wv = _vload(fb, x, xo, width), _vload(fb, w, wo, width)
+                        if width == 1:
+                            v = fb.intrinsic("llvm.fma.f32", F32, [xv, wv, b.load(acc)])
+                        else:
+                            v = b.call(_fma_v8(fb.module), [xv, wv, b.load(acc)])
+                        b.store(v, acc)
+                v = b.load(acc)
                 o = b.add(orow, c)
-                v = fb.load(y, o)
                 if bias is not None:
-                    v = b.fadd(v, fb.load(bias, c))
+                    v = b.fadd(v, _vload(fb, bias, c, width))
                 if z is not None:
-                    v = b.fadd(v, fb.load(z, o))
-                fb.store(emit_expr(fb, expr, [v]), y, o)
+                    v = b.fadd(v, _vload(fb, z, o, width))
+                if width == 1:
+                    v = emit_expr(fb, expr, [v])
+                else:
+                    v = apply_activation_v8(fb, v, act[0], act[1])
+                _vstore(fb, v, y, o, width)
+            _channel_blocks(fb, C, block)
 
 
 def pack_depthwise_nhwc(w):
@@ -491,10 +533,17 @@ def pack_depthwise_nhwc(w):
     return np.ascontiguousarray(np.asarray(w, np.float32)[:, 0].transpose(1, 2, 0))
 
 
+def _max_or_add(b, a, v, max_mode):
+    """max keeps a NaN from either side (as the NCHW kernels and numpy do)."""
+    if max_mode:
+        return b.select(b.fcmp_unordered(">", v, a), v, a)
+    return b.fadd(a, v)
+
+
 @dataclass
 class PoolNhwc(Kernel):
-    """max / average pooling on NHWC: each output pixel's channel row is reduced over the
-    valid window taps (pads, strides, dilations, ceil mode as Pool2d)."""
+    """max / average pooling on NHWC: 8 channels of an output pixel reduce in a register
+    over the valid window taps (pads, strides, dilations, ceil mode as Pool2d)."""
 
     kind: str
     N: int
@@ -534,21 +583,12 @@ class PoolNhwc(Kernel):
         oh = b.srem(t, i64(self.OH))
         hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
         xn = b.mul(n, i64(self.H * self.W * C))
+        V8 = ir.VectorType(F32, 8)
+        accs = {1: fb.alloca(F32), 8: fb.alloca(V8)}
         with fb.loop(0, self.OW) as ow:
             ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
             orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
-            with fb.loop(0, C) as c:
-                fb.store(f32(-math.inf if max_mode else 0.0), y, b.add(orow, c))
-            with fb.loop(hlo, hhi) as i:
-                ih = b.add(hs, b.mul(i, i64(self.dh)))
-                with fb.loop(wlo, whi) as j:
-                    iw = b.add(ws, b.mul(j, i64(self.dw)))
-                    xrow = b.add(xn, b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)))
-                    with fb.loop(0, C) as c:
-                        o = b.add(orow, c)
-                        a, v = fb.load(y, o), fb.load(x, b.add(xrow, c))
-                        nv = b.select(b.fcmp_unordered(">", v, a), v, a) if max_mode else b.fadd(a, v)
-                        fb.store(nv, y, o)
+            cntf = None
             if not max_mode:
                 if self.count_include_pad:
                     he = _min(b, b.add(hs, i64((self.kh - 1) * self.dh + 1)), i64(self.H + self.pb))
@@ -559,14 +599,27 @@ class PoolNhwc(Kernel):
                 else:
                     cnt = b.mul(_max(b, b.sub(hhi, hlo), i64(0)), _max(b, b.sub(whi, wlo), i64(0)))
                 cntf = b.sitofp(_max(b, cnt, i64(1)), F32)
-                with fb.loop(0, C) as c:
-                    o = b.add(orow, c)
-                    fb.store(b.fdiv(fb.load(y, o), cntf), y, o)
+
+            def block(c, width):
+                acc = accs[width]
+                b.store(_splat(fb, -math.inf if max_mode else 0.0, width), acc)
+                with fb.loop(hlo, hhi) as i:
+                    ih = b.add(hs, b.mul(i, i64(self.dh)))
+                    with fb.loop(wlo, whi) as j:
+                        iw = b.add(ws, b.mul(j, i64(self.dw)))
+                        xo = b.add(xn, b.add(b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)), c))
+                        b.store(_max_or_add(b, b.load(acc), _vload(fb, x, xo, width), max_mode), acc)
+                v = b.load(acc)
+                if cntf is not None:
+                    v = b.fdiv(v, cntf if width == 1 else _splat8(b, cntf))
+                _vstore(fb, v, y, b.add(orow, c), width)
+            _channel_blocks(fb, C, block)
 
 
 @dataclass
 class GlobalPoolNhwc(Kernel):
-    """global average / max pooling of [N, H, W, C] into [N, 1, 1, C]."""
+    """global average / max pooling of [N, H, W, C] into [N, 1, 1, C]: one task per image
+    and block of 64 channels, 8 channels per register."""
 
     kind: str
     N: int
@@ -577,29 +630,43 @@ class GlobalPoolNhwc(Kernel):
     def key(self):
         return ("gpool_nhwc", self.kind, self.N, self.size, self.C)
 
+    @property
+    def blocks(self) -> int:
+        return -(-self.C // 64)
+
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
-        return parallel_kernel(module, fname, n_args, self.N, self._task)
+        return parallel_kernel(module, fname, n_args, self.N * self.blocks, self._task)
 
-    def _task(self, fb, args, n):
+    def _task(self, fb, args, t):
         b = fb.b
         y, x = args[0], args[1]
         C = self.C
         avg = self.kind == "avg"
-        orow = b.mul(n, i64(C))
+        n = b.sdiv(t, i64(self.blocks))
+        c0 = b.mul(b.srem(t, i64(self.blocks)), i64(64))
+        c1 = _min(b, b.add(c0, i64(64)), i64(C))
         xn = b.mul(n, i64(self.size * C))
-        with fb.loop(0, C) as c:
-            fb.store(f32(0.0 if avg else -math.inf), y, b.add(orow, c))
-        with fb.loop(0, self.size) as p:
-            xrow = b.add(xn, b.mul(p, i64(C)))
-            with fb.loop(0, C) as c:
-                o = b.add(orow, c)
-                a, v = fb.load(y, o), fb.load(x, b.add(xrow, c))
-                fb.store(b.fadd(a, v) if avg else b.select(b.fcmp_unordered(">", v, a), v, a), y, o)
-        if avg:
-            with fb.loop(0, C) as c:
-                o = b.add(orow, c)
-                fb.store(b.fdiv(fb.load(y, o), f32(max(self.size, 1))), y, o)
+        V8 = ir.VectorType(F32, 8)
+        accs = {1: fb.alloca(F32), 8: fb.alloca(V8)}
+
+        def block(c, width):
+            acc = accs[width]
+            b.store(_splat(fb, 0.0 if avg else -math.inf, width), acc)
+            with fb.loop(0, self.size) as p:
+                xo = b.add(xn, b.add(b.mul(p, i64(C)), c))
+                b.store(_max_or_add(b, b.load(acc), _vload(fb, x, xo, width), not avg), acc)
+            v = b.load(acc)
+            if avg:
+                v = b.fdiv(v, _splat(fb, float(max(self.size, 1)), width))
+            _vstore(fb, v, y, b.add(b.mul(n, i64(C)), c), width)
+
+        # the channel block [c0, c1): whole groups of 8, then the rest one by one
+        full_end = b.add(c0, b.mul(b.sdiv(b.sub(c1, c0), i64(8)), i64(8)))
+        with fb.loop(c0, full_end, 8) as c:
+            block(c, 8)
+        with fb.loop(full_end, c1) as c:
+            block(c, 1)
 
 
 # -- large matrix products through the same kernel -----------------------------------------
