@@ -211,6 +211,30 @@ def test_packed_linear_with_bias_and_relu():
     assert _kernels(exe) == ["MatMulPacked"]
 
 
+@pytest.mark.parametrize("trans_b,bias_shape", [(True, (1, 72)), (False, (72,)), (True, None)])
+def test_packed_gemm(trans_b, bias_shape):
+    """ONNX Gemm (a torch Linear: B transposed, bias per column) on the packed kernel."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = RNG.standard_normal((72, 160) if trans_b else (160, 72)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    ins = ["a", "w"]
+    if bias_shape is not None:
+        bias = RNG.standard_normal(bias_shape).astype(np.float32)
+        inits.append(numpy_helper.from_array(bias, "c"))
+        ins.append("c")
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ins, ["g"], transB=int(trans_b)), helper.make_node("Relu", ["g"], ["y"])],
+        "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [200, 160])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [200, 72])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    exe = gx.compile(model, target="cpu")
+    av = RNG.standard_normal((200, 160)).astype(np.float32)
+    want = av @ (w.T if trans_b else w) + (bias if bias_shape is not None else 0)
+    np.testing.assert_allclose(exe(av)[0], np.maximum(want, 0), rtol=1e-4, atol=1e-3)
+    assert _kernels(exe) == ["MatMulPacked"]
+
+
 def test_small_products_stay_on_sgemm():
     gb = GraphBuilder()
     a = gb.input("a", tensor("f32", 8, 32))

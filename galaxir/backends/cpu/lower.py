@@ -287,8 +287,8 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
     rows = M * K.prod(batch)
     if rows * N * Ka < PACKED_MIN_MACS or N < 16 or Ka == 0 or M == 0:
         return None
-    if bias_shape is not None and tuple(bias_shape) != (N,):
-        return None
+    if bias_shape is not None and (tuple(bias_shape)[-1:] != (N,) or K.prod(bias_shape) != N):
+        return None     # the bias must be one value per column
     shared_b = all(s == 0 for s in b_st)
     if shared_b and all(st == cs * M * Ka for st, cs in zip(a_st, K.contiguous_strides(batch))):
         M, batch, a_st, b_st = rows, [], [], []     # one product over the folded rows
@@ -332,6 +332,12 @@ def lower_gemm(op):
     act, act_params = activation_of(op)
     if Ka == 0 and act != "none":
         return "empty inner dimension with an activation"
+    if not ta and alpha == 1.0 and (c is None or beta == 1.0) and (bc is not None or not tb):
+        b_kn = None if bc is None else (np.asarray(bc).T if tb else bc)
+        ep = dict(activation=act, act_params=act_params)
+        packed = _lower_matmul_packed(M, N, Ka, [], [], [], b_kn, cs, ep, a, bm, c)
+        if packed is not None:
+            return packed
     kern = K.MatMul(M=M, N=N, K=Ka, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta,
                     c_shape=static_shape(c.type) if c is not None else None,
                     activation=act, act_params=act_params)
@@ -665,3 +671,6 @@ def _remap(expr, mapping):
     if expr[0] in ("const", "none"):
         return expr
     return (expr[0], tuple(_remap(c, mapping) for c in expr[1]), expr[2])
+
+
+from . import lower_seq  # noqa: E402,F401  (sequence-model rules register into RULES)

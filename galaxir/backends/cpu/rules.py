@@ -9,7 +9,9 @@ The generic O2 fusions (galaxir/passes/fusion) produce fused ops.  The cpu backe
 * ``fused_add`` (the residual add and its activation, fused with neighbouring elementwise
   ops into one loop),
 * ``fused_elementwise`` whose region holds only ops its elementwise loop implements (the
-  region body is lowered into the fused loop).
+  region body is lowered into the fused loop),
+* the composites ``layer_norm``, ``lstm``, ``gru`` and ``attention`` as they are (no rule
+  here: lower_seq.py lowers them to the kernels of kernels_seq.py).
 
 What it does not claim is decomposed back into core ops by these rules, so it still runs
 natively piece by piece (rather than as one numpy fallback op):
