@@ -657,17 +657,23 @@ class Pool2d(Kernel):
                     res = b.load(acc)
                     if not max_mode:
                         if self.count_include_pad:
-                            he = _min(b, b.add(hs, i64((self.kh - 1) * self.dh + 1)), i64(H + self.pb))
-                            we = _min(b, b.add(ws, i64((self.kw - 1) * self.dw + 1)), i64(W + self.pr))
-                            nh = b.sdiv(b.add(b.sub(he, hs), i64(self.dh - 1)), i64(self.dh))
-                            nw = b.sdiv(b.add(b.sub(we, ws), i64(self.dw - 1)), i64(self.dw))
-                            n = b.mul(nh, nw)
+                            n = padded_window_count(b, self, hs, ws)
                         else:
                             n = b.load(cnt)
                         n = _max(b, n, i64(1))
                         res = b.fdiv(res, b.sitofp(n, F32))
                     fb.store(res, out, b.add(ob, b.add(b.mul(oh, i64(OW)), ow)))
         return fb.finish()
+
+
+def padded_window_count(b, pool, hs, ws):
+    """Taps of the window starting at (hs, ws) that lie inside the image or its padding
+    (average pooling's count_include_pad divisor); ``pool`` has the window fields."""
+    he = _min(b, b.add(hs, i64((pool.kh - 1) * pool.dh + 1)), i64(pool.H + pool.pb))
+    we = _min(b, b.add(ws, i64((pool.kw - 1) * pool.dw + 1)), i64(pool.W + pool.pr))
+    nh = b.sdiv(b.add(b.sub(he, hs), i64(pool.dh - 1)), i64(pool.dh))
+    nw = b.sdiv(b.add(b.sub(we, ws), i64(pool.dw - 1)), i64(pool.dw))
+    return b.mul(nh, nw)
 
 
 def _min(b, x, y):
@@ -920,6 +926,35 @@ class Copy(Kernel):
         return fb.finish()
 
 
+class LinearEpilogue:
+    """The epilogue of a GEMM-like kernel (fields relu, activation, act_params): relu,
+    clip and leaky_relu share one piecewise-linear code path whose bounds and slope come
+    from the parameter block, the other activations get their own library variant."""
+
+    def _act(self):
+        if self.relu and self.activation == "none":
+            return "relu", ()
+        return self.activation, tuple(float(p) for p in self.act_params)
+
+    def act_class(self) -> tuple:
+        """("lin", ()) or (activation, params): what the generated code depends on."""
+        act, params = self._act()
+        return ("lin", ()) if act in LINEAR_ACTS else (act, params)
+
+    def linear_params(self) -> tuple[float, float, float]:
+        """(lo, hi, alpha) of the piecewise-linear epilogue: clip(v, lo, hi), then v*alpha
+        where v < 0 (none = (-inf, inf, 1))."""
+        act, params = self._act()
+        if act == "relu":
+            return (0.0, math.inf, 1.0)
+        if act == "clip":
+            return (float(params[0]), float(params[1]), 1.0)
+        if act == "leaky_relu":
+            return (-math.inf, math.inf, float(params[0]))
+        return (-math.inf, math.inf, 1.0)
+
+
+
 # -- packed GEMM (generated micro-kernel) ---------------------------------------------------
 MR, NR = 6, 16  # register tile: 6 rows x 16 columns = 12 ymm accumulators
 
@@ -935,7 +970,7 @@ def pack_a(a: "np.ndarray") -> "np.ndarray":
 
 
 @dataclass
-class PackedGemm(Kernel):
+class PackedGemm(LinearEpilogue, Kernel):
     """C[M, N] = act(Ap @ B + bias[row] + Z) with A pre-packed (see ``pack_a``) and B read
     through a ``source``: ("dense", ldb, trans) for a matrix, or ("conv", C, H, W, OW, kh, kw,
     sh, sw, dh, dw, pt, pl) for the implicit im2col of an NCHW image.  Every output element
@@ -981,11 +1016,6 @@ class PackedGemm(Kernel):
         return max(1, min(tiles, want))
 
     # -- variant and parameters ----------------------------------------------------------------
-    def _act(self):
-        if self.relu and self.activation == "none":
-            return "relu", ()
-        return self.activation, tuple(float(p) for p in self.act_params)
-
     def _src_kind(self):
         if self.source[0] == "dense":
             return "dense_t" if self.source[2] else "dense_n"
@@ -997,24 +1027,8 @@ class PackedGemm(Kernel):
     def variant(self) -> tuple:
         """What the generated code depends on: B's source family, the residual, and the
         activation class ("lin" covers none/relu/clip/leaky_relu, chosen at run time)."""
-        act, params = self._act()
         kind = self._src_kind()
-        fam = "conv" if kind == "pointwise" else kind
-        if act in LINEAR_ACTS:
-            return (fam, self.has_z, "lin", ())
-        return (fam, self.has_z, act, params)
-
-    def linear_params(self) -> tuple[float, float, float]:
-        """(lo, hi, alpha) of the piecewise-linear epilogue: clip(v, lo, hi), then v*alpha
-        where v < 0 (none = (-inf, inf, 1))."""
-        act, params = self._act()
-        if act == "relu":
-            return (0.0, math.inf, 1.0)
-        if act == "clip":
-            return (float(params[0]), float(params[1]), 1.0)
-        if act == "leaky_relu":
-            return (-math.inf, math.inf, float(params[0]))
-        return (-math.inf, math.inf, 1.0)
+        return ("conv" if kind == "pointwise" else kind, self.has_z) + self.act_class()
 
     def params(self) -> list[int]:
         tiles = -(-self.M // MR)
@@ -1077,8 +1091,9 @@ def _linear_act_v8(fb, v, lo, hi, alpha):
     return b.select(b.fcmp_ordered("<", v, zero), b.fmul(v, alpha), v)
 
 
-def build_pgemm_library(module, name, variant):
-    """Define ``name(state, params, C, B, Ap, bias, Z)`` for one packed-GEMM variant."""
+def build_task_library(module, name, ntasks_slot: int, emit_task):
+    """Define the library entry ``name(state, params, p0..p4)`` (five float buffers) that
+    runs ``emit_task(fb, params, [p0..p4], t)`` for t < params[ntasks_slot] on the pool."""
     from .codegen import I8P
     from .parallel import define_parallel_for_state
     P64 = I64.as_pointer()
@@ -1087,9 +1102,7 @@ def build_pgemm_library(module, name, variant):
     b = tb.b
     ctx, t = tb.args
     raw = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(6)]
-    params = b.bitcast(raw[0], P64)
-    c, bm, ap, bias, z = (b.bitcast(r, F32P) for r in raw[1:])
-    _pgemm_task(tb, variant, params, c, bm, ap, bias, z, t)
+    emit_task(tb, b.bitcast(raw[0], P64), [b.bitcast(r, F32P) for r in raw[1:]], t)
     task = tb.finish()
     pfor = define_parallel_for_state(module)
     fb = FnBuilder(module, name, [P64, P64] + [F32P] * 5, noalias=False, linkage="external")
@@ -1100,9 +1113,45 @@ def build_pgemm_library(module, name, variant):
         arr = b.alloca(I8P, size=i64(6))
     for k, a in enumerate(fb.args[1:]):
         b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
-    n = b.load(b.gep(pp, [i64(GP_NTASKS)], inbounds=True))
+    n = b.load(b.gep(pp, [i64(ntasks_slot)], inbounds=True))
     b.call(pfor, [state, task, arr, n])
     fb.finish()
+
+
+def build_pgemm_library(module, name, variant):
+    """Define ``name(state, params, C, B, Ap, bias, Z)`` for one packed-GEMM variant."""
+    build_task_library(module, name, GP_NTASKS,
+                       lambda tb, params, ptrs, t: _pgemm_task(tb, variant, params, *ptrs, t))
+
+
+class EpilogueCode:
+    """Emits the epilogue of a tile: bias, then residual, then the activation, on
+    ``<8 x float>`` vectors or on scalars.  For the "lin" class the bounds and slope are
+    read from the parameter block slots ``lo_slot, lo_slot+1, lo_slot+2``."""
+
+    def __init__(self, fb, act: str, act_params: tuple, params=None, lo_slot: int = 0):
+        self.fb, self.act, self.act_params = fb, act, act_params
+        b = fb.b
+        if act == "lin":
+            def pf(k):
+                v = b.load(b.gep(params, [i64(k)], inbounds=True))
+                return b.bitcast(b.trunc(v, ir.IntType(32)), F32)
+            self.scalars = [pf(lo_slot + k) for k in range(3)]
+            self.vectors = [_splat8(b, x) for x in self.scalars]
+
+    def vector(self, v):
+        if self.act == "lin":
+            return _linear_act_v8(self.fb, v, *self.vectors)
+        return apply_activation_v8(self.fb, v, self.act, self.act_params)
+
+    def scalar(self, v):
+        b = self.fb.b
+        if self.act != "lin":
+            return emit_expr(self.fb, activation_expr(self.act, self.act_params), [v])
+        lo, hi, alpha = self.scalars
+        v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+        v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
+        return b.select(b.fcmp_ordered("<", v, f32(0.0)), b.fmul(v, alpha), v)
 
 
 def _splat8(b, s):
@@ -1184,13 +1233,7 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
     def P(k):
         return b.load(b.gep(params, [i64(k)], inbounds=True))
 
-    def PF(k):
-        return b.bitcast(b.trunc(P(k), ir.IntType(32)), F32)
-
-    lin = act == "lin"
-    if lin:
-        lo_s, hi_s, al_s = PF(GP_LO), PF(GP_HI), PF(GP_ALPHA)
-        lo_v, hi_v, al_v = _splat8(b, lo_s), _splat8(b, hi_s), _splat8(b, al_s)
+    epi = EpilogueCode(fb, act, act_params, params, GP_LO)
     has_bias = b.icmp_signed("!=", P(GP_HAS_BIAS), i64(0))
     zslot = fb.alloca(F32)
     b.store(f32(0.0), zslot)
@@ -1264,10 +1307,7 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
                 if has_z:
                     v = b.fadd(v, b.load(b.bitcast(fb.ptr(zb, b.add(rowoff, i64(8 * h))),
                                                    V8.as_pointer()), align=4))
-                if lin:
-                    v = _linear_act_v8(fb, v, lo_v, hi_v, al_v)
-                else:
-                    v = apply_activation_v8(fb, v, act, act_params)
+                v = epi.vector(v)
                 b.store(v, b.bitcast(fb.ptr(cb, b.add(rowoff, i64(8 * h))), V8.as_pointer()), align=4)
             b.branch(end)
             b.position_at_end(other)
@@ -1276,13 +1316,7 @@ def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):
                 sv = b.select(has_bias, b.fadd(sv, bs), sv)
                 if has_z:
                     sv = b.fadd(sv, fb.load(zb, b.add(rowoff, q)))
-                if lin:
-                    sv = b.select(b.fcmp_ordered("<", sv, lo_s), lo_s, sv)
-                    sv = b.select(b.fcmp_ordered(">", sv, hi_s), hi_s, sv)
-                    sv = b.select(b.fcmp_ordered("<", sv, f32(0.0)), b.fmul(sv, al_s), sv)
-                else:
-                    sv = emit_expr(fb, activation_expr(act, act_params), [sv])
-                fb.store(sv, cb, b.add(rowoff, q))
+                fb.store(epi.scalar(sv), cb, b.add(rowoff, q))
             b.branch(end)
             b.position_at_end(end)
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from .codegen import F32, I64, FnBuilder, f32, i64, memset0
-from .kernels import (LINEAR_ACTS, Kernel, _f32_bits, _fb, _fma_v8, _linear_act_v8,
-                      _max, _min, _splat8, apply_activation_v8, activation_expr, emit_expr)
+from .codegen import F32, I64, f32, i64, memset0
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_v8, _max,
+                      _min, _splat8, apply_activation_v8, build_task_library, emit_expr,
+                      padded_window_count)
 
 MR, NR = 6, 16
 
@@ -60,7 +61,7 @@ def pack_weights_nhwc(w, groups: int):
 
 
 @dataclass
-class ConvNhwc(Kernel):
+class ConvNhwc(LinearEpilogue, Kernel):
     """y[n, oh, ow, m] = act(sum over (i, j, c) of x[n, ih, iw, c] * w[m, c, i, j] + bias[m] + z)
     with x, y, z channels-last and w pre-packed by ``pack_weights_nhwc``."""
 
@@ -116,26 +117,16 @@ class ConvNhwc(Kernel):
     def n_tasks(self) -> int:
         return self.N * self.group * self.psplit * self.chunks
 
-    def _act(self):
-        if self.relu and self.activation == "none":
-            return "relu", ()
-        return self.activation, tuple(float(p) for p in self.act_params)
-
     def variant(self) -> tuple:
-        act, params = self._act()
-        if act in LINEAR_ACTS:
-            return (self.has_z, "lin", ())
-        return (self.has_z, act, params)
+        return (self.has_z,) + self.act_class()
 
-    def linear_params(self) -> tuple[float, float, float]:
-        act, params = self._act()
-        if act == "relu":
-            return (0.0, math.inf, 1.0)
-        if act == "clip":
-            return (float(params[0]), float(params[1]), 1.0)
-        if act == "leaky_relu":
-            return (-math.inf, math.inf, float(params[0]))
-        return (-math.inf, math.inf, 1.0)
+    def library_symbol(self) -> str:
+        """The bound symbol of this epilogue variant's library function (built once)."""
+        from . import library
+        var = self.variant()
+        vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
+            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "")
+        return library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var))
 
     def params(self) -> list[int]:
         cg = self.C // self.group
@@ -152,10 +143,7 @@ class ConvNhwc(Kernel):
     def emit(self, module, fname, n_args):
         from . import library
         from .parallel import pool_global
-        var = self.variant()
-        vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
-            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "")
-        sym = library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var))
+        sym = self.library_symbol()
         P64 = I64.as_pointer()
         F32P = F32.as_pointer()
         lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
@@ -176,30 +164,8 @@ class ConvNhwc(Kernel):
 
 def build_conv_nhwc_library(module, name, variant):
     """Define ``name(state, params, Y, X, Wp, bias, Z)`` for one epilogue variant."""
-    from .codegen import I8P
-    from .parallel import define_parallel_for_state
-    P64 = I64.as_pointer()
-    F32P = F32.as_pointer()
-    tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
-    b = tb.b
-    ctx, t = tb.args
-    raw = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(6)]
-    params = b.bitcast(raw[0], P64)
-    y, x, wp, bias, z = (b.bitcast(r, F32P) for r in raw[1:])
-    _conv_nhwc_task(tb, variant, params, y, x, wp, bias, z, t)
-    task = tb.finish()
-    pfor = define_parallel_for_state(module)
-    fb = FnBuilder(module, name, [P64, P64] + [F32P] * 5, noalias=False, linkage="external")
-    fb.fn.attributes.add("noinline")
-    b = fb.b
-    state, pp = fb.args[0], fb.args[1]
-    with b.goto_block(fb.entry):
-        arr = b.alloca(I8P, size=i64(6))
-    for k, a in enumerate(fb.args[1:]):
-        b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
-    n = b.load(b.gep(pp, [i64(NC_NTASKS)], inbounds=True))
-    b.call(pfor, [state, task, arr, n])
-    fb.finish()
+    build_task_library(module, name, NC_NTASKS,
+                       lambda tb, params, ptrs, t: _conv_nhwc_task(tb, variant, params, *ptrs, t))
 
 
 def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
@@ -211,13 +177,7 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
     def P(k):
         return b.load(b.gep(params, [i64(k)], inbounds=True))
 
-    def PF(k):
-        return b.bitcast(b.trunc(P(k), ir.IntType(32)), F32)
-
-    lin = act == "lin"
-    if lin:
-        lo_s, hi_s, al_s = PF(NC_LO), PF(NC_HI), PF(NC_ALPHA)
-        lo_v, hi_v, al_v = _splat8(b, lo_s), _splat8(b, hi_s), _splat8(b, al_s)
+    epi = EpilogueCode(fb, act, act_params, params, NC_LO)
     H, W, CG = P(NC_H), P(NC_W), P(NC_CG)
     OH, OW, M, MG, G = P(NC_OH), P(NC_OW), P(NC_M), P(NC_MG), P(NC_G)
     KH, KW, SH, SW = P(NC_KH), P(NC_KW), P(NC_SH), P(NC_SW)
@@ -320,9 +280,7 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
             v = b.fadd(v, bv[h])
             if has_z:
                 v = b.fadd(v, b.load(b.bitcast(fb.ptr(zb, off), V8P), align=4))
-            if lin:
-                return _linear_act_v8(fb, v, lo_v, hi_v, al_v)
-            return apply_activation_v8(fb, v, act, act_params)
+            return epi.vector(v)
 
         rows = _min(b, i64(MR), b.sub(npix, pix0))
         whole = b.and_(full_cols, b.icmp_signed("==", rows, i64(MR)))
@@ -359,13 +317,7 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
                 sv = b.fadd(fb.load(tile, b.add(tr, q)), fb.load(bptr, q))
                 if has_z:
                     sv = b.fadd(sv, fb.load(zb, b.add(rowoff, q)))
-                if lin:
-                    sv = b.select(b.fcmp_ordered("<", sv, lo_s), lo_s, sv)
-                    sv = b.select(b.fcmp_ordered(">", sv, hi_s), hi_s, sv)
-                    sv = b.select(b.fcmp_ordered("<", sv, f32(0.0)), b.fmul(sv, al_s), sv)
-                else:
-                    sv = emit_expr(fb, activation_expr(act, act_params), [sv])
-                fb.store(sv, yb, b.add(rowoff, q))
+                fb.store(epi.scalar(sv), yb, b.add(rowoff, q))
             b.branch(end)
             b.position_at_end(end)
         b.branch(stored)
@@ -591,11 +543,7 @@ class PoolNhwc(Kernel):
             cntf = None
             if not max_mode:
                 if self.count_include_pad:
-                    he = _min(b, b.add(hs, i64((self.kh - 1) * self.dh + 1)), i64(self.H + self.pb))
-                    we = _min(b, b.add(ws, i64((self.kw - 1) * self.dw + 1)), i64(self.W + self.pr))
-                    nh = b.sdiv(b.add(b.sub(he, hs), i64(self.dh - 1)), i64(self.dh))
-                    nw = b.sdiv(b.add(b.sub(we, ws), i64(self.dw - 1)), i64(self.dw))
-                    cnt = b.mul(nh, nw)
+                    cnt = padded_window_count(b, self, hs, ws)
                 else:
                     cnt = b.mul(_max(b, b.sub(hhi, hlo), i64(0)), _max(b, b.sub(whi, wlo), i64(0)))
                 cntf = b.sitofp(_max(b, cnt, i64(1)), F32)
@@ -721,10 +669,7 @@ class MatMulPacked(Kernel):
         from .kernels import contiguous_strides
         from .parallel import pool_global
         conv = self.conv()
-        var = conv.variant()
-        vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
-            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "")
-        sym = library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var))
+        sym = conv.library_symbol()
         P64 = I64.as_pointer()
         F32P = F32.as_pointer()
         lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
