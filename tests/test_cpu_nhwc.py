@@ -267,3 +267,54 @@ def test_channel_shuffle_stays_channels_last():
     # the input and output conversions, and the shuffle itself (now on [N, H, W, g, C/g])
     assert perms == [(0, 1, 2, 4, 3), (0, 2, 3, 1), (0, 3, 1, 2)], perms
     assert not exe.fallback_ops, exe.report()
+
+
+_GUARDED = r'''
+import ctypes, mmap
+import numpy as np
+import galaxir as gx
+from galaxir.ir import GraphBuilder, tensor
+
+page = mmap.PAGESIZE
+keep = []
+
+def guarded(values):
+    """A float32 array that ends exactly where an unreadable page begins."""
+    buf = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert ctypes.CDLL(None).mprotect(ctypes.c_void_p(addr + page), page, 0) == 0
+    keep.append(buf)
+    arr = np.frombuffer(buf, np.float32, count=len(values), offset=page - 4 * len(values))
+    arr[:] = values
+    return arr
+
+rng = np.random.default_rng(0)
+gb = GraphBuilder()
+x = gb.input("x", tensor("f32", 1, 5, 9, 9))
+w = gb.constant(rng.standard_normal((20, 5, 3, 3)).astype(np.float32))
+y = gb.relu(gb.conv(x, w, gb.constant(guarded(rng.standard_normal(20))), pads=[1, 1, 1, 1]))
+gb.output(y, "y")
+exe = gx.compile(gb.module(), target="cpu")
+assert "ConvNhwc" in [type(s.kernel).__name__ for s in exe.last.steps if s.kind == "native"]
+exe(rng.standard_normal((1, 5, 9, 9)).astype(np.float32))
+
+gb = GraphBuilder()
+a = gb.input("a", tensor("f32", 300, 400))
+wm = gb.constant(rng.standard_normal((400, 20)).astype(np.float32))
+gb.output(gb.add(gb.matmul(a, wm), gb.constant(guarded(rng.standard_normal(20)))), "y")
+exe = gx.compile(gb.module(), target="cpu")
+assert "MatMulPacked" in [type(s.kernel).__name__ for s in exe.last.steps if s.kind == "native"]
+exe(rng.standard_normal((300, 400)).astype(np.float32))
+print("ok")
+'''
+
+
+def test_partial_panels_never_read_past_the_bias():
+    """A 20-channel conv and a 20-column product end in a 4-column panel: their bias
+    arrays sit right before an unreadable page, so reading 16 biases at once would crash
+    (run in a child process, where a crash is a failure and not the end of the run)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _GUARDED], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

@@ -246,7 +246,10 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
         yb = fb.ptr(y, ybase)
         zb = fb.ptr(z, ybase) if has_z else None
         bptr = b.select(has_bias, fb.ptr(bias, b.add(b.mul(g, MG), col)), zeros16)
-        bv = [b.load(b.bitcast(fb.ptr(bptr, i64(8 * h)), V8P), align=4) for h in range(2)]
+        # 16 biases as two vectors only for a whole panel: a partial one would read past
+        # the end of the bias array (its epilogue reads the bias one by one)
+        bvp = b.select(full_cols, bptr, zeros16)
+        bv = [b.load(b.bitcast(fb.ptr(bvp, i64(8 * h)), V8P), align=4) for h in range(2)]
         for r in range(MR):
             for h in range(2):
                 b.store(zero, accs[r][h])
