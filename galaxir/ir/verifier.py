@@ -62,16 +62,23 @@ def verify_block(block: Block, visible: set[int]) -> None:
             check_signature(op)
         for region in op.regions:
             verify_block(region.block, defined)
-        od = op.opdef
-        if od is not None and od.verify is not None and not op.is_terminator:
-            od.verify(op)
         if not op.is_terminator:
-            _check_types(op)
+            check_op_semantics(op)
         for r in op.results:
             defined.add(id(r))
     if block.terminator is None:
         raise VerificationError(f"a block {'of ' + describe(block.parent.parent) if block.parent and block.parent.parent else ''} "
                                 "does not end with a return op")
+
+
+def check_op_semantics(op: Operation) -> None:
+    """The checks that need the op object itself: its definition's own verifier, then its
+    result types against inference.  A .gxm load runs only these per op: it proves the
+    structural invariants (dominance, signatures, terminators) on the file's columns."""
+    od = op.opdef
+    if od is not None and od.verify is not None:
+        od.verify(op)
+    _check_types(op)
 
 
 def _vname(v: Value) -> str:
