@@ -499,8 +499,12 @@ def cast_array(x: np.ndarray, to: DType, saturate: bool = True,
         if dst_ml and w.dtype.kind in "iub" and _is_ml_float(target):
             w = w.astype(np.float64)
         if dst_ml and _is_ml_int(target) and w.dtype.kind == "f":
-            # sub-byte ints wrap like C's (int8) cast; NaN and inf have no integer value
-            w = np.trunc(np.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.int64)
+            # ONNX leaves out-of-range float -> integer casts undefined; galaxir does what
+            # the ONNX reference does, ml_dtypes' own float cast (0.7 gives 0, older
+            # releases wrapped). NaN and inf have no integer value: 0.
+            w = np.trunc(np.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0))
+            with np.errstate(all="ignore"):
+                return w.astype(target)
         return w.astype(target)
     with np.errstate(all="ignore"):
         return x.astype(target)
