@@ -508,8 +508,12 @@ def _op_info(od: OpDef) -> _OpInfo:
 
 
 class _Section:
-    """The checked columns of a graph section.  ``__init__`` proves everything the columns
-    can prove (a bad file raises FormatError there); ``build()`` makes the Graph.
+    """The checked columns of a graph section, in two steps.  ``__init__`` (at load) proves
+    the section intact and self-consistent: every column, count, index, bound and kind,
+    so that nothing read from it later can point outside its table or the weights.
+    ``validate()`` (first thing in ``build()``) proves that what it describes is a valid
+    program: blocks ending in their return op, SSA dominance and scoping, op signatures
+    against the registry, the graph's input and output names.  ``build()`` makes the Graph.
 
     Each check is a few numpy operations over whole columns, never a Python loop over
     ops: Python runs per distinct op name and attribute name, and over the rare nested
@@ -526,6 +530,12 @@ class _Section:
         self._tensors(c, len(weights))
         self._ops(c)
         self._attrs(c)
+        self._module_fields(c)
+
+    def validate(self) -> None:
+        """The program-level checks (see the class docstring); a bad file raises
+        FormatError before any op object is made."""
+        c = self.c
         self._blocks(c)
         self._signatures(c)
         self._main_graph(c)
@@ -916,6 +926,9 @@ class _Section:
             self.fail("a graph output name is used twice")
         if _any(outs == -1):
             self.fail(f"graph output '{names[int(np.argmax(outs == -1))]}' is not defined")
+
+    def _module_fields(self, c) -> None:
+        """The module's name and metadata: what a lazy module shows before it is built."""
         _same_length(c, ("meta_keys", "meta_values"), "metadata")
         self.name = self.text(c["name"]) or "main"
         self.metadata = {self.text(k) or "": self.text(v) or ""
@@ -1006,8 +1019,14 @@ class _Section:
         return self._type_objects
 
     def build(self) -> Graph:
-        """The Graph; each op is checked against its type rule and own verifier once it
-        is in its block (verify_block's order: an op's regions before the op)."""
+        """The Graph, after ``validate()``; each op is checked against its type rule and own
+        verifier once it is in its block (verify_block's order: an op's regions first)."""
+        try:
+            self.validate()
+        except FormatError as e:
+            raise FormatError(f"'{self.where}': {e}") from None
+        except Exception as e:  # e.g. numpy refusing an index: still the file's fault
+            raise FormatError(f"'{self.where}': malformed graph section ({type(e).__name__}: {e})") from None
         c = self.c
         self.rows = {k: c[k].tolist() for k in ("operands", "result_types", "result_names", "op_names",
                                                 "op_created_by", "provenance", "arg_types", "arg_names",
@@ -1095,9 +1114,9 @@ def read_header(data) -> tuple[int, int, int, int, int]:
 
 class LazyModule(Module):
     """A Module loaded from .gxm whose graph is built on first access of ``graph`` (it then
-    becomes a plain Module).  The file was fully checked when it was loaded; building runs
-    the per-op type rules, and a file whose declared types contradict them raises
-    FormatError from that first access."""
+    becomes a plain Module).  The file was proven intact when it was loaded; building
+    first validates the program it describes (``_Section.validate``), then runs the per-op
+    type rules, and a file that fails either raises FormatError from that first access."""
 
     def __init__(self, section: _Section):  # what Module.__init__ sets, but the graph
         self.name = section.name
@@ -1137,8 +1156,9 @@ def _build(section: _Section) -> Graph:
 
 
 def load(path: str | os.PathLike, lazy: bool = True) -> Module:
-    """Map a .gxm file and check it; weights are read-only numpy views into the mapping (no
-    copy).  The graph's Python objects are built on first access unless ``lazy=False``."""
+    """Map a .gxm file and check that it is intact; weights are read-only numpy views into
+    the mapping (no copy).  The graph is validated and its Python objects built on first
+    access, or here with ``lazy=False`` (then every error surfaces in ``load``)."""
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"no .gxm file at '{p}'")
