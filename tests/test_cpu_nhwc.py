@@ -94,6 +94,29 @@ def test_nhwc_conv_equal_inputs_give_bit_equal_channels():
     assert (y == y[:, :1]).all()
 
 
+@pytest.mark.parametrize("xs,ws,attrs", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[5], CONV_CASES[9]])
+def test_wide_and_narrow_tiles_give_bit_equal_results(monkeypatch, xs, ws, attrs):
+    """One 16-lane accumulator per tile row (AVX-512 hosts) or two 8-lane ones: the same FMA
+    chains, so the same bits; both forms compile on every x86-64 host."""
+    from galaxir.backends.cpu import library
+    m = _conv_module(xs, ws, activation="relu", residual=True, **attrs)
+    x = RNG.standard_normal(xs).astype(np.float32)
+    z = RNG.standard_normal(_conv_out_shape(m)).astype(np.float32)
+    got = {}
+    for wide in ("0", "1"):
+        monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+        ref, got[wide], exe, _ = _run_both(m, [x, z])
+        np.testing.assert_allclose(got[wide][0], ref[0], rtol=1e-4, atol=1e-4)
+        assert not exe.fallback_ops, exe.report()
+    assert any(k.endswith("_w16") for k in library._symbols)
+    assert any(k.startswith("convnhwc_") and not k.endswith("_w16") for k in library._symbols)
+    np.testing.assert_array_equal(got["0"][0], got["1"][0])
+
+
+def _conv_out_shape(m):
+    return [op for op in m.walk() if op.name == "conv"][0].results[0].type.shape
+
+
 @pytest.mark.parametrize("kind", ["max_pool", "average_pool"])
 @pytest.mark.parametrize("attrs", [
     dict(kernel_shape=[3, 3], strides=[2, 2]),

@@ -42,6 +42,12 @@ def _llvm():
     return llvm
 
 
+def has_feature(name: str) -> bool:
+    """Whether the host CPU (as LLVM compiles for it) has feature ``name``, e.g. avx512f."""
+    _llvm()
+    return f"+{name}" in _state["features"].split(",")
+
+
 def target_triple() -> str:
     _llvm()
     return _state["triple"]

