@@ -174,13 +174,38 @@ def test_cpu_target_converts_where_it_pays():
     x = gb.input("x", tensor("f32", 1, 4, 8, 8))
     w = gb.constant(RNG.standard_normal((4, 4, 3, 3)).astype(np.float32))
     y = gb.conv(x, w, pads=[1, 1, 1, 1])
-    y = gb.lrn(y, size=3)          # no NHWC form: transposes around it would stay
+    y = gb.softmax(y, axis=1)      # no NHWC form: transposes around it would stay
     y = gb.conv(y, w, pads=[1, 1, 1, 1])
-    gb.output(gb.lrn(y, size=3), "y")
+    gb.output(gb.softmax(y, axis=1), "y")
     kept = gx.optimize(gb.module(), level=3, target="cpu")
     assert all(op.attrs.get("layout", "NCHW") == "NCHW" for op in kept.walk())
     forced = gx.optimize(gb.module(), level=3, target="cpu", layout="NHWC")
     assert any(op.attrs.get("layout") == "NHWC" for op in forced.walk())
+
+
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (3, 0.5), (4, 0.6)])
+def test_lrn_runs_channels_last_between_convs(size, beta):
+    """alexnet's conv -> relu -> lrn -> pool runs channels-last at O3 (lrn over the
+    contiguous channels of each pixel), matching the reference."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 3, 19, 17))
+    y = gb.relu(gb.conv(x, gb.constant(RNG.standard_normal((37, 3, 3, 3)).astype(np.float32)),
+                        pads=[1, 1, 1, 1]))
+    y = gb.lrn(y, size=size, alpha=1e-2, beta=beta, bias=1.5)
+    y = gb.create("max_pool", y, num_results=1, kernel_shape=[3, 3], strides=[2, 2]).results[0]
+    y = gb.conv(y, gb.constant(RNG.standard_normal((20, 37, 3, 3)).astype(np.float32)))
+    gb.output(gb.lrn(y, size=size, alpha=1e-2, beta=beta, bias=1.5), "y")
+    xv = RNG.standard_normal((1, 3, 19, 17)).astype(np.float32)
+    ref, got, exe, opt = _run_both(gb.module(), [xv], layout=None)
+    scale = float(np.abs(ref[0]).max())  # conv sums of that size: float32 rounding relative to it
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-5 * scale)
+    lrns = [op for op in opt.walk() if op.name == "lrn"]
+    assert len(lrns) == 2 and all(op.attrs.get("layout") == "NHWC" for op in lrns)
+    assert not interior_transposes(opt)
+    assert "lrn" in exe.native_ops and not exe.fallback_ops, exe.report()
+    # the reference runs the channels-last op too
+    (again,) = get_backend("numpy").compile(opt)(xv)
+    np.testing.assert_allclose(again, ref[0], rtol=1e-5, atol=1e-6)
 
 
 def test_nhwc_conv_with_runtime_weights_falls_back_cleanly():

@@ -2,7 +2,7 @@
 graph's boundaries.
 
 1. **Wrap**: every conv, fused_conv, max_pool (values only), average_pool,
-   global_average_pool and global_max_pool in NCHW becomes its ``layout="NHWC"`` form
+   global_average_pool, global_max_pool and lrn in NCHW becomes its ``layout="NHWC"`` form
    between two transposes:  ``transpose(op_nhwc(transpose(x, to_last)), to_first)``
    (fused_conv's residual input is transposed too; weights keep their [M, C/g, *K] form).
 2. **Push and cancel** (to a fixpoint): a ``to_first`` transpose moves down through
@@ -32,7 +32,7 @@ from .manager import Pass, PassContext
 
 #: ops with an NHWC form (the ``layout`` attribute) that the pass converts
 LAYOUT_OPS = {"conv", "fused_conv", "max_pool", "average_pool", "global_average_pool",
-              "global_max_pool"}
+              "global_max_pool", "lrn"}
 #: elementwise ops (numpy broadcasting, no axis attribute) that transposes move through
 ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "neg", "relu", "max", "min", "sum", "mean",
                "abs", "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu",
@@ -123,8 +123,8 @@ class ToChannelsLast(Pass):
 def worth_converting(module: Module) -> bool:
     """Whether channels-last pays on ``module`` (checked on a copy): it may add at most one
     interior transpose per four ops it converts.  Where it cannot push conversions through
-    the graph (the lrn of alexnet has no NHWC form) the transposes it adds cost more than
-    the faster kernels gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips
+    the graph (an op with no NHWC form between convs, such as a softmax over channels) the
+    transposes it adds cost more than the faster kernels gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips
     this check."""
     from ..ir.clone import clone_module
     before = len(interior_transposes(module))

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import llvmlite.ir as ir
 
+from . import jit
 from .codegen import (F32, I64, INT_OF_SIZE, FnBuilder, Sgemm, f32, i64, memcpy, memset0)
 
 
@@ -768,7 +769,8 @@ class Softmax(Kernel):
 
 @dataclass
 class LRN(Kernel):
-    """out = x / (bias + alpha/size * sum_window x^2) ** beta across channels (NC...)."""
+    """out = x / (bias + alpha/size * sum_window x^2) ** beta across channels: axis 1
+    (N, C, plane...), or the last axis when ``channels_last`` (N, plane..., C)."""
 
     N: int
     C: int
@@ -777,15 +779,58 @@ class LRN(Kernel):
     alpha: float
     beta: float
     bias: float
+    channels_last: bool = False
     name: str = "lrn"
 
     def key(self):
-        return ("lrn", self.N, self.C, self.plane, self.size, self.alpha, self.beta, self.bias)
+        return ("lrn", self.N, self.C, self.plane, self.size, self.alpha, self.beta, self.bias,
+                self.channels_last)
+
+    def _scaled(self, fb, x, window_sum):
+        """x / (bias + alpha/size * window_sum) ** beta."""
+        b = fb.b
+        t = b.fadd(f32(self.bias), b.fmul(f32(self.alpha / self.size), window_sum))
+        if self.beta == 0.75:
+            s = fb.intrinsic("llvm.sqrt.f32", F32, [t])
+            d = b.fmul(s, fb.intrinsic("llvm.sqrt.f32", F32, [s]))
+        elif self.beta == 0.5:
+            d = fb.intrinsic("llvm.sqrt.f32", F32, [t])
+        elif self.beta == 1.0:
+            d = t
+        else:
+            d = fb.intrinsic("llvm.pow.f32", F32, [t, f32(self.beta)])
+        return b.fdiv(x, d)
+
+    def _emit_channels_last(self, fb, out, x):
+        """Per pixel: the squares of its C contiguous channels into a zero-padded row, then
+        each window is a fixed run of ``size`` loads (the loop over channels vectorizes).
+        The window is summed from its first channel up, as the channels-first loop does."""
+        b = fb.b
+        lo = (self.size - 1) // 2
+        C, size = self.C, self.size
+        with b.goto_block(fb.entry):
+            sq = b.alloca(F32, size=i64(C + size - 1))
+            sq.align = 32
+        memset0(fb, sq, (C + size - 1) * 4)
+        with fb.loop(0, self.N * self.plane) as p:
+            base = b.mul(p, i64(C))
+            with fb.loop(0, C) as c:
+                v = fb.load(x, b.add(base, c))
+                fb.store(b.fmul(v, v), sq, b.add(c, i64(lo)))
+            with fb.loop(0, C) as c:
+                s = f32(0.0)
+                for k in range(size):
+                    s = b.fadd(s, fb.load(sq, b.add(c, i64(k))))
+                ix = b.add(base, c)
+                fb.store(self._scaled(fb, fb.load(x, ix), s), out, ix)
 
     def emit(self, module, fname, n_args):
         fb = _fb(module, fname, n_args)
         b = fb.b
         out, x = fb.args[0], fb.args[1]
+        if self.channels_last:
+            self._emit_channels_last(fb, out, x)
+            return fb.finish()
         lo = (self.size - 1) // 2
         hi = self.size - 1 - lo
         P, C = self.plane, self.C
@@ -804,17 +849,7 @@ class LRN(Kernel):
                         fb.store(b.fadd(fb.load(out, ix), b.fmul(v, v)), out, ix)
                 with fb.loop(0, P) as p:
                     ix = b.add(ob, p)
-                    t = b.fadd(f32(self.bias), b.fmul(f32(self.alpha / self.size), fb.load(out, ix)))
-                    if self.beta == 0.75:
-                        s = fb.intrinsic("llvm.sqrt.f32", F32, [t])
-                        d = b.fmul(s, fb.intrinsic("llvm.sqrt.f32", F32, [s]))
-                    elif self.beta == 0.5:
-                        d = fb.intrinsic("llvm.sqrt.f32", F32, [t])
-                    elif self.beta == 1.0:
-                        d = t
-                    else:
-                        d = fb.intrinsic("llvm.pow.f32", F32, [t, f32(self.beta)])
-                    fb.store(b.fdiv(fb.load(x, ix), d), out, ix)
+                    fb.store(self._scaled(fb, fb.load(x, ix), fb.load(out, ix)), out, ix)
         return fb.finish()
 
 
@@ -1411,6 +1446,12 @@ def _fma_v8(module):
     return fn
 
 
+def gemv_rows() -> int:
+    """Rows of W a Gemv task streams at once: their 4 accumulators each must stay in
+    registers (32 vector registers with AVX-512, 16 without)."""
+    return 4 if jit.has_feature("avx512f") else 2
+
+
 @dataclass
 class Gemv(Kernel):
     """out[m, n] = act(sum_k a[m, k] * W[n, k] + bias[n]) for few rows m (fully connected
@@ -1441,45 +1482,67 @@ class Gemv(Kernel):
         return parallel_kernel(module, fname, n_args, self.n_tasks, self._emit_task)
 
     def _emit_task(self, fb, args, t):
+        """Rows of W in groups of ``gemv_rows()`` (several independent streams from memory,
+        one load of ``a`` for all of them), then the rows left one by one; each output is
+        the same sum in the same order either way (4 vector accumulators over k mod 32,
+        then the lanes, then the tail of k), so equal rows give equal outputs."""
         b = fb.b
-        V8 = ir.VectorType(F32, 8)
         out, a, w = args[0], args[1], args[2]
         bias = args[3] if self.has_bias else None
-        Kd = self.K
         n0 = b.mul(t, i64(self.rows_per_task))
         n1 = _min(b, b.add(n0, i64(self.rows_per_task)), i64(self.N))
-        acc = [fb.alloca(V8) for _ in range(4)]
-        sacc = fb.alloca(F32)
+        rows = gemv_rows()
+        n_grouped = b.add(n0, b.mul(b.sdiv(b.sub(n1, n0), i64(rows)), i64(rows)))
+        with fb.loop(0, self.M) as m:
+            with fb.loop(n0, n_grouped, rows) as n:
+                self._rows(fb, out, a, w, bias, m, n, rows)
+            with fb.loop(n_grouped, n1) as n:
+                self._rows(fb, out, a, w, bias, m, n, 1)
+
+    def _rows(self, fb, out, a, w, bias, m, n, rows: int):
+        """out[m, n:n+rows] (see _emit_task)."""
+        b = fb.b
+        V8 = ir.VectorType(F32, 8)
+        V8P = V8.as_pointer()
+        Kd = self.K
+        kv = Kd // 32 * 32
         zero = ir.Constant(V8, [0.0] * 8)
         fma = _fma_v8(fb.module)
-        kv = Kd // 32 * 32
-        with fb.loop(0, self.M) as m:
-            with fb.loop(n0, n1) as n:
-                for x in acc:
-                    b.store(zero, x)
-                wb = b.mul(n, i64(Kd))
-                ab = b.mul(m, i64(Kd))
-                with fb.loop(0, kv, 32) as k:
-                    for u in range(4):
-                        off = b.add(k, i64(8 * u))
-                        av = b.load(b.bitcast(fb.ptr(a, b.add(ab, off)), V8.as_pointer()), align=4)
-                        wv = b.load(b.bitcast(fb.ptr(w, b.add(wb, off)), V8.as_pointer()), align=4)
-                        b.store(b.call(fma, [av, wv, b.load(acc[u])]), acc[u])
-                v = b.fadd(b.fadd(b.load(acc[0]), b.load(acc[1])), b.fadd(b.load(acc[2]), b.load(acc[3])))
-                s = b.extract_element(v, ir.Constant(ir.IntType(32), 0))
-                for e in range(1, 8):
-                    s = b.fadd(s, b.extract_element(v, ir.Constant(ir.IntType(32), e)))
-                b.store(s, sacc)
-                if kv < Kd:
-                    with fb.loop(kv, Kd) as k:
-                        b.store(b.fadd(b.load(sacc), b.fmul(fb.load(a, b.add(ab, k)), fb.load(w, b.add(wb, k)))), sacc)
-                s = b.load(sacc)
-                if self.alpha != 1.0:
-                    s = b.fmul(s, f32(self.alpha))
-                if bias is not None:
-                    bv = fb.load(bias, n)
-                    if self.beta != 1.0:
-                        bv = b.fmul(bv, f32(self.beta))
-                    s = b.fadd(s, bv)
-                s = emit_expr(fb, _act_expr_of(self), [s])
-                fb.store(s, out, b.add(b.mul(m, i64(self.N)), n))
+        acc = [[fb.alloca(V8) for _ in range(4)] for _ in range(rows)]
+        sacc = [fb.alloca(F32) for _ in range(rows)]
+        for row in acc:
+            for x in row:
+                b.store(zero, x)
+        ab = b.mul(m, i64(Kd))
+        wbs = [b.mul(b.add(n, i64(r)), i64(Kd)) for r in range(rows)]
+        with fb.loop(0, kv, 32) as k:
+            for u in range(4):
+                off = b.add(k, i64(8 * u))
+                av = b.load(b.bitcast(fb.ptr(a, b.add(ab, off)), V8P), align=4)
+                for r in range(rows):
+                    wv = b.load(b.bitcast(fb.ptr(w, b.add(wbs[r], off)), V8P), align=4)
+                    b.store(b.call(fma, [av, wv, b.load(acc[r][u])]), acc[r][u])
+        for r in range(rows):
+            v = b.fadd(b.fadd(b.load(acc[r][0]), b.load(acc[r][1])),
+                       b.fadd(b.load(acc[r][2]), b.load(acc[r][3])))
+            s = b.extract_element(v, ir.Constant(ir.IntType(32), 0))
+            for e in range(1, 8):
+                s = b.fadd(s, b.extract_element(v, ir.Constant(ir.IntType(32), e)))
+            b.store(s, sacc[r])
+        if kv < Kd:
+            with fb.loop(kv, Kd) as k:
+                ak = fb.load(a, b.add(ab, k))
+                for r in range(rows):
+                    b.store(b.fadd(b.load(sacc[r]), b.fmul(ak, fb.load(w, b.add(wbs[r], k)))), sacc[r])
+        for r in range(rows):
+            nr = b.add(n, i64(r))
+            s = b.load(sacc[r])
+            if self.alpha != 1.0:
+                s = b.fmul(s, f32(self.alpha))
+            if bias is not None:
+                bv = fb.load(bias, nr)
+                if self.beta != 1.0:
+                    bv = b.fmul(bv, f32(self.beta))
+                s = b.fadd(s, bv)
+            s = emit_expr(fb, _act_expr_of(self), [s])
+            fb.store(s, out, b.add(b.mul(m, i64(self.N)), nr))

@@ -424,9 +424,13 @@ def lower_lrn(op):
     xs = static_shape(op.operands[0].type)
     if len(xs) < 2:
         return "rank below 2"
-    return K.LRN(N=xs[0], C=xs[1], plane=K.prod(xs[2:]), size=int(op.attr("size")),
-                 alpha=float(op.attr("alpha")), beta=float(op.attr("beta")),
-                 bias=float(op.attr("bias"))), [op.operands[0]]
+    last = (op.attr("layout") or "NCHW") == "NHWC"
+    return K.LRN(N=xs[0], C=xs[-1] if last else xs[1], plane=K.prod(xs[1:-1] if last else xs[2:]),
+                 size=int(op.attr("size")), alpha=float(op.attr("alpha")), beta=float(op.attr("beta")),
+                 bias=float(op.attr("bias")), channels_last=last), [op.operands[0]]
+
+
+lower_lrn.layouts = ("NCHW", "NHWC")
 
 
 @rule("concat")

@@ -276,10 +276,18 @@ define("lp_norm", operands=["x"], infer=_axis_rule, verify=_lp_norm_verify_p,
 define("mean_variance_norm", operands=["x"], infer=same_as(0),
        attrs={"axes": attr("ints", (0, 2, 3))}, decompose=_decompose_mvn,
        doc="(x - mean) / (std + 1e-9) over ``axes``.")
-define("lrn", operands=["x"], infer=_check_rank_at_least(2),
+def _lrn_infer(op: "Operation"):
+    if (op.attr("layout") or "NCHW") not in ("NCHW", "NHWC"):
+        raise fail(op, f"layout must be NCHW or NHWC, got {op.attr('layout')!r}")
+    return _check_rank_at_least(2)(op)
+
+
+define("lrn", operands=["x"], infer=_lrn_infer,
        attrs={"size": attr("int", required=True), "alpha": attr("float", 1e-4),
-              "beta": attr("float", 0.75), "bias": attr("float", 1.0)},
-       doc="Local response normalization across channels (axis 1).")
+              "beta": attr("float", 0.75), "bias": attr("float", 1.0),
+              "layout": attr("str", "NCHW")},
+       doc="Local response normalization across channels (axis 1; the last axis with "
+           "layout NHWC, set by the O3 layout pass).")
 
 
 # -- losses ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 
 from ....errors import ExecutionError
 from ..registry import kernel
+from .nn import channels_last
 
 
 def _compute_dtype(dt: np.dtype) -> np.dtype:
@@ -293,6 +294,7 @@ def mean_variance_norm(ctx, x):
 
 
 @kernel("lrn")
+@channels_last
 def lrn(ctx, x):
     """Sum of squares over a channel window [c - floor((size-1)/2), c + ceil((size-1)/2)]."""
     size = ctx.attr("size")
