@@ -3,7 +3,8 @@
 galaxir op semantics are those of the newest ONNX version of the op, with the same operand
 order and attribute names, so most ops map one to one.  Ops with no ONNX form (fused ops,
 custom ops) are first rewritten through their ``decompose``; an op with neither is an
-UnsupportedOpError.
+UnsupportedOpError.  An op that runs channels-last (``layout="NHWC"``, set by the O3
+layout pass) goes out as its ONNX (channels-first) form between two Transposes.
 """
 from __future__ import annotations
 
@@ -164,6 +165,8 @@ class _Exporter:
                 initializers.append(t)
                 return []
             return [helper.make_node("Constant", [], [n], value=t)]
+        if op.attrs.get("layout") == "NHWC":
+            return self.channels_last(op, main, initializers)
         target = onnx_op_for(op.name)
         if target is None:
             od = lookup(op.name)
@@ -194,7 +197,36 @@ class _Exporter:
         """Export a composite op through its decomposition, built in a scratch block."""
         scratch = Block()
         b = Builder(scratch, provenance=op.provenance, created_by=f"export:{op.name}")
-        outs = op.opdef.decompose(b, op)
+        return self.rewritten(op, b, op.opdef.decompose(b, op), main, initializers)
+
+    def channels_last(self, op: Operation, main: bool, initializers: list) -> list[onnx.NodeProto]:
+        """``op(x)`` with ``layout="NHWC"`` as ``transpose(op_nchw(transpose(x)))``: its
+        activations (x, and fused_conv's residual z) move channels to axis 1 and back; the
+        weights already have the ONNX form."""
+        activations = (0, 3) if op.name == "fused_conv" else (0,)
+        scratch = Block()
+        b = Builder(scratch, provenance=op.provenance, created_by=f"export:{op.name}")
+        operands = list(op.operands)
+        for i in activations:
+            v = operands[i] if i < len(operands) else None
+            if v is not None:
+                if not isinstance(v.type, TensorType) or v.type.shape is None:
+                    raise UnsupportedOpError(f"{describe(op)}: a channels-last op needs a known rank to export")
+                r = len(v.type.shape)
+                operands[i] = b.transpose(v, perm=(0, r - 1, *range(1, r - 1)))
+        attrs = {k: v for k, v in op.attrs.items() if k != "layout"}
+        inner = b.create(op.name, *operands, num_results=len(op.results), **attrs)
+        outs = []
+        for r_in, r_out in zip(inner.results, op.results):
+            r = len(r_out.type.shape)
+            outs.append(b.transpose(r_in, perm=(0, *range(2, r), 1)))
+        return self.rewritten(op, b, outs, main, initializers)
+
+    def rewritten(self, op: Operation, b: Builder, outs: list[Value], main: bool,
+                  initializers: list) -> list[onnx.NodeProto]:
+        """The nodes of the ops ``b`` built in its scratch block, then an Identity from each
+        of ``outs`` to the name of ``op``'s result it replaces."""
+        scratch = b.block
         b.ret(*outs)
         nodes = []
         for inner in scratch:
