@@ -678,3 +678,6 @@ def _remap(expr, mapping):
 
 
 from . import lower_seq  # noqa: E402,F401  (sequence-model rules register into RULES)
+from . import lower_reduce  # noqa: E402,F401  (reductions)
+from . import lower_data  # noqa: E402,F401  (slice, pad, ...)
+from . import lower_resize  # noqa: E402,F401  (resize / upsample)

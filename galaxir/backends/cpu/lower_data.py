@@ -1,0 +1,6 @@
+"""Lowering rules for data ops (kernels in kernels_data.py).
+
+Imported at the end of lower.py: the ``rule`` decorator registers into lower.RULES.
+Anything a rule cannot handle returns a reason and the op runs on the numpy reference.
+"""
+from __future__ import annotations

@@ -1,0 +1,6 @@
+"""Lowering rules for resize ops (kernels in kernels_resize.py).
+
+Imported at the end of lower.py: the ``rule`` decorator registers into lower.RULES.
+Anything a rule cannot handle returns a reason and the op runs on the numpy reference.
+"""
+from __future__ import annotations
