@@ -490,13 +490,17 @@ def _source_coords(coord: str, out_len: int, in_len: int, scale: float, roi_pair
     return x, extrap
 
 
-def _resize_axis(data, axis, out_len, scale, ctx, roi_pair):
-    in_len = data.shape[axis]
-    mode = ctx.attr("mode")
-    x, extrap = _source_coords(ctx.attr("coordinate_transformation_mode"), out_len, in_len,
+def resize_taps(node, in_len: int, out_len: int, scale: float, roi_pair):
+    """One resized axis as a gather: (source indices [out_len, K], clamped to the axis;
+    their weights [out_len, K], None for nearest; the extrapolation mask [out_len] of
+    tf_crop_and_resize, or None).  ``node`` is anything with ``.attr(name)``: the kernel
+    context here, the op in the cpu backend, which builds its gather tables from these
+    same numbers."""
+    mode = node.attr("mode")
+    x, extrap = _source_coords(node.attr("coordinate_transformation_mode"), out_len, in_len,
                                scale, roi_pair)
     if mode == "nearest":
-        nm = ctx.attr("nearest_mode")
+        nm = node.attr("nearest_mode")
         if nm == "round_prefer_floor":
             idx = np.ceil(x - 0.5)
         elif nm == "round_prefer_ceil":
@@ -505,27 +509,34 @@ def _resize_axis(data, axis, out_len, scale, ctx, roi_pair):
             idx = np.floor(x)
         else:
             idx = np.ceil(x)
-        idx = np.clip(idx, 0, in_len - 1).astype(np.intp)
-        res = np.take(data, idx, axis=axis)
+        return np.clip(idx, 0, in_len - 1).astype(np.intp).reshape(-1, 1), None, extrap
+    s = min(scale, 1.0) if node.attr("antialias") else 1.0
+    support = 1.0 if mode == "linear" else 2.0
+    start = int(math.floor(-support / s)) + 1
+    taps = np.arange(start, 1 - start + 1 + 1)
+    base = np.floor(x).reshape(-1, 1)
+    idx = base + taps.reshape(1, -1)
+    t = (idx - x.reshape(-1, 1)) * s
+    if mode == "linear":
+        wgt = np.clip(1 - np.abs(t), 0, 1)
     else:
-        s = min(scale, 1.0) if ctx.attr("antialias") else 1.0
-        support = 1.0 if mode == "linear" else 2.0
-        start = int(math.floor(-support / s)) + 1
-        taps = np.arange(start, 1 - start + 1 + 1)
-        base = np.floor(x).reshape(-1, 1)
-        idx = base + taps.reshape(1, -1)
-        t = (idx - x.reshape(-1, 1)) * s
-        if mode == "linear":
-            wgt = np.clip(1 - np.abs(t), 0, 1)
-        else:
-            wgt = _keys_cubic(t, ctx.attr("cubic_coeff_a"))
-        if ctx.attr("exclude_outside"):
-            wgt = np.where((idx < 0) | (idx >= in_len), 0.0, wgt)
-        tot = wgt.sum(axis=1, keepdims=True)
-        wgt = wgt / np.where(tot == 0, 1.0, tot)
+        wgt = _keys_cubic(t, node.attr("cubic_coeff_a"))
+    if node.attr("exclude_outside"):
+        wgt = np.where((idx < 0) | (idx >= in_len), 0.0, wgt)
+    tot = wgt.sum(axis=1, keepdims=True)
+    wgt = wgt / np.where(tot == 0, 1.0, tot)
+    return np.clip(idx, 0, in_len - 1).astype(np.intp), wgt, extrap
+
+
+def _resize_axis(data, axis, out_len, scale, ctx, roi_pair):
+    in_len = data.shape[axis]
+    idx, wgt, extrap = resize_taps(ctx, in_len, out_len, scale, roi_pair)
+    if wgt is None:
+        res = np.take(data, idx[:, 0], axis=axis)
+    else:
         mat = np.zeros((out_len, in_len))
         rows = np.broadcast_to(np.arange(out_len).reshape(-1, 1), idx.shape)
-        np.add.at(mat, (rows, np.clip(idx, 0, in_len - 1).astype(np.intp)), wgt)
+        np.add.at(mat, (rows, idx), wgt)
         wt = np.float64 if data.dtype == np.float64 or data.size < (1 << 20) else np.float32
         moved = np.moveaxis(data.astype(wt, copy=False), axis, -1)
         res = np.moveaxis(moved @ mat.T.astype(wt), -1, axis)
