@@ -386,3 +386,32 @@ def test_data_ops_in_one_native_segment():
     cpu = run_both(gb.module(), [data("f32", (2, 3, 5))], "pad")
     assert not cpu.fallback_ops, cpu.report()
     assert {"slice", "split", "tile", "expand"} <= set(cpu.native_ops), cpu.report()
+
+
+# -- gather with run-time indices -------------------------------------------------------------
+@pytest.mark.parametrize("short", ["f32", "i64", "u8"])
+@pytest.mark.parametrize("data_shape,idx_shape,axis", [
+    ((50, 8), (2, 5), 0),          # an embedding lookup
+    ((3, 7, 4), (6,), 1),
+    ((3, 7, 4), (2, 3), -1),
+    ((9,), (), 0),                 # a scalar index
+])
+@pytest.mark.parametrize("idx_type", ["i32", "i64"])
+def test_gather_with_run_time_indices(short, data_shape, idx_shape, axis, idx_type):
+    from galaxir.errors import ExecutionError
+    table = data(short, data_shape)
+    gb = GraphBuilder()
+    ids = gb.input("ids", tensor(idx_type, *idx_shape))
+    gb.output(gb.gather(gb.constant(table), ids, axis=axis), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    d = data_shape[axis]
+    idx_dt = np.int32 if idx_type == "i32" else np.int64
+    for _ in range(20):  # in range (negative ones count from the end), or not: never a crash
+        ids_v = RNG.integers(-d - 2, d + 2, size=idx_shape).astype(idx_dt)
+        if ((ids_v < -d) | (ids_v >= d)).any():
+            with pytest.raises(ExecutionError, match=r"op 'gather' .*index is out of range"):
+                exe(ids_v)
+            continue
+        (y,) = exe(ids_v)
+        np.testing.assert_array_equal(y, np.take(table, ids_v, axis=axis))
+    assert "gather" in exe.native_ops and not exe.fallback_ops, exe.report()

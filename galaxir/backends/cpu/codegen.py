@@ -37,9 +37,10 @@ class FnBuilder:
     that keep counters in allocas (SROA turns them into phis)."""
 
     def __init__(self, module: ir.Module, name: str, arg_types: Sequence[ir.Type],
-                 noalias: bool = True, linkage: str = "internal"):
+                 noalias: bool = True, linkage: str = "internal", ret: ir.Type = VOID):
         self.module = module
-        self.fn = ir.Function(module, ir.FunctionType(VOID, list(arg_types)), name)
+        self.ret = ret
+        self.fn = ir.Function(module, ir.FunctionType(ret, list(arg_types)), name)
         self.fn.linkage = linkage
         self.fn.attributes.add("nounwind")
         for a in self.fn.args:
@@ -98,8 +99,20 @@ class FnBuilder:
     def finish(self) -> ir.Function:
         with self.b.goto_block(self.entry):
             self.b.branch(self.body)
-        self.b.ret_void()
+        if self.ret == VOID:
+            self.b.ret_void()
+        else:
+            self.b.ret(ir.Constant(self.ret, 0))
         return self.fn
+
+    def fail_if(self, cond, code: int = 1) -> None:
+        """Return ``code`` at once when ``cond`` holds (functions made with ``ret=I64``: the
+        way a kernel refuses input that would make it read out of bounds)."""
+        bad, ok = self.block("fail"), self.block("ok")
+        self.b.cbranch(cond, bad, ok)
+        self.b.position_at_end(bad)
+        self.b.ret(ir.Constant(self.ret, code))
+        self.b.position_at_end(ok)
 
     # -- memory -----------------------------------------------------------------------------
     def ptr(self, base, index, ty=F32):

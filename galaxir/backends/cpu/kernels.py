@@ -60,6 +60,13 @@ class Kernel:
     name = "kernel"
     parallel = False
     scratch_bytes = 0
+    #: a fallible kernel's function returns i64: 0, or nonzero when its run-time input
+    #: (e.g. gather indices) is invalid; the segment then stops and the executable raises
+    #: ExecutionError with ``failure()``
+    fallible = False
+
+    def failure(self) -> str:
+        return "invalid input"
 
     def key(self) -> tuple:
         raise NotImplementedError

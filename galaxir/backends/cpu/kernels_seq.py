@@ -932,6 +932,49 @@ class TakeConst(Kernel):
         return fb.finish()
 
 
-__all__ = ["RNN_ACTIVATIONS", "Attention", "LayerNorm", "Recurrent", "TakeConst",
+@dataclass
+class Take(Kernel):
+    """out = take(data, indices, axis) for indices known only at run time (an embedding
+    lookup): every index is checked against the axis first (negative ones count from its
+    end), and one out of range stops the segment before anything is read: the executable
+    raises ExecutionError.  Then one block copy of ``inner_bytes`` per (outer, index)."""
+
+    outer: int
+    axis_dim: int
+    inner_bytes: int
+    n_indices: int
+    index_bytes: int  # int32 or int64 indices
+    name: str = "gather"
+    fallible = True
+
+    def key(self):
+        return ("take_runtime", self.outer, self.axis_dim, self.inner_bytes, self.n_indices,
+                self.index_bytes)
+
+    def failure(self) -> str:
+        return f"an index is out of range [{-self.axis_dim}, {self.axis_dim - 1}]"
+
+    def emit(self, module, fname, n_args):
+        fb = FnBuilder(module, fname, [I8.as_pointer()] * n_args, ret=I64)
+        b = fb.b
+        out, x, idx = fb.args[0], fb.args[1], fb.args[2]
+        d, ib, n = self.axis_dim, self.inner_bytes, self.n_indices
+
+        def index(j):
+            k = fb.load(idx, j, I32 if self.index_bytes == 4 else I64)
+            k = b.sext(k, I64) if self.index_bytes == 4 else k
+            return b.select(b.icmp_signed("<", k, i64(0)), b.add(k, i64(d)), k)
+        with fb.loop(0, n) as j:  # unsigned: a negative one left after the shift fails too
+            fb.fail_if(b.icmp_unsigned(">=", index(j), i64(d)))
+        if self.outer and ib:
+            with fb.loop(0, self.outer) as o:
+                with fb.loop(0, n) as j:
+                    src = b.add(b.mul(o, i64(d * ib)), b.mul(index(j), i64(ib)))
+                    dst = b.mul(b.add(b.mul(o, i64(n)), j), i64(ib))
+                    memcpy(fb, fb.ptr(out, dst, I8), fb.ptr(x, src, I8), ib)
+        return fb.finish()
+
+
+__all__ = ["RNN_ACTIVATIONS", "Attention", "LayerNorm", "Recurrent", "Take", "TakeConst",
            "emit_activation", "pack_panels", "pack_recurrent", "recurrent_segments", "vexp",
            "vsigmoid", "vtanh"]

@@ -18,7 +18,6 @@ from . import kernels as K
 from . import kernels_seq as KS
 from .jit import has_blas
 from .lower import (
-    RULES,
     ConstArray,
     _all_static_f32,
     const_of,
@@ -265,12 +264,12 @@ def lower_attention(op):
     return kern, [q, k, v] + ([mask] if mask is not None else [])
 
 
-# -- gather with constant indices ---------------------------------------------------------------
-def lower_gather_const(op):
+# -- gather -----------------------------------------------------------------------------------
+def lower_gather(op):
+    """Constant indices: checked here, copied by TakeConst.  Run-time indices (int32 or
+    int64, static shape): Take, which checks each index before it reads."""
     data, idx = op.operands[0], op.operands[1]
     ic = const_of(idx)
-    if ic is None:
-        return "indices not constant"
     ds, ys = static_shape(data.type), static_shape(op.results[0].type)
     if ds is None or ys is None or len(ds) == 0:
         return "shape not static"
@@ -279,15 +278,20 @@ def lower_gather_const(op):
     ax = op.attr("axis") or 0
     ax = ax + len(ds) if ax < 0 else ax
     n = ds[ax]
+    item = data.type.dtype.numpy.itemsize
+    if ic is None:
+        shape = static_shape(idx.type)
+        if shape is None or idx.type.dtype not in (DType.int32, DType.int64):
+            return "run-time indices of unknown shape or not int32/int64"
+        return KS.Take(outer=K.prod(ds[:ax]), axis_dim=n, inner_bytes=K.prod(ds[ax + 1:]) * item,
+                       n_indices=K.prod(shape), index_bytes=idx.type.dtype.numpy.itemsize), [data, idx]
     flat = np.asarray(ic).astype(np.int64).reshape(-1)
     flat = np.where(flat < 0, flat + n, flat)
     if flat.size and (flat.min() < 0 or flat.max() >= n):
         return "index out of range"
-    item = data.type.dtype.numpy.itemsize
     kern = KS.TakeConst(outer=K.prod(ds[:ax]), axis_dim=n, inner_bytes=K.prod(ds[ax + 1:]) * item,
                         indices=tuple(int(i) for i in flat))
     return kern, [data]
 
 
-if "gather" not in RULES:  # a general gather rule elsewhere wins
-    rule("gather")(lower_gather_const)
+rule("gather")(lower_gather)

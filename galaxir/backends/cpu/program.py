@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import ExecutionError
 from ...ir import Module, Operation, Value
+from ...ir.opdef import describe
 from . import jit
 from . import kernels as K
 from .codegen import I8P, I64
@@ -140,7 +141,8 @@ class Specialization:
         self.seq = seq
         table_t = I8P.as_pointer()
         for k, seg in enumerate(self.segments):
-            fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [table_t]), f"gx_seg{k}")
+            # returns 0, or 1 + the index of the step whose kernel refused its input
+            fn = ir.Function(mod, ir.FunctionType(I64, [table_t]), f"gx_seg{k}")
             fn.attributes.add("nounwind")
             b = ir.IRBuilder(fn.append_basic_block("entry"))
             table = fn.args[0]
@@ -167,14 +169,17 @@ class Specialization:
                 if s.kernel.scratch_bytes:
                     args.append(b.gep(base, [ir.Constant(I64, self.scratch_offset[i])], inbounds=True))
                 args = [b.bitcast(a, t.type) for a, t in zip(args, kf.args)]
-                b.call(kf, args)
-            b.ret_void()
+                rc = b.call(kf, args)
+                if s.kernel.fallible:
+                    with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I64, 0)), likely=False):
+                        b.ret(ir.Constant(I64, i + 1))
+            b.ret(ir.Constant(I64, 0))
         self.llvm_ir = str(mod)
         self.n_kernels = len(kernel_fns)
         if self.segments:
             obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
             self.loaded = jit.LoadedObject(obj)
-            proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+            proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)
             self.entries = [proto(self.loaded.address(f"gx_seg{k}")) for k in range(len(self.segments))]
             self.pool_slot = self.loaded.global_address("gx_pool")
         else:
@@ -250,7 +255,10 @@ class Specialization:
         table = ctypes.addressof(self._table)
         for kind, item in self.seq:
             if kind == "native":
-                self.entries[item](table)
+                failed = self.entries[item](table)
+                if failed:
+                    step = self.steps[failed - 1]
+                    raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
                 if hook is not None:
                     hook(self, self.segments[item], ext)
                 continue
