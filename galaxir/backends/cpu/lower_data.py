@@ -24,9 +24,10 @@ def _ints(a) -> list[int]:
     return [int(v) for v in np.asarray(a).reshape(-1)]
 
 
-def _movable(x, results):
+def _movable(x, results, scalar_ok: bool = False):
     """(input shape, result shapes) when ``x`` -> ``results`` can be moved natively: fixed-
-    size elements, one dtype, static shapes; otherwise the reason."""
+    size elements, one dtype, static shapes, an input of rank >= 1 unless ``scalar_ok``;
+    otherwise the reason."""
     for v in [x] + list(results):
         if not isinstance(v.type, TensorType):
             return f"not a tensor: {v.type}"
@@ -42,6 +43,8 @@ def _movable(x, results):
     ys = [static_shape(r.type) for r in results]
     if xs is None or any(y is None for y in ys):
         return "shape not static"
+    if not xs and not scalar_ok:
+        return "scalar input"
     return xs, ys
 
 
@@ -80,8 +83,6 @@ def lower_slice(op):
         return got
     xs, (ys,) = got
     r = len(xs)
-    if r == 0:
-        return "scalar input"
     starts, ends, axes, steps = consts
     if starts is None or ends is None:
         return "starts/ends missing"
@@ -128,8 +129,6 @@ def lower_pad(op):
         return got
     xs, (ys,) = got
     r = len(xs)
-    if r == 0:
-        return "scalar input"
     if axes_op[0] is None:
         axes = list(range(r))
     else:
@@ -193,8 +192,6 @@ def lower_split(op):
         return got
     xs, ys = got
     r = len(xs)
-    if r == 0:
-        return "scalar input"
     ax = _axis(op.attr("axis") or 0, r)
     if ax is None:
         return "axis out of range"
@@ -227,8 +224,8 @@ def lower_tile(op):
         return got
     xs, (ys,) = got
     r = len(xs)
-    if r == 0 or len(ys) != r:
-        return "rank differs" if r else "scalar input"
+    if len(ys) != r:
+        return "rank differs"
     reps = const_of(op.operand(1))
     if reps is not None:
         reps = _ints(reps)
@@ -260,7 +257,7 @@ def lower_tile(op):
 @rule("expand")
 def lower_expand(op):
     x, y = op.operands[0], op.results[0]
-    got = _movable(x, [y])
+    got = _movable(x, [y], scalar_ok=True)
     if isinstance(got, str):
         return got
     xs, (ys,) = got
