@@ -170,13 +170,18 @@ def memcpy(fb: FnBuilder, dst, src, nbytes) -> None:
     b.call(fn, [b.bitcast(dst, I8P), b.bitcast(src, I8P), nbytes, ir.Constant(I1, 0)])
 
 
-def memset0(fb: FnBuilder, dst, nbytes) -> None:
+def memset(fb: FnBuilder, dst, byte: int, nbytes) -> None:
+    """Set ``nbytes`` (an int or an i64 value) bytes at ``dst`` to ``byte``."""
     b = fb.b
     nbytes = i64(nbytes) if isinstance(nbytes, int) else nbytes
     fn = fb.module.globals.get("llvm.memset.p0.i64")
     if fn is None:
         fn = fb.module.declare_intrinsic("llvm.memset", [I8P, I64])
-    b.call(fn, [b.bitcast(dst, I8P), ir.Constant(I8, 0), nbytes, ir.Constant(I1, 0)])
+    b.call(fn, [b.bitcast(dst, I8P), ir.Constant(I8, byte), nbytes, ir.Constant(I1, 0)])
+
+
+def memset0(fb: FnBuilder, dst, nbytes) -> None:
+    memset(fb, dst, 0, nbytes)
 
 
 def sgemm_fn(module: ir.Module) -> ir.Function:

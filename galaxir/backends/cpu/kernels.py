@@ -685,10 +685,18 @@ def padded_window_count(b, pool, hs, ws):
 
 
 def _min(b, x, y):
+    """Signed min of i64 values or Python ints (two ints fold to an int)."""
+    if isinstance(x, int) and isinstance(y, int):
+        return min(x, y)
+    x, y = (i64(v) if isinstance(v, int) else v for v in (x, y))
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 def _max(b, x, y):
+    """Signed max of i64 values or Python ints (two ints fold to an int)."""
+    if isinstance(x, int) and isinstance(y, int):
+        return max(x, y)
+    x, y = (i64(v) if isinstance(v, int) else v for v in (x, y))
     return b.select(b.icmp_signed(">", x, y), x, y)
 
 
@@ -1196,11 +1204,16 @@ class EpilogueCode:
         return b.select(b.fcmp_ordered("<", v, f32(0.0)), b.fmul(v, alpha), v)
 
 
+def _broadcast(b, s, lanes: int):
+    """``<lanes x float>`` with every lane ``s``."""
+    V = ir.VectorType(F32, lanes)
+    return b.shuffle_vector(b.insert_element(ir.Constant(V, ir.Undefined), s, ir.Constant(ir.IntType(32), 0)),
+                            ir.Constant(V, ir.Undefined),
+                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
 def _splat8(b, s):
-    V8 = ir.VectorType(F32, 8)
-    return b.shuffle_vector(b.insert_element(ir.Constant(V8, ir.Undefined), s, ir.Constant(ir.IntType(32), 0)),
-                            ir.Constant(V8, ir.Undefined),
-                            ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+    return _broadcast(b, s, 8)
 
 
 def _act_expr_of(kern):
@@ -1444,13 +1457,18 @@ def _pack_b_generic(fb, kind, params, P, src, bp, j0, N, Kd):
 
 
 
-def _fma_v8(module):
-    name = "llvm.fma.v8f32"
+def _fma_vec(module, lanes: int):
+    """The ``llvm.fma`` intrinsic on ``<lanes x float>``."""
+    name = f"llvm.fma.v{lanes}f32"
     fn = module.globals.get(name)
     if fn is None:
-        V8 = ir.VectorType(F32, 8)
-        fn = ir.Function(module, ir.FunctionType(V8, [V8, V8, V8]), name)
+        V = ir.VectorType(F32, lanes)
+        fn = ir.Function(module, ir.FunctionType(V, [V, V, V]), name)
     return fn
+
+
+def _fma_v8(module):
+    return _fma_vec(module, 8)
 
 
 def gemv_rows() -> int:

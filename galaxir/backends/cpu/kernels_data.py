@@ -18,8 +18,8 @@ from typing import Sequence
 import llvmlite.ir as ir
 import numpy as np
 
-from .codegen import I1, I8, I64, FnBuilder, i64, memcpy
-from .kernels import Kernel, collapse, contiguous_strides, prod
+from .codegen import I8, I64, FnBuilder, i64, memcpy, memset
+from .kernels import Kernel, _max, _min, collapse, contiguous_strides, prod
 from .parallel import parallel_kernel
 
 I8P = I8.as_pointer()
@@ -51,20 +51,6 @@ def _off(b, base, idx, stride: int):
     return b.add(base, t)
 
 
-def _smin(b, x, y):
-    if isinstance(x, int) and isinstance(y, int):
-        return min(x, y)
-    x, y = _v(x), _v(y)
-    return b.select(b.icmp_signed("<", x, y), x, y)
-
-
-def _smax(b, x, y):
-    if isinstance(x, int) and isinstance(y, int):
-        return max(x, y)
-    x, y = _v(x), _v(y)
-    return b.select(b.icmp_signed(">", x, y), x, y)
-
-
 def _sub(b, x, y):
     if isinstance(x, int) and isinstance(y, int):
         return x - y
@@ -87,14 +73,6 @@ def _copy_elem(fb: FnBuilder, dst, src, itemsize: int) -> None:
     b.store(v, b.bitcast(dst, ty), align=_align(itemsize))
 
 
-def _memset(fb: FnBuilder, dst, byte: int, nbytes) -> None:
-    b = fb.b
-    fn = fb.module.globals.get("llvm.memset.p0.i64")
-    if fn is None:
-        fn = fb.module.declare_intrinsic("llvm.memset", [I8P, I64])
-    b.call(fn, [dst, ir.Constant(I8, byte), _v(nbytes), ir.Constant(I1, 0)])
-
-
 def _fill(fb: FnBuilder, dst, count, pattern: bytes, itemsize: int) -> None:
     """Store ``count`` elements (an int or an i64 value) whose bytes are ``pattern``."""
     if isinstance(count, int) and count <= 0:
@@ -102,7 +80,7 @@ def _fill(fb: FnBuilder, dst, count, pattern: bytes, itemsize: int) -> None:
     b = fb.b
     if len(set(pattern)) == 1:
         nbytes = count * itemsize if isinstance(count, int) else b.mul(count, i64(itemsize))
-        _memset(fb, dst, pattern[0], nbytes)
+        memset(fb, dst, pattern[0], nbytes)
         return
     ty = ELEM_TYPES[itemsize]
     val = int.from_bytes(pattern, sys.byteorder)
@@ -141,7 +119,7 @@ def _emit(module, fname: str, n_args: int, body, outer: int | None, nbytes: int)
         def task(tb, args, t):
             b = tb.b
             lo = b.mul(t, i64(chunk))
-            hi = _smin(b, b.add(lo, i64(chunk)), i64(outer))
+            hi = _min(b, b.add(lo, i64(chunk)), i64(outer))
             body(tb, args, lo, hi)
         return parallel_kernel(module, fname, n_args, tasks, task)
     fb = FnBuilder(module, fname, [I8P] * n_args)
@@ -354,14 +332,14 @@ class Pad(Kernel):
                         rec(d + 1, _off(b, ooff, i, ost[d]), _off(b, ioff, i, ist[d]), None, None)
                 elif const:
                     slab = ost[d] // size
-                    head_end = _smin(b, stop, pb)
-                    cnt = _smax(b, _sub(b, head_end, start), 0)
+                    head_end = _min(b, stop, pb)
+                    cnt = _max(b, _sub(b, head_end, start), 0)
                     _fill_dyn(fb, _at(fb, out, _off(b, ooff, start, ost[d])), cnt, slab, fill, size)
-                    with fb.loop(_smax(b, start, pb), _smin(b, stop, pb + n)) as i:
+                    with fb.loop(_max(b, start, pb), _min(b, stop, pb + n)) as i:
                         src = b.add(i, i64(crop - pb))
                         rec(d + 1, _off(b, ooff, i, ost[d]), _off(b, ioff, src, ist[d]), None, None)
-                    tail = _smax(b, start, pb + n)
-                    cnt = _smax(b, _sub(b, stop, tail), 0)
+                    tail = _max(b, start, pb + n)
+                    cnt = _max(b, _sub(b, stop, tail), 0)
                     _fill_dyn(fb, _at(fb, out, _off(b, ooff, tail, ost[d])), cnt, slab, fill, size)
                 else:
                     with fb.loop(start, stop) as i:

@@ -31,8 +31,8 @@ import llvmlite.ir as ir
 
 from . import jit
 from .codegen import F32, I64, f32, i64, memset0
-from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_v8, _max,
-                      _min, _splat8, apply_activation_v8, build_task_library, emit_expr,
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_v8, _fma_vec,
+                      _broadcast, _max, _min, _splat8, apply_activation_v8, build_task_library, emit_expr,
                       padded_window_count)
 
 MR, NR = 6, 16
@@ -50,17 +50,6 @@ def wide_tiles() -> bool:
         return forced == "1"
     return jit.has_feature("avx512f")
 
-
-def _fma_v16(module):
-    fn = module.globals.get("llvm.fma.v16f32")
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(V16, [V16, V16, V16]), "llvm.fma.v16f32")
-    return fn
-
-
-def _splat16(b, s):
-    return b.shuffle_vector(b.insert_element(ir.Constant(V16, ir.Undefined), s, ir.Constant(ir.IntType(32), 0)),
-                            ir.Constant(V16, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
 
 # parameter block of the NHWC conv library function
 (NC_N, NC_H, NC_W, NC_C, NC_CG, NC_OH, NC_OW, NC_M, NC_MG, NC_G, NC_KH, NC_KW, NC_SH, NC_SW,
@@ -252,7 +241,7 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
     ih0 = [fb.alloca(I64) for _ in range(MR)]
     iw0 = [fb.alloca(I64) for _ in range(MR)]
     zero = ir.Constant(V16 if wide else V8, [0.0] * (16 if wide else 8))
-    fma = _fma_v16(fb.module) if wide else _fma_v8(fb.module)
+    fma = _fma_vec(fb.module, 16 if wide else 8)
 
     def acc(r, h):
         """The accumulator of tile row r, columns 8h..8h+7."""
@@ -272,7 +261,7 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
                              align=4) for h in range(2)]
             for r in range(MR):
                 x = b.load(b.gep(ptrs[r], [c], inbounds=True), align=4)
-                sv = _splat16(b, x) if wide else _splat8(b, x)
+                sv = _broadcast(b, x, 16 if wide else 8)
                 for h, w in enumerate(wv):
                     a = accs[len(wv) * r + h]
                     b.store(b.call(fma, [sv, w, b.load(a)]), a)

@@ -27,10 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
-import numpy as np
 
 from .codegen import F32, F64, I8, I32, I64, INT_OF_SIZE, FnBuilder, i64
-from .kernels import Kernel, _min, prod
+from .kernels import Kernel, _f32_bits, _min, prod
 
 PARALLEL_MIN = 1 << 15      # output elements; below this one thread does it
 MAX_TASKS = 8
@@ -139,7 +138,7 @@ class Resize(Kernel):
         ev = None
         if self.has_extrap:     # float32 data (the lowering checks); a gather moves i32 bits
             ev = ir.Constant(F32, float(self.extrapolation_value)) if blend \
-                else _f32_bits(self.extrapolation_value)
+                else ir.Constant(I32, _f32_bits(self.extrapolation_value))
 
         def gather(j: int, off):
             """The blended value over table dims order[:j+1] (order[j] summed outermost)."""
@@ -193,10 +192,6 @@ class Resize(Kernel):
         if d.weighted:
             ws = [fb.load(tables[(k, "w")], b.add(base, i64(t)), F64) for t in range(d.taps)]
         taps[k] = (offs, ws)
-
-
-def _f32_bits(v: float) -> ir.Constant:
-    return ir.Constant(I32, int(np.array(v, np.float32).view(np.int32)))
 
 
 __all__ = ["MAX_TASKS", "PARALLEL_MIN", "Resize", "ResizeDim"]

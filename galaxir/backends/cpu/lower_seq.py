@@ -278,18 +278,18 @@ def lower_gather(op):
     ax = op.attr("axis") or 0
     ax = ax + len(ds) if ax < 0 else ax
     n = ds[ax]
-    item = data.type.dtype.numpy.itemsize
+    outer, inner_bytes = K.prod(ds[:ax]), K.prod(ds[ax + 1:]) * data.type.dtype.numpy.itemsize
     if ic is None:
         shape = static_shape(idx.type)
         if shape is None or idx.type.dtype not in (DType.int32, DType.int64):
             return "run-time indices of unknown shape or not int32/int64"
-        return KS.Take(outer=K.prod(ds[:ax]), axis_dim=n, inner_bytes=K.prod(ds[ax + 1:]) * item,
-                       n_indices=K.prod(shape), index_bytes=idx.type.dtype.numpy.itemsize), [data, idx]
+        return KS.Take(outer=outer, axis_dim=n, inner_bytes=inner_bytes, n_indices=K.prod(shape),
+                       index_bytes=idx.type.dtype.numpy.itemsize), [data, idx]
     flat = np.asarray(ic).astype(np.int64).reshape(-1)
     flat = np.where(flat < 0, flat + n, flat)
     if flat.size and (flat.min() < 0 or flat.max() >= n):
         return "index out of range"
-    kern = KS.TakeConst(outer=K.prod(ds[:ax]), axis_dim=n, inner_bytes=K.prod(ds[ax + 1:]) * item,
+    kern = KS.TakeConst(outer=outer, axis_dim=n, inner_bytes=inner_bytes,
                         indices=tuple(int(i) for i in flat))
     return kern, [data]
 
