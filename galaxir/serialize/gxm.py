@@ -28,6 +28,7 @@ import os
 import struct
 import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -505,6 +506,19 @@ def _op_info(od: OpDef) -> _OpInfo:
         _OP_INFO.clear()
     _OP_INFO[id(od)] = (od, info)
     return info
+
+
+@contextmanager
+def _file_errors(where: str):
+    """Checks of the graph section raise FormatError naming the file; anything else they
+    raise (numpy refusing a column that runs past the section, an index ...) is the file's
+    fault too."""
+    try:
+        yield
+    except FormatError as e:
+        raise FormatError(f"'{where}': {e}") from None
+    except Exception as e:
+        raise FormatError(f"'{where}': malformed graph section ({type(e).__name__}: {e})") from None
 
 
 class _Section:
@@ -1021,12 +1035,8 @@ class _Section:
     def build(self) -> Graph:
         """The Graph, after ``validate()``; each op is checked against its type rule and own
         verifier once it is in its block (verify_block's order: an op's regions first)."""
-        try:
+        with _file_errors(self.where):
             self.validate()
-        except FormatError as e:
-            raise FormatError(f"'{self.where}': {e}") from None
-        except Exception as e:  # e.g. numpy refusing an index: still the file's fault
-            raise FormatError(f"'{self.where}': malformed graph section ({type(e).__name__}: {e})") from None
         c = self.c
         self.rows = {k: c[k].tolist() for k in ("operands", "result_types", "result_names", "op_names",
                                                 "op_created_by", "provenance", "arg_types", "arg_names",
@@ -1181,12 +1191,8 @@ def _decode(data, where: str, lazy: bool) -> Module:
     if zlib.crc32(graph) != g_crc:
         raise FormatError(f"'{where}': the graph section checksum does not match (corrupted file)")
     weights = memoryview(data)[w_off:w_off + w_len]
-    try:
+    with _file_errors(where):
         section = _Section(graph, weights, where)
-    except FormatError as e:
-        raise FormatError(f"'{where}': {e}") from None
-    except Exception as e:  # e.g. numpy refusing a column that runs past the section
-        raise FormatError(f"'{where}': malformed graph section ({type(e).__name__}: {e})") from None
     module = LazyModule(section)
     if not lazy:
         _ = module.graph  # builds and checks every op now
