@@ -273,6 +273,19 @@ def _permute_const(c: np.ndarray, rank: int, inv: tuple[int, ...]) -> np.ndarray
     return np.ascontiguousarray(np.transpose(c, inv))
 
 
+def _moves_only_ones(v: Value, rank: int, inv: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of ``transpose(v, inv)`` (v padded to ``rank``) when that transpose moves
+    only size-1 dims, so a reshape (a view) does it; else None."""
+    s = _static_dims(v)
+    if s is None or len(s) > rank:
+        return None
+    s = (1,) * (rank - len(s)) + s
+    big = [i for i in inv if s[i] != 1]
+    if big != sorted(big):
+        return None
+    return tuple(s[i] for i in inv)
+
+
 def _push_elementwise(op: Operation) -> str | None:
     """op(transpose(a, p), transpose(b, p), const) -> transpose(op(a, b, const'), p)"""
     if len(op.results) != 1 or (op.regions and op.name != "fused_elementwise"):
@@ -319,6 +332,10 @@ def _push_elementwise(op: Operation) -> str | None:
             elif r == 0 or (isinstance(v.type, TensorType) and v.type.shape is not None
                             and all(d == 1 for d in v.type.shape) and r <= rank):
                 new_ops.append(v)   # a broadcast scalar is the same in every layout
+            elif (vs := _moves_only_ones(v, rank, inv)) is not None:
+                # a per-channel value [N, C, 1, 1] (squeeze-excitation's scale, whose
+                # to_first transpose became a reshape): the same data as [N, 1, 1, C]
+                new_ops.append(b.reshape(v, b.constant(np.array(vs, np.int64))))
             else:
                 return None
     try:
