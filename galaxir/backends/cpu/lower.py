@@ -681,3 +681,4 @@ from . import lower_seq  # noqa: E402,F401  (sequence-model rules register into 
 from . import lower_reduce  # noqa: E402,F401  (reductions)
 from . import lower_data  # noqa: E402,F401  (slice, pad, ...)
 from . import lower_resize  # noqa: E402,F401  (resize / upsample)
+from . import lower_conv_transpose  # noqa: E402,F401  (conv_transpose)

@@ -1,0 +1,143 @@
+"""Transposed 2-d convolution (ONNX ConvTranspose, DCGAN-style generators) on NCHW.
+
+A transposed conv scatters every input pixel times its ``kh x kw`` kernel into the output.
+Written as ``cols = W^T @ X`` per (image, group), with ``W^T`` the constant weights as a
+``[M/g * kh * kw, C/g]`` matrix and ``X`` the image as ``[C/g, H * W]``, it is one GEMM
+(``kernels.PackedGemm``, dense source: weights packed at compile time, both threads) into
+scratch, then a *col2im* scatter-add of each tap's row of ``cols`` into the output plane,
+one task per output channel plane (no two tasks write the same element), starting from the
+bias.  The tap bounds are compile-time constants, so the scatter loops have no checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from .codegen import F32, I64, i64
+from .kernels import Kernel, PackedGemm, pack_a
+
+
+def pack_conv_transpose_weights(w, groups: int):
+    """Weights [C, M/g, kh, kw] -> per group ``pack_a`` of W_g^T [M/g * kh * kw, C/g]."""
+    import numpy as np
+    w = np.asarray(w, np.float32)
+    C = w.shape[0]
+    cg = C // groups
+    rows = int(np.prod(w.shape[1:]))
+    wg = w.reshape(groups, cg, rows)
+    return np.concatenate([pack_a(np.ascontiguousarray(wg[i].T)).reshape(-1)
+                           for i in range(groups)])
+
+
+def tap_range(k: int, s: int, p: int, d: int, n_in: int, n_out: int) -> tuple[int, int]:
+    """[lo, hi): the input positions whose tap ``k`` lands inside the output
+    (``o = i * s - p + k * d`` in [0, n_out))."""
+    lo = max(0, -((k * d - p) // s))
+    hi = min(n_in, (n_out - 1 + p - k * d) // s + 1)
+    return lo, max(lo, hi)
+
+
+@dataclass
+class ConvTranspose2d(Kernel):
+    """y[n, m, oh, ow] = bias[m] + sum over (c, ih, iw, i, j) with oh = ih*sh - pt + i*dh and
+    ow = iw*sw - pl + j*dw of x[n, c, ih, iw] * w[c, m % (M/g), i, j] (c in m's group)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
+    pt: int = 0
+    pl: int = 0
+    group: int = 1
+    has_bias: bool = False
+    packed_size: int = 0   # elements of the packed weights
+    name: str = "conv_transpose"
+
+    def key(self):
+        return ("convT", self.N, self.C, self.H, self.W, self.M, self.OH, self.OW, self.kh,
+                self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.group,
+                self.has_bias)
+
+    @property
+    def rows(self) -> int:
+        """Rows of cols per (image, group): (M/g) * kh * kw."""
+        return self.M // self.group * self.kh * self.kw
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.N * self.group * self.rows * self.H * self.W * 4
+
+    def gemm(self, packed_size: int) -> PackedGemm:
+        cg, P = self.C // self.group, self.H * self.W
+        return PackedGemm(M=self.rows, N=P, K=cg, source=("dense", P, False),
+                          batch=self.N * self.group, b_step=cg * P, c_step=self.rows * P,
+                          a_step=packed_size // self.group, groups=self.group)
+
+    def emit(self, module, fname, n_args):
+        from .kernels import _fb
+        from .parallel import parallel_kernel
+        scatter = parallel_kernel(module, fname + "_col2im", n_args, self.N * self.M, self._col2im)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        y, x, wp = fb.args[0], fb.args[1], fb.args[2]
+        cols = fb.args[-1]
+        gemm = self.gemm(self.packed_size)
+        _call_gemm(module, fb, gemm, cols, x, wp)
+        b.call(scatter, list(fb.args))
+        return fb.finish()
+
+    def _col2im(self, fb, args, t):
+        b = fb.b
+        y, bias, cols = args[0], (args[3] if self.has_bias else None), args[-1]
+        mg = self.M // self.group
+        P, OP = self.H * self.W, self.OH * self.OW
+        n = b.sdiv(t, i64(self.M))
+        m = b.srem(t, i64(self.M))
+        g = b.sdiv(m, i64(mg))
+        ml = b.srem(m, i64(mg))
+        plane = fb.ptr(y, b.mul(t, i64(OP)))
+        init = fb.load(bias, m) if bias is not None else ir.Constant(F32, 0.0)
+        with fb.loop(0, OP) as p:
+            fb.store(init, plane, p)
+        rows = fb.ptr(cols, b.mul(b.add(b.mul(b.add(b.mul(n, i64(self.group)), g), i64(self.rows)),
+                                        b.mul(ml, i64(self.kh * self.kw))), i64(P)))
+        for i in range(self.kh):
+            hlo, hhi = tap_range(i, self.sh, self.pt, self.dh, self.H, self.OH)
+            for j in range(self.kw):
+                wlo, whi = tap_range(j, self.sw, self.pl, self.dw, self.W, self.OW)
+                if hlo >= hhi or wlo >= whi:
+                    continue
+                row = fb.ptr(rows, i64((i * self.kw + j) * P))
+                with fb.loop(hlo, hhi) as ih:
+                    oh = b.add(b.mul(ih, i64(self.sh)), i64(i * self.dh - self.pt))
+                    src = fb.ptr(row, b.mul(ih, i64(self.W)))
+                    dst = fb.ptr(plane, b.add(b.mul(oh, i64(self.OW)), i64(j * self.dw - self.pl)))
+                    with fb.loop(wlo, whi) as iw:
+                        o = b.mul(iw, i64(self.sw))
+                        fb.store(b.fadd(fb.load(dst, o), fb.load(src, iw)), dst, o)
+
+
+def _call_gemm(module, fb, gemm: PackedGemm, c, bsrc, apacked):
+    """Call the packed GEMM's library function: c = Ap @ B over its batch."""
+    from . import library
+    from .parallel import pool_global
+    b = fb.b
+    sym = gemm.library_symbol()
+    P64 = I64.as_pointer()
+    F32P = F32.as_pointer()
+    lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+    state = b.load(pool_global(module))
+    pp = b.bitcast(library.param_block(module, gemm.params(), "pgemm"), P64)
+    null = ir.Constant(F32P, None)
+    b.call(lib, [state, pp, b.bitcast(c, F32P), b.bitcast(bsrc, F32P), b.bitcast(apacked, F32P),
+                 null, null])
