@@ -143,13 +143,28 @@ def test_interior_columns_need_no_bounds_checks(OW, W, kw, sw, dw, pl):
 # -- grouped --------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("C,M,g,k,s", [(48, 48, 6, 3, 1),     # RegNet: 8 channels per group
-                                       (64, 64, 4, 3, 2),     # ResNeXt-like: 16 per group
+                                       (64, 64, 4, 3, 2),     # 16 per group: the GEMM
                                        (96, 192, 3, 3, 1),
                                        (32, 64, 32, 3, 1)])   # depth multiplier 2
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_grouped_matches_reference(layout, C, M, g, k, s, activation):
     _check_conv((1, C, 11, 10), (M, C // g, k, k), layout, activation=activation, group=g,
                 strides=[s, s], pads=[1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("C,g,k,s,d", [(48, 6, 3, 1, 1),      # 8 per group, 16 + 16 + 16 lanes
+                                       (128, 32, 3, 2, 1),    # ResNeXt 32x4d
+                                       (12, 3, 3, 1, 2),      # 8 lanes + 4 single channels
+                                       (6, 3, 5, 1, 1),       # 2 per group, single channels
+                                       (40, 5, 3, 1, 1)])     # 16 + 16 + 8 lanes
+def test_narrow_groups_run_on_the_direct_kernel(monkeypatch, wide, C, g, k, s, d):
+    """Groups of 2-8 channels: one vector load per input pixel, a shuffle per channel of
+    the group (instead of GEMM panels mostly zero)."""
+    p = d * (k - 1) // 2
+    _check_conv((1, C, 9, 13), (C, C // g, k, k), "NHWC", activation="relu", residual=True,
+                wide=wide, monkeypatch=monkeypatch, group=g, strides=[s, s], dilations=[d, d],
+                pads=[p, p + 1, p, p], expect="DepthwiseNhwc")
 
 
 # -- conv_transpose -------------------------------------------------------------------------

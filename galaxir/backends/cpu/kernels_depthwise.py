@@ -34,9 +34,23 @@ def _lanes() -> int:
 
 
 def pack_depthwise_nhwc(w):
-    """Depthwise weights [C, 1, kh, kw] -> [kh, kw, C]."""
+    """Weights [C, cg, kh, kw] of a conv with cg input and cg output channels per group
+    (cg = 1: depthwise) -> [kh, kw, cg, C]: the weights of input channel q of each output
+    channel's group, contiguous over the output channels."""
     import numpy as np
-    return np.ascontiguousarray(np.asarray(w, np.float32)[:, 0].transpose(1, 2, 0))
+    return np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 3, 1, 0))
+
+
+#: groups of at most this many channels (and as many outputs) run on DepthwiseNhwc; wider
+#: ones fill the 16 columns of ConvNhwc's GEMM panels
+MAX_DIRECT_GROUP = 8
+
+
+def direct_group_ok(C: int, M: int, group: int) -> bool:
+    """Whether DepthwiseNhwc computes this conv: cg input and cg output channels per group
+    with cg in 1, 2, 4, 8 (a vector block then always starts at a group's first channel)."""
+    cg = C // group
+    return group > 1 and C == M and C % group == 0 and cg in (1, 2, 4, MAX_DIRECT_GROUP)
 
 
 def interior_columns(OW: int, W: int, kw: int, sw: int, dw: int, pl: int) -> tuple[int, int]:
@@ -92,9 +106,11 @@ def activate(fb, v, width, act, params, expr):
 
 @dataclass
 class DepthwiseNhwc(Kernel):
-    """y[n, oh, ow, c] = act(sum over (i, j) of x[n, ih, iw, c] * w[i, j, c] + bias[c] + z)
-    for a depthwise conv (one input and one output channel per group) on NHWC, with w
-    packed by ``pack_depthwise_nhwc``."""
+    """y[n, oh, ow, m] = act(sum over (i, j, q) of x[n, ih, iw, g*cg + q] * w[i, j, q, m]
+    + bias[m] + z) with g = m // cg, on NHWC, w packed by ``pack_depthwise_nhwc``: a
+    depthwise conv (cg = 1), or a grouped one with few channels per group (RegNet,
+    ResNeXt), where each input vector is loaded once and lane l takes channel q of its
+    group with a shuffle."""
 
     N: int
     H: int
@@ -115,10 +131,11 @@ class DepthwiseNhwc(Kernel):
     act_params: tuple = ()
     has_z: bool = False
     relu: bool = False
+    cg: int = 1           # input (= output) channels per group
     name: str = "dwconv_nhwc"
 
     def key(self):
-        return ("dw_nhwc", _lanes(), self.N, self.H, self.W, self.C, self.OH, self.OW, self.kh,
+        return ("dw_nhwc", _lanes(), self.cg, self.N, self.H, self.W, self.C, self.OH, self.OW, self.kh,
                 self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.has_bias,
                 self.activation, self.act_params, self.has_z, self.relu)
 
@@ -136,7 +153,7 @@ class DepthwiseNhwc(Kernel):
             bias, k = args[k], k + 1
         if self.has_z:
             z = args[k]
-        C = self.C
+        C, cg = self.C, self.cg
         if self.relu and self.activation == "none":
             act = ("relu", ())
         else:
@@ -171,10 +188,13 @@ class DepthwiseNhwc(Kernel):
             for s in slots:
                 b.store(zero, s)
             iw0 = b.sub(b.mul(ow0, i64(self.sw)), i64(self.pl))
+            # the first input channel the block reads: its own index for a vector block
+            # (aligned to the groups), the group's first channel for a single channel
+            cin = c if width > 1 or cg == 1 else b.sub(c, b.srem(c, i64(cg)))
             with fb.loop(hlo, hhi) as i:
                 ih = b.add(hs, b.mul(i, i64(self.dh)))
-                xr = fb.ptr(xn, b.add(b.mul(ih, i64(self.W * C)), c))
-                wr = fb.ptr(w, b.add(b.mul(i, i64(self.kw * C)), c))
+                xr = fb.ptr(xn, b.add(b.mul(ih, i64(self.W * C)), cin))
+                wr = fb.ptr(w, b.add(b.mul(i, i64(self.kw * cg * C)), c))
                 cols = {}
                 for off in sorted({p * self.sw + j * self.dw for p in range(count)
                                    for j in range(self.kw)}):
@@ -186,12 +206,24 @@ class DepthwiseNhwc(Kernel):
                                        zeros)
                     else:
                         ptr = fb.ptr(xr, b.mul(iw, i64(C)))
-                    cols[off] = _vload(fb, ptr, width)
+                    if width == 1:
+                        # the output channel's group: its cg input channels one by one
+                        for q in range(cg):
+                            cols[off, q] = b.load(fb.ptr(ptr, i64(q)), align=4)
+                        continue
+                    v = _vload(fb, ptr, width)
+                    for q in range(cg):
+                        # lane l (output channel c + l) reads input channel q of its group
+                        cols[off, q] = v if cg == 1 else b.shuffle_vector(
+                            v, ir.Constant(V, ir.Undefined), ir.Constant(
+                                ir.VectorType(ir.IntType(32), width),
+                                [l // cg * cg + q for l in range(width)]))
                 vals = [b.load(s) for s in slots]
                 for j in range(self.kw):
-                    wv = _vload(fb, fb.ptr(wr, i64(j * C)), width)
-                    for p in range(count):
-                        vals[p] = b.call(fma, [cols[p * self.sw + j * self.dw], wv, vals[p]])
+                    for q in range(cg):
+                        wv = _vload(fb, fb.ptr(wr, i64((j * cg + q) * C)), width)
+                        for p in range(count):
+                            vals[p] = b.call(fma, [cols[p * self.sw + j * self.dw, q], wv, vals[p]])
                 for s, v in zip(slots, vals):
                     b.store(v, s)
             bv = _vload(fb, fb.ptr(bias, c), width) if bias is not None else None
@@ -229,7 +261,7 @@ class DepthwiseNhwc(Kernel):
             chunks(hi, self.OW, True)     # right border
 
         start = 0
-        for width in sorted({lanes, 8, 1}, reverse=True):
+        for width in sorted({lanes, 8, 1} if cg <= 8 else {1}, reverse=True):
             end = start + (C - start) // width * width
             if end > start:
                 with fb.loop(start, end, width) as c:

@@ -383,7 +383,7 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
 
 # -- the rest of a channels-last CNN: pooling, vectorized over channels --------------------
 # (the depthwise conv has its own module)
-from .kernels_depthwise import DepthwiseNhwc, pack_depthwise_nhwc  # noqa: E402,F401
+from .kernels_depthwise import DepthwiseNhwc, direct_group_ok, pack_depthwise_nhwc  # noqa: E402,F401
 def _window_rows(fb, b, o, s, p, k, d, size):
     """(start, first valid tap, end tap) of a pooling/conv window along one dim."""
     start = b.sub(b.mul(o, i64(s)), i64(p))

@@ -209,9 +209,10 @@ def _lower_conv_nhwc(op):
                kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1],
                has_bias=b is not None, activation=act, act_params=act_params,
                has_z=z is not None)
-    if g > 1 and g == xs[3] and ws[0] == g:
+    if KN.direct_group_ok(xs[3], ws[0], g):
         packed = KN.pack_depthwise_nhwc(wc)
-        return KN.DepthwiseNhwc(**geo), [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra
+        return (KN.DepthwiseNhwc(cg=xs[3] // g, **geo),
+                [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra)
     packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
     return (KN.ConvNhwc(M=ws[0], group=g, **geo),
             [x, ConstArray(packed, (w.name or "w") + ".nhwc")] + extra)
