@@ -4,6 +4,10 @@ transposed (DCGAN) convs, each a one-node ONNX model built with onnx.helper.
 
     python benchmarks/bench_conv_ops.py                  # 1 and 2 threads, markdown table
     python benchmarks/bench_conv_ops.py --threads 2 --runs 100 --cases dw7_convnext
+    python benchmarks/bench_conv_ops.py --from-model efficientnet_b0.onnx --threads 1
+
+``--from-model`` times instead every distinct depthwise / narrow-group conv of an ONNX
+model (as galaxir's O3 pipeline sees it, batch norms folded), one case each, and the sum.
 
 onnxruntime runs the NCHW model.  galaxir runs, for the convs, the same model between an
 NHWC input transpose and an NHWC output transpose, which its O3 layout pass cancels: what
@@ -41,6 +45,29 @@ CASES = {
 }
 
 
+def model_cases(path: str) -> list[str]:
+    """Add to CASES every distinct conv of ``path`` that runs on DepthwiseNhwc at O3."""
+    import galaxir as gx
+    from galaxir.backends.cpu.kernels_depthwise import DepthwiseNhwc
+    from galaxir.backends.cpu.lower import NativeStep, lower_module
+    from galaxir.backends.cpu.prepare import prepare, specialize
+    m = gx.optimize(gx.import_model(path), level=3, target="cpu")
+    shapes = {v.name: tuple(v.type.shape) for v in m.graph.inputs}
+    names = []
+    for st in lower_module(specialize(prepare(m), shapes)):
+        k = st.kernel if isinstance(st, NativeStep) else None
+        if not isinstance(k, DepthwiseNhwc):
+            continue
+        pb = (k.OH - 1) * k.sh + (k.kh - 1) * k.dh + 1 - k.H - k.pt
+        pr = (k.OW - 1) * k.sw + (k.kw - 1) * k.dw + 1 - k.W - k.pl
+        extra = {"dilations": [k.dh, k.dw], "pads": [k.pt, k.pl, max(pb, 0), max(pr, 0)]}
+        name = f"{k.C}x{k.H}x{k.W}_k{k.kh}s{k.sh}d{k.dh}_cg{k.cg}"
+        if name not in CASES:
+            CASES[name] = ("Conv", k.C, k.H, k.W, k.C, k.kh, k.sh, k.C // k.cg, extra)
+            names.append(name)
+    return names
+
+
 def build(case: str):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -50,7 +77,8 @@ def build(case: str):
     if op == "Conv":
         w = rng.standard_normal((M, C // g, k, k)).astype(np.float32) * 0.1
         p = d * (k - 1) // 2
-        attrs = dict(group=g, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, **extra)
+        attrs = dict(group=g, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+        attrs.update(extra)
     else:
         w = rng.standard_normal((C, M // g, k, k)).astype(np.float32) * 0.1
         attrs = dict(group=g, kernel_shape=[k, k], strides=[s, s], pads=[1] * 4, **extra)
@@ -124,15 +152,24 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--from-model", help="time the depthwise/grouped convs of this ONNX model")
     a = ap.parse_args(argv)
+    if a.from_model:
+        a.cases = model_cases(a.from_model)
     print("| case | threads | engine | galaxir ms | onnxruntime ms | ratio median | ratio of mins | rel. error |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for threads in a.threads:
+            total: dict = {}
             for case in a.cases:
                 for eng, r in measure(case, threads, a.runs, folder).items():
                     print(f"| {case} | {threads} | {eng} | {r['gx_ms']:.3f} | {r['ort_ms']:.3f} | "
                           f"{r['median']:.2f} | {r['min']:.2f} | {r['err']:.1e} |", flush=True)
+                    t = total.setdefault(eng, [0.0, 0.0])
+                    t[0] += r["gx_ms"]
+                    t[1] += r["ort_ms"]
+            for eng, (g, o) in total.items():
+                print(f"| all | {threads} | {eng} | {g:.3f} | {o:.3f} | {g / o:.2f} (sum) | | |")
 
 
 if __name__ == "__main__":
