@@ -1094,18 +1094,13 @@ class PackedGemm(LinearEpilogue, Kernel):
             p.extend(self.source[1:])
         return p
 
-    def library_symbol(self) -> str:
-        """The bound symbol of this variant's library function (built once)."""
-        from . import library
-        var = self.variant()
-        vname = "pgemm_" + "_".join(str(x) for x in var[:3]) + (
-            "_" + "_".join(f"{v:g}" for v in var[3]) if var[3] else "")
-        return library.ensure(vname, lambda m, n: build_pgemm_library(m, n, var))
-
     def emit(self, module, fname, n_args):
         from . import library
         from .parallel import pool_global
-        sym = self.library_symbol()
+        var = self.variant()
+        vname = "pgemm_" + "_".join(str(x) for x in var[:3]) + (
+            "_" + "_".join(f"{v:g}" for v in var[3]) if var[3] else "")
+        sym = library.ensure(vname, lambda m, n: build_pgemm_library(m, n, var))
         P64 = I64.as_pointer()
         F32P = F32.as_pointer()
         lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)

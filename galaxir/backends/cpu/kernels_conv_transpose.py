@@ -3,8 +3,8 @@
 A transposed conv scatters every input pixel times its ``kh x kw`` kernel into the output.
 Written as ``cols = W^T @ X`` per (image, group), with ``W^T`` the constant weights as a
 ``[M/g * kh * kw, C/g]`` matrix and ``X`` the image as ``[C/g, H * W]``, it is one GEMM
-(``kernels.PackedGemm``, dense source: weights packed at compile time, both threads) into
-scratch, then a *col2im* scatter-add of each tap's row of ``cols`` into the output plane,
+(``kernels_nhwc.MatMulPacked``: the weights read in place, the image packed into 16-column
+panels, both threads) into scratch, then a *col2im* scatter-add of each tap's row of ``cols`` into the output plane,
 one task per output channel plane (no two tasks write the same element), starting from the
 bias.  The tap bounds are compile-time constants, so the scatter loops have no checks.
 """
@@ -14,20 +14,19 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from .codegen import F32, I64, i64
-from .kernels import Kernel, PackedGemm, pack_a
+from .codegen import F32, i64
+from .kernels import Kernel
+from .kernels_nhwc import MatMulPacked
 
 
 def pack_conv_transpose_weights(w, groups: int):
-    """Weights [C, M/g, kh, kw] -> per group ``pack_a`` of W_g^T [M/g * kh * kw, C/g]."""
+    """Weights [C, M/g, kh, kw] -> W_g^T [g, M/g * kh * kw, C/g] (row-major per group)."""
     import numpy as np
     w = np.asarray(w, np.float32)
     C = w.shape[0]
     cg = C // groups
     rows = int(np.prod(w.shape[1:]))
-    wg = w.reshape(groups, cg, rows)
-    return np.concatenate([pack_a(np.ascontiguousarray(wg[i].T)).reshape(-1)
-                           for i in range(groups)])
+    return np.ascontiguousarray(w.reshape(groups, cg, rows).transpose(0, 2, 1))
 
 
 def tap_range(k: int, s: int, p: int, d: int, n_in: int, n_out: int) -> tuple[int, int]:
@@ -60,7 +59,6 @@ class ConvTranspose2d(Kernel):
     pl: int = 0
     group: int = 1
     has_bias: bool = False
-    packed_size: int = 0   # elements of the packed weights
     name: str = "conv_transpose"
 
     def key(self):
@@ -74,25 +72,30 @@ class ConvTranspose2d(Kernel):
         return self.M // self.group * self.kh * self.kw
 
     @property
-    def scratch_bytes(self) -> int:
+    def cols_bytes(self) -> int:
         return self.N * self.group * self.rows * self.H * self.W * 4
 
-    def gemm(self, packed_size: int) -> PackedGemm:
+    @property
+    def scratch_bytes(self) -> int:
+        return self.cols_bytes + self.gemm().scratch_bytes
+
+    def gemm(self) -> MatMulPacked:
+        """cols[n, g] = W_g^T [rows, C/g] @ x[n, g] [C/g, H*W] for every (image, group)."""
         cg, P = self.C // self.group, self.H * self.W
-        return PackedGemm(M=self.rows, N=P, K=cg, source=("dense", P, False),
-                          batch=self.N * self.group, b_step=cg * P, c_step=self.rows * P,
-                          a_step=packed_size // self.group, groups=self.group)
+        return MatMulPacked(M=self.rows, N=P, K=cg, batch=(self.N, self.group),
+                            a_batch_strides=(0, self.rows * cg),
+                            b_batch_strides=(self.C * P, cg * P))
 
     def emit(self, module, fname, n_args):
         from .kernels import _fb
         from .parallel import parallel_kernel
         scatter = parallel_kernel(module, fname + "_col2im", n_args, self.N * self.M, self._col2im)
+        gemm = self.gemm().emit(module, fname + "_gemm", 4)
         fb = _fb(module, fname, n_args)
         b = fb.b
-        y, x, wp = fb.args[0], fb.args[1], fb.args[2]
-        cols = fb.args[-1]
-        gemm = self.gemm(self.packed_size)
-        _call_gemm(module, fb, gemm, cols, x, wp)
+        x, wt, scratch = fb.args[1], fb.args[2], fb.args[-1]
+        panels = fb.ptr(scratch, self.cols_bytes // 4)
+        b.call(gemm, [scratch, wt, x, panels])
         b.call(scatter, list(fb.args))
         return fb.finish()
 
@@ -125,19 +128,3 @@ class ConvTranspose2d(Kernel):
                     with fb.loop(wlo, whi) as iw:
                         o = b.mul(iw, i64(self.sw))
                         fb.store(b.fadd(fb.load(dst, o), fb.load(src, iw)), dst, o)
-
-
-def _call_gemm(module, fb, gemm: PackedGemm, c, bsrc, apacked):
-    """Call the packed GEMM's library function: c = Ap @ B over its batch."""
-    from . import library
-    from .parallel import pool_global
-    b = fb.b
-    sym = gemm.library_symbol()
-    P64 = I64.as_pointer()
-    F32P = F32.as_pointer()
-    lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
-    state = b.load(pool_global(module))
-    pp = b.bitcast(library.param_block(module, gemm.params(), "pgemm"), P64)
-    null = ir.Constant(F32P, None)
-    b.call(lib, [state, pp, b.bitcast(c, F32P), b.bitcast(bsrc, F32P), b.bitcast(apacked, F32P),
-                 null, null])

@@ -40,8 +40,8 @@ def lower_conv_transpose(op):
     kern = ConvTranspose2d(N=xs[0], C=xs[1], H=xs[2], W=xs[3], M=ys[1], OH=ys[2], OW=ys[3],
                            kh=kernel[0], kw=kernel[1], sh=strides[0], sw=strides[1],
                            dh=dil[0], dw=dil[1], pt=begin[0], pl=begin[1], group=g,
-                           has_bias=b is not None, packed_size=packed.size)
+                           has_bias=b is not None)
     if kern.scratch_bytes > MAX_SCRATCH_BYTES:
         return f"its GEMM result would need {kern.scratch_bytes >> 20} MiB of scratch"
-    ins = [x, ConstArray(packed, (w.name or "w") + ".packedT")]
+    ins = [x, ConstArray(packed, (w.name or "w") + ".T")]
     return kern, ins + ([b] if b is not None else [])
