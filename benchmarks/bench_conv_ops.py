@@ -40,8 +40,12 @@ CASES = {
     "dw3_dilated": ("Conv", 128, 28, 28, 128, 3, 1, 128, {"dilations": [2, 2]}),
     "grouped_regnet": ("Conv", 104, 28, 28, 104, 3, 1, 13, {}),
     "grouped_resnext": ("Conv", 128, 56, 56, 128, 3, 1, 32, {}),
-    "convT_dcgan_mid": ("ConvTranspose", 256, 8, 8, 128, 4, 2, 1, {}),
-    "convT_dcgan_last": ("ConvTranspose", 64, 32, 32, 3, 4, 2, 1, {}),
+    # the five layers of the DCGAN generator (nz 100, ngf 64)
+    "convT_dcgan1": ("ConvTranspose", 100, 1, 1, 512, 4, 1, 1, {"pads": [0, 0, 0, 0]}),
+    "convT_dcgan2": ("ConvTranspose", 512, 4, 4, 256, 4, 2, 1, {}),
+    "convT_dcgan3": ("ConvTranspose", 256, 8, 8, 128, 4, 2, 1, {}),
+    "convT_dcgan4": ("ConvTranspose", 128, 16, 16, 64, 4, 2, 1, {}),
+    "convT_dcgan5": ("ConvTranspose", 64, 32, 32, 3, 4, 2, 1, {}),
 }
 
 
@@ -81,7 +85,8 @@ def build(case: str):
         attrs.update(extra)
     else:
         w = rng.standard_normal((C, M // g, k, k)).astype(np.float32) * 0.1
-        attrs = dict(group=g, kernel_shape=[k, k], strides=[s, s], pads=[1] * 4, **extra)
+        attrs = dict(group=g, kernel_shape=[k, k], strides=[s, s], pads=[1] * 4)
+        attrs.update(extra)
     bias = rng.standard_normal(M).astype(np.float32)
     node = helper.make_node(op, ["x", "w", "b"], ["y"], **attrs)
     graph = helper.make_graph(

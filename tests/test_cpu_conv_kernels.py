@@ -269,3 +269,37 @@ def test_squeeze_excitation_runs_channels_last(gate):
     exe = get_backend("cpu").compile(opt)
     np.testing.assert_allclose(exe(xv)[0], ref[0], rtol=1e-4, atol=1e-4)
     assert "DepthwiseNhwc" in _kernels(exe) and not exe.fallback_ops, exe.report()
+
+
+@pytest.mark.parametrize("axes", [[1], [-3], None])
+def test_channel_split_runs_channels_last(axes):
+    """torchvision's ShuffleNetV2 block: x.chunk(2, dim=1) (two slices along C), a conv
+    branch on one half, concat: the slices take the channels-last path (axis remapped)."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 8, 9, 9))
+
+    def w(*shape):
+        return gb.constant((RNG.standard_normal(shape) * 0.3).astype(np.float32))
+
+    y = gb.relu(gb.conv(x, w(16, 8, 1, 1)))
+    halves = []
+    for lo, hi in ((0, 8), (8, 16)):
+        if axes is None:    # starts and ends for every axis
+            ops = [y, gb.constant(np.array([0, lo, 0, 0], np.int64)),
+                   gb.constant(np.array([1, hi, 9, 9], np.int64))]
+        else:
+            ops = [y, gb.constant(np.array([lo], np.int64)), gb.constant(np.array([hi], np.int64)),
+                   gb.constant(np.array(axes, np.int64))]
+        halves.append(gb.op("slice", *ops))
+    b2 = gb.conv(halves[1], w(8, 1, 3, 3), group=8, pads=[1, 1, 1, 1])
+    y = gb.concat(halves[0], gb.relu(gb.conv(b2, w(8, 8, 1, 1))), axis=1)
+    gb.output(gb.conv(y, w(4, 16, 1, 1)), "y")
+    m = gb.module()
+    xv = RNG.standard_normal((1, 8, 9, 9)).astype(np.float32)
+    ref = get_backend("numpy").compile(m)(xv)
+    opt = gx.optimize(m, level=3, target="cpu")
+    assert not interior_transposes(opt)
+    assert all(op.attrs.get("layout") == "NHWC" for op in opt.walk() if "conv" in op.name)
+    exe = get_backend("cpu").compile(opt)
+    np.testing.assert_allclose(exe(xv)[0], ref[0], rtol=1e-4, atol=1e-4)
+    assert not exe.fallback_ops, exe.report()

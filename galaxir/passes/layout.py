@@ -196,7 +196,37 @@ def _rewrite(op: Operation) -> str | None:
         return _push_elementwise(op)
     if op.name == "reshape":
         return _push_channel_shuffle(op)
+    if op.name == "slice":
+        return _push_slice(op)
     return None
+
+
+def _push_slice(op: Operation) -> str | None:
+    """slice(transpose(a, p), starts, ends, axes) -> transpose(slice(a, starts, ends,
+    p[axes]), p) with constant axes: ShuffleNetV2's channel split (chunk along C)."""
+    tr = _transposed(op.operands[0])
+    rank = _rank(op.results[0])
+    if tr is None or rank is None or len(tr[1]) != rank:
+        return None
+    a, perm = tr
+    starts = _const(op.operands[1])
+    axes_v = op.operand(3)
+    axes = _const(axes_v) if axes_v is not None else (
+        None if starts is None else np.arange(starts.size))
+    if axes is None or axes.dtype.kind not in "iu":
+        return None
+    new_axes = np.array([perm[int(ax) + rank if ax < 0 else int(ax)] for ax in axes.reshape(-1)],
+                        axes.dtype)
+    b = _builder(op)
+    ops = list(op.operands)
+    ops[0] = a
+    if len(ops) < 4:
+        ops.append(None)
+    ops[3] = b.constant(new_axes)
+    new = b.create("slice", *ops, num_results=1, **dict(op.attrs)).results[0]
+    new.name = op.results[0].name
+    op.replace_with([b.transpose(new, perm=perm)])
+    return "pushed"
 
 
 def _static_dims(v: Value | None) -> tuple[int, ...] | None:
