@@ -183,6 +183,7 @@ CONVT_CASES = [
     ((1, 8, 5, 5), (8, 4, 3, 3), {}),
     ((2, 16, 4, 4), (16, 8, 4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1])),   # DCGAN
     ((1, 20, 1, 1), (20, 12, 4, 4), {}),                                       # latent -> 4x4
+    ((3, 20, 1, 1), (20, 5, 3, 3), dict(strides=[2, 2], pads=[1, 0, 0, 1])),  # a batch of them
     ((1, 6, 5, 7), (6, 2, 3, 3), dict(group=3, strides=[2, 1], pads=[0, 1, 2, 0],
                                       output_padding=[1, 0], dilations=[1, 2])),
     ((1, 4, 6, 6), (4, 3, 5, 5), dict(strides=[3, 3], pads=[4, 4, 4, 4])),   # pads > stride

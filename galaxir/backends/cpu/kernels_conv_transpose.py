@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from .codegen import F32, i64
-from .kernels import Kernel
+from .kernels import Gemv, Kernel
 from .kernels_nhwc import MatMulPacked
 
 
@@ -79,9 +79,17 @@ class ConvTranspose2d(Kernel):
     def scratch_bytes(self) -> int:
         return self.cols_bytes + self.gemm().scratch_bytes
 
-    def gemm(self) -> MatMulPacked:
+    @property
+    def from_vector(self) -> bool:
+        """A 1x1 input (a generator's latent vector): cols is x @ W, a matrix-vector
+        product per image, which the GEMM's 16-column panels would fill with zeros."""
+        return self.H * self.W == 1 and self.group == 1 and self.N <= 4
+
+    def gemm(self):
         """cols[n, g] = W_g^T [rows, C/g] @ x[n, g] [C/g, H*W] for every (image, group)."""
         cg, P = self.C // self.group, self.H * self.W
+        if self.from_vector:
+            return Gemv(M=self.N, N=self.rows, K=self.C)
         return MatMulPacked(M=self.rows, N=P, K=cg, batch=(self.N, self.group),
                             a_batch_strides=(0, self.rows * cg),
                             b_batch_strides=(self.C * P, cg * P))
@@ -90,12 +98,15 @@ class ConvTranspose2d(Kernel):
         from .kernels import _fb
         from .parallel import parallel_kernel
         scatter = parallel_kernel(module, fname + "_col2im", n_args, self.N * self.M, self._col2im)
-        gemm = self.gemm().emit(module, fname + "_gemm", 4)
         fb = _fb(module, fname, n_args)
         b = fb.b
         x, wt, scratch = fb.args[1], fb.args[2], fb.args[-1]
-        panels = fb.ptr(scratch, self.cols_bytes // 4)
-        b.call(gemm, [scratch, wt, x, panels])
+        if self.from_vector:
+            gemv = self.gemm().emit(module, fname + "_gemv", 3)
+            b.call(gemv, [scratch, x, wt])
+        else:
+            gemm = self.gemm().emit(module, fname + "_gemm", 4)
+            b.call(gemm, [scratch, wt, x, fb.ptr(scratch, self.cols_bytes // 4)])
         b.call(scatter, list(fb.args))
         return fb.finish()
 
