@@ -50,9 +50,10 @@ CASES = {
 
 
 def model_cases(path: str) -> list[str]:
-    """Add to CASES every distinct conv of ``path`` that runs on DepthwiseNhwc at O3."""
+    """Add to CASES every distinct depthwise or grouped conv of ``path`` (as run at O3)."""
     import galaxir as gx
     from galaxir.backends.cpu.kernels_depthwise import DepthwiseNhwc
+    from galaxir.backends.cpu.kernels_nhwc import ConvNhwc
     from galaxir.backends.cpu.lower import NativeStep, lower_module
     from galaxir.backends.cpu.prepare import prepare, specialize
     m = gx.optimize(gx.import_model(path), level=3, target="cpu")
@@ -60,14 +61,18 @@ def model_cases(path: str) -> list[str]:
     names = []
     for st in lower_module(specialize(prepare(m), shapes)):
         k = st.kernel if isinstance(st, NativeStep) else None
-        if not isinstance(k, DepthwiseNhwc):
+        if isinstance(k, ConvNhwc) and k.group > 1:
+            cg, M, g = k.C // k.group, k.M, k.group
+        elif isinstance(k, DepthwiseNhwc):
+            cg, M, g = k.cg, k.C, k.C // k.cg
+        else:
             continue
         pb = (k.OH - 1) * k.sh + (k.kh - 1) * k.dh + 1 - k.H - k.pt
         pr = (k.OW - 1) * k.sw + (k.kw - 1) * k.dw + 1 - k.W - k.pl
         extra = {"dilations": [k.dh, k.dw], "pads": [k.pt, k.pl, max(pb, 0), max(pr, 0)]}
-        name = f"{k.C}x{k.H}x{k.W}_k{k.kh}s{k.sh}d{k.dh}_cg{k.cg}"
+        name = f"{k.C}x{k.H}x{k.W}_k{k.kh}s{k.sh}d{k.dh}_cg{cg}"
         if name not in CASES:
-            CASES[name] = ("Conv", k.C, k.H, k.W, k.C, k.kh, k.sh, k.C // k.cg, extra)
+            CASES[name] = ("Conv", k.C, k.H, k.W, M, k.kh, k.sh, g, extra)
             names.append(name)
     return names
 
