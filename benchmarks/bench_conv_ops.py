@@ -166,7 +166,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.from_model:
         a.cases = model_cases(a.from_model)
-    print("| case | threads | engine | galaxir ms | onnxruntime ms | ratio median | ratio of mins | rel. error |")
+    print("| case | threads | engine | galaxir ms | onnxruntime ms | ratio median "
+          "| ratio of mins | rel. error |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for threads in a.threads:

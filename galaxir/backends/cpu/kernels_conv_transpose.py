@@ -4,9 +4,9 @@ A transposed conv scatters every input pixel times its ``kh x kw`` kernel into t
 Written as ``cols = W^T @ X`` per (image, group), with ``W^T`` the constant weights as a
 ``[M/g * kh * kw, C/g]`` matrix and ``X`` the image as ``[C/g, H * W]``, it is one GEMM
 (``kernels_nhwc.MatMulPacked``: the weights read in place, the image packed into 16-column
-panels, both threads) into scratch, then a *col2im* scatter-add of each tap's row of ``cols`` into the output plane,
-one task per output channel plane (no two tasks write the same element), starting from the
-bias.  The tap bounds are compile-time constants, so the scatter loops have no checks.
+panels, both threads; ``Gemv`` for a 1x1 input) into scratch, then a *col2im* scatter-add
+of each tap's row of ``cols`` into the output plane, one task per output channel plane (no
+two tasks write the same element), starting from the bias.  The tap bounds are compile-time constants, so the scatter loops have no checks.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Depthwise convolution on channels-last tensors (MobileNet, EfficientNet, ConvNeXt).
+"""Depthwise convolution on channels-last tensors (MobileNet, EfficientNet, ConvNeXt), and
+grouped convolution with 2-8 channels per group (RegNet, ResNeXt).
 
 A depthwise conv does ``kh * kw`` multiply-adds per output element and reads each input
 pixel ``kh * kw`` times, so it is bound by loads, not FMAs.  The kernel keeps the loads
@@ -13,7 +14,9 @@ down and the FMA units busy:
 * the interior of a row (every tap inside the image) has no bounds checks; only the few
   border pixels select a zero vector for taps in the padding, and rows of padding are
   skipped;
-* one task per output row, spread over the worker pool.
+* one task per output row, spread over the worker pool;
+* with cg > 1 channels per group, each input vector is still loaded once, and lane l
+  takes input channel q of its own group through a shuffle (cg FMAs per tap).
 
 Every output channel is one FMA chain over the taps in (row, column) order, then bias,
 residual and activation, whatever its pixel's position in a group.
@@ -86,7 +89,8 @@ def _halves(b, v, width):
         return [v]
     idx = ir.VectorType(ir.IntType(32), 8)
     return [b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                             ir.Constant(idx, list(range(8 * h, 8 * h + 8)))) for h in range(width // 8)]
+                             ir.Constant(idx, list(range(8 * h, 8 * h + 8))))
+            for h in range(width // 8)]
 
 
 def _join(b, parts):
@@ -135,9 +139,9 @@ class DepthwiseNhwc(Kernel):
     name: str = "dwconv_nhwc"
 
     def key(self):
-        return ("dw_nhwc", _lanes(), self.cg, self.N, self.H, self.W, self.C, self.OH, self.OW, self.kh,
-                self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.has_bias,
-                self.activation, self.act_params, self.has_z, self.relu)
+        return ("dw_nhwc", _lanes(), self.cg, self.N, self.H, self.W, self.C, self.OH, self.OW,
+                self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl,
+                self.has_bias, self.activation, self.act_params, self.has_z, self.relu)
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
