@@ -31,9 +31,8 @@ import llvmlite.ir as ir
 
 from . import jit
 from .codegen import F32, I64, f32, i64, memset0
-from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_v8, _fma_vec,
-                      _broadcast, _max, _min, _splat8, apply_activation_v8, build_task_library, emit_expr,
-                      padded_window_count)
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_vec,
+                      _broadcast, _max, _min, _splat8, build_task_library, padded_window_count)
 
 MR, NR = 6, 16
 V16 = ir.VectorType(F32, 16)
@@ -381,9 +380,8 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
             _tile_times_panel(pix0, pj, fast_rows)
 
 
-# -- the rest of a channels-last CNN: pooling, vectorized over channels --------------------
-# (the depthwise conv has its own module)
-from .kernels_depthwise import DepthwiseNhwc, direct_group_ok, pack_depthwise_nhwc  # noqa: E402,F401
+# -- the rest of a channels-last CNN: pooling, vectorized over channels ----------------------
+# (the depthwise conv has its own module, kernels_depthwise)
 def _window_rows(fb, b, o, s, p, k, d, size):
     """(start, first valid tap, end tap) of a pooling/conv window along one dim."""
     start = b.sub(b.mul(o, i64(s)), i64(p))

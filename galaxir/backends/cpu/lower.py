@@ -11,6 +11,7 @@ import numpy as np
 from ...ir import Module, Operation, Value
 from ...ir.types import DType, TensorType
 from . import kernels as K
+from . import kernels_depthwise as KD
 from . import kernels_nhwc as KN
 from .jit import has_blas
 
@@ -209,9 +210,9 @@ def _lower_conv_nhwc(op):
                kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1],
                has_bias=b is not None, activation=act, act_params=act_params,
                has_z=z is not None)
-    if KN.direct_group_ok(xs[3], ws[0], g):
-        packed = KN.pack_depthwise_nhwc(wc)
-        return (KN.DepthwiseNhwc(cg=xs[3] // g, **geo),
+    if KD.direct_group_ok(xs[3], ws[0], g):
+        packed = KD.pack_depthwise_nhwc(wc)
+        return (KD.DepthwiseNhwc(cg=xs[3] // g, **geo),
                 [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra)
     packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
     return (KN.ConvNhwc(M=ws[0], group=g, **geo),
@@ -656,7 +657,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
         if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul, KN.ConvNhwc,
-                             KN.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
+                             KD.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
                 and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:
