@@ -301,7 +301,7 @@ class GraphImporter:
         try:
             outs = fn(ctx)
         except GalaxirError as e:
-            if label in str(e):
+            if f"ONNX node '{label}'" in str(e):
                 raise
             raise type(e)(f"ONNX node '{label}' ({node.op_type}): {e}") from e
         except Exception as e:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import FLOAT32, FLOATS, INT64, attr, define
 from ..types import UNKNOWN, Dim, DType, TensorType
 from .rules import const_value, fail, tensor_operand
 
@@ -184,9 +184,12 @@ def _conv_verify(op):
             raise fail(op, f"input has {c} channels but weight {w} with group={g} expects {wc * g}")
 
 
+#: conv-like ops: input, weight and bias share one element type
+CONV_TYPES = {"x": "T", "w": "T", "b": "T"}
+
 define("conv", operands=["x", "w", "b?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **LAYOUT_ATTR},
-       infer=_conv_infer, verify=_conv_verify,
+       infer=_conv_infer, verify=_conv_verify, types=CONV_TYPES,
        doc="N-d convolution (ONNX Conv): x[N,C,*S] * w[M,C/group,*K] + b[M].")
 
 
@@ -246,7 +249,7 @@ def _conv_transpose_infer(op):
 define("conv_transpose", operands=["x", "w", "b?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), "output_padding": attr("ints"),
               "output_shape": attr("ints")},
-       infer=_conv_transpose_infer, verify=lambda op: _check_auto_pad(op),
+       infer=_conv_transpose_infer, verify=lambda op: _check_auto_pad(op), types=CONV_TYPES,
        doc="Transposed convolution (ONNX ConvTranspose); w is [C, M/group, *K].")
 
 
@@ -268,7 +271,8 @@ def _deform_infer(op):
 define("deform_conv", operands=["x", "w", "offset", "b?", "mask?"],
        attrs={"dilations": attr("ints"), "group": attr("int", 1), "kernel_shape": attr("ints"),
               "offset_group": attr("int", 1), "pads": attr("ints"), "strides": attr("ints")},
-       infer=_deform_infer, doc="Deformable convolution (ONNX DeformConv).")
+       infer=_deform_infer, doc="Deformable convolution (ONNX DeformConv).",
+       types={"x": "T", "w": "T", "offset": "T", "b": "T", "mask": "T"})
 
 
 def _causal_infer(op):
@@ -285,6 +289,7 @@ def _causal_infer(op):
 
 define("causal_conv_with_state", operands=["x", "w", "b?", "past_state?"], num_results=2,
        attrs={"activation": attr("str", "none")}, infer=_causal_infer,
+       types={"x": "T", "w": "T", "b": "T", "past_state": "T"},
        doc="Causal depthwise 1-d conv with carried state (ONNX CausalConvWithState).")
 
 
@@ -360,7 +365,8 @@ def _max_unpool_infer(op):
 
 define("max_unpool", operands=["x", "indices", "output_shape?"],
        attrs={"kernel_shape": attr("ints", required=True), "pads": attr("ints"),
-              "strides": attr("ints")}, infer=_max_unpool_infer)
+              "strides": attr("ints")}, infer=_max_unpool_infer,
+       types={"indices": INT64, "output_shape": INT64})
 
 
 # -- resize and sampling --------------------------------------------------------------------
@@ -459,6 +465,7 @@ define("resize", operands=["x", "roi?", "scales?", "sizes?"],
               "keep_aspect_ratio_policy": attr("str", "stretch"), "mode": attr("str", "nearest"),
               "nearest_mode": attr("str", "round_prefer_floor")},
        infer=_resize_infer, verify=_resize_verify,
+       types={"roi": FLOATS, "scales": FLOAT32, "sizes": INT64},
        doc="ONNX Resize (opset 19 semantics); Upsample and older Resize import as this.")
 
 
@@ -469,7 +476,7 @@ def _grid_sample_infer(op):
     return [TensorType(x.dtype, (x.shape[0], x.shape[1], *g.shape[1:-1]))]
 
 
-define("grid_sample", operands=["x", "grid"],
+define("grid_sample", operands=["x", "grid"], types={"grid": FLOATS},
        attrs={"align_corners": attr("int", 0), "mode": attr("str", "linear"),
               "padding_mode": attr("str", "zeros")}, infer=_grid_sample_infer)
 
@@ -488,7 +495,7 @@ def _affine_grid_infer(op):
 
 
 define("affine_grid", operands=["theta", "size"], attrs={"align_corners": attr("int", 0)},
-       infer=_affine_grid_infer)
+       infer=_affine_grid_infer, types={"theta": FLOATS, "size": INT64})
 
 
 def _roi_align_infer(op):
@@ -502,13 +509,16 @@ define("roi_align", operands=["x", "rois", "batch_indices"],
        attrs={"coordinate_transformation_mode": attr("str", "half_pixel"),
               "mode": attr("str", "avg"), "output_height": attr("int", 1),
               "output_width": attr("int", 1), "sampling_ratio": attr("int", 0),
-              "spatial_scale": attr("float", 1.0)}, infer=_roi_align_infer)
+              "spatial_scale": attr("float", 1.0)}, infer=_roi_align_infer,
+       types={"x": "T", "rois": "T", "batch_indices": INT64})
 
 define("non_max_suppression",
        operands=["boxes", "scores", "max_output_boxes_per_class?", "iou_threshold?",
                  "score_threshold?"],
        attrs={"center_point_box": attr("int", 0)},
        infer=lambda op: [TensorType(DType.int64, (UNKNOWN, 3))],
+       types={"boxes": FLOAT32, "scores": FLOAT32, "max_output_boxes_per_class": INT64,
+              "iou_threshold": FLOAT32, "score_threshold": FLOAT32},
        doc="Selected boxes as rows [batch, class, box]; the row count depends on the data.")
 
 

@@ -1,0 +1,227 @@
+"""Regression tests for the IR-side findings of issue 13 (hardening): operand dtypes checked
+by every op (1), rewrites that keep result types (8), window geometry (9), typed errors in
+place of raw exceptions (10) and the ONNX importer's checks of node outputs (11).
+
+Each test failed on the code before its fix."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as oh
+
+import galaxir as gx
+from galaxir import errors
+from galaxir.ir import DType, GraphBuilder, opdef, tensor
+
+vi = oh.make_tensor_value_info
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
+    graph = oh.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+
+
+def _ort_refuses(model: onnx.ModelProto) -> bool:
+    ort = pytest.importorskip("onnxruntime")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:
+        return True
+    return False
+
+
+# -- finding 1: operand dtypes --------------------------------------------------------------------
+def _branch(name: str, dtype: int) -> onnx.GraphProto:
+    c = oh.make_tensor(f"{name}_v", dtype, [1], [1])
+    return oh.make_graph([oh.make_node("Constant", [], [f"{name}_out"], value=c)], name, [],
+                         [vi(f"{name}_out", dtype, [1])])
+
+
+F, D, I64, I32 = TP.FLOAT, TP.DOUBLE, TP.INT64, TP.INT32
+
+#: (case, nodes, inputs, output, opset, words the error must contain)
+BAD_DTYPES = [
+    ("concat", [oh.make_node("Concat", ["a", "b"], ["y"], axis=0, name="n")],
+     [vi("a", I64, [2]), vi("b", F, [2])], vi("y", I64, [4]), 17, ["int64", "float32"]),
+    ("gemm", [oh.make_node("Gemm", ["a", "b"], ["y"], name="n")],
+     [vi("a", F, [2, 2]), vi("b", D, [2, 2])], vi("y", F, [2, 2]), 17, ["float32", "float64"]),
+    ("gemm_c", [oh.make_node("Gemm", ["a", "b", "c"], ["y"], name="n")],
+     [vi("a", F, [2, 2]), vi("b", F, [2, 2]), vi("c", D, [2])], vi("y", F, [2, 2]), 17,
+     ["float32", "float64"]),
+    ("conv", [oh.make_node("Conv", ["x", "w"], ["y"], name="n")],
+     [vi("x", F, [1, 1, 3, 3]), vi("w", D, [1, 1, 1, 1])], vi("y", F, [1, 1, 3, 3]), 17,
+     ["float32", "float64"]),
+    ("batch_norm_scale_bias", [oh.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="n")],
+     [vi("x", F, [1, 2, 2]), vi("s", F, [2]), vi("b", D, [2]), vi("m", F, [2]), vi("v", F, [2])],
+     vi("y", F, [1, 2, 2]), 15, ["float32", "float64"]),
+    ("batch_norm_opset14", [oh.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="n")],
+     [vi("x", F, [1, 2, 2]), vi("s", D, [2]), vi("b", D, [2]), vi("m", F, [2]), vi("v", F, [2])],
+     vi("y", F, [1, 2, 2]), 14, ["float32", "float64"]),
+    ("layer_norm", [oh.make_node("LayerNormalization", ["x", "s"], ["y"], name="n")],
+     [vi("x", F, [2, 3]), vi("s", D, [3])], vi("y", F, [2, 3]), 17, ["float32", "float64"]),
+    ("instance_norm", [oh.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], name="n")],
+     [vi("x", F, [1, 2, 3]), vi("s", D, [2]), vi("b", F, [2])], vi("y", F, [1, 2, 3]), 17,
+     ["float32", "float64"]),
+    ("scatter_nd", [oh.make_node("ScatterND", ["d", "i", "u"], ["y"], name="n")],
+     [vi("d", F, [4]), vi("i", I64, [1, 1]), vi("u", D, [1])], vi("y", F, [4]), 17,
+     ["float32", "float64"]),
+    ("scatter_nd_indices", [oh.make_node("ScatterND", ["d", "i", "u"], ["y"], name="n")],
+     [vi("d", F, [4]), vi("i", F, [1, 1]), vi("u", F, [1])], vi("y", F, [4]), 17,
+     ["indices", "int64", "f32"]),
+    ("range", [oh.make_node("Range", ["a", "b", "c"], ["y"], name="n")],
+     [vi("a", F, []), vi("b", I64, []), vi("c", F, [])], vi("y", F, ["n"]), 17,
+     ["int64", "float32"]),
+    ("pad_value", [oh.make_node("Pad", ["x", "p", "v"], ["y"], name="n")],
+     [vi("x", F, [2]), vi("p", I64, [2]), vi("v", D, [])], vi("y", F, ["n"]), 17,
+     ["float32", "float64"]),
+    ("pad_pads", [oh.make_node("Pad", ["x", "p"], ["y"], name="n")],
+     [vi("x", F, [2]), vi("p", F, [2])], vi("y", F, ["n"]), 17, ["pads", "int64", "f32"]),
+    ("gather_float_indices", [oh.make_node("Gather", ["x", "i"], ["y"], name="n")],
+     [vi("x", F, [3]), vi("i", F, [2])], vi("y", F, [2]), 17, ["indices", "int32 or int64", "f32"]),
+    ("if_float_cond", [oh.make_node("If", ["c"], ["y"], name="n", then_branch=_branch("t", F),
+                                    else_branch=_branch("e", F))],
+     [vi("c", F, [])], vi("y", F, [1]), 17, ["cond", "bool", "f32"]),
+    ("where_cond", [oh.make_node("Where", ["c", "a", "b"], ["y"], name="n")],
+     [vi("c", F, [2]), vi("a", F, [2]), vi("b", F, [2])], vi("y", F, [2]), 17, ["condition", "bool"]),
+    ("reshape_shape", [oh.make_node("Reshape", ["x", "s"], ["y"], name="n")],
+     [vi("x", F, [4]), vi("s", F, [1])], vi("y", F, ["n"]), 17, ["shape", "int64"]),
+    ("matmul", [oh.make_node("MatMul", ["a", "b"], ["y"], name="n")],
+     [vi("a", F, [2, 2]), vi("b", I64, [2, 2])], vi("y", F, [2, 2]), 17, ["float32", "int64"]),
+    ("sum", [oh.make_node("Sum", ["a", "b", "c"], ["y"], name="n")],
+     [vi("a", F, [2]), vi("b", F, [2]), vi("c", D, [2])], vi("y", F, [2]), 17, ["float32", "float64"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_DTYPES, ids=[c[0] for c in BAD_DTYPES])
+def test_onnx_mismatched_operand_dtypes_are_refused(case):
+    name, nodes, inputs, output, opset, words = case
+    model = _model(nodes, inputs, [output], opset=opset)
+    assert _ort_refuses(model), "onnxruntime accepts this model: it is not a bad case"
+    for check in (True, False):
+        with pytest.raises(errors.VerificationError) as e:
+            gx.import_model(model, check=check)
+        msg = str(e.value)
+        assert "ONNX node 'n'" in msg, msg
+        for w in words:
+            assert w in msg, (w, msg)
+
+
+def test_concat_of_mixed_dtypes_never_reaches_the_cpu_kernel():
+    # the original crash: the cpu kernel sized every operand with the result's itemsize
+    model = _model([oh.make_node("Concat", ["a", "b"], ["y"], axis=0, name="cat")],
+                   [vi("a", I64, [2]), vi("b", F, [2])], [vi("y", I64, [4])])
+    with pytest.raises(errors.VerificationError, match=r"ONNX node 'cat'.*inputs \(operand 1\) is float32 "
+                                                       r"but inputs \(operand 0\) is int64"):
+        gx.compile(model, target="cpu")
+
+
+@pytest.mark.parametrize("xt,st,mt", [(TP.FLOAT16, F, F), (F, TP.FLOAT16, TP.FLOAT16)])
+def test_batch_norm_with_its_own_parameter_dtypes_still_imports(xt, st, mt):
+    """BatchNormalization-15 lets scale/B (T1) and mean/var (T2) differ from X (T):
+    a valid model onnxruntime runs, so galaxir must too (it casts them to X's dtype)."""
+    ort = pytest.importorskip("onnxruntime")
+    model = _model([oh.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
+                   [vi("x", xt, [1, 2, 3]), vi("s", st, [2]), vi("b", st, [2]), vi("m", mt, [2]),
+                    vi("v", mt, [2])], [vi("y", xt, [1, 2, 3])], opset=15)
+    npd = oh.tensor_dtype_to_np_dtype
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((1, 2, 3)).astype(npd(xt)),
+             "s": np.array([1.5, 2.0], npd(st)), "b": np.array([0.1, 0.2], npd(st)),
+             "m": np.array([0.3, 0.1], npd(mt)), "v": np.array([1.0, 2.0], npd(mt))}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for target in ("numpy", "cpu"):
+        out = gx.compile(model, target=target).run(feeds)["y"]
+        assert out.dtype == ref.dtype
+        np.testing.assert_allclose(out.astype(np.float32), ref.astype(np.float32), atol=2e-3)
+
+
+def _builder_case(build):
+    gb = GraphBuilder()
+    return build(gb)
+
+
+BUILDER_CASES = {
+    "concat": lambda gb: gb.concat(gb.input("a", tensor("i64", 2)), gb.input("b", tensor("f32", 2)), axis=0),
+    "gemm": lambda gb: gb.gemm(gb.input("a", tensor("f32", 2, 2)), gb.input("b", tensor("f64", 2, 2))),
+    "conv": lambda gb: gb.conv(gb.input("x", tensor("f32", 1, 1, 3, 3)), gb.input("w", tensor("f32", 1, 1, 1, 1)),
+                               gb.input("b", tensor("f16", 1))),
+    "batch_norm": lambda gb: gb.batch_norm(*[gb.input(n, tensor(d, 2)) for n, d in
+                                             (("x", "f32"), ("s", "f32"), ("b", "f32"), ("m", "f64"), ("v", "f32"))]),
+    "layer_norm": lambda gb: gb.layer_norm(gb.input("x", tensor("f32", 2, 3)), gb.input("s", tensor("f16", 3))),
+    "instance_norm": lambda gb: gb.instance_norm(*[gb.input(n, tensor(d, 1, 2)) for n, d in
+                                                   (("x", "f32"), ("s", "f32"), ("b", "bf16"))]),
+    "scatter_nd": lambda gb: gb.scatter_nd(gb.input("d", tensor("f32", 4)), gb.input("i", tensor("i32", 1, 1)),
+                                           gb.input("u", tensor("f32", 1))),
+    "range": lambda gb: gb.range(gb.input("a", tensor("i32")), gb.input("b", tensor("i64")),
+                                 gb.input("c", tensor("i32"))),
+    "pad": lambda gb: gb.pad(gb.input("x", tensor("f32", 2)), gb.constant(np.array([1, 1], np.int64)),
+                             gb.input("v", tensor("i64"))),
+    "gather": lambda gb: gb.gather(gb.input("x", tensor("f32", 3)), gb.input("i", tensor("f32", 2))),
+    "slice": lambda gb: gb.slice(gb.input("x", tensor("f32", 3)), gb.constant(np.array([0], np.int32)),
+                                 gb.constant(np.array([2], np.int64))),
+    "if": lambda gb: gb.create("if", gb.input("c", tensor("i64")),
+                               regions=[gb.region(body=lambda b: b.constant(np.float32(1))),
+                                        gb.region(body=lambda b: b.constant(np.float32(2)))]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDER_CASES))
+def test_builder_refuses_mismatched_operand_dtypes(name):
+    with pytest.raises(errors.ShapeInferenceError, match=r"op '[a-z_]+' .*operand \d"):
+        _builder_case(BUILDER_CASES[name])
+
+
+def test_verifier_refuses_mismatched_operand_dtypes_given_result_types():
+    """An op created with explicit result types skips inference: the verifier checks it."""
+    gb = GraphBuilder()
+    a, b = gb.input("a", tensor("i64", 2)), gb.input("b", tensor("f32", 2))
+    op = gb.create("concat", a, b, axis=0, result_types=[tensor("i64", 4)])
+    gb.output(op.result, "y")
+    m = gb.module()
+    with pytest.raises(errors.VerificationError, match=r"op 'concat' #0: inputs \(operand 1\) is "
+                                                       r"float32 but inputs \(operand 0\) is int64"):
+        m.verify()
+
+
+#: ops whose operand dtypes are independent of each other by their definition
+INDEPENDENT_OPERANDS = {
+    "pow": "the exponent may have any numeric type (ONNX T, T1)",
+    "one_hot": "indices, depth and values each have their own type (ONNX T1, T2, T3)",
+    "quantize_linear": "x, scale and zero point types differ by opset; the zero point sets the result",
+    "sequence_map": "operands are sequences and tensors of any type",
+}
+
+
+def test_every_op_with_several_operands_declares_its_operand_types():
+    missing = []
+    for name, od in sorted(opdef.all_ops().items()):
+        if len(od.operands) >= 2 or any(o.endswith("*") for o in od.operands):
+            if not od.types and name not in INDEPENDENT_OPERANDS and name not in ("return", "scan",
+                                                                                  "fused_elementwise"):
+                missing.append(name)
+    assert not missing, f"ops without operand type declarations: {missing}"
+
+
+def test_user_op_type_declarations():
+    od = opdef.define("test_hardening.lookup", operands=["table", "indices", "default?"],
+                      types={"table": "T", "default": "T", "indices": opdef.INDEX},
+                      infer=lambda op: [op.operand_types[0]], replace=True)
+    assert od.types["indices"] == opdef.INDEX
+    gb = GraphBuilder()
+    t = gb.input("t", tensor("f32", 3))
+    gb.op("test_hardening.lookup", t, gb.input("i", tensor("i32", 2)))  # fine
+    with pytest.raises(errors.ShapeInferenceError, match=r"default \(operand 2\) is float64 but "
+                                                         r"table \(operand 0\) is float32"):
+        gb.op("test_hardening.lookup", t, gb.input("j", tensor("i64", 2)), gb.input("d", tensor("f64")))
+    with pytest.raises(errors.ShapeInferenceError, match=r"indices \(operand 1\) must be int32 or int64"):
+        gb.op("test_hardening.lookup", t, gb.input("k", tensor("u8", 2)))
+    with pytest.raises(ValueError, match="not one of"):
+        opdef.define("test_hardening.bad", operands=["x"], types={"y": "T"}, replace=True)
+    with pytest.raises(ValueError, match="type variable name"):
+        opdef.define("test_hardening.bad", operands=["x"], types={"x": 3}, replace=True)
