@@ -26,11 +26,18 @@ def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
 
 
 def _ort_refuses(model: onnx.ModelProto) -> bool:
+    """Does onnxruntime refuse the model, when loading it or running it on ones?"""
     ort = pytest.importorskip("onnxruntime")
+    feeds = {}
+    for i in model.graph.input:
+        tt = i.type.tensor_type
+        shape = [max(d.dim_value, 1) for d in tt.shape.dim]
+        feeds[i.name] = np.ones(shape, oh.tensor_dtype_to_np_dtype(tt.elem_type))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            sess.run(None, feeds)
     except Exception:
         return True
     return False
@@ -225,3 +232,193 @@ def test_user_op_type_declarations():
         opdef.define("test_hardening.bad", operands=["x"], types={"y": "T"}, replace=True)
     with pytest.raises(ValueError, match="type variable name"):
         opdef.define("test_hardening.bad", operands=["x"], types={"x": 3}, replace=True)
+
+
+# -- finding 8: rewrites keep result types --------------------------------------------------------
+def _pool_model(xshape, kernel, yshape, op="MaxPool", **attrs) -> onnx.ModelProto:
+    return _model([oh.make_node(op, ["x"], ["y"], kernel_shape=kernel, **attrs)],
+                  [vi("x", F, xshape)], [vi("y", F, yshape)])
+
+
+@pytest.mark.parametrize("xshape,kernel,yshape", [
+    ([1, 1, 0, 4], [1, 1], [1, 1, 0, 4]),   # raised PassError at O3
+    ([1, 1, 0, 0], [1, 1], [1, 1, 0, 0]),
+    ([1, 1, 4, 0], [1, 1], [1, 1, 4, 0]),
+    ([1, 0, 3, 3], [2, 2], [1, 0, 2, 2]),
+    ([0, 3, 3, 1], [2, 1], [0, 3, 2, 1]),
+    ([1, 1, 1, 0], [1, 1], [1, 1, 1, 0]),
+])
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_o3_layout_keeps_zero_size_shapes(xshape, kernel, yshape, target):
+    model = _pool_model(xshape, kernel, yshape)
+    x = np.zeros(xshape, np.float32)
+    ref = gx.compile(model, target="numpy", level=0)(x)[0]
+    assert ref.shape == tuple(yshape)
+    m = gx.optimize(model, level=3, target="cpu", layout="NHWC")
+    assert m.graph.outputs[0].type == tensor("f32", *yshape)
+    out = gx.compile(m, target=target, level=0)(x)[0]
+    assert out.shape == tuple(yshape)
+
+
+def test_layout_transpose_to_reshape_uses_allowzero():
+    """The transpose that only moves size-1 dims becomes a reshape; with a 0 in the shape it
+    must say allowzero=1, or the 0 copies an input dim."""
+    from galaxir.passes.layout import convert_to_nhwc
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 0, 0, 1))
+    gb.output(gb.transpose(x, perm=(0, 3, 1, 2)), "y")
+    m = gb.module()
+    convert_to_nhwc(m)
+    (op,) = [o for o in m.walk() if o.name == "reshape"]
+    assert op.attr("allowzero") == 1
+    assert m.graph.outputs[0].type == tensor("f32", 1, 1, 0, 0)
+    m.verify()
+    out = gx.compile(m, target="cpu", level=0)(np.zeros((1, 0, 0, 1), np.float32))[0]
+    assert out.shape == (1, 1, 0, 0)
+
+
+def test_rewriter_refuses_a_replacement_of_another_type():
+    from galaxir.passes.rewrite import Rewriter, RewritePattern, apply_patterns_greedily
+
+    class BadRule(RewritePattern):
+        name = "bad-rule"
+        root = "relu"
+
+        def match_and_rewrite(self, op, rewriter):
+            x = op.operands[0]
+            y = rewriter.create("reshape", x, rewriter.constant(np.array([4, 1], np.int64))).result
+            rewriter.replace_op(op, [y])
+            return True
+
+    gb = GraphBuilder()
+    gb.output(gb.relu(gb.input("x", tensor("f32", 2, 2))), "y")
+    m = gb.module()
+    with pytest.raises(errors.PassError, match=r"bad-rule.*relu.*typed f32\[2,2\], with a value typed f32\[4,1\]"):
+        apply_patterns_greedily(m, [BadRule()])
+    with pytest.raises(errors.PassError, match="bad-rule"):
+        rw = Rewriter()
+        (relu,) = [o for o in m.walk() if o.name == "relu"]
+        rw._begin(relu, "bad-rule")
+        BadRule().match_and_rewrite(relu, rw)
+
+
+# -- finding 9: window geometry ---------------------------------------------------------------------
+_W = np.ones((1, 1, 2, 2), np.float32)
+
+
+def _window_model(op, xshape, with_w=False, **attrs) -> onnx.ModelProto:
+    inputs = ["x", "w"] if with_w else ["x"]
+    inits = [onnx.numpy_helper.from_array(_W, "w")] if with_w else []
+    return _model([oh.make_node(op, inputs, ["y"], name="win", **attrs)], [vi("x", F, xshape)],
+                  [vi("y", F, [None] * len(xshape))], inits)
+
+
+BAD_WINDOWS = [
+    ("maxpool_window_too_big", "MaxPool", [1, 1, 2, 2], False, dict(kernel_shape=[5, 5]), "padded input"),
+    ("lppool_window_too_big", "LpPool", [1, 1, 2, 2], False, dict(kernel_shape=[5, 5]), "padded input"),
+    ("avgpool_window_too_big", "AveragePool", [1, 1, 3, 3], False, dict(kernel_shape=[2, 5]), "padded input"),
+    ("conv_window_too_big", "Conv", [1, 1, 1, 1], True, dict(dilations=[2, 2]), "padded input"),
+    ("maxpool_dilated_too_big", "MaxPool", [1, 1, 4, 4], False,
+     dict(kernel_shape=[2, 2], dilations=[5, 1]), "padded input"),
+    ("maxpool_negative_stride", "MaxPool", [1, 1, 4, 4], False, dict(kernel_shape=[2, 2], strides=[-1, 1]), "strides"),
+    ("maxpool_zero_stride", "MaxPool", [1, 1, 4, 4], False, dict(kernel_shape=[2, 2], strides=[0, 1]), "strides"),
+    ("conv_negative_stride", "Conv", [1, 1, 4, 4], True, dict(strides=[1, -2]), "strides"),
+    ("convT_negative_stride", "ConvTranspose", [1, 1, 4, 4], True, dict(strides=[-1, 1]), "strides"),
+    ("maxpool_dilation_0", "MaxPool", [1, 1, 4, 4], False, dict(kernel_shape=[2, 2], dilations=[0, 1]), "dilations"),
+    ("conv_dilation_0", "Conv", [1, 1, 4, 4], True, dict(dilations=[1, 0]), "dilations"),
+    ("conv_group_0", "Conv", [1, 1, 4, 4], True, dict(group=0), "group"),
+    ("convT_group_0", "ConvTranspose", [1, 1, 4, 4], True, dict(group=0), "group"),
+    ("maxpool_kernel_0", "MaxPool", [1, 1, 4, 4], False, dict(kernel_shape=[0, 2]), "kernel_shape"),
+    ("conv_negative_pad", "Conv", [1, 1, 4, 4], True, dict(pads=[-1, 0, 0, 0]), "pads"),
+    ("avgpool_pad_equals_kernel", "AveragePool", [1, 1, 4, 4], False,
+     dict(kernel_shape=[2, 2], pads=[2, 2, 2, 2]), "padding"),
+    ("avgpool_pad_exceeds_kernel", "AveragePool", [1, 1, 4, 4], False,
+     dict(kernel_shape=[2, 2], pads=[0, 0, 3, 0]), "padding"),
+    ("avgpool_pad_equals_kernel_cip", "AveragePool", [1, 1, 4, 4], False,
+     dict(kernel_shape=[2, 2], pads=[2, 2, 2, 2], count_include_pad=1), "padding"),
+    ("maxpool_pad_equals_kernel", "MaxPool", [1, 1, 4, 4], False,
+     dict(kernel_shape=[2, 2], pads=[2, 0, 0, 0]), "padding"),
+    ("maxpool_bogus_auto_pad", "MaxPool", [1, 1, 4, 4], False, dict(kernel_shape=[2, 2], auto_pad="BOGUS"), "auto_pad"),
+    ("avgpool_bogus_auto_pad", "AveragePool", [1, 1, 4, 4], False, dict(kernel_shape=[2, 2], auto_pad="same"), "auto_pad"),
+    ("conv_bogus_auto_pad", "Conv", [1, 1, 4, 4], True, dict(auto_pad="BOGUS"), "auto_pad"),
+    ("convT_bogus_auto_pad", "ConvTranspose", [1, 1, 4, 4], True, dict(auto_pad="BOGUS"), "auto_pad"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_WINDOWS, ids=[c[0] for c in BAD_WINDOWS])
+def test_bad_window_geometry_is_a_verification_error(case):
+    _, op, xshape, with_w, attrs, word = case
+    model = _window_model(op, xshape, with_w, **attrs)
+    assert _ort_refuses(model)
+    with pytest.raises(errors.VerificationError) as e:
+        gx.import_model(model, check=False)
+    assert "ONNX node 'win'" in str(e.value) and word in str(e.value), str(e.value)
+
+
+GOOD_WINDOWS = [
+    ("maxpool_window_fits_with_pads", "MaxPool", [1, 1, 2, 2], False, dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2])),
+    ("maxpool_pad_below_kernel", "MaxPool", [1, 1, 2, 2], False, dict(kernel_shape=[3, 3], pads=[1, 1, 0, 0])),
+    ("avgpool_pad_below_kernel", "AveragePool", [1, 1, 3, 3], False, dict(kernel_shape=[3, 3], pads=[2, 2, 2, 2])),
+    ("maxpool_window_one_too_big", "MaxPool", [1, 1, 2, 3], False, dict(kernel_shape=[3, 3])),
+    ("maxpool_dilated_one_too_big", "MaxPool", [1, 1, 4, 4], False, dict(kernel_shape=[2, 2], dilations=[4, 1])),
+    ("conv_pads_beyond_kernel", "Conv", [1, 1, 4, 4], True, dict(pads=[3, 3, 3, 3])),
+    ("conv_stride_beyond_input", "Conv", [1, 1, 3, 3], True, dict(strides=[5, 5])),
+]
+
+
+@pytest.mark.parametrize("case", GOOD_WINDOWS, ids=[c[0] for c in GOOD_WINDOWS])
+def test_valid_window_edges_still_run_like_onnxruntime(case):
+    ort = pytest.importorskip("onnxruntime")
+    _, op, xshape, with_w, attrs = case
+    model = _window_model(op, xshape, with_w, **attrs)
+    x = np.random.default_rng(1).standard_normal(xshape).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for target in ("numpy", "cpu"):
+        out = gx.compile(model, target=target)(x)[0]
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dilated_same_pool_with_pads_beyond_the_kernel_is_valid():
+    """SAME padding of a dilated window may exceed the kernel size (not its span): valid."""
+    model = _window_model("MaxPool", [1, 1, 5, 5], kernel_shape=[2, 2], dilations=[3, 3],
+                          auto_pad="SAME_UPPER")
+    x = np.random.default_rng(2).standard_normal((1, 1, 5, 5)).astype(np.float32)
+    ref = gx.compile(model, target="numpy")(x)[0]
+    assert ref.shape == (1, 1, 5, 5)   # ceil(5 / 1), as the spec says
+    np.testing.assert_array_equal(gx.compile(model, target="cpu")(x)[0], ref)
+
+
+def test_builder_refuses_bad_windows_at_creation():
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 1, 2, 2))
+    with pytest.raises(errors.ShapeInferenceError, match="padded input"):
+        gb.max_pool(x, kernel_shape=(5, 5), num_results=1)
+    with pytest.raises(errors.ShapeInferenceError, match="strides"):
+        gb.average_pool(x, kernel_shape=(1, 1), strides=(1, -1))
+    with pytest.raises(errors.ShapeInferenceError, match="padding"):
+        gb.average_pool(x, kernel_shape=(1, 1), pads=(1, 0, 0, 0))
+    w = gb.constant(np.ones((2, 1, 1, 1), np.float32))
+    with pytest.raises(errors.VerificationError, match="group"):
+        gb.output(gb.conv(x, w, group=0), "y")
+        gb.module().verify()
+
+
+def test_window_out_dim_refuses_a_window_that_does_not_fit():
+    from galaxir.ir.ops.nn import window_out_dim
+    assert window_out_dim(2, 3, 1, 1, 1, 0) == 1
+    assert window_out_dim(2, 3, 1, 1, 0, 0) == 0      # the spec's formula: an empty result
+    assert window_out_dim(0, 1, 1, 1, 0, 0) == 0      # an empty input gives an empty output
+    with pytest.raises(ValueError, match="padded input"):
+        window_out_dim(2, 5, 1, 1, 0, 0)
+
+
+def test_symbolic_input_too_small_at_run_time_is_an_execution_error():
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 1, "H", "W"))
+    gb.output(gb.max_pool(x, kernel_shape=(3, 3), num_results=1), "y")
+    exe = gx.compile(gb.module(), target="numpy")
+    assert exe(np.zeros((1, 1, 3, 3), np.float32))[0].shape == (1, 1, 1, 1)
+    assert exe(np.zeros((1, 1, 2, 2), np.float32))[0].shape == (1, 1, 0, 0)
+    with pytest.raises(errors.ExecutionError, match="padded input"):
+        exe(np.zeros((1, 1, 1, 1), np.float32))
