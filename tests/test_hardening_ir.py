@@ -422,3 +422,205 @@ def test_symbolic_input_too_small_at_run_time_is_an_execution_error():
     assert exe(np.zeros((1, 1, 2, 2), np.float32))[0].shape == (1, 1, 0, 0)
     with pytest.raises(errors.ExecutionError, match="padded input"):
         exe(np.zeros((1, 1, 1, 1), np.float32))
+
+
+# -- finding 10: galaxir errors, not raw exceptions -----------------------------------------------
+def _sparse_model(values, indices, dims) -> onnx.ModelProto:
+    vals = oh.make_tensor("sp", F, [len(values)], values)
+    idx = onnx.numpy_helper.from_array(np.asarray(indices, np.int64), "idx")
+    graph = oh.make_graph([oh.make_node("Identity", ["sp"], ["y"])], "g", [],
+                          [vi("y", F, [None] * len(dims))],
+                          sparse_initializer=[oh.make_sparse_tensor(vals, idx, dims)])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("values,indices,dims,words", [
+    ([1.0, 2.0], [0, 100], [4], "outside dims"),
+    ([1.0, 2.0], [-1, 2], [4], "outside dims"),
+    ([1.0], [[0, 5]], [2, 3], "outside dims"),
+    ([1.0, 2.0], [[0, 1]], [2, 3], "coordinates"),
+    ([1.0, 2.0], [0], [4], "indices for 2 values"),
+    ([1.0], [0], [2 ** 40, 2 ** 20], "dense form"),
+])
+def test_bad_sparse_initializers_are_import_errors(values, indices, dims, words):
+    with pytest.raises(errors.ModelImportError, match=f"sparse tensor 'sp'.*{words}"):
+        gx.import_model(_sparse_model(values, indices, dims), check=False)
+
+
+def test_good_sparse_initializer_still_imports():
+    m = gx.import_model(_sparse_model([1.0, 2.0], [[0, 1], [1, 2]], [2, 3]), check=False)
+    (y,) = gx.compile(m, target="numpy")()
+    np.testing.assert_array_equal(y, [[0, 1, 0], [0, 0, 2]])
+
+
+@pytest.mark.parametrize("where", ["input", "output", "value_info", "sequence"])
+def test_unknown_element_type_is_an_import_error(where):
+    x_t = 99 if where == "input" else F
+    y_t = 99 if where == "output" else F
+    vinfo = [vi("x", 99, [2])] if where == "value_info" else []
+    graph = oh.make_graph([oh.make_node("Identity", ["x"], ["y"])], "g", [vi("x", x_t, [2])],
+                          [vi("y", y_t, [2])], value_info=vinfo)
+    if where == "sequence":
+        graph.output[0].type.CopyFrom(oh.make_sequence_type_proto(oh.make_tensor_type_proto(99, [2])))
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    with pytest.raises(errors.ModelImportError, match="element type 99"):
+        gx.import_model(model, check=False)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_bad_runtime_feeds_are_input_validation_errors(target):
+    model = _model([oh.make_node("Identity", ["x"], ["y"])], [vi("x", F, [2])], [vi("y", F, [2])])
+    exe = gx.compile(model, target=target)
+    bad = [
+        lambda: exe.run({"x": [[1.0], [1.0, 2.0]]}),     # ragged
+        lambda: exe([[1.0], [1.0, 2.0]]),
+        lambda: exe.run({"x": ["a", "b"]}),              # strings for numbers
+        lambda: exe.run({"x": "ab"}),
+        lambda: exe.run([np.ones(2, np.float32)]),       # a list, not a dict
+        lambda: exe.run(np.ones(2, np.float32)),
+    ]
+    for call in bad:
+        with pytest.raises(errors.InputValidationError):
+            call()
+    assert np.array_equal(exe.run({"x": [1.0, 2.0]})["y"], [1.0, 2.0])
+
+
+def test_string_inputs_must_hold_strings():
+    model = _model([oh.make_node("Identity", ["x"], ["y"])], [vi("x", TP.STRING, [2])],
+                   [vi("y", TP.STRING, [2])])
+    exe = gx.compile(model, target="numpy")
+    assert list(exe.run({"x": ["a", "b"]})["y"]) == ["a", "b"]
+    for feed in ([["a"], ["b", "c"]], [1, 2], np.array([b"a", 3], dtype=object)):
+        with pytest.raises(errors.InputValidationError, match="input 'x'"):
+            exe.run({"x": feed})
+
+
+def test_reshape_of_a_zero_size_tensor_to_an_impossible_shape_is_refused():
+    model = _model([oh.make_node("Reshape", ["x", "s"], ["y"], name="r")], [vi("x", F, [0, 2])],
+                   [vi("y", F, [None] * 3)],
+                   [onnx.numpy_helper.from_array(np.array([0, 2 ** 62, 2 ** 62], np.int64), "s")])
+    with pytest.raises(errors.VerificationError, match=r"ONNX node 'r'.*no array can have that shape"):
+        gx.import_model(model)
+    # computed at run time: an ExecutionError on both backends
+    gb = GraphBuilder()
+    x, s = gb.input("x", tensor("f32", "N", 2)), gb.input("s", tensor("i64", 3))
+    gb.output(gb.reshape(x, s), "y")
+    for target in ("numpy", "cpu"):
+        with pytest.raises(errors.ExecutionError):
+            gx.compile(gb.module(), target=target)(np.zeros((0, 2), np.float32),
+                                                   np.array([0, 2 ** 62, 2 ** 62], np.int64))
+
+
+# -- finding 10: deep nesting, one limit everywhere -------------------------------------------------
+def _nested_if(levels: int):
+    """``levels`` Ifs, each in the then-branch of the one before."""
+    gb = GraphBuilder()
+    c, x = gb.input("c", tensor("bool")), gb.input("x", tensor("f32", 2))
+
+    def branch(level):
+        def fill(b):
+            if level == levels:
+                return b.neg(x)
+            return b.create("if", c, regions=[gb.region(body=branch(level + 1)),
+                                              gb.region(body=lambda e: e.relu(x))]).results[0]
+        return fill
+    gb.output(branch(0)(gb), "y")
+    return gb.module()
+
+
+def _nested_if_text(levels: int) -> str:
+    head = "module @main {\nfunc @main(%c: bool[], %x: f32[2]) -> (y: f32[2]) {\n"
+    body = "%v0 = neg(%x) : (f32[2])\nreturn %v0\n"
+    for i in range(1, levels + 1):
+        body = (f"%v{i} = if(%c) : (f32[2]) ({{^()\n{body}}}, {{^()\n%e{i} = relu(%x) : (f32[2])\n"
+                f"return %e{i}\n}})\nreturn %v{i}\n")
+    return head + body + "}\n}\n"
+
+
+def test_nesting_at_the_limit_works_everywhere(tmp_path):
+    from galaxir.ir.core import MAX_NESTING
+    m = _nested_if(MAX_NESTING)
+    m.verify()
+    assert gx.parse(m.to_text()) == m
+    assert gx.parse(_nested_if_text(MAX_NESTING)).num_ops == 2 * MAX_NESTING + 1
+    assert m.clone() == m
+    args = (np.array(True), np.array([1.0, -2.0], np.float32))
+    for target, level in (("numpy", 1), ("cpu", 3)):
+        out = gx.compile(gx.optimize(m, level=level, target=target), target=target, level=0)(*args)[0]
+        np.testing.assert_array_equal(out, [-1.0, 2.0])
+    gx.save(m, tmp_path / "deep.gxm")
+    assert gx.load(tmp_path / "deep.gxm") == m
+
+
+def test_nesting_past_the_limit_is_refused_everywhere(tmp_path):
+    from galaxir.ir.core import MAX_NESTING
+    m = _nested_if(MAX_NESTING + 1)
+    with pytest.raises(errors.VerificationError, match=f"at most {MAX_NESTING} levels"):
+        m.verify()
+    with pytest.raises(errors.ParseError, match=f"more than {MAX_NESTING} levels"):
+        gx.parse(m.to_text())
+    with pytest.raises(errors.VerificationError, match=f"at most {MAX_NESTING} levels"):
+        m.clone()
+    for target in ("numpy", "cpu"):
+        with pytest.raises(errors.VerificationError, match=f"at most {MAX_NESTING} levels"):
+            gx.compile(m, target=target)
+    with pytest.raises(errors.VerificationError, match=f"at most {MAX_NESTING} levels"):
+        gx.optimize(m, level=1)
+    with pytest.raises(errors.FormatError, match=f"at most {MAX_NESTING} levels"):
+        gx.save(m, tmp_path / "deep.gxm")
+    assert not (tmp_path / "deep.gxm").exists()
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_very_deep_structures_fail_clearly_not_with_recursion_errors(levels):
+    with pytest.raises(errors.ParseError, match="levels deep"):
+        gx.parse(_nested_if_text(levels))
+    deep_type = "seq<" * levels + "f32[2]" + ">" * levels
+    with pytest.raises(errors.ParseError, match="types nest"):
+        gx.parse(f"module @main {{\nfunc @main(%x: {deep_type}) -> (y: {deep_type}) {{\nreturn %x\n}}\n}}\n")
+    deep_list = "[" * levels + "1" + "]" * levels
+    with pytest.raises(errors.ParseError, match="attribute lists nest"):
+        gx.parse("module @main {\nfunc @main(%x: f32[2]) -> (y: f32[2]) {\n"
+                 f"%y = identity(%x) {{a = {deep_list}}} : (f32[2])\nreturn %y\n}}\n}}\n")
+    if levels < 500:  # (building it takes the test's own recursion)
+        with pytest.raises(errors.VerificationError):
+            gx.compile(_nested_if(levels), target="cpu")
+
+
+def _nested_if_onnx(levels: int) -> onnx.ModelProto:
+    """``levels`` nested If nodes, built in place (a protobuf copy refuses ~33 levels)."""
+    model = onnx.ModelProto(ir_version=8)
+    model.opset_import.add(domain="", version=17)
+    g = model.graph
+    g.name = "main"
+    g.input.extend([vi("c", TP.BOOL, []), vi("x", F, [2])])
+    g.output.extend([vi("o0", F, [2])])
+    for d in range(levels):
+        node = g.node.add(op_type="If", input=["c"], output=[f"o{d}"], name=f"if{d}")
+        then_a = node.attribute.add(name="then_branch", type=onnx.AttributeProto.GRAPH)
+        else_a = node.attribute.add(name="else_branch", type=onnx.AttributeProto.GRAPH)
+        else_a.g.name = f"e{d}"
+        else_a.g.node.add(op_type="Neg", input=["x"], output=[f"e{d}"])
+        else_a.g.output.extend([vi(f"e{d}", F, [2])])
+        g = then_a.g
+        g.name = f"t{d}"
+        g.output.extend([vi(f"o{d + 1}", F, [2])])
+    g.node.add(op_type="Identity", input=["x"], output=[f"o{levels}"])
+    return model
+
+
+def test_onnx_nesting_limit():
+    from galaxir.ir.core import MAX_NESTING
+    m = gx.import_model(_nested_if_onnx(MAX_NESTING), check=False)
+    args = (np.array(True), np.array([1.0, -2.0], np.float32))
+    np.testing.assert_array_equal(gx.compile(m, target="numpy")(*args)[0], [1.0, -2.0])
+    for levels in (MAX_NESTING + 1, 1000):
+        with pytest.raises(errors.ModelImportError, match=f"more than {MAX_NESTING} levels"):
+            gx.import_model(_nested_if_onnx(levels), check=False)
+    model = _model([oh.make_node("Identity", ["x"], ["y"])], [], [vi("y", F, [2])])
+    t = model.graph.input.add(name="x").type
+    for _ in range(200):  # built in place: a protobuf copy refuses this depth
+        t = t.sequence_type.elem_type
+    t.tensor_type.elem_type = F
+    with pytest.raises(errors.ModelImportError, match="graph input 'x'.*types nest more than"):
+        gx.import_model(model, check=False)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import ShapeInferenceError, VerificationError
-from .types import DType, TensorType, Type
+from .types import DType, TensorType, Type, fits_in_memory
 
 if TYPE_CHECKING:
     from .core import Operation
@@ -185,11 +185,16 @@ class OpDef:
         if self.infer is None:
             return None
         try:
-            return list(self.infer(op))
+            types = list(self.infer(op))
         except (ShapeInferenceError, VerificationError):
             raise
         except Exception as e:  # a rule that crashed on odd input: name the op
             raise ShapeInferenceError(f"{describe(op)}: type inference failed: {e}") from e
+        for i, t in enumerate(types):
+            if not fits_in_memory(t):
+                raise ShapeInferenceError(f"{describe(op)}: result {i} would be {t}: no array can "
+                                          "have that shape (its dims multiply past 2^63 bytes)")
+        return types
 
 
 _REGISTRY: dict[str, OpDef] = {}
