@@ -298,9 +298,13 @@ class GraphImporter:
         if v is None:
             raise ModelImportError(f"graph output '{name}' is not produced by any node, input or initializer")
         declared = convert_type(tp, f"graph output '{name}'")
-        if not isinstance(declared, AnyType) and types_compatible(declared, v.type) and \
-                not isinstance(v.type, AnyType):
-            v.type = refine(v.type, declared) if isinstance(v.type, TensorType) else v.type
+        if isinstance(declared, AnyType) or isinstance(v.type, AnyType):
+            return v
+        if contradicts(declared, v.type):
+            raise ModelImportError(f"graph output '{name}' is declared {declared} but the graph "
+                                   f"computes {v.type}")
+        if isinstance(v.type, TensorType) and types_compatible(declared, v.type):
+            v.type = refine(v.type, declared)
         return v
 
     def _fill(self, graph: onnx.GraphProto, block: Block) -> None:
@@ -335,6 +339,7 @@ class GraphImporter:
         opset = self.info.opsets.get(domain)
         if opset is None and domain == "":
             opset = self.info.opsets.get("ai.onnx")
+        check_arity(node, label, domain, opset)
         fn = get_converter(domain, node.op_type)
         if fn is None and (domain, node.op_type) in self.info.functions:
             from .functions import inline_function
@@ -367,8 +372,12 @@ class GraphImporter:
                 v.name = name
             declared = self.value_info.get(name)
             if declared is not None and isinstance(v.type, TensorType) and \
-                    isinstance(declared, TensorType) and types_compatible(declared, v.type):
-                v.type = refine(v.type, declared)
+                    isinstance(declared, TensorType):
+                if declared.dtype != v.type.dtype:  # a wrong dtype is an error (as onnxruntime says)
+                    raise ModelImportError(f"ONNX node '{label}' ({node.op_type}): output '{name}' is "
+                                           f"declared {declared} in value_info but computes {v.type}")
+                if types_compatible(declared, v.type):  # a stale shape is only a hint that misfit
+                    v.type = refine(v.type, declared)
             self.scope[name] = v
         missing = [n for n, v in zip(node.output, outs + [None] * len(node.output)) if n and v is None]
         if missing and len(outs) < len(node.output):
@@ -376,13 +385,70 @@ class GraphImporter:
                                    "used but the converter does not produce them")
 
 
+def contradicts(declared: Type, computed: Type) -> bool:
+    """Does a declared type say something the computed one rules out: another dtype or rank,
+    or another number for a static dim?  (Symbol names are the graph's own: an output
+    declared [M] may compute [N].  An optional that holds a value may be declared as it.)"""
+    if isinstance(declared, AnyType) or isinstance(computed, AnyType):
+        return False
+    if isinstance(computed, OptionalType) and not isinstance(declared, OptionalType):
+        computed = computed.elem
+    if isinstance(declared, OptionalType) and not isinstance(computed, OptionalType):
+        declared = declared.elem
+    if isinstance(declared, TensorType) and isinstance(computed, TensorType):
+        if declared.dtype != computed.dtype:
+            return True
+        if declared.shape is None or computed.shape is None:
+            return False
+        return len(declared.shape) != len(computed.shape) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b
+            for a, b in zip(declared.shape, computed.shape))
+    if type(declared) is not type(computed):
+        return True
+    if isinstance(declared, MapType):
+        return declared.key != computed.key or contradicts(declared.value, computed.value)
+    if isinstance(declared, (SequenceType, OptionalType)):
+        return contradicts(declared.elem, computed.elem)
+    return False
+
+
+def check_arity(node: onnx.NodeProto, label: str, domain: str, opset: int | None) -> None:
+    """A node's input and output counts against its ONNX schema (extra inputs are not
+    silently dropped).  Ops without a schema (local functions, custom domains) pass."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset or 1, domain)
+    except onnx.defs.SchemaError:
+        return
+    name = f"{node.op_type}-{schema.since_version}"
+    for what, n, lo, hi, verb in (("inputs", len(node.input), schema.min_input, schema.max_input, "takes"),
+                                  ("outputs", len(node.output), schema.min_output, schema.max_output, "has")):
+        if not lo <= n <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}" if hi < 2 ** 31 - 1 else f"at least {lo}"
+            raise ModelImportError(f"ONNX node '{label}' ({node.op_type}) has {n} {what}; {name} "
+                                   f"{verb} {want}")
+
+
 def topological_order(graph: onnx.GraphProto, imp: GraphImporter) -> list[onnx.NodeProto]:
-    """Nodes in an order where every input is defined first; a cycle is an import error."""
+    """Nodes in an order where every input is defined first; a name defined twice (SSA) or
+    a cycle is an import error."""
+    defined: dict[str, str] = {}
+    for t in list(graph.initializer) + [sp.values for sp in graph.sparse_initializer]:
+        if t.name in defined:
+            raise ModelImportError(f"'{t.name}' is defined twice: by two initializers")
+        defined[t.name] = "an initializer"
+    for inp in graph.input:
+        defined.setdefault(inp.name, "a graph input")  # an initializer may be listed as an input
     produced_by: dict[str, int] = {}
     for i, n in enumerate(graph.node):
         for o in n.output:
-            if o:
-                produced_by[o] = i
+            if not o:
+                continue
+            if o in defined:
+                raise ModelImportError(f"'{o}' is defined twice: by {defined[o]} and by ONNX node "
+                                       f"'{n.name or n.op_type}' ({n.op_type}); a graph defines each "
+                                       "name once")
+            defined[o] = f"ONNX node '{n.name or n.op_type}' ({n.op_type})"
+            produced_by[o] = i
     deps: list[set[int]] = []
     for i, n in enumerate(graph.node):
         d = set()

@@ -527,8 +527,8 @@ def _affine_grid_infer(op):
     if size is None:
         sz = tensor_operand(op, 1)
         n = sz.shape[0] if sz.shape is not None and len(sz.shape) == 1 else None
-        if isinstance(n, int):
-            return [TensorType(theta.dtype, (UNKNOWN,) * (n - 1))]
+        if isinstance(n, int):  # size [N, C, *spatial] gives [N, *spatial, len(spatial)]
+            return [TensorType(theta.dtype, (UNKNOWN,) * (n - 1) + (n - 2,))]
         return [TensorType(theta.dtype, None)]
     size = [int(v) for v in np.asarray(size).reshape(-1)]
     return [TensorType(theta.dtype, (size[0], *size[2:], len(size) - 2))]
