@@ -46,6 +46,7 @@ class CpuExecutable(Executable):
         self._specs: OrderedDict[tuple, Specialization] = OrderedDict()
         self._lock = threading.RLock()
         self.last: Specialization | None = None
+        self._last_key: tuple | None = None  # input shapes the latest specialization serves
         static = {}
         for a in self.prepared.graph.inputs:
             t = a.type
@@ -79,15 +80,22 @@ class CpuExecutable(Executable):
         else:
             self._specs.move_to_end(key)
         self.last = spec
+        self._last_key = None  # the caller that knows the input key sets it again
         return spec
 
     def _execute(self, inputs: list[Any]) -> list[Any]:
-        shapes = {}
-        for a, x in zip(self.prepared.graph.inputs, inputs):
-            if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
-                shapes[a.name] = tuple(int(d) for d in x.shape)
+        # the latest specialization serves every call with the same input shapes: one
+        # tuple comparison, no dict or sort per call
+        key = tuple(x.shape if isinstance(x, np.ndarray) else None for x in inputs)
         with self._lock:
-            spec = self._spec_for(shapes)
+            spec = self.last if key == self._last_key else None
+            if spec is None:
+                shapes = {}
+                for a, x in zip(self.prepared.graph.inputs, inputs):
+                    if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
+                        shapes[a.name] = tuple(int(d) for d in x.shape)
+                spec = self._spec_for(shapes)
+                self._last_key = key
             return spec.run(inputs, self._interp, pool=self.pool)
 
     # -- reports ----------------------------------------------------------------------------

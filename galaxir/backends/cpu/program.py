@@ -204,6 +204,8 @@ class Specialization:
 
     # -- running ----------------------------------------------------------------------------
     def _ensure_arena(self) -> None:
+        """Allocate the arena and the input staging buffers once, and precompute what each
+        call needs (so a call does no Python work per op: see ``_prepare_run``)."""
         if self._arena is None:
             try:
                 raw = np.empty(self.arena_size + ALIGN, np.uint8)
@@ -211,11 +213,45 @@ class Specialization:
                 raise ExecutionError(f"cpu backend: cannot allocate the {self.arena_size} byte "
                                      f"arena for these input shapes: {e}") from None
             off = (-raw.ctypes.data) % ALIGN
+            self._views: dict[int, np.ndarray] = {}
             self._arena = raw[off:off + self.arena_size]
             self._table[0] = self._arena.ctypes.data if self.arena_size else raw.ctypes.data
-            self._views: dict[int, np.ndarray] = {}
+            self._prepare_run()
+
+    def _prepare_run(self) -> None:
+        """Per-call plan, computed once: for each graph input its table slot and (when it is
+        small) an aligned staging buffer whose address is in the table for good, so binding
+        it is one copy instead of an address lookup (``ndarray.ctypes.data`` costs ~2 us);
+        the arena views of the outputs; whether any op runs on numpy."""
+        g = self.module.graph
+        self._in_values = list(g.inputs)
+        self._bind: list[tuple[int | None, np.ndarray | None]] = []
+        for a in g.inputs:
+            slot = self.slot.get(id(a))
+            stage = None
+            shape = static_shape(a.type) if slot is not None else None
+            if shape is not None and nbytes_of(a) <= STAGE_MAX_BYTES:
+                stage = _aligned_empty(shape, a.type.dtype.numpy)
+                self._fixed.append(stage)
+                self._table[slot] = stage.ctypes.data
+            self._bind.append((slot, stage))
+        self._all_native = all(kind == "native" for kind, _ in self.seq)
+        self._out_views = None
+        if self._all_native and all(v is not None and id(self.root_of(v)) in self.produced_native
+                                    for v in g.outputs):
+            self._out_views = [self.view(v) for v in g.outputs]
+        self._table_addr = ctypes.addressof(self._table)
+        # data the native steps touch: below POOL_MIN_BYTES waking the worker thread costs
+        # more than splitting can save (its tasks then all run on the calling thread)
+        self.work_bytes = 0
+        for s in self.steps:
+            if isinstance(s, NativeStep):
+                for v in list(s.outputs) + list(s.inputs):
+                    self.work_bytes += v.array.nbytes if isinstance(v, ConstArray) else nbytes_of(v)
+        self._pool_set = -1
 
     def view(self, v: Value) -> np.ndarray:
+        """The arena view holding natively produced value ``v``."""
         arr = self._views.get(id(v))
         if arr is None:
             r = self.root_of(v)
@@ -227,58 +263,73 @@ class Specialization:
             self._views[id(v)] = arr
         return arr
 
-    def run(self, inputs: list[Any], interp, hook=None, pool=None) -> list[Any]:
+    def run(self, inputs: list[Any], interp, pool=None) -> list[Any]:
         self._ensure_arena()
         if self.pool_slot:
-            ctypes.c_void_p.from_address(self.pool_slot).value = pool.address if pool else None
-        if pool is not None and self.pool_slot:
+            addr = pool.address if pool else None
+            if addr != self._pool_set:  # the module's gx_pool global: set when it changes
+                ctypes.c_void_p.from_address(self.pool_slot).value = addr
+                self._pool_set = addr
+        if pool is not None and self.pool_slot and self.work_bytes >= POOL_MIN_BYTES:
             pool.begin()
             try:
-                return self._run(inputs, interp, hook)
+                return self._run(inputs, interp)
             finally:
                 pool.end()
-        return self._run(inputs, interp, hook)
+        return self._run(inputs, interp)
 
-    def _run(self, inputs, interp, hook):
+    def _run(self, inputs, interp):
+        ext = self._bind_inputs(inputs)
+        if self._out_views is not None:  # one native segment: no per-op Python work
+            for k in range(len(self.entries)):
+                self._call_segment(k)
+            return [v.copy() for v in self._out_views]
+        for kind, item in self.seq:
+            if kind == "native":
+                self._call_segment(item)
+            else:
+                self._run_fallback(item, ext, interp)
+        return self._outputs(ext)
+
+    def _bind_inputs(self, inputs) -> dict[int, Any]:
+        """Put the inputs where native code reads them; returns the values by id for the
+        fallback ops."""
         ext: dict[int, Any] = {}
-        g = self.module.graph
-        for a, x in zip(g.inputs, inputs):
-            slot = self.slot.get(id(a))
-            if slot is not None:
+        for a, x, (slot, stage) in zip(self._in_values, inputs, self._bind):
+            if stage is not None:
+                stage[...] = x
+            elif slot is not None:
                 x = _native_ready(x)
                 self._table[slot] = x.ctypes.data
             ext[id(a)] = x
-        for v in self.slot_value:
-            p = getattr(v, "producer", None)
-            if p is not None and p.name == "constant":
-                ext[id(v)] = p.attrs["value"]
-        table = ctypes.addressof(self._table)
-        for kind, item in self.seq:
-            if kind == "native":
-                failed = self.entries[item](table)
-                if failed:
-                    step = self.steps[failed - 1]
-                    raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
-                if hook is not None:
-                    hook(self, self.segments[item], ext)
-                continue
-            op = item.op
-            env = {}
-            for v in op.read_values():
-                env[id(v)] = self._materialize(v, ext)
-            interp.run_op(op, env)
-            for r in op.results:
-                x = env.get(id(r))
-                if isinstance(x, np.ndarray) and self._arena is not None and self._arena.size \
-                        and np.may_share_memory(x, self._arena):
-                    x = x.copy()
-                slot = self.slot.get(id(r))
-                if slot is not None:
-                    x = _native_ready(x, static_shape(r.type))
-                    self._table[slot] = x.ctypes.data
-                ext[id(r)] = x
+        return ext
+
+    def _call_segment(self, k: int) -> None:
+        failed = self.entries[k](self._table_addr)
+        if failed:
+            step = self.steps[failed - 1]
+            raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
+
+    def _run_fallback(self, step: FallbackStep, ext: dict[int, Any], interp) -> None:
+        op = step.op
+        env = {}
+        for v in op.read_values():
+            env[id(v)] = self._materialize(v, ext)
+        interp.run_op(op, env)
+        for r in op.results:
+            x = env.get(id(r))
+            if isinstance(x, np.ndarray) and self._arena is not None and self._arena.size \
+                    and np.may_share_memory(x, self._arena):
+                x = x.copy()
+            slot = self.slot.get(id(r))
+            if slot is not None:
+                x = _native_ready(x, static_shape(r.type))
+                self._table[slot] = x.ctypes.data
+            ext[id(r)] = x
+
+    def _outputs(self, ext: dict[int, Any]) -> list[Any]:
         outs = []
-        for v in g.outputs:
+        for v in self.module.graph.outputs:
             if v is None:
                 outs.append(None)
                 continue
@@ -316,6 +367,24 @@ class Specialization:
             else:
                 out.append((s.op, "numpy", s.reason))
         return out
+
+
+#: a specialization whose native steps touch less data than this runs on the calling
+#: thread alone (a kernel's tasks run inline when the pool's worker is not woken)
+POOL_MIN_BYTES = 256 << 10
+
+#: inputs up to this size are copied into a staging buffer (one memcpy is cheaper than
+#: asking numpy for the array's address); larger ones are passed in place
+STAGE_MAX_BYTES = 32 << 10
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array of ``shape`` whose data is ALIGN-byte aligned."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + n].view(dtype).reshape(shape)
 
 
 def _native_ready(x: Any, shape=None) -> np.ndarray:
