@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CompileError, InputValidationError, UnsupportedOpError
+from ..errors import CompileError, ExecutionError, InputValidationError, UnsupportedOpError
 from ..ir import Module
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 
@@ -84,6 +84,13 @@ class Executable(abc.ABC):
     @abc.abstractmethod
     def _execute(self, inputs: list[Any]) -> list[Any]:
         """Run on validated inputs, in graph input order; return outputs in order."""
+
+    def profile(self, feeds: Mapping[str, Any], runs: int = 10, warmup: int = 1):
+        """Time each step of ``runs`` runs on ``feeds`` (after ``warmup`` untimed runs):
+        a ``galaxir.backends.profile.Profile`` (``print(p)`` for the table sorted by time,
+        ``p.by_kind()``, ``p.save_chrome_trace(path)``).  Backends without a profiler
+        raise ExecutionError."""
+        raise ExecutionError(f"{type(self).__name__} has no profiler")
 
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""

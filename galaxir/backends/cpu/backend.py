@@ -83,20 +83,35 @@ class CpuExecutable(Executable):
         self._last_key = None  # the caller that knows the input key sets it again
         return spec
 
-    def _execute(self, inputs: list[Any]) -> list[Any]:
-        # the latest specialization serves every call with the same input shapes: one
-        # tuple comparison, no dict or sort per call
+    def _spec_for_inputs(self, inputs: list[Any]) -> Specialization:
+        """The specialization for these (validated) inputs' shapes; call under the lock.
+        The latest one serves every call with the same shapes: one tuple comparison, no
+        dict or sort per call."""
         key = tuple(x.shape if isinstance(x, np.ndarray) else None for x in inputs)
+        if key == self._last_key:
+            return self.last
+        shapes = {}
+        for a, x in zip(self.prepared.graph.inputs, inputs):
+            if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
+                shapes[a.name] = tuple(int(d) for d in x.shape)
+        spec = self._spec_for(shapes)
+        self._last_key = key
+        return spec
+
+    def _execute(self, inputs: list[Any]) -> list[Any]:
         with self._lock:
-            spec = self.last if key == self._last_key else None
-            if spec is None:
-                shapes = {}
-                for a, x in zip(self.prepared.graph.inputs, inputs):
-                    if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
-                        shapes[a.name] = tuple(int(d) for d in x.shape)
-                spec = self._spec_for(shapes)
-                self._last_key = key
-            return spec.run(inputs, self._interp, pool=self.pool)
+            return self._spec_for_inputs(inputs).run(inputs, self._interp, pool=self.pool)
+
+    def profile(self, feeds, runs: int = 10, warmup: int = 1):
+        """Per-step times (see ``Executable.profile``).  The first call for a set of input
+        shapes compiles a timed copy of the native code (galaxir/backends/cpu/profile.py);
+        the code that ``exe(...)`` runs is never changed."""
+        from .profile import profile_specialization
+        inputs = self.validate(feeds)
+        with self._lock:
+            spec = self._spec_for_inputs(inputs)
+            prof, _ = profile_specialization(spec, inputs, self._interp, self.pool, runs, warmup)
+        return prof
 
     # -- reports ----------------------------------------------------------------------------
     def placement(self):

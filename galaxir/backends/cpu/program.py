@@ -119,35 +119,30 @@ class Specialization:
                         self.slot[id(r)] = len(self.slot_value) + 1
                         self.slot_value.append(r)
 
-    # -- code -------------------------------------------------------------------------------
-    def _build_code(self, cache_dir) -> None:
+    def emit_module(self, stamp=None) -> tuple[ir.Module, dict]:
+        """The LLVM module: the kernels and one entry point ``gx_seg{k}(table)`` per native
+        segment.  ``stamp`` (the profiler's, galaxir/backends/cpu/profile.py) makes timed
+        entry points instead: ``stamp(builder, times, j)`` is emitted before the first step
+        (j = 0) and after each step; the normal module has no timing code at all."""
         mod = ir.Module(name="galaxir")
         mod.triple = jit.target_triple()
         mod.data_layout = jit.target_data_layout()
         kernel_fns: dict[tuple, ir.Function] = {}
-        self.segments: list[list[NativeStep]] = []
-        seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
-        cur: list[NativeStep] | None = None
-        for i, s in enumerate(self.steps):
-            if isinstance(s, NativeStep):
-                if cur is None or self.split:
-                    cur = []
-                    self.segments.append(cur)
-                    seq.append(("native", len(self.segments) - 1))
-                cur.append((i, s))
-            elif isinstance(s, FallbackStep):
-                cur = None
-                seq.append(("fallback", s))
-        self.seq = seq
         table_t = I8P.as_pointer()
         for k, seg in enumerate(self.segments):
             # returns 0, or 1 + the index of the step whose kernel refused its input
-            fn = ir.Function(mod, ir.FunctionType(I64, [table_t]), f"gx_seg{k}")
+            if stamp is None:
+                fn = ir.Function(mod, ir.FunctionType(I64, [table_t]), f"gx_seg{k}")
+            else:
+                fn = ir.Function(mod, ir.FunctionType(I64, [table_t, I64.as_pointer()]),
+                                 f"gx_seg{k}_timed")
             fn.attributes.add("nounwind")
             b = ir.IRBuilder(fn.append_basic_block("entry"))
             table = fn.args[0]
             base = b.load(table)
-            for i, s in seg:
+            if stamp is not None:
+                stamp(b, fn.args[1], 0)
+            for j, (i, s) in enumerate(seg):
                 nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
                 inplace = i in self.inplace_steps
                 key = (s.kernel.key(), inplace)
@@ -173,7 +168,28 @@ class Specialization:
                 if s.kernel.fallible:
                     with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I64, 0)), likely=False):
                         b.ret(ir.Constant(I64, i + 1))
+                if stamp is not None:
+                    stamp(b, fn.args[1], j + 1)
             b.ret(ir.Constant(I64, 0))
+        return mod, kernel_fns
+
+    # -- code -------------------------------------------------------------------------------
+    def _build_code(self, cache_dir) -> None:
+        self.segments: list[list[NativeStep]] = []
+        seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
+        cur: list[NativeStep] | None = None
+        for i, s in enumerate(self.steps):
+            if isinstance(s, NativeStep):
+                if cur is None or self.split:
+                    cur = []
+                    self.segments.append(cur)
+                    seq.append(("native", len(self.segments) - 1))
+                cur.append((i, s))
+            elif isinstance(s, FallbackStep):
+                cur = None
+                seq.append(("fallback", s))
+        self.seq = seq
+        mod, kernel_fns = self.emit_module()
         self.llvm_ir = str(mod)
         self.n_kernels = len(kernel_fns)
         if self.segments:
@@ -248,7 +264,7 @@ class Specialization:
             if isinstance(s, NativeStep):
                 for v in list(s.outputs) + list(s.inputs):
                     self.work_bytes += v.array.nbytes if isinstance(v, ConstArray) else nbytes_of(v)
-        self._pool_set = -1
+        self._pool_set: dict[int, int | None] = {}
 
     def view(self, v: Value) -> np.ndarray:
         """The arena view holding natively produced value ``v``."""
@@ -265,18 +281,24 @@ class Specialization:
 
     def run(self, inputs: list[Any], interp, pool=None) -> list[Any]:
         self._ensure_arena()
-        if self.pool_slot:
-            addr = pool.address if pool else None
-            if addr != self._pool_set:  # the module's gx_pool global: set when it changes
-                ctypes.c_void_p.from_address(self.pool_slot).value = addr
-                self._pool_set = addr
-        if pool is not None and self.pool_slot and self.work_bytes >= POOL_MIN_BYTES:
+        if self.wake_pool(pool, self.pool_slot):
             pool.begin()
             try:
                 return self._run(inputs, interp)
             finally:
                 pool.end()
         return self._run(inputs, interp)
+
+    def wake_pool(self, pool, pool_slot: int) -> bool:
+        """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool``; whether this
+        run should wake the pool's worker."""
+        if not pool_slot:
+            return False
+        addr = pool.address if pool else None
+        if addr != self._pool_set.get(pool_slot):  # set only when it changes
+            ctypes.c_void_p.from_address(pool_slot).value = addr
+            self._pool_set[pool_slot] = addr
+        return pool is not None and self.work_bytes >= POOL_MIN_BYTES
 
     def _run(self, inputs, interp):
         ext = self._bind_inputs(inputs)
