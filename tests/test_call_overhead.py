@@ -10,22 +10,9 @@ import pytest
 
 import galaxir as gx
 from galaxir.ir import GraphBuilder, tensor
+from galaxir.testing.tiny import chain_model
 
 pytest.importorskip("llvmlite")
-
-
-def native_chain(n_ops: int, shape=(4, 8)):
-    """``n_ops`` elementwise ops that lower to ``n_ops / 2`` native kernels, each reading
-    its own constant: ``y = min(y, y) + c_k`` (y is read twice, so the chain cannot fuse
-    into one loop)."""
-    gb = GraphBuilder()
-    x = gb.input("x", tensor("f32", *shape))
-    y = x
-    for k in range(n_ops // 2):
-        c = np.full(shape[-1], 0.01 * (k % 7), np.float32)
-        y = gb.add(gb.min(y, y), gb.constant(c))
-    gb.output(y, "y")
-    return gb.module()
 
 
 def python_calls(fn) -> int:
@@ -50,16 +37,16 @@ def test_a_native_call_does_no_python_work_per_op(threads):
     x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
     counts = {}
     for n in (6, 200):
-        m = native_chain(n)
+        m = gx.import_model(chain_model(n))
         exe = gx.compile(m, target="cpu", level=0, num_threads=threads)
         assert exe.fallback_ops == [] and len(exe.last.segments) == 1
         assert sum(1 for s in exe.last.steps if s.kind == "native") == n // 2
+        assert len(exe.last.slot_value) == n // 2 + 1  # x and one constant per kernel
         (y,) = exe(x)
         np.testing.assert_allclose(y, gx.compile(m, target="numpy")(x)[0], rtol=1e-6)
-        counts[n] = python_calls(lambda: exe(x))
-        assert counts[n] == python_calls(lambda: exe.run({"x": x}))
+        counts[n] = (python_calls(lambda: exe(x)), python_calls(lambda: exe.run({"x": x})))
     assert counts[6] == counts[200], counts
-    assert counts[6] < 40, counts  # validation, one segment call, one output copy
+    assert max(counts[6]) < 30, counts  # validation, one segment call, one output copy
 
 
 def test_new_shapes_then_old_shapes_pick_the_right_specialization():

@@ -18,8 +18,6 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from ...errors import ExecutionError
-from ...ir.opdef import describe
 from ..profile import Profile, StepTiming, shapes_label, value_label
 from . import jit
 from .codegen import I32, I64
@@ -104,8 +102,7 @@ def _run_once(spec, code: TimedCode, inputs, interp, pool) -> tuple[list, dict, 
             if kind == "native":
                 failed = code.entries[item](spec._table_addr, code.buf_addr[item])
                 if failed:
-                    step = spec.steps[failed - 1]
-                    raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
+                    spec._failed(failed)
                 buf = code.bufs[item]
                 for j, (i, _) in enumerate(spec.segments[item]):
                     rec[i] = (int(buf[j]), int(buf[j + 1]))

@@ -280,8 +280,9 @@ class Specialization:
         return arr
 
     def run(self, inputs: list[Any], interp, pool=None) -> list[Any]:
-        self._ensure_arena()
-        if self.wake_pool(pool, self.pool_slot):
+        if self._arena is None:
+            self._ensure_arena()
+        if self.pool_slot and self.wake_pool(pool, self.pool_slot):
             pool.begin()
             try:
                 return self._run(inputs, interp)
@@ -301,11 +302,20 @@ class Specialization:
         return pool is not None and self.work_bytes >= POOL_MIN_BYTES
 
     def _run(self, inputs, interp):
-        ext = self._bind_inputs(inputs)
-        if self._out_views is not None:  # one native segment: no per-op Python work
-            for k in range(len(self.entries)):
-                self._call_segment(k)
+        if self._out_views is not None:  # every op native: no per-op Python work at all
+            for x, (slot, stage) in zip(inputs, self._bind):
+                if stage is not None:
+                    stage[...] = x
+                elif slot is not None:
+                    x = _native_ready(x)
+                    self._table[slot] = x.ctypes.data
+            addr = self._table_addr
+            for entry in self.entries:
+                failed = entry(addr)
+                if failed:
+                    self._failed(failed)
             return [v.copy() for v in self._out_views]
+        ext = self._bind_inputs(inputs)
         for kind, item in self.seq:
             if kind == "native":
                 self._call_segment(item)
@@ -329,8 +339,13 @@ class Specialization:
     def _call_segment(self, k: int) -> None:
         failed = self.entries[k](self._table_addr)
         if failed:
-            step = self.steps[failed - 1]
-            raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
+            self._failed(failed)
+
+    def _failed(self, code: int) -> None:
+        """A segment returned ``code`` (1 + the index of the step whose kernel refused its
+        input): raise the error naming that op."""
+        step = self.steps[code - 1]
+        raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
 
     def _run_fallback(self, step: FallbackStep, ext: dict[int, Any], interp) -> None:
         op = step.op
