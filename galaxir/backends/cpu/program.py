@@ -303,11 +303,13 @@ class Specialization:
 
     def _run(self, inputs, interp):
         if self._out_views is not None:  # every op native: no per-op Python work at all
+            keep = []  # copies made for native code must live until it has run
             for x, (slot, stage) in zip(inputs, self._bind):
                 if stage is not None:
                     stage[...] = x
                 elif slot is not None:
                     x = _native_ready(x)
+                    keep.append(x)
                     self._table[slot] = x.ctypes.data
             addr = self._table_addr
             for entry in self.entries:
