@@ -31,22 +31,24 @@ def test_step_times_add_up_to_the_run_time(squeezenet):
     assert prof.runs == 5 and len(prof.steps) == len(exe.last.steps)
     native = [s for s in prof.steps if s.where == "native"]
     assert len(native) >= 20 and all(s.mean_us > 0 for s in native)
-    # inside one profiled run: the steps cover the call but for the Python around them
-    for steps, run in zip(prof.step_sums_us(), prof.run_us):
-        assert 0.9 * run <= steps <= run
-    # against normal (unprofiled) calls; the machine is shared, so best of a few rounds
-    ratios = []
-    for _ in range(3):
-        normal = []
-        for _ in range(5):
-            t = time.perf_counter_ns()
-            exe.run(feeds)
-            normal.append((time.perf_counter_ns() - t) / 1e3)
-        p = exe.profile(feeds, runs=5, warmup=0)
-        ratios.append(min(p.step_sums_us()) / min(normal))
-        if 0.9 <= ratios[-1] <= 1.1:
+    # inside one profiled run the steps cover the call but for the Python around them
+    # (nested readings of one clock: never more; the best run shows how much less)
+    fractions = [steps / run for steps, run in zip(prof.step_sums_us(), prof.run_us)]
+    assert max(fractions) <= 1.0 and max(fractions) >= 0.9, fractions
+    # against normal (unprofiled) calls, taking turns, in the calling thread's CPU time (one
+    # thread: that is all the work; other processes on this shared machine do not count)
+    normal, profiled, ratios = [], [], []
+    for _ in range(15):
+        t = time.thread_time_ns()
+        exe.run(feeds)
+        normal.append((time.thread_time_ns() - t) / 1e3)
+        profiled.append(exe.profile(feeds, runs=1, warmup=0, clock="cpu").step_sums_us()[0])
+        ratios.append(min(profiled) / min(normal))
+        if len(normal) >= 3 and 0.9 <= ratios[-1] <= 1.1:
             break
     assert 0.9 <= ratios[-1] <= 1.1, ratios
+    with pytest.raises(ExecutionError, match="clock"):
+        exe.profile(feeds, clock="gpu")
 
 
 def test_table_and_kinds_name_every_op(squeezenet):

@@ -97,11 +97,13 @@ class Executable(abc.ABC):
     def _execute(self, inputs: list[Any]) -> list[Any]:
         """Run on validated inputs, in graph input order; return outputs in order."""
 
-    def profile(self, feeds: Mapping[str, Any], runs: int = 10, warmup: int = 1):
+    def profile(self, feeds: Mapping[str, Any], runs: int = 10, warmup: int = 1,
+                clock: str = "wall"):
         """Time each step of ``runs`` runs on ``feeds`` (after ``warmup`` untimed runs):
         a ``galaxir.backends.profile.Profile`` (``print(p)`` for the table sorted by time,
-        ``p.by_kind()``, ``p.save_chrome_trace(path)``).  Backends without a profiler
-        raise ExecutionError."""
+        ``p.by_kind()``, ``p.save_chrome_trace(path)``).  ``clock="cpu"`` measures the
+        calling thread's CPU time instead of wall time (steady on a busy machine).
+        Backends without a profiler raise ExecutionError."""
         raise ExecutionError(f"{type(self).__name__} has no profiler")
 
     def report(self) -> str:

@@ -146,6 +146,19 @@ class Profile:
         return p
 
 
+def check_clock(clock: str) -> None:
+    if clock not in ("wall", "cpu"):
+        from ..errors import ExecutionError
+        raise ExecutionError(f"profile: clock must be 'wall' or 'cpu', got {clock!r}")
+
+
+def clock_ns(clock: str):
+    """The Python-side reading of ``clock`` in nanoseconds (the one native code uses)."""
+    import time
+    cid = time.CLOCK_MONOTONIC if clock == "wall" else time.CLOCK_THREAD_CPUTIME_ID
+    return lambda: time.clock_gettime_ns(cid)
+
+
 def _us(x: float) -> str:
     return f"{x:.1f}" if x >= 100 else f"{x:.3f}"
 

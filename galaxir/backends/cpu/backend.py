@@ -17,6 +17,7 @@ from ...errors import CompileError, GalaxirError
 from ...ir import Module
 from ...ir.types import TensorType
 from ..base import Backend, Executable
+from ..profile import check_clock
 from . import jit
 from .lower import ELEMENTWISE, RULES, ALIAS_OPS
 from .prepare import prepare, specialize
@@ -102,15 +103,17 @@ class CpuExecutable(Executable):
         with self._lock:
             return self._spec_for_inputs(inputs).run(inputs, self._interp, pool=self.pool)
 
-    def profile(self, feeds, runs: int = 10, warmup: int = 1):
+    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
         """Per-step times (see ``Executable.profile``).  The first call for a set of input
         shapes compiles a timed copy of the native code (galaxir/backends/cpu/profile.py);
         the code that ``exe(...)`` runs is never changed."""
         from .profile import profile_specialization
+        check_clock(clock)
         inputs = self.validate(feeds)
         with self._lock:
             spec = self._spec_for_inputs(inputs)
-            prof, _ = profile_specialization(spec, inputs, self._interp, self.pool, runs, warmup)
+            prof, _ = profile_specialization(spec, inputs, self._interp, self.pool, runs, warmup,
+                                             clock)
         return prof
 
     # -- reports ----------------------------------------------------------------------------

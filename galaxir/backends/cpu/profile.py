@@ -25,7 +25,10 @@ from .lower import AliasStep, FallbackStep, NativeStep
 from .program import POOL_MIN_BYTES
 from . import kernels as K
 
-CLOCK = time.CLOCK_MONOTONIC
+#: profile(clock=...): "wall" is the monotonic clock (what a user waits for), "cpu" the
+#: calling thread's CPU time (unaffected by other processes on a busy machine; it does
+#: not count a parallel kernel's work on the worker thread)
+CLOCKS = {"wall": time.CLOCK_MONOTONIC, "cpu": time.CLOCK_THREAD_CPUTIME_ID}
 _TIMESPEC = ir.LiteralStructType([I64, I64])
 _bound = False
 
@@ -54,10 +57,14 @@ class _Stamper:
         if clock is None:
             clock = ir.Function(mod, ir.FunctionType(I32, [I32, _TIMESPEC.as_pointer()]),
                                 "gx_clock_gettime")
+        which = mod.globals.get("gx_prof_clock")
+        if which is None:  # the clock id, set by the profiler before it runs
+            which = ir.GlobalVariable(mod, I32, "gx_prof_clock")
+            which.initializer = ir.Constant(I32, CLOCKS["wall"])
         ts = self._slot.get(id(fn))
         if ts is None:  # j == 0 is emitted in the entry block: one alloca per function
             ts = self._slot[id(fn)] = b.alloca(_TIMESPEC)
-        b.call(clock, [ir.Constant(I32, CLOCK), ts])
+        b.call(clock, [b.load(which), ts])
         sec = b.load(b.gep(ts, [ir.Constant(I32, 0), ir.Constant(I32, 0)], inbounds=True))
         nsec = b.load(b.gep(ts, [ir.Constant(I32, 0), ir.Constant(I32, 1)], inbounds=True))
         ns = b.add(b.mul(sec, ir.Constant(I64, 1_000_000_000)), nsec)
@@ -77,6 +84,7 @@ class TimedCode:
         self.entries = [proto(self.loaded.address(f"gx_seg{k}_timed"))
                         for k in range(len(spec.segments))]
         self.pool_slot = self.loaded.global_address("gx_pool")
+        self.clock_slot = self.loaded.global_address("gx_prof_clock")
         self.bufs = [np.zeros(len(seg) + 1, np.int64) for seg in spec.segments]
         self.buf_addr = [b.ctypes.data for b in self.bufs]
 
@@ -88,14 +96,15 @@ def timed_code(spec) -> TimedCode:
     return code
 
 
-def _run_once(spec, code: TimedCode, inputs, interp, pool) -> tuple[list, dict, int, int]:
+def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
+              ) -> tuple[list, dict, int, int]:
     """One timed run: (outputs, {step index: (start ns, end ns)}, run start, run end)."""
     spec._ensure_arena()
     wake = spec.wake_pool(pool, code.pool_slot)
     if wake:
         pool.begin()
     try:
-        t_start = time.clock_gettime_ns(CLOCK)
+        t_start = time.clock_gettime_ns(clock)
         ext = spec._bind_inputs(inputs)
         rec: dict[int, tuple[int, int]] = {}
         for kind, item in spec.seq:
@@ -107,11 +116,11 @@ def _run_once(spec, code: TimedCode, inputs, interp, pool) -> tuple[list, dict, 
                 for j, (i, _) in enumerate(spec.segments[item]):
                     rec[i] = (int(buf[j]), int(buf[j + 1]))
             else:
-                t0 = time.clock_gettime_ns(CLOCK)
+                t0 = time.clock_gettime_ns(clock)
                 spec._run_fallback(item, ext, interp)
-                rec[spec._step_index[id(item)]] = (t0, time.clock_gettime_ns(CLOCK))
+                rec[spec._step_index[id(item)]] = (t0, time.clock_gettime_ns(clock))
         outs = spec._outputs(ext)
-        t_end = time.clock_gettime_ns(CLOCK)
+        t_end = time.clock_gettime_ns(clock)
     finally:
         if wake:
             pool.end()
@@ -133,20 +142,23 @@ def _describe_step(i: int, s) -> StepTiming:
 
 
 def profile_specialization(spec, inputs: list[Any], interp, pool, runs: int,
-                           warmup: int = 1) -> tuple[Profile, list]:
+                           warmup: int = 1, clock: str = "wall") -> tuple[Profile, list]:
     """Run ``spec`` ``warmup`` + ``runs`` times on ``inputs`` through its timed code; returns
     the profile and the last run's outputs."""
+    clk = CLOCKS[clock]
     code = timed_code(spec)
+    if code.clock_slot:
+        ctypes.c_int32.from_address(code.clock_slot).value = clk
     if not hasattr(spec, "_step_index"):
         spec._step_index = {id(s): i for i, s in enumerate(spec.steps)}
     for _ in range(warmup):
-        _run_once(spec, code, inputs, interp, pool)
+        _run_once(spec, code, inputs, interp, pool, clk)
     steps = [_describe_step(i, s) for i, s in enumerate(spec.steps)]
     run_us, run_start = [], []
     t_first = None
     outs: list = []
     for _ in range(max(1, runs)):
-        outs, rec, t0, t1 = _run_once(spec, code, inputs, interp, pool)
+        outs, rec, t0, t1 = _run_once(spec, code, inputs, interp, pool, clk)
         if t_first is None:
             t_first = t0
         run_start.append((t0 - t_first) / 1e3)
@@ -163,4 +175,6 @@ def profile_specialization(spec, inputs: list[Any], interp, pool, runs: int,
     if pool is not None and spec.work_bytes >= POOL_MIN_BYTES and code.pool_slot:
         notes.append("parallel kernels ran over the thread pool: a step's time is the "
                      "caller's wall time for all its tasks")
+    if clock == "cpu":
+        notes.append("times are the calling thread's CPU time (clock='cpu')")
     return Profile("cpu", steps, run_us, run_start, notes), outs

@@ -2,7 +2,6 @@
 and frees every intermediate after its last use (so big models fit in memory)."""
 from __future__ import annotations
 
-import time
 from collections import ChainMap
 from typing import Any, Sequence
 
@@ -133,10 +132,11 @@ class NumpyExecutable(Executable):
     def _execute(self, inputs: list[Any]) -> list[Any]:
         return self.interpreter.run(inputs)
 
-    def profile(self, feeds, runs: int = 10, warmup: int = 1):
+    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
         """Per-op times of the top-level ops (an op with regions counts as one step),
         timed in Python; see ``Executable.profile``."""
-        from ..profile import Profile, StepTiming, shapes_label, value_label
+        from ..profile import Profile, StepTiming, check_clock, clock_ns, shapes_label, value_label
+        check_clock(clock)
         inputs = self.validate(feeds)
         block = self.module.graph.block
         ops = [op for op in block if not op.is_terminator]
@@ -145,20 +145,20 @@ class NumpyExecutable(Executable):
                  for i, op in enumerate(ops)]
         release = self.interpreter._release_plan(block)  # free intermediates as run() does
         keep = {id(v) for v in block.terminator.operands if v is not None}
-        clock = time.perf_counter_ns
+        now = clock_ns(clock)
         run_us, run_start, t_first = [], [], None
         for r in range(warmup + max(1, runs)):
-            t0 = clock()
+            t0 = now()
             env: dict[int, Any] = dict(zip((id(a) for a in block.args), inputs))
             spans = []
             for op, dead in zip(ops, release):
-                a = clock()
+                a = now()
                 self.interpreter.run_op(op, env)
-                spans.append((a, clock()))
+                spans.append((a, now()))
                 for vid in dead:
                     if vid not in keep:
                         env.pop(vid, None)
-            t1 = clock()
+            t1 = now()
             if r < warmup:
                 continue
             t_first = t0 if t_first is None else t_first
