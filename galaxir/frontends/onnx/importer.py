@@ -21,8 +21,8 @@ from ...ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, Sequenc
                          TensorType, Type, refine, types_compatible)
 
 Converter = Callable[["ConvertContext"], Sequence[Value | None]]
-#: the largest dense form of a sparse tensor the importer builds (the ONNX format's own
-#: limit for a tensor stored in the model file)
+#: the largest dense form of a sparse tensor the importer builds: 2 GiB, what a protobuf
+#: model file can hold at all (larger, a few bytes of sparse data would be a memory bomb)
 MAX_DENSE_BYTES = 2 ** 31
 CONVERTERS: dict[tuple[str, str], Converter] = {}
 DEFAULT_DOMAINS = ("", "ai.onnx")
