@@ -250,6 +250,12 @@ def lower_matmul(op):
         batch.append(max(x, y))
     a_st = [s * M * Ka for s in K.broadcast_strides(abp, batch)]
     b_st = [s * Kb * N for s in K.broadcast_strides(bbp, batch)]
+    # batch dims of size 1 index nothing: dropped, so that [1, S, S, C] @ [C, N] is seen
+    # as one shared B (packed at compile time, rows folded into one product)
+    keep = [i for i, d in enumerate(batch) if d != 1]
+    batch = [batch[i] for i in keep]
+    a_st = [a_st[i] for i in keep]
+    b_st = [b_st[i] for i in keep]
     bs_ = static_shape(bias.type) if bias is not None else None
     ep = dict(activation=act, act_params=act_params, beta=1.0)
     if Ka == 0 and (bias is not None or act != "none"):

@@ -235,6 +235,9 @@ def lower_attention(op):
         ldq, ldk, ldv, ldy = Hq * D, Hkv * D, Hkv * Dv, Hq * Dv
     else:
         return f"rank {rank}"
+    if (ks[0], ks[-1] if rank == 4 else ks[2] // Hkv) != (Bn, D) or \
+            vs[:-1] != ks[:-1] or (rank == 3 and (ks[2] % Hkv or vs[2] % Hkv or qs[2] % Hq)):
+        return f"Q {qs}, K {ks}, V {vs} do not agree"
     if K.prod((Bn, Hq, Sq, Skv, D, Dv)) == 0:
         return "zero-size tensor"
     if Hkv == 0 or Hq % Hkv:
