@@ -68,8 +68,9 @@ def test_nd_linear_is_one_gemm_on_packed_weights(monkeypatch, wide, a_shape, k, 
     m = _linear(a_shape, k, n, relu=True)
     cpu = run_both(m, [rand(*a_shape)])
     (kern,) = kernels(cpu)
-    assert type(kern).__name__ == "MatMulPacked", cpu.report()
-    assert kern.batch == () and kern.b_packed and kern.M == int(np.prod(a_shape[:-1]))
+    assert type(kern).__name__ == "GemmPacked", cpu.report()
+    assert kern.M == int(np.prod(a_shape[:-1])) and kern.wide == (wide == "1")
+    assert kern.relu or kern.activation == "relu"
 
 
 def test_small_nd_linear_folds_its_rows_for_sgemm():

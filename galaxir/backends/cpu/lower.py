@@ -12,6 +12,7 @@ from ...ir import Module, Operation, Value
 from ...ir.types import DType, TensorType
 from . import kernels as K
 from . import kernels_nhwc as KN
+from . import kernels_gemm as KG
 from .jit import has_blas
 
 F32 = DType.float32
@@ -302,6 +303,12 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
     kw = dict(M=M, N=N, K=Ka, batch=tuple(batch), a_batch_strides=tuple(a_st),
               b_batch_strides=tuple(b_st), has_bias=bias is not None,
               activation=ep["activation"], act_params=ep["act_params"])
+    if bc is not None and shared_b and np.ndim(bc) == 2 and not batch:
+        # constant weights: the dense GEMM with a 12-accumulator tile (kernels_gemm)
+        wide = KN.wide_tiles()
+        panels = ConstArray(KG.pack_b(bc, wide), (bm.name or "b") + f".panels{32 if wide else 16}")
+        kw = {k: v for k, v in kw.items() if k not in ("batch", "a_batch_strides", "b_batch_strides")}
+        return KG.GemmPacked(wide=wide, **kw), [a, panels] + extra
     if bc is not None and shared_b and np.ndim(bc) == 2:
         panels = ConstArray(KN.pack_b_panels(bc), (bm.name or "b") + ".panels")
         return KN.MatMulPacked(b_packed=True, **kw), [a, panels] + extra
@@ -661,7 +668,8 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
         if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul, KN.ConvNhwc,
-                             KN.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
+                             KN.DepthwiseNhwc, KN.MatMulPacked, KG.GemmPacked)) \
+                and kern.activation == "none" \
                 and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:

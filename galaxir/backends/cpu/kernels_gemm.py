@@ -1,0 +1,218 @@
+"""Dense GEMM with a constant B: ``C[M, N] = act(A[M, K] @ B[K, N] + bias)`` for matmul,
+linear and gemm with weights (a transformer's projections, ConvNeXt's MLP).
+
+The conv library (kernels_nhwc.ConvNhwc) multiplies a 6 x 16 tile: with AVX-512 that is
+six ``<16 x float>`` accumulators, fewer than the FMA latency times the FMA units of a
+core that executes zmm FMAs at full width (Zen 5: 4 cycles x 2 units = 8 chains), and
+each k step loads one B vector for six FMAs.  Here the tile is 6 rows x two vectors
+(6 x 32 with AVX-512, 6 x 16 with AVX2): twelve independent accumulators and two B loads
+per twelve FMAs.  B is packed once at compile time into panels ``[panel][K][2 * lanes]``
+(zero past N); A is read in place (rows ``lda`` apart).
+
+Work split: tasks are (row chunk, panel block); a panel block is as many panels as fit
+about 256 KiB, so a task sweeps its tiles over a block that stays in L2.  Every output
+element is one FMA chain over k in order, as in the conv kernel (equal inputs give equal
+columns).  One library function per epilogue variant and width, shapes in the parameter
+block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+
+from .codegen import F32, I64, i64
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _broadcast, _f32_bits, _fb, _fma_vec,
+                      _min, build_task_library)
+
+MR = 6                      # tile rows
+BLOCK_BYTES = 256 * 1024    # packed B per task block (L2-resident)
+TASKS = 24                  # about this many tasks per product (load balance over the pool)
+
+# parameter block
+(G_M, G_N, G_K, G_LDA, G_PANELS, G_TILES, G_TPER, G_CHUNKS, G_PB, G_NBLOCKS, G_NTASKS,
+ G_HAS_BIAS, G_LO, G_HI, G_ALPHA) = range(15)
+
+
+def lanes(wide: bool) -> int:
+    return 16 if wide else 8
+
+
+def pack_b(b, wide: bool) -> np.ndarray:
+    """B [K, N] -> panels [ceil(N / NW)][K][NW] with NW = 2 * lanes, zero past N."""
+    b = np.asarray(b, np.float32)
+    k, n = b.shape
+    nw = 2 * lanes(wide)
+    panels = -(-n // nw)
+    out = np.zeros((panels, k, nw), np.float32)
+    padded = np.zeros((k, panels * nw), np.float32)
+    padded[:, :n] = b
+    out[:] = padded.reshape(k, panels, nw).transpose(1, 0, 2)
+    return out
+
+
+@dataclass
+class GemmPacked(LinearEpilogue, Kernel):
+    """``out = act(A @ B + bias)``: A [M, K] (rows ``lda`` apart; 0 = K), B pre-packed by
+    ``pack_b`` for the same ``wide``, bias one value per column."""
+
+    M: int
+    N: int
+    K: int
+    wide: bool
+    lda: int = 0
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    relu: bool = False
+    name: str = "gemm_packed"
+
+    def key(self):
+        return ("gemm_packed", self.M, self.N, self.K, self.wide, self.lda, self.has_bias,
+                self.activation, self.act_params, self.relu)
+
+    @property
+    def nw(self) -> int:
+        return 2 * lanes(self.wide)
+
+    def params(self) -> list[int]:
+        panels = -(-self.N // self.nw)
+        tiles = -(-self.M // MR)
+        pb = max(1, min(panels, BLOCK_BYTES // max(1, self.K * self.nw * 4)))
+        nblocks = -(-panels // pb)
+        chunks = max(1, min(tiles, -(-TASKS // nblocks)))
+        tper = -(-tiles // chunks)
+        chunks = -(-tiles // tper)
+        p = [self.M, self.N, self.K, self.lda or self.K, panels, tiles, tper, chunks, pb, nblocks,
+             chunks * nblocks, int(self.has_bias)]
+        p.extend(_f32_bits(v) for v in self.linear_params())
+        return p
+
+    def library_symbol(self) -> str:
+        from . import library
+        act, params = self.act_class()
+        vname = f"gemmpk_{act}" + ("_" + "_".join(f"{v:g}" for v in params) if params else "") + \
+            ("_w16" if self.wide else "_w8")
+        variant = (act, params)
+        wide = self.wide
+        return library.ensure(vname, lambda m, n: build_task_library(
+            m, n, G_NTASKS, lambda tb, pp, ptrs, t: _gemm_task(tb, variant, wide, pp, *ptrs, t)))
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .parallel import pool_global
+        sym = self.library_symbol()
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        state = b.load(pool_global(module))
+        pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
+        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, ir.Constant(F32P, None)])
+        return fb.finish()
+
+
+def _gemm_task(fb, variant, wide, params, c, a, bp, bias, _unused, t):
+    act, act_params = variant
+    b = fb.b
+    L = lanes(wide)
+    NW = 2 * L
+    V = ir.VectorType(F32, L)
+    V8 = ir.VectorType(F32, 8)
+    VP, V8P = V.as_pointer(), V8.as_pointer()
+
+    def P(k):
+        return b.load(b.gep(params, [i64(k)], inbounds=True))
+
+    M, N, K, LDA = P(G_M), P(G_N), P(G_K), P(G_LDA)
+    panels, tper, chunks, pb = P(G_PANELS), P(G_TPER), P(G_CHUNKS), P(G_PB)
+    has_bias = b.icmp_signed("!=", P(G_HAS_BIAS), i64(0))
+    epi = EpilogueCode(fb, act, act_params, params, G_LO)
+    fma = _fma_vec(fb.module, L)
+    zero = ir.Constant(V, [0.0] * L)
+    accs = [fb.alloca(V) for _ in range(2 * MR)]
+    with b.goto_block(fb.entry):
+        tile = b.alloca(F32, size=i64(MR * NW))
+        tile.align = 64
+        zb = b.alloca(F32, size=i64(NW))
+        zb.align = 64
+    for j in range(NW // 8):
+        b.store(ir.Constant(V8, [0.0] * 8), b.bitcast(fb.ptr(zb, j * 8), V8P), align=32)
+
+    chunk = b.srem(t, chunks)
+    blk = b.sdiv(t, chunks)
+    t0 = b.mul(chunk, tper)
+    t1 = _min(b, b.add(t0, tper), P(G_TILES))
+    p0 = b.mul(blk, pb)
+    p1 = _min(b, b.add(p0, pb), panels)
+    with fb.loop(t0, t1) as ti:
+        r0 = b.mul(ti, i64(MR))
+        rows = _min(b, i64(MR), b.sub(M, r0))
+        # rows past M read row r0 again (valid memory); their results are never stored
+        rowp = []
+        for r in range(MR):
+            rr = b.select(b.icmp_signed("<", i64(r), rows), b.add(r0, i64(r)), r0)
+            rowp.append(fb.ptr(a, b.mul(rr, LDA)))
+        with fb.loop(p0, p1) as pj:
+            wpanel = fb.ptr(bp, b.mul(pj, b.mul(K, i64(NW))))
+            for acc in accs:
+                b.store(zero, acc)
+            with fb.loop(0, K) as k:
+                wv = [b.load(b.bitcast(fb.ptr(wpanel, b.add(b.mul(k, i64(NW)), i64(h * L))), VP),
+                             align=4) for h in range(2)]
+                for r in range(MR):
+                    x = b.load(b.gep(rowp[r], [k], inbounds=True), align=4)
+                    sv = _broadcast(b, x, L)
+                    for h in range(2):
+                        acc = accs[2 * r + h]
+                        b.store(b.call(fma, [sv, wv[h], b.load(acc)]), acc)
+            _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L)
+
+
+def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L):
+    """Bias and activation on the tile, then into C: whole tiles straight from the
+    accumulators, edge tiles (rows < MR or a panel past N) through the stack."""
+    b = fb.b
+    NW = 2 * L
+    V8 = ir.VectorType(F32, 8)
+    V8P = V8.as_pointer()
+    col = b.mul(pj, i64(NW))
+    ncols = _min(b, i64(NW), b.sub(N, col))
+    full_cols = b.icmp_signed("==", ncols, i64(NW))
+    bptr = b.select(b.and_(has_bias, full_cols), fb.ptr(bias, col), zb)
+    bv = [b.load(b.bitcast(fb.ptr(bptr, 8 * j), V8P), align=4) for j in range(NW // 8)]
+
+    def part(r, j):
+        """Columns 8j..8j+7 of tile row r as a <8 x float>."""
+        h, q = divmod(8 * j, L)
+        v = b.load(accs[2 * r + h])
+        if L == 8:
+            return v
+        return b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                ir.Constant(ir.VectorType(ir.IntType(32), 8), list(range(q, q + 8))))
+
+    whole = b.and_(full_cols, b.icmp_signed("==", rows, i64(MR)))
+    direct, staged, done = fb.block("gdirect"), fb.block("gstaged"), fb.block("gdone")
+    b.cbranch(whole, direct, staged)
+    b.position_at_end(direct)
+    for r in range(MR):
+        rowoff = b.add(b.mul(b.add(r0, i64(r)), N), col)
+        for j in range(NW // 8):
+            v = epi.vector(b.fadd(part(r, j), bv[j]))
+            b.store(v, b.bitcast(fb.ptr(c, b.add(rowoff, i64(8 * j))), V8P), align=4)
+    b.branch(done)
+    b.position_at_end(staged)
+    for r in range(MR):
+        for j in range(NW // 8):
+            b.store(part(r, j), b.bitcast(fb.ptr(tile, r * NW + 8 * j), V8P), align=32)
+    bias_one = b.select(has_bias, fb.ptr(bias, col), zb)
+    with fb.loop(0, rows) as r:
+        rowoff = b.add(b.mul(b.add(r0, r), N), col)
+        with fb.loop(0, ncols) as q:
+            v = b.fadd(fb.load(tile, b.add(b.mul(r, i64(NW)), q)), fb.load(bias_one, q))
+            fb.store(epi.scalar(v), c, b.add(rowoff, q))
+    b.branch(done)
+    b.position_at_end(done)
