@@ -216,3 +216,92 @@ def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L):
             fb.store(epi.scalar(v), c, b.add(rowoff, q))
     b.branch(done)
     b.position_at_end(done)
+
+
+# -- the same tile for specialized kernels (attention): sizes known at code generation ----------
+def panel_floats(kd: int, n: int, wide: bool) -> int:
+    """Floats of a [kd, n] matrix packed by ``emit_pack_panels``."""
+    nw = 2 * lanes(wide)
+    return -(-n // nw) * nw * kd
+
+
+def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: int, sc: int,
+                     wide: bool) -> None:
+    """dst[dst_off + (p, k, q)] = src[src_off + k*sk + (p*NW + q)*sc] for the [kd, n] matrix
+    (the columns past n of the last panel are left as they are: they only feed tile
+    columns that are never stored)."""
+    b = fb.b
+    nw = 2 * lanes(wide)
+    soff = i64(src_off) if isinstance(src_off, int) else src_off
+    with fb.loop(0, n) as col:
+        p = b.udiv(col, i64(nw))
+        q = b.urem(col, i64(nw))
+        d0 = b.add(i64(dst_off), b.add(b.mul(p, i64(kd * nw)), q))
+        s0 = b.add(soff, b.mul(col, i64(sc)))
+        with fb.loop(0, kd) as k:
+            fb.store(fb.load(src, b.add(s0, b.mul(k, i64(sk)))), dst, b.add(d0, b.mul(k, i64(nw))))
+
+
+def emit_panel_gemm(fb, out, out_off, ldo: int, a, a_off, lda: int, bp, bp_off: int, rows: int,
+                    kd: int, n: int, wide: bool) -> None:
+    """out[out_off + r*ldo + c] = sum_k a[a_off + r*lda + k] * B[k, c] for r < rows, c < n,
+    B packed by ``emit_pack_panels`` at ``bp + bp_off``: 6-row tiles times 2-vector panels
+    (the GemmPacked tile), every size a compile-time constant."""
+    b = fb.b
+    L = lanes(wide)
+    nw = 2 * L
+    V = ir.VectorType(F32, L)
+    VP = V.as_pointer()
+    fma = _fma_vec(fb.module, L)
+    zero = ir.Constant(V, [0.0] * L)
+    accs = [fb.alloca(V) for _ in range(2 * MR)]
+    with b.goto_block(fb.entry):
+        stage = b.alloca(F32, size=i64(MR * nw))
+        stage.align = 64
+    out_off = i64(out_off) if isinstance(out_off, int) else out_off
+    a_off = i64(a_off) if isinstance(a_off, int) else a_off
+    full_p, rem_c = n // nw, n % nw
+
+    def tile(r0, nr):
+        rowp = [fb.ptr(a, b.add(a_off, b.mul(b.add(r0, i64(r)), i64(lda)))) for r in range(nr)]
+        orow = [b.add(out_off, b.mul(b.add(r0, i64(r)), i64(ldo))) for r in range(nr)]
+
+        def panel(pj, ncols):
+            wpanel = fb.ptr(bp, b.add(i64(bp_off), b.mul(pj, i64(kd * nw))))
+            for acc in accs[:2 * nr]:
+                b.store(zero, acc)
+            with fb.loop(0, kd) as k:
+                wv = [b.load(b.bitcast(fb.ptr(wpanel, b.add(b.mul(k, i64(nw)), i64(h * L))), VP),
+                             align=4) for h in range(2)]
+                for r in range(nr):
+                    sv = _broadcast(b, b.load(b.gep(rowp[r], [k], inbounds=True), align=4), L)
+                    for h in range(2):
+                        acc = accs[2 * r + h]
+                        b.store(b.call(fma, [sv, wv[h], b.load(acc)]), acc)
+            col = b.mul(pj, i64(nw))
+            if ncols == nw:
+                for r in range(nr):
+                    for h in range(2):
+                        b.store(b.load(accs[2 * r + h]),
+                                b.bitcast(fb.ptr(out, b.add(orow[r], b.add(col, i64(h * L)))), VP),
+                                align=4)
+                return
+            for r in range(nr):
+                for h in range(2):
+                    b.store(b.load(accs[2 * r + h]),
+                            b.bitcast(fb.ptr(stage, r * nw + h * L), VP), align=64)
+            for r in range(nr):
+                with fb.loop(0, ncols) as q:
+                    fb.store(fb.load(stage, b.add(i64(r * nw), q)), out, b.add(orow[r], b.add(col, q)))
+
+        if full_p:
+            with fb.loop(0, full_p) as pj:
+                panel(pj, nw)
+        if rem_c:
+            panel(i64(full_p), rem_c)
+
+    if rows // MR:
+        with fb.loop(0, rows // MR * MR, MR) as r0:
+            tile(r0, MR)
+    if rows % MR:
+        tile(i64(rows // MR * MR), rows % MR)

@@ -28,6 +28,7 @@ from llvmlite import ir
 
 from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, memcpy, memset0
 from .kernels import Kernel, _fb, prod
+from .kernels_gemm import emit_pack_panels, emit_panel_gemm
 
 W8 = 8          # vector width (floats)
 NBW = 64        # columns per packed panel of the recurrent weights (8 vectors)
@@ -720,13 +721,14 @@ class Attention(Kernel):
     mask: str = "none"
     m_row: int = 0
     m_col: int = 1
+    wide: bool = False      # the products' tile: 6 x 32 (AVX-512) or 6 x 16 (kernels_gemm)
     name: str = "attention"
 
     def key(self):
         return ("attention", self.Sq, self.Skv, self.D, self.Dv, self.batch, self.q_st,
                 self.k_st, self.v_st, self.m_st, self.y_st, self.ldq, self.ldk, self.ldv,
                 self.ldy, self.scale, self.kt, self.causal, self.softcap, self.mask, self.m_row,
-                self.m_col)
+                self.m_col, self.wide)
 
     @property
     def small(self) -> bool:
@@ -737,9 +739,10 @@ class Attention(Kernel):
     def _scratch(self) -> tuple[int, int, int, int]:
         """(offset of packed K, of packed V, of the row normalizers, total) in floats after
         the scores block at 0"""
+        from .kernels_gemm import panel_floats
         sc = _align16(min(self.Sq, ATT_ROWS) * self.Skv)
-        kp = _align16(self.Skv * self.D) if self.small else 0
-        vp = _align16(self.Skv * self.Dv) if self.small else 0
+        kp = _align16(panel_floats(self.D, self.Skv, self.wide)) if self.small else 0
+        vp = _align16(panel_floats(self.Skv, self.Dv, self.wide)) if self.small else 0
         return sc, sc + kp, sc + kp + vp, sc + kp + vp + ATT_ROWS
 
     @property
@@ -788,10 +791,11 @@ class Attention(Kernel):
                 return fb.mul_add(list(zip(idx, st)))
             qo, ko, vo, yo = offs(self.q_st), offs(self.k_st), offs(self.v_st), offs(self.y_st)
             mo = offs(self.m_st) if m is not None else None
-            if self.small:  # K^T and V as panels for emit_panel_mm
+            if self.small:  # K^T and V as panels for emit_panel_gemm
                 ko_, vo_, _, _ = self._scratch()
-                emit_pack(fb, s, ko_, k, ko, self.D, self.Skv, *((self.ldk, 1) if self.kt else (1, self.ldk)))
-                emit_pack(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1)
+                emit_pack_panels(fb, s, ko_, k, ko, self.D, self.Skv,
+                                 *((self.ldk, 1) if self.kt else (1, self.ldk)), self.wide)
+                emit_pack_panels(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1, self.wide)
             nfull = self.Sq // ATT_ROWS
             if nfull:
                 with fb.loop(0, nfull) as blk:
@@ -809,7 +813,7 @@ class Attention(Kernel):
         # no mask, cap or causal frontier: the scale goes into the exponent, scores stay raw
         plain = not (self.softcap > 0 or m is not None or self.causal) and self.scale > 0
         if self.small:
-            emit_panel_mm(fb, s, i64(0), Skv, qp, self.ldq, s, i64(kpo), rows, self.D, Skv)
+            emit_panel_gemm(fb, s, 0, Skv, qp, 0, self.ldq, s, kpo, rows, self.D, Skv, self.wide)
         else:
             gemm.call(rows, Skv, self.D, qp, self.ldq, False, fb.ptr(k, ko), self.ldk, not self.kt,
                       s, Skv, 1.0, 0.0)
@@ -863,7 +867,7 @@ class Attention(Kernel):
             fb.store(inv, s, b.add(i64(invo), r))
         yp = fb.ptr(out, b.add(yo, b.mul(i0, i64(self.ldy))))
         if self.small:
-            emit_panel_mm(fb, yp, i64(0), self.ldy, s, Skv, s, i64(vpo), rows, Skv, self.Dv)
+            emit_panel_gemm(fb, yp, 0, self.ldy, s, 0, Skv, s, vpo, rows, Skv, self.Dv, self.wide)
         else:
             gemm.call(rows, self.Dv, Skv, s, Skv, False, fb.ptr(v, vo), self.ldv, False, yp,
                       self.ldy, 1.0, 0.0)

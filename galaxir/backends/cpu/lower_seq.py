@@ -17,6 +17,7 @@ from ...ir.types import DType
 from . import kernels as K
 from . import kernels_seq as KS
 from .jit import has_blas
+from .kernels_nhwc import wide_tiles
 from .lower import (
     ConstArray,
     _all_static_f32,
@@ -263,7 +264,7 @@ def lower_attention(op):
                         y_st=tuple(d[5] for d in dims), ldq=ldq, ldk=ldk, ldv=ldv, ldy=ldy,
                         scale=scale, causal=bool(op.attr("is_causal")),
                         softcap=float(op.attr("softcap") or 0.0), mask=mkind, m_row=m_row,
-                        m_col=m_col)
+                        m_col=m_col, wide=wide_tiles())
     return kern, [q, k, v] + ([mask] if mask is not None else [])
 
 
