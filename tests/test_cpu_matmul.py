@@ -73,6 +73,25 @@ def test_nd_linear_is_one_gemm_on_packed_weights(monkeypatch, wide, a_shape, k, 
     assert kern.relu or kern.activation == "relu"
 
 
+@pytest.mark.parametrize("act", ["gelu", "tanh", "sigmoid", "clip", "leaky_relu"])
+def test_packed_linear_epilogues(act):
+    """Each epilogue class of GemmPacked (the piecewise-linear one with its bounds in the
+    parameter block, the others as their own library variants), on a partial last panel."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 2, 61, 128))
+    y = gb.add(gb.matmul(x, gb.constant(rand(128, 200, scale=0.1))), gb.constant(rand(200)))
+    if act == "clip":
+        y = gb.clip(y, gb.constant(np.float32(-0.5)), gb.constant(np.float32(0.7)))
+    elif act == "leaky_relu":
+        y = gb.leaky_relu(y, alpha=0.1)
+    else:
+        y = gb.op(act, y)
+    gb.output(y, "y")
+    cpu = run_both(gb.module(), [rand(2, 61, 128)])
+    (kern,) = kernels(cpu)
+    assert type(kern).__name__ == "GemmPacked" and kern.activation == act, cpu.report()
+
+
 def test_small_nd_linear_folds_its_rows_for_sgemm():
     cpu = run_both(_linear((2, 1, 3, 5, 8), 8, 12), [rand(2, 1, 3, 5, 8)])
     (kern,) = kernels(cpu)
@@ -237,6 +256,7 @@ _EXPORT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow      # 10-20 s each: an export in a fresh process (transformers' import)
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_transformers_attention_is_recognized(tmp_path, kind):
     pytest.importorskip("transformers")
