@@ -135,6 +135,25 @@ def test_batched_matmul_broadcast_and_transposed(b, bb, m, k, n, trans_b, wide):
         del os.environ["GALAXIR_CPU_WIDE"]
 
 
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("a_shape,b_shape,trans_b", [
+    ((1, 12, 128, 64), (1, 12, 128, 64), True),   # attention's Q K^T, K transposed by a node
+    ((2, 1, 64, 90), (4, 90, 50), False),         # broadcast batch dims, partial panel
+    ((500, 70), (70, 100), False),                # one product, B an activation
+])
+def test_large_runtime_b_products_run_on_batched_gemm(monkeypatch, wide, a_shape, b_shape, trans_b):
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", *a_shape))
+    bm = gb.input("b", tensor("f32", *b_shape))
+    if trans_b:
+        bm = gb.transpose(bm, perm=(0, 1, 3, 2))
+    gb.output(gb.matmul(a, bm), "y")
+    cpu = run_both(gb.module(), [rand(*a_shape), rand(*b_shape)])
+    names = [type(k).__name__ for k in kernels(cpu)]
+    assert "BatchedGemm" in names, cpu.report()
+
+
 # -- the attention chain -----------------------------------------------------------------------------
 def _chain(b, h, sq, skv, d, dv, mask=None, guard=False, qk_scale=False, kt_perm=False):
     """softmax(q @ k^T * scale + mask) @ v as separate ops (k [b, h, skv, d], or [b, skv, h, d]

@@ -305,3 +305,64 @@ def emit_panel_gemm(fb, out, out_off, ldo: int, a, a_off, lda: int, bp, bp_off: 
             tile(r0, MR)
     if rows % MR:
         tile(i64(rows // MR * MR), rows % MR)
+
+
+@dataclass
+class BatchedGemm(GemmPacked):
+    """``out[i] = act(A[i] @ B[i] + bias)`` over a batch of products with a B known only at
+    run time (attention's Q K^T and P V when not fused, a product of two activations):
+    each distinct B is packed into the GemmPacked panels in scratch (one pass over B,
+    about 1/M of the product's work), then the GemmPacked library function runs the
+    product over the pool.  Batch strides in elements (0 = broadcast)."""
+
+    batch: tuple = ()
+    a_batch_strides: tuple = ()
+    b_batch_strides: tuple = ()
+    name: str = "batched_gemm"
+
+    def key(self):
+        return ("batched_gemm",) + super().key()[1:] + (self.batch, self.a_batch_strides,
+                                                        self.b_batch_strides)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return panel_floats(self.K, self.N, self.wide) * 4
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .kernels import contiguous_strides
+        from .parallel import pool_global
+        sym = self.library_symbol()
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, a, bm = fb.args[0], fb.args[1], fb.args[2]
+        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        packed = fb.args[-1]
+        state = b.load(pool_global(module))
+        pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
+        shared_b = all(s == 0 for s in self.b_batch_strides)
+        if shared_b:
+            emit_pack_panels(fb, packed, 0, bm, 0, self.K, self.N, self.N, 1, self.wide)
+        idx: list = []
+        out_st = contiguous_strides(self.batch)
+
+        def body(depth):
+            if depth == len(self.batch):
+                if not shared_b:
+                    emit_pack_panels(fb, packed, 0, bm,
+                                     fb.mul_add(list(zip(idx, self.b_batch_strides))),
+                                     self.K, self.N, self.N, 1, self.wide)
+                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+                oo = fb.mul_add([(i, s * self.M * self.N) for i, s in zip(idx, out_st)])
+                b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
+                             bias, ir.Constant(F32P, None)])
+                return
+            with fb.loop(0, self.batch[depth]) as i:
+                idx.append(i)
+                body(depth + 1)
+                idx.pop()
+        body(0)
+        return fb.finish()

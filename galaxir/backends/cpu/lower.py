@@ -312,7 +312,8 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
     if bc is not None and shared_b and np.ndim(bc) == 2:
         panels = ConstArray(KN.pack_b_panels(bc), (bm.name or "b") + ".panels")
         return KN.MatMulPacked(b_packed=True, **kw), [a, panels] + extra
-    return KN.MatMulPacked(**kw), [a, bm] + extra
+    # B known only at run time: packed per product into the GemmPacked panels
+    return KG.BatchedGemm(wide=KN.wide_tiles(), **kw), [a, bm] + extra
 
 
 @rule("gemm", "fused_gemm")
