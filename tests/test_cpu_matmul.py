@@ -152,6 +152,20 @@ def test_large_runtime_b_products_run_on_batched_gemm(monkeypatch, wide, a_shape
     cpu = run_both(gb.module(), [rand(*a_shape), rand(*b_shape)])
     names = [type(k).__name__ for k in kernels(cpu)]
     assert "BatchedGemm" in names, cpu.report()
+    if trans_b:     # K^T read in place: no transpose step
+        assert names == ["BatchedGemm"] and kernels(cpu)[0].trans_b, cpu.report()
+        assert cpu.placement() is not None and cpu.memory_plan() is not None
+
+
+def test_transpose_read_elsewhere_still_runs():
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", 4, 128, 64))
+    k = gb.input("k", tensor("f32", 4, 128, 64))
+    kt = gb.transpose(k, perm=(0, 2, 1))
+    gb.output(gb.matmul(a, kt), "y")
+    gb.output(gb.relu(kt), "z")
+    cpu = run_both(gb.module(), [rand(4, 128, 64), rand(4, 128, 64)])
+    assert "transpose" in cpu.native_ops, cpu.report()
 
 
 # -- the attention chain -----------------------------------------------------------------------------

@@ -318,11 +318,12 @@ class BatchedGemm(GemmPacked):
     batch: tuple = ()
     a_batch_strides: tuple = ()
     b_batch_strides: tuple = ()
+    trans_b: bool = False   # B arrives as [..., N, K] (a transpose read in place)
     name: str = "batched_gemm"
 
     def key(self):
         return ("batched_gemm",) + super().key()[1:] + (self.batch, self.a_batch_strides,
-                                                        self.b_batch_strides)
+                                                        self.b_batch_strides, self.trans_b)
 
     @property
     def scratch_bytes(self) -> int:
@@ -344,8 +345,9 @@ class BatchedGemm(GemmPacked):
         state = b.load(pool_global(module))
         pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
         shared_b = all(s == 0 for s in self.b_batch_strides)
+        sk, sc = (1, self.K) if self.trans_b else (self.N, 1)
         if shared_b:
-            emit_pack_panels(fb, packed, 0, bm, 0, self.K, self.N, self.N, 1, self.wide)
+            emit_pack_panels(fb, packed, 0, bm, 0, self.K, self.N, sk, sc, self.wide)
         idx: list = []
         out_st = contiguous_strides(self.batch)
 
@@ -354,7 +356,7 @@ class BatchedGemm(GemmPacked):
                 if not shared_b:
                     emit_pack_panels(fb, packed, 0, bm,
                                      fb.mul_add(list(zip(idx, self.b_batch_strides))),
-                                     self.K, self.N, self.N, 1, self.wide)
+                                     self.K, self.N, sk, sc, self.wide)
                 ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
                 oo = fb.mul_add([(i, s * self.M * self.N) for i, s in zip(idx, out_st)])
                 b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),

@@ -271,7 +271,8 @@ def lower_matmul(op):
         wt = np.ascontiguousarray(np.asarray(bc, np.float32).T)
         return kern, [a, ConstArray(wt, (bm.name or "w") + ".nk")] + ([bias] if bias is not None else [])
     extra = [bias] if bias is not None else []
-    packed = _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bs_, ep, a, bm, bias)
+    packed = _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bs_, ep, a, bm, bias,
+                                  _swapped_source(bm))
     if packed is not None:
         return packed
     if batch and all(s == 0 for s in b_st) and all(
@@ -290,7 +291,20 @@ def lower_matmul(op):
 PACKED_MIN_MACS = 1 << 21
 
 
-def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias):
+def _swapped_source(v: Value) -> Value | None:
+    """x when ``v = transpose(x)`` swaps only the last two axes (a K^T): the product packs
+    B from x in place and the transpose step is dropped when nothing else reads it."""
+    t = v.producer
+    if t is None or t.name != "transpose" or not is_static(t.operand(0)) or not is_f32(v):
+        return None
+    r = len(static_shape(v.type))
+    perm = t.attr("perm")
+    perm = list(range(r))[::-1] if perm is None else [int(p) % r for p in perm]
+    return t.operand(0) if r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2] else None
+
+
+def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias,
+                         b_swapped=None):
     rows = M * K.prod(batch)
     if rows * N * Ka < PACKED_MIN_MACS or N < 16 or Ka == 0 or M == 0:
         return None
@@ -313,6 +327,8 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
         panels = ConstArray(KN.pack_b_panels(bc), (bm.name or "b") + ".panels")
         return KN.MatMulPacked(b_packed=True, **kw), [a, panels] + extra
     # B known only at run time: packed per product into the GemmPacked panels
+    if b_swapped is not None:
+        return KG.BatchedGemm(wide=KN.wide_tiles(), trans_b=True, **kw), [a, b_swapped] + extra
     return KG.BatchedGemm(wide=KN.wide_tiles(), **kw), [a, bm] + extra
 
 
@@ -681,7 +697,26 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                     step.ops.append(user)
                     absorbed.add(id(user))
         steps.append(step)
-    return steps
+    return _drop_unread_transposes(steps, outputs)
+
+
+def _drop_unread_transposes(steps: list, outputs: set) -> list:
+    """Drop the transpose steps whose results no later step reads (a matmul reads the
+    transpose's source in place, see _swapped_source)."""
+    read = set(outputs)
+    keep = []
+    for step in reversed(steps):
+        if isinstance(step, NativeStep) and all(op.name == "transpose" for op in step.ops) \
+                and not any(id(o) in read for o in step.outputs):
+            continue
+        keep.append(step)
+        if isinstance(step, NativeStep):
+            read.update(id(v) for v in step.inputs)
+        elif isinstance(step, AliasStep):
+            read.add(id(step.source))
+        else:
+            read.update(id(v) for v in step.op.read_values())
+    return keep[::-1]
 
 
 def _remap(expr, mapping):
