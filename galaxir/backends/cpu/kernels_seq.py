@@ -151,12 +151,12 @@ def hmax(b, v, w: int):
     return s
 
 
-def vloop(fb: FnBuilder, n: int, body, start=0) -> None:
-    """``body(j, w)`` over j in [start, start + n): vectors of 8, then a scalar tail."""
-    nv = (n // W8) * W8
+def vloop(fb: FnBuilder, n: int, body, start=0, width: int = W8) -> None:
+    """``body(j, w)`` over j in [start, start + n): vectors of ``width``, then a scalar tail."""
+    nv = (n // width) * width
     if nv:
-        with fb.loop(start, start + nv, W8) as j:
-            body(j, W8)
+        with fb.loop(start, start + nv, width) as j:
+            body(j, width)
     if n - nv:
         with fb.loop(start + nv, start + n) as j:
             body(j, 1)
@@ -817,16 +817,17 @@ class Attention(Kernel):
         else:
             gemm.call(rows, Skv, self.D, qp, self.ldq, False, fb.ptr(k, ko), self.ldk, not self.kt,
                       s, Skv, 1.0, 0.0)
-        mx = fb.alloca(vty(W8))
+        W = 16 if self.wide else 8      # the softmax passes' vector width
+        mx = fb.alloca(vty(W))
         smx = fb.alloca(F32)
-        sm = fb.alloca(vty(W8))
+        sm = fb.alloca(vty(W))
         ssm = fb.alloca(F32)
         ninf = -math.inf
         with fb.loop(0, rows) as r:
             i = b.add(i0, r)
             srow = b.mul(r, i64(Skv))
             mrow = b.add(mo, b.mul(i, i64(self.m_row))) if m is not None else None
-            b.store(vconst(W8, ninf), mx)
+            b.store(vconst(W, ninf), mx)
             b.store(f32(ninf), smx)
 
             def scores(j, w):
@@ -849,10 +850,10 @@ class Attention(Kernel):
                 vstore(fb, x, s, b.add(srow, j), w)
                 slot = mx if w > 1 else smx
                 b.store(vmax(b, x, b.load(slot)), slot)
-            vloop(fb, Skv, scores)
-            mval = vmax(b, hmax(b, b.load(mx), W8), b.load(smx))
+            vloop(fb, Skv, scores, width=W)
+            mval = vmax(b, hmax(b, b.load(mx), W), b.load(smx))
             mval = b.select(b.fcmp_ordered("==", mval, f32(ninf)), f32(0.0), mval)
-            b.store(vconst(W8, 0.0), sm)
+            b.store(vconst(W, 0.0), sm)
             b.store(f32(0.0), ssm)
 
             def expo(j, w):
@@ -861,8 +862,8 @@ class Attention(Kernel):
                 vstore(fb, e, s, b.add(srow, j), w)
                 slot = sm if w > 1 else ssm
                 b.store(b.fadd(b.load(slot), e), slot)
-            vloop(fb, Skv, expo)
-            tot = b.fadd(hsum(b, b.load(sm), W8), b.load(ssm))
+            vloop(fb, Skv, expo, width=W)
+            tot = b.fadd(hsum(b, b.load(sm), W), b.load(ssm))
             inv = b.select(b.fcmp_ordered("==", tot, f32(0.0)), f32(0.0), b.fdiv(f32(1.0), tot))
             fb.store(inv, s, b.add(i64(invo), r))
         yp = fb.ptr(out, b.add(yo, b.mul(i0, i64(self.ldy))))
@@ -872,13 +873,13 @@ class Attention(Kernel):
             gemm.call(rows, self.Dv, Skv, s, Skv, False, fb.ptr(v, vo), self.ldv, False, yp,
                       self.ldy, 1.0, 0.0)
         with fb.loop(0, rows) as r:  # normalize the (shorter) output rows, not the scores
-            inv = splat(b, fb.load(s, b.add(i64(invo), r)), W8)
+            inv = splat(b, fb.load(s, b.add(i64(invo), r)), W)
             yrow = b.mul(r, i64(self.ldy))
 
             def normalize(j, w):
                 iv = inv if w > 1 else b.extract_element(inv, ir.Constant(I32, 0))
                 vstore(fb, b.fmul(vload(fb, yp, b.add(yrow, j), w), iv), yp, b.add(yrow, j), w)
-            vloop(fb, self.Dv, normalize)
+            vloop(fb, self.Dv, normalize, width=W)
 
     def _mask_val(self, fb, m, mrow, j, w):
         b = fb.b
