@@ -233,6 +233,14 @@ def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: i
     b = fb.b
     nw = 2 * lanes(wide)
     soff = i64(src_off) if isinstance(src_off, int) else src_off
+    if sc == 1:     # rows of B contiguous: copy each row's run per panel
+        with fb.loop(0, kd) as k:
+            srow = b.add(soff, b.mul(k, i64(sk)))
+            for p in range(-(-n // nw)):
+                d0 = b.add(i64(dst_off + p * kd * nw), b.mul(k, i64(nw)))
+                with fb.loop(0, min(nw, n - p * nw)) as q:
+                    fb.store(fb.load(src, b.add(b.add(srow, i64(p * nw)), q)), dst, b.add(d0, q))
+        return
     with fb.loop(0, n) as col:
         p = b.udiv(col, i64(nw))
         q = b.urem(col, i64(nw))
