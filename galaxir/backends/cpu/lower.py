@@ -287,7 +287,7 @@ def lower_matmul(op):
 
 
 #: products with at least this many multiply-adds run on galaxir's own GEMM over both
-#: threads (kernels_nhwc.MatMulPacked); smaller ones call single-threaded sgemm
+#: threads (kernels_gemm.GemmPacked / BatchedGemm); smaller ones call single-threaded sgemm
 PACKED_MIN_MACS = 1 << 21
 
 
