@@ -29,6 +29,7 @@ from ..ir.builder import Builder
 from ..ir.core import Block, Module, Operation, Value
 from ..ir.types import TensorType
 from .manager import Pass, PassContext
+from .rewrite import replace_op
 
 #: ops with an NHWC form (the ``layout`` attribute) that the pass converts
 LAYOUT_OPS = {"conv", "fused_conv", "max_pool", "average_pool", "global_average_pool",
@@ -179,7 +180,7 @@ def _wrap(op: Operation) -> bool:
     kw["layout"] = "NHWC"
     new = b.create(op.name, *ops, num_results=1, **kw).results[0]
     new.name = op.results[0].name
-    op.replace_with([b.transpose(new, perm=to_first(r))])
+    replace_op(op, [b.transpose(new, perm=to_first(r))], "layout/wrap")
     return True
 
 
@@ -233,7 +234,7 @@ def _push_channel_shuffle(op: Operation) -> str | None:
     split = b.reshape(y, b.constant(np.array([n, h, w, g, cg], np.int64)))
     shuffled = b.transpose(split, perm=(0, 1, 2, 4, 3))
     merged = b.reshape(shuffled, b.constant(np.array([n, h, w, c], np.int64)))
-    last.replace_with([b.transpose(merged, perm=to_first(4))])
+    replace_op(last, [b.transpose(merged, perm=to_first(4))], "layout/push-channel-shuffle")
     return "pushed"
 
 
@@ -243,15 +244,15 @@ def _fold_transpose(op: Operation) -> str | None:
     if perm is None:
         return None
     if perm == tuple(range(len(perm))):
-        op.replace_with([x])
+        replace_op(op, [x], "layout/fold-transpose")
         return "cancelled"
     inner = _transposed(x)
     if inner is not None and len(inner[1]) == len(perm):
         src, p = inner
         merged = tuple(p[i] for i in perm)
         b = _builder(op)
-        op.replace_with([src if merged == tuple(range(len(merged)))
-                         else b.transpose(src, perm=merged)])
+        replace_op(op, [src if merged == tuple(range(len(merged)))
+                         else b.transpose(src, perm=merged)], "layout/fold-transpose")
         return "cancelled"
     # a transpose that keeps every dim larger than 1 in order is a reshape (a view)
     t, rt = x.type, op.results[0].type
@@ -260,8 +261,10 @@ def _fold_transpose(op: Operation) -> str | None:
         big = [i for i in perm if t.shape[i] != 1]
         if big == sorted(big):
             b = _builder(op)
-            y = b.reshape(x, b.constant(np.array(rt.shape, np.int64)))
-            op.replace_with([y])
+            # allowzero: a 0 in the shape is a 0-size dim, not "copy the input's dim"
+            y = b.reshape(x, b.constant(np.array(rt.shape, np.int64)),
+                          allowzero=1 if 0 in rt.shape else None)
+            replace_op(op, [y], "layout/fold-transpose")
             return "cancelled"
     return None
 
@@ -335,7 +338,7 @@ def _push_elementwise(op: Operation) -> str | None:
     if not isinstance(new.type, TensorType) or _rank(new) != rank:
         return None
     new.name = res.name
-    op.replace_with([b.transpose(new, perm=perm)])
+    replace_op(op, [b.transpose(new, perm=perm)], "layout/push-elementwise")
     return "pushed"
 
 
@@ -395,7 +398,7 @@ def _push_concat(op: Operation) -> str | None:
     kw["axis"] = perm[ax]
     new = b.create("concat", *srcs, num_results=1, **kw).results[0]
     new.name = op.results[0].name
-    op.replace_with([b.transpose(new, perm=perm)])
+    replace_op(op, [b.transpose(new, perm=perm)], "layout/push-concat")
     return "pushed"
 
 
@@ -422,7 +425,7 @@ def _push_batch_norm(op: Operation) -> str | None:
         kw["layout"] = "NHWC"
         y = b.create("batch_norm", x, *op.operands[1:], num_results=1, **kw).results[0]
     y.name = op.results[0].name
-    op.replace_with([b.transpose(y, perm=perm)])
+    replace_op(op, [b.transpose(y, perm=perm)], "layout/push-batch-norm")
     return "pushed"
 
 
