@@ -1279,6 +1279,8 @@ def activation_expr(name: str, params=()):
         return ("gelu", (x,), ())
     if name == "gelu_tanh":
         return ("gelu_tanh", (x,), ())
+    if name == "mish":
+        return ("mish", (x,), ())
     raise NotImplementedError(name)
 
 
