@@ -125,8 +125,12 @@ def worth_converting(module: Module) -> bool:
     interior transpose per four ops it converts.  Where it cannot push conversions through
     the graph (an op with no NHWC form between convs, such as a softmax over channels) the
     transposes it adds cost more than the faster kernels gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips
-    this check."""
+    this check.  A graph with no conv stays NCHW: the pools' and lrn's channels-last kernels
+    are no faster than their NCHW ones, so transposing the graph's input and output for them
+    is a loss (a standalone squeeze-excitation block ran 2x slower converted)."""
     from ..ir.clone import clone_module
+    if not any(op.name in ("conv", "fused_conv") for op in module.walk()):
+        return False
     before = len(interior_transposes(module))
     trial = clone_module(module)
     n = convert_to_nhwc(trial)
@@ -273,6 +277,16 @@ def _permute_const(c: np.ndarray, rank: int, inv: tuple[int, ...]) -> np.ndarray
     return np.ascontiguousarray(np.transpose(c, inv))
 
 
+def _permutes_as_reshape(v: Value, inv: tuple[int, ...]) -> bool:
+    """Is ``transpose(v, inv)`` a mere reshape?  (A non-constant operand with static dims
+    whose non-1 axes keep their order, such as a squeeze-excitation gate [N,C,1,1].)"""
+    t = v.type
+    if not isinstance(t, TensorType) or not t.is_static or len(t.shape) != len(inv):
+        return False
+    moved = [i for i in inv if t.shape[i] != 1]
+    return moved == sorted(moved)
+
+
 def _push_elementwise(op: Operation) -> str | None:
     """op(transpose(a, p), transpose(b, p), const) -> transpose(op(a, b, const'), p)"""
     if len(op.results) != 1 or (op.regions and op.name != "fused_elementwise"):
@@ -319,6 +333,11 @@ def _push_elementwise(op: Operation) -> str | None:
             elif r == 0 or (isinstance(v.type, TensorType) and v.type.shape is not None
                             and all(d == 1 for d in v.type.shape) and r <= rank):
                 new_ops.append(v)   # a broadcast scalar is the same in every layout
+            elif _permutes_as_reshape(v, inv):
+                # a per-channel vector such as a squeeze-excitation gate [N,C,1,1]: in the
+                # new layout it is the same data, reshaped (no copy)
+                shape = tuple(v.type.shape[i] for i in inv)
+                new_ops.append(b.reshape(v, b.constant(np.array(shape, np.int64))))
             else:
                 return None
     try:
