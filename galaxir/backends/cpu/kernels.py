@@ -256,8 +256,9 @@ def ew_lanes() -> int:
 def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8):
     """``name(params, out, ins...)``: params = sizes[r], strides[(1+n_in) x r], tasks, chunk;
     dim 0 is split into ``tasks`` chunks run over the thread pool.  When every operand is
-    contiguous or broadcast along the innermost dim, that loop runs ``<lanes x float>``
-    vectors (then a scalar tail), so the expression's polynomial math runs on all lanes."""
+    contiguous or broadcast along the innermost dim, that loop runs ``<2*lanes x float>``
+    then ``<lanes x float>`` vectors (then a scalar tail), so the expression's polynomial
+    math runs on all lanes."""
     from .codegen import I8P
     from .parallel import define_parallel_for
     tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
@@ -285,19 +286,22 @@ def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8):
                 if inner[k] == 0:
                     hoisted[k] = fb.load(ptrs[k], bases[k])
             if inner[0] == 1 and all(kind in (0, 1) for kind in inner[1:]):
-                V = ir.VectorType(F32, lanes)
                 hi = _max(b, hi, lo)
-                vend = b.sub(hi, b.and_(b.sub(hi, lo), i64(lanes - 1)))
-                vhoisted = {k: _broadcast(b, h, lanes) for k, h in hoisted.items()}
+                # two vectors per step (independent chains for the out-of-order core),
+                # then one, then scalars
+                for width in (2 * lanes, lanes):
+                    V = ir.VectorType(F32, width)
+                    vend = b.sub(hi, b.srem(b.sub(hi, lo), i64(width)))
+                    vhoisted = {k: _broadcast(b, h, width) for k, h in hoisted.items()}
 
-                def vptr(k, i):
-                    return b.bitcast(fb.ptr(ptrs[k], b.add(bases[k], i)), V.as_pointer())
+                    def vptr(k, i, V=V):
+                        return b.bitcast(fb.ptr(ptrs[k], b.add(bases[k], i)), V.as_pointer())
 
-                with fb.loop(lo, vend, lanes) as i:
-                    vals = [vhoisted[k] if k in vhoisted else b.load(vptr(k, i), align=4)
-                            for k in range(1, 1 + n_in)]
-                    b.store(emit_expr(fb, expr, vals, V), vptr(0, i), align=4)
-                lo = vend
+                    with fb.loop(lo, vend, width) as i:
+                        vals = [vhoisted[k] if k in vhoisted else b.load(vptr(k, i), align=4)
+                                for k in range(1, 1 + n_in)]
+                        b.store(emit_expr(fb, expr, vals, V), vptr(0, i), align=4)
+                    lo = vend
             with fb.loop(lo, hi) as i:
                 def at(k):
                     if inner[k] == 1:

@@ -91,22 +91,20 @@ def _rcp_estimate(fb, d):
     n = ty.count
     if n == width:
         return estimate(d)
-    parts = []
-    for lo in range(0, n, width):              # wider than the instruction: in pieces
-        idx = [min(lo + k, n - 1) for k in range(width)]
-        piece = b.shuffle_vector(d, ir.Constant(ty, ir.Undefined),
-                                 ir.Constant(ir.VectorType(i32, width), idx))
-        parts.append(estimate(piece))
-    if n < width:                              # narrower: the first n lanes
-        return b.shuffle_vector(parts[0], ir.Constant(W, ir.Undefined),
+    if n < width:                              # narrower: the first n lanes of a padded one
+        idx = [min(k, n - 1) for k in range(width)]
+        wide = b.shuffle_vector(d, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, width), idx))
+        return b.shuffle_vector(estimate(wide), ir.Constant(W, ir.Undefined),
                                 ir.Constant(ir.VectorType(i32, n), list(range(n))))
-    out = parts[0]
-    while len(parts) > 1:                      # concatenate pairs
-        a, c = parts[0], parts[1]
-        m = a.type.count
-        out = b.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, 2 * m), list(range(2 * m))))
-        parts = [out] + parts[2:]
-    return out
+    if n % width or (n // width) & (n // width - 1):
+        return None
+    parts = [estimate(b.shuffle_vector(d, ir.Constant(ty, ir.Undefined), ir.Constant(
+        ir.VectorType(i32, width), list(range(lo, lo + width))))) for lo in range(0, n, width)]
+    while len(parts) > 1:                      # wider: in pieces, concatenated pairwise
+        m = parts[0].type.count
+        mask = ir.Constant(ir.VectorType(i32, 2 * m), list(range(2 * m)))
+        parts = [b.shuffle_vector(parts[k], parts[k + 1], mask) for k in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def recip(fb, d, finite: bool = False):
