@@ -213,8 +213,8 @@ def test_conv_transpose_matches_reference(xs, ws, attrs, bias):
        p=st.integers(0, 2), op=st.integers(0, 2))
 def test_conv_transpose_any_shape(C, mg, g, H, W, k, s, d, p, op):
     op = min(op, max(s, d) - 1)   # ONNX: output_padding < stride or dilation
-    if min(H, W) == 1 and (k - 1) * d + 1 + op - 2 * p <= 0:
-        return   # no output pixel
+    if (min(H, W) - 1) * s + (k - 1) * d + 1 + op - 2 * p <= 0:
+        return   # no output pixel: refused by type inference (test below)
     m = _convT_module((1, C * g, H, W), (C * g, mg, k, k), True, group=g, strides=[s, s],
                       dilations=[d, d], pads=[p, p, p, p], output_padding=[op, op])
     x = RNG.standard_normal((1, C * g, H, W)).astype(np.float32)
@@ -222,6 +222,12 @@ def test_conv_transpose_any_shape(C, mg, g, H, W, k, s, d, p, op):
     exe = gx.compile(m, target="cpu")
     np.testing.assert_allclose(exe(x)[0], ref[0], rtol=1e-4, atol=1e-4)
     assert not exe.fallback_ops, exe.report()
+
+
+def test_conv_transpose_with_no_output_pixel_is_refused():
+    from galaxir.errors import GalaxirError
+    with pytest.raises(GalaxirError, match="conv_transpose"):
+        _convT_module((1, 2, 2, 2), (2, 1, 1, 1), True, pads=[2, 2, 2, 2])
 
 
 def test_conv_transpose_tap_range():
@@ -306,3 +312,16 @@ def test_channel_split_runs_channels_last(axes):
     exe = get_backend("cpu").compile(opt)
     np.testing.assert_allclose(exe(xv)[0], ref[0], rtol=1e-4, atol=1e-4)
     assert not exe.fallback_ops, exe.report()
+
+
+# -- pointwise ------------------------------------------------------------------------------
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("C,M,H,W", [(16, 96, 12, 12), (24, 40, 7, 9), (70, 33, 5, 3)])
+@pytest.mark.parametrize("activation,residual", [(None, False), ("relu", True), ("sigmoid", True),
+                                                 ("clip", False), ("hard_swish", False)])
+def test_pointwise_nhwc_conv_is_one_gemm(monkeypatch, wide, C, M, H, W, activation, residual):
+    """A 1x1 stride-1 conv in NHWC is [N*H*W, C] @ W^T: the 12-accumulator GEMM, with bias,
+    the skip connection and the activation in its epilogue; edge tiles (rows and columns
+    that do not fill a tile) included."""
+    _check_conv((2, C, H, W), (M, C, 1, 1), "NHWC", activation=activation, residual=residual,
+                wide=wide, monkeypatch=monkeypatch, expect="GemmPacked")

@@ -32,8 +32,9 @@ def test_zoo_model_on_cpu(name):
     for n, w in zip(exe.output_names, want):
         np.testing.assert_allclose(out[n], w, rtol=rtol, atol=atol)
     assert not exe.fallback_ops, exe.report()
-    # the whole model is far below the 0.3-1 s per conv of specialized kernels
-    assert len(exe.last.llvm_ir) < 400_000
+    # the whole model is far below the 0.3-1 s per conv of specialized kernels (depthwise
+    # kernels are specialized per shape, 25-75 KB of IR each: shufflenet's six are 270 KB)
+    assert len(exe.last.llvm_ir) < 500_000
     assert compile_s < 120
 
 

@@ -54,8 +54,9 @@ def pack_b(b, wide: bool) -> np.ndarray:
 
 @dataclass
 class GemmPacked(LinearEpilogue, Kernel):
-    """``out = act(A @ B + bias)``: A [M, K] (rows ``lda`` apart; 0 = K), B pre-packed by
-    ``pack_b`` for the same ``wide``, bias one value per column."""
+    """``out = act(A @ B + bias [+ z])``: A [M, K] (rows ``lda`` apart; 0 = K), B pre-packed
+    by ``pack_b`` for the same ``wide``, bias one value per column, z (with ``has_z``, a
+    residual such as a pointwise conv's skip connection) of the output's shape."""
 
     M: int
     N: int
@@ -66,11 +67,12 @@ class GemmPacked(LinearEpilogue, Kernel):
     activation: str = "none"
     act_params: tuple = ()
     relu: bool = False
+    has_z: bool = False
     name: str = "gemm_packed"
 
     def key(self):
         return ("gemm_packed", self.M, self.N, self.K, self.wide, self.lda, self.has_bias,
-                self.activation, self.act_params, self.relu)
+                self.activation, self.act_params, self.relu, self.has_z)
 
     @property
     def nw(self) -> int:
@@ -93,8 +95,8 @@ class GemmPacked(LinearEpilogue, Kernel):
         from . import library
         act, params = self.act_class()
         vname = f"gemmpk_{act}" + ("_" + "_".join(f"{v:g}" for v in params) if params else "") + \
-            ("_w16" if self.wide else "_w8")
-        variant = (act, params)
+            ("_w16" if self.wide else "_w8") + ("_z" if self.has_z else "")
+        variant = (act, params, self.has_z)
         wide = self.wide
         return library.ensure(vname, lambda m, n: build_task_library(
             m, n, G_NTASKS, lambda tb, pp, ptrs, t: _gemm_task(tb, variant, wide, pp, *ptrs, t)))
@@ -111,12 +113,13 @@ class GemmPacked(LinearEpilogue, Kernel):
         state = b.load(pool_global(module))
         pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
         bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
-        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, ir.Constant(F32P, None)])
+        z = fb.args[3 + self.has_bias] if self.has_z else ir.Constant(F32P, None)
+        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
         return fb.finish()
 
 
-def _gemm_task(fb, variant, wide, params, c, a, bp, bias, _unused, t):
-    act, act_params = variant
+def _gemm_task(fb, variant, wide, params, c, a, bp, bias, z, t):
+    act, act_params, has_z = variant
     b = fb.b
     L = lanes(wide)
     NW = 2 * L
@@ -169,12 +172,14 @@ def _gemm_task(fb, variant, wide, params, c, a, bp, bias, _unused, t):
                     for h in range(2):
                         acc = accs[2 * r + h]
                         b.store(b.call(fma, [sv, wv[h], b.load(acc)]), acc)
-            _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L)
+            _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L,
+                        z if has_z else None)
 
 
-def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L):
-    """Bias and activation on the tile, then into C: whole tiles straight from the
-    accumulators, edge tiles (rows < MR or a panel past N) through the stack."""
+def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L, z=None):
+    """Bias, residual z (when given) and activation on the tile, then into C: whole tiles
+    straight from the accumulators, edge tiles (rows < MR or a panel past N) through the
+    stack."""
     b = fb.b
     NW = 2 * L
     V8 = ir.VectorType(F32, 8)
@@ -201,8 +206,10 @@ def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L):
     for r in range(MR):
         rowoff = b.add(b.mul(b.add(r0, i64(r)), N), col)
         for j in range(NW // 8):
-            v = epi.vector(b.fadd(part(r, j), bv[j]))
-            b.store(v, b.bitcast(fb.ptr(c, b.add(rowoff, i64(8 * j))), V8P), align=4)
+            v = b.fadd(part(r, j), bv[j])
+            if z is not None:
+                v = b.fadd(v, b.load(b.bitcast(fb.ptr(z, b.add(rowoff, i64(8 * j))), V8P), align=4))
+            b.store(epi.vector(v), b.bitcast(fb.ptr(c, b.add(rowoff, i64(8 * j))), V8P), align=4)
     b.branch(done)
     b.position_at_end(staged)
     for r in range(MR):
@@ -213,6 +220,8 @@ def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L):
         rowoff = b.add(b.mul(b.add(r0, r), N), col)
         with fb.loop(0, ncols) as q:
             v = b.fadd(fb.load(tile, b.add(b.mul(r, i64(NW)), q)), fb.load(bias_one, q))
+            if z is not None:
+                v = b.fadd(v, fb.load(z, b.add(rowoff, q)))
             fb.store(epi.scalar(v), c, b.add(rowoff, q))
     b.branch(done)
     b.position_at_end(done)

@@ -189,8 +189,8 @@ def _nchw_shape(nhwc: tuple) -> tuple:
 
 
 def _lower_conv_nhwc(op):
-    """A channels-last conv (made by the O3 layout pass): the indirect-GEMM kernel, or the
-    per-channel loop for a depthwise conv."""
+    """A channels-last conv (made by the O3 layout pass): a plain GEMM for a pointwise conv,
+    the direct kernel for depthwise and narrow-group convs, else the indirect-GEMM kernel."""
     x, w, b = op.operands[0], op.operands[1], op.operand(2)
     z = op.operand(3) if op.name == "fused_conv" else None
     act, act_params = activation_of(op)
@@ -212,6 +212,16 @@ def _lower_conv_nhwc(op):
                kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1],
                has_bias=b is not None, activation=act, act_params=act_params,
                has_z=z is not None)
+    if (g == 1 and tuple(kernel) == (1, 1) and tuple(st) == (1, 1) and not any(pb)
+            and not any(pe)):
+        # a pointwise conv in NHWC is one GEMM: [N*H*W, C] @ W^T [C, M], the skip
+        # connection added in the epilogue
+        wide = KN.wide_tiles()
+        wt = np.asarray(wc, np.float32).reshape(ws[0], xs[3]).T
+        kern = KG.GemmPacked(M=xs[0] * xs[1] * xs[2], N=ws[0], K=xs[3], wide=wide,
+                             has_bias=b is not None, activation=act, act_params=act_params,
+                             has_z=z is not None)
+        return kern, [x, ConstArray(KG.pack_b(wt, wide), (w.name or "w") + f".panels{32 if wide else 16}")] + extra
     if KD.direct_group_ok(xs[3], ws[0], g):
         packed = KD.pack_depthwise_nhwc(wc)
         return (KD.DepthwiseNhwc(cg=xs[3] // g, **geo),
