@@ -86,12 +86,25 @@ def _calibrate_bn(model, x, passes: int = 3):
     return model.eval()
 
 
+def _no_zero_layers(model):
+    """Some classifiers start with all-zero weights (ViT's head): the output would be all
+    zeros and a comparison would check nothing.  Give those layers seeded random values."""
+    import torch
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if isinstance(w, torch.Tensor) and w.ndim >= 2 and not w.any():
+                w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+
+
 def _vision(fn_name: str, **kw):
     def build():
         import torch
         tv = _import_torchvision()
         torch.manual_seed(0)
         model = getattr(tv.models, fn_name)(weights=None, **kw)
+        _no_zero_layers(model)
         x = torch.randn(*IMAGE, generator=torch.Generator().manual_seed(2))
         return _calibrate_bn(model, x), (x,), ["input"]
     return build
