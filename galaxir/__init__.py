@@ -43,15 +43,31 @@ def optimize(model: Any, level: int = 1, target: str | None = None, **options: A
 
 
 def compile(model: Any, target: str = "cpu", level: int | None = None, **options: Any):
-    """Compile for ``target``; ``level`` (default: the target's own default) optimizes first."""
+    """Compile for ``target``; ``level`` (default: the target's own default) optimizes first.
+
+    ``options`` are the target's compile options (``cpu``: ``cache_dir``, ``num_threads``)
+    and those of ``optimize`` (``disable_passes``, ``print_after``, ``timing``, ...); any
+    other name raises ``errors.OptionError`` listing the valid ones."""
     from .backends import get_backend
+    from .passes.pipeline import MANAGER_OPTIONS, PASS_OPTIONS, unknown_names
     module = import_model(model)
     backend = get_backend(target)
+    own = backend.compile_options()
+    opt_kw = {k: v for k, v in options.items() if k not in own and
+              (k in MANAGER_OPTIONS or k in PASS_OPTIONS)}
+    unknown_names("option", [k for k in options if k not in own and k not in opt_kw],
+                  [*own, *MANAGER_OPTIONS, *PASS_OPTIONS], f" given to compile for '{target}'")
     if level is None:
-        level = getattr(backend, "default_level", 0)
-    if level:
-        module = optimize(module, level=level, target=target)
-    return backend.compile(module, **options)
+        level = default_level(target)
+    if level or opt_kw:
+        module = optimize(module, level=level, target=target, **opt_kw)
+    return backend.compile(module, **{k: v for k, v in options.items() if k not in opt_kw})
+
+
+def default_level(target: str) -> int:
+    """The optimization level ``compile`` uses for ``target`` when none is given."""
+    from .backends import get_backend
+    return int(getattr(get_backend(target), "default_level", 0))
 
 
 def save(module: Module, path: str | os.PathLike) -> None:
@@ -69,4 +85,4 @@ def print_ir(module: Module) -> str:
 
 
 __all__ = ["errors", "Module", "parse", "import_model", "optimize", "compile", "save", "load",
-           "print_ir", "__version__"]
+           "print_ir", "default_level", "__version__"]

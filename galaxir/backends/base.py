@@ -4,6 +4,7 @@ which validates inputs before any backend code runs."""
 from __future__ import annotations
 
 import abc
+import inspect
 from importlib import metadata
 from typing import Any, Mapping
 
@@ -36,6 +37,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def compile(self, module: Module, **options: Any) -> "Executable":
         """Turn a verified module into something callable."""
+
+    def compile_options(self) -> set[str]:
+        """The keyword options ``compile`` understands: ``gx.compile`` refuses any other
+        name (a typo must not be ignored).  By default the named keyword parameters of
+        ``compile``; a backend that reads options out of ``**options`` overrides this."""
+        params = inspect.signature(self.compile).parameters
+        return {n for n, p in params.items() if n != "module" and p.kind in
+                (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 class Executable(abc.ABC):
