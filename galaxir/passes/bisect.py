@@ -13,7 +13,7 @@ source nodes) that broke the numerics.  The report carries the IR before and aft
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -141,8 +141,13 @@ def _check(module: Module, feeds, ref, rtol, atol) -> str | None:
 def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
            pipeline: Sequence[Any] | str | None = None, level: int = 1,
            target: str | None = None, rtol: float = 1e-4, atol: float = 1e-5,
-           rules: bool = True, seed: int = 0, **options: Any) -> BisectResult:
+           rules: bool = True, seed: int = 0,
+           progress: Callable[[int, int, str], None] | None = None,
+           **options: Any) -> BisectResult:
     """Find the first pass (and rule application) after which the outputs differ.
+
+    ``progress(index, total, pass_name)`` is called before each pass is checked (it takes
+    a while: every pass runs the model on the reference backend).
 
     ``inputs``: a dict by input name, a list in input order, or None for random inputs.
     ``pipeline``: passes (or ``"cse,dce"``); default: the ``level``/``target`` pipeline.
@@ -164,6 +169,8 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
     ref = _run(current, feeds)
     names: list[str] = []
     for i, p in enumerate(passes, start=1):
+        if progress is not None:
+            progress(i, len(passes), p.name)
         before = current.clone()
         names.append(p.name)
         ctx = PassContext(options=dict(options), target=target)
