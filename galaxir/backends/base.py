@@ -68,7 +68,7 @@ class Executable(abc.ABC):
         else:
             if len(args) != len(self.input_names):
                 raise InputValidationError(
-                    f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                    f"the model takes {len(self.input_names)} inputs ({_some(self.input_names)}), "
                     f"got {len(args)}")
             feeds = dict(zip(self.input_names, args))
         return tuple(self._execute(self.validate(feeds)))
@@ -78,15 +78,20 @@ class Executable(abc.ABC):
         return dict(zip(self.output_names, outs))
 
     def validate(self, feeds: Mapping[str, Any]) -> list[Any]:
+        if not isinstance(feeds, Mapping):
+            raise InputValidationError(f"run() takes a dict of inputs by name ({_some(self.input_names)}), "
+                                       f"got {type(feeds).__name__}; call the executable for inputs in order")
+        known = set(self.input_names)
         missing = [n for n in self.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in self.input_names]
+        extra = [n for n in feeds if n not in known]
         if missing or extra:
             parts = []
-            if missing:
-                parts.append(f"missing input(s) {missing}")
             if extra:
-                parts.append(f"unknown input(s) {extra}")
-            raise InputValidationError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
+                parts.append(f"unknown input name(s) {_some(extra)}")
+            if missing:
+                parts.append(f"missing input(s) {_some(missing)}")
+            raise InputValidationError("; ".join(parts) + f"; the model takes {len(self.input_names)} "
+                                       f"input(s): {_some(self.input_names)}")
         bindings: dict[str, int] = {}
         return [check_value(feeds[n], t, n, bindings) for n, t in zip(self.input_names, self.input_types)]
 
@@ -97,6 +102,13 @@ class Executable(abc.ABC):
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""
         return f"all {self.module.num_ops} ops run on {type(self).__name__}"
+
+
+def _some(names, limit: int = 6) -> str:
+    """A few names, quoted, and how many more (a model may have hundreds of inputs)."""
+    names = [repr(str(n)) for n in names]
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> Any:
