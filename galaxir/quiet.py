@@ -29,7 +29,7 @@ def silence_third_party_warnings() -> None:
 
 
 def ort_session(model_bytes: bytes, threads: int = 1):
-    """An onnxruntime CPU session that logs only errors."""
+    """An onnxruntime CPU session that logs only errors (``threads=0``: its default)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
