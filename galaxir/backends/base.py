@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CompileError, InputValidationError, UnsupportedOpError
+from ..errors import CompileError, ExecutionError, InputValidationError, UnsupportedOpError
 from ..ir import Module
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 
@@ -71,11 +71,18 @@ class Executable(abc.ABC):
                     f"the model takes {len(self.input_names)} inputs ({_some(self.input_names)}), "
                     f"got {len(args)}")
             feeds = dict(zip(self.input_names, args))
-        return tuple(self._execute(self.validate(feeds)))
+        return tuple(self._run_checked(self.validate(feeds)))
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        outs = self._execute(self.validate(feeds))
+        outs = self._run_checked(self.validate(feeds))
         return dict(zip(self.output_names, outs))
+
+    def _run_checked(self, inputs: list[Any]) -> list[Any]:
+        try:
+            return self._execute(inputs)
+        except MemoryError:
+            shapes = ", ".join(f"{n}: {list(getattr(v, 'shape', []))}" for n, v in zip(self.input_names, inputs))
+            raise ExecutionError(f"out of memory running the model on inputs of shape {shapes}") from None
 
     def validate(self, feeds: Mapping[str, Any]) -> list[Any]:
         if not isinstance(feeds, Mapping):
@@ -125,14 +132,18 @@ def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> An
     if not isinstance(ty, TensorType):
         return value
     if not isinstance(value, np.ndarray):
-        if isinstance(value, (int, float, bool, np.generic)) or (
-                isinstance(value, (list, tuple)) and ty.dtype is not DType.string):
-            value = np.asarray(value, dtype=ty.dtype.numpy)
-        elif isinstance(value, (list, tuple, str)):
-            value = np.asarray(value, dtype=object)
-        else:
-            raise InputValidationError(f"input '{name}': expected a numpy array of {ty}, got "
-                                       f"{type(value).__name__}")
+        try:
+            if isinstance(value, (int, float, bool, np.generic)) or (
+                    isinstance(value, (list, tuple)) and ty.dtype is not DType.string):
+                value = np.asarray(value, dtype=ty.dtype.numpy)
+            elif isinstance(value, (list, tuple, str)):
+                value = np.asarray(value, dtype=object)
+            else:
+                raise InputValidationError(f"input '{name}': expected a numpy array of {ty}, got "
+                                           f"{type(value).__name__}")
+        except (ValueError, TypeError, OverflowError) as e:
+            raise InputValidationError(f"input '{name}': a {type(value).__name__} that is not an "
+                                       f"array of {ty} ({' '.join(str(e).split())[:120]})") from None
     got = value.dtype
     if ty.dtype is DType.string:
         if got.kind not in "OUS":

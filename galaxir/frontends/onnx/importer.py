@@ -57,13 +57,20 @@ def get_converter(domain: str, op_type: str) -> Converter | None:
 
 
 # -- types --------------------------------------------------------------------------------
+def _onnx_dtype(code: int) -> DType:
+    try:
+        return DType.from_onnx(code)
+    except ValueError as e:
+        raise ModelImportError(f"{e}: a type in the model names element type {code}") from None
+
+
 def convert_type(tp: onnx.TypeProto) -> Type:
     which = tp.WhichOneof("value")
     if which == "tensor_type" or which == "sparse_tensor_type":
         tt = getattr(tp, which)
         if tt.elem_type == 0:
             return AnyType()
-        dtype = DType.from_onnx(tt.elem_type)
+        dtype = _onnx_dtype(tt.elem_type)
         if not tt.HasField("shape"):
             return TensorType(dtype, None)
         dims = []
@@ -80,7 +87,7 @@ def convert_type(tp: onnx.TypeProto) -> Type:
     if which == "optional_type":
         return OptionalType(convert_type(tp.optional_type.elem_type))
     if which == "map_type":
-        return MapType(DType.from_onnx(tp.map_type.key_type), convert_type(tp.map_type.value_type))
+        return MapType(_onnx_dtype(tp.map_type.key_type), convert_type(tp.map_type.value_type))
     return AnyType()
 
 
