@@ -20,8 +20,14 @@ CORPUS = Path(__file__).parent / "data" / "fuzz_corpus"
 WORKERS = 2
 
 
+def _known_open() -> dict:
+    """(kind, seed) -> reason, for corpus cases that wait for a fix elsewhere."""
+    return {(c["kind"], c["seed"]): c["open"] for c in fuzz.load_corpus(CORPUS) if c.get("open")}
+
+
 def _check(results, label):
-    bad = [r for r in results if not r.good]
+    known = _known_open()
+    bad = [r for r in results if not r.good and (r.case["kind"], r.case["seed"]) not in known]
     for r in bad:
         fuzz.save_to_corpus(r, CORPUS)
     assert not bad, (f"{label}: {len(bad)} of {len(results)} cases broke the promise "
@@ -58,12 +64,18 @@ def _corpus_params():
     return params
 
 
+@pytest.fixture(scope="module")
+def corpus_results():
+    """The whole corpus, replayed once (worker start-up is the cost, not the cases)."""
+    cases = fuzz.load_corpus(CORPUS)
+    return {r.case["_file"]: r for r in fuzz.run_cases(cases, workers=WORKERS)}
+
+
 @pytest.mark.parametrize("name", _corpus_params())
-def test_fuzz_corpus_replays(name):
+def test_fuzz_corpus_replays(name, corpus_results):
     """Every case that ever failed; those marked "open" wait for a fix in another part of
     galaxir (the reason names it) and must pass once it lands."""
-    case = next(c for c in fuzz.load_corpus(CORPUS) if c["_file"] == name)
-    (res,) = fuzz.run_cases([case], workers=1)
+    res = corpus_results[name]
     assert res.good, f"{name}: {res.outcome}\n{res.traceback}"
 
 
