@@ -59,19 +59,20 @@ class Executable(abc.ABC):
         self.input_names = list(module.graph.input_names)
         self.input_types = [v.type for v in module.graph.inputs]
         self.output_names = list(module.graph.output_names)
+        # (dtype, shape) of each input whose type is a fully static tensor: an ndarray that
+        # matches exactly needs no other check (the common case, at no per-call cost)
+        self._static = [_static_signature(t) for t in self.input_types]
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple:
         if args and kwargs:
             raise InputValidationError("pass inputs either positionally or by name, not both")
         if kwargs:
-            feeds = kwargs
-        else:
-            if len(args) != len(self.input_names):
-                raise InputValidationError(
-                    f"the model takes {len(self.input_names)} inputs ({_some(self.input_names)}), "
-                    f"got {len(args)}")
-            feeds = dict(zip(self.input_names, args))
-        return tuple(self._run_checked(self.validate(feeds)))
+            return tuple(self._run_checked(self.validate(kwargs)))
+        if len(args) != len(self.input_names):
+            raise InputValidationError(
+                f"the model takes {len(self.input_names)} inputs ({_some(self.input_names)}), "
+                f"got {len(args)}")
+        return tuple(self._run_checked(self._check_values(args)))
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         outs = self._run_checked(self.validate(feeds))
@@ -88,23 +89,43 @@ class Executable(abc.ABC):
         if not isinstance(feeds, Mapping):
             raise InputValidationError(f"run() takes a dict of inputs by name ({_some(self.input_names)}), "
                                        f"got {type(feeds).__name__}; call the executable for inputs in order")
+        if len(feeds) == len(self.input_names) and all(n in feeds for n in self.input_names):
+            return self._check_values([feeds[n] for n in self.input_names])
         known = set(self.input_names)
         missing = [n for n in self.input_names if n not in feeds]
         extra = [n for n in feeds if n not in known]
-        if missing or extra:
-            parts = []
-            if extra:
-                parts.append(f"unknown input name(s) {_some(extra)}")
-            if missing:
-                parts.append(f"missing input(s) {_some(missing)}")
-            raise InputValidationError("; ".join(parts) + f"; the model takes {len(self.input_names)} "
-                                       f"input(s): {_some(self.input_names)}")
+        parts = []
+        if extra:
+            parts.append(f"unknown input name(s) {_some(extra)}")
+        if missing:
+            parts.append(f"missing input(s) {_some(missing)}")
+        raise InputValidationError("; ".join(parts) + f"; the model takes {len(self.input_names)} "
+                                   f"input(s): {_some(self.input_names)}")
+
+    def _check_values(self, values) -> list[Any]:
+        """The inputs (in graph order) checked against the signature, in canonical form."""
+        out = []
         bindings: dict[str, int] = {}
-        return [check_value(feeds[n], t, n, bindings) for n, t in zip(self.input_names, self.input_types)]
+        for v, static, n, t in zip(values, self._static, self.input_names, self.input_types):
+            if static is not None and type(v) is np.ndarray and v.dtype == static[0] \
+                    and v.shape == static[1]:
+                out.append(v)
+            else:
+                out.append(check_value(v, t, n, bindings))
+        return out
 
     @abc.abstractmethod
     def _execute(self, inputs: list[Any]) -> list[Any]:
         """Run on validated inputs, in graph input order; return outputs in order."""
+
+    def profile(self, feeds: Mapping[str, Any], runs: int = 10, warmup: int = 1,
+                clock: str = "wall"):
+        """Time each step of ``runs`` runs on ``feeds`` (after ``warmup`` untimed runs):
+        a ``galaxir.backends.profile.Profile`` (``print(p)`` for the table sorted by time,
+        ``p.by_kind()``, ``p.save_chrome_trace(path)``).  ``clock="cpu"`` measures the
+        calling thread's CPU time instead of wall time (steady on a busy machine).
+        Backends without a profiler raise ExecutionError."""
+        raise ExecutionError(f"{type(self).__name__} has no profiler")
 
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""
@@ -116,6 +137,17 @@ def _some(names, limit: int = 6) -> str:
     names = [repr(str(n)) for n in names]
     more = len(names) - limit
     return ", ".join(names[:limit]) + (f" ... and {more} more" if more > 0 else "")
+
+
+def _static_signature(t: Type) -> tuple | None:
+    """(numpy dtype, shape) of a fully static tensor type, else None."""
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype is DType.string or \
+            not all(isinstance(d, int) for d in t.shape):
+        return None
+    try:
+        return np.dtype(t.dtype.numpy), tuple(t.shape)
+    except Exception:  # a dtype numpy cannot name: the full check handles it
+        return None
 
 
 def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> Any:
