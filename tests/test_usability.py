@@ -292,3 +292,14 @@ def test_torch_extra_is_a_range():
     text = (ROOT / "pyproject.toml").read_text()
     torch_line = next(line for line in text.splitlines() if line.startswith("torch = "))
     assert "==" not in torch_line and ">=" in torch_line
+
+
+def test_every_pass_option_read_is_registered():
+    """optimize refuses unregistered option names, so every ``ctx.option("...")`` a pass
+    reads must be in PASS_OPTIONS (else the option could never be given)."""
+    from galaxir.passes.pipeline import PASS_OPTIONS
+    used = set()
+    for path in (ROOT / "galaxir").rglob("*.py"):
+        used |= set(re.findall(r"ctx\.option\(\"(\w+)\"", path.read_text()))
+        used |= set(re.findall(r"ctx\.options or \{\}\)\.get\(\"(\w+)\"", path.read_text()))
+    assert used and used <= set(PASS_OPTIONS), used - set(PASS_OPTIONS)

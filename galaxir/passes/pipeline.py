@@ -51,6 +51,7 @@ PASS_OPTIONS: dict[str, str] = {
     "fold_max_elements": "largest constant (elements) that constant folding creates",
     "fold_max_growth": "how many times its inputs' bytes a folded constant may be",
     "layout": "'NHWC' or 'NCHW': force the O3 layout pass's choice (passes/layout.py)",
+    "unroll_max_ops": "most ops a constant-trip-count loop may unroll into (passes/basic/unroll.py)",
 }
 
 #: The keyword arguments of ``optimize`` that configure the pass manager.
