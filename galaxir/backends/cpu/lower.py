@@ -11,6 +11,7 @@ import numpy as np
 from ...ir import Module, Operation, Value
 from ...ir.types import DType, TensorType
 from . import kernels as K
+from . import kernels_depthwise as KD
 from . import kernels_nhwc as KN
 from .jit import has_blas
 
@@ -209,9 +210,10 @@ def _lower_conv_nhwc(op):
                kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1],
                has_bias=b is not None, activation=act, act_params=act_params,
                has_z=z is not None)
-    if g > 1 and g == xs[3] and ws[0] == g:
-        packed = KN.pack_depthwise_nhwc(wc)
-        return KN.DepthwiseNhwc(**geo), [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra
+    if KD.direct_group_ok(xs[3], ws[0], g):
+        packed = KD.pack_depthwise_nhwc(wc)
+        return (KD.DepthwiseNhwc(cg=xs[3] // g, **geo),
+                [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra)
     packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
     return (KN.ConvNhwc(M=ws[0], group=g, **geo),
             [x, ConstArray(packed, (w.name or "w") + ".nhwc")] + extra)
@@ -655,7 +657,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
         if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul, KN.ConvNhwc,
-                             KN.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
+                             KD.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
                 and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:
@@ -681,3 +683,4 @@ from . import lower_seq  # noqa: E402,F401  (sequence-model rules register into 
 from . import lower_reduce  # noqa: E402,F401  (reductions)
 from . import lower_data  # noqa: E402,F401  (slice, pad, ...)
 from . import lower_resize  # noqa: E402,F401  (resize / upsample)
+from . import lower_conv_transpose  # noqa: E402,F401  (conv_transpose)
