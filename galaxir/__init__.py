@@ -112,6 +112,9 @@ def compile(model: Any, target: str = "cpu", level: int | None = None, **options
     if level is None:
         level = default_level(target)
     if level or opt_kw:
+        # a compiled module keeps its weights in memory, not in a file: fold without the
+        # growth limit (conv + batch_norm folding needs the splat weights as constants)
+        opt_kw.setdefault("fold_max_growth", float("inf"))
         module = optimize(module, level=level, target=target, **opt_kw)
     return backend.compile(module, **{k: v for k, v in options.items() if k not in opt_kw})
 

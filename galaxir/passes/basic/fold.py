@@ -12,7 +12,8 @@ ConstantOfShape or Expand splat of a weight, a Tile, a Range -- stays an op
 (``fold_max_growth``: a result over ``GROWTH_FLOOR_BYTES`` and more than that many times
 the bytes of its inputs).  The model-zoo files build every weight with ConstantOfShape:
 folded, an 80 KB ResNet-50 became a 102 MB .gxm.  The cpu backend still folds them when it
-compiles (backends/cpu/prepare.py), so nothing is lost at run time.
+compiles, and ``gx.compile`` optimizes without the limit (its weights stay in memory), so
+nothing is lost at run time.
 """
 from __future__ import annotations
 
