@@ -1,14 +1,18 @@
 """The ``galaxir`` command line.
 
     galaxir convert IN -o OUT [-O N] [--target T]   .onnx/.gxm/.gxir in; .gxm, .onnx or .gxir out
-    galaxir show FILE [--full]                      textual IR and op statistics
+    galaxir show FILE [--full] [-O N]               textual IR and op statistics
     galaxir run FILE [--input name=x.npy ...]       run (random inputs when none are given)
     galaxir bench FILE [--target T] [--compare onnxruntime] [--profile] [--trace OUT.json]
     galaxir bisect FILE [-O N]                      which pass changes the outputs?
-    galaxir viz FILE -o graph.svg                   graphviz drawing (DOT without `dot`)
+    galaxir viz FILE -o graph.svg [-O N]            graphviz drawing (DOT without `dot`)
     galaxir demo                                    compile and run the zoo ResNet-50
 
-Errors print one line and exit with status 1; ``--debug`` shows the traceback.
+``-O`` defaults to the target's own level, the one ``gx.compile`` uses (3 on cpu), in
+every command (``-O 0``: the model as imported).  The pass switches of ``gx.optimize``
+(``--disable-pass``, ``--disable-rule``, ``--print-after``, ``--timing``, ``--dump-dir``...)
+are on every command that optimizes.  Errors print one line and exit with status 1;
+``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -92,20 +96,49 @@ def _progress(iterable, desc: str, total: int):
                 disable=not sys.stderr.isatty())
 
 
+def level_of(a) -> int:
+    """-O as given, else the target's default level (what gx.compile uses)."""
+    return gx.default_level(a.target) if a.O is None else a.O
+
+
+def pass_options(a) -> dict[str, Any]:
+    """The pass-manager switches given on the command line, as optimize's keywords."""
+    out: dict[str, Any] = {}
+    for key, attr in [("disable_passes", "disable_pass"), ("disable_rules", "disable_rule"),
+                      ("print_before", "print_before"), ("print_after", "print_after")]:
+        if getattr(a, attr, None):
+            out[key] = list(getattr(a, attr))
+    for key in ("timing", "verify_each"):
+        if getattr(a, key, False):
+            out[key] = True
+    for key in ("dump_dir", "stop_after"):
+        if getattr(a, key, None) is not None:
+            out[key] = getattr(a, key)
+    return out
+
+
+def optimized(a, m: gx.Module) -> gx.Module:
+    """The module at the command's level (the pass switches checked even at -O 0)."""
+    level, opts = level_of(a), pass_options(a)
+    if not level and not opts:
+        return m
+    return gx.optimize(m, level=level, target=a.target, **opts)
+
+
+def compiled(a, m: gx.Module):
+    return gx.compile(m, target=a.target, level=level_of(a), **pass_options(a))
+
+
 def cmd_convert(a) -> int:
-    m = load_any(a.input)
-    if a.O:
-        m = gx.optimize(m, level=a.O, target=a.target, timing=a.timing, verify_each=a.verify_each,
-                        print_before=a.print_before or [], print_after=a.print_after or [],
-                        dump_dir=a.dump_dir, stop_after=a.stop_after,
-                        disable_rules=a.disable_rule or [], disable_passes=a.disable_pass or [])
+    m = optimized(a, load_any(a.input))
     write_any(m, a.output)
-    print(f"wrote {a.output} ({m.num_ops} ops)")
+    print(f"wrote {a.output} ({m.num_ops} ops, O{level_of(a)} for {a.target})")
     return 0
 
 
 def cmd_show(a) -> int:
-    m = load_any(a.file)
+    m = optimized(a, load_any(a.file))
+    print(f"// O{level_of(a)} for {a.target}" + (" (-O 0 shows the file as it is)" if level_of(a) else ""))
     print(m.to_text() if a.full else str(m))
     counts = m.op_counts()
     print(f"// {m.num_ops} ops, {len(m.graph.inputs)} inputs, {len(m.graph.outputs)} outputs")
@@ -116,18 +149,29 @@ def cmd_show(a) -> int:
 
 def cmd_run(a) -> int:
     m = load_any(a.file)
-    exe = gx.compile(m, target=a.target, level=a.O)
+    t = time.perf_counter()
+    exe = compiled(a, m)
+    compile_ms = 1e3 * (time.perf_counter() - t)
     feeds = parse_inputs(m, a.input or [], a.seed, a.dim)
     t = time.perf_counter()
     out = exe.run(feeds)
-    ms = 1e3 * (time.perf_counter() - t)
+    first_ms = 1e3 * (time.perf_counter() - t)
+    steady = []
+    for _ in range(max(0, a.runs)):
+        t = time.perf_counter()
+        exe.run(feeds)
+        steady.append(1e3 * (time.perf_counter() - t))
     for name, v in out.items():
         print(_describe(name, v))
         if a.save:
             Path(a.save).mkdir(parents=True, exist_ok=True)
             if isinstance(v, np.ndarray) and v.dtype != object:
                 np.save(Path(a.save) / f"{name.replace('/', '_')}.npy", v)
-    print(f"// ran in {ms:.2f} ms on {a.target}")
+    print(f"// O{level_of(a)} on {a.target}: compile {compile_ms:.1f} ms, first call {first_ms:.2f} ms "
+          f"(includes one-time work: JIT, weight packing)")
+    if steady:
+        print(f"// run: median {float(np.median(steady)):.2f} ms, min {min(steady):.2f} ms "
+              f"over {len(steady)} more calls")
     return 0
 
 
@@ -139,11 +183,16 @@ def _median_ms(fn, runs: int, desc: str) -> float:
 def cmd_bench(a) -> int:
     m = load_any(a.file)
     t = time.perf_counter()
-    exe = gx.compile(m, target=a.target, level=a.O)
+    exe = compiled(a, m)
     compile_ms = 1e3 * (time.perf_counter() - t)
     feeds = parse_inputs(m, a.input or [], a.seed, a.dim)
+    sess = None
+    if a.compare == "onnxruntime":
+        sess = _ort_session(m, a.threads)
+        check_agreement(exe, sess, feeds, a.rtol, a.atol)
     ours = _median_ms(lambda: exe.run(feeds), a.runs, f"galaxir {a.target}")
-    print(f"galaxir {a.target}: compile {compile_ms:.0f} ms, median {ours:.3f} ms over {a.runs} runs")
+    print(f"galaxir {a.target} O{level_of(a)}: compile {compile_ms:.0f} ms, median {ours:.3f} ms "
+          f"over {a.runs} runs")
     if a.profile or a.trace:
         prof = exe.profile(feeds, runs=a.runs)
         if a.profile:
@@ -151,70 +200,159 @@ def cmd_bench(a) -> int:
         if a.trace:
             prof.save_chrome_trace(a.trace)
             print(f"wrote {a.trace} (chrome://tracing or https://ui.perfetto.dev)")
-    if a.compare == "onnxruntime":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise CliError("--compare onnxruntime needs onnxruntime installed (pip install onnxruntime)") from None
-        from galaxir.frontends.onnx.exporter import export_onnx
-        proto = export_onnx(m)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = a.threads
-        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if sess is not None:
         theirs = _median_ms(lambda: sess.run(None, feeds), a.runs, "onnxruntime")
         print(f"onnxruntime: median {theirs:.3f} ms ({a.threads} threads)")
         print(f"ratio galaxir/onnxruntime: {ours / theirs:.2f}")
     return 0
 
 
+def _ort_session(m: gx.Module, threads: int):
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CliError("--compare onnxruntime needs onnxruntime installed (pip install onnxruntime)") from None
+    from galaxir.frontends.onnx.exporter import export_onnx
+    from galaxir.quiet import ort_session
+    try:
+        return ort_session(export_onnx(m).SerializeToString(), threads)
+    except GalaxirError:
+        raise
+    except Exception as e:
+        raise CliError(f"onnxruntime cannot load the model (exported from galaxir): "
+                       f"{' '.join(str(e).split())[:300]}") from None
+
+
+def check_agreement(exe, sess, feeds: dict, rtol: float, atol: float) -> None:
+    """Compare galaxir's outputs with onnxruntime's before timing anything: a fast wrong
+    answer is not a result.  Prints the largest difference; raises CliError on a mismatch."""
+    ours = exe.run(feeds)
+    theirs = sess.run(None, feeds)
+    worst = 0.0
+    for name, want in zip(exe.output_names, theirs):
+        got = ours[name]
+        if not isinstance(got, np.ndarray) or not isinstance(want, np.ndarray):
+            continue
+        if got.shape != want.shape:
+            raise CliError(f"output '{name}': galaxir gives shape {list(got.shape)}, onnxruntime "
+                           f"{list(want.shape)}: not timing a model whose outputs disagree")
+        if got.size == 0 or got.dtype.kind not in "fiub" or want.dtype.kind not in "fiub":
+            continue
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        bad = ~(diff <= atol + rtol * np.abs(want.astype(np.float64)))
+        worst = max(worst, float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf"))
+        if bad.any():
+            raise CliError(f"output '{name}': galaxir and onnxruntime disagree at {int(bad.sum())} of "
+                           f"{bad.size} elements (max |diff| {float(np.nanmax(diff)):.3g}, rtol={rtol}, "
+                           f"atol={atol}): not timing a model whose outputs disagree "
+                           f"(galaxir bisect finds the pass; -O 0 turns the passes off)")
+    print(f"outputs agree with onnxruntime: max |diff| {worst:.3g} (rtol={rtol}, atol={atol})")
+
+
 def cmd_bisect(a) -> int:
     from galaxir.passes import bisect
     m = load_any(a.file)
     feeds = parse_inputs(m, a.input or [], a.seed, a.dim)
-    res = bisect(m, feeds, level=a.O, target=a.target, rtol=a.rtol, atol=a.atol)
+    bar = BisectProgress()
+    try:
+        res = bisect(m, feeds, level=level_of(a), target=a.target, rtol=a.rtol, atol=a.atol,
+                     progress=bar)
+    finally:
+        bar.close()
     print(res)
     return 0 if not res.found else 2
 
 
-def to_dot(m: gx.Module) -> str:
-    """A DOT drawing of the main graph (ops as boxes, values as edges)."""
+class BisectProgress:
+    """Shows which pass bisect checks: a tqdm bar on a terminal, else one line per pass."""
+
+    def __init__(self):
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, index: int, total: int, name: str) -> None:
+        if not self.tty:
+            print(f"bisect: checking pass {index}/{total} '{name}'", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc="bisect", file=sys.stderr, leave=False)
+        self.bar.set_postfix_str(name)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+#: ops drawn inside their consumer's label instead of as nodes of their own (weights)
+_FOLDED_INTO_CONSUMER = ("constant", "constant_of_shape")
+
+
+def _weight_label(op) -> str:
+    if op.name == "constant":
+        v = np.asarray(op.attrs["value"])
+        return f"{v.dtype}{list(v.shape)}"
+    return f"{op.results[0].type} ({op.name})"
+
+
+def to_dot(m: gx.Module, constants: bool = False) -> str:
+    """A DOT drawing of the main graph (ops as boxes, values as edges).  Constants (weights)
+    are listed in their consumer's label unless ``constants``: drawn, a ResNet is mostly
+    weight boxes."""
     lines = ["digraph galaxir {", "  rankdir=TB;", '  node [shape=box, fontname="Helvetica", fontsize=10];']
     ids: dict[int, str] = {}
+    weights: dict[int, str] = {}
     for i, v in enumerate(m.graph.inputs):
         ids[id(v)] = f"in{i}"
-        lines.append(f'  in{i} [label="{v.name}\\n{v.type}", shape=ellipse];')
+        lines.append(f'  in{i} [label="{_esc(v.name)}\\n{_esc(str(v.type))}", shape=ellipse];')
     for k, op in enumerate(m.graph.block):
         if op.is_terminator:
             for j, (v, name) in enumerate(zip(op.operands, m.graph.output_names)):
-                lines.append(f'  out{j} [label="{name}", shape=ellipse];')
+                lines.append(f'  out{j} [label="{_esc(name)}", shape=ellipse];')
                 if v is not None and id(v) in ids:
                     lines.append(f"  {ids[id(v)]} -> out{j};")
             continue
+        if not constants and op.name in _FOLDED_INTO_CONSUMER and all(
+                o is None or id(o) not in ids or id(o) in weights for o in op.operands):
+            weights[id(op.results[0])] = _weight_label(op)
+            continue
         node = f"op{k}"
         label = op.name if op.name != "constant" else f"constant {list(op.attrs['value'].shape)}"
+        extra = [f"{_esc(v.name or 'w')}: {_esc(weights[id(v)])}" for v in op.operands
+                 if v is not None and id(v) in weights]
+        label = "\\n".join([_esc(label), *extra])
         lines.append(f'  {node} [label="{label}"{", style=dashed" if op.name == "constant" else ""}];')
         for v in op.operands:
-            if v is not None and id(v) in ids:
-                lines.append(f'  {ids[id(v)]} -> {node} [label="{v.type}", fontsize=8];')
+            if v is not None and id(v) in ids and id(v) not in weights:
+                lines.append(f'  {ids[id(v)]} -> {node} [label="{_esc(str(v.type))}", fontsize=8];')
         for r in op.results:
             ids[id(r)] = node
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
+def _esc(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def cmd_viz(a) -> int:
-    m = load_any(a.file)
-    dot = to_dot(m)
+    m = optimized(a, load_any(a.file))
+    dot = to_dot(m, constants=a.constants)
     out = Path(a.output)
     if out.suffix == ".dot":
         out.write_text(dot)
-        print(f"wrote {out}")
+        print(f"wrote {out} (O{level_of(a)} for {a.target})")
         return 0
     exe = shutil.which("dot")
     if exe is None:
         fallback = out.with_suffix(".dot")
         fallback.write_text(dot)
-        print(f"graphviz 'dot' is not installed: wrote {fallback} instead (apt-get install graphviz)")
+        print(f"galaxir: warning: the graphviz program 'dot' is not installed, so {out} was NOT "
+              f"written; wrote the DOT source {fallback} instead (install graphviz, e.g. "
+              f"apt-get install graphviz, then: dot -T{out.suffix.lstrip('.') or 'svg'} {fallback} "
+              f"-o {out})", file=sys.stderr)
+        print(f"wrote {fallback}")
         return 0
     fmt = out.suffix.lstrip(".") or "svg"
     proc = subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot, text=True, capture_output=True)
@@ -229,52 +367,90 @@ def cmd_demo(a) -> int:
     return demo(a.rest)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="galaxir", description="galaxir: an inference compiler")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+def _targets_help() -> str:
+    from galaxir.backends import available_backends
+    parts = []
+    for name in available_backends():
+        try:
+            parts.append(f"{name} (default -O {gx.default_level(name)})")
+        except GalaxirError:
+            parts.append(f"{name} (fails to load)")
+    return ", ".join(parts)
 
-    def model_opts(sp, default_level=0):
-        sp.add_argument("-O", type=int, default=default_level, choices=range(4), metavar="N",
-                        help="optimization level 0-3")
-        sp.add_argument("--target", default="cpu")
-        sp.add_argument("--input", action="append", metavar="NAME=FILE.npy")
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help text that shows each option's default (where it has a value worth showing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "(default:" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    targets = _targets_help()
+    fmt = _DefaultsShown
+    p = argparse.ArgumentParser(prog="galaxir", formatter_class=fmt,
+                                description="galaxir: an inference compiler. Targets: " + targets,
+                                epilog="galaxir COMMAND --help shows each command's options")
+    p.add_argument("--version", action="version", version=f"galaxir {gx.__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def level_opts(sp, target_default="cpu"):
+        sp.add_argument("-O", type=int, default=None, choices=range(4), metavar="N",
+                        help="optimization level 0-3 (default: the target's own level, the one "
+                             "gx.compile uses: " + targets + ")")
+        sp.add_argument("--target", default=target_default, help=f"compilation target: {targets}")
+        inst = sp.add_argument_group("pass switches (as gx.optimize's keywords; unknown names fail)")
+        inst.add_argument("--disable-pass", action="append", metavar="PASS", help="switch a pass off")
+        inst.add_argument("--disable-rule", action="append", metavar="RULE", help="switch a rewrite rule off")
+        inst.add_argument("--print-before", action="append", metavar="PASS", help="print the IR before a pass")
+        inst.add_argument("--print-after", action="append", metavar="PASS",
+                          help="print the IR after a pass (a name, a number or '*')")
+        inst.add_argument("--timing", action="store_true", help="time and op counts per pass")
+        inst.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+        inst.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass to DIR")
+        inst.add_argument("--stop-after", metavar="K", help="stop after pass K (a number or a name)")
+
+    def model_opts(sp):
+        level_opts(sp)
+        sp.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                        help="an input from a .npy file (random inputs for the others)")
         sp.add_argument("--seed", type=int, default=0, help="seed of random inputs")
         sp.add_argument("--dim", type=int, default=1, help="value of symbolic dims in random inputs")
 
-    c = sub.add_parser("convert", help="convert between .onnx, .gxm and textual IR")
+    c = sub.add_parser("convert", help="convert between .onnx, .gxm and textual IR", formatter_class=fmt)
     c.add_argument("input")
     c.add_argument("-o", "--output", required=True)
-    c.add_argument("-O", type=int, default=0, choices=range(4), metavar="N")
-    c.add_argument("--target", default=None)
-    inst = c.add_argument_group("pass instrumentation (with -O1 and up)")
-    inst.add_argument("--timing", action="store_true", help="time and op counts per pass")
-    inst.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
-    inst.add_argument("--print-before", action="append", metavar="PASS", help="print the IR before a pass")
-    inst.add_argument("--print-after", action="append", metavar="PASS", help="print the IR after a pass")
-    inst.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass to DIR")
-    inst.add_argument("--stop-after", metavar="K", help="stop after pass K (a number or a name)")
-    inst.add_argument("--disable-rule", action="append", metavar="RULE", help="switch a rewrite rule off")
-    inst.add_argument("--disable-pass", action="append", metavar="PASS", help="switch a pass off")
+    level_opts(c)
     c.set_defaults(fn=cmd_convert)
 
-    s = sub.add_parser("show", help="print the textual IR and op statistics")
+    s = sub.add_parser("show", help="print the textual IR and op statistics", formatter_class=fmt)
     s.add_argument("file")
     s.add_argument("--full", action="store_true", help="include weights (round-trippable text)")
+    level_opts(s)
     s.set_defaults(fn=cmd_show)
 
-    r = sub.add_parser("run", help="run a model")
+    r = sub.add_parser("run", help="run a model", formatter_class=fmt)
     r.add_argument("file")
     model_opts(r)
+    r.add_argument("--runs", type=int, default=5,
+                   help="calls after the first (timed apart from it: the first call includes the JIT)")
     r.add_argument("--save", metavar="DIR", help="write outputs as .npy files")
     r.set_defaults(fn=cmd_run)
 
-    b = sub.add_parser("bench", help="time a model (optionally against onnxruntime)")
+    b = sub.add_parser("bench", help="time a model (optionally against onnxruntime)", formatter_class=fmt)
     b.add_argument("file")
     model_opts(b)
     b.add_argument("--runs", type=int, default=20)
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--compare", choices=["onnxruntime"])
+    b.add_argument("--threads", type=int, default=2, help="onnxruntime's intra-op threads")
+    b.add_argument("--compare", choices=["onnxruntime"],
+                   help="also time onnxruntime, after checking that its outputs agree with galaxir's")
+    b.add_argument("--rtol", type=float, default=1e-3, help="agreement tolerance (relative)")
+    b.add_argument("--atol", type=float, default=1e-4, help="agreement tolerance (absolute)")
     b.add_argument("--profile", action="store_true",
                    help="print the time of each op / fused kernel and per op kind")
     b.add_argument("--top", type=int, default=None, metavar="K",
@@ -282,16 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of the profiled runs")
     b.set_defaults(fn=cmd_bench)
 
-    bi = sub.add_parser("bisect", help="find the pass that changes a model's outputs")
+    bi = sub.add_parser("bisect", help="find the pass that changes a model's outputs", formatter_class=fmt)
     bi.add_argument("file")
-    model_opts(bi, default_level=3)
+    model_opts(bi)
     bi.add_argument("--rtol", type=float, default=1e-4)
     bi.add_argument("--atol", type=float, default=1e-5)
     bi.set_defaults(fn=cmd_bisect)
 
-    v = sub.add_parser("viz", help="draw the graph (graphviz)")
+    v = sub.add_parser("viz", help="draw the graph (graphviz)", formatter_class=fmt)
     v.add_argument("file")
-    v.add_argument("-o", "--output", required=True)
+    v.add_argument("-o", "--output", required=True, help=".svg/.png/.pdf (needs graphviz's dot) or .dot")
+    v.add_argument("--constants", action="store_true",
+                   help="draw constants (weights) as nodes instead of listing them in their consumer")
+    level_opts(v)
     v.set_defaults(fn=cmd_viz)
 
     d = sub.add_parser("demo", help="compile and run the model-zoo ResNet-50")
@@ -301,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from galaxir.quiet import silence_third_party_warnings
+    silence_third_party_warnings()
     parser = build_parser()
     a = parser.parse_args(argv)
     try:

@@ -48,3 +48,8 @@ class FormatError(GalaxirError):
 
 class PassError(GalaxirError):
     """A pass or rewrite failed or left the IR invalid."""
+
+
+class OptionError(GalaxirError, ValueError):
+    """A name given as an option does not exist: a compile option, a pass or rewrite rule
+    to disable or print, a ``GALAXIR_PASSES`` item.  The message lists the valid names."""

@@ -39,7 +39,10 @@ def test_convert_to_every_format_and_back(model_file, tmp_path):
 
 
 def test_show_prints_ir_and_stats(model_file):
-    r = cli("show", model_file)
+    r = cli("show", model_file)  # by default at the target's level, as gx.compile
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"// O{gx.default_level('cpu')} for cpu")
+    r = cli("show", model_file, "-O", "0")
     assert r.returncode == 0, r.stderr
     assert "func @main(%x: f32[batch,4])" in r.stdout
     assert "relu" in r.stdout and "// 4 ops" in r.stdout

@@ -272,12 +272,16 @@ def test_fold_size_cap_and_splat_constants():
     gb.output(gb.add(x, w), "y")
     gb.output(t, "t")
     m = gb.module()
-    o = optimize(m, 1, fold_max_elements=1 << 20)
+    # by default a fold that would store far more than its inputs hold stays an op
+    o = optimize(m, 1)
+    assert counts(o).get("constant_of_shape") == 1 and counts(o).get("tile") == 1
+    # without the growth limit: constant_of_shape folds to a splat view, tile to data
+    o = optimize(m, 1, fold_max_elements=1 << 20, fold_max_growth=float("inf"))
     assert "constant_of_shape" not in counts(o)
     big = [op.attrs["value"] for op in o.walk() if op.name == "constant" and op.attrs["value"].shape == (4096, 4096)]
     assert big and big[0].strides == (0, 0)  # a splat: no 64 MB materialized
     assert counts(o).get("tile") == 1  # 16M elements > cap: not folded
-    o2 = optimize(m, 1, fold_max_elements=1 << 25)
+    o2 = optimize(m, 1, fold_max_elements=1 << 25, fold_max_growth=float("inf"))
     assert "tile" not in counts(o2)
 
 

@@ -4,6 +4,7 @@ which validates inputs before any backend code runs."""
 from __future__ import annotations
 
 import abc
+import inspect
 from importlib import metadata
 from typing import Any, Mapping
 
@@ -39,6 +40,14 @@ class Backend(abc.ABC):
     def compile(self, module: Module, **options: Any) -> "Executable":
         """Turn a verified module into something callable."""
 
+    def compile_options(self) -> set[str]:
+        """The keyword options ``compile`` understands: ``gx.compile`` refuses any other
+        name (a typo must not be ignored).  By default the named keyword parameters of
+        ``compile``; a backend that reads options out of ``**options`` overrides this."""
+        params = inspect.signature(self.compile).parameters
+        return {n for n, p in params.items() if n != "module" and p.kind in
+                (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
 
 class Executable(abc.ABC):
     """A compiled module: ``exe(*arrays) -> tuple`` or ``exe.run({name: array}) -> dict``.
@@ -64,32 +73,44 @@ class Executable(abc.ABC):
         if args and kwargs:
             raise InputValidationError("pass inputs either positionally or by name, not both")
         if kwargs:
-            return tuple(self._execute(self.validate(kwargs)))
+            return tuple(self._run_checked(self.validate(kwargs)))
         if len(args) != len(self.input_names):
             raise InputValidationError(
-                f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                f"the model takes {len(self.input_names)} inputs ({_some(self.input_names)}), "
                 f"got {len(args)}")
-        return tuple(self._execute(self._check_values(args)))
+        return tuple(self._run_checked(self._check_values(args)))
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(feeds, Mapping):
             raise InputValidationError(f"run() takes a dict {{input name: array}}, got "
                                        f"{type(feeds).__name__}; call the executable itself, "
                                        "exe(*arrays), to pass inputs by position")
-        outs = self._execute(self.validate(feeds))
+        outs = self._run_checked(self.validate(feeds))
         return dict(zip(self.output_names, outs))
 
+    def _run_checked(self, inputs: list[Any]) -> list[Any]:
+        try:
+            return self._execute(inputs)
+        except MemoryError:
+            shapes = ", ".join(f"{n}: {list(getattr(v, 'shape', []))}" for n, v in zip(self.input_names, inputs))
+            raise ExecutionError(f"out of memory running the model on inputs of shape {shapes}") from None
+
     def validate(self, feeds: Mapping[str, Any]) -> list[Any]:
+        if not isinstance(feeds, Mapping):
+            raise InputValidationError(f"run() takes a dict of inputs by name ({_some(self.input_names)}), "
+                                       f"got {type(feeds).__name__}; call the executable for inputs in order")
         if len(feeds) == len(self.input_names) and all(n in feeds for n in self.input_names):
             return self._check_values([feeds[n] for n in self.input_names])
+        known = set(self.input_names)
         missing = [n for n in self.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in self.input_names]
+        extra = [n for n in feeds if n not in known]
         parts = []
-        if missing:
-            parts.append(f"missing input(s) {missing}")
         if extra:
-            parts.append(f"unknown input(s) {extra}")
-        raise InputValidationError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
+            parts.append(f"unknown input name(s) {_some(extra)}")
+        if missing:
+            parts.append(f"missing input(s) {_some(missing)}")
+        raise InputValidationError("; ".join(parts) + f"; the model takes {len(self.input_names)} "
+                                   f"input(s): {_some(self.input_names)}")
 
     def _check_values(self, values) -> list[Any]:
         """The inputs (in graph order) checked against the signature, in canonical form."""
@@ -119,6 +140,13 @@ class Executable(abc.ABC):
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""
         return f"all {self.module.num_ops} ops run on {type(self).__name__}"
+
+
+def _some(names, limit: int = 6) -> str:
+    """A few names, quoted, and how many more (a model may have hundreds of inputs)."""
+    names = [repr(str(n)) for n in names]
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _static_signature(t: Type) -> tuple | None:

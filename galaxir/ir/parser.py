@@ -196,9 +196,14 @@ class Parser:
                 arr = np.asarray(self.external[key])
             elif key in self.blobs:
                 arr = _from_hex(self.blobs[key], dt, shape, self.t)
+            elif re.fullmatch(r"elided_\d+_bytes", key):
+                raise self.t.error(
+                    f"this text was printed with its large weights elided ({key}): str(module) "
+                    "and print(module) show the graph only and cannot be parsed back; print it "
+                    "whole with module.to_text() (or `galaxir show --full`) to read it again")
             else:
                 raise self.t.error(f"resource {key!r} is not in the text's resources section "
-                                   "(printed with resources=False?) nor in the resources given")
+                                   "nor in the resources given")
             return arr.reshape(shape)
         k, tok = self.t.peek()
         if k == "hex":

@@ -70,6 +70,7 @@ class Printer:
         self.names: dict[int, str] = {}
         self.taken: set[str] = set()
         self.counter = 0
+        self.elided = 0  # tensors shown as elided_N_bytes (resources=False)
 
     # -- values --------------------------------------------------------------------------
     def name_of(self, v: Value | None) -> str:
@@ -134,6 +135,7 @@ class Printer:
             self.resources[key] = arr
             return f"dense_resource<{ty}: {key}>"
         if not self.use_resources and arr.nbytes > RESOURCE_BYTES:
+            self.elided += 1
             return f"dense_resource<{ty}: elided_{arr.nbytes}_bytes>"
         return f"dense<{ty}: {tensor_hex(arr)}>"
 
@@ -192,6 +194,9 @@ class Printer:
         self.block(g.block, "", out, header=False)
         out.append("}")
         out.append("}")
+        if self.elided:
+            out.append(f"// {self.elided} large tensors elided: module.to_text() prints the whole "
+                       "text, which galaxir.parse reads back")
         if self.resources:
             out.append("resources {")
             for key, arr in self.resources.items():

@@ -12,12 +12,13 @@ source nodes) that broke the numerics.  The report carries the IR before and aft
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import GalaxirError
+from ..errors import GalaxirError, InputValidationError
 from ..ir.core import Module
 from ..ir.types import DType, SequenceType, TensorType
 from .manager import Pass, PassContext, as_pass
@@ -55,13 +56,21 @@ class BisectResult:
         return "\n".join(lines)
 
 
+#: the most elements a random input may have (a model declaring a huge input is not run)
+RANDOM_INPUT_LIMIT = 1 << 28
+
+
 def random_inputs(module: Module, seed: int = 0, sym_dim: int = 2) -> dict[str, Any]:
     """Random inputs fitting the graph signature (symbolic or unknown dims become
     ``sym_dim``; floats standard normal, ints in [0, 4), bools random)."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, Any] = {}
     for v in module.graph.inputs:
-        feeds[v.name] = _random_value(v.type, rng, sym_dim)
+        try:
+            feeds[v.name] = _random_value(v.type, rng, sym_dim)
+        except (ValueError, MemoryError, OverflowError) as e:
+            raise InputValidationError(f"cannot make a random value for input '{v.name}' of type "
+                                       f"{v.type} ({e}): give it as a file") from None
     return feeds
 
 
@@ -71,6 +80,8 @@ def _random_value(t, rng, sym_dim):
     if not isinstance(t, TensorType):
         raise GalaxirError(f"cannot make a random input of type {t}")
     shape = tuple(d if isinstance(d, int) else sym_dim for d in (t.shape if t.shape is not None else (sym_dim,)))
+    if math.prod(shape) > RANDOM_INPUT_LIMIT:
+        raise ValueError(f"{math.prod(shape)} elements is more than {RANDOM_INPUT_LIMIT}")
     dt = t.dtype
     if dt is DType.bool:
         return rng.random(shape) < 0.5
@@ -141,8 +152,13 @@ def _check(module: Module, feeds, ref, rtol, atol) -> str | None:
 def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
            pipeline: Sequence[Any] | str | None = None, level: int = 1,
            target: str | None = None, rtol: float = 1e-4, atol: float = 1e-5,
-           rules: bool = True, seed: int = 0, **options: Any) -> BisectResult:
+           rules: bool = True, seed: int = 0,
+           progress: Callable[[int, int, str], None] | None = None,
+           **options: Any) -> BisectResult:
     """Find the first pass (and rule application) after which the outputs differ.
+
+    ``progress(index, total, pass_name)`` is called before each pass is checked (it takes
+    a while: every pass runs the model on the reference backend).
 
     ``inputs``: a dict by input name, a list in input order, or None for random inputs.
     ``pipeline``: passes (or ``"cse,dce"``); default: the ``level``/``target`` pipeline.
@@ -164,6 +180,8 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
     ref = _run(current, feeds)
     names: list[str] = []
     for i, p in enumerate(passes, start=1):
+        if progress is not None:
+            progress(i, len(passes), p.name)
         before = current.clone()
         names.append(p.name)
         ctx = PassContext(options=dict(options), target=target)

@@ -15,12 +15,12 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import PassError
+from ..errors import OptionError, PassError
 from ..ir.core import Module
 from .basic import (CSE, DCE, AlgebraicSimplify, Canonicalize, ConstantFold, InlineIf,
                     RemoveNoOps, ShapeFold, UnrollLoops)
 from .greedy import PatternPass
-from .manager import Pass, PassContext, PassManager
+from .manager import Pass, PassContext, PassManager, as_pass
 
 PassFactory = Callable[[], Pass]
 
@@ -44,6 +44,24 @@ LEVEL_PASSES: dict[int, list[PassFactory]] = {
 }
 
 MAX_LEVEL = 3
+
+#: Options ``optimize`` hands to the passes (``ctx.option(name)``); register a new one with
+#: ``register_pass_option`` so that ``optimize`` accepts it (unknown names are refused).
+PASS_OPTIONS: dict[str, str] = {
+    "fold_max_elements": "largest constant (elements) that constant folding creates",
+    "fold_max_growth": "how many times its inputs' bytes a folded constant may be",
+    "layout": "'NHWC' or 'NCHW': force the O3 layout pass's choice (passes/layout.py)",
+    "unroll_max_ops": "most ops a constant-trip-count loop may unroll into (passes/basic/unroll.py)",
+}
+
+#: The keyword arguments of ``optimize`` that configure the pass manager.
+MANAGER_OPTIONS = ("pipeline", "disable_rules", "disable_passes", "timing", "verify_each",
+                   "print_before", "print_after", "dump_dir", "stop_after", "stream", "verify")
+
+
+def register_pass_option(name: str, doc: str) -> None:
+    """Make ``optimize(..., name=value)`` reach the passes (``ctx.option(name)``)."""
+    PASS_OPTIONS[name] = doc
 
 
 def register_pass(name: str, factory: PassFactory) -> None:
@@ -111,10 +129,51 @@ def env_options(text: str | None = None) -> dict[str, Any]:
             out["stop_after"] = int(val) if val.isdigit() else val
         elif key in ("disable", "disable_rule"):
             out.setdefault("disable_rules", []).append(val)
+        elif key == "disable_pass":
+            out.setdefault("disable_passes", []).append(val)
         else:
-            raise PassError(f"GALAXIR_PASSES: unknown item '{item}' (timing, verify, "
-                            "print-before=P, print-after=P, dump-dir=D, stop-after=K, disable=RULE)")
+            raise OptionError(f"GALAXIR_PASSES: unknown item '{item}' (timing, verify, "
+                              "print-before=P, print-after=P, dump-dir=D, stop-after=K, "
+                              "disable=RULE, disable-pass=P)")
     return out
+
+
+def unknown_names(kind: str, given: Iterable[str], valid: Iterable[str], where: str = "") -> None:
+    """Raise OptionError when a name in ``given`` is not in ``valid``: it names the
+    closest valid names and lists them all, so a typo is never silently ignored."""
+    import difflib
+    valid = sorted(set(valid))
+    bad = [g for g in given if g not in valid]
+    if not bad:
+        return
+    hints = []
+    for g in bad:
+        close = difflib.get_close_matches(g, valid, n=2)
+        hints.append(f"'{g}'" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
+    plural = kind + ("es" if kind.endswith("s") else "s")
+    raise OptionError(f"no {kind} named {', '.join(hints)}{where}; the valid {plural} are: "
+                      f"{', '.join(valid)}")
+
+
+def rule_names(passes: Iterable[Pass], target: str | None = None) -> set[str]:
+    """Every rewrite rule the pattern passes of ``passes`` (and of the highest level for
+    ``target``) can apply: the names ``disable_rules`` accepts."""
+    ctx = PassContext()
+    names: set[str] = set()
+    for p in [*passes, *pipeline_for(MAX_LEVEL, target)]:
+        if isinstance(p, PatternPass):
+            names.update(r.name for r in p.patterns(ctx))
+    return names
+
+
+def _check_names(passes: list[Pass], target: str | None, disable_rules: Iterable[str],
+                 disable_passes: Iterable[str], printed: Iterable[str | int]) -> None:
+    pass_names = set(PASS_REGISTRY) | {p.name for p in passes if getattr(p, "name", None)}
+    unknown_names("pass", disable_passes, pass_names, " (disable_passes)")
+    named = [w for w in printed if isinstance(w, str) and w != "*" and not w.isdigit()]
+    unknown_names("pass", named, pass_names, " (print_before/print_after)")
+    if disable_rules:
+        unknown_names("rule", disable_rules, rule_names(passes, target), " (disable_rules)")
 
 
 def optimize(module: Module, level: int = 1, target: str | None = None, *,
@@ -130,6 +189,7 @@ def optimize(module: Module, level: int = 1, target: str | None = None, *,
     ``disable_rules`` switches rewrite rules off by name, ``disable_passes`` passes;
     other keyword options reach the passes (e.g. ``fold_max_elements``).
     """
+    unknown_names("option", options, PASS_OPTIONS, " given to optimize")
     env = env_options()
     timing = timing or env.get("timing", False)
     verify_each = verify_each or env.get("verify_each", False)
@@ -138,6 +198,7 @@ def optimize(module: Module, level: int = 1, target: str | None = None, *,
     dump_dir = dump_dir or env.get("dump_dir")
     stop_after = stop_after if stop_after is not None else env.get("stop_after")
     disable_rules = set(disable_rules) | set(env.get("disable_rules", []))
+    disable_passes = set(disable_passes) | set(env.get("disable_passes", []))
 
     work = module.clone()
     if pipeline is None:
@@ -145,7 +206,8 @@ def optimize(module: Module, level: int = 1, target: str | None = None, *,
     elif isinstance(pipeline, str):
         passes = parse_pipeline(pipeline)
     else:
-        passes = list(pipeline)
+        passes = [as_pass(p) for p in pipeline]
+    _check_names(passes, target, disable_rules, disable_passes, [*print_before, *print_after])
     off = set(disable_passes)
     pm = PassManager([p for p in passes if getattr(p, "name", None) not in off],
                      verify_each=verify_each, print_before=print_before,

@@ -7,14 +7,15 @@ from ..greedy import PatternPass
 from ..manager import PassContext
 from .cse import CSE, cse
 from .dce import DCE, dce
-from .fold import DEFAULT_MAX_ELEMENTS, SHAPE_PATTERNS, FoldConstant, fold_patterns
+from .fold import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_GROWTH, SHAPE_PATTERNS, FoldConstant, fold_patterns
 from .refine import RefineTypes
 from .simplify import ALGEBRA_PATTERNS, CONTROL_PATTERNS, NOOP_PATTERNS, InlineConstantIf
 from .unroll import DEFAULT_MAX_OPS, UnrollConstantLoop
 
 
 def _fold(ctx: PassContext):
-    return fold_patterns(ctx.option("fold_max_elements", DEFAULT_MAX_ELEMENTS))
+    return fold_patterns(ctx.option("fold_max_elements", DEFAULT_MAX_ELEMENTS),
+                         ctx.option("fold_max_growth", DEFAULT_MAX_GROWTH))
 
 
 def _unroll(ctx: PassContext) -> list:
