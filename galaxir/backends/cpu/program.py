@@ -229,15 +229,20 @@ class Specialization:
 
     def run(self, inputs: list[Any], interp, hook=None, pool=None) -> list[Any]:
         self._ensure_arena()
-        if self.pool_slot:
-            ctypes.c_void_p.from_address(self.pool_slot).value = pool.address if pool else None
-        if pool is not None and self.pool_slot:
-            pool.begin()
-            try:
-                return self._run(inputs, interp, hook)
-            finally:
-                pool.end()
-        return self._run(inputs, interp, hook)
+        if not self.pool_slot:
+            return self._run(inputs, interp, hook)
+        # the pool runs one call's jobs at a time: when another thread's call holds it,
+        # this call runs its tasks inline (gx_pool = null) instead of waiting
+        slot = ctypes.c_void_p.from_address(self.pool_slot)
+        if pool is None or not pool.try_acquire():
+            slot.value = None
+            return self._run(inputs, interp, hook)
+        try:
+            slot.value = pool.address
+            return self._run(inputs, interp, hook)
+        finally:
+            slot.value = None
+            pool.release()
 
     def _run(self, inputs, interp, hook):
         ext: dict[int, Any] = {}
