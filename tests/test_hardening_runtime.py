@@ -92,3 +92,95 @@ assert not bad, bad[:5]
 """, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "BAD 0" in r.stdout
+
+
+# -- compile cache integrity (finding 3) ----------------------------------------------------
+CACHE_SCRIPT = """
+import sys, os, numpy as np
+from pathlib import Path
+from onnx import TensorProto, helper
+import galaxir as gx
+from galaxir.backends.cpu import jit
+nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+w = np.linspace(-1, 1, 4 * 3 * 9, dtype=np.float32).reshape(4, 3, 3, 3)
+g = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 9, 9])],
+    [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+m = gx.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+x = np.linspace(-2, 2, 243, dtype=np.float32).reshape(1, 3, 9, 9)
+ref = gx.compile(m, target="numpy")(x)[0]
+cache = Path(sys.argv[1]); mode = sys.argv[2]
+exe = gx.compile(m, target="cpu", cache_dir=cache)
+print("SOURCE", exe.cache_source)
+np.testing.assert_allclose(exe(x)[0], ref, rtol=1e-4, atol=1e-5)
+"""
+
+
+def _corrupt(path: Path, mode: str) -> None:
+    data = path.read_bytes()
+    rng = np.random.default_rng(1)
+    if mode == "truncate":
+        path.write_bytes(data[:100])
+    elif mode == "random":
+        path.write_bytes(rng.integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    elif mode == "zeros":
+        path.write_bytes(bytes(len(data)))
+    elif mode == "flip":  # flip bits in the last half (code and tables, past any header)
+        b = bytearray(data)
+        for i in rng.integers(len(b) // 2, len(b), 16):
+            b[i] ^= 0x5A
+        path.write_bytes(bytes(b))
+    elif mode == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("mode", ["truncate", "random", "zeros", "flip", "empty"])
+def test_corrupt_cache_entry_is_recompiled(tmp_path, mode):
+    """A damaged on-disk cache entry is detected and recompiled, never handed to LLVM (before:
+    SIGSEGV, LLVM abort or a hang)."""
+    script = tmp_path / "s.py"
+    script.write_text(CACHE_SCRIPT)
+    cache = tmp_path / "cache"
+
+    def run():
+        e = dict(os.environ, PYTHONPATH=str(ROOT))
+        try:
+            return subprocess.run([sys.executable, str(script), str(cache), mode],
+                                  capture_output=True, text=True, timeout=180, env=e)
+        except subprocess.TimeoutExpired:
+            pytest.fail("compiling from a corrupted cache hung")
+
+    r = run()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SOURCE compiled" in r.stdout
+    entries = sorted(cache.glob("*.o"))
+    assert entries
+    good = {p: p.read_bytes() for p in entries}
+    for p in entries:
+        _corrupt(p, mode)
+    r = run()
+    assert r.returncode == 0, f"rc={r.returncode}\n{r.stderr[-3000:]}"
+    assert "SOURCE compiled" in r.stdout  # the bad entry was not used
+    for p in entries:  # and was replaced by a good one, used by the next process
+        assert p.read_bytes() == good[p]
+    r = run()
+    assert r.returncode == 0 and "SOURCE disk" in r.stdout, r.stderr[-3000:]
+    assert not list(cache.glob("*.tmp*"))  # no temp file left behind
+
+
+def test_cache_writers_publish_whole_files(tmp_path):
+    """Concurrent writers of one entry leave one whole, verified file (temp file + rename)."""
+    from galaxir.backends.cpu import jit
+    obj = bytes(range(256)) * 64
+    path = tmp_path / "k.o"
+    import threading
+    ts = [threading.Thread(target=jit.write_cache_entry, args=(path, obj)) for _ in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert jit.read_cache_entry(path) == obj
+    assert [p.name for p in tmp_path.iterdir()] == ["k.o"]
+    path.write_bytes(path.read_bytes()[:-1])
+    assert jit.read_cache_entry(path) is None
