@@ -38,14 +38,19 @@ def _is_torch_module(obj: Any) -> bool:
 
 def optimize(model: Any, level: int = 1, target: str | None = None, **options: Any) -> Module:
     """Run the pass pipeline of ``level`` (0-3), plus ``target``'s own rules, on a copy."""
+    from .ir.mapped import check_constants
     from .passes import optimize as _optimize
-    return _optimize(import_model(model), level=level, target=target, **options)
+    module = import_model(model)
+    check_constants(module)  # a truncated .gxm: FormatError, not SIGBUS
+    return _optimize(module, level=level, target=target, **options)
 
 
 def compile(model: Any, target: str = "cpu", level: int | None = None, **options: Any):
     """Compile for ``target``; ``level`` (default: the target's own default) optimizes first."""
     from .backends import get_backend
+    from .ir.mapped import check_constants
     module = import_model(model)
+    check_constants(module)  # a truncated .gxm: FormatError, not SIGBUS
     backend = get_backend(target)
     if level is None:
         level = getattr(backend, "default_level", 0)
@@ -59,9 +64,11 @@ def save(module: Module, path: str | os.PathLike) -> None:
     _save(module, path)
 
 
-def load(path: str | os.PathLike) -> Module:
+def load(path: str | os.PathLike, verify: bool = False) -> Module:
+    """A .gxm file, mapped (weights are zero-copy views; each is checked against its CRC32
+    on first use, or all of them here with ``verify=True``)."""
     from .serialize import load as _load
-    return _load(path)
+    return _load(path, verify=verify)
 
 
 def print_ir(module: Module) -> str:

@@ -184,3 +184,98 @@ def test_cache_writers_publish_whole_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["k.o"]
     path.write_bytes(path.read_bytes()[:-1])
     assert jit.read_cache_entry(path) is None
+
+
+# -- .gxm weight checksums (finding 7) ------------------------------------------------------
+def _weights_model(seed=0, n=64):
+    """x[1, n] @ w[n, n] + b: a model whose result depends on every weight bit."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+        f"w{seed}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)])
+    return gx.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _flip_weight_bit(data: bytes) -> bytes:
+    from galaxir.serialize import gxm
+    _, _, w_off, w_len, _ = gxm.read_header(data)
+    b = bytearray(data)
+    b[w_off + 100] ^= 0x40  # one bit of an exponent inside the first weight
+    return bytes(b)
+
+
+def test_gxm_flipped_weight_bit_is_detected(tmp_path):
+    """One flipped weight bit loads zero-copy but fails its checksum on first use, naming the
+    tensor; ``verify=True`` checks at load (before: loaded fine, changed the output)."""
+    from galaxir.errors import FormatError
+    m = _weights_model()
+    path = tmp_path / "m.gxm"
+    gx.save(m, path)
+    assert gx.load(path, verify=True) == m
+    path.write_bytes(_flip_weight_bit(path.read_bytes()))
+    with pytest.raises(FormatError, match="checksum"):
+        gx.load(path, verify=True)
+    lazy = gx.load(path)  # zero-copy load: the weights are not read yet
+    with pytest.raises(FormatError, match=r"m\.gxm.*checksum"):
+        gx.compile(lazy, target="numpy")
+    from galaxir.serialize import gxm
+    with pytest.raises(FormatError, match="checksum"):
+        gxm.load(path, lazy=False)
+    with pytest.raises(FormatError, match="checksum"):
+        gxm.loads(_flip_weight_bit(gxm.dumps(m)), lazy=False)
+
+
+# -- a .gxm file changed on disk while in use (finding 6) -----------------------------------
+def test_gxm_truncated_in_place_while_in_use(tmp_path):
+    """``cp other.gxm model.gxm`` over a loaded model (same inode, shorter file): compiled
+    executables own their weights and keep giving the same answers; compiling or optimizing
+    the loaded module again raises FormatError; nothing crashes (before: SIGBUS)."""
+    r = run_script(f"""
+import shutil, numpy as np
+import galaxir as gx
+from galaxir.errors import FormatError
+from onnx import TensorProto, helper
+sys_path = {str(Path(__file__).resolve().parent)!r}
+import sys; sys.path.insert(0, sys_path)
+from test_hardening_runtime import _weights_model
+big, small = {str(tmp_path / "big.gxm")!r}, {str(tmp_path / "small.gxm")!r}
+gx.save(_weights_model(0, n=512), big)
+gx.save(_weights_model(1, n=8), small)
+m = gx.load(big)
+x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(1, 512)
+exes = {{t: gx.compile(m, target=t) for t in ("cpu", "numpy")}}
+before = {{t: e(x)[0] for t, e in exes.items()}}
+shutil.copyfile(small, big)   # rewrites the same inode: the mapping loses its pages
+for t, e in exes.items():
+    assert np.array_equal(e(x)[0], before[t]), t
+for f in (lambda: gx.compile(m, target="cpu"), lambda: gx.compile(m, target="numpy"),
+          lambda: gx.optimize(m, level=2)):
+    try:
+        f()
+    except FormatError as e:
+        assert "truncated" in str(e), e
+    else:
+        raise AssertionError("no error")
+m2 = gx.load(big)   # the new content loads normally
+assert gx.compile(m2, target="numpy")(x[:, :8])[0].shape == (1, 8)
+print("OK")
+""", timeout=180)
+    assert r.returncode == 0 and "OK" in r.stdout, f"rc={r.returncode}\n{r.stderr[-3000:]}"
+
+
+def test_gxm_save_over_a_loaded_file_keeps_the_old_mapping(tmp_path):
+    """gx.save replaces a file by rename: a module loaded from the old file keeps working
+    (lazily built after the save included) and no temp file is left behind."""
+    path = tmp_path / "m.gxm"
+    gx.save(_weights_model(0), path)
+    old = gx.load(path)
+    gx.save(_weights_model(1, n=8), path)
+    x = np.ones((1, 64), np.float32)
+    ref = gx.compile(_weights_model(0), target="numpy")(x)[0]
+    assert np.array_equal(gx.compile(old, target="numpy")(x)[0], ref)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gxm"]
