@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 
 def import_model(source: Any, **options: Any) -> Module:
     """A Module from a Module, an onnx.ModelProto, an .onnx/.gxm path, ONNX bytes, or a
-    torch.nn.Module (with ``example_inputs=``)."""
+    torch.nn.Module (with ``example_inputs=``).  ONNX external data is read only from inside
+    the model file's folder, or ``base_dir=`` (required for bytes/ModelProto sources that
+    have external data)."""
     if isinstance(source, Module):
         return source
     if isinstance(source, (str, os.PathLike)) and str(source).endswith(".gxm"):

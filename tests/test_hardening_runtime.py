@@ -279,3 +279,83 @@ def test_gxm_save_over_a_loaded_file_keeps_the_old_mapping(tmp_path):
     ref = gx.compile(_weights_model(0), target="numpy")(x)[0]
     assert np.array_equal(gx.compile(old, target="numpy")(x)[0], ref)
     assert [p.name for p in tmp_path.iterdir()] == ["m.gxm"]
+
+
+# -- external data stays inside the model's folder (finding 5) ------------------------------
+def _external_model(location: str, sparse: bool = False) -> "onnx.ModelProto":
+    """y = x + c where c (4 floats, or a sparse tensor's values) is external data at ``location``."""
+    import onnx
+    c = helper.make_tensor("c", TensorProto.FLOAT, [4], [0.0] * 4)
+    c.ClearField("float_data")
+    c.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "16")):
+        e = c.external_data.add()
+        e.key, e.value = k, v
+    inits, sparse_inits = [c], []
+    if sparse:
+        idx = helper.make_tensor("ci", TensorProto.INT64, [4], [0, 1, 2, 3])
+        sparse_inits = [helper.make_sparse_tensor(c, idx, [4])]
+        inits = []
+    g = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "ext",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    g.sparse_initializer.extend(sparse_inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert isinstance(m, onnx.ModelProto)
+    return m
+
+
+def _ext_values(m) -> np.ndarray:
+    return gx.compile(m, target="numpy")(np.zeros(4, np.float32))[0]
+
+
+@pytest.mark.parametrize("form", ["bytes", "proto"])
+@pytest.mark.parametrize("check", [True, False])
+def test_external_data_of_in_memory_models_needs_base_dir(tmp_path, monkeypatch, form, check):
+    """A model given as bytes or a ModelProto has no folder: its external data needs
+    ``base_dir``, else a clear error; a symlinked folder leading outside is refused (before:
+    read the outside file relative to the current directory)."""
+    from galaxir.errors import ModelImportError
+    outside, work = tmp_path / "outside", tmp_path / "work"
+    outside.mkdir()
+    work.mkdir()
+    (outside / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    (work / "linkdir").symlink_to(outside, target_is_directory=True)
+    monkeypatch.chdir(work)
+    m = _external_model("linkdir/secret.bin")
+    src = m.SerializeToString() if form == "bytes" else m
+    with pytest.raises(ModelImportError, match="base_dir"):
+        gx.import_model(src, check=check)
+    with pytest.raises(ModelImportError, match="escapes"):
+        gx.import_model(src, check=check, base_dir=work)
+    # inside the base dir it works, and a ModelProto given in is left unchanged
+    (work / "c.bin").write_bytes(np.full(4, 7, np.float32).tobytes())
+    m2 = _external_model("c.bin")
+    before = m2.SerializeToString()
+    src2 = m2.SerializeToString() if form == "bytes" else m2
+    assert _ext_values(gx.import_model(src2, check=check, base_dir=work)).tolist() == [7.0] * 4
+    assert m2.SerializeToString() == before
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_external_data_is_read_from_the_model_folder(tmp_path, monkeypatch, sparse):
+    """A model given as a path reads its external data (sparse values included) from its own
+    folder, never from the current directory (before: sparse values came from the cwd)."""
+    import onnx
+    from galaxir.errors import ModelImportError
+    model_dir, cwd = tmp_path / "model", tmp_path / "cwd"
+    model_dir.mkdir()
+    cwd.mkdir()
+    (model_dir / "c.bin").write_bytes(np.full(4, 2, np.float32).tobytes())
+    (cwd / "c.bin").write_bytes(np.full(4, 9, np.float32).tobytes())
+    onnx.save(_external_model("c.bin", sparse=sparse), model_dir / "m.onnx")
+    monkeypatch.chdir(cwd)
+    assert _ext_values(gx.import_model(str(model_dir / "m.onnx"))).tolist() == [2.0] * 4
+    (model_dir / "c.bin").unlink()
+    with pytest.raises(ModelImportError, match="not found"):
+        gx.import_model(str(model_dir / "m.onnx"))
+    # a symlinked folder inside the model folder that leads outside is refused
+    (model_dir / "linkdir").symlink_to(cwd, target_is_directory=True)
+    onnx.save(_external_model("linkdir/c.bin", sparse=sparse), model_dir / "m2.onnx")
+    with pytest.raises(ModelImportError, match="escapes"):
+        gx.import_model(str(model_dir / "m2.onnx"))
