@@ -359,3 +359,80 @@ def test_external_data_is_read_from_the_model_folder(tmp_path, monkeypatch, spar
     onnx.save(_external_model("linkdir/c.bin", sparse=sparse), model_dir / "m2.onnx")
     with pytest.raises(ModelImportError, match="escapes"):
         gx.import_model(str(model_dir / "m2.onnx"))
+
+
+# -- long elementwise chains (finding 4) ----------------------------------------------------
+def _chain_model(n: int):
+    """x -> (+c, *c, +c, ...) n ops -> y, as ONNX."""
+    nodes, prev = [], "x"
+    for i in range(n):
+        out = "y" if i == n - 1 else f"t{i}"
+        nodes.append(helper.make_node("Add" if i % 2 == 0 else "Mul", [prev, "c"], [out]))
+        prev = out
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor("c", TensorProto.FLOAT, [1], [0.9999])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _check_chain(n: int, tmp_path, budget_s: float):
+    import time
+    t0 = time.perf_counter()
+    m = gx.import_model(_chain_model(n))
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
+    ref = gx.compile(m, target="numpy", level=0)(x)[0]
+    for level in range(4):
+        mo = gx.optimize(m, level=level, target="cpu")
+        (y,) = gx.compile(mo, target="cpu", level=level)(x)
+        np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-5)
+        if level == 2:  # fused, in groups of at most MAX_GROUP_OPS ops
+            from galaxir.passes.fusion.elementwise import MAX_GROUP_OPS
+            counts = mo.op_counts()
+            assert counts.get("fused_elementwise", 0) >= n // MAX_GROUP_OPS
+    gx.save(m, tmp_path / "chain.gxm")
+    assert gx.load(tmp_path / "chain.gxm") == m
+    assert gx.parse(m.to_text()) == m
+    took = time.perf_counter() - t0
+    assert took < budget_s, f"{n}-op chain took {took:.1f} s"
+
+
+def test_elementwise_chain_2000(tmp_path):
+    """A 2,000-op chain through import, O0-O3, cpu compile, save/load and print/parse
+    (before: RecursionError at 500 ops on cpu)."""
+    _check_chain(2000, tmp_path, budget_s=120)
+
+
+@pytest.mark.slow
+def test_elementwise_chain_20000(tmp_path):
+    """20,000 ops in seconds per stage: nothing quadratic (before: O2 took 108 s)."""
+    _check_chain(20000, tmp_path, budget_s=600)
+
+
+def test_fuse_elementwise_is_linear():
+    """Grouping a chain is linear: 8x the chain costs far less than 64x the time."""
+    import time
+    from galaxir.passes.fusion.elementwise import MAX_GROUP_OPS, collect_group
+
+    def timed(n):
+        m = gx.import_model(_chain_model(n))
+        last = [op for op in m.graph.block if not op.is_terminator][-1]
+        t = time.perf_counter()
+        g = collect_group(last, max_ops=n + 1)
+        assert len(g) == n and g[-1] is last
+        assert len(collect_group(last)) == MAX_GROUP_OPS
+        return time.perf_counter() - t
+
+    small = min(timed(1000) for _ in range(3))
+    big = min(timed(8000) for _ in range(3))
+    assert big < 20 * small + 0.05, (small, big)
+
+
+def test_lowered_expressions_are_bounded():
+    """A deep chain lowers to several elementwise kernels, each at most MAX_EXPR_DEPTH deep."""
+    from galaxir.backends.cpu import lower
+    from galaxir.backends.cpu.prepare import prepare, specialize
+    m = gx.import_model(_chain_model(1000))
+    steps = lower.lower_module(specialize(prepare(m), {"x": (4, 8)}))
+    depths = [lower.expr_depth(s.kernel.expr) for s in steps]
+    assert len(steps) >= 1000 // lower.MAX_EXPR_DEPTH
+    assert max(depths) <= lower.MAX_EXPR_DEPTH and sum(depths) == 1000
