@@ -655,7 +655,8 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                     mapping = {}
                     for k, u in enumerate(step.inputs):
                         mapping[k] = group_input(inputs, u)
-                    children.append(_remap(g.expr, mapping))
+                    same = all(mapping[k] == ("in", k) for k in mapping)
+                    children.append(g.expr if same else _remap(g.expr, mapping))
                     members.extend(g.ops)
                     continue
                 children.append(group_input(inputs, v))
