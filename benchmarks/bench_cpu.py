@@ -1,9 +1,13 @@
-"""galaxir cpu vs galaxir numpy vs onnxruntime on the 9 light model-zoo CNNs, plus a
-1024x1024 float32 matmul.  Each (model, engine) runs in its own process so peak memory
+"""galaxir cpu vs galaxir numpy vs onnxruntime on the 9 light model-zoo CNNs, networks built
+the way people build them today (``galaxir.testing.modern``: torchvision and transformers
+code with seeded random weights, exported on the fly where torch, torchvision and
+transformers are installed, skipped with the reason otherwise), plus a 1024x1024 float32
+matmul.  Each (model, engine) runs in its own process so peak memory
 (ru_maxrss) is its own.  Threads: 2 for everyone (GALAXIR_NUM_THREADS, intra_op_num_threads).
 
     python benchmarks/bench_cpu.py                 # everything, markdown table on stdout
     python benchmarks/bench_cpu.py --models squeezenet resnet50 --runs 10
+    python benchmarks/bench_cpu.py --set modern --skip-numpy     # only the modern networks
     python benchmarks/bench_cpu.py --cpu-levels 1 2 --skip-numpy   # cpu at O1 and O2
 
 Compile time is cold: a fresh process, no disk cache (GALAXIR_CACHE_DIR unset).  Each
@@ -33,9 +37,30 @@ LIGHT = os.path.join(os.path.dirname(__import__("onnx").__file__), "backend", "t
 
 
 def _feeds_onnx(path):
+    """The feeds saved beside an exported model (``.npz``), else onnx's dummy inputs."""
+    saved = path[:-5] + ".npz"
+    if os.path.exists(saved):
+        with np.load(saved, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
     import onnx
     from galaxir.testing import zoo
     return zoo.dummy_inputs(onnx.load(path))
+
+
+def modern_models(folder: str, names: list[str] | None = None) -> list[str]:
+    """Export the modern networks into `folder` (with their feeds as .npz); a model that
+    cannot be built here is skipped with the reason on stderr."""
+    from galaxir.testing import modern
+    paths = []
+    for name in names or list(modern.MODELS):
+        try:
+            path, feeds = modern.export(name, folder)
+        except Exception as e:   # noqa: BLE001 - report and go on with the others
+            print(f"# skipped {name}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr, flush=True)
+            continue
+        np.savez(path[:-5] + ".npz", **feeds)
+        paths.append(path)
+    return paths
 
 
 def torch_models(folder: str) -> list[str]:
@@ -145,7 +170,10 @@ def _median_of_rounds(results: list[dict]) -> dict | None:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="*")
+    ap.add_argument("--models", nargs="*",
+                    help="model-zoo names, modern names (galaxir.testing.modern.MODELS), 'torch', or .onnx paths")
+    ap.add_argument("--set", choices=["all", "zoo", "modern"], default="all",
+                    help="which models when --models is not given")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--numpy-runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3,
@@ -162,10 +190,18 @@ def main():
     if a.matmul_child:
         print(json.dumps(matmul_child(a.matmul_child, a.runs)))
         return
-    models = a.models or sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
+    from galaxir.testing import modern
+    zoo_names = sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
     tmp = tempfile.mkdtemp(prefix="galaxir_bench_")
-    if not a.models or "torch" in a.models:
-        models = [m for m in models if m != "torch"] + torch_models(tmp)
+    if a.models:
+        wanted_modern = [m for m in a.models if m in modern.MODELS]
+        models = [m for m in a.models if m not in modern.MODELS and m != "torch"]
+        models += modern_models(tmp, wanted_modern) if wanted_modern else []
+        models += torch_models(tmp) if "torch" in a.models else []
+    else:
+        models = zoo_names if a.set in ("all", "zoo") else []
+        if a.set in ("all", "modern"):
+            models += modern_models(tmp) + torch_models(tmp)
     cpus = [f"cpu:{lv}" for lv in a.cpu_levels] if a.cpu_levels else ["cpu"]
     engines = cpus + ["onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
     rows = []

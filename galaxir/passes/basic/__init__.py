@@ -8,6 +8,7 @@ from ..manager import PassContext
 from .cse import CSE, cse
 from .dce import DCE, dce
 from .fold import DEFAULT_MAX_ELEMENTS, SHAPE_PATTERNS, FoldConstant, fold_patterns
+from .refine import RefineTypes
 from .simplify import ALGEBRA_PATTERNS, CONTROL_PATTERNS, NOOP_PATTERNS, InlineConstantIf
 
 
@@ -19,7 +20,8 @@ def canonicalize_patterns(ctx: PassContext | None = None) -> list:
     """Every O1 rewrite pattern, as one set (they feed each other: a folded shape makes a
     reshape a no-op, a removed no-op exposes a cast pair...)."""
     ctx = ctx or PassContext()
-    return [*_fold(ctx), *SHAPE_PATTERNS, *NOOP_PATTERNS, *ALGEBRA_PATTERNS, *CONTROL_PATTERNS]
+    return [*_fold(ctx), *SHAPE_PATTERNS, RefineTypes(), *NOOP_PATTERNS, *ALGEBRA_PATTERNS,
+            *CONTROL_PATTERNS]
 
 
 def Canonicalize() -> PatternPass:
@@ -31,7 +33,7 @@ def ConstantFold() -> PatternPass:
 
 
 def ShapeFold() -> PatternPass:
-    return PatternPass("fold-shapes", lambda ctx: [*_fold(ctx), *SHAPE_PATTERNS])
+    return PatternPass("fold-shapes", lambda ctx: [*_fold(ctx), *SHAPE_PATTERNS, RefineTypes()])
 
 
 def RemoveNoOps() -> PatternPass:
@@ -48,4 +50,4 @@ def InlineIf() -> PatternPass:
 
 __all__ = ["CSE", "DCE", "cse", "dce", "Canonicalize", "ConstantFold", "ShapeFold",
            "RemoveNoOps", "AlgebraicSimplify", "InlineIf", "canonicalize_patterns",
-           "FoldConstant", "InlineConstantIf"]
+           "FoldConstant", "InlineConstantIf", "RefineTypes"]
