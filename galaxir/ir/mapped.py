@@ -22,7 +22,7 @@ def file_mapping(arr: Any) -> mmap.mmap | None:
     base = arr
     for _ in range(64):  # numpy views -> memoryview -> mmap
         if isinstance(base, mmap.mmap):
-            return base
+            return base if _file_size(base) is not None else None
         if isinstance(base, memoryview):
             base = base.obj
         elif isinstance(base, np.ndarray):
@@ -34,6 +34,15 @@ def file_mapping(arr: Any) -> mmap.mmap | None:
     return None
 
 
+def _file_size(mm: mmap.mmap) -> int | None:
+    """The current size of the file behind ``mm``; None for an anonymous mapping (no file:
+    ``size()`` has no descriptor to stat) or a closed one."""
+    try:
+        return mm.size()
+    except (OSError, ValueError):
+        return None
+
+
 def check_mapping(mm: Any, where: str = "the model file") -> None:
     """FormatError when the file behind mapping ``mm`` is now shorter than the mapping
     (reading the missing part would crash the process with SIGBUS)."""
@@ -41,13 +50,10 @@ def check_mapping(mm: Any, where: str = "the model file") -> None:
         mm = mm.obj
     if not isinstance(mm, mmap.mmap):
         return
-    try:
-        size = mm.size()
-    except (OSError, ValueError):  # closed mapping or fd
-        size = -1
-    if size < len(mm):
+    size = _file_size(mm)
+    if size is not None and size < len(mm):
         raise FormatError(f"{where} was truncated or replaced in place on disk while in use "
-                          f"({len(mm)} bytes mapped, now {max(size, 0)}): load it again (gx.save "
+                          f"({len(mm)} bytes mapped, now {size}): load it again (gx.save "
                           "replaces files by rename, which is safe)")
 
 
