@@ -3,7 +3,7 @@
     galaxir convert IN -o OUT [-O N] [--target T]   .onnx/.gxm/.gxir in; .gxm, .onnx or .gxir out
     galaxir show FILE [--full]                      textual IR and op statistics
     galaxir run FILE [--input name=x.npy ...]       run (random inputs when none are given)
-    galaxir bench FILE [--target T] [--compare onnxruntime]
+    galaxir bench FILE [--target T] [--compare onnxruntime] [--profile] [--trace OUT.json]
     galaxir bisect FILE [-O N]                      which pass changes the outputs?
     galaxir viz FILE -o graph.svg                   graphviz drawing (DOT without `dot`)
     galaxir demo                                    compile and run the zoo ResNet-50
@@ -144,6 +144,13 @@ def cmd_bench(a) -> int:
     feeds = parse_inputs(m, a.input or [], a.seed, a.dim)
     ours = _median_ms(lambda: exe.run(feeds), a.runs, f"galaxir {a.target}")
     print(f"galaxir {a.target}: compile {compile_ms:.0f} ms, median {ours:.3f} ms over {a.runs} runs")
+    if a.profile or a.trace:
+        prof = exe.profile(feeds, runs=a.runs)
+        if a.profile:
+            print(prof.table(top=a.top))
+        if a.trace:
+            prof.save_chrome_trace(a.trace)
+            print(f"wrote {a.trace} (chrome://tracing or https://ui.perfetto.dev)")
     if a.compare == "onnxruntime":
         try:
             import onnxruntime as ort
@@ -268,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=20)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--compare", choices=["onnxruntime"])
+    b.add_argument("--profile", action="store_true",
+                   help="print the time of each op / fused kernel and per op kind")
+    b.add_argument("--top", type=int, default=None, metavar="K",
+                   help="with --profile: list only the K slowest steps")
+    b.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of the profiled runs")
     b.set_defaults(fn=cmd_bench)
 
     bi = sub.add_parser("bisect", help="find the pass that changes a model's outputs")

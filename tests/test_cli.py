@@ -1,4 +1,5 @@
 """The galaxir command line, through subprocess like a user runs it."""
+import json
 import subprocess
 import sys
 
@@ -60,6 +61,15 @@ def test_bench_against_onnxruntime(model_file):
     r = cli("bench", model_file, "--target", "numpy", "--runs", "3", "--compare", "onnxruntime")
     assert r.returncode == 0, r.stderr
     assert "ratio galaxir/onnxruntime" in r.stdout
+
+
+def test_bench_profile_prints_the_table_and_writes_a_trace(model_file, tmp_path):
+    trace = tmp_path / "t.json"
+    r = cli("bench", model_file, "--runs", "2", "--profile", "--trace", trace)
+    assert r.returncode == 0, r.stderr
+    assert "by op kind" in r.stdout and "share" in r.stdout
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert sum(1 for e in events if e["ph"] == "X" and e["cat"] == "run") == 2
 
 
 def test_bisect_reports_no_culprit_on_a_sound_pipeline(model_file):

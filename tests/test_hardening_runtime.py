@@ -49,8 +49,8 @@ def conv_model(seed, cout):
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("Mul", ["r", "r"], ["y"])]
     g = helper.make_graph(nodes, f"conv{seed}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 40, 40])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 40, 40])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 64, 64])],
         [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
          helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -71,7 +71,7 @@ def hammer(exes, feeds, expected, calls):
     return bad
 
 rng = np.random.default_rng(0)
-feeds = [rng.standard_normal((1, 8, 40, 40)).astype(np.float32) for _ in range(3)]
+feeds = [rng.standard_normal((1, 8, 64, 64)).astype(np.float32) for _ in range(3)]
 """
 
 
@@ -86,6 +86,8 @@ ref = [gx.compile(gx.import_model(m), target="cpu", num_threads=1) for m in mode
 expected = [[e(x)[0] for x in feeds] for e in ref]
 for k, e in enumerate(exes):   # single-threaded use of the pool agrees with no pool
     assert all(np.array_equal(e(x)[0], y) for x, y in zip(feeds, expected[k]))
+from galaxir.backends.cpu.program import POOL_MIN_BYTES
+assert all(e.pool is not None and e.last.work_bytes >= POOL_MIN_BYTES for e in exes)  # uses the pool
 bad = hammer(exes, feeds, expected, 60)
 print("BAD", len(bad))
 assert not bad, bad[:5]

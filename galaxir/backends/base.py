@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CompileError, InputValidationError, UnsupportedOpError
+from ..errors import CompileError, ExecutionError, InputValidationError, UnsupportedOpError
 from ..ir import Module
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 
@@ -50,44 +50,76 @@ class Executable(abc.ABC):
         self.input_names = list(module.graph.input_names)
         self.input_types = [v.type for v in module.graph.inputs]
         self.output_names = list(module.graph.output_names)
+        # (dtype, shape) of each input whose type is a fully static tensor: an ndarray that
+        # matches exactly needs no other check (the common case, at no per-call cost)
+        self._static = [_static_signature(t) for t in self.input_types]
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple:
         if args and kwargs:
             raise InputValidationError("pass inputs either positionally or by name, not both")
         if kwargs:
-            feeds = kwargs
-        else:
-            if len(args) != len(self.input_names):
-                raise InputValidationError(
-                    f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
-                    f"got {len(args)}")
-            feeds = dict(zip(self.input_names, args))
-        return tuple(self._execute(self.validate(feeds)))
+            return tuple(self._execute(self.validate(kwargs)))
+        if len(args) != len(self.input_names):
+            raise InputValidationError(
+                f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                f"got {len(args)}")
+        return tuple(self._execute(self._check_values(args)))
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         outs = self._execute(self.validate(feeds))
         return dict(zip(self.output_names, outs))
 
     def validate(self, feeds: Mapping[str, Any]) -> list[Any]:
+        if len(feeds) == len(self.input_names) and all(n in feeds for n in self.input_names):
+            return self._check_values([feeds[n] for n in self.input_names])
         missing = [n for n in self.input_names if n not in feeds]
         extra = [n for n in feeds if n not in self.input_names]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {missing}")
-            if extra:
-                parts.append(f"unknown input(s) {extra}")
-            raise InputValidationError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {missing}")
+        if extra:
+            parts.append(f"unknown input(s) {extra}")
+        raise InputValidationError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
+
+    def _check_values(self, values) -> list[Any]:
+        """The inputs (in graph order) checked against the signature, in canonical form."""
+        out = []
         bindings: dict[str, int] = {}
-        return [check_value(feeds[n], t, n, bindings) for n, t in zip(self.input_names, self.input_types)]
+        for v, static, n, t in zip(values, self._static, self.input_names, self.input_types):
+            if static is not None and type(v) is np.ndarray and v.dtype == static[0] \
+                    and v.shape == static[1]:
+                out.append(v)
+            else:
+                out.append(check_value(v, t, n, bindings))
+        return out
 
     @abc.abstractmethod
     def _execute(self, inputs: list[Any]) -> list[Any]:
         """Run on validated inputs, in graph input order; return outputs in order."""
 
+    def profile(self, feeds: Mapping[str, Any], runs: int = 10, warmup: int = 1,
+                clock: str = "wall"):
+        """Time each step of ``runs`` runs on ``feeds`` (after ``warmup`` untimed runs):
+        a ``galaxir.backends.profile.Profile`` (``print(p)`` for the table sorted by time,
+        ``p.by_kind()``, ``p.save_chrome_trace(path)``).  ``clock="cpu"`` measures the
+        calling thread's CPU time instead of wall time (steady on a busy machine).
+        Backends without a profiler raise ExecutionError."""
+        raise ExecutionError(f"{type(self).__name__} has no profiler")
+
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""
         return f"all {self.module.num_ops} ops run on {type(self).__name__}"
+
+
+def _static_signature(t: Type) -> tuple | None:
+    """(numpy dtype, shape) of a fully static tensor type, else None."""
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype is DType.string or \
+            not all(isinstance(d, int) for d in t.shape):
+        return None
+    try:
+        return np.dtype(t.dtype.numpy), tuple(t.shape)
+    except Exception:  # a dtype numpy cannot name: the full check handles it
+        return None
 
 
 def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..errors import PassError
 from ..ir.core import Module
 from .basic import (CSE, DCE, AlgebraicSimplify, Canonicalize, ConstantFold, InlineIf,
-                    RemoveNoOps, ShapeFold)
+                    RemoveNoOps, ShapeFold, UnrollLoops)
 from .greedy import PatternPass
 from .manager import Pass, PassContext, PassManager
 
@@ -31,6 +31,7 @@ PASS_REGISTRY: dict[str, PassFactory] = {
     "remove-noops": RemoveNoOps,
     "simplify-algebra": AlgebraicSimplify,
     "inline-constant-if": InlineIf,
+    "unroll-loops": UnrollLoops,
     "cse": CSE,
     "dce": DCE,
 }

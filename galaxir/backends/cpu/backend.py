@@ -17,6 +17,7 @@ from ...errors import CompileError, GalaxirError
 from ...ir import Module
 from ...ir.types import TensorType
 from ..base import Backend, Executable
+from ..profile import check_clock
 from . import jit
 from .lower import ELEMENTWISE, RULES, ALIAS_OPS
 from .prepare import prepare, specialize
@@ -46,6 +47,7 @@ class CpuExecutable(Executable):
         self._specs: OrderedDict[tuple, Specialization] = OrderedDict()
         self._lock = threading.RLock()
         self.last: Specialization | None = None
+        self._last_key: tuple | None = None  # input shapes the latest specialization serves
         static = {}
         for a in self.prepared.graph.inputs:
             t = a.type
@@ -79,16 +81,40 @@ class CpuExecutable(Executable):
         else:
             self._specs.move_to_end(key)
         self.last = spec
+        self._last_key = None  # the caller that knows the input key sets it again
         return spec
 
-    def _execute(self, inputs: list[Any]) -> list[Any]:
+    def _spec_for_inputs(self, inputs: list[Any]) -> Specialization:
+        """The specialization for these (validated) inputs' shapes; call under the lock.
+        The latest one serves every call with the same shapes: one tuple comparison, no
+        dict or sort per call."""
+        key = tuple(x.shape if isinstance(x, np.ndarray) else None for x in inputs)
+        if key == self._last_key:
+            return self.last
         shapes = {}
         for a, x in zip(self.prepared.graph.inputs, inputs):
             if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
                 shapes[a.name] = tuple(int(d) for d in x.shape)
+        spec = self._spec_for(shapes)
+        self._last_key = key
+        return spec
+
+    def _execute(self, inputs: list[Any]) -> list[Any]:
         with self._lock:
-            spec = self._spec_for(shapes)
-            return spec.run(inputs, self._interp, pool=self.pool)
+            return self._spec_for_inputs(inputs).run(inputs, self._interp, pool=self.pool)
+
+    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
+        """Per-step times (see ``Executable.profile``).  The first call for a set of input
+        shapes compiles a timed copy of the native code (galaxir/backends/cpu/profile.py);
+        the code that ``exe(...)`` runs is never changed."""
+        from .profile import profile_specialization
+        check_clock(clock)
+        inputs = self.validate(feeds)
+        with self._lock:
+            spec = self._spec_for_inputs(inputs)
+            prof, _ = profile_specialization(spec, inputs, self._interp, self.pool, runs, warmup,
+                                             clock)
+        return prof
 
     # -- reports ----------------------------------------------------------------------------
     def placement(self):

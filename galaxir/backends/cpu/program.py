@@ -4,6 +4,7 @@ segments and runs fallback ops on the numpy reference in between."""
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 from typing import Any
 
 import llvmlite.ir as ir
@@ -119,35 +120,30 @@ class Specialization:
                         self.slot[id(r)] = len(self.slot_value) + 1
                         self.slot_value.append(r)
 
-    # -- code -------------------------------------------------------------------------------
-    def _build_code(self, cache_dir) -> None:
+    def emit_module(self, stamp=None) -> tuple[ir.Module, dict]:
+        """The LLVM module: the kernels and one entry point ``gx_seg{k}(table)`` per native
+        segment.  ``stamp`` (the profiler's, galaxir/backends/cpu/profile.py) makes timed
+        entry points instead: ``stamp(builder, times, j)`` is emitted before the first step
+        (j = 0) and after each step; the normal module has no timing code at all."""
         mod = ir.Module(name="galaxir")
         mod.triple = jit.target_triple()
         mod.data_layout = jit.target_data_layout()
         kernel_fns: dict[tuple, ir.Function] = {}
-        self.segments: list[list[NativeStep]] = []
-        seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
-        cur: list[NativeStep] | None = None
-        for i, s in enumerate(self.steps):
-            if isinstance(s, NativeStep):
-                if cur is None or self.split:
-                    cur = []
-                    self.segments.append(cur)
-                    seq.append(("native", len(self.segments) - 1))
-                cur.append((i, s))
-            elif isinstance(s, FallbackStep):
-                cur = None
-                seq.append(("fallback", s))
-        self.seq = seq
         table_t = I8P.as_pointer()
         for k, seg in enumerate(self.segments):
             # returns 0, or 1 + the index of the step whose kernel refused its input
-            fn = ir.Function(mod, ir.FunctionType(I64, [table_t]), f"gx_seg{k}")
+            if stamp is None:
+                fn = ir.Function(mod, ir.FunctionType(I64, [table_t]), f"gx_seg{k}")
+            else:
+                fn = ir.Function(mod, ir.FunctionType(I64, [table_t, I64.as_pointer()]),
+                                 f"gx_seg{k}_timed")
             fn.attributes.add("nounwind")
             b = ir.IRBuilder(fn.append_basic_block("entry"))
             table = fn.args[0]
             base = b.load(table)
-            for i, s in seg:
+            if stamp is not None:
+                stamp(b, fn.args[1], 0)
+            for j, (i, s) in enumerate(seg):
                 nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
                 inplace = i in self.inplace_steps
                 key = (s.kernel.key(), inplace)
@@ -173,7 +169,28 @@ class Specialization:
                 if s.kernel.fallible:
                     with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I64, 0)), likely=False):
                         b.ret(ir.Constant(I64, i + 1))
+                if stamp is not None:
+                    stamp(b, fn.args[1], j + 1)
             b.ret(ir.Constant(I64, 0))
+        return mod, kernel_fns
+
+    # -- code -------------------------------------------------------------------------------
+    def _build_code(self, cache_dir) -> None:
+        self.segments: list[list[NativeStep]] = []
+        seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
+        cur: list[NativeStep] | None = None
+        for i, s in enumerate(self.steps):
+            if isinstance(s, NativeStep):
+                if cur is None or self.split:
+                    cur = []
+                    self.segments.append(cur)
+                    seq.append(("native", len(self.segments) - 1))
+                cur.append((i, s))
+            elif isinstance(s, FallbackStep):
+                cur = None
+                seq.append(("fallback", s))
+        self.seq = seq
+        mod, kernel_fns = self.emit_module()
         self.llvm_ir = str(mod)
         self.n_kernels = len(kernel_fns)
         if self.segments:
@@ -204,6 +221,8 @@ class Specialization:
 
     # -- running ----------------------------------------------------------------------------
     def _ensure_arena(self) -> None:
+        """Allocate the arena and the input staging buffers once, and precompute what each
+        call needs (so a call does no Python work per op: see ``_prepare_run``)."""
         if self._arena is None:
             try:
                 raw = np.empty(self.arena_size + ALIGN, np.uint8)
@@ -211,11 +230,45 @@ class Specialization:
                 raise ExecutionError(f"cpu backend: cannot allocate the {self.arena_size} byte "
                                      f"arena for these input shapes: {e}") from None
             off = (-raw.ctypes.data) % ALIGN
+            self._views: dict[int, np.ndarray] = {}
             self._arena = raw[off:off + self.arena_size]
             self._table[0] = self._arena.ctypes.data if self.arena_size else raw.ctypes.data
-            self._views: dict[int, np.ndarray] = {}
+            self._prepare_run()
+
+    def _prepare_run(self) -> None:
+        """Per-call plan, computed once: for each graph input its table slot and (when it is
+        small) an aligned staging buffer whose address is in the table for good, so binding
+        it is one copy instead of an address lookup (``ndarray.ctypes.data`` costs ~2 us);
+        the arena views of the outputs; whether any op runs on numpy."""
+        g = self.module.graph
+        self._in_values = list(g.inputs)
+        self._bind: list[tuple[int | None, np.ndarray | None]] = []
+        for a in g.inputs:
+            slot = self.slot.get(id(a))
+            stage = None
+            shape = static_shape(a.type) if slot is not None else None
+            if shape is not None and nbytes_of(a) <= STAGE_MAX_BYTES:
+                stage = _aligned_empty(shape, a.type.dtype.numpy)
+                self._fixed.append(stage)
+                self._table[slot] = stage.ctypes.data
+            self._bind.append((slot, stage))
+        self._all_native = all(kind == "native" for kind, _ in self.seq)
+        self._out_views = None
+        if self._all_native and all(v is not None and id(self.root_of(v)) in self.produced_native
+                                    for v in g.outputs):
+            self._out_views = [self.view(v) for v in g.outputs]
+        self._table_addr = ctypes.addressof(self._table)
+        # data the native steps touch: below POOL_MIN_BYTES waking the worker thread costs
+        # more than splitting can save (its tasks then run inline on the calling thread)
+        self.work_bytes = 0
+        for s in self.steps:
+            if isinstance(s, NativeStep):
+                for v in list(s.outputs) + list(s.inputs):
+                    self.work_bytes += v.array.nbytes if isinstance(v, ConstArray) else nbytes_of(v)
+        self._pool_set: dict[int, int | None] = {}
 
     def view(self, v: Value) -> np.ndarray:
+        """The arena view holding natively produced value ``v``."""
         arr = self._views.get(id(v))
         if arr is None:
             r = self.root_of(v)
@@ -227,63 +280,100 @@ class Specialization:
             self._views[id(v)] = arr
         return arr
 
-    def run(self, inputs: list[Any], interp, hook=None, pool=None) -> list[Any]:
-        self._ensure_arena()
-        if not self.pool_slot:
-            return self._run(inputs, interp, hook)
-        # the pool runs one call's jobs at a time: when another thread's call holds it,
-        # this call runs its tasks inline (gx_pool = null) instead of waiting
-        slot = ctypes.c_void_p.from_address(self.pool_slot)
-        if pool is None or not pool.try_acquire():
-            slot.value = None
-            return self._run(inputs, interp, hook)
-        try:
-            slot.value = pool.address
-            return self._run(inputs, interp, hook)
-        finally:
-            slot.value = None
-            pool.release()
+    def run(self, inputs: list[Any], interp, pool=None) -> list[Any]:
+        if self._arena is None:
+            self._ensure_arena()
+        with self.pool_for_call(pool, self.pool_slot):
+            return self._run(inputs, interp)
 
-    def _run(self, inputs, interp, hook):
+    @contextmanager
+    def pool_for_call(self, pool, pool_slot: int):
+        """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool`` for one call,
+        or at nothing (parallel loops then run inline on the calling thread).  One call at a
+        time owns a pool: a call takes it only when it has enough work and no other thread's
+        call holds it (``Pool.try_acquire``, never waiting), so concurrent calls of different
+        executables run side by side on their own threads (docs/reliability.md)."""
+        owned = bool(pool_slot) and pool is not None and self.work_bytes >= POOL_MIN_BYTES \
+            and pool.try_acquire()
+        try:
+            if pool_slot:
+                addr = pool.address if owned else None
+                if addr != self._pool_set.get(pool_slot):  # set only when it changes
+                    ctypes.c_void_p.from_address(pool_slot).value = addr
+                    self._pool_set[pool_slot] = addr
+            yield owned
+        finally:
+            if owned:
+                pool.release()
+
+    def _run(self, inputs, interp):
+        if self._out_views is not None:  # every op native: no per-op Python work at all
+            keep = []  # copies made for native code must live until it has run
+            for x, (slot, stage) in zip(inputs, self._bind):
+                if stage is not None:
+                    stage[...] = x
+                elif slot is not None:
+                    x = _native_ready(x)
+                    keep.append(x)
+                    self._table[slot] = x.ctypes.data
+            addr = self._table_addr
+            for entry in self.entries:
+                failed = entry(addr)
+                if failed:
+                    self._failed(failed)
+            return [v.copy() for v in self._out_views]
+        ext = self._bind_inputs(inputs)
+        for kind, item in self.seq:
+            if kind == "native":
+                self._call_segment(item)
+            else:
+                self._run_fallback(item, ext, interp)
+        return self._outputs(ext)
+
+    def _bind_inputs(self, inputs) -> dict[int, Any]:
+        """Put the inputs where native code reads them; returns the values by id for the
+        fallback ops."""
         ext: dict[int, Any] = {}
-        g = self.module.graph
-        for a, x in zip(g.inputs, inputs):
-            slot = self.slot.get(id(a))
-            if slot is not None:
+        for a, x, (slot, stage) in zip(self._in_values, inputs, self._bind):
+            if stage is not None:
+                stage[...] = x
+            elif slot is not None:
                 x = _native_ready(x)
                 self._table[slot] = x.ctypes.data
             ext[id(a)] = x
-        for v in self.slot_value:
-            p = getattr(v, "producer", None)
-            if p is not None and p.name == "constant":
-                ext[id(v)] = p.attrs["value"]
-        table = ctypes.addressof(self._table)
-        for kind, item in self.seq:
-            if kind == "native":
-                failed = self.entries[item](table)
-                if failed:
-                    step = self.steps[failed - 1]
-                    raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
-                if hook is not None:
-                    hook(self, self.segments[item], ext)
-                continue
-            op = item.op
-            env = {}
-            for v in op.read_values():
-                env[id(v)] = self._materialize(v, ext)
-            interp.run_op(op, env)
-            for r in op.results:
-                x = env.get(id(r))
-                if isinstance(x, np.ndarray) and self._arena is not None and self._arena.size \
-                        and np.may_share_memory(x, self._arena):
-                    x = x.copy()
-                slot = self.slot.get(id(r))
-                if slot is not None:
-                    x = _native_ready(x, static_shape(r.type))
-                    self._table[slot] = x.ctypes.data
-                ext[id(r)] = x
+        return ext
+
+    def _call_segment(self, k: int) -> None:
+        failed = self.entries[k](self._table_addr)
+        if failed:
+            self._failed(failed)
+
+    def _failed(self, code: int) -> None:
+        """A segment returned ``code`` (1 + the index of the step whose kernel refused its
+        input): raise the error naming that op."""
+        step = self.steps[code - 1]
+        raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
+
+    def _run_fallback(self, step: FallbackStep, ext: dict[int, Any], interp) -> None:
+        op = step.op
+        env = {}
+        for v in op.read_values():
+            env[id(v)] = self._materialize(v, ext)
+        interp.run_op(op, env)
+        for r in op.results:
+            x = env.get(id(r))
+            if isinstance(x, np.ndarray) and self._arena is not None and self._arena.size \
+                    and np.may_share_memory(x, self._arena):
+                x = x.copy()
+            slot = self.slot.get(id(r))
+            if slot is not None:
+                x = _native_ready(x, static_shape(r.type))
+                self._table[slot] = x.ctypes.data
+            ext[id(r)] = x
+
+    def _outputs(self, ext: dict[int, Any]) -> list[Any]:
         outs = []
-        for v in g.outputs:
+        for v in self.module.graph.outputs:
             if v is None:
                 outs.append(None)
                 continue
@@ -321,6 +411,24 @@ class Specialization:
             else:
                 out.append((s.op, "numpy", s.reason))
         return out
+
+
+#: a specialization whose native steps touch less data than this runs on the calling
+#: thread alone (a kernel's tasks run inline when the pool's worker is not woken)
+POOL_MIN_BYTES = 256 << 10
+
+#: inputs up to this size are copied into a staging buffer (one memcpy is cheaper than
+#: asking numpy for the array's address); larger ones are passed in place
+STAGE_MAX_BYTES = 32 << 10
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array of ``shape`` whose data is ALIGN-byte aligned."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + n].view(dtype).reshape(shape)
 
 
 def _native_ready(x: Any, shape=None) -> np.ndarray:

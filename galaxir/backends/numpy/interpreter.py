@@ -136,6 +136,43 @@ class NumpyExecutable(Executable):
     def _execute(self, inputs: list[Any]) -> list[Any]:
         return self.interpreter.run(inputs)
 
+    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
+        """Per-op times of the top-level ops (an op with regions counts as one step),
+        timed in Python; see ``Executable.profile``."""
+        from ..profile import Profile, StepTiming, check_clock, clock_ns, shapes_label, value_label
+        check_clock(clock)
+        inputs = self.validate(feeds)
+        block = self.module.graph.block
+        ops = [op for op in block if not op.is_terminator]
+        steps = [StepTiming(i, value_label(op.results), op.name, [op.name], "numpy", "numpy",
+                            shapes_label(op.read_values(), op.results))
+                 for i, op in enumerate(ops)]
+        release = self.interpreter._release_plan(block)  # free intermediates as run() does
+        keep = {id(v) for v in block.terminator.operands if v is not None}
+        now = clock_ns(clock)
+        run_us, run_start, t_first = [], [], None
+        for r in range(warmup + max(1, runs)):
+            t0 = now()
+            env: dict[int, Any] = dict(zip((id(a) for a in block.args), inputs))
+            spans = []
+            for op, dead in zip(ops, release):
+                a = now()
+                self.interpreter.run_op(op, env)
+                spans.append((a, now()))
+                for vid in dead:
+                    if vid not in keep:
+                        env.pop(vid, None)
+            t1 = now()
+            if r < warmup:
+                continue
+            t_first = t0 if t_first is None else t_first
+            run_start.append((t0 - t_first) / 1e3)
+            run_us.append((t1 - t0) / 1e3)
+            for st, (a, b) in zip(steps, spans):
+                st.start_us.append((a - t0) / 1e3)
+                st.dur_us.append((b - a) / 1e3)
+        return Profile("numpy", steps, run_us, run_start)
+
     def report(self) -> str:
         counts = self.module.op_counts()
         lines = [f"numpy backend: {sum(counts.values())} ops, all run by the numpy interpreter"]

@@ -10,10 +10,15 @@ from .dce import DCE, dce
 from .fold import DEFAULT_MAX_ELEMENTS, SHAPE_PATTERNS, FoldConstant, fold_patterns
 from .refine import RefineTypes
 from .simplify import ALGEBRA_PATTERNS, CONTROL_PATTERNS, NOOP_PATTERNS, InlineConstantIf
+from .unroll import DEFAULT_MAX_OPS, UnrollConstantLoop
 
 
 def _fold(ctx: PassContext):
     return fold_patterns(ctx.option("fold_max_elements", DEFAULT_MAX_ELEMENTS))
+
+
+def _unroll(ctx: PassContext) -> list:
+    return [UnrollConstantLoop(ctx.option("unroll_max_ops", DEFAULT_MAX_OPS))]
 
 
 def canonicalize_patterns(ctx: PassContext | None = None) -> list:
@@ -21,7 +26,7 @@ def canonicalize_patterns(ctx: PassContext | None = None) -> list:
     reshape a no-op, a removed no-op exposes a cast pair...)."""
     ctx = ctx or PassContext()
     return [*_fold(ctx), *SHAPE_PATTERNS, RefineTypes(), *NOOP_PATTERNS, *ALGEBRA_PATTERNS,
-            *CONTROL_PATTERNS]
+            *CONTROL_PATTERNS, *_unroll(ctx)]
 
 
 def Canonicalize() -> PatternPass:
@@ -48,6 +53,13 @@ def InlineIf() -> PatternPass:
     return PatternPass("inline-constant-if", CONTROL_PATTERNS)
 
 
+def UnrollLoops() -> PatternPass:
+    """Loops with a constant trip count (and a body that never stops early) unrolled, up
+    to ``unroll_max_ops`` new ops per loop."""
+    return PatternPass("unroll-loops", _unroll)
+
+
 __all__ = ["CSE", "DCE", "cse", "dce", "Canonicalize", "ConstantFold", "ShapeFold",
            "RemoveNoOps", "AlgebraicSimplify", "InlineIf", "canonicalize_patterns",
-           "FoldConstant", "InlineConstantIf", "RefineTypes"]
+           "FoldConstant", "InlineConstantIf", "RefineTypes", "UnrollLoops",
+           "UnrollConstantLoop"]

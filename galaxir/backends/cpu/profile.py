@@ -1,0 +1,174 @@
+"""The cpu backend's profiler: per-step times of a specialization's runs.
+
+A native segment runs many kernels in one call into JIT code, so Python cannot time them
+one by one.  On the first ``exe.profile(...)`` the specialization's module is generated
+again with *timed* entry points (``Specialization.emit_module(stamp=...)``): the same
+kernels, and a ``clock_gettime(CLOCK_MONOTONIC)`` read before the first step and after each
+step into a buffer of int64 nanoseconds.  That copy is compiled and loaded beside the
+normal code, which stays as it was: the normal entry points hold no timing code, and a run
+that is not profiled pays nothing.  Ops on the numpy reference are timed in Python with the
+same clock, so native and fallback steps share one timeline.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from typing import Any
+
+import llvmlite.ir as ir
+import numpy as np
+
+from ..profile import Profile, StepTiming, shapes_label, value_label
+from . import jit
+from .codegen import I32, I64
+from .lower import AliasStep, FallbackStep, NativeStep
+from .program import POOL_MIN_BYTES
+from . import kernels as K
+
+#: profile(clock=...): "wall" is the monotonic clock (what a user waits for), "cpu" the
+#: calling thread's CPU time (unaffected by other processes on a busy machine; it does
+#: not count a parallel kernel's work on the worker thread)
+CLOCKS = {"wall": time.CLOCK_MONOTONIC, "cpu": time.CLOCK_THREAD_CPUTIME_ID}
+_TIMESPEC = ir.LiteralStructType([I64, I64])
+_bound = False
+
+
+def _bind_clock() -> None:
+    """Make ``gx_clock_gettime`` (libc's clock_gettime) callable from JIT code."""
+    global _bound
+    if _bound:
+        return
+    llvm = jit._llvm()
+    fn = ctypes.CDLL(None).clock_gettime
+    llvm.add_symbol("gx_clock_gettime", ctypes.cast(fn, ctypes.c_void_p).value)
+    _bound = True
+
+
+class _Stamper:
+    """Emits ``times[j] = now_ns()`` into a timed segment function."""
+
+    def __init__(self):
+        self._slot: dict[int, ir.Value] = {}
+
+    def __call__(self, b: ir.IRBuilder, times: ir.Value, j: int) -> None:
+        fn = b.function
+        mod = fn.module
+        clock = mod.globals.get("gx_clock_gettime")
+        if clock is None:
+            clock = ir.Function(mod, ir.FunctionType(I32, [I32, _TIMESPEC.as_pointer()]),
+                                "gx_clock_gettime")
+        which = mod.globals.get("gx_prof_clock")
+        if which is None:  # the clock id, set by the profiler before it runs
+            which = ir.GlobalVariable(mod, I32, "gx_prof_clock")
+            which.initializer = ir.Constant(I32, CLOCKS["wall"])
+        ts = self._slot.get(id(fn))
+        if ts is None:  # j == 0 is emitted in the entry block: one alloca per function
+            ts = self._slot[id(fn)] = b.alloca(_TIMESPEC)
+        b.call(clock, [b.load(which), ts])
+        sec = b.load(b.gep(ts, [ir.Constant(I32, 0), ir.Constant(I32, 0)], inbounds=True))
+        nsec = b.load(b.gep(ts, [ir.Constant(I32, 0), ir.Constant(I32, 1)], inbounds=True))
+        ns = b.add(b.mul(sec, ir.Constant(I64, 1_000_000_000)), nsec)
+        b.store(ns, b.gep(times, [ir.Constant(I64, j)], inbounds=True))
+
+
+class TimedCode:
+    """The timed copy of a specialization's segments, compiled and loaded."""
+
+    def __init__(self, spec):
+        _bind_clock()
+        mod, _ = spec.emit_module(stamp=_Stamper())
+        self.llvm_ir = str(mod)
+        obj, _ = jit.compile_ir(self.llvm_ir, None)
+        self.loaded = jit.LoadedObject(obj)
+        proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+        self.entries = [proto(self.loaded.address(f"gx_seg{k}_timed"))
+                        for k in range(len(spec.segments))]
+        self.pool_slot = self.loaded.global_address("gx_pool")
+        self.clock_slot = self.loaded.global_address("gx_prof_clock")
+        self.bufs = [np.zeros(len(seg) + 1, np.int64) for seg in spec.segments]
+        self.buf_addr = [b.ctypes.data for b in self.bufs]
+
+
+def timed_code(spec) -> TimedCode:
+    code = getattr(spec, "_timed", None)
+    if code is None:
+        code = spec._timed = TimedCode(spec)
+    return code
+
+
+def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
+              ) -> tuple[list, dict, int, int]:
+    """One timed run: (outputs, {step index: (start ns, end ns)}, run start, run end)."""
+    spec._ensure_arena()
+    with spec.pool_for_call(pool, code.pool_slot):
+        t_start = time.clock_gettime_ns(clock)
+        ext = spec._bind_inputs(inputs)
+        rec: dict[int, tuple[int, int]] = {}
+        for kind, item in spec.seq:
+            if kind == "native":
+                failed = code.entries[item](spec._table_addr, code.buf_addr[item])
+                if failed:
+                    spec._failed(failed)
+                buf = code.bufs[item]
+                for j, (i, _) in enumerate(spec.segments[item]):
+                    rec[i] = (int(buf[j]), int(buf[j + 1]))
+            else:
+                t0 = time.clock_gettime_ns(clock)
+                spec._run_fallback(item, ext, interp)
+                rec[spec._step_index[id(item)]] = (t0, time.clock_gettime_ns(clock))
+        outs = spec._outputs(ext)
+        t_end = time.clock_gettime_ns(clock)
+    return outs, rec, t_start, t_end
+
+
+def _describe_step(i: int, s) -> StepTiming:
+    if isinstance(s, NativeStep):
+        ops = [op.name for op in s.ops]
+        kind = "elementwise" if isinstance(s.kernel, K.Elementwise) and len(ops) > 1 else ops[0]
+        return StepTiming(i, value_label(s.outputs), kind, ops, "native", s.kernel.name,
+                          shapes_label(s.inputs, s.outputs))
+    if isinstance(s, AliasStep):
+        return StepTiming(i, value_label([s.result]), s.op.name, [s.op.name], "view", "view",
+                          shapes_label([s.source], [s.result]))
+    assert isinstance(s, FallbackStep)
+    return StepTiming(i, value_label(s.op.results), s.op.name, [s.op.name], "numpy", "numpy",
+                      shapes_label(s.op.read_values(), s.op.results))
+
+
+def profile_specialization(spec, inputs: list[Any], interp, pool, runs: int,
+                           warmup: int = 1, clock: str = "wall") -> tuple[Profile, list]:
+    """Run ``spec`` ``warmup`` + ``runs`` times on ``inputs`` through its timed code; returns
+    the profile and the last run's outputs."""
+    clk = CLOCKS[clock]
+    code = timed_code(spec)
+    if code.clock_slot:
+        ctypes.c_int32.from_address(code.clock_slot).value = clk
+    if not hasattr(spec, "_step_index"):
+        spec._step_index = {id(s): i for i, s in enumerate(spec.steps)}
+    for _ in range(warmup):
+        _run_once(spec, code, inputs, interp, pool, clk)
+    steps = [_describe_step(i, s) for i, s in enumerate(spec.steps)]
+    run_us, run_start = [], []
+    t_first = None
+    outs: list = []
+    for _ in range(max(1, runs)):
+        outs, rec, t0, t1 = _run_once(spec, code, inputs, interp, pool, clk)
+        if t_first is None:
+            t_first = t0
+        run_start.append((t0 - t_first) / 1e3)
+        run_us.append((t1 - t0) / 1e3)
+        prev_end = t0
+        for st in steps:
+            span = rec.get(st.index)
+            if span is None:  # a view: no work, placed where the previous step ended
+                span = (prev_end, prev_end)
+            st.start_us.append((span[0] - t0) / 1e3)
+            st.dur_us.append((span[1] - span[0]) / 1e3)
+            prev_end = span[1]
+    notes = []
+    if pool is not None and spec.work_bytes >= POOL_MIN_BYTES and code.pool_slot:
+        notes.append("parallel kernels ran over the thread pool: a step's time is the "
+                     "caller's wall time for all its tasks")
+    if clock == "cpu":
+        notes.append("times are the calling thread's CPU time (clock='cpu')")
+    return Profile("cpu", steps, run_us, run_start, notes), outs
