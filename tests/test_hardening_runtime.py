@@ -17,7 +17,6 @@ import pytest
 from onnx import TensorProto, helper
 
 import galaxir as gx
-from galaxir.errors import GalaxirError
 
 ROOT = Path(__file__).resolve().parents[1]
 
