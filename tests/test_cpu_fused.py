@@ -94,7 +94,8 @@ def test_fused_add_and_elementwise_region():
     assert {"fused_add", "fused_elementwise"} & set(cpu.native_ops), cpu.report()
 
 
-def test_attention_runs_decomposed_natively():
+def test_attention_runs_fused_natively():
+    """The chain softmax(q @ k^T * c) @ v becomes the attention op (one kernel)."""
     gb = GraphBuilder()
     q = gb.input("q", tensor("f32", 2, 8, 16))
     k = gb.input("k", tensor("f32", 2, 8, 16))
@@ -102,10 +103,21 @@ def test_attention_runs_decomposed_natively():
     s = gb.mul(gb.matmul(q, gb.transpose(k, perm=(0, 2, 1))), gb.constant(np.float32(0.25)))
     gb.output(gb.matmul(gb.softmax(s, axis=-1), v), "y")
     m = gb.module()
-    opt = gx.optimize(m, level=2)
-    assert "sdpa" in opt.op_counts()
-    cpu = check(m, [rand(2, 8, 16), rand(2, 8, 16), rand(2, 8, 16)], "softmax")
-    assert "sdpa" not in cpu.native_ops
+    assert gx.optimize(m, level=2).op_counts().get("attention") == 1
+    cpu = check(m, [rand(2, 8, 16), rand(2, 8, 16), rand(2, 8, 16)], "attention")
+    assert cpu.native_ops == ["attention"], cpu.report()
+
+
+def test_sdpa_with_a_runtime_mask_runs_decomposed_natively():
+    gb = GraphBuilder()
+    q, k, v = (gb.input(n, tensor("f32", 2, 8, 16)) for n in "qkv")
+    mask = gb.input("mask", tensor("f32", 8, 8))
+    s = gb.add(gb.mul(gb.matmul(q, gb.transpose(k, perm=(0, 2, 1))), gb.constant(np.float32(0.25))), mask)
+    gb.output(gb.matmul(gb.softmax(s, axis=-1), v), "y")
+    m = gb.module()
+    assert "sdpa" in gx.optimize(m, level=2).op_counts()
+    cpu = check(m, [rand(2, 8, 16), rand(2, 8, 16), rand(2, 8, 16), rand(8, 8)], "softmax")
+    assert "sdpa" not in cpu.native_ops and not cpu.fallback_ops, cpu.report()
 
 
 def test_default_level():

@@ -272,37 +272,120 @@ def test_gelu_after_matmul_becomes_linear_activation():
 
 
 # -- attention -------------------------------------------------------------------------------------
-def _attention(gb, scale="mul", mask=True, axis=-1, extra_use=False):
-    q = gb.input("q", tensor("f32", 2, 3, 5, 4))
-    k = gb.input("k", tensor("f32", 2, 3, 7, 4))
-    v = gb.input("v", tensor("f32", 2, 3, 7, 4))
-    s = gb.matmul(q, gb.transpose(k, perm=(0, 1, 3, 2)))
+def _attention(gb, scale="mul", mask=True, axis=-1, extra_use=False, guard=False, qk_scale=False,
+               rank=4):
+    lead = (2, 3)[:rank - 2]
+    q = gb.input("q", tensor("f32", *lead, 5, 4))
+    k = gb.input("k", tensor("f32", *lead, 7, 4))
+    v = gb.input("v", tensor("f32", *lead, 7, 4))
+    kt = gb.transpose(k, perm=tuple(range(rank - 2)) + (rank - 1, rank - 2))
+    if qk_scale:        # torch's export of scaled_dot_product_attention
+        c = gb.constant(np.float32(0.5 ** 0.5))
+        q, kt = gb.mul(q, c), gb.mul(kt, c)
+    s = gb.matmul(q, kt)
     if extra_use:
         gb.output(s, "scores")
     if scale == "mul":
         s = gb.mul(s, gb.constant(np.float32(0.5)))
     elif scale == "div":
         s = gb.div(s, gb.constant(np.float32(2.0)))
-    if mask:
-        s = gb.add(gb.input("mask", tensor("f32", 1, 1, 5, 7)), s)
-    gb.output(gb.matmul(gb.softmax(s, axis=axis), v), "y")
+    if mask is True:
+        s = gb.add(gb.input("mask", tensor("f32", *(1,) * (rank - 2), 5, 7)), s)
+    elif isinstance(mask, np.ndarray):
+        s = gb.add(s, gb.constant(mask))
+    elif mask == "where":   # transformers' eager mask: where(keep, 0, finfo.min)
+        keep = gb.input("keep", tensor("bool", 1, 1, 5, 7))
+        s = gb.add(s, gb.where(keep, gb.constant(np.float32(0)),
+                               gb.constant(np.float32(np.finfo(np.float32).min))))
+    p = gb.softmax(s, axis=axis)
+    if guard:
+        p = gb.where(gb.isnan(p), gb.constant(np.float32(0)), p)
+    gb.output(gb.matmul(p, v), "y")
     return gb.module()
 
 
-@pytest.mark.parametrize("scale,mask", [("mul", True), ("div", True), ("none", False),
-                                        ("div", False)])
-def test_attention_recognized(scale, mask):
+@pytest.mark.parametrize("scale,mask,want", [
+    ("mul", True, {"sdpa": 1, "transpose": 1}),   # a run-time mask without the guard: sdpa
+    ("div", True, {"sdpa": 1, "transpose": 1}),
+    ("none", False, {"attention": 1}),             # K^T of a transpose: K itself
+    ("div", False, {"attention": 1})])
+def test_attention_recognized(scale, mask, want):
     out = o2(_attention(GraphBuilder(), scale, mask))
-    assert counts(out) == {"sdpa": 1, "transpose": 1}
-    sd = ops(out, "sdpa")[0]
+    assert counts(out) == want
+    sd = ops(out, next(iter(want)))[0]
     assert math.isclose(sd.attr("scale"), 1.0 if scale == "none" else 0.5)
     assert (sd.operand(3) is not None) == mask
+
+
+@pytest.mark.parametrize("kw,scale", [
+    (dict(guard=True), 0.5),                      # where(isnan(p), 0, p) after the softmax
+    (dict(qk_scale=True, scale="none", mask=False), 0.5),  # (q * sqrt(s)) @ (kt * sqrt(s))
+    (dict(qk_scale=True, guard=True), 0.25),
+    (dict(mask="where"), 0.5),                    # finite where-mask: never a dead row
+    (dict(rank=3, mask=False), 0.5),              # one head: attention's 3-d form
+])
+def test_attention_becomes_the_fused_op(kw, scale):
+    m = _attention(GraphBuilder(), **kw)
+    out = o2(m)
+    want = {"attention": 1, "where": 1} if kw.get("mask") == "where" else {"attention": 1}
+    assert counts(out) == want, counts(out)
+    att = ops(out, "attention")[0]
+    assert math.isclose(att.attr("scale"), scale, rel_tol=1e-6)
+    if kw.get("rank") == 3:
+        assert att.attr("q_num_heads") == att.attr("kv_num_heads") == 1
+
+
+def test_attention_constant_mask():
+    mask = rand(1, 1, 5, 7)
+    assert counts(o2(_attention(GraphBuilder(), mask=mask))) == {"attention": 1}
+    mask[0, 0, 2] = -np.inf     # a dead row: sdpa gives NaN there, attention zeros
+    out = optimize(_attention(GraphBuilder(), mask=mask), 2)
+    assert counts(out) == {"sdpa": 1, "transpose": 1}
+
+
+def test_attention_guard_on_a_dead_row_gives_zeros():
+    """With the guard, a row masked everywhere is zeros, as the attention op computes it."""
+    m = _attention(GraphBuilder(), guard=True)
+    out = optimize(m, 2)
+    assert counts(out) == {"attention": 1}
+    feeds = random_inputs(m, 0)
+    feeds["mask"] = np.zeros((1, 1, 5, 7), np.float32)
+    feeds["mask"][..., 3, :] = -np.inf
+    want, got = _run(m, feeds), _run(out, feeds)
+    assert compare_outputs(m.graph.output_names, want, got, 1e-4, 1e-5) is None
+    assert np.all(got[0][:, :, 3] == 0) and np.isfinite(got[0]).all()
+
+
+def test_attention_kt_transpose_composes():
+    """BERT's K^T is transpose(k4, (0, 2, 3, 1)) of [B, S, H, D]: K becomes one transpose
+    (0, 2, 1, 3) of it, like Q and V."""
+    gb = GraphBuilder()
+    q, k, v = (gb.input(n, tensor("f32", 2, 6, 3, 4)) for n in "qkv")
+    qh = gb.transpose(q, perm=(0, 2, 1, 3))
+    vh = gb.transpose(v, perm=(0, 2, 1, 3))
+    s = gb.mul(gb.matmul(qh, gb.transpose(k, perm=(0, 2, 3, 1))), gb.constant(np.float32(0.5)))
+    gb.output(gb.matmul(gb.softmax(s, axis=-1), vh), "y")
+    out = o2(gb.module())
+    assert counts(out) == {"attention": 1, "transpose": 3}
+    assert all(list(t.attr("perm")) == [0, 2, 1, 3] for t in ops(out, "transpose"))
 
 
 @pytest.mark.parametrize("kw", [{"axis": 2}, {"extra_use": True}])
 def test_attention_near_misses(kw):
     out = o2(_attention(GraphBuilder(), **kw))
-    assert "sdpa" not in counts(out)
+    assert "sdpa" not in counts(out) and "attention" not in counts(out)
+
+
+def test_attention_guard_without_fused_form_is_left_alone():
+    """A guarded chain whose operands the attention op cannot take (rank 5) stays as it is:
+    sdpa would give NaN where the guard gives zeros."""
+    gb = GraphBuilder()
+    q, k, v = (gb.input(n, tensor("f32", 2, 1, 2, 5, 4)) for n in "qkv")
+    p = gb.softmax(gb.matmul(q, gb.transpose(k, perm=(0, 1, 2, 4, 3))), axis=-1)
+    p = gb.where(gb.isnan(p), gb.constant(np.float32(0)), p)
+    gb.output(gb.matmul(p, v), "y")
+    out = o2(gb.module())
+    assert "sdpa" not in counts(out) and "attention" not in counts(out)
 
 
 # -- elementwise chains ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from galaxir.testing import modern
 ort = pytest.importorskip("onnxruntime")
 
 #: ops that still run on the numpy reference in these networks (to be emptied)
-KNOWN_FALLBACKS = {"dcgan": {"conv_transpose"}, "bert": {"cast", "and", "where"},
+KNOWN_FALLBACKS = {"bert": {"cast", "and", "where"},
                    "gpt2": {"cast", "and", "where", "gelu"}}
 
 

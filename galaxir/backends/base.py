@@ -9,8 +9,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CompileError, ExecutionError, InputValidationError, UnsupportedOpError
+from ..errors import (CompileError, ExecutionError, InputValidationError, UnsupportedOpError,
+                      VerificationError)
 from ..ir import Module
+from ..ir.core import MAX_NESTING, nesting_depth
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 
 ENTRY_POINT_GROUP = "galaxir.backends"
@@ -46,6 +48,10 @@ class Executable(abc.ABC):
     """
 
     def __init__(self, module: Module):
+        depth = nesting_depth(module)
+        if depth > MAX_NESTING:  # executors recurse over regions
+            raise VerificationError(f"the module's regions nest {depth} deep; galaxir allows at "
+                                    f"most {MAX_NESTING} levels")
         self.module = module
         self.input_names = list(module.graph.input_names)
         self.input_types = [v.type for v in module.graph.inputs]
@@ -66,6 +72,10 @@ class Executable(abc.ABC):
         return tuple(self._execute(self._check_values(args)))
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(feeds, Mapping):
+            raise InputValidationError(f"run() takes a dict {{input name: array}}, got "
+                                       f"{type(feeds).__name__}; call the executable itself, "
+                                       "exe(*arrays), to pass inputs by position")
         outs = self._execute(self.validate(feeds))
         return dict(zip(self.output_names, outs))
 
@@ -136,19 +146,26 @@ def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> An
     if not isinstance(ty, TensorType):
         return value
     if not isinstance(value, np.ndarray):
-        if isinstance(value, (int, float, bool, np.generic)) or (
-                isinstance(value, (list, tuple)) and ty.dtype is not DType.string):
-            value = np.asarray(value, dtype=ty.dtype.numpy)
-        elif isinstance(value, (list, tuple, str)):
-            value = np.asarray(value, dtype=object)
-        else:
-            raise InputValidationError(f"input '{name}': expected a numpy array of {ty}, got "
-                                       f"{type(value).__name__}")
+        try:
+            if isinstance(value, (int, float, bool, np.generic)) or (
+                    isinstance(value, (list, tuple)) and ty.dtype is not DType.string):
+                value = np.asarray(value, dtype=ty.dtype.numpy)
+            elif isinstance(value, (list, tuple, str)):
+                value = np.asarray(value, dtype=object)
+            else:
+                raise InputValidationError(f"input '{name}': expected a numpy array of {ty}, got "
+                                           f"{type(value).__name__}")
+        except (ValueError, TypeError, OverflowError) as e:  # ragged lists, "abc" as a number
+            raise InputValidationError(f"input '{name}': a {type(value).__name__} that is not an "
+                                       f"array of {ty}: {e}") from None
     got = value.dtype
     if ty.dtype is DType.string:
         if got.kind not in "OUS":
             raise InputValidationError(f"input '{name}': expected dtype string, got {got}")
         value = value.astype(object) if got.kind != "O" else value
+        if got.kind == "O" and not all(isinstance(s, str) for s in value.reshape(-1)):
+            raise InputValidationError(f"input '{name}': a string tensor must hold only str "
+                                       "elements (a ragged list, or numbers?)")
     elif got != ty.dtype.numpy:
         raise InputValidationError(f"input '{name}': expected dtype {ty.dtype.name}, got {got}")
     if ty.shape is not None:

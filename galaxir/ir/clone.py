@@ -1,14 +1,30 @@
-"""Deep copies of graphs and modules (weights are shared: attributes are immutable)."""
+"""Deep copies of graphs and modules (weights are shared: attributes are immutable).
+
+The copy recurses over regions; a module nested deeper than ``MAX_NESTING`` is refused
+with a VerificationError before any copying starts."""
 from __future__ import annotations
 
-from .core import Block, Graph, Module, Operation, Region, Value
+from ..errors import VerificationError
+from .core import MAX_NESTING, Block, Graph, Module, Operation, Region, Value, nesting_depth
+
+
+def _check_depth(depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise VerificationError(f"cannot copy IR whose regions nest {depth} deep; galaxir allows "
+                                f"at most {MAX_NESTING} levels")
 
 
 def clone_op(op: Operation, mapping: dict[int, Value]) -> Operation:
     """Copy ``op`` (regions included), remapping operands through ``mapping``; the copy's
     results are added to ``mapping``.  Values not in ``mapping`` (outer scope) are kept."""
+    if op.regions:
+        _check_depth(1 + max(nesting_depth(r.block) for r in op.regions))
+    return _clone_op(op, mapping)
+
+
+def _clone_op(op: Operation, mapping: dict[int, Value]) -> Operation:
     operands = [None if v is None else mapping.get(id(v), v) for v in op.operands]
-    regions = [clone_region(r, mapping) for r in op.regions]
+    regions = [_clone_region(r, mapping) for r in op.regions]
     new = Operation(op.name, operands, [r.type for r in op.results], dict(op.attrs), regions,
                     [r.name for r in op.results], op.provenance, op.created_by)
     for old, r in zip(op.results, new.results):
@@ -17,15 +33,25 @@ def clone_op(op: Operation, mapping: dict[int, Value]) -> Operation:
 
 
 def clone_block_into(src: Block, dst: Block, mapping: dict[int, Value]) -> None:
+    _check_depth(nesting_depth(src))
+    _clone_block_into(src, dst, mapping)
+
+
+def _clone_block_into(src: Block, dst: Block, mapping: dict[int, Value]) -> None:
     for op in src:
-        dst.append(clone_op(op, mapping))
+        dst.append(_clone_op(op, mapping))
 
 
 def clone_region(region: Region, mapping: dict[int, Value]) -> Region:
+    _check_depth(1 + nesting_depth(region.block))
+    return _clone_region(region, mapping)
+
+
+def _clone_region(region: Region, mapping: dict[int, Value]) -> Region:
     block = Block([a.type for a in region.block.args], [a.name for a in region.block.args])
     for old, new in zip(region.block.args, block.args):
         mapping[id(old)] = new
-    clone_block_into(region.block, block, mapping)
+    _clone_block_into(region.block, block, mapping)
     return Region(block)
 
 

@@ -18,6 +18,13 @@ from .types import DType, Type
 
 _ids = itertools.count()
 
+#: How deep regions may nest: an op of the main graph is at depth 0, an op in one of its
+#: regions (an If branch, a Loop body) at depth 1, and so on.  Sequence/optional types and
+#: attribute lists nest at most as deep.  Every entry point refuses deeper IR with a clear
+#: error (the verifier, the text parser, clone, the ONNX importer, .gxm save and load), so
+#: the code that walks a module may recurse over its regions.
+MAX_NESTING = 64
+
 
 class Value:
     """An SSA value: the result of an op or an argument of a block."""
@@ -451,6 +458,19 @@ class Module:
         return structural_key(self) == structural_key(other)
 
     __hash__ = object.__hash__
+
+
+def nesting_depth(root: "Module | Block") -> int:
+    """The deepest region nesting under ``root`` (0: no regions), without recursion."""
+    block = root.graph.block if isinstance(root, Module) else root
+    deepest, stack = 0, [(block, 0)]
+    while stack:
+        blk, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for op in blk:
+            for r in op.regions:
+                stack.append((r.block, depth + 1))
+    return deepest
 
 
 def walk_values(block: Block) -> Iterable[Value]:

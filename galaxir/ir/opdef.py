@@ -4,6 +4,16 @@ type inference and verifier, in a registry users can extend from outside the pac
     from galaxir.ir import opdef, TensorType
     opdef.define("my.scale", operands=["x"], attrs={"factor": opdef.attr("float", 1.0)},
                  infer=lambda op: [op.operand_types[0]])
+
+Operand element types are declared too, as ONNX does with type constraints: ``types`` maps an
+operand name to a type variable (operands naming the same variable must share one dtype), a
+set of allowed dtypes, or both as ``(variable, set)``:
+
+    opdef.define("my.lookup", operands=["table", "indices", "default?"],
+                 types={"table": "T", "default": "T", "indices": opdef.INDEX})
+
+The verifier (and the builder, when it infers result types) checks them before type
+inference runs, so kernels never see operands of mixed or unexpected dtypes.
 """
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import ShapeInferenceError, VerificationError
-from .types import DType, Type
+from .types import DType, TensorType, Type, fits_in_memory
 
 if TYPE_CHECKING:
     from .core import Operation
@@ -63,6 +73,34 @@ def attr(kind: str, default: Any = None, required: bool = False) -> AttrSpec:
 
 InferFn = Callable[["Operation"], "list[Type]"]
 
+#: dtype sets for ``types=`` declarations (the ONNX type-constraint sets galaxir uses)
+INDEX = frozenset({DType.int32, DType.int64})
+INT64 = frozenset({DType.int64})
+INT32 = frozenset({DType.int32})
+BOOL = frozenset({DType.bool})
+FLOAT32 = frozenset({DType.float32})
+FLOATS = frozenset({DType.float16, DType.float32, DType.float64, DType.bfloat16})
+
+#: one ``types`` entry: a type variable, an allowed dtype set, or both
+TypeRule = Any
+
+
+def _dtype_names(allowed) -> str:
+    names = sorted(d.name for d in allowed)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _split_rule(op_name: str, operand: str, rule: TypeRule) -> tuple[str | None, frozenset | None]:
+    """A ``types`` entry as (type variable, allowed dtypes), each possibly None."""
+    if isinstance(rule, str):
+        return rule, None
+    if isinstance(rule, (set, frozenset)) and all(isinstance(d, DType) for d in rule) and rule:
+        return None, frozenset(rule)
+    if isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str):
+        return rule[0], _split_rule(op_name, operand, rule[1])[1]
+    raise ValueError(f"op {op_name!r}: types[{operand!r}] must be a type variable name, a set of "
+                     f"DTypes or (variable, set), got {rule!r}")
+
 
 @dataclass
 class OpDef:
@@ -84,6 +122,48 @@ class OpDef:
     decompose: Callable | None = None
     pure: bool = True
     doc: str = ""
+    types: dict[str, TypeRule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [o.rstrip("?*") for o in self.operands]
+        rules = []
+        for operand, rule in self.types.items():
+            if operand not in names:
+                raise ValueError(f"op {self.name!r}: types names operand {operand!r}, which is not "
+                                 f"one of {names}")
+            var, allowed = _split_rule(self.name, operand, rule)
+            i = names.index(operand)
+            rules.append((i, self.operands[i].endswith("*"), operand, var, allowed))
+        self._type_rules = tuple(sorted(rules))
+
+    def check_operand_types(self, op: "Operation") -> None:
+        """Raise ShapeInferenceError naming the op, operand and dtypes when an operand's
+        element type breaks the declared ``types`` (non-tensor and unknown operands pass)."""
+        if not self._type_rules:
+            return
+        operands = op.operands
+        bound: dict[str, tuple[DType, int, str]] = {}
+        for first, variadic, name, var, allowed in self._type_rules:
+            for i in range(first, len(operands) if variadic else min(first + 1, len(operands))):
+                v = operands[i]
+                t = None if v is None else v.type
+                if not isinstance(t, TensorType):
+                    continue
+                if allowed is not None and t.dtype not in allowed:
+                    raise ShapeInferenceError(
+                        f"{describe(op)}: {name} (operand {i}) must be {_dtype_names(allowed)}, "
+                        f"got {t}")
+                if var is None:
+                    continue
+                seen = bound.get(var)
+                if seen is None:
+                    bound[var] = (t.dtype, i, name)
+                elif seen[0] is not t.dtype:
+                    peers = [n for _, _, n, w, _ in self._type_rules if w == var]
+                    raise ShapeInferenceError(
+                        f"{describe(op)}: {name} (operand {i}) is {t.dtype.name} but {seen[2]} "
+                        f"(operand {seen[1]}) is {seen[0].name}: {', '.join(peers)} must share "
+                        "one element type")
 
     @property
     def min_operands(self) -> int:
@@ -100,14 +180,21 @@ class OpDef:
         return self.decompose is not None
 
     def infer_types(self, op: "Operation") -> list[Type] | None:
+        """Result types by the op's rule, after its operand dtypes are checked."""
+        self.check_operand_types(op)
         if self.infer is None:
             return None
         try:
-            return list(self.infer(op))
+            types = list(self.infer(op))
         except (ShapeInferenceError, VerificationError):
             raise
         except Exception as e:  # a rule that crashed on odd input: name the op
             raise ShapeInferenceError(f"{describe(op)}: type inference failed: {e}") from e
+        for i, t in enumerate(types):
+            if not fits_in_memory(t):
+                raise ShapeInferenceError(f"{describe(op)}: result {i} would be {t}: no array can "
+                                          "have that shape (its dims multiply past 2^63 bytes)")
+        return types
 
 
 _REGISTRY: dict[str, OpDef] = {}
@@ -121,10 +208,10 @@ def register(od: OpDef, replace: bool = False) -> OpDef:
 
 
 def define(name: str, operands=(), attrs=None, infer=None, num_results=1, regions=0,
-           verify=None, decompose=None, pure=True, doc="", replace=False) -> OpDef:
+           verify=None, decompose=None, pure=True, doc="", replace=False, types=None) -> OpDef:
     """Declare an op and register it; returns its OpDef."""
     return register(OpDef(name, tuple(operands), dict(attrs or {}), infer, num_results, regions,
-                          verify, decompose, pure, doc), replace=replace)
+                          verify, decompose, pure, doc, dict(types or {})), replace=replace)
 
 
 def lookup(name: str) -> OpDef | None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ParseError
 from .builder import check_signature
-from .core import Block, Graph, Module, Operation, Region, Value
+from .core import MAX_NESTING, Block, Graph, Module, Operation, Region, Value
 from .types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType, TensorType,
                     Type)
 
@@ -94,21 +94,27 @@ class Parser:
         self.t = _Tokens(body)
         self.scopes: list[dict[str, Value]] = []
 
+    def _nest(self, depth: int, what: str) -> int:
+        """``depth + 1``, or a ParseError past galaxir's nesting limit (recursion stays bounded)."""
+        if depth >= MAX_NESTING:
+            raise self.t.error(f"{what} nest more than {MAX_NESTING} levels deep (galaxir's limit)")
+        return depth + 1
+
     # -- types ---------------------------------------------------------------------------
-    def type(self) -> Type:
+    def type(self, depth: int = 0) -> Type:
         k, name = self.t.next()
         if name == "any":
             return AnyType()
         if name in ("seq", "opt"):
             self.t.expect("<")
-            elem = self.type()
+            elem = self.type(self._nest(depth, "types"))
             self.t.expect(">")
             return SequenceType(elem) if name == "seq" else OptionalType(elem)
         if name == "map":
             self.t.expect("<")
             key = self._dtype(self.t.next()[1])
             self.t.expect(",")
-            val = self.type()
+            val = self.type(self._nest(depth, "types"))
             self.t.expect(">")
             return MapType(key, val)
         dtype = self._dtype(name)
@@ -138,7 +144,7 @@ class Parser:
             raise self.t.error(f"unknown type {name!r}") from None
 
     # -- attributes ----------------------------------------------------------------------
-    def attr_value(self) -> Any:
+    def attr_value(self, depth: int = 0) -> Any:
         k, tok = self.t.peek()
         if k == "number" or tok in ("nan", "inf"):
             self.t.next()
@@ -150,12 +156,13 @@ class Parser:
             self.t.next()
             return tok == "true"
         if tok == "[":
+            inner = self._nest(depth, "attribute lists")
             self.t.next()
             items = []
             while not self.t.accept("]"):
                 if items:
                     self.t.expect(",")
-                items.append(self.attr_value())
+                items.append(self.attr_value(inner))
             return tuple(items)
         if tok == "dtype":
             self.t.next()
@@ -323,6 +330,7 @@ class Parser:
         return op
 
     def region(self) -> Region:
+        self._nest(len(self.scopes) - 1, "regions")  # scopes: the graph's, then one per region
         self.t.expect("{")
         self.t.expect("^")
         self.t.expect("(")

@@ -182,6 +182,31 @@ class MapType(Type):
         return f"map<{self.key.short},{self.value}>"
 
 
+#: numpy's (and the C ABI's) bound on an array's size in bytes, zero dims left out
+MAX_ARRAY_BYTES = 2 ** 63 - 1
+
+
+def fits_in_memory(t: Type) -> bool:
+    """False for a static tensor type no array can have: its non-zero dims times its
+    itemsize pass 2^63 bytes (e.g. a zero-size [0, 2^62, 2^62] reshape)."""
+    if not isinstance(t, TensorType) or t.shape is None:
+        return True
+    n = t.dtype.itemsize
+    for d in t.shape:
+        if isinstance(d, int) and d:
+            n *= d
+    return n <= MAX_ARRAY_BYTES
+
+
+def type_depth(t: Type) -> int:
+    """How deep sequence/optional types nest in ``t`` (a tensor type: 0)."""
+    depth = 0
+    while isinstance(t, (SequenceType, OptionalType, MapType)):
+        t = t.value if isinstance(t, MapType) else t.elem
+        depth += 1
+    return depth
+
+
 def format_dim(d: Dim) -> str:
     """A dim as text: ints and plain symbols bare, odd symbol names quoted."""
     if isinstance(d, int) or d == UNKNOWN or _SYMBOL.match(d):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..errors import VerificationError
 from .builder import check_signature
-from .core import Block, Module, Operation, Value
+from .core import MAX_NESTING, Block, Module, Operation, Value
 from .opdef import describe
-from .types import types_compatible
+from .types import TensorType, type_depth, types_compatible
 
 
 def verify(m: Module) -> None:
@@ -34,12 +34,14 @@ def verify(m: Module) -> None:
     verify_block(g.block, set())
 
 
-def verify_block(block: Block, visible: set[int]) -> None:
-    """Check ``block``; ``visible`` holds ids of values defined in enclosing scopes before it."""
+def verify_block(block: Block, visible: set[int], depth: int = 0) -> None:
+    """Check ``block``; ``visible`` holds ids of values defined in enclosing scopes before it,
+    ``depth`` is how deep the block is nested (at most ``MAX_NESTING``)."""
     defined = set(visible)
     for a in block.args:
         if a.owner is not block:
             raise VerificationError(f"block argument {a!r} does not belong to its block")
+        _check_type_depth(a.type, f"block argument {a!r}")
         defined.add(id(a))
     later = {id(r): op for op in block for r in op.results}
     use_sets: dict[int, set] = {}
@@ -67,15 +69,26 @@ def verify_block(block: Block, visible: set[int]) -> None:
                 raise VerificationError(f"{describe(op)}: operand {i} is missing from its value's use list")
         if not op.is_terminator:
             check_signature(op)
+        if op.regions and depth >= MAX_NESTING:
+            raise VerificationError(f"{describe(op)}: its regions would nest {depth + 1} deep; "
+                                    f"galaxir allows at most {MAX_NESTING} levels")
         for region in op.regions:
-            verify_block(region.block, defined)
+            verify_block(region.block, defined, depth + 1)
         if not op.is_terminator:
             check_op_semantics(op)
         for r in op.results:
+            if not isinstance(r.type, TensorType):
+                _check_type_depth(r.type, f"{describe(op)}: result {r.index}")
             defined.add(id(r))
     if block.terminator is None:
         raise VerificationError(f"a block {'of ' + describe(block.parent.parent) if block.parent and block.parent.parent else ''} "
                                 "does not end with a return op")
+
+
+def _check_type_depth(t, what: str) -> None:
+    if not isinstance(t, TensorType) and type_depth(t) > MAX_NESTING:
+        raise VerificationError(f"{what} has a type that nests {type_depth(t)} deep; galaxir "
+                                f"allows at most {MAX_NESTING} levels")
 
 
 def check_op_semantics(op: Operation) -> None:

@@ -29,6 +29,7 @@ from ..ir.builder import Builder
 from ..ir.core import Block, Module, Operation, Value
 from ..ir.types import TensorType
 from .manager import Pass, PassContext
+from .rewrite import replace_op
 
 #: ops with an NHWC form (the ``layout`` attribute) that the pass converts
 LAYOUT_OPS = {"conv", "fused_conv", "max_pool", "average_pool", "global_average_pool",
@@ -179,7 +180,7 @@ def _wrap(op: Operation) -> bool:
     kw["layout"] = "NHWC"
     new = b.create(op.name, *ops, num_results=1, **kw).results[0]
     new.name = op.results[0].name
-    op.replace_with([b.transpose(new, perm=to_first(r))])
+    replace_op(op, [b.transpose(new, perm=to_first(r))], "layout/wrap")
     return True
 
 
@@ -196,7 +197,37 @@ def _rewrite(op: Operation) -> str | None:
         return _push_elementwise(op)
     if op.name == "reshape":
         return _push_channel_shuffle(op)
+    if op.name == "slice":
+        return _push_slice(op)
     return None
+
+
+def _push_slice(op: Operation) -> str | None:
+    """slice(transpose(a, p), starts, ends, axes) -> transpose(slice(a, starts, ends,
+    p[axes]), p) with constant axes: ShuffleNetV2's channel split (chunk along C)."""
+    tr = _transposed(op.operands[0])
+    rank = _rank(op.results[0])
+    if tr is None or rank is None or len(tr[1]) != rank:
+        return None
+    a, perm = tr
+    starts = _const(op.operands[1])
+    axes_v = op.operand(3)
+    axes = _const(axes_v) if axes_v is not None else (
+        None if starts is None else np.arange(starts.size))
+    if axes is None or axes.dtype.kind not in "iu":
+        return None
+    new_axes = np.array([perm[int(ax) + rank if ax < 0 else int(ax)] for ax in axes.reshape(-1)],
+                        axes.dtype)
+    b = _builder(op)
+    ops = list(op.operands)
+    ops[0] = a
+    if len(ops) < 4:
+        ops.append(None)
+    ops[3] = b.constant(new_axes)
+    new = b.create("slice", *ops, num_results=1, **dict(op.attrs)).results[0]
+    new.name = op.results[0].name
+    op.replace_with([b.transpose(new, perm=perm)])
+    return "pushed"
 
 
 def _static_dims(v: Value | None) -> tuple[int, ...] | None:
@@ -233,7 +264,7 @@ def _push_channel_shuffle(op: Operation) -> str | None:
     split = b.reshape(y, b.constant(np.array([n, h, w, g, cg], np.int64)))
     shuffled = b.transpose(split, perm=(0, 1, 2, 4, 3))
     merged = b.reshape(shuffled, b.constant(np.array([n, h, w, c], np.int64)))
-    last.replace_with([b.transpose(merged, perm=to_first(4))])
+    replace_op(last, [b.transpose(merged, perm=to_first(4))], "layout/push-channel-shuffle")
     return "pushed"
 
 
@@ -243,15 +274,15 @@ def _fold_transpose(op: Operation) -> str | None:
     if perm is None:
         return None
     if perm == tuple(range(len(perm))):
-        op.replace_with([x])
+        replace_op(op, [x], "layout/fold-transpose")
         return "cancelled"
     inner = _transposed(x)
     if inner is not None and len(inner[1]) == len(perm):
         src, p = inner
         merged = tuple(p[i] for i in perm)
         b = _builder(op)
-        op.replace_with([src if merged == tuple(range(len(merged)))
-                         else b.transpose(src, perm=merged)])
+        replace_op(op, [src if merged == tuple(range(len(merged)))
+                         else b.transpose(src, perm=merged)], "layout/fold-transpose")
         return "cancelled"
     # a transpose that keeps every dim larger than 1 in order is a reshape (a view)
     t, rt = x.type, op.results[0].type
@@ -260,8 +291,10 @@ def _fold_transpose(op: Operation) -> str | None:
         big = [i for i in perm if t.shape[i] != 1]
         if big == sorted(big):
             b = _builder(op)
-            y = b.reshape(x, b.constant(np.array(rt.shape, np.int64)))
-            op.replace_with([y])
+            # allowzero: a 0 in the shape is a 0-size dim, not "copy the input's dim"
+            y = b.reshape(x, b.constant(np.array(rt.shape, np.int64)),
+                          allowzero=1 if 0 in rt.shape else None)
+            replace_op(op, [y], "layout/fold-transpose")
             return "cancelled"
     return None
 
@@ -271,6 +304,19 @@ def _permute_const(c: np.ndarray, rank: int, inv: tuple[int, ...]) -> np.ndarray
         return None
     c = c.reshape((1,) * (rank - c.ndim) + c.shape)
     return np.ascontiguousarray(np.transpose(c, inv))
+
+
+def _moves_only_ones(v: Value, rank: int, inv: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of ``transpose(v, inv)`` (v padded to ``rank``) when that transpose moves
+    only size-1 dims, so a reshape (a view) does it; else None."""
+    s = _static_dims(v)
+    if s is None or len(s) > rank:
+        return None
+    s = (1,) * (rank - len(s)) + s
+    big = [i for i in inv if s[i] != 1]
+    if big != sorted(big):
+        return None
+    return tuple(s[i] for i in inv)
 
 
 def _push_elementwise(op: Operation) -> str | None:
@@ -319,6 +365,10 @@ def _push_elementwise(op: Operation) -> str | None:
             elif r == 0 or (isinstance(v.type, TensorType) and v.type.shape is not None
                             and all(d == 1 for d in v.type.shape) and r <= rank):
                 new_ops.append(v)   # a broadcast scalar is the same in every layout
+            elif (vs := _moves_only_ones(v, rank, inv)) is not None:
+                # a per-channel value [N, C, 1, 1] (squeeze-excitation's scale, whose
+                # to_first transpose became a reshape): the same data as [N, 1, 1, C]
+                new_ops.append(b.reshape(v, b.constant(np.array(vs, np.int64))))
             else:
                 return None
     try:
@@ -335,7 +385,7 @@ def _push_elementwise(op: Operation) -> str | None:
     if not isinstance(new.type, TensorType) or _rank(new) != rank:
         return None
     new.name = res.name
-    op.replace_with([b.transpose(new, perm=perm)])
+    replace_op(op, [b.transpose(new, perm=perm)], "layout/push-elementwise")
     return "pushed"
 
 
@@ -395,7 +445,7 @@ def _push_concat(op: Operation) -> str | None:
     kw["axis"] = perm[ax]
     new = b.create("concat", *srcs, num_results=1, **kw).results[0]
     new.name = op.results[0].name
-    op.replace_with([b.transpose(new, perm=perm)])
+    replace_op(op, [b.transpose(new, perm=perm)], "layout/push-concat")
     return "pushed"
 
 
@@ -422,7 +472,7 @@ def _push_batch_norm(op: Operation) -> str | None:
         kw["layout"] = "NHWC"
         y = b.create("batch_norm", x, *op.operands[1:], num_results=1, **kw).results[0]
     y.name = op.results[0].name
-    op.replace_with([b.transpose(y, perm=perm)])
+    replace_op(op, [b.transpose(y, perm=perm)], "layout/push-batch-norm")
     return "pushed"
 
 

@@ -485,6 +485,7 @@ class Rewriter:
     def replace_all_uses(self, old: Value, new: Value) -> None:
         if old is new:
             return
+        check_replacement(self.rule or "rewrite", old, new)
         if new.name is None and old.name is not None and new.producer is not None and \
                 new.producer in self.created:
             new.name = old.name
@@ -553,6 +554,26 @@ class _TrackingBuilder(Builder):
         super().insert(op)
         self._rw._created(op)
         return op
+
+
+def check_replacement(rule: str, old: Value, new: Value) -> None:
+    """A rewrite must keep the result type: raise PassError naming ``rule`` when ``new``'s
+    type contradicts ``old``'s (another dtype or rank, or a different static dim).  Users
+    of ``old`` were typed against it, and a graph output's type is part of the contract."""
+    if types_compatible(old.type, new.type):
+        return
+    where = _describe(old.producer) if old.producer is not None else "a block argument"
+    raise PassError(f"rewrite '{rule}': replaces result {old.index} of {where}, typed "
+                    f"{old.type}, with a value typed {new.type} (a rewrite must keep the result type)")
+
+
+def replace_op(op: Operation, values: Sequence[Value], rule: str) -> None:
+    """``op.replace_with(values)`` for passes that rewrite without a Rewriter: each value's
+    type is checked against the result it replaces first (:func:`check_replacement`)."""
+    for old, new in zip(op.results, values):
+        if new is not None and new is not old:
+            check_replacement(rule, old, new)
+    op.replace_with(values)
 
 
 def _union_prov(ops: Iterable[Operation]) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import FormatError, GalaxirError
 from ..ir import Block, Graph, Module, Operation, Region
+from ..ir.core import MAX_NESTING, nesting_depth
 from ..ir.mapped import check_mapping as _check_mapping
 from ..ir.opdef import AttrSpec, OpDef, lookup
 from ..ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType,
@@ -52,7 +53,7 @@ FORMAT_VERSION = 3  # 3: per-tensor CRC32 column (tensor_crcs)
 ALIGN = 64
 _HEADER = struct.Struct("<8sIIQQQQI")  # magic, version, flags, graph off/len, weights off/len, graph crc
 HEADER_SIZE = 64
-MAX_DEPTH = 64
+MAX_DEPTH = MAX_NESTING
 
 # The fields of gxm.fbs's Model table in schema order (a field's position is its vtable
 # slot) with their element types (FlatBuffers is little-endian); ``name`` is the one scalar.
@@ -304,6 +305,10 @@ def _check_order(block: Block, visible: set[int]) -> None:
 
 
 def _write(module: Module, f) -> None:
+    depth = nesting_depth(module)
+    if depth > MAX_DEPTH:  # what load accepts, so every file save writes loads again
+        raise FormatError(f"cannot store the module: its regions nest {depth} deep; galaxir "
+                          f"allows at most {MAX_DEPTH} levels")
     w = _Writer()
     try:
         w.module(module)

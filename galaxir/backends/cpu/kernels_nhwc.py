@@ -31,9 +31,8 @@ import llvmlite.ir as ir
 
 from . import jit
 from .codegen import F32, I64, f32, i64, memset0
-from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_v8, _fma_vec,
-                      _broadcast, _max, _min, _splat8, apply_activation_v8, build_task_library, emit_expr,
-                      padded_window_count)
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_vec,
+                      _broadcast, _max, _min, _splat8, build_task_library, padded_window_count)
 
 MR, NR = 6, 16
 V16 = ir.VectorType(F32, 16)
@@ -381,7 +380,8 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
             _tile_times_panel(pix0, pj, fast_rows)
 
 
-# -- the rest of a channels-last CNN: depthwise conv and pooling, vectorized over channels ----
+# -- the rest of a channels-last CNN: pooling, vectorized over channels ----------------------
+# (the depthwise conv has its own module, kernels_depthwise)
 def _window_rows(fb, b, o, s, p, k, d, size):
     """(start, first valid tap, end tap) of a pooling/conv window along one dim."""
     start = b.sub(b.mul(o, i64(s)), i64(p))
@@ -420,101 +420,6 @@ def _vstore(fb, v, base, idx, width):
 
 def _splat(fb, value: float, width):
     return f32(value) if width == 1 else ir.Constant(ir.VectorType(F32, 8), [value] * 8)
-
-
-@dataclass
-class DepthwiseNhwc(Kernel):
-    """Depthwise conv (one input and one output channel per group) on NHWC: 8 channels of
-    an output pixel accumulate in a register tap by tap (the same FMA order for every
-    channel), then bias, residual and activation."""
-
-    N: int
-    H: int
-    W: int
-    C: int
-    OH: int
-    OW: int
-    kh: int
-    kw: int
-    sh: int = 1
-    sw: int = 1
-    dh: int = 1
-    dw: int = 1
-    pt: int = 0
-    pl: int = 0
-    has_bias: bool = False
-    activation: str = "none"
-    act_params: tuple = ()
-    has_z: bool = False
-    relu: bool = False
-    name: str = "dwconv_nhwc"
-
-    def key(self):
-        return ("dw_nhwc", self.N, self.H, self.W, self.C, self.OH, self.OW, self.kh, self.kw,
-                self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.has_bias,
-                self.activation, self.act_params, self.has_z, self.relu)
-
-    def emit(self, module, fname, n_args):
-        from .parallel import parallel_kernel
-        return parallel_kernel(module, fname, n_args, self.N * self.OH, self._task)
-
-    def _task(self, fb, args, t):
-        from .kernels import _act_expr_of
-        b = fb.b
-        y, x, w = args[0], args[1], args[2]
-        k = 3
-        bias = z = None
-        if self.has_bias:
-            bias, k = args[k], k + 1
-        if self.has_z:
-            z = args[k]
-        C = self.C
-        act = ("relu", ()) if self.relu and self.activation == "none" else (
-            self.activation, tuple(float(p) for p in self.act_params))
-        expr = _act_expr_of(self)
-        n = b.sdiv(t, i64(self.OH))
-        oh = b.srem(t, i64(self.OH))
-        hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
-        xn = b.mul(n, i64(self.H * self.W * C))
-        V8 = ir.VectorType(F32, 8)
-        accs = {1: fb.alloca(F32), 8: fb.alloca(V8)}
-        with fb.loop(0, self.OW) as ow:
-            ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
-            orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
-
-            def block(c, width):
-                acc = accs[width]
-                b.store(_splat(fb, 0.0, width), acc)
-                with fb.loop(hlo, hhi) as i:
-                    ih = b.add(hs, b.mul(i, i64(self.dh)))
-                    with fb.loop(wlo, whi) as j:
-                        iw = b.add(ws, b.mul(j, i64(self.dw)))
-                        xo = b.add(xn, b.add(b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)), c))
-                        wo = b.add(b.mul(b.add(b.mul(i, i64(self.kw)), j), i64(C)), c)
-                        xv, wv = _vload(fb, x, xo, width), _vload(fb, w, wo, width)
-                        if width == 1:
-                            v = fb.intrinsic("llvm.fma.f32", F32, [xv, wv, b.load(acc)])
-                        else:
-                            v = b.call(_fma_v8(fb.module), [xv, wv, b.load(acc)])
-                        b.store(v, acc)
-                v = b.load(acc)
-                o = b.add(orow, c)
-                if bias is not None:
-                    v = b.fadd(v, _vload(fb, bias, c, width))
-                if z is not None:
-                    v = b.fadd(v, _vload(fb, z, o, width))
-                if width == 1:
-                    v = emit_expr(fb, expr, [v])
-                else:
-                    v = apply_activation_v8(fb, v, act[0], act[1])
-                _vstore(fb, v, y, o, width)
-            _channel_blocks(fb, C, block)
-
-
-def pack_depthwise_nhwc(w):
-    """Depthwise weights [C, 1, kh, kw] -> [kh, kw, C]."""
-    import numpy as np
-    return np.ascontiguousarray(np.asarray(w, np.float32)[:, 0].transpose(1, 2, 0))
 
 
 def _max_or_add(b, a, v, max_mode):

@@ -28,6 +28,7 @@ from llvmlite import ir
 
 from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, memcpy, memset0
 from .kernels import Kernel, _fb, prod
+from .kernels_gemm import emit_pack_panels, emit_panel_gemm
 
 W8 = 8          # vector width (floats)
 NBW = 64        # columns per packed panel of the recurrent weights (8 vectors)
@@ -150,12 +151,12 @@ def hmax(b, v, w: int):
     return s
 
 
-def vloop(fb: FnBuilder, n: int, body, start=0) -> None:
-    """``body(j, w)`` over j in [start, start + n): vectors of 8, then a scalar tail."""
-    nv = (n // W8) * W8
+def vloop(fb: FnBuilder, n: int, body, start=0, width: int = W8) -> None:
+    """``body(j, w)`` over j in [start, start + n): vectors of ``width``, then a scalar tail."""
+    nv = (n // width) * width
     if nv:
-        with fb.loop(start, start + nv, W8) as j:
-            body(j, W8)
+        with fb.loop(start, start + nv, width) as j:
+            body(j, width)
     if n - nv:
         with fb.loop(start + nv, start + n) as j:
             body(j, 1)
@@ -720,13 +721,14 @@ class Attention(Kernel):
     mask: str = "none"
     m_row: int = 0
     m_col: int = 1
+    wide: bool = False      # the products' tile: 6 x 32 (AVX-512) or 6 x 16 (kernels_gemm)
     name: str = "attention"
 
     def key(self):
         return ("attention", self.Sq, self.Skv, self.D, self.Dv, self.batch, self.q_st,
                 self.k_st, self.v_st, self.m_st, self.y_st, self.ldq, self.ldk, self.ldv,
                 self.ldy, self.scale, self.kt, self.causal, self.softcap, self.mask, self.m_row,
-                self.m_col)
+                self.m_col, self.wide)
 
     @property
     def small(self) -> bool:
@@ -737,9 +739,10 @@ class Attention(Kernel):
     def _scratch(self) -> tuple[int, int, int, int]:
         """(offset of packed K, of packed V, of the row normalizers, total) in floats after
         the scores block at 0"""
+        from .kernels_gemm import panel_floats
         sc = _align16(min(self.Sq, ATT_ROWS) * self.Skv)
-        kp = _align16(self.Skv * self.D) if self.small else 0
-        vp = _align16(self.Skv * self.Dv) if self.small else 0
+        kp = _align16(panel_floats(self.D, self.Skv, self.wide)) if self.small else 0
+        vp = _align16(panel_floats(self.Skv, self.Dv, self.wide)) if self.small else 0
         return sc, sc + kp, sc + kp + vp, sc + kp + vp + ATT_ROWS
 
     @property
@@ -788,10 +791,11 @@ class Attention(Kernel):
                 return fb.mul_add(list(zip(idx, st)))
             qo, ko, vo, yo = offs(self.q_st), offs(self.k_st), offs(self.v_st), offs(self.y_st)
             mo = offs(self.m_st) if m is not None else None
-            if self.small:  # K^T and V as panels for emit_panel_mm
+            if self.small:  # K^T and V as panels for emit_panel_gemm
                 ko_, vo_, _, _ = self._scratch()
-                emit_pack(fb, s, ko_, k, ko, self.D, self.Skv, *((self.ldk, 1) if self.kt else (1, self.ldk)))
-                emit_pack(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1)
+                emit_pack_panels(fb, s, ko_, k, ko, self.D, self.Skv,
+                                 *((self.ldk, 1) if self.kt else (1, self.ldk)), self.wide)
+                emit_pack_panels(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1, self.wide)
             nfull = self.Sq // ATT_ROWS
             if nfull:
                 with fb.loop(0, nfull) as blk:
@@ -809,20 +813,21 @@ class Attention(Kernel):
         # no mask, cap or causal frontier: the scale goes into the exponent, scores stay raw
         plain = not (self.softcap > 0 or m is not None or self.causal) and self.scale > 0
         if self.small:
-            emit_panel_mm(fb, s, i64(0), Skv, qp, self.ldq, s, i64(kpo), rows, self.D, Skv)
+            emit_panel_gemm(fb, s, 0, Skv, qp, 0, self.ldq, s, kpo, rows, self.D, Skv, self.wide)
         else:
             gemm.call(rows, Skv, self.D, qp, self.ldq, False, fb.ptr(k, ko), self.ldk, not self.kt,
                       s, Skv, 1.0, 0.0)
-        mx = fb.alloca(vty(W8))
+        W = 16 if self.wide else 8      # the softmax passes' vector width
+        mx = fb.alloca(vty(W))
         smx = fb.alloca(F32)
-        sm = fb.alloca(vty(W8))
+        sm = fb.alloca(vty(W))
         ssm = fb.alloca(F32)
         ninf = -math.inf
         with fb.loop(0, rows) as r:
             i = b.add(i0, r)
             srow = b.mul(r, i64(Skv))
             mrow = b.add(mo, b.mul(i, i64(self.m_row))) if m is not None else None
-            b.store(vconst(W8, ninf), mx)
+            b.store(vconst(W, ninf), mx)
             b.store(f32(ninf), smx)
 
             def scores(j, w):
@@ -845,10 +850,10 @@ class Attention(Kernel):
                 vstore(fb, x, s, b.add(srow, j), w)
                 slot = mx if w > 1 else smx
                 b.store(vmax(b, x, b.load(slot)), slot)
-            vloop(fb, Skv, scores)
-            mval = vmax(b, hmax(b, b.load(mx), W8), b.load(smx))
+            vloop(fb, Skv, scores, width=W)
+            mval = vmax(b, hmax(b, b.load(mx), W), b.load(smx))
             mval = b.select(b.fcmp_ordered("==", mval, f32(ninf)), f32(0.0), mval)
-            b.store(vconst(W8, 0.0), sm)
+            b.store(vconst(W, 0.0), sm)
             b.store(f32(0.0), ssm)
 
             def expo(j, w):
@@ -857,24 +862,24 @@ class Attention(Kernel):
                 vstore(fb, e, s, b.add(srow, j), w)
                 slot = sm if w > 1 else ssm
                 b.store(b.fadd(b.load(slot), e), slot)
-            vloop(fb, Skv, expo)
-            tot = b.fadd(hsum(b, b.load(sm), W8), b.load(ssm))
+            vloop(fb, Skv, expo, width=W)
+            tot = b.fadd(hsum(b, b.load(sm), W), b.load(ssm))
             inv = b.select(b.fcmp_ordered("==", tot, f32(0.0)), f32(0.0), b.fdiv(f32(1.0), tot))
             fb.store(inv, s, b.add(i64(invo), r))
         yp = fb.ptr(out, b.add(yo, b.mul(i0, i64(self.ldy))))
         if self.small:
-            emit_panel_mm(fb, yp, i64(0), self.ldy, s, Skv, s, i64(vpo), rows, Skv, self.Dv)
+            emit_panel_gemm(fb, yp, 0, self.ldy, s, 0, Skv, s, vpo, rows, Skv, self.Dv, self.wide)
         else:
             gemm.call(rows, self.Dv, Skv, s, Skv, False, fb.ptr(v, vo), self.ldv, False, yp,
                       self.ldy, 1.0, 0.0)
         with fb.loop(0, rows) as r:  # normalize the (shorter) output rows, not the scores
-            inv = splat(b, fb.load(s, b.add(i64(invo), r)), W8)
+            inv = splat(b, fb.load(s, b.add(i64(invo), r)), W)
             yrow = b.mul(r, i64(self.ldy))
 
             def normalize(j, w):
                 iv = inv if w > 1 else b.extract_element(inv, ir.Constant(I32, 0))
                 vstore(fb, b.fmul(vload(fb, yp, b.add(yrow, j), w), iv), yp, b.add(yrow, j), w)
-            vloop(fb, self.Dv, normalize)
+            vloop(fb, self.Dv, normalize, width=W)
 
     def _mask_val(self, fb, m, mrow, j, w):
         b = fb.b

@@ -11,7 +11,9 @@ import numpy as np
 from ...ir import Module, Operation, Value
 from ...ir.types import DType, TensorType
 from . import kernels as K
+from . import kernels_depthwise as KD
 from . import kernels_nhwc as KN
+from . import kernels_gemm as KG
 from .jit import has_blas
 
 F32 = DType.float32
@@ -209,9 +211,10 @@ def _lower_conv_nhwc(op):
                kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1],
                has_bias=b is not None, activation=act, act_params=act_params,
                has_z=z is not None)
-    if g > 1 and g == xs[3] and ws[0] == g:
-        packed = KN.pack_depthwise_nhwc(wc)
-        return KN.DepthwiseNhwc(**geo), [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra
+    if KD.direct_group_ok(xs[3], ws[0], g):
+        packed = KD.pack_depthwise_nhwc(wc)
+        return (KD.DepthwiseNhwc(cg=xs[3] // g, **geo),
+                [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra)
     packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
     return (KN.ConvNhwc(M=ws[0], group=g, **geo),
             [x, ConstArray(packed, (w.name or "w") + ".nhwc")] + extra)
@@ -250,6 +253,12 @@ def lower_matmul(op):
         batch.append(max(x, y))
     a_st = [s * M * Ka for s in K.broadcast_strides(abp, batch)]
     b_st = [s * Kb * N for s in K.broadcast_strides(bbp, batch)]
+    # batch dims of size 1 index nothing: dropped, so that [1, S, S, C] @ [C, N] is seen
+    # as one shared B (packed at compile time, rows folded into one product)
+    keep = [i for i, d in enumerate(batch) if d != 1]
+    batch = [batch[i] for i in keep]
+    a_st = [a_st[i] for i in keep]
+    b_st = [b_st[i] for i in keep]
     bs_ = static_shape(bias.type) if bias is not None else None
     ep = dict(activation=act, act_params=act_params, beta=1.0)
     if Ka == 0 and (bias is not None or act != "none"):
@@ -264,7 +273,8 @@ def lower_matmul(op):
         wt = np.ascontiguousarray(np.asarray(bc, np.float32).T)
         return kern, [a, ConstArray(wt, (bm.name or "w") + ".nk")] + ([bias] if bias is not None else [])
     extra = [bias] if bias is not None else []
-    packed = _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bs_, ep, a, bm, bias)
+    packed = _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bs_, ep, a, bm, bias,
+                                  _swapped_source(bm))
     if packed is not None:
         return packed
     if batch and all(s == 0 for s in b_st) and all(
@@ -279,11 +289,24 @@ def lower_matmul(op):
 
 
 #: products with at least this many multiply-adds run on galaxir's own GEMM over both
-#: threads (kernels_nhwc.MatMulPacked); smaller ones call single-threaded sgemm
+#: threads (kernels_gemm.GemmPacked / BatchedGemm); smaller ones call single-threaded sgemm
 PACKED_MIN_MACS = 1 << 21
 
 
-def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias):
+def _swapped_source(v: Value) -> Value | None:
+    """x when ``v = transpose(x)`` swaps only the last two axes (a K^T): the product packs
+    B from x in place and the transpose step is dropped when nothing else reads it."""
+    t = v.producer
+    if t is None or t.name != "transpose" or not is_static(t.operand(0)) or not is_f32(v):
+        return None
+    r = len(static_shape(v.type))
+    perm = t.attr("perm")
+    perm = list(range(r))[::-1] if perm is None else [int(p) % r for p in perm]
+    return t.operand(0) if r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2] else None
+
+
+def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias,
+                         b_swapped=None):
     rows = M * K.prod(batch)
     if rows * N * Ka < PACKED_MIN_MACS or N < 16 or Ka == 0 or M == 0:
         return None
@@ -296,10 +319,19 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
     kw = dict(M=M, N=N, K=Ka, batch=tuple(batch), a_batch_strides=tuple(a_st),
               b_batch_strides=tuple(b_st), has_bias=bias is not None,
               activation=ep["activation"], act_params=ep["act_params"])
+    if bc is not None and shared_b and np.ndim(bc) == 2 and not batch:
+        # constant weights: the dense GEMM with a 12-accumulator tile (kernels_gemm)
+        wide = KN.wide_tiles()
+        panels = ConstArray(KG.pack_b(bc, wide), (bm.name or "b") + f".panels{32 if wide else 16}")
+        kw = {k: v for k, v in kw.items() if k not in ("batch", "a_batch_strides", "b_batch_strides")}
+        return KG.GemmPacked(wide=wide, **kw), [a, panels] + extra
     if bc is not None and shared_b and np.ndim(bc) == 2:
         panels = ConstArray(KN.pack_b_panels(bc), (bm.name or "b") + ".panels")
         return KN.MatMulPacked(b_packed=True, **kw), [a, panels] + extra
-    return KN.MatMulPacked(**kw), [a, bm] + extra
+    # B known only at run time: packed per product into the GemmPacked panels
+    if b_swapped is not None:
+        return KG.BatchedGemm(wide=KN.wide_tiles(), trans_b=True, **kw), [a, b_swapped] + extra
+    return KG.BatchedGemm(wide=KN.wide_tiles(), **kw), [a, bm] + extra
 
 
 @rule("gemm", "fused_gemm")
@@ -695,7 +727,8 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         # conv/gemm + relu: apply the relu on the tile before it is stored
         if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul, KN.ConvNhwc,
-                             KN.DepthwiseNhwc, KN.MatMulPacked)) and kern.activation == "none" \
+                             KD.DepthwiseNhwc, KN.MatMulPacked, KG.GemmPacked)) \
+                and kern.activation == "none" \
                 and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:
@@ -706,7 +739,26 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                     step.ops.append(user)
                     absorbed.add(id(user))
         steps.append(step)
-    return [s for s in steps if id(s) not in dropped]
+    return _drop_unread_transposes([s for s in steps if id(s) not in dropped], outputs)
+
+
+def _drop_unread_transposes(steps: list, outputs: set) -> list:
+    """Drop the transpose steps whose results no later step reads (a matmul reads the
+    transpose's source in place, see _swapped_source)."""
+    read = set(outputs)
+    keep = []
+    for step in reversed(steps):
+        if isinstance(step, NativeStep) and all(op.name == "transpose" for op in step.ops) \
+                and not any(id(o) in read for o in step.outputs):
+            continue
+        keep.append(step)
+        if isinstance(step, NativeStep):
+            read.update(id(v) for v in step.inputs)
+        elif isinstance(step, AliasStep):
+            read.add(id(step.source))
+        else:
+            read.update(id(v) for v in step.op.read_values())
+    return keep[::-1]
 
 
 def _remap(expr, mapping):
@@ -723,3 +775,4 @@ from . import lower_seq  # noqa: E402,F401  (sequence-model rules register into 
 from . import lower_reduce  # noqa: E402,F401  (reductions)
 from . import lower_data  # noqa: E402,F401  (slice, pad, ...)
 from . import lower_resize  # noqa: E402,F401  (resize / upsample)
+from . import lower_conv_transpose  # noqa: E402,F401  (conv_transpose)

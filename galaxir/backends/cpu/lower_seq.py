@@ -17,6 +17,7 @@ from ...ir.types import DType
 from . import kernels as K
 from . import kernels_seq as KS
 from .jit import has_blas
+from .kernels_nhwc import wide_tiles
 from .lower import (
     ConstArray,
     _all_static_f32,
@@ -235,6 +236,9 @@ def lower_attention(op):
         ldq, ldk, ldv, ldy = Hq * D, Hkv * D, Hkv * Dv, Hq * Dv
     else:
         return f"rank {rank}"
+    if (ks[0], ks[-1] if rank == 4 else ks[2] // Hkv) != (Bn, D) or \
+            vs[:-1] != ks[:-1] or (rank == 3 and (ks[2] % Hkv or vs[2] % Hkv or qs[2] % Hq)):
+        return f"Q {qs}, K {ks}, V {vs} do not agree"
     if K.prod((Bn, Hq, Sq, Skv, D, Dv)) == 0:
         return "zero-size tensor"
     if Hkv == 0 or Hq % Hkv:
@@ -260,7 +264,7 @@ def lower_attention(op):
                         y_st=tuple(d[5] for d in dims), ldq=ldq, ldk=ldk, ldv=ldv, ldy=ldy,
                         scale=scale, causal=bool(op.attr("is_causal")),
                         softcap=float(op.attr("softcap") or 0.0), mask=mkind, m_row=m_row,
-                        m_col=m_col)
+                        m_col=m_col, wide=wide_tiles())
     return kern, [q, k, v] + ([mask] if mask is not None else [])
 
 

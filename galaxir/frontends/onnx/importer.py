@@ -6,6 +6,7 @@ converter handles every version of its op and the IR only knows the newest seman
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -15,10 +16,14 @@ from onnx import numpy_helper
 
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
 from ...ir import Block, Builder, Graph, Region, Value
+from ...ir.core import MAX_NESTING
 from ...ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType,
                          TensorType, Type, refine, types_compatible)
 
 Converter = Callable[["ConvertContext"], Sequence[Value | None]]
+#: the largest dense form of a sparse tensor the importer builds: 2 GiB, what a protobuf
+#: model file can hold at all (larger, a few bytes of sparse data would be a memory bomb)
+MAX_DENSE_BYTES = 2 ** 31
 CONVERTERS: dict[tuple[str, str], Converter] = {}
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -57,13 +62,25 @@ def get_converter(domain: str, op_type: str) -> Converter | None:
 
 
 # -- types --------------------------------------------------------------------------------
-def convert_type(tp: onnx.TypeProto) -> Type:
+def _dtype_of(code: int, where: str) -> DType:
+    try:
+        return DType.from_onnx(code)
+    except ValueError:
+        raise ModelImportError(f"{where or 'a type'}: element type {code} is not an ONNX tensor "
+                               "element type galaxir knows") from None
+
+
+def convert_type(tp: onnx.TypeProto, where: str = "", depth: int = 0) -> Type:
+    """The galaxir type of an ONNX type; ``where`` names the value in error messages."""
+    if depth > MAX_NESTING:
+        raise ModelImportError(f"{where or 'a type'}: sequence/optional/map types nest more than "
+                               f"{MAX_NESTING} levels deep (galaxir's limit)")
     which = tp.WhichOneof("value")
     if which == "tensor_type" or which == "sparse_tensor_type":
         tt = getattr(tp, which)
         if tt.elem_type == 0:
             return AnyType()
-        dtype = DType.from_onnx(tt.elem_type)
+        dtype = _dtype_of(tt.elem_type, where)
         if not tt.HasField("shape"):
             return TensorType(dtype, None)
         dims = []
@@ -76,11 +93,12 @@ def convert_type(tp: onnx.TypeProto) -> Type:
                 dims.append(UNKNOWN)
         return TensorType(dtype, tuple(dims))
     if which == "sequence_type":
-        return SequenceType(convert_type(tp.sequence_type.elem_type))
+        return SequenceType(convert_type(tp.sequence_type.elem_type, where, depth + 1))
     if which == "optional_type":
-        return OptionalType(convert_type(tp.optional_type.elem_type))
+        return OptionalType(convert_type(tp.optional_type.elem_type, where, depth + 1))
     if which == "map_type":
-        return MapType(DType.from_onnx(tp.map_type.key_type), convert_type(tp.map_type.value_type))
+        return MapType(_dtype_of(tp.map_type.key_type, where),
+                       convert_type(tp.map_type.value_type, where, depth + 1))
     return AnyType()
 
 
@@ -132,15 +150,43 @@ def decode_attr(a: onnx.AttributeProto) -> Any:
 
 
 def sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
-    values = tensor_to_numpy(sp.values)
-    indices = tensor_to_numpy(sp.indices).astype(np.int64)
-    shape = tuple(sp.dims)
-    dense = np.zeros(int(np.prod(shape)) if shape else 1, dtype=values.dtype)
+    """The dense array of a sparse tensor, its dims, indices and values checked first."""
+    def bad(msg: str) -> ModelImportError:
+        return ModelImportError(f"sparse tensor '{sp.values.name}': {msg}")
+
+    values = tensor_to_numpy(sp.values).reshape(-1)
+    indices = tensor_to_numpy(sp.indices)
+    shape = tuple(int(d) for d in sp.dims)
+    if any(d < 0 for d in shape):
+        raise bad(f"dims {list(shape)} must be >= 0")
+    if indices.dtype.kind not in "iu":
+        raise bad(f"indices must be integers, got {indices.dtype}")
+    indices = indices.astype(np.int64)
+    nnz, numel = values.size, math.prod(shape)
     if indices.ndim == 2:  # coordinates per element
-        flat = np.ravel_multi_index(tuple(indices.T), shape) if indices.size else indices.reshape(-1)
-    else:
+        if indices.shape != (nnz, len(shape)):
+            raise bad(f"indices of shape {list(indices.shape)} do not give {len(shape)} coordinates "
+                      f"for each of the {nnz} values")
+        outside = (indices < 0) | (indices >= np.asarray(shape, np.int64))
+        flat = np.ravel_multi_index(tuple(indices.T), shape) if nnz and not outside.any() else \
+            indices.reshape(-1)[:0]
+    elif indices.ndim == 1:  # linear positions
+        if indices.size != nnz:
+            raise bad(f"{indices.size} indices for {nnz} values")
+        outside = (indices < 0) | (indices >= numel)
         flat = indices
-    dense[flat] = values.reshape(-1)
+    else:
+        raise bad(f"indices must be 1-D or 2-D, got shape {list(indices.shape)}")
+    if outside.any():
+        raise bad(f"an index lies outside dims {list(shape)}")
+    if numel * values.dtype.itemsize > MAX_DENSE_BYTES:
+        raise bad(f"its dense form {list(shape)} would need {numel * values.dtype.itemsize} bytes "
+                  f"(more than {MAX_DENSE_BYTES})")
+    try:
+        dense = np.zeros(numel, dtype=values.dtype)
+    except (MemoryError, ValueError) as e:
+        raise bad(f"its dense form {list(shape)} cannot be allocated: {e}") from None
+    dense[flat] = values
     return dense.reshape(shape)
 
 
@@ -207,6 +253,10 @@ class GraphImporter:
     def __init__(self, info: ModelInfo, parent: "GraphImporter | None" = None):
         self.info = info
         self.parent = parent
+        self.depth = 0 if parent is None else parent.depth + 1  # how deep its graph nests
+        if self.depth > MAX_NESTING:
+            raise ModelImportError(f"subgraphs nest more than {MAX_NESTING} levels deep "
+                                   "(galaxir's limit)")
         self.scope: dict[str, Value] = {}
         self.value_info: dict[str, Type] = {}
 
@@ -224,7 +274,7 @@ class GraphImporter:
         for inp in graph.input:
             if inp.name in inits:
                 continue  # an initializer listed as input (IR < 4): a constant with a default
-            self.scope[inp.name] = g.add_input(inp.name, convert_type(inp.type))
+            self.scope[inp.name] = g.add_input(inp.name, convert_type(inp.type, f"graph input '{inp.name}'"))
         self._fill(graph, g.block)
         outs = [self._output(o.name, o.type) for o in graph.output]
         g.set_outputs(outs, [o.name for o in graph.output])
@@ -234,7 +284,7 @@ class GraphImporter:
         child = GraphImporter(self.info, self)
         block = Block()
         for i, inp in enumerate(graph.input):
-            t = convert_type(inp.type)
+            t = convert_type(inp.type, f"subgraph input '{inp.name}'")
             if arg_types is not None and i < len(arg_types):
                 given = arg_types[i]
                 if isinstance(t, AnyType) or (isinstance(t, TensorType) and t.shape is None
@@ -250,16 +300,20 @@ class GraphImporter:
         v = self.lookup(name)
         if v is None:
             raise ModelImportError(f"graph output '{name}' is not produced by any node, input or initializer")
-        declared = convert_type(tp)
-        if not isinstance(declared, AnyType) and types_compatible(declared, v.type) and \
-                not isinstance(v.type, AnyType):
-            v.type = refine(v.type, declared) if isinstance(v.type, TensorType) else v.type
+        declared = convert_type(tp, f"graph output '{name}'")
+        if isinstance(declared, AnyType) or isinstance(v.type, AnyType):
+            return v
+        if contradicts(declared, v.type):
+            raise ModelImportError(f"graph output '{name}' is declared {declared} but the graph "
+                                   f"computes {v.type}")
+        if isinstance(v.type, TensorType) and types_compatible(declared, v.type):
+            v.type = refine(v.type, declared)
         return v
 
     def _fill(self, graph: onnx.GraphProto, block: Block) -> None:
         b = Builder(block)
         for vi in graph.value_info:
-            self.value_info[vi.name] = convert_type(vi.type)
+            self.value_info[vi.name] = convert_type(vi.type, f"value_info '{vi.name}'")
         for t in graph.initializer:
             v = b.op("constant", value=tensor_to_numpy(t, self.info.base_dir))
             v.name = t.name
@@ -288,6 +342,7 @@ class GraphImporter:
         opset = self.info.opsets.get(domain)
         if opset is None and domain == "":
             opset = self.info.opsets.get("ai.onnx")
+        check_arity(node, label, domain, opset)
         fn = get_converter(domain, node.op_type)
         if fn is None and (domain, node.op_type) in self.info.functions:
             from .functions import inline_function
@@ -304,7 +359,7 @@ class GraphImporter:
         try:
             outs = fn(ctx)
         except GalaxirError as e:
-            if label in str(e):
+            if "ONNX node '" in str(e):  # names its node already (perhaps one in a subgraph)
                 raise
             raise type(e)(f"ONNX node '{label}' ({node.op_type}): {e}") from e
         except Exception as e:
@@ -320,8 +375,12 @@ class GraphImporter:
                 v.name = name
             declared = self.value_info.get(name)
             if declared is not None and isinstance(v.type, TensorType) and \
-                    isinstance(declared, TensorType) and types_compatible(declared, v.type):
-                v.type = refine(v.type, declared)
+                    isinstance(declared, TensorType):
+                if declared.dtype != v.type.dtype:  # a wrong dtype is an error (as onnxruntime says)
+                    raise ModelImportError(f"ONNX node '{label}' ({node.op_type}): output '{name}' is "
+                                           f"declared {declared} in value_info but computes {v.type}")
+                if types_compatible(declared, v.type):  # a stale shape is only a hint that misfit
+                    v.type = refine(v.type, declared)
             self.scope[name] = v
         missing = [n for n, v in zip(node.output, outs + [None] * len(node.output)) if n and v is None]
         if missing and len(outs) < len(node.output):
@@ -329,17 +388,74 @@ class GraphImporter:
                                    "used but the converter does not produce them")
 
 
+def contradicts(declared: Type, computed: Type) -> bool:
+    """Does a declared type say something the computed one rules out: another dtype or rank,
+    or another number for a static dim?  (Symbol names are the graph's own: an output
+    declared [M] may compute [N].  An optional that holds a value may be declared as it.)"""
+    if isinstance(declared, AnyType) or isinstance(computed, AnyType):
+        return False
+    if isinstance(computed, OptionalType) and not isinstance(declared, OptionalType):
+        computed = computed.elem
+    if isinstance(declared, OptionalType) and not isinstance(computed, OptionalType):
+        declared = declared.elem
+    if isinstance(declared, TensorType) and isinstance(computed, TensorType):
+        if declared.dtype != computed.dtype:
+            return True
+        if declared.shape is None or computed.shape is None:
+            return False
+        return len(declared.shape) != len(computed.shape) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b
+            for a, b in zip(declared.shape, computed.shape))
+    if type(declared) is not type(computed):
+        return True
+    if isinstance(declared, MapType):
+        return declared.key != computed.key or contradicts(declared.value, computed.value)
+    if isinstance(declared, (SequenceType, OptionalType)):
+        return contradicts(declared.elem, computed.elem)
+    return False
+
+
+def check_arity(node: onnx.NodeProto, label: str, domain: str, opset: int | None) -> None:
+    """A node's input and output counts against its ONNX schema (extra inputs are not
+    silently dropped).  Ops without a schema (local functions, custom domains) pass."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset or 1, domain)
+    except onnx.defs.SchemaError:
+        return
+    name = f"{node.op_type}-{schema.since_version}"
+    for what, n, lo, hi, verb in (("inputs", len(node.input), schema.min_input, schema.max_input, "takes"),
+                                  ("outputs", len(node.output), schema.min_output, schema.max_output, "has")):
+        if not lo <= n <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}" if hi < 2 ** 31 - 1 else f"at least {lo}"
+            raise ModelImportError(f"ONNX node '{label}' ({node.op_type}) has {n} {what}; {name} "
+                                   f"{verb} {want}")
+
+
 def topological_order(graph: onnx.GraphProto, imp: GraphImporter) -> list[onnx.NodeProto]:
-    """Nodes in an order where every input is defined first; a cycle is an import error."""
+    """Nodes in an order where every input is defined first; a name defined twice (SSA) or
+    a cycle is an import error."""
+    defined: dict[str, str] = {}
+    for t in list(graph.initializer) + [sp.values for sp in graph.sparse_initializer]:
+        if t.name in defined:
+            raise ModelImportError(f"'{t.name}' is defined twice: by two initializers")
+        defined[t.name] = "an initializer"
+    for inp in graph.input:
+        defined.setdefault(inp.name, "a graph input")  # an initializer may be listed as an input
     produced_by: dict[str, int] = {}
     for i, n in enumerate(graph.node):
         for o in n.output:
-            if o:
-                produced_by[o] = i
+            if not o:
+                continue
+            if o in defined:
+                raise ModelImportError(f"'{o}' is defined twice: by {defined[o]} and by ONNX node "
+                                       f"'{n.name or n.op_type}' ({n.op_type}); a graph defines each "
+                                       "name once")
+            defined[o] = f"ONNX node '{n.name or n.op_type}' ({n.op_type})"
+            produced_by[o] = i
     deps: list[set[int]] = []
     for i, n in enumerate(graph.node):
         d = set()
-        for name in list(n.input) + _subgraph_reads(n):
+        for name in list(n.input) + _subgraph_reads(n, imp.depth + 1):
             j = produced_by.get(name)
             if j is not None and j != i:
                 d.add(j)
@@ -368,17 +484,21 @@ def topological_order(graph: onnx.GraphProto, imp: GraphImporter) -> list[onnx.N
     return order
 
 
-def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
-    """Names a node's subgraphs read from enclosing scopes (they order the node too)."""
+def _subgraph_reads(node: onnx.NodeProto, depth: int) -> list[str]:
+    """Names a node's subgraphs read from enclosing scopes (they order the node too);
+    ``depth`` is how deep those subgraphs nest (at most ``MAX_NESTING``)."""
     names: list[str] = []
     for a in node.attribute:
         graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        if graphs and depth > MAX_NESTING:
+            raise ModelImportError(f"ONNX node '{node.name or node.op_type}' ({node.op_type}): its "
+                                   f"subgraphs nest more than {MAX_NESTING} levels deep (galaxir's limit)")
         for g in graphs:
             local = {i.name for i in g.input} | {t.name for t in g.initializer}
             for n in g.node:
                 local.update(n.output)
             for n in g.node:
                 names.extend(x for x in n.input if x and x not in local)
-                names.extend(x for x in _subgraph_reads(n) if x not in local)
+                names.extend(x for x in _subgraph_reads(n, depth + 1) if x not in local)
             names.extend(o.name for o in g.output if o.name not in local)
     return names

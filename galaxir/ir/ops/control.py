@@ -3,7 +3,7 @@
 result (if branches, loop-carried values, sequence elements)."""
 from __future__ import annotations
 
-from ..opdef import attr, define
+from ..opdef import BOOL, INT64, attr, define
 from ..types import (UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type,
                      types_compatible)
 from .rules import fail
@@ -80,6 +80,7 @@ def _if_verify(op) -> None:
 
 
 define("if", operands=["cond"], num_results=None, regions=2, infer=_if_infer, verify=_if_verify,
+       types={"cond": BOOL},
        doc="Runs region 0 when cond is true, else region 1; results are the branch's results "
            "(tensors, sequences or optionals).")
 
@@ -119,7 +120,7 @@ def _loop_verify(op) -> None:
 
 
 define("loop", operands=["max_trip_count?", "cond?", "carried*"], num_results=None, regions=1,
-       infer=_loop_infer, verify=_loop_verify,
+       infer=_loop_infer, verify=_loop_verify, types={"max_trip_count": INT64, "cond": BOOL},
        doc="ONNX Loop: body(iter, cond, carried...) -> (cond, carried..., scan_outputs...).")
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import BOOL, FLOATS, attr, define
 from ..types import AnyType, DType, TensorType, Type
 from .rules import broadcast_types, fail, same_shape_dtype, tensor_operand
 
@@ -20,32 +20,17 @@ if TYPE_CHECKING:
     from ..core import Operation, Value
 
 
-# -- type rules ---------------------------------------------------------------------------------
+# -- type rules (operand dtypes are declared with ``types=`` and checked before these run) --
 def _same_dtype_broadcast(op: "Operation") -> list[Type]:
-    """Broadcast of all operands; every operand must share operand 0's dtype."""
-    out = broadcast_types(op)
-    _check_same_dtype(op, range(len(op.operands)))
-    return [out]
-
-
-def _check_same_dtype(op: "Operation", idxs) -> None:
-    types = [tensor_operand(op, i) for i in idxs]
-    dts = {t.dtype for t in types}
-    if len(dts) > 1:
-        raise fail(op, "operands must share one element type, got "
-                       + ", ".join(str(t) for t in types))
+    """Broadcast of all operands (declared to share one dtype)."""
+    return [broadcast_types(op)]
 
 
 def _compare(op: "Operation") -> list[Type]:
-    _check_same_dtype(op, range(len(op.operands)))
     return [broadcast_types(op, dtype=DType.bool)]
 
 
-def _logical(op: "Operation") -> list[Type]:
-    for i in range(len(op.operands)):
-        if tensor_operand(op, i).dtype is not DType.bool:
-            raise fail(op, f"operand {i} must be bool, got {tensor_operand(op, i)}")
-    return [broadcast_types(op, dtype=DType.bool)]
+_logical = _compare
 
 
 def _first_dtype_broadcast(op: "Operation") -> list[Type]:
@@ -58,14 +43,10 @@ def _unary(op: "Operation") -> list[Type]:
 
 
 def _where(op: "Operation") -> list[Type]:
-    if tensor_operand(op, 0).dtype is not DType.bool:
-        raise fail(op, f"condition must be bool, got {tensor_operand(op, 0)}")
-    _check_same_dtype(op, (1, 2))
     return [broadcast_types(op).with_dtype(tensor_operand(op, 1).dtype)]
 
 
 def _prelu(op: "Operation") -> list[Type]:
-    _check_same_dtype(op, (0, 1))
     return [broadcast_types(op)]
 
 
@@ -74,8 +55,6 @@ def _clip(op: "Operation") -> list[Type]:
     for i in (1, 2):
         if i < len(op.operands) and op.operands[i] is not None:
             b = tensor_operand(op, i)
-            if b.dtype != x.dtype:
-                raise fail(op, f"bound operand {i} has type {b}, expected dtype {x.dtype.short}")
             if b.shape is not None and not all(d == 1 for d in b.shape if isinstance(d, int)):
                 raise fail(op, f"bound operand {i} must be a scalar, got {b}")
     return [x]
@@ -238,13 +217,7 @@ for _name in UNARY:
     define(_name, operands=["x"], infer=_unary)
 
 
-def _not(op):
-    if tensor_operand(op, 0).dtype is not DType.bool:
-        raise fail(op, f"operand must be bool, got {tensor_operand(op, 0)}")
-    return [tensor_operand(op, 0)]
-
-
-define("not", operands=["x"], infer=_not)
+define("not", operands=["x"], infer=_unary, types={"x": BOOL})
 define("identity", operands=["x"], infer=_identity,
        doc="Passes any value (tensor, sequence, optional) through unchanged.")
 define("isnan", operands=["x"], infer=same_shape_dtype(DType.bool))
@@ -280,33 +253,38 @@ for _name, _attrs, _dec, _doc in _COMPOSITES:
            verify=_VERIFY.get(_name))
 
 define("prelu", operands=["x", "slope"], infer=_prelu, decompose=_dec_prelu,
+       types={"x": "T", "slope": "T"},
        doc="x if x >= 0 else slope * x (slope broadcasts to x)")
 define("ml.binarizer", operands=["x"], attrs={"threshold": attr("float", 0.0)}, infer=_unary,
        decompose=_dec_binarizer, doc="1 where x > threshold else 0, in x's dtype")
 
 ARITH = ["add", "sub", "mul", "div", "bitwise_and", "bitwise_or", "bitwise_xor"]
+_SAME = {"a": "T", "b": "T"}
 for _name in ARITH:
-    define(_name, operands=["a", "b"], infer=_same_dtype_broadcast)
+    define(_name, operands=["a", "b"], infer=_same_dtype_broadcast, types=_SAME)
 define("pow", operands=["a", "b"], infer=_first_dtype_broadcast,
        doc="a ** b in a's dtype (the exponent may have another numeric dtype)")
 define("mod", operands=["a", "b"], infer=_same_dtype_broadcast, attrs={"fmod": attr("int", 0)},
+       types=_SAME,
        doc="fmod=0: remainder with the divisor's sign (integers); fmod=1: C fmod")
-define("bit_shift", operands=["a", "b"], infer=_same_dtype_broadcast,
+define("bit_shift", operands=["a", "b"], infer=_same_dtype_broadcast, types=_SAME,
        attrs={"direction": attr("str", required=True)},
        verify=_one_of("direction", ("LEFT", "RIGHT")),
        doc="LEFT or RIGHT shift; shifts outside [0, bits) give 0 (or the sign for RIGHT)")
 
 COMPARE = ["equal", "less", "less_or_equal", "greater", "greater_or_equal"]
 for _name in COMPARE:
-    define(_name, operands=["a", "b"], infer=_compare)
+    define(_name, operands=["a", "b"], infer=_compare, types=_SAME)
 for _name in ["and", "or", "xor"]:
-    define(_name, operands=["a", "b"], infer=_logical)
+    define(_name, operands=["a", "b"], infer=_logical, types={"a": BOOL, "b": BOOL})
 
 for _name in ["max", "min", "sum", "mean"]:
-    define(_name, operands=["inputs*"], infer=_same_dtype_broadcast)
+    define(_name, operands=["inputs*"], infer=_same_dtype_broadcast, types={"inputs": "T"})
 
-define("where", operands=["cond", "x", "y"], infer=_where)
+define("where", operands=["condition", "x", "y"], infer=_where,
+       types={"condition": BOOL, "x": "T", "y": "T"})
 define("clip", operands=["x", "min?", "max?"], infer=_clip,
+       types={"x": "T", "min": "T", "max": "T"},
        doc="min(max(x, min), max); a missing bound does not clip")
 define("cast", operands=["x"], infer=_cast,
        attrs={"to": attr("dtype", required=True), "saturate": attr("int", 1),
@@ -318,5 +296,6 @@ define("bit_cast", operands=["x"], infer=_cast, verify=_bit_cast_verify,
        attrs={"to": attr("dtype", required=True)},
        doc="Reinterprets the bits of each element as dtype ``to`` (same width)")
 define("dropout", operands=["x", "ratio?", "training_mode?"], num_results=None, infer=_dropout,
+       types={"ratio": FLOATS, "training_mode": BOOL},
        attrs={"seed": attr("int")},
        doc="Identity unless training_mode is true; the optional second result is the keep mask")

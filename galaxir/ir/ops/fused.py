@@ -30,8 +30,8 @@ import numpy as np
 
 from ..opdef import attr, define
 from ..types import TensorType, Type
-from .linalg import _gemm_infer, matmul_shape
-from .nn import LAYOUT_ATTR, _WINDOW_ATTRS, _conv_infer, _conv_verify
+from .linalg import GEMM_TYPES, _gemm_infer, matmul_shape
+from .nn import CONV_TYPES, LAYOUT_ATTR, _WINDOW_ATTRS, _conv_infer, _conv_verify
 from .rules import broadcast_shapes, fail, tensor_operand
 
 if TYPE_CHECKING:
@@ -98,9 +98,6 @@ def _fused_conv_verify(op: "Operation") -> None:
     check_activation(op)
     if op.operand(3) is not None:
         z, out = tensor_operand(op, 3), op.results[0].type if op.results else None
-        x = tensor_operand(op, 0)
-        if z.dtype != x.dtype:
-            raise fail(op, f"residual z {z} must have the input's dtype {x.dtype.short}")
         if isinstance(out, TensorType) and out.shape is not None and z.shape is not None:
             if len(z.shape) != len(out.shape) or any(
                     isinstance(a, int) and isinstance(c, int) and a != c
@@ -119,6 +116,7 @@ def _fused_conv_decompose(b, op):
 define("fused_conv", operands=["x", "w", "b?", "z?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **_ACT_ATTRS, **LAYOUT_ATTR},
        infer=_conv_infer, verify=_fused_conv_verify, decompose=_fused_conv_decompose,
+       types={**CONV_TYPES, "z": "T"},
        doc="activation(conv(x, w, b) + z): a convolution with its bias, optional residual "
            "input z and activation epilogue.")
 
@@ -126,13 +124,9 @@ define("fused_conv", operands=["x", "w", "b?", "z?"],
 # -- linear ------------------------------------------------------------------------------------
 def _linear_infer(op: "Operation") -> list[Type]:
     ta, tb = tensor_operand(op, 0), tensor_operand(op, 1)
-    if ta.dtype != tb.dtype:
-        raise fail(op, f"operand dtypes differ: {ta} and {tb}")
     shape = matmul_shape(op, ta.shape, tb.shape)
     if op.operand(2) is not None:
         tc = tensor_operand(op, 2)
-        if tc.dtype != ta.dtype:
-            raise fail(op, f"bias {tc} must have dtype {ta.dtype.short}")
         if shape is not None and tc.shape is not None:
             try:
                 full = broadcast_shapes(shape, tc.shape)
@@ -153,6 +147,7 @@ def _linear_decompose(b, op):
 
 
 define("linear", operands=["x", "w", "b?"], attrs=dict(_ACT_ATTRS), infer=_linear_infer,
+       types={"x": "T", "w": "T", "b": "T"},
        verify=check_activation, decompose=_linear_decompose,
        doc="activation(matmul(x, w) + b): MatMul + Add(bias) + activation in one op.")
 
@@ -166,15 +161,13 @@ def _fused_gemm_decompose(b, op):
 define("fused_gemm", operands=["a", "b", "c?"],
        attrs={"alpha": attr("float", 1.0), "beta": attr("float", 1.0),
               "transA": attr("int", 0), "transB": attr("int", 0), **_ACT_ATTRS},
-       infer=_gemm_infer, verify=check_activation, decompose=_fused_gemm_decompose,
+       infer=_gemm_infer, verify=check_activation, decompose=_fused_gemm_decompose, types=GEMM_TYPES,
        doc="activation(gemm(a, b, c)) with the gemm attributes.")
 
 
 # -- fused_add -----------------------------------------------------------------------------------
 def _fused_add_infer(op: "Operation") -> list[Type]:
     ta, tb = tensor_operand(op, 0), tensor_operand(op, 1)
-    if ta.dtype != tb.dtype:
-        raise fail(op, f"operand dtypes differ: {ta} and {tb}")
     try:
         shape = broadcast_shapes(ta.shape, tb.shape)
     except ValueError as e:
@@ -183,6 +176,7 @@ def _fused_add_infer(op: "Operation") -> list[Type]:
 
 
 define("fused_add", operands=["a", "b"], attrs=dict(_ACT_ATTRS), infer=_fused_add_infer,
+       types={"a": "T", "b": "T"},
        verify=check_activation,
        decompose=lambda b, op: [_epilogue(b, op, b.add(op.operand(0), op.operand(1)))],
        doc="activation(a + b): the residual Add with its ReLU.")
@@ -191,14 +185,9 @@ define("fused_add", operands=["a", "b"], attrs=dict(_ACT_ATTRS), infer=_fused_ad
 # -- sdpa ----------------------------------------------------------------------------------------
 def _sdpa_infer(op: "Operation") -> list[Type]:
     q, kt, v = (tensor_operand(op, i) for i in range(3))
-    for t in (kt, v):
-        if t.dtype != q.dtype:
-            raise fail(op, f"Q, K^T and V must share a dtype, got {q}, {kt}, {v}")
     scores = matmul_shape(op, q.shape, kt.shape)
     if op.operand(3) is not None:
         m = tensor_operand(op, 3)
-        if m.dtype != q.dtype:
-            raise fail(op, f"mask {m} must have dtype {q.dtype.short} (an additive mask)")
         try:
             scores = broadcast_shapes(scores, m.shape)
         except ValueError as e:
@@ -219,6 +208,7 @@ def _sdpa_decompose(b, op):
 
 define("sdpa", operands=["q", "kt", "v", "mask?"], attrs={"scale": attr("float", 1.0)},
        infer=_sdpa_infer, decompose=_sdpa_decompose,
+       types={"q": "T", "kt": "T", "v": "T", "mask": "T"},
        doc="Scaled dot-product attention: softmax(q @ kt * scale + mask, axis=-1) @ v, with "
            "kt = K^T ([..., D, Skv]) and an optional additive mask.")
 

@@ -50,12 +50,10 @@ def matmul_shape(op: "Operation", sa, sb):
 
 def _matmul_infer(op: "Operation"):
     ta, tb = tensor_operand(op, 0), tensor_operand(op, 1)
-    if ta.dtype != tb.dtype:
-        raise fail(op, f"operand dtypes differ: {ta} and {tb}")
     return [ta.with_shape(matmul_shape(op, ta.shape, tb.shape))]
 
 
-define("matmul", operands=["a", "b"], infer=_matmul_infer,
+define("matmul", operands=["a", "b"], infer=_matmul_infer, types={"a": "T", "b": "T"},
        doc="numpy matmul: batched over leading dims (broadcast); 1-D operands are promoted "
            "to a row (a) or column (b) vector and the added dim removed.")
 
@@ -93,7 +91,8 @@ def _gemm_infer(op: "Operation"):
     return [ta.with_shape(out)]
 
 
-define("gemm", operands=["a", "b", "c?"], infer=_gemm_infer,
+GEMM_TYPES = {"a": "T", "b": "T", "c": "T"}
+define("gemm", operands=["a", "b", "c?"], infer=_gemm_infer, types=GEMM_TYPES,
        attrs={"alpha": attr("float", 1.0), "beta": attr("float", 1.0),
               "transA": attr("int", 0), "transB": attr("int", 0)},
        doc="alpha * op(a) @ op(b) + beta * c, with c broadcast to [M, N].")
@@ -135,9 +134,6 @@ def _einsum_infer(op: "Operation"):
     types = [tensor_operand(op, i) for i in range(len(op.operands))]
     if not types:
         raise fail(op, "needs at least one input")
-    for t in types[1:]:
-        if t.dtype != types[0].dtype:
-            raise fail(op, f"input dtypes differ: {types[0]} and {t}")
     ranks = [t.rank for t in types]
     try:
         terms, out, ell = parse_einsum(op.attr("equation"), ranks)
@@ -180,7 +176,7 @@ def _einsum_infer(op: "Operation"):
     return [types[0].with_shape(tuple(shape))]
 
 
-define("einsum", operands=["inputs*"], infer=_einsum_infer,
+define("einsum", operands=["inputs*"], infer=_einsum_infer, types={"inputs": "T"},
        attrs={"equation": attr("str", required=True)})
 
 

@@ -8,7 +8,7 @@ only comparable in distribution.
 """
 from __future__ import annotations
 
-from ..opdef import attr, define
+from ..opdef import FLOATS, INT64, attr, define
 from ..types import UNKNOWN, DType, TensorType, Type
 from .rules import fail, tensor_operand
 
@@ -39,8 +39,6 @@ define("ml.label_encoder", operands=["x"], infer=_label_encoder,
 def _feature_extractor(op) -> list[Type]:
     t = tensor_operand(op, 0)
     idx = tensor_operand(op, 1)
-    if idx.dtype is not DType.int64:
-        raise fail(op, f"indices must be int64, got {idx.dtype.name}")
     n = UNKNOWN
     if idx.is_static:
         n = idx.numel
@@ -52,6 +50,7 @@ def _feature_extractor(op) -> list[Type]:
 
 
 define("ml.array_feature_extractor", operands=["x", "indices"], infer=_feature_extractor,
+       types={"indices": INT64},
        doc="Selects elements of the last axis by indices (flattened); 1-D input gives [1, n].")
 
 _TREE_INTS = ("leaf_targetids", "nodes_falseleafs", "nodes_falsenodeids", "nodes_featureids",
@@ -109,19 +108,21 @@ def _optimizer(groups: int, outs: int):
     return rule
 
 
+_OPTIMIZER_TYPES = {"R": FLOATS, "T": INT64, "inputs": ("T3", FLOATS)}
+
 define("training.adagrad", operands=["R", "T", "inputs*"], num_results=None,
-       infer=_optimizer(3, 2),
+       infer=_optimizer(3, 2), types=_OPTIMIZER_TYPES,
        attrs={"decay_factor": attr("float", 0.0), "epsilon": attr("float", 0.0),
               "norm_coefficient": attr("float", 0.0)},
        doc="One Adagrad step: (R, T, X..., G..., H...) -> (X_new..., H_new...).")
 define("training.adam", operands=["R", "T", "inputs*"], num_results=None,
-       infer=_optimizer(4, 3),
+       infer=_optimizer(4, 3), types=_OPTIMIZER_TYPES,
        attrs={"alpha": attr("float", 0.9), "beta": attr("float", 0.999),
               "epsilon": attr("float", 0.0), "norm_coefficient": attr("float", 0.0),
               "norm_coefficient_post": attr("float", 0.0)},
        doc="One Adam step: (R, T, X..., G..., V..., H...) -> (X_new..., V_new..., H_new...).")
 define("training.momentum", operands=["R", "T", "inputs*"], num_results=None,
-       infer=_optimizer(3, 2),
+       infer=_optimizer(3, 2), types=_OPTIMIZER_TYPES,
        attrs={"alpha": attr("float", required=True), "beta": attr("float", required=True),
               "mode": attr("str", required=True), "norm_coefficient": attr("float", required=True)},
        doc="One SGD-with-momentum step (mode standard or nesterov): (R, T, X..., G..., V...) -> "

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import FLOAT32, FLOATS, INT64, attr, define
 from ..types import UNKNOWN, Dim, DType, TensorType
 from .rules import const_value, fail, tensor_operand
 
@@ -33,6 +33,8 @@ def same_pads(in_dims: Sequence[int], kernel: Sequence[int], strides: Sequence[i
     n = len(in_dims)
     if auto_pad == "VALID":
         return [0] * (2 * n)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
     begin, end = [], []
     for i, k, s, d in zip(in_dims, kernel, strides, dilations):
         out = -(-i // s)
@@ -51,16 +53,22 @@ def window_out_dim(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil_mod
     """Output length of a sliding window (conv or pool) along one dim.
 
     With ``ceil_mode`` a last partial window is kept only if it starts inside the input or
-    its leading pad (PyTorch's and onnxruntime's rule).
+    its leading pad (PyTorch's and onnxruntime's rule).  The spec's formula may give 0 (a
+    window one position larger than the padded input, or an empty input): an empty result.
+    Where it gives less, the window is larger than the padded input: a ValueError.
     """
-    num = size + pb + pe - window_span(k, d)
+    span, padded = window_span(k, d), size + pb + pe
+    num = padded - span
     if ceil_mode:
         out = -(-num // s) + 1
         if (out - 1) * s >= size + pb:
             out -= 1
     else:
         out = num // s + 1
-    return max(out, 0)
+    if out < 0:
+        raise ValueError(f"the window spans {span} positions (kernel {k}, dilation {d}) but the "
+                         f"padded input has {padded} ({size} + pads {pb} and {pe})")
+    return out
 
 
 def resolve_window(in_dims: Sequence[int], kernel: Sequence[int], strides=None, dilations=None,
@@ -76,8 +84,26 @@ def resolve_window(in_dims: Sequence[int], kernel: Sequence[int], strides=None, 
     return strides, dilations, pads
 
 
-def _spatial_out(op, x: TensorType, kernel: Sequence[int], ceil_mode: bool = False) -> list[Dim]:
-    """Spatial output dims of a windowed op; symbols where inputs are symbolic."""
+def check_window_attrs(op) -> None:
+    """The window attributes every backend relies on: a known auto_pad, kernel sizes,
+    strides and dilations >= 1, pads >= 0 and group >= 1 (onnxruntime refuses the others)."""
+    _check_auto_pad(op)
+    for key, low in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("pads", 0),
+                     ("output_padding", 0)):
+        vals = op.attrs.get(key)
+        if vals and any(v < low for v in vals):
+            raise fail(op, f"{key} must all be >= {low}, got {list(vals)}")
+    g = op.attrs.get("group")
+    if g is not None and g < 1:
+        raise fail(op, f"group must be >= 1, got {g}")
+
+
+def _spatial_out(op, x: TensorType, kernel: Sequence[int], ceil_mode: bool = False,
+                 pool: bool = False) -> list[Dim]:
+    """Spatial output dims of a windowed op; symbols where inputs are symbolic.  A window
+    larger than the padded input is an error, and so (for a pool) is a pad as large as the
+    window's span: a window wholly in the padding has no value (NaN or -inf)."""
+    check_window_attrs(op)
     n = len(kernel)
     spatial = list(x.shape[2:])
     if len(spatial) != n:
@@ -89,6 +115,15 @@ def _spatial_out(op, x: TensorType, kernel: Sequence[int], ceil_mode: bool = Fal
     if len(strides) != n or len(dilations) != n or len(pads) != 2 * n:
         raise fail(op, f"strides {strides}, dilations {dilations} and pads {pads} do not fit a "
                        f"{n}-d kernel")
+    if any(k < 1 for k in kernel):
+        raise fail(op, f"kernel_shape must all be >= 1, got {list(kernel)}")
+    if pool and auto_pad not in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        for i in range(n):
+            span = window_span(kernel[i], dilations[i])
+            if pads[i] >= span or pads[i + n] >= span:
+                raise fail(op, f"spatial dim {i}: pads {pads[i]} and {pads[i + n]} must be smaller "
+                               f"than the window's span {span}: a window wholly in the padding "
+                               "has no value")
     out: list[Dim] = []
     for i in range(n):
         size = spatial[i]
@@ -97,11 +132,12 @@ def _spatial_out(op, x: TensorType, kernel: Sequence[int], ceil_mode: bool = Fal
             continue
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             out.append(-(-size // strides[i]))
-        elif auto_pad == "VALID":
-            out.append(window_out_dim(size, kernel[i], strides[i], dilations[i], 0, 0, ceil_mode))
-        else:
-            out.append(window_out_dim(size, kernel[i], strides[i], dilations[i], pads[i],
-                                      pads[i + n], ceil_mode))
+            continue
+        pb, pe = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + n])
+        try:
+            out.append(window_out_dim(size, kernel[i], strides[i], dilations[i], pb, pe, ceil_mode))
+        except ValueError as e:
+            raise fail(op, f"spatial dim {i}: {e}") from None
     return out
 
 
@@ -173,20 +209,26 @@ def _conv_infer(op):
 
 
 def _conv_verify(op):
-    _check_auto_pad(op)
+    check_window_attrs(op)
     x, w = _layout_in(op), tensor_operand(op, 1)
-    g = op.attr("group") or 1
+    g = op.attr("group")
     if x.shape is not None and w.shape is not None:
         if len(x.shape) != len(w.shape):
             raise fail(op, f"input {x} and weight {w} must have the same rank")
         c, wc = x.shape[1], w.shape[1]
         if isinstance(c, int) and isinstance(wc, int) and c != wc * g:
             raise fail(op, f"input has {c} channels but weight {w} with group={g} expects {wc * g}")
+        m = w.shape[0]
+        if isinstance(m, int) and m % g:
+            raise fail(op, f"weight {w} has {m} output channels, not a multiple of group={g}")
 
+
+#: conv-like ops: input, weight and bias share one element type
+CONV_TYPES = {"x": "T", "w": "T", "b": "T"}
 
 define("conv", operands=["x", "w", "b?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **LAYOUT_ATTR},
-       infer=_conv_infer, verify=_conv_verify,
+       infer=_conv_infer, verify=_conv_verify, types=CONV_TYPES,
        doc="N-d convolution (ONNX Conv): x[N,C,*S] * w[M,C/group,*K] + b[M].")
 
 
@@ -224,6 +266,7 @@ def conv_transpose_geometry(in_dims: Sequence[int], kernel: Sequence[int], strid
 
 
 def _conv_transpose_infer(op):
+    check_window_attrs(op)
     x, w = tensor_operand(op, 0), tensor_operand(op, 1)
     g = op.attr("group") or 1
     m = w.shape[1] * g if w.shape is not None and isinstance(w.shape[1], int) else UNKNOWN
@@ -246,7 +289,7 @@ def _conv_transpose_infer(op):
 define("conv_transpose", operands=["x", "w", "b?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), "output_padding": attr("ints"),
               "output_shape": attr("ints")},
-       infer=_conv_transpose_infer, verify=lambda op: _check_auto_pad(op),
+       infer=_conv_transpose_infer, verify=check_window_attrs, types=CONV_TYPES,
        doc="Transposed convolution (ONNX ConvTranspose); w is [C, M/group, *K].")
 
 
@@ -268,7 +311,8 @@ def _deform_infer(op):
 define("deform_conv", operands=["x", "w", "offset", "b?", "mask?"],
        attrs={"dilations": attr("ints"), "group": attr("int", 1), "kernel_shape": attr("ints"),
               "offset_group": attr("int", 1), "pads": attr("ints"), "strides": attr("ints")},
-       infer=_deform_infer, doc="Deformable convolution (ONNX DeformConv).")
+       infer=_deform_infer, verify=check_window_attrs, doc="Deformable convolution (ONNX DeformConv).",
+       types={"x": "T", "w": "T", "offset": "T", "b": "T", "mask": "T"})
 
 
 def _causal_infer(op):
@@ -285,6 +329,7 @@ def _causal_infer(op):
 
 define("causal_conv_with_state", operands=["x", "w", "b?", "past_state?"], num_results=2,
        attrs={"activation": attr("str", "none")}, infer=_causal_infer,
+       types={"x": "T", "w": "T", "b": "T", "past_state": "T"},
        doc="Causal depthwise 1-d conv with carried state (ONNX CausalConvWithState).")
 
 
@@ -297,7 +342,7 @@ def _pool_infer(op):
     if x.shape is None:
         shape = None
     else:
-        shape = (x.shape[0], x.shape[1], *_spatial_out(op, x, ks, bool(op.attr("ceil_mode"))))
+        shape = (x.shape[0], x.shape[1], *_spatial_out(op, x, ks, bool(op.attr("ceil_mode")), pool=True))
     out = [_layout_out(op, TensorType(x.dtype, shape))]
     if len(op.results) > 1:
         out.append(_layout_out(op, TensorType(DType.int64, shape)))
@@ -309,13 +354,13 @@ _POOL_ATTRS = {**_WINDOW_ATTRS, "kernel_shape": attr("ints", required=True),
 
 define("average_pool", operands=["x"], attrs={**_POOL_ATTRS, "count_include_pad": attr("int", 0),
                                              **LAYOUT_ATTR},
-       infer=_pool_infer, verify=lambda op: _check_auto_pad(op))
+       infer=_pool_infer, verify=check_window_attrs)
 define("lp_pool", operands=["x"], attrs={**_POOL_ATTRS, "p": attr("int", 2)},
-       infer=_pool_infer, verify=lambda op: _check_auto_pad(op))
+       infer=_pool_infer, verify=check_window_attrs)
 
 
 def _max_pool_verify(op):
-    _check_auto_pad(op)
+    check_window_attrs(op)
     if len(op.results) not in (1, 2):
         raise fail(op, f"has 1 or 2 results (values, indices), got {len(op.results)}")
 
@@ -360,7 +405,8 @@ def _max_unpool_infer(op):
 
 define("max_unpool", operands=["x", "indices", "output_shape?"],
        attrs={"kernel_shape": attr("ints", required=True), "pads": attr("ints"),
-              "strides": attr("ints")}, infer=_max_unpool_infer)
+              "strides": attr("ints")}, infer=_max_unpool_infer,
+       types={"indices": INT64, "output_shape": INT64})
 
 
 # -- resize and sampling --------------------------------------------------------------------
@@ -459,6 +505,7 @@ define("resize", operands=["x", "roi?", "scales?", "sizes?"],
               "keep_aspect_ratio_policy": attr("str", "stretch"), "mode": attr("str", "nearest"),
               "nearest_mode": attr("str", "round_prefer_floor")},
        infer=_resize_infer, verify=_resize_verify,
+       types={"roi": FLOATS, "scales": FLOAT32, "sizes": INT64},
        doc="ONNX Resize (opset 19 semantics); Upsample and older Resize import as this.")
 
 
@@ -469,7 +516,7 @@ def _grid_sample_infer(op):
     return [TensorType(x.dtype, (x.shape[0], x.shape[1], *g.shape[1:-1]))]
 
 
-define("grid_sample", operands=["x", "grid"],
+define("grid_sample", operands=["x", "grid"], types={"grid": FLOATS},
        attrs={"align_corners": attr("int", 0), "mode": attr("str", "linear"),
               "padding_mode": attr("str", "zeros")}, infer=_grid_sample_infer)
 
@@ -480,15 +527,15 @@ def _affine_grid_infer(op):
     if size is None:
         sz = tensor_operand(op, 1)
         n = sz.shape[0] if sz.shape is not None and len(sz.shape) == 1 else None
-        if isinstance(n, int):
-            return [TensorType(theta.dtype, (UNKNOWN,) * (n - 1))]
+        if isinstance(n, int):  # size [N, C, *spatial] gives [N, *spatial, len(spatial)]
+            return [TensorType(theta.dtype, (UNKNOWN,) * (n - 1) + (n - 2,))]
         return [TensorType(theta.dtype, None)]
     size = [int(v) for v in np.asarray(size).reshape(-1)]
     return [TensorType(theta.dtype, (size[0], *size[2:], len(size) - 2))]
 
 
 define("affine_grid", operands=["theta", "size"], attrs={"align_corners": attr("int", 0)},
-       infer=_affine_grid_infer)
+       infer=_affine_grid_infer, types={"theta": FLOATS, "size": INT64})
 
 
 def _roi_align_infer(op):
@@ -502,13 +549,16 @@ define("roi_align", operands=["x", "rois", "batch_indices"],
        attrs={"coordinate_transformation_mode": attr("str", "half_pixel"),
               "mode": attr("str", "avg"), "output_height": attr("int", 1),
               "output_width": attr("int", 1), "sampling_ratio": attr("int", 0),
-              "spatial_scale": attr("float", 1.0)}, infer=_roi_align_infer)
+              "spatial_scale": attr("float", 1.0)}, infer=_roi_align_infer,
+       types={"x": "T", "rois": "T", "batch_indices": INT64})
 
 define("non_max_suppression",
        operands=["boxes", "scores", "max_output_boxes_per_class?", "iou_threshold?",
                  "score_threshold?"],
        attrs={"center_point_box": attr("int", 0)},
        infer=lambda op: [TensorType(DType.int64, (UNKNOWN, 3))],
+       types={"boxes": FLOAT32, "scores": FLOAT32, "max_output_boxes_per_class": INT64,
+              "iou_threshold": FLOAT32, "score_threshold": FLOAT32},
        doc="Selected boxes as rows [batch, class, box]; the row count depends on the data.")
 
 

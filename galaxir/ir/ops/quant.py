@@ -6,7 +6,7 @@ per-tensor, per-axis and blocked granularity is decided by the scale's shape, as
 """
 from __future__ import annotations
 
-from ..opdef import attr, define
+from ..opdef import FLOATS, INT32, attr, define
 from ..types import UNKNOWN, DType, TensorType
 from .rules import fail, normalize_axis, tensor_operand
 
@@ -82,7 +82,7 @@ def _dequantize(op):
 define("dequantize_linear", operands=["x", "x_scale", "x_zero_point?"],
        attrs={"axis": attr("int", 1), "block_size": attr("int", 0),
               "output_dtype": attr("dtype")},
-       infer=_dequantize,
+       infer=_dequantize, types={"x": "T1", "x_zero_point": "T1", "x_scale": FLOATS},
        doc="y = (x - x_zero_point) * x_scale in the result dtype (output_dtype, else the scale's).")
 
 
@@ -160,12 +160,20 @@ def conv_shape(op, x: TensorType, w: TensorType):
     return tuple(out)
 
 
+INT8S = frozenset({DType.int8, DType.uint8})
+
+
+def _integer_types(a: str, b: str) -> dict:
+    """(a - a_zp) op (b - b_zp): each operand shares its zero point's 8-bit dtype."""
+    return {a: ("T1", INT8S), f"{a}_zero_point": "T1", b: ("T2", INT8S), f"{b}_zero_point": "T2"}
+
+
 def _matmul_integer(op):
     return [TensorType(DType.int32, matmul_shape(op, tensor_operand(op, 0), tensor_operand(op, 1)))]
 
 
 define("matmul_integer", operands=["a", "b", "a_zero_point?", "b_zero_point?"],
-       infer=_matmul_integer, doc="(a - a_zp) @ (b - b_zp) accumulated in int32.")
+       infer=_matmul_integer, types=_integer_types("a", "b"), doc="(a - a_zp) @ (b - b_zp) accumulated in int32.")
 
 
 def _conv_integer(op):
@@ -173,7 +181,11 @@ def _conv_integer(op):
 
 
 define("conv_integer", operands=["x", "w", "x_zero_point?", "w_zero_point?"], attrs=dict(CONV_ATTRS),
-       infer=_conv_integer, doc="conv of (x - x_zp) and (w - w_zp) accumulated in int32.")
+       infer=_conv_integer, types=_integer_types("x", "w"), doc="conv of (x - x_zp) and (w - w_zp) accumulated in int32.")
+
+
+def _qlinear_types(a: str, b: str) -> dict:
+    return {**_integer_types(a, b), f"{a}_scale": ("TS", FLOATS), f"{b}_scale": "TS"}
 
 
 def _qlinear_matmul(op):
@@ -183,6 +195,7 @@ def _qlinear_matmul(op):
 
 define("qlinear_matmul", operands=["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point",
                                    "y_scale", "y_zero_point"],
+       types={**_qlinear_types("a", "b"), "y_scale": "TS"},
        infer=_qlinear_matmul, doc="quantized matmul: requantize(dequant(a) @ dequant(b)).")
 
 
@@ -194,4 +207,5 @@ def _qlinear_conv(op):
 define("qlinear_conv", operands=["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point",
                                  "y_scale", "y_zero_point", "bias?"],
        attrs=dict(CONV_ATTRS), infer=_qlinear_conv,
+       types={**_qlinear_types("x", "w"), "y_scale": "TS", "bias": INT32},
        doc="quantized conv: requantize(conv(dequant(x), dequant(w)) + bias*x_scale*w_scale).")

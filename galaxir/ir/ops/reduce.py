@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import INDEX, INT64, attr, define
 from ..types import UNKNOWN, DType, TensorType
 from .rules import const_value, fail, normalize_axis, same_as, tensor_operand
 
@@ -45,8 +45,6 @@ def _reduce_infer(op: "Operation"):
     axes_v = op.operand(1)
     if axes_v is not None:
         at = axes_v.type
-        if isinstance(at, TensorType) and at.dtype is not DType.int64:
-            raise fail(op, f"axes must be int64, got {at}")
         axes = const_value(op, 1)
         if axes is None:  # data-dependent axes
             if isinstance(at, TensorType) and at.shape is not None and len(at.shape) == 1 \
@@ -74,7 +72,7 @@ def _reduce_infer(op: "Operation"):
 
 
 for _name in REDUCTIONS:
-    define(_name, operands=["data", "axes?"], infer=_reduce_infer,
+    define(_name, operands=["data", "axes?"], infer=_reduce_infer, types={"axes": INT64},
            attrs={"keepdims": attr("int", 1), "noop_with_empty_axes": attr("int", 0)},
            doc="Reduce over the int64 ``axes`` operand (all axes when absent or empty, "
                "unless noop_with_empty_axes=1, which makes it an identity).")
@@ -248,24 +246,30 @@ def _lp_norm_verify_p(op: "Operation"):
 
 
 _NORM_DOC = "stash_type: the ONNX compute-precision attribute (1 = float32 statistics)."
-define("layer_norm", operands=["x", "scale", "bias?"], infer=_layer_norm_infer,
+_NORM_TYPES = {"x": "T", "scale": "T", "bias": "T"}
+define("layer_norm", operands=["x", "scale", "bias?"], infer=_layer_norm_infer, types=_NORM_TYPES,
        attrs={"axis": attr("int", -1), "epsilon": attr("float", 1e-5),
               "stash_type": attr("int", 1)},
        decompose=_decompose_layer_norm,
        doc="Normalize over the axes from ``axis`` to the last; then * scale + bias. " + _NORM_DOC)
 define("rms_norm", operands=["x", "scale"], infer=_layer_norm_infer,
+       types={"x": "T", "scale": "T"},
        attrs={"axis": attr("int", -1), "epsilon": attr("float", 1e-5),
               "stash_type": attr("int", 1)},
        decompose=_decompose_rms_norm, doc="x / sqrt(mean(x^2) + eps) * scale. " + _NORM_DOC)
 define("group_norm", operands=["x", "scale", "bias"], infer=_check_rank_at_least(2),
+       types=_NORM_TYPES,
        attrs={"num_groups": attr("int", required=True), "epsilon": attr("float", 1e-5),
               "stash_type": attr("int", 1)},
        decompose=_decompose_group_norm,
        doc="Normalize channel groups; scale and bias are per channel [C]. " + _NORM_DOC)
 define("instance_norm", operands=["x", "scale", "bias"], infer=_check_rank_at_least(2),
+       types=_NORM_TYPES,
        attrs={"epsilon": attr("float", 1e-5)}, decompose=_decompose_instance_norm)
 define("batch_norm", operands=["x", "scale", "bias", "mean", "var"],
-       infer=_check_rank_at_least(1), attrs={"epsilon": attr("float", 1e-5),
+       infer=_check_rank_at_least(1),
+       types={"x": "T", "scale": "T", "bias": "T", "mean": "T", "var": "T"},
+       attrs={"epsilon": attr("float", 1e-5),
                                               "layout": attr("str", "NCHW")},
        decompose=_decompose_batch_norm,
        doc="Inference-mode batch normalization with per-channel (axis 1) statistics. "
@@ -294,8 +298,6 @@ define("lrn", operands=["x"], infer=_lrn_infer,
 def _nll_infer(op: "Operation"):
     t = tensor_operand(op, 0)
     tgt = tensor_operand(op, 1)
-    if tgt.dtype not in (DType.int32, DType.int64):
-        raise fail(op, f"target must be int32 or int64, got {tgt}")
     red = op.attr("reduction")
     if red not in ("none", "sum", "mean"):
         raise fail(op, f"reduction must be none, sum or mean, got {red!r}")
@@ -309,6 +311,6 @@ def _nll_infer(op: "Operation"):
 
 
 define("negative_log_likelihood_loss", operands=["input", "target", "weight?"],
-       infer=_nll_infer,
+       infer=_nll_infer, types={"input": "T", "weight": "T", "target": INDEX},
        attrs={"reduction": attr("str", "mean"), "ignore_index": attr("int")},
        doc="-input[n, target[n, ...], ...] * weight[target]; ignore_index entries count 0.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import INDEX, attr, define
 from ..types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 from .control import merge_types
 from .rules import const_value, fail, normalize_axis, tensor_operand
@@ -30,8 +30,6 @@ def _check_elem(op, seq: SequenceType, t: Type) -> None:
 def _position_operand(op, i: int) -> None:
     v = op.operand(i)
     if v is not None and isinstance(v.type, TensorType):
-        if v.type.dtype not in (DType.int32, DType.int64):
-            raise fail(op, f"position must be int32 or int64, got {v.type.dtype.name}")
         if v.type.shape is not None and any(d != 1 for d in v.type.shape if isinstance(d, int)):
             raise fail(op, f"position must be a scalar (or hold one element), got {v.type}")
 
@@ -47,14 +45,11 @@ def _construct(op) -> list[Type]:
         raise fail(op, "needs at least one tensor")
     t = None
     for i in range(len(op.operands)):
-        ti = tensor_operand(op, i)
-        if t is not None and ti.dtype != t.dtype:
-            raise fail(op, f"all tensors must share one dtype: {t.dtype.name} and {ti.dtype.name}")
-        t = merge_types(t, ti)
+        t = merge_types(t, tensor_operand(op, i))
     return [SequenceType(t)]
 
 
-define("sequence_construct", operands=["inputs*"], infer=_construct,
+define("sequence_construct", operands=["inputs*"], infer=_construct, types={"inputs": "T"},
        doc="A sequence of the operand tensors, in order.")
 
 
@@ -67,6 +62,7 @@ def _insert(op) -> list[Type]:
 
 
 define("sequence_insert", operands=["input_sequence", "tensor", "position?"], infer=_insert,
+       types={"position": INDEX},
        doc="A copy of the sequence with the tensor inserted at position (default: the end).")
 
 
@@ -76,6 +72,7 @@ def _erase(op) -> list[Type]:
 
 
 define("sequence_erase", operands=["input_sequence", "position?"], infer=_erase,
+       types={"position": INDEX},
        doc="A copy of the sequence without the tensor at position (default: the last).")
 
 
@@ -86,6 +83,7 @@ def _at(op) -> list[Type]:
 
 
 define("sequence_at", operands=["input_sequence", "position"], infer=_at,
+       types={"position": INDEX},
        doc="The tensor at position (negative counts from the end).")
 
 define("sequence_length", operands=["input_sequence"],
@@ -120,6 +118,7 @@ def _split_to_sequence(op) -> list[Type]:
 
 
 define("split_to_sequence", operands=["input", "split?"], infer=_split_to_sequence,
+       types={"split": INDEX},
        attrs={"axis": attr("int", 0), "keepdims": attr("int", 1)},
        doc="Splits a tensor along axis into a sequence: by 'split' sizes (1-D), into chunks "
            "of size 'split' (scalar), or into slices of 1 (no split; keepdims=0 drops the axis).")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import UnsupportedOpError
-from ..opdef import attr, define
+from ..opdef import INDEX, INT64, attr, define
 from ..types import UNKNOWN, DType, TensorType
 from .rules import dim_add, fail, tensor_operand
 
@@ -67,16 +67,19 @@ def _rnn_rule(gates: int, with_cell: bool):
     return rule
 
 
+RNN_TYPES = {"X": "T", "W": "T", "R": "T", "B": "T", "initial_h": "T", "sequence_lens": INDEX}
+
 define("rnn", operands=["X", "W", "R", "B?", "sequence_lens?", "initial_h?"], attrs=dict(RNN_ATTRS),
-       infer=_rnn_rule(1, False), num_results=2,
+       infer=_rnn_rule(1, False), num_results=2, types=RNN_TYPES,
        doc="Elman RNN (ONNX RNN): results Y, Y_h.")
 define("gru", operands=["X", "W", "R", "B?", "sequence_lens?", "initial_h?"],
        attrs={**RNN_ATTRS, "linear_before_reset": attr("int", 0)},
-       infer=_rnn_rule(3, False), num_results=2,
+       infer=_rnn_rule(3, False), num_results=2, types=RNN_TYPES,
        doc="ONNX GRU (gates z, r, h): results Y, Y_h.")
 define("lstm", operands=["X", "W", "R", "B?", "sequence_lens?", "initial_h?", "initial_c?", "P?"],
        attrs={**RNN_ATTRS, "input_forget": attr("int", 0)},
        infer=_rnn_rule(4, True), num_results=3,
+       types={**RNN_TYPES, "initial_c": "T", "P": "T"},
        doc="ONNX LSTM (gates i, o, f, c; peepholes i, o, f): results Y, Y_h, Y_c.")
 
 
@@ -136,6 +139,8 @@ define("attention", operands=["Q", "K", "V", "attn_mask?", "past_key?", "past_va
               "softcap": attr("float", 0.0), "softmax_precision": attr("dtype"),
               "left_window_size": attr("int", -1), "right_window_size": attr("int", -1)},
        infer=_attention, num_results=4, decompose=lambda b, op: decompose_attention(b, op),
+       types={"Q": "T1", "K": "T1", "past_key": "T1", "V": "T2", "past_value": "T2",
+              "nonpad_kv_seqlen": INT64},
        doc="Scaled dot-product attention (ONNX Attention, MHA/GQA/MQA, masks, causal, "
            "softcap, KV cache, sliding window): results Y, present_key, present_value, "
            "qk_matmul_output.")
@@ -170,6 +175,7 @@ define("linear_attention", operands=["query", "key", "value", "past_state?", "de
               "q_num_heads": attr("int", required=True), "scale": attr("float", 0.0),
               "update_rule": attr("str", "gated_delta")},
        infer=_linear_attention, num_results=2,
+       types={"query": "T", "key": "T", "value": "T", "decay": "T", "beta": "T"},
        doc="Recurrent linear attention (linear / gated / delta / gated_delta rules): results "
            "output [B,T,Hq*dv] and present_state [B,Hkv,dk,dv].")
 
@@ -195,7 +201,7 @@ def _flex_attention(op):
 
 define("preview.flex_attention", operands=["Q", "K", "V"],
        attrs={"scale": attr("float"), "softmax_precision": attr("dtype")}, regions=2,
-       infer=_flex_attention,
+       infer=_flex_attention, types={"Q": "T", "K": "T"},
        doc="Attention with user subgraphs: region 0 modifies the scores (score_mod), region 1 "
            "the probabilities (prob_mod); an absent modifier is an identity region.")
 
@@ -214,6 +220,7 @@ define("rotary_embedding", operands=["X", "cos_cache", "sin_cache", "position_id
        attrs={"interleaved": attr("int", 0), "num_heads": attr("int"),
               "rotary_embedding_dim": attr("int", 0)},
        infer=_rotary, decompose=lambda b, op: decompose_rotary(b, op),
+       types={"X": "T", "cos_cache": "T", "sin_cache": "T", "position_ids": INT64},
        doc="Rotary position embedding (RoPE), half-split or interleaved, full or partial.")
 
 
@@ -235,6 +242,7 @@ def _swiglu_decompose(b, op):
 
 
 define("swiglu", operands=["A", "B"], attrs={"alpha": attr("float", 1.0)}, infer=_swiglu,
+       types={"A": "T", "B": "T"},
        decompose=_swiglu_decompose, doc="Y = A * sigmoid(alpha * A) * B.")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import INDEX, INT64, attr, define
 from ..types import UNKNOWN, DType, TensorType
 from .rules import const_value, fail, normalize_axis, tensor_operand
 
@@ -51,6 +51,7 @@ def _dft(op):
 
 define("dft", operands=["input", "dft_length?", "axis?"],
        attrs={"inverse": attr("int", 0), "onesided": attr("int", 0)}, infer=_dft,
+       types={"dft_length": INDEX, "axis": INT64},
        doc="Discrete Fourier transform along `axis` (default -2); output is complex (last dim "
            "2), or real (last dim 1) for an inverse one-sided transform.")
 
@@ -79,6 +80,8 @@ def _stft(op):
 
 define("stft", operands=["signal", "frame_step", "window?", "frame_length?"],
        attrs={"onesided": attr("int", 1)}, infer=_stft,
+       types={"signal": "T1", "window": "T1", "frame_step": ("T2", INDEX),
+              "frame_length": ("T2", INDEX)},
        doc="Short-time Fourier transform: [batch, frames, bins, 2].")
 
 
@@ -90,7 +93,7 @@ def _window(op):
 for _name in ("blackman_window", "hamming_window", "hann_window"):
     define(_name, operands=["size"],
            attrs={"output_datatype": attr("dtype", DType.float32), "periodic": attr("int", 1)},
-           infer=_window)
+           infer=_window, types={"size": INDEX})
 
 
 def _mel(op):
@@ -103,4 +106,7 @@ def _mel(op):
 define("mel_weight_matrix",
        operands=["num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz"],
        attrs={"output_datatype": attr("dtype", DType.float32)}, infer=_mel,
+       types={"num_mel_bins": ("T1", INDEX), "dft_length": ("T1", INDEX),
+              "sample_rate": ("T1", INDEX), "lower_edge_hertz": "T2",
+              "upper_edge_hertz": "T2"},
        doc="[dft_length/2+1, num_mel_bins] triangular mel filter bank.")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..opdef import attr, define
+from ..opdef import BOOL, INDEX, INT64, attr, define
 from ..types import UNKNOWN, Dim, DType, TensorType, Type
 from .rules import broadcast_shapes, const_value, fail, normalize_axis, tensor_operand
 
@@ -303,6 +303,7 @@ def _reshape(op) -> list[Type]:
 
 
 define("reshape", operands=["data", "shape"], attrs={"allowzero": attr("int", 0)}, infer=_reshape,
+       types={"shape": INT64},
        doc="ONNX Reshape-14: 0 copies the input dim (unless allowzero), -1 is inferred.")
 
 
@@ -346,7 +347,8 @@ def _concat(op) -> list[Type]:
     return [types[0].with_shape(out)]
 
 
-define("concat", operands=["inputs*"], attrs={"axis": attr("int", required=True)}, infer=_concat)
+define("concat", operands=["inputs*"], attrs={"axis": attr("int", required=True)}, infer=_concat,
+       types={"inputs": "T"})
 
 
 def _split(op) -> list[Type]:
@@ -384,7 +386,7 @@ def _split(op) -> list[Type]:
 
 
 define("split", operands=["input", "split?"], attrs={"axis": attr("int", 0), "num_outputs": attr("int")},
-       num_results=None, infer=_split,
+       num_results=None, infer=_split, types={"split": INT64},
        doc="Split along axis by the sizes in 'split', else into num results (last one smaller).")
 
 
@@ -408,7 +410,7 @@ def _squeeze(op) -> list[Type]:
     return [x.with_shape([d for k, d in enumerate(x.shape) if k not in axes])]
 
 
-define("squeeze", operands=["data", "axes?"], infer=_squeeze)
+define("squeeze", operands=["data", "axes?"], infer=_squeeze, types={"axes": INT64})
 
 
 def _unsqueeze(op) -> list[Type]:
@@ -429,7 +431,7 @@ def _unsqueeze(op) -> list[Type]:
     return [x.with_shape(out)]
 
 
-define("unsqueeze", operands=["data", "axes"], infer=_unsqueeze)
+define("unsqueeze", operands=["data", "axes"], infer=_unsqueeze, types={"axes": INT64})
 
 
 def _flatten(op) -> list[Type]:
@@ -462,7 +464,7 @@ def _expand(op) -> list[Type]:
     return [x.with_shape(shape)]
 
 
-define("expand", operands=["input", "shape"], infer=_expand)
+define("expand", operands=["input", "shape"], infer=_expand, types={"shape": INT64})
 
 
 def _tile(op) -> list[Type]:
@@ -478,7 +480,7 @@ def _tile(op) -> list[Type]:
                                       for d, k in zip(x.shape, reps)]))]
 
 
-define("tile", operands=["input", "repeats"], infer=_tile)
+define("tile", operands=["input", "repeats"], infer=_tile, types={"repeats": INT64})
 
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int, int]:
@@ -545,7 +547,9 @@ def _slice(op) -> list[Type]:
     return [x.with_shape(out)]
 
 
-define("slice", operands=["data", "starts", "ends", "axes?", "steps?"], infer=_slice)
+_TIND = ("Tind", INDEX)
+define("slice", operands=["data", "starts", "ends", "axes?", "steps?"], infer=_slice,
+       types={"starts": _TIND, "ends": _TIND, "axes": _TIND, "steps": _TIND})
 
 
 # -- gathers and scatters ----------------------------------------------------------------------
@@ -557,7 +561,8 @@ def _gather(op) -> list[Type]:
     return [x.with_shape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])]
 
 
-define("gather", operands=["data", "indices"], attrs={"axis": attr("int", 0)}, infer=_gather)
+define("gather", operands=["data", "indices"], attrs={"axis": attr("int", 0)}, infer=_gather,
+       types={"indices": INDEX})
 
 
 def _gather_elements(op) -> list[Type]:
@@ -570,7 +575,7 @@ def _gather_elements(op) -> list[Type]:
 
 
 define("gather_elements", operands=["data", "indices"], attrs={"axis": attr("int", 0)},
-       infer=_gather_elements)
+       infer=_gather_elements, types={"indices": INDEX})
 
 
 def _gather_nd(op) -> list[Type]:
@@ -584,14 +589,18 @@ def _gather_nd(op) -> list[Type]:
     return [x.with_shape(idx.shape[:-1] + x.shape[b + k:])]
 
 
-define("gather_nd", operands=["data", "indices"], attrs={"batch_dims": attr("int", 0)}, infer=_gather_nd)
+define("gather_nd", operands=["data", "indices"], attrs={"batch_dims": attr("int", 0)}, infer=_gather_nd,
+       types={"indices": INT64})
 
 define("scatter_elements", operands=["data", "indices", "updates"],
-       attrs={"axis": attr("int", 0), "reduction": attr("str", "none")}, infer=lambda op: [_data(op)])
+       attrs={"axis": attr("int", 0), "reduction": attr("str", "none")}, infer=lambda op: [_data(op)],
+       types={"data": "T", "indices": INDEX, "updates": "T"})
 define("scatter_nd", operands=["data", "indices", "updates"],
-       attrs={"reduction": attr("str", "none")}, infer=lambda op: [_data(op)])
+       attrs={"reduction": attr("str", "none")}, infer=lambda op: [_data(op)],
+       types={"data": "T", "indices": INT64, "updates": "T"})
 define("tensor_scatter", operands=["past_cache", "update", "write_indices?"],
        attrs={"mode": attr("str", "linear"), "axis": attr("int", -2)}, infer=lambda op: [_data(op)],
+       types={"past_cache": "T", "update": "T", "write_indices": INT64},
        doc="ONNX TensorScatter-24: writes 'update' into the cache along axis at write_indices.")
 
 
@@ -625,7 +634,8 @@ def _constant_of_shape(op) -> list[Type]:
     return [TensorType(dt, _nonneg(op, spec))]
 
 
-define("constant_of_shape", operands=["input"], attrs={"value": attr("tensor")}, infer=_constant_of_shape)
+define("constant_of_shape", operands=["input"], attrs={"value": attr("tensor")}, infer=_constant_of_shape,
+       types={"input": INT64})
 
 
 def range_length(start, limit, delta) -> int:
@@ -651,7 +661,8 @@ def _range(op) -> list[Type]:
     return [t.with_shape((n,))]
 
 
-define("range", operands=["start", "limit", "delta"], infer=_range)
+define("range", operands=["start", "limit", "delta"], infer=_range,
+       types={"start": "T", "limit": "T", "delta": "T"})
 
 
 def _pad(op) -> list[Type]:
@@ -673,7 +684,8 @@ def _pad(op) -> list[Type]:
 
 
 define("pad", operands=["data", "pads", "constant_value?", "axes?"],
-       attrs={"mode": attr("str", "constant")}, infer=_pad)
+       attrs={"mode": attr("str", "constant")}, infer=_pad,
+       types={"data": "T", "pads": INT64, "constant_value": "T", "axes": INDEX})
 
 
 def _compress(op) -> list[Type]:
@@ -690,7 +702,8 @@ def _compress(op) -> list[Type]:
     return [x.with_shape(x.shape[:axis] + (n,) + x.shape[axis + 1:])]
 
 
-define("compress", operands=["input", "condition"], attrs={"axis": attr("int")}, infer=_compress)
+define("compress", operands=["input", "condition"], attrs={"axis": attr("int")}, infer=_compress,
+       types={"condition": BOOL})
 
 
 def _non_zero(op) -> list[Type]:
@@ -723,7 +736,8 @@ def _eye_like(op) -> list[Type]:
 
 
 define("eye_like", operands=["input"], attrs={"dtype": attr("dtype"), "k": attr("int", 0)}, infer=_eye_like)
-define("trilu", operands=["input", "k?"], attrs={"upper": attr("int", 1)}, infer=lambda op: [_data(op)])
+define("trilu", operands=["input", "k?"], attrs={"upper": attr("int", 1)}, infer=lambda op: [_data(op)],
+       types={"k": INT64})
 
 
 def _depth_to_space(op) -> list[Type]:
@@ -777,9 +791,10 @@ def _center_crop_pad(op) -> list[Type]:
 
 
 define("center_crop_pad", operands=["input_data", "shape"], attrs={"axes": attr("ints")},
-       infer=_center_crop_pad)
+       infer=_center_crop_pad, types={"shape": INDEX})
 define("reverse_sequence", operands=["input", "sequence_lens"],
-       attrs={"batch_axis": attr("int", 1), "time_axis": attr("int", 0)}, infer=lambda op: [_data(op)])
+       attrs={"batch_axis": attr("int", 1), "time_axis": attr("int", 0)}, infer=lambda op: [_data(op)],
+       types={"sequence_lens": INT64})
 
 
 def _unique(op) -> list[Type]:
@@ -814,11 +829,12 @@ def _top_k(op) -> list[Type]:
 
 
 define("top_k", operands=["X", "K"], attrs={"axis": attr("int", -1), "largest": attr("int", 1),
-                                            "sorted": attr("int", 1)}, num_results=2, infer=_top_k)
+                                            "sorted": attr("int", 1)}, num_results=2, infer=_top_k,
+       types={"K": INT64})
 
 for _name in ("cumsum", "cumprod"):
     define(_name, operands=["x", "axis"], attrs={"exclusive": attr("int", 0), "reverse": attr("int", 0)},
-           infer=lambda op: [_data(op)])
+           infer=lambda op: [_data(op)], types={"axis": INDEX})
 
 
 def _col2im(op) -> list[Type]:
@@ -836,4 +852,5 @@ def _col2im(op) -> list[Type]:
 
 
 define("col2im", operands=["input", "image_shape", "block_shape"],
-       attrs={"dilations": attr("ints"), "pads": attr("ints"), "strides": attr("ints")}, infer=_col2im)
+       attrs={"dilations": attr("ints"), "pads": attr("ints"), "strides": attr("ints")}, infer=_col2im,
+       types={"image_shape": INT64, "block_shape": INT64})

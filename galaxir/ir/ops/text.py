@@ -17,12 +17,11 @@ def _string_operand(op, i: int) -> TensorType:
 
 
 def _string_concat(op) -> list[Type]:
-    _string_operand(op, 0)
-    _string_operand(op, 1)
     return [broadcast_types(op)]
 
 
-define("string_concat", operands=["x", "y"], infer=_string_concat,
+STRING = frozenset({DType.string})
+define("string_concat", operands=["x", "y"], infer=_string_concat, types={"x": STRING, "y": STRING},
        doc="Elementwise concatenation of two string tensors (numpy broadcasting).")
 
 

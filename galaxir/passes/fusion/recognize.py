@@ -4,8 +4,15 @@
   ``layer_norm(x, 1)``; then ``* gamma`` and ``+ beta`` are absorbed as scale and bias.
 * gelu: ``0.5 * x * (1 + erf(x / sqrt(2)))`` -> ``gelu(x)``; ``0.5 * x * (1 + tanh(sqrt(2/pi) *
   (x + 0.044715 * x^3)))`` -> ``gelu(x, approximate="tanh")`` (any order of the products).
-* attention: ``softmax(q @ kt * s + mask) @ v`` (scale by Mul or Div, mask optional) ->
-  ``sdpa(q, kt, v, mask, scale=s)``.
+* attention: ``softmax(q @ kt * s + mask) @ v`` (scale by Mul or Div, mask optional; a
+  scalar factor on q or kt, as torch's exporter of scaled_dot_product_attention writes
+  ``(q * sqrt(s)) @ (kt * sqrt(s))``, joins the scale; the exporters' guard
+  ``where(isnan(p), 0, p)`` on the probabilities is accepted) -> the ``attention`` op
+  (ONNX Attention: one fused kernel on the cpu backend) when q, kt, v are rank 3 or 4 with
+  the same batch dims, with ``K = transpose(kt)`` (composed with kt's own transpose, so
+  ``q @ transpose(k)`` reads k itself); else ``sdpa(q, kt, v, mask, scale=s)``.  The two
+  differ only on a row whose mask is -inf everywhere (attention: zeros, sdpa: NaN, the
+  guard: zeros), so without the guard a run-time mask keeps sdpa.
 
 Intermediate values must have no use outside the matched subgraph.
 """
@@ -269,15 +276,75 @@ class RecognizeGelu(RewritePattern):
 
 
 # -- attention ---------------------------------------------------------------------------------------
+def _peel_scalar_factor(v: Value) -> tuple[Value, float] | None:
+    """(x, c) when ``v`` is a once-used ``x * c`` or ``x / c`` with a scalar constant c."""
+    p = v.producer
+    if p is None or p.name not in ("mul", "div") or len(v.uses) != 1:
+        return None
+    a, b = p.operands
+    c = _scalar(b)
+    if c is None and p.name == "mul":
+        c, a = _scalar(a), b
+    if c is None or (p.name == "div" and c == 0):
+        return None
+    return a, (c if p.name == "mul" else 1.0 / c)
+
+
+def _nan_guard(probs: Value) -> Value | None:
+    """The softmax result ``p`` when ``probs`` is ``where(isnan(p), 0, p)`` and p, isnan(p)
+    are used only there (the guard torch's exporters put after a masked softmax)."""
+    w = probs.producer
+    if w is None or w.name != "where" or len(probs.uses) != 1:
+        return None
+    cond, zero, p = w.operands
+    isn = cond.producer
+    if isn is None or isn.name != "isnan" or isn.operand(0) is not p or len(cond.uses) != 1:
+        return None
+    if _scalar(zero) != 0.0 or len(p.uses) != 2:
+        return None
+    return p
+
+
+def _mask_never_dead(mask: Value) -> bool:
+    """No row of ``mask`` can be -inf everywhere (where attention and sdpa differ): a
+    constant with a finite entry in every row, or ``where(c, a, b)`` of finite constants
+    (transformers' eager masks use the dtype's finite minimum)."""
+    arr = const_array(mask)
+    if arr is not None:
+        return arr.ndim >= 1 and bool(np.isfinite(arr).any(axis=-1).all())
+    p = mask.producer
+    if p is not None and p.name == "where":
+        branches = [const_array(x) for x in p.operands[1:]]
+        return all(b is not None and b.dtype.kind == "f" and bool(np.isfinite(b).all())
+                   for b in branches)
+    return False
+
+
+def _same_dims(shapes) -> bool:
+    """The leading dims agree where known (a symbolic or unknown dim is checked again when
+    the attention op is specialized and lowered)."""
+    for dims in zip(*shapes):
+        known = {d for d in dims if isinstance(d, int)}
+        if len(known) > 1:
+            return False
+    return True
+
+
 class RecognizeAttention(RewritePattern):
-    """matmul(softmax(matmul(q, kt) [*|/ c] [+ mask], axis=-1), v) -> sdpa(q, kt, v, mask)"""
+    """matmul(softmax(matmul(q, kt) [*|/ c] [+ mask], axis=-1), v) -> attention or sdpa"""
 
     name = "recognize-attention"
     root = "matmul"
 
     def _match(self, op: Operation):
         probs, v = op.operands
+        guard = False
         sm = _one(probs, "softmax")
+        if sm is None:
+            p = _nan_guard(probs)
+            sm = p.producer if p is not None and p.producer is not None and \
+                p.producer.name == "softmax" else None
+            guard = sm is not None
         if sm is None:
             return None, "the left operand is not a once-used softmax"
         s = sm.operand(0)
@@ -298,29 +365,71 @@ class RecognizeAttention(RewritePattern):
         scale = 1.0
         p = s.producer
         if p is not None and p.name in ("mul", "div") and len(s.uses) == 1:
-            a, b = p.operands
-            c = _scalar(b)
-            if p.name == "mul" and c is None:
-                c, b, a = _scalar(a), a, b
-            if c is None or (p.name == "div" and c == 0):
+            got = _peel_scalar_factor(s)
+            if got is None:
                 return None, "the scores are scaled by a non-constant"
-            scale = c if p.name == "mul" else 1.0 / c
-            s = a
+            s, scale = got
         mm = _one(s, "matmul")
         if mm is None:
             return None, "the scores are not a once-used matmul"
         q, kt = mm.operands
+        for _ in range(2):      # torch: (q * sqrt(s)) @ (kt * sqrt(s))
+            got = _peel_scalar_factor(q)
+            if got is not None:
+                q, c = got
+                scale *= c
+            got = _peel_scalar_factor(kt)
+            if got is not None:
+                kt, c = got
+                scale *= c
         if mask is not None and (not isinstance(mask.type, TensorType) or
                                  mask.type.dtype != q.type.dtype):
             return None, "the mask is not an additive mask of the scores' dtype"
-        return (q, kt, v, mask, scale), None
+        return (q, kt, v, mask, scale, guard), None
+
+    @staticmethod
+    def _fused_form_ok(q, kt, v, mask, guard) -> bool:
+        """Can the chain become the attention op (see the module docstring)?"""
+        shapes = [_shape(x) for x in (q, kt, v)]
+        if any(sh is None for sh in shapes) or len({len(sh) for sh in shapes}) != 1 \
+                or len(shapes[0]) not in (3, 4):
+            return False
+        if not _same_dims([sh[:-2] for sh in shapes]):
+            return False
+        if mask is not None and len(shapes[0]) == 3 and (
+                _shape(mask) is None or len(_shape(mask)) > 2):
+            return False    # a rank-3 mask would broadcast over attention's head axis
+        if mask is None or guard:
+            return True
+        return _mask_never_dead(mask)
+
+    def _attention(self, rewriter, op, q, kt, v, mask, scale):
+        """The attention op for the chain rooted at ``op`` (K = kt transposed back)."""
+        rank = len(_shape(q))
+        swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+        src, perm = kt, swap
+        t = kt.producer
+        if t is not None and t.name == "transpose" and t.attr("perm") is not None:
+            src = t.operand(0)
+            perm = [int(t.attr("perm")[i]) for i in swap]
+        k = src if perm == list(range(rank)) else \
+            rewriter.create("transpose", src, before=op, perm=perm).results[0]
+        kw = dict(scale=float(scale))
+        if rank == 3:
+            kw.update(q_num_heads=1, kv_num_heads=1)
+        return rewriter.create("attention", q, k, v, mask, before=op, **kw)
 
     def match_and_rewrite(self, op: Operation, rewriter: Rewriter) -> bool:
         got, _ = self._match(op)
         if got is None:
             return False
-        q, kt, v, mask, scale = got
-        new = rewriter.create("sdpa", q, kt, v, mask, before=op, scale=float(scale))
+        q, kt, v, mask, scale, guard = got
+        if self._fused_form_ok(q, kt, v, mask, guard):
+            new = self._attention(rewriter, op, q, kt, v, mask, scale)
+        elif guard:
+            return False
+        else:
+            new = rewriter.create("sdpa", q, kt, v, mask, before=op, scale=float(scale))
         want, have = op.results[0].type, new.results[0].type
         if isinstance(want, TensorType) and isinstance(have, TensorType) and \
                 want.shape is not None and have.shape is not None and \
@@ -329,7 +438,7 @@ class RecognizeAttention(RewritePattern):
                     for a, b in zip(want.shape, have.shape))):
             rewriter.erase_op(new)
             return False
-        rewriter.replace_op(op, new.results)
+        rewriter.replace_op(op, new.results[:1])
         return True
 
     def explain(self, op: Operation) -> str:

@@ -40,16 +40,16 @@ def _window_attrs(ctx, kernel, keys=("auto_pad", "dilations", "kernel_shape", "p
     """The window attributes, with auto_pad resolved into pads when dims are static."""
     a = {k: ctx.attrs[k] for k in keys if k in ctx.attrs}
     auto_pad = a.get("auto_pad", "NOTSET")
-    if auto_pad not in ("NOTSET", ""):
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
         spatial = _spatial(ctx.inputs[0])
         if spatial is not None and kernel is not None and len(spatial) == len(kernel):
             _, _, pads = resolve_window(spatial, kernel, a.get("strides"), a.get("dilations"),
                                         None, auto_pad)
             a["pads"] = tuple(int(p) for p in pads)
             a.pop("auto_pad")
-    elif "auto_pad" in a:
-        a.pop("auto_pad")
-    return a
+    elif auto_pad in ("NOTSET", ""):
+        a.pop("auto_pad", None)
+    return a   # an unknown auto_pad stays: the op's verifier names it
 
 
 @converter("Conv")
@@ -82,6 +82,8 @@ def conv_transpose(ctx):
             a.pop("output_shape", None)
         else:
             a["auto_pad"] = auto_pad
+    elif auto_pad not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        a["auto_pad"] = auto_pad   # unknown: the op's verifier names it
     return [ctx.op("conv_transpose", *ctx.inputs[:3], **a)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....errors import ShapeInferenceError
 from ....ir.types import DType, TensorType
 from ..importer import converter, simple
 
@@ -118,6 +119,22 @@ def _dtype(v) -> DType:
     return v.type.dtype if isinstance(v.type, TensorType) else DType.float32
 
 
+def _as_dtype(ctx, v, dt: DType):
+    """``v`` cast to ``dt``: ONNX lets normalization parameters have their own float type
+    (BatchNormalization's T1/T2, RMSNormalization's V); galaxir's ops take X's."""
+    return v if v is None or _dtype(v) == dt else ctx.op("cast", v, to=dt)
+
+
+def _same_dtype(ctx, **named) -> None:
+    """The ONNX type constraint that the named inputs share one element type."""
+    (n0, v0), *rest = [(n, v) for n, v in named.items() if v is not None]
+    for n, v in rest:
+        if _dtype(v) != _dtype(v0):
+            raise ShapeInferenceError(
+                f"ONNX node '{ctx.name}' ({ctx.op_type}): input {n} is {_dtype(v).name} but "
+                f"{n0} is {_dtype(v0).name}: {', '.join(named)} must share one element type")
+
+
 @converter("BatchNormalization")
 def batch_norm(ctx):
     x, scale, bias, mean, var = ctx.inputs[:5]
@@ -129,8 +146,13 @@ def batch_norm(ctx):
         y = ctx.op("add", ctx.op("mul", ctx.op("sub", x, mean), inv), bias)
         return [y] + [None] * (ctx.num_outputs - 1)
     training = ctx.opset >= 14 and ctx.attr("training_mode", 0) == 1
+    if ctx.opset >= 15:  # scale and B share type T1, mean and var T2 (each may differ from X's)
+        _same_dtype(ctx, scale=scale, B=bias)
+        _same_dtype(ctx, input_mean=mean, input_var=var)
+        scale, bias = _as_dtype(ctx, scale, _dtype(x)), _as_dtype(ctx, bias, _dtype(x))
     if not training:
-        y = ctx.op("batch_norm", x, scale, bias, mean, var, epsilon=eps)
+        stats = [mean, var] if ctx.opset < 15 else [_as_dtype(ctx, p, _dtype(x)) for p in (mean, var)]
+        y = ctx.op("batch_norm", x, scale, bias, *stats, epsilon=eps)
         return [y] + [None] * (ctx.num_outputs - 1)
     if rank is None:
         raise ctx.unsupported("training_mode=1 needs the input rank")
@@ -223,7 +245,8 @@ def rms_norm(ctx):
     kw = {"axis": ctx.attr("axis", -1), "epsilon": ctx.attr("epsilon", 1e-5)}
     if ctx.attr("stash_type", 1) != 1:
         kw["stash_type"] = ctx.attr("stash_type")
-    return [ctx.op("rms_norm", *ctx.inputs[:2], **kw)]
+    x, scale = ctx.inputs[:2]
+    return [ctx.op("rms_norm", x, _as_dtype(ctx, scale, _dtype(x)), **kw)]
 
 
 @converter("LpNormalization")

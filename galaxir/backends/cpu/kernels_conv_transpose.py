@@ -1,0 +1,141 @@
+"""Transposed 2-d convolution (ONNX ConvTranspose, DCGAN-style generators) on NCHW.
+
+A transposed conv scatters every input pixel times its ``kh x kw`` kernel into the output.
+Written as ``cols = W^T @ X`` per (image, group), with ``W^T`` the constant weights as a
+``[M/g * kh * kw, C/g]`` matrix and ``X`` the image as ``[C/g, H * W]``, it is one GEMM
+(``kernels_nhwc.MatMulPacked``: the weights read in place, the image packed into 16-column
+panels, both threads; ``Gemv`` for a 1x1 input) into scratch, then a *col2im* scatter-add
+of each tap's row of ``cols`` into the output plane, one task per output channel plane (no
+two tasks write the same element), starting from the bias.  The tap bounds are compile-time constants, so the scatter loops have no checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from .codegen import F32, i64
+from .kernels import Gemv, Kernel
+from .kernels_nhwc import MatMulPacked
+
+
+def pack_conv_transpose_weights(w, groups: int):
+    """Weights [C, M/g, kh, kw] -> W_g^T [g, M/g * kh * kw, C/g] (row-major per group)."""
+    import numpy as np
+    w = np.asarray(w, np.float32)
+    C = w.shape[0]
+    cg = C // groups
+    rows = int(np.prod(w.shape[1:]))
+    return np.ascontiguousarray(w.reshape(groups, cg, rows).transpose(0, 2, 1))
+
+
+def tap_range(k: int, s: int, p: int, d: int, n_in: int, n_out: int) -> tuple[int, int]:
+    """[lo, hi): the input positions whose tap ``k`` lands inside the output
+    (``o = i * s - p + k * d`` in [0, n_out))."""
+    lo = max(0, -((k * d - p) // s))
+    hi = min(n_in, (n_out - 1 + p - k * d) // s + 1)
+    return lo, max(lo, hi)
+
+
+@dataclass
+class ConvTranspose2d(Kernel):
+    """y[n, m, oh, ow] = bias[m] + sum over (c, ih, iw, i, j) with oh = ih*sh - pt + i*dh and
+    ow = iw*sw - pl + j*dw of x[n, c, ih, iw] * w[c, m % (M/g), i, j] (c in m's group)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
+    pt: int = 0
+    pl: int = 0
+    group: int = 1
+    has_bias: bool = False
+    name: str = "conv_transpose"
+
+    def key(self):
+        return ("convT", self.N, self.C, self.H, self.W, self.M, self.OH, self.OW, self.kh,
+                self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.group,
+                self.has_bias)
+
+    @property
+    def rows(self) -> int:
+        """Rows of cols per (image, group): (M/g) * kh * kw."""
+        return self.M // self.group * self.kh * self.kw
+
+    @property
+    def cols_bytes(self) -> int:
+        return self.N * self.group * self.rows * self.H * self.W * 4
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.cols_bytes + self.gemm().scratch_bytes
+
+    @property
+    def from_vector(self) -> bool:
+        """A 1x1 input (a generator's latent vector): cols is x @ W, a matrix-vector
+        product per image, which the GEMM's 16-column panels would fill with zeros."""
+        return self.H * self.W == 1 and self.group == 1 and self.N <= 4
+
+    def gemm(self):
+        """cols[n, g] = W_g^T [rows, C/g] @ x[n, g] [C/g, H*W] for every (image, group)."""
+        cg, P = self.C // self.group, self.H * self.W
+        if self.from_vector:
+            return Gemv(M=self.N, N=self.rows, K=self.C)
+        return MatMulPacked(M=self.rows, N=P, K=cg, batch=(self.N, self.group),
+                            a_batch_strides=(0, self.rows * cg),
+                            b_batch_strides=(self.C * P, cg * P))
+
+    def emit(self, module, fname, n_args):
+        from .kernels import _fb
+        from .parallel import parallel_kernel
+        scatter = parallel_kernel(module, fname + "_col2im", n_args, self.N * self.M, self._col2im)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        x, wt, scratch = fb.args[1], fb.args[2], fb.args[-1]
+        if self.from_vector:
+            gemv = self.gemm().emit(module, fname + "_gemv", 3)
+            b.call(gemv, [scratch, x, wt])
+        else:
+            gemm = self.gemm().emit(module, fname + "_gemm", 4)
+            b.call(gemm, [scratch, wt, x, fb.ptr(scratch, self.cols_bytes // 4)])
+        b.call(scatter, list(fb.args))
+        return fb.finish()
+
+    def _col2im(self, fb, args, t):
+        b = fb.b
+        y, bias, cols = args[0], (args[3] if self.has_bias else None), args[-1]
+        mg = self.M // self.group
+        P, OP = self.H * self.W, self.OH * self.OW
+        n = b.sdiv(t, i64(self.M))
+        m = b.srem(t, i64(self.M))
+        g = b.sdiv(m, i64(mg))
+        ml = b.srem(m, i64(mg))
+        plane = fb.ptr(y, b.mul(t, i64(OP)))
+        init = fb.load(bias, m) if bias is not None else ir.Constant(F32, 0.0)
+        with fb.loop(0, OP) as p:
+            fb.store(init, plane, p)
+        rows = fb.ptr(cols, b.mul(b.add(b.mul(b.add(b.mul(n, i64(self.group)), g), i64(self.rows)),
+                                        b.mul(ml, i64(self.kh * self.kw))), i64(P)))
+        for i in range(self.kh):
+            hlo, hhi = tap_range(i, self.sh, self.pt, self.dh, self.H, self.OH)
+            for j in range(self.kw):
+                wlo, whi = tap_range(j, self.sw, self.pl, self.dw, self.W, self.OW)
+                if hlo >= hhi or wlo >= whi:
+                    continue
+                row = fb.ptr(rows, i64((i * self.kw + j) * P))
+                with fb.loop(hlo, hhi) as ih:
+                    oh = b.add(b.mul(ih, i64(self.sh)), i64(i * self.dh - self.pt))
+                    src = fb.ptr(row, b.mul(ih, i64(self.W)))
+                    dst = fb.ptr(plane, b.add(b.mul(oh, i64(self.OW)), i64(j * self.dw - self.pl)))
+                    with fb.loop(wlo, whi) as iw:
+                        o = b.mul(iw, i64(self.sw))
+                        fb.store(b.fadd(fb.load(dst, o), fb.load(src, iw)), dst, o)

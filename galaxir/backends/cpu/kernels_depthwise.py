@@ -1,0 +1,273 @@
+"""Depthwise convolution on channels-last tensors (MobileNet, EfficientNet, ConvNeXt), and
+grouped convolution with 2-8 channels per group (RegNet, ResNeXt).
+
+A depthwise conv does ``kh * kw`` multiply-adds per output element and reads each input
+pixel ``kh * kw`` times, so it is bound by loads, not FMAs.  The kernel keeps the loads
+down and the FMA units busy:
+
+* one ``<16 x float>`` (AVX-512; ``<8 x float>`` without, ``GALAXIR_CPU_WIDE`` overrides)
+  holds 16 channels of one output pixel;
+* several output pixels of a row (8 with 16 lanes, 6 with 8) accumulate at once: per
+  kernel row, each input column the group touches is loaded once and each tap's weights
+  once, then reused for every pixel (7x7, stride 1: 14 + 7 loads for 56 FMAs instead of
+  2 x 56);
+* the interior of a row (every tap inside the image) has no bounds checks; only the few
+  border pixels select a zero vector for taps in the padding, and rows of padding are
+  skipped;
+* one task per output row, spread over the worker pool;
+* with cg > 1 channels per group, each input vector is still loaded once, and lane l
+  takes input channel q of its own group through a shuffle (cg FMAs per tap).
+
+Every output channel is one FMA chain over the taps in (row, column) order, then bias,
+residual and activation, whatever its pixel's position in a group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from .codegen import F32, i64
+from .kernels import Kernel, _act_expr_of, _fma_vec, _max, _min, apply_activation_v8, emit_expr
+
+
+def _lanes() -> int:
+    from .kernels_nhwc import wide_tiles
+    return 16 if wide_tiles() else 8
+
+
+def pack_depthwise_nhwc(w):
+    """Weights [C, cg, kh, kw] of a conv with cg input and cg output channels per group
+    (cg = 1: depthwise) -> [kh, kw, cg, C]: the weights of input channel q of each output
+    channel's group, contiguous over the output channels."""
+    import numpy as np
+    return np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 3, 1, 0))
+
+
+#: groups of at most this many channels (and as many outputs) run on DepthwiseNhwc; wider
+#: ones fill the 16 columns of ConvNhwc's GEMM panels
+MAX_DIRECT_GROUP = 8
+
+
+def direct_group_ok(C: int, M: int, group: int) -> bool:
+    """Whether DepthwiseNhwc computes this conv: cg input and cg output channels per group
+    with cg in 1, 2, 4, 8 (a vector block then always starts at a group's first channel)."""
+    cg = C // group
+    return group > 1 and C == M and C % group == 0 and cg in (1, 2, 4, MAX_DIRECT_GROUP)
+
+
+def interior_columns(OW: int, W: int, kw: int, sw: int, dw: int, pl: int) -> tuple[int, int]:
+    """[lo, hi): the output columns whose every tap lies inside [0, W)."""
+    lo = min(-(-pl // sw), OW)
+    last = (kw - 1) * dw - pl          # iw of the last tap = ow*sw + last < W
+    hi = min(OW, (W - 1 - last) // sw + 1) if W - 1 - last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+def _vtype(width: int):
+    return F32 if width == 1 else ir.VectorType(F32, width)
+
+
+def _vload(fb, ptr, width):
+    b = fb.b
+    if width == 1:
+        return b.load(ptr, align=4)
+    return b.load(b.bitcast(ptr, _vtype(width).as_pointer()), align=4)
+
+
+def _vstore(fb, v, ptr, width):
+    b = fb.b
+    if width == 1:
+        b.store(v, ptr, align=4)
+    else:
+        b.store(v, b.bitcast(ptr, _vtype(width).as_pointer()), align=4)
+
+
+def _halves(b, v, width):
+    """Split a vector into <8 x float> pieces (the activation code works on 8 lanes)."""
+    if width == 8:
+        return [v]
+    idx = ir.VectorType(ir.IntType(32), 8)
+    return [b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                             ir.Constant(idx, list(range(8 * h, 8 * h + 8))))
+            for h in range(width // 8)]
+
+
+def _join(b, parts):
+    if len(parts) == 1:
+        return parts[0]
+    idx = ir.VectorType(ir.IntType(32), 16)
+    return b.shuffle_vector(parts[0], parts[1], ir.Constant(idx, list(range(16))))
+
+
+def activate(fb, v, width, act, params, expr):
+    """The epilogue activation on a value of ``width`` lanes (1, 8 or 16)."""
+    if width == 1:
+        return emit_expr(fb, expr, [v])
+    b = fb.b
+    return _join(b, [apply_activation_v8(fb, h, act, params) for h in _halves(b, v, width)])
+
+
+@dataclass
+class DepthwiseNhwc(Kernel):
+    """y[n, oh, ow, m] = act(sum over (i, j, q) of x[n, ih, iw, g*cg + q] * w[i, j, q, m]
+    + bias[m] + z) with g = m // cg, on NHWC, w packed by ``pack_depthwise_nhwc``: a
+    depthwise conv (cg = 1), or a grouped one with few channels per group (RegNet,
+    ResNeXt), where each input vector is loaded once and lane l takes channel q of its
+    group with a shuffle."""
+
+    N: int
+    H: int
+    W: int
+    C: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
+    pt: int = 0
+    pl: int = 0
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    has_z: bool = False
+    relu: bool = False
+    cg: int = 1           # input (= output) channels per group
+    name: str = "dwconv_nhwc"
+
+    def key(self):
+        return ("dw_nhwc", _lanes(), self.cg, self.N, self.H, self.W, self.C, self.OH, self.OW,
+                self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl,
+                self.has_bias, self.activation, self.act_params, self.has_z, self.relu)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, self.N * self.OH, self._task)
+
+    def _task(self, fb, args, t):
+        b = fb.b
+        lanes = _lanes()
+        y, x, w = args[0], args[1], args[2]
+        k = 3
+        bias = z = None
+        if self.has_bias:
+            bias, k = args[k], k + 1
+        if self.has_z:
+            z = args[k]
+        C, cg = self.C, self.cg
+        if self.relu and self.activation == "none":
+            act = ("relu", ())
+        else:
+            act = (self.activation, tuple(float(p) for p in self.act_params))
+        expr = _act_expr_of(self)
+        n = b.sdiv(t, i64(self.OH))
+        oh = b.srem(t, i64(self.OH))
+        # the kernel rows inside the image: [hlo, hhi)
+        hs = b.sub(b.mul(oh, i64(self.sh)), i64(self.pt))
+        hlo = _max(b, i64(0), b.sdiv(b.add(b.sub(i64(0), hs), i64(self.dh - 1)), i64(self.dh)))
+        hhi = _min(b, i64(self.kh), b.sdiv(b.add(b.sub(i64(self.H), hs), i64(self.dh - 1)),
+                                           i64(self.dh)))
+        xn = fb.ptr(x, b.mul(n, i64(self.H * self.W * C)))
+        yrow = fb.ptr(y, b.mul(t, i64(self.OW * C)))
+        zrow = fb.ptr(z, b.mul(t, i64(self.OW * C))) if z is not None else None
+        with b.goto_block(fb.entry):
+            zeros = b.alloca(F32, size=i64(16))
+            zeros.align = 64
+        _vstore(fb, ir.Constant(ir.VectorType(F32, 16), [0.0] * 16), zeros, 16)
+        lo, hi = interior_columns(self.OW, self.W, self.kw, self.sw, self.dw, self.pl)
+        group = 8 if lanes == 16 else 6
+        accs = {}
+
+        def pixels(c, width, ow0, count, checked):
+            """Output pixels ow0 .. ow0+count-1 (count fixed), channels c .. c+width-1."""
+            V = _vtype(width)
+            fma = (_fma_vec(fb.module, width) if width > 1 else
+                   fb.module.globals.get("llvm.fma.f32") or ir.Function(
+                       fb.module, ir.FunctionType(F32, [F32, F32, F32]), "llvm.fma.f32"))
+            slots = accs.setdefault((width, count), [fb.alloca(V) for _ in range(count)])
+            zero = ir.Constant(V, [0.0] * width) if width > 1 else ir.Constant(F32, 0.0)
+            for s in slots:
+                b.store(zero, s)
+            iw0 = b.sub(b.mul(ow0, i64(self.sw)), i64(self.pl))
+            # the first input channel the block reads: its own index for a vector block
+            # (aligned to the groups), the group's first channel for a single channel
+            cin = c if width > 1 or cg == 1 else b.sub(c, b.srem(c, i64(cg)))
+            with fb.loop(hlo, hhi) as i:
+                ih = b.add(hs, b.mul(i, i64(self.dh)))
+                xr = fb.ptr(xn, b.add(b.mul(ih, i64(self.W * C)), cin))
+                wr = fb.ptr(w, b.add(b.mul(i, i64(self.kw * cg * C)), c))
+                cols = {}
+                for off in sorted({p * self.sw + j * self.dw for p in range(count)
+                                   for j in range(self.kw)}):
+                    iw = b.add(iw0, i64(off))
+                    if checked:
+                        # a tap in the padding reads zeros (its address is never formed)
+                        ok = b.icmp_unsigned("<", iw, i64(self.W))
+                        ptr = b.select(ok, fb.ptr(xr, b.mul(b.select(ok, iw, i64(0)), i64(C))),
+                                       zeros)
+                    else:
+                        ptr = fb.ptr(xr, b.mul(iw, i64(C)))
+                    if width == 1:
+                        # the output channel's group: its cg input channels one by one
+                        for q in range(cg):
+                            cols[off, q] = b.load(fb.ptr(ptr, i64(q)), align=4)
+                        continue
+                    v = _vload(fb, ptr, width)
+                    for q in range(cg):
+                        # lane l (output channel c + l) reads input channel q of its group
+                        cols[off, q] = v if cg == 1 else b.shuffle_vector(
+                            v, ir.Constant(V, ir.Undefined), ir.Constant(
+                                ir.VectorType(ir.IntType(32), width),
+                                [l // cg * cg + q for l in range(width)]))
+                vals = [b.load(s) for s in slots]
+                for j in range(self.kw):
+                    for q in range(cg):
+                        wv = _vload(fb, fb.ptr(wr, i64((j * cg + q) * C)), width)
+                        for p in range(count):
+                            vals[p] = b.call(fma, [cols[p * self.sw + j * self.dw, q], wv, vals[p]])
+                for s, v in zip(slots, vals):
+                    b.store(v, s)
+            bv = _vload(fb, fb.ptr(bias, c), width) if bias is not None else None
+            for p in range(count):
+                v = b.load(slots[p])
+                if bv is not None:
+                    v = b.fadd(v, bv)
+                o = b.add(b.mul(b.add(ow0, i64(p)), i64(C)), c)
+                if zrow is not None:
+                    v = b.fadd(v, _vload(fb, fb.ptr(zrow, o), width))
+                _vstore(fb, activate(fb, v, width, act[0], act[1], expr), fb.ptr(yrow, o), width)
+
+        def chunks(a, e, checked):
+            """Pixels [a, e) as straight-line groups of at most ``group`` (a loop over single
+            pixels where huge pads would make that much code)."""
+            if e - a > 4 * group:
+                with fb.loop(a, e) as ow:
+                    pixels(c_cur[0], c_cur[1], ow, 1, checked)
+                return
+            while a < e:
+                count = min(group, e - a)
+                pixels(c_cur[0], c_cur[1], i64(a), count, checked)
+                a += count
+
+        c_cur = [None, None]
+
+        def channel_block(c, width):
+            c_cur[:] = [c, width]
+            chunks(0, lo, True)          # left border
+            whole = lo + (hi - lo) // group * group
+            if whole > lo:
+                with fb.loop(lo, whole, group) as ow:
+                    pixels(c, width, ow, group, False)
+            chunks(whole, hi, False)      # the interior's rest
+            chunks(hi, self.OW, True)     # right border
+
+        start = 0
+        for width in sorted({lanes, 8, 1} if cg <= 8 else {1}, reverse=True):
+            end = start + (C - start) // width * width
+            if end > start:
+                with fb.loop(start, end, width) as c:
+                    channel_block(c, width)
+            start = end

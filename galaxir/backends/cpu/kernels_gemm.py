@@ -1,0 +1,378 @@
+"""Dense GEMM with a constant B: ``C[M, N] = act(A[M, K] @ B[K, N] + bias)`` for matmul,
+linear and gemm with weights (a transformer's projections, ConvNeXt's MLP).
+
+The conv library (kernels_nhwc.ConvNhwc) multiplies a 6 x 16 tile: with AVX-512 that is
+six ``<16 x float>`` accumulators, fewer than the FMA latency times the FMA units of a
+core that executes zmm FMAs at full width (Zen 5: 4 cycles x 2 units = 8 chains), and
+each k step loads one B vector for six FMAs.  Here the tile is 6 rows x two vectors
+(6 x 32 with AVX-512, 6 x 16 with AVX2): twelve independent accumulators and two B loads
+per twelve FMAs.  B is packed once at compile time into panels ``[panel][K][2 * lanes]``
+(zero past N); A is read in place (rows ``lda`` apart).
+
+Work split: tasks are (row chunk, panel block); a panel block is as many panels as fit
+about 256 KiB, so a task sweeps its tiles over a block that stays in L2.  Every output
+element is one FMA chain over k in order, as in the conv kernel (equal inputs give equal
+columns).  One library function per epilogue variant and width, shapes in the parameter
+block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+
+from .codegen import F32, I64, i64
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _broadcast, _f32_bits, _fb, _fma_vec,
+                      _min, build_task_library)
+
+MR = 6                      # tile rows
+BLOCK_BYTES = 256 * 1024    # packed B per task block (L2-resident)
+TASKS = 24                  # about this many tasks per product (load balance over the pool)
+
+# parameter block
+(G_M, G_N, G_K, G_LDA, G_PANELS, G_TILES, G_TPER, G_CHUNKS, G_PB, G_NBLOCKS, G_NTASKS,
+ G_HAS_BIAS, G_LO, G_HI, G_ALPHA) = range(15)
+
+
+def lanes(wide: bool) -> int:
+    return 16 if wide else 8
+
+
+def pack_b(b, wide: bool) -> np.ndarray:
+    """B [K, N] -> panels [ceil(N / NW)][K][NW] with NW = 2 * lanes, zero past N."""
+    b = np.asarray(b, np.float32)
+    k, n = b.shape
+    nw = 2 * lanes(wide)
+    panels = -(-n // nw)
+    out = np.zeros((panels, k, nw), np.float32)
+    padded = np.zeros((k, panels * nw), np.float32)
+    padded[:, :n] = b
+    out[:] = padded.reshape(k, panels, nw).transpose(1, 0, 2)
+    return out
+
+
+@dataclass
+class GemmPacked(LinearEpilogue, Kernel):
+    """``out = act(A @ B + bias)``: A [M, K] (rows ``lda`` apart; 0 = K), B pre-packed by
+    ``pack_b`` for the same ``wide``, bias one value per column."""
+
+    M: int
+    N: int
+    K: int
+    wide: bool
+    lda: int = 0
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    relu: bool = False
+    name: str = "gemm_packed"
+
+    def key(self):
+        return ("gemm_packed", self.M, self.N, self.K, self.wide, self.lda, self.has_bias,
+                self.activation, self.act_params, self.relu)
+
+    @property
+    def nw(self) -> int:
+        return 2 * lanes(self.wide)
+
+    def params(self) -> list[int]:
+        panels = -(-self.N // self.nw)
+        tiles = -(-self.M // MR)
+        pb = max(1, min(panels, BLOCK_BYTES // max(1, self.K * self.nw * 4)))
+        nblocks = -(-panels // pb)
+        chunks = max(1, min(tiles, -(-TASKS // nblocks)))
+        tper = -(-tiles // chunks)
+        chunks = -(-tiles // tper)
+        p = [self.M, self.N, self.K, self.lda or self.K, panels, tiles, tper, chunks, pb, nblocks,
+             chunks * nblocks, int(self.has_bias)]
+        p.extend(_f32_bits(v) for v in self.linear_params())
+        return p
+
+    def library_symbol(self) -> str:
+        from . import library
+        act, params = self.act_class()
+        vname = f"gemmpk_{act}" + ("_" + "_".join(f"{v:g}" for v in params) if params else "") + \
+            ("_w16" if self.wide else "_w8")
+        variant = (act, params)
+        wide = self.wide
+        return library.ensure(vname, lambda m, n: build_task_library(
+            m, n, G_NTASKS, lambda tb, pp, ptrs, t: _gemm_task(tb, variant, wide, pp, *ptrs, t)))
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .parallel import pool_global
+        sym = self.library_symbol()
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        state = b.load(pool_global(module))
+        pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
+        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, ir.Constant(F32P, None)])
+        return fb.finish()
+
+
+def _gemm_task(fb, variant, wide, params, c, a, bp, bias, _unused, t):
+    act, act_params = variant
+    b = fb.b
+    L = lanes(wide)
+    NW = 2 * L
+    V = ir.VectorType(F32, L)
+    V8 = ir.VectorType(F32, 8)
+    VP, V8P = V.as_pointer(), V8.as_pointer()
+
+    def P(k):
+        return b.load(b.gep(params, [i64(k)], inbounds=True))
+
+    M, N, K, LDA = P(G_M), P(G_N), P(G_K), P(G_LDA)
+    panels, tper, chunks, pb = P(G_PANELS), P(G_TPER), P(G_CHUNKS), P(G_PB)
+    has_bias = b.icmp_signed("!=", P(G_HAS_BIAS), i64(0))
+    epi = EpilogueCode(fb, act, act_params, params, G_LO)
+    fma = _fma_vec(fb.module, L)
+    zero = ir.Constant(V, [0.0] * L)
+    accs = [fb.alloca(V) for _ in range(2 * MR)]
+    with b.goto_block(fb.entry):
+        tile = b.alloca(F32, size=i64(MR * NW))
+        tile.align = 64
+        zb = b.alloca(F32, size=i64(NW))
+        zb.align = 64
+    for j in range(NW // 8):
+        b.store(ir.Constant(V8, [0.0] * 8), b.bitcast(fb.ptr(zb, j * 8), V8P), align=32)
+
+    chunk = b.srem(t, chunks)
+    blk = b.sdiv(t, chunks)
+    t0 = b.mul(chunk, tper)
+    t1 = _min(b, b.add(t0, tper), P(G_TILES))
+    p0 = b.mul(blk, pb)
+    p1 = _min(b, b.add(p0, pb), panels)
+    with fb.loop(t0, t1) as ti:
+        r0 = b.mul(ti, i64(MR))
+        rows = _min(b, i64(MR), b.sub(M, r0))
+        # rows past M read row r0 again (valid memory); their results are never stored
+        rowp = []
+        for r in range(MR):
+            rr = b.select(b.icmp_signed("<", i64(r), rows), b.add(r0, i64(r)), r0)
+            rowp.append(fb.ptr(a, b.mul(rr, LDA)))
+        with fb.loop(p0, p1) as pj:
+            wpanel = fb.ptr(bp, b.mul(pj, b.mul(K, i64(NW))))
+            for acc in accs:
+                b.store(zero, acc)
+            with fb.loop(0, K) as k:
+                wv = [b.load(b.bitcast(fb.ptr(wpanel, b.add(b.mul(k, i64(NW)), i64(h * L))), VP),
+                             align=4) for h in range(2)]
+                for r in range(MR):
+                    x = b.load(b.gep(rowp[r], [k], inbounds=True), align=4)
+                    sv = _broadcast(b, x, L)
+                    for h in range(2):
+                        acc = accs[2 * r + h]
+                        b.store(b.call(fma, [sv, wv[h], b.load(acc)]), acc)
+            _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L)
+
+
+def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L):
+    """Bias and activation on the tile, then into C: whole tiles straight from the
+    accumulators, edge tiles (rows < MR or a panel past N) through the stack."""
+    b = fb.b
+    NW = 2 * L
+    V8 = ir.VectorType(F32, 8)
+    V8P = V8.as_pointer()
+    col = b.mul(pj, i64(NW))
+    ncols = _min(b, i64(NW), b.sub(N, col))
+    full_cols = b.icmp_signed("==", ncols, i64(NW))
+    bptr = b.select(b.and_(has_bias, full_cols), fb.ptr(bias, col), zb)
+    bv = [b.load(b.bitcast(fb.ptr(bptr, 8 * j), V8P), align=4) for j in range(NW // 8)]
+
+    def part(r, j):
+        """Columns 8j..8j+7 of tile row r as a <8 x float>."""
+        h, q = divmod(8 * j, L)
+        v = b.load(accs[2 * r + h])
+        if L == 8:
+            return v
+        return b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                ir.Constant(ir.VectorType(ir.IntType(32), 8), list(range(q, q + 8))))
+
+    whole = b.and_(full_cols, b.icmp_signed("==", rows, i64(MR)))
+    direct, staged, done = fb.block("gdirect"), fb.block("gstaged"), fb.block("gdone")
+    b.cbranch(whole, direct, staged)
+    b.position_at_end(direct)
+    for r in range(MR):
+        rowoff = b.add(b.mul(b.add(r0, i64(r)), N), col)
+        for j in range(NW // 8):
+            v = epi.vector(b.fadd(part(r, j), bv[j]))
+            b.store(v, b.bitcast(fb.ptr(c, b.add(rowoff, i64(8 * j))), V8P), align=4)
+    b.branch(done)
+    b.position_at_end(staged)
+    for r in range(MR):
+        for j in range(NW // 8):
+            b.store(part(r, j), b.bitcast(fb.ptr(tile, r * NW + 8 * j), V8P), align=32)
+    bias_one = b.select(has_bias, fb.ptr(bias, col), zb)
+    with fb.loop(0, rows) as r:
+        rowoff = b.add(b.mul(b.add(r0, r), N), col)
+        with fb.loop(0, ncols) as q:
+            v = b.fadd(fb.load(tile, b.add(b.mul(r, i64(NW)), q)), fb.load(bias_one, q))
+            fb.store(epi.scalar(v), c, b.add(rowoff, q))
+    b.branch(done)
+    b.position_at_end(done)
+
+
+# -- the same tile for specialized kernels (attention): sizes known at code generation ----------
+def panel_floats(kd: int, n: int, wide: bool) -> int:
+    """Floats of a [kd, n] matrix packed by ``emit_pack_panels``."""
+    nw = 2 * lanes(wide)
+    return -(-n // nw) * nw * kd
+
+
+def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: int, sc: int,
+                     wide: bool) -> None:
+    """dst[dst_off + (p, k, q)] = src[src_off + k*sk + (p*NW + q)*sc] for the [kd, n] matrix
+    (the columns past n of the last panel are left as they are: they only feed tile
+    columns that are never stored)."""
+    b = fb.b
+    nw = 2 * lanes(wide)
+    soff = i64(src_off) if isinstance(src_off, int) else src_off
+    if sc == 1:     # rows of B contiguous: copy each row's run per panel
+        with fb.loop(0, kd) as k:
+            srow = b.add(soff, b.mul(k, i64(sk)))
+            for p in range(-(-n // nw)):
+                d0 = b.add(i64(dst_off + p * kd * nw), b.mul(k, i64(nw)))
+                with fb.loop(0, min(nw, n - p * nw)) as q:
+                    fb.store(fb.load(src, b.add(b.add(srow, i64(p * nw)), q)), dst, b.add(d0, q))
+        return
+    with fb.loop(0, n) as col:
+        p = b.udiv(col, i64(nw))
+        q = b.urem(col, i64(nw))
+        d0 = b.add(i64(dst_off), b.add(b.mul(p, i64(kd * nw)), q))
+        s0 = b.add(soff, b.mul(col, i64(sc)))
+        with fb.loop(0, kd) as k:
+            fb.store(fb.load(src, b.add(s0, b.mul(k, i64(sk)))), dst, b.add(d0, b.mul(k, i64(nw))))
+
+
+def emit_panel_gemm(fb, out, out_off, ldo: int, a, a_off, lda: int, bp, bp_off: int, rows: int,
+                    kd: int, n: int, wide: bool) -> None:
+    """out[out_off + r*ldo + c] = sum_k a[a_off + r*lda + k] * B[k, c] for r < rows, c < n,
+    B packed by ``emit_pack_panels`` at ``bp + bp_off``: 6-row tiles times 2-vector panels
+    (the GemmPacked tile), every size a compile-time constant."""
+    b = fb.b
+    L = lanes(wide)
+    nw = 2 * L
+    V = ir.VectorType(F32, L)
+    VP = V.as_pointer()
+    fma = _fma_vec(fb.module, L)
+    zero = ir.Constant(V, [0.0] * L)
+    accs = [fb.alloca(V) for _ in range(2 * MR)]
+    with b.goto_block(fb.entry):
+        stage = b.alloca(F32, size=i64(MR * nw))
+        stage.align = 64
+    out_off = i64(out_off) if isinstance(out_off, int) else out_off
+    a_off = i64(a_off) if isinstance(a_off, int) else a_off
+    full_p, rem_c = n // nw, n % nw
+
+    def tile(r0, nr):
+        rowp = [fb.ptr(a, b.add(a_off, b.mul(b.add(r0, i64(r)), i64(lda)))) for r in range(nr)]
+        orow = [b.add(out_off, b.mul(b.add(r0, i64(r)), i64(ldo))) for r in range(nr)]
+
+        def panel(pj, ncols):
+            wpanel = fb.ptr(bp, b.add(i64(bp_off), b.mul(pj, i64(kd * nw))))
+            for acc in accs[:2 * nr]:
+                b.store(zero, acc)
+            with fb.loop(0, kd) as k:
+                wv = [b.load(b.bitcast(fb.ptr(wpanel, b.add(b.mul(k, i64(nw)), i64(h * L))), VP),
+                             align=4) for h in range(2)]
+                for r in range(nr):
+                    sv = _broadcast(b, b.load(b.gep(rowp[r], [k], inbounds=True), align=4), L)
+                    for h in range(2):
+                        acc = accs[2 * r + h]
+                        b.store(b.call(fma, [sv, wv[h], b.load(acc)]), acc)
+            col = b.mul(pj, i64(nw))
+            if ncols == nw:
+                for r in range(nr):
+                    for h in range(2):
+                        b.store(b.load(accs[2 * r + h]),
+                                b.bitcast(fb.ptr(out, b.add(orow[r], b.add(col, i64(h * L)))), VP),
+                                align=4)
+                return
+            for r in range(nr):
+                for h in range(2):
+                    b.store(b.load(accs[2 * r + h]),
+                            b.bitcast(fb.ptr(stage, r * nw + h * L), VP), align=64)
+            for r in range(nr):
+                with fb.loop(0, ncols) as q:
+                    fb.store(fb.load(stage, b.add(i64(r * nw), q)), out, b.add(orow[r], b.add(col, q)))
+
+        if full_p:
+            with fb.loop(0, full_p) as pj:
+                panel(pj, nw)
+        if rem_c:
+            panel(i64(full_p), rem_c)
+
+    if rows // MR:
+        with fb.loop(0, rows // MR * MR, MR) as r0:
+            tile(r0, MR)
+    if rows % MR:
+        tile(i64(rows // MR * MR), rows % MR)
+
+
+@dataclass
+class BatchedGemm(GemmPacked):
+    """``out[i] = act(A[i] @ B[i] + bias)`` over a batch of products with a B known only at
+    run time (attention's Q K^T and P V when not fused, a product of two activations):
+    each distinct B is packed into the GemmPacked panels in scratch (one pass over B,
+    about 1/M of the product's work), then the GemmPacked library function runs the
+    product over the pool.  Batch strides in elements (0 = broadcast)."""
+
+    batch: tuple = ()
+    a_batch_strides: tuple = ()
+    b_batch_strides: tuple = ()
+    trans_b: bool = False   # B arrives as [..., N, K] (a transpose read in place)
+    name: str = "batched_gemm"
+
+    def key(self):
+        return ("batched_gemm",) + super().key()[1:] + (self.batch, self.a_batch_strides,
+                                                        self.b_batch_strides, self.trans_b)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return panel_floats(self.K, self.N, self.wide) * 4
+
+    def emit(self, module, fname, n_args):
+        from . import library
+        from .kernels import contiguous_strides
+        from .parallel import pool_global
+        sym = self.library_symbol()
+        P64 = I64.as_pointer()
+        F32P = F32.as_pointer()
+        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
+        fb = _fb(module, fname, n_args)
+        b = fb.b
+        out, a, bm = fb.args[0], fb.args[1], fb.args[2]
+        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        packed = fb.args[-1]
+        state = b.load(pool_global(module))
+        pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
+        shared_b = all(s == 0 for s in self.b_batch_strides)
+        sk, sc = (1, self.K) if self.trans_b else (self.N, 1)
+        if shared_b:
+            emit_pack_panels(fb, packed, 0, bm, 0, self.K, self.N, sk, sc, self.wide)
+        idx: list = []
+        out_st = contiguous_strides(self.batch)
+
+        def body(depth):
+            if depth == len(self.batch):
+                if not shared_b:
+                    emit_pack_panels(fb, packed, 0, bm,
+                                     fb.mul_add(list(zip(idx, self.b_batch_strides))),
+                                     self.K, self.N, sk, sc, self.wide)
+                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+                oo = fb.mul_add([(i, s * self.M * self.N) for i, s in zip(idx, out_st)])
+                b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
+                             bias, ir.Constant(F32P, None)])
+                return
+            with fb.loop(0, self.batch[depth]) as i:
+                idx.append(i)
+                body(depth + 1)
+                idx.pop()
+        body(0)
+        return fb.finish()
