@@ -66,46 +66,35 @@ def _check_nonempty(model: onnx.ModelProto, what: str) -> None:
         raise ModelImportError(f"{what} holds no ONNX graph (truncated, or not an ONNX file)")
 
 
-def _graph_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for sp in graph.sparse_initializer:
-        yield sp.values
-        yield sp.indices
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes):
-    for node in nodes:
-        for a in node.attribute:
-            if a.HasField("t"):
-                yield a.t
-            yield from a.tensors
-            if a.HasField("sparse_tensor"):
-                yield a.sparse_tensor.values
-                yield a.sparse_tensor.indices
-            for sp in a.sparse_tensors:
-                yield sp.values
-                yield sp.indices
-            if a.HasField("g"):
-                yield from _graph_tensors(a.g)
-            for g in a.graphs:
-                yield from _graph_tensors(g)
-
-
 def external_tensors(model: onnx.ModelProto):
     """Every tensor of ``model`` whose data is external: initializers, sparse initializers'
-    values and indices, node attributes, subgraphs and functions."""
-    tensors = _graph_tensors(model.graph)
-    for f in model.functions:
-        tensors = _chain(tensors, _node_tensors(f.node))
-    for t in tensors:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            yield t
-
-
-def _chain(a, b):
-    yield from a
-    yield from b
+    values and indices, node attributes, subgraphs (any depth: an explicit stack, not
+    recursion) and functions."""
+    graphs = [model.graph]
+    node_lists = [f.node for f in model.functions]
+    while graphs or node_lists:
+        tensors = []
+        if graphs:
+            g = graphs.pop()
+            tensors.extend(g.initializer)
+            for sp in g.sparse_initializer:
+                tensors += [sp.values, sp.indices]
+            node_lists.append(g.node)
+        else:
+            for node in node_lists.pop():
+                for a in node.attribute:
+                    if a.HasField("t"):
+                        tensors.append(a.t)
+                    tensors.extend(a.tensors)
+                    sparse = ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors)
+                    for sp in sparse:
+                        tensors += [sp.values, sp.indices]
+                    if a.HasField("g"):
+                        graphs.append(a.g)
+                    graphs.extend(a.graphs)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                yield t
 
 
 def load_external(model: onnx.ModelProto, base: Path) -> None:
