@@ -126,8 +126,12 @@ def worth_converting(module: Module) -> bool:
     interior transpose per four ops it converts.  Where it cannot push conversions through
     the graph (an op with no NHWC form between convs, such as a softmax over channels) the
     transposes it adds cost more than the faster kernels gain (docs/performance.md).  An explicit ``layout="NHWC"`` skips
-    this check."""
+    this check.  A graph with no conv stays NCHW: the pools' and lrn's channels-last kernels
+    are no faster than their NCHW ones, so transposing the graph's input and output for them
+    is a loss (a standalone squeeze-excitation block ran 2x slower converted)."""
     from ..ir.clone import clone_module
+    if not any(op.name in ("conv", "fused_conv") for op in module.walk()):
+        return False
     before = len(interior_transposes(module))
     trial = clone_module(module)
     n = convert_to_nhwc(trial)

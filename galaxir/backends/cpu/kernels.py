@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import llvmlite.ir as ir
 
-from . import jit
+from . import jit, vmath
 from .codegen import (F32, I64, INT_OF_SIZE, FnBuilder, Sgemm, f32, i64, memcpy, memset0)
 
 
@@ -82,17 +82,33 @@ def _fb(module, fname, n_args):
 # -- elementwise, fused ---------------------------------------------------------------------
 # An expression is ("in", k) | ("const", value) | (op_name, (children...), attrs_tuple)
 
-def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
+def _value_type(inputs: list) -> ir.Type:
+    for v in inputs:
+        if v is not None:
+            return v.type
+    return F32
+
+
+def emit_expr(fb: FnBuilder, expr, inputs: list, ty: ir.Type | None = None) -> ir.Value:
+    """``expr`` over ``inputs``, all ``float`` or all ``<N x float>`` (the transcendental
+    functions are vmath's polynomial code, so the same expression runs on any lane count)."""
+    ty = _value_type(inputs) if ty is None else ty
     b = fb.b
     kind = expr[0]
     if kind == "in":
         return inputs[expr[1]]
     if kind == "const":
-        return f32(expr[1])
+        return vmath.const(ty, expr[1])
     if kind == "none":
         return None
-    args = [emit_expr(fb, e, inputs) for e in expr[1]]
+    if kind == "tanh" and expr[1][0][0] == "softplus":   # Mish's gate, one exp and no log
+        return vmath.tanh_softplus(fb, emit_expr(fb, expr[1][0][1][0], inputs, ty))
+    args = [emit_expr(fb, e, inputs, ty) for e in expr[1]]
     attrs = dict(expr[2])
+
+    def c(v):
+        return vmath.const(ty, v)
+
     if kind in ("add", "sum"):
         v = args[0]
         for a in args[1:]:
@@ -102,7 +118,7 @@ def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
         v = args[0]
         for a in args[1:]:
             v = b.fadd(v, a)
-        return b.fdiv(v, f32(len(args))) if len(args) > 1 else v
+        return b.fdiv(v, c(len(args))) if len(args) > 1 else v
     if kind == "sub":
         return b.fsub(args[0], args[1])
     if kind == "mul":
@@ -113,7 +129,7 @@ def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
         return b.fneg(args[0])
     if kind == "relu":
         x = args[0]
-        return b.select(b.fcmp_ordered("<", x, f32(0)), f32(0), x)
+        return b.select(b.fcmp_ordered("<", x, c(0)), c(0), x)
     if kind in ("max", "min"):
         v = args[0]
         for a in args[1:]:
@@ -122,28 +138,15 @@ def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
             v = b.select(cmp, v, a)
             v = b.select(b.fcmp_unordered("uno", a, a), a, v)
         return v
-    if kind == "abs":
-        return fb.intrinsic("llvm.fabs.f32", F32, [args[0]])
-    if kind == "sqrt":
-        return fb.intrinsic("llvm.sqrt.f32", F32, [args[0]])
+    if kind in ("abs", "sqrt", "floor", "ceil"):
+        return vmath.intrinsic(fb, "fabs" if kind == "abs" else kind, args[0])
     if kind == "reciprocal":
-        return b.fdiv(f32(1.0), args[0])
-    if kind == "exp":
-        return fb.intrinsic("llvm.exp.f32", F32, [args[0]])
-    if kind == "log":
-        return fb.intrinsic("llvm.log.f32", F32, [args[0]])
-    if kind == "floor":
-        return fb.intrinsic("llvm.floor.f32", F32, [args[0]])
-    if kind == "ceil":
-        return fb.intrinsic("llvm.ceil.f32", F32, [args[0]])
-    if kind == "sigmoid":
-        e = fb.intrinsic("llvm.exp.f32", F32, [b.fneg(args[0])])
-        return b.fdiv(f32(1.0), b.fadd(f32(1.0), e))
-    if kind == "tanh":
-        return fb.intrinsic("tanhf", F32, [args[0]])
+        return b.fdiv(c(1.0), args[0])
+    if kind in ("exp", "log", "sigmoid", "tanh", "erf", "softplus"):
+        return getattr(vmath, kind)(fb, args[0])
     if kind == "leaky_relu":
         x = args[0]
-        return b.select(b.fcmp_ordered("<", x, f32(0)), b.fmul(x, f32(attrs.get("alpha", 0.01))), x)
+        return b.select(b.fcmp_ordered("<", x, c(0)), b.fmul(x, c(attrs.get("alpha", 0.01))), x)
     if kind == "clip":
         x = args[0]
         if len(args) > 1 and args[1] is not None:
@@ -157,21 +160,26 @@ def emit_expr(fb: FnBuilder, expr, inputs: list) -> ir.Value:
         x = args[0]
         alpha = attrs.get("alpha", 0.2 if kind == "hard_sigmoid" else 1.0 / 6.0)
         beta = attrs.get("beta", 0.5)
-        t = b.fadd(b.fmul(x, f32(alpha)), f32(beta))
-        t = b.select(b.fcmp_ordered("<", t, f32(0.0)), f32(0.0), t)
-        t = b.select(b.fcmp_ordered(">", t, f32(1.0)), f32(1.0), t)
+        t = b.fadd(b.fmul(x, c(alpha)), c(beta))   # two roundings, as the reference
+        t = b.select(b.fcmp_ordered("<", t, c(0.0)), c(0.0), t)
+        t = b.select(b.fcmp_ordered(">", t, c(1.0)), c(1.0), t)
         t = b.select(b.fcmp_unordered("uno", x, x), x, t)
         return t if kind == "hard_sigmoid" else b.fmul(x, t)
+    if kind == "swish":
+        x = args[0]
+        return b.fmul(x, vmath.sigmoid(fb, b.fmul(x, c(attrs.get("alpha", 1.0)))))
+    if kind == "mish":
+        return b.fmul(args[0], vmath.tanh_softplus(fb, args[0]))
     if kind == "gelu":
         x = args[0]
-        e = fb.intrinsic("erff", F32, [b.fmul(x, f32(1.0 / math.sqrt(2.0)))])
-        return b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), e))
+        e = vmath.erf(fb, b.fmul(x, c(1.0 / math.sqrt(2.0))))
+        return b.fmul(b.fmul(x, c(0.5)), b.fadd(c(1.0), e))
     if kind == "gelu_tanh":
         x = args[0]
-        inner = b.fmul(f32(math.sqrt(2.0 / math.pi)),
-                       b.fadd(x, b.fmul(f32(0.044715), b.fmul(x, b.fmul(x, x)))))
-        th = fb.intrinsic("tanhf", F32, [inner])
-        return b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), th))
+        inner = b.fmul(c(math.sqrt(2.0 / math.pi)),
+                       b.fadd(x, b.fmul(c(0.044715), b.fmul(x, b.fmul(x, x)))))
+        th = vmath.tanh(fb, inner)
+        return b.fmul(b.fmul(x, c(0.5)), b.fadd(c(1.0), th))
     raise NotImplementedError(kind)
 
 
@@ -197,8 +205,10 @@ class Elementwise(Kernel):
         r = len(shape)
         inner = tuple(0 if p[-1] == 0 else 1 if p[-1] == 1 else 2 for p in per)
         n_in = len(self.in_shapes)
-        var = ("ew", self.expr, r, inner, n_in)
-        gen = _generic(module, var, lambda m, name: _build_ew_generic(m, name, self.expr, r, inner, n_in))
+        lanes = ew_lanes()
+        var = ("ew", self.expr, r, inner, n_in, lanes)
+        gen = _generic(module, var, lambda m, name: _build_ew_generic(m, name, self.expr, r, inner,
+                                                                        n_in, lanes))
         fb = _fb(module, fname, n_args)
         if prod(self.out_shape) > 0:
             params = [int(d) for d in shape] + [int(x) for st in per for x in st]
@@ -236,9 +246,19 @@ def _ew_split(shape) -> tuple[int, int]:
     return -(-int(shape[0]) // chunk), chunk
 
 
-def _build_ew_generic(module, name, expr, r, inner, n_in):
+def ew_lanes() -> int:
+    """Vector width of the elementwise loops: 16 on AVX-512 hosts, else 8 (the same choice,
+    and the same ``GALAXIR_CPU_WIDE=0/1`` override, as the NHWC GEMM tiles)."""
+    from .kernels_nhwc import wide_tiles
+    return 16 if wide_tiles() else 8
+
+
+def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8):
     """``name(params, out, ins...)``: params = sizes[r], strides[(1+n_in) x r], tasks, chunk;
-    dim 0 is split into ``tasks`` chunks run over the thread pool."""
+    dim 0 is split into ``tasks`` chunks run over the thread pool.  When every operand is
+    contiguous or broadcast along the innermost dim, that loop runs ``<2*lanes x float>``
+    then ``<lanes x float>`` vectors (then a scalar tail), so the expression's polynomial
+    math runs on all lanes."""
     from .codegen import I8P
     from .parallel import define_parallel_for
     tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
@@ -265,6 +285,23 @@ def _build_ew_generic(module, name, expr, r, inner, n_in):
             for k in range(1, 1 + n_in):
                 if inner[k] == 0:
                     hoisted[k] = fb.load(ptrs[k], bases[k])
+            if inner[0] == 1 and all(kind in (0, 1) for kind in inner[1:]):
+                hi = _max(b, hi, lo)
+                # two vectors per step (independent chains for the out-of-order core),
+                # then one, then scalars
+                for width in (2 * lanes, lanes):
+                    V = ir.VectorType(F32, width)
+                    vend = b.sub(hi, b.srem(b.sub(hi, lo), i64(width)))
+                    vhoisted = {k: _broadcast(b, h, width) for k, h in hoisted.items()}
+
+                    def vptr(k, i, V=V):
+                        return b.bitcast(fb.ptr(ptrs[k], b.add(bases[k], i)), V.as_pointer())
+
+                    with fb.loop(lo, vend, width) as i:
+                        vals = [vhoisted[k] if k in vhoisted else b.load(vptr(k, i), align=4)
+                                for k in range(1, 1 + n_in)]
+                        b.store(emit_expr(fb, expr, vals, V), vptr(0, i), align=4)
+                    lo = vend
             with fb.loop(lo, hi) as i:
                 def at(k):
                     if inner[k] == 1:
@@ -272,7 +309,7 @@ def _build_ew_generic(module, name, expr, r, inner, n_in):
                     return b.add(bases[k], b.mul(i, strides[k][depth]))
                 vals = [hoisted[k] if k in hoisted else fb.load(ptrs[k], at(k))
                         for k in range(1, 1 + n_in)]
-                v = emit_expr(fb, expr, vals)
+                v = emit_expr(fb, expr, vals, F32)
                 fb.store(v, ptrs[0], at(0) if inner[0] else bases[0])
             return
         with fb.loop(lo, hi) as i:
@@ -1246,38 +1283,17 @@ def activation_expr(name: str, params=()):
         return ("gelu", (x,), ())
     if name == "gelu_tanh":
         return ("gelu_tanh", (x,), ())
+    if name == "mish":
+        return ("mish", (x,), ())
     raise NotImplementedError(name)
 
 
 def apply_activation_v8(fb, v, name, params=()):
-    """``name`` applied to an <8 x float>: vector selects for the piecewise-linear ones,
-    lane by lane through ``emit_expr`` for the transcendental ones."""
-    b = fb.b
-    V8 = ir.VectorType(F32, 8)
+    """``name`` applied to a ``<N x float>`` (8 or 16 lanes) as one vector expression: the
+    transcendental ones through vmath's polynomial code, not lane by lane through libm."""
     if name == "none":
         return v
-    if name == "relu":
-        zero = ir.Constant(V8, [0.0] * 8)
-        return b.select(b.fcmp_ordered("<", v, zero), zero, v)
-    if name == "clip":
-        lo, hi = params
-        if math.isfinite(lo):
-            c = ir.Constant(V8, [lo] * 8)
-            v = b.select(b.fcmp_ordered("<", v, c), c, v)
-        if math.isfinite(hi):
-            c = ir.Constant(V8, [hi] * 8)
-            v = b.select(b.fcmp_ordered(">", v, c), c, v)
-        return v
-    if name == "leaky_relu":
-        zero = ir.Constant(V8, [0.0] * 8)
-        return b.select(b.fcmp_ordered("<", v, zero), b.fmul(v, ir.Constant(V8, [params[0]] * 8)), v)
-    expr = activation_expr(name, params)
-    out = v
-    for lane in range(8):
-        s = b.extract_element(v, ir.Constant(ir.IntType(32), lane))
-        r = emit_expr(fb, expr, [s])
-        out = b.insert_element(out, r, ir.Constant(ir.IntType(32), lane))
-    return out
+    return emit_expr(fb, activation_expr(name, params), [v])
 
 
 def _pgemm_task(fb, variant, params, c, bm, ap, bias, z, t):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
+from . import vmath
 from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, memcpy, memset0
 from .kernels import Kernel, _fb, prod
 from .kernels_gemm import emit_pack_panels, emit_panel_gemm
@@ -33,8 +34,6 @@ from .kernels_gemm import emit_pack_panels, emit_panel_gemm
 W8 = 8          # vector width (floats)
 NBW = 64        # columns per packed panel of the recurrent weights (8 vectors)
 PROJ_PANEL_MAX = 1 << 16  # floats of W^T up to which the input projection uses panel loops
-LOG2E = 1.44269504088896341
-EXP_LO, EXP_HI = -87.33654, 88.0
 
 
 # -- vector helpers (w = 1: scalar float, else <w x float>) --------------------------------
@@ -92,45 +91,17 @@ def vclamp(b, x, lo: float, hi: float, w: int):
 
 
 def vexp(fb: FnBuilder, x, w: int):
-    """exp(x): Cephes expf (range reduction by ln 2, degree-6 polynomial, 2^n by exponent
-    bits).  Below -87.3 the result is 0 (exp(-inf) = 0 exactly); above 88 it saturates at
-    exp(88)."""
-    b = fb.b
-    xc = vclamp(b, x, EXP_LO, EXP_HI, w)
-    fx = vintr(fb, "floor", w, [b.fadd(b.fmul(xc, vconst(w, LOG2E)), vconst(w, 0.5))])
-    fx = b.select(b.fcmp_unordered("uno", fx, fx), vconst(w, 0.0), fx)  # NaN: keep fptosi defined
-    r = b.fsub(b.fsub(xc, b.fmul(fx, vconst(w, 0.693359375))), b.fmul(fx, vconst(w, -2.12194440e-4)))
-    z = b.fmul(r, r)
-    y = vconst(w, 1.9875691500e-4)
-    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        y = b.fadd(b.fmul(y, r), vconst(w, c))
-    y = b.fadd(b.fadd(b.fmul(y, z), r), vconst(w, 1.0))
-    ity = I32 if w == 1 else ir.VectorType(I32, w)
-    n = b.fptosi(fx, ity)
-    n = b.shl(b.add(n, ir.Constant(ity, 127) if w == 1 else ir.Constant(ity, [127] * w)),
-              ir.Constant(ity, 23) if w == 1 else ir.Constant(ity, [23] * w))
-    res = b.fmul(y, b.bitcast(n, vty(w)))
-    return b.select(b.fcmp_ordered("<", x, vconst(w, EXP_LO)), vconst(w, 0.0), res)
+    """exp(x) on float / <w x float>: vmath's polynomial code (one implementation for
+    every kernel)."""
+    return vmath.exp(fb, x)
 
 
 def vsigmoid(fb: FnBuilder, x, w: int):
-    b = fb.b
-    return b.fdiv(vconst(w, 1.0), b.fadd(vconst(w, 1.0), vexp(fb, b.fneg(x), w)))
+    return vmath.sigmoid(fb, x)
 
 
 def vtanh(fb: FnBuilder, x, w: int):
-    """Cephes tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above."""
-    b = fb.b
-    ax = vintr(fb, "fabs", w, [x])
-    e = vexp(fb, b.fmul(ax, vconst(w, 2.0)), w)
-    big = b.fsub(vconst(w, 1.0), b.fdiv(vconst(w, 2.0), b.fadd(e, vconst(w, 1.0))))
-    big = vintr(fb, "copysign", w, [big, x])
-    z = b.fmul(x, x)
-    p = vconst(w, -5.70498872745e-3)
-    for c in (2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1):
-        p = b.fadd(b.fmul(p, z), vconst(w, c))
-    small = b.fadd(b.fmul(b.fmul(p, z), x), x)
-    return b.select(b.fcmp_ordered("<", ax, vconst(w, 0.625)), small, big)
+    return vmath.tanh(fb, x)
 
 
 def hsum(b, v, w: int):
@@ -194,9 +165,7 @@ def emit_activation(fb: FnBuilder, spec: tuple, x, w: int):
     if name == "softsign":
         return b.fdiv(x, b.fadd(vconst(w, 1.0), vintr(fb, "fabs", w, [x])))
     if name == "softplus":  # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|)
-        t = vexp(fb, b.fneg(vintr(fb, "fabs", w, [x])), w)
-        pos = b.select(b.fcmp_ordered(">", x, zero), x, zero)
-        return b.fadd(pos, vintr(fb, "log", w, [b.fadd(vconst(w, 1.0), t)]))
+        return vmath.softplus(fb, x)
     raise NotImplementedError(name)
 
 

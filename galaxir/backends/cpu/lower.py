@@ -22,7 +22,8 @@ F32 = DType.float32
 ALIAS_OPS = {"reshape", "flatten", "squeeze", "unsqueeze", "identity", "dropout"}
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "relu", "max", "min", "sum", "mean", "abs",
                "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu", "clip",
-               "floor", "ceil"}
+               "floor", "ceil", "erf", "softplus", "hard_sigmoid", "hard_swish", "gelu", "swish",
+               "mish"}
 
 
 def static_shape(t) -> tuple[int, ...] | None:
@@ -516,7 +517,7 @@ def alias_source(op: Operation) -> Value | None:
 
 # -- elementwise fusion --------------------------------------------------------------------
 #: ops emit_expr implements that may appear inside a fused_elementwise region
-REGION_OPS = ELEMENTWISE | {"fused_add", "hard_sigmoid", "hard_swish", "gelu", "identity"}
+REGION_OPS = ELEMENTWISE | {"fused_add", "identity"}
 #: the deepest expression one elementwise kernel evaluates: a longer chain becomes several
 #: kernels (expressions are nested tuples that the code here and emit_expr walk
 #: recursively; depth is bounded instead of the Python stack being outgrown)
@@ -573,6 +574,9 @@ def _op_expr(op: Operation, children: tuple):
         attrs = (("alpha", float(op.attr("alpha") if op.attr("alpha") is not None else 0.01)),)
     elif name == "hard_sigmoid":
         attrs = (("alpha", float(op.attr("alpha"))), ("beta", float(op.attr("beta"))))
+    elif name == "swish":
+        alpha = op.attr("alpha")
+        attrs = (("alpha", 1.0 if alpha is None else float(alpha)),)
     elif name == "gelu":
         if (op.attr("approximate") or "none") == "tanh":
             return ("gelu_tanh", children, ())

@@ -19,7 +19,7 @@ The epilogue of the first four is ``activation`` (a name) with ``activation_para
 
     none, relu, tanh, sigmoid, silu (x*sigmoid(x)), hard_swish,
     clip [min, max] (relu6 = clip [0, 6]), leaky_relu [alpha], hard_sigmoid [alpha, beta],
-    gelu (erf form), gelu_tanh (tanh approximation)
+    gelu (erf form), gelu_tanh (tanh approximation), mish (x * tanh(softplus(x)))
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 #: activation name -> number of activation_params it takes
 ACTIVATIONS: dict[str, int] = {
     "none": 0, "relu": 0, "tanh": 0, "sigmoid": 0, "silu": 0, "hard_swish": 0, "gelu": 0,
-    "gelu_tanh": 0, "clip": 2, "leaky_relu": 1, "hard_sigmoid": 2,
+    "gelu_tanh": 0, "mish": 0, "clip": 2, "leaky_relu": 1, "hard_sigmoid": 2,
 }
 
 _ACT_ATTRS = {"activation": attr("str", "none"), "activation_params": attr("floats", ())}
@@ -73,6 +73,8 @@ def build_activation(b, y: "Value", name: str, params=()) -> "Value":
         return b.hard_swish(y)
     if name in ("gelu", "gelu_tanh"):
         return b.gelu(y, approximate="tanh" if name == "gelu_tanh" else "none")
+    if name == "mish":
+        return b.mish(y)
     if name == "clip":
         lo, hi = params
         return b.clip(y, None if lo == -math.inf else _scalar(b, lo, y),

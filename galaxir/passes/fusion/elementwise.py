@@ -46,11 +46,27 @@ def _inside_fused(op: Operation) -> bool:
     return any(a.name == "fused_elementwise" for a in op.ancestors)
 
 
+def _same_shape(p: Operation, user: Operation) -> bool:
+    """Does ``user`` read ``p``'s result without broadcasting it?  A producer computed on a
+    smaller, broadcast shape stays outside the chain: inside, it would be recomputed for
+    every element of the larger result (a squeeze-excitation gate, sigmoid over [N,C,1,1],
+    evaluated once per pixel)."""
+    a, b = p.results[0].type, user.results[0].type
+    if a.shape is None or b.shape is None:
+        return True
+    return tuple(a.shape) == tuple(b.shape)
+
+
+def _absorbs(user: Operation, p: Operation) -> bool:
+    return _fusible(user) and user.parent is p.parent and _same_shape(p, user)
+
+
 def _continues(op: Operation) -> bool:
     """Will a later op of the chain absorb ``op``?  (Every user is a fusible op of the same
-    block; the group grown back from the chain's end then takes it in.)"""
+    block reading it at its own shape; the group grown back from the chain's end then
+    takes it in.)"""
     users = op.results[0].users
-    return bool(users) and all(_fusible(u) and u.parent is op.parent for u in users)
+    return bool(users) and all(_absorbs(u, op) for u in users)
 
 
 def collect_group(root: Operation, max_ops: int | None = None) -> list[Operation]:
@@ -69,7 +85,7 @@ def collect_group(root: Operation, max_ops: int | None = None) -> list[Operation
             p = v.producer if v is not None else None
             if p is None or id(p) in group or p.parent is not parent or not _fusible(p):
                 continue
-            if all(id(u) in group for u in p.results[0].users):
+            if all(id(u) in group and _same_shape(p, u) for u in p.results[0].users):
                 group[id(p)] = p
                 work.append(p)
                 if len(group) >= limit:

@@ -9,7 +9,7 @@ is looked at:
   (the residual of a ResNet block).
 * activation: ``act(conv | matmul | linear | gemm | add | fused_*(activation=none))`` -> the
   fused op with ``activation=act``.  Activations: relu, tanh, sigmoid, silu (x * sigmoid(x)),
-  hard_swish, gelu (both forms), clip with constant bounds (relu6), leaky_relu, hard_sigmoid.
+  hard_swish, mish (the op, or x * tanh(softplus(x)) as torch exports it), gelu (both forms), clip with constant bounds (relu6), leaky_relu, hard_sigmoid.
 
 The producer's result must have no other use (else both the plain and the activated value
 are needed and fusing saves nothing).
@@ -144,8 +144,10 @@ def _scalar_const(v: Value | None) -> float | None:
 def activation_of(op: Operation) -> tuple[Value, str, tuple[float, ...]] | None:
     """(input, activation name, params) when ``op`` is an activation an epilogue can carry."""
     name = op.name
-    if name in ("relu", "tanh", "sigmoid", "hard_swish"):
+    if name in ("relu", "tanh", "sigmoid", "hard_swish", "mish"):
         return op.operand(0), name, ()
+    if name == "swish" and float(op.attr("alpha")) == 1.0:
+        return op.operand(0), "silu", ()
     if name == "gelu":
         return op.operand(0), "gelu_tanh" if op.attr("approximate") == "tanh" else "gelu", ()
     if name == "leaky_relu":
@@ -166,6 +168,13 @@ def activation_of(op: Operation) -> tuple[Value, str, tuple[float, ...]] | None:
             sp = s.producer if s is not None else None
             if sp is not None and sp.name == "sigmoid" and sp.operand(0) is a and _one_use(s):
                 return a, "silu", ()
+        for a, t in (op.operands, op.operands[::-1]):  # mish: x * tanh(softplus(x))
+            tp = t.producer if t is not None else None
+            sp = tp.operand(0) if tp is not None and tp.name == "tanh" else None
+            spp = sp.producer if sp is not None else None
+            if spp is not None and spp.name == "softplus" and spp.operand(0) is a \
+                    and _one_use(t) and _one_use(sp):
+                return a, "mish", ()
     return None
 
 
@@ -175,7 +184,7 @@ class FuseActivation(RewritePattern):
 
     name = "fuse-activation"
     root = ("relu", "tanh", "sigmoid", "hard_swish", "gelu", "leaky_relu", "hard_sigmoid",
-            "clip", "mul")
+            "clip", "mul", "mish", "swish")
 
     def _candidate(self, op: Operation):
         act = activation_of(op)
@@ -185,7 +194,7 @@ class FuseActivation(RewritePattern):
         p = x.producer if x is not None else None
         if p is None or p.parent is not op.parent:
             return None, "the input is not produced by an op in the same block"
-        want_uses = 2 if name == "silu" else 1
+        want_uses = 2 if op.name == "mul" else 1   # x * gate(x) reads x twice
         if len(x.uses) != want_uses or len(p.results) != 1:
             return None, f"the producer's result has {len(x.uses)} uses"
         if p.name in FUSED:

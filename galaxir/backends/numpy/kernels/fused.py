@@ -48,6 +48,10 @@ def activation(ctx, y: np.ndarray) -> np.ndarray:
         out = w * ew.sigmoid(ctx, w).astype(w.dtype, copy=False)
     elif name == "hard_swish":
         out = ew.hard_swish(ctx, y)
+    elif name == "mish":
+        w = ew._floatwork(y)
+        with np.errstate(all="ignore"):
+            out = w * np.tanh(ew._softplus(w))
     elif name in ("gelu", "gelu_tanh"):
         out = ew.gelu(_AttrCtx(ctx.op, {"approximate": "tanh" if name == "gelu_tanh" else "none"}), y)
     elif name == "clip":
