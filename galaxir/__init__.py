@@ -39,7 +39,9 @@ FOREIGN_SUFFIXES = {
 def import_model(source: Any, **options: Any) -> Module:
     """A Module from a Module, an onnx.ModelProto, an .onnx/.gxm/.gxir path, ONNX bytes, or
     a torch.nn.Module (with ``example_inputs=``).  Anything else raises
-    ``errors.ModelImportError`` listing what galaxir reads."""
+    ``errors.ModelImportError`` listing what galaxir reads.  ONNX external data is read only
+    from inside the model file's folder, or ``base_dir=`` (required for bytes/ModelProto
+    sources that have external data)."""
     if isinstance(source, Module):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -90,8 +92,11 @@ def _is_torch_module(obj: Any) -> bool:
 
 def optimize(model: Any, level: int = 1, target: str | None = None, **options: Any) -> Module:
     """Run the pass pipeline of ``level`` (0-3), plus ``target``'s own rules, on a copy."""
+    from .ir.mapped import check_constants
     from .passes import optimize as _optimize
-    return _optimize(import_model(model), level=level, target=target, **options)
+    module = import_model(model)
+    check_constants(module)  # a truncated .gxm: FormatError, not SIGBUS
+    return _optimize(module, level=level, target=target, **options)
 
 
 def compile(model: Any, target: str = "cpu", level: int | None = None, **options: Any):
@@ -101,8 +106,10 @@ def compile(model: Any, target: str = "cpu", level: int | None = None, **options
     and those of ``optimize`` (``disable_passes``, ``print_after``, ``timing``, ...); any
     other name raises ``errors.OptionError`` listing the valid ones."""
     from .backends import get_backend
+    from .ir.mapped import check_constants
     from .passes.pipeline import MANAGER_OPTIONS, PASS_OPTIONS, unknown_names
     module = import_model(model)
+    check_constants(module)  # a truncated .gxm: FormatError, not SIGBUS
     backend = get_backend(target)
     own = backend.compile_options()
     opt_kw = {k: v for k, v in options.items() if k not in own and
@@ -130,9 +137,11 @@ def save(module: Module, path: str | os.PathLike) -> None:
     _save(module, path)
 
 
-def load(path: str | os.PathLike) -> Module:
+def load(path: str | os.PathLike, verify: bool = False) -> Module:
+    """A .gxm file, mapped (weights are zero-copy views; each is checked against its CRC32
+    on first use, or all of them here with ``verify=True``)."""
     from .serialize import load as _load
-    return _load(path)
+    return _load(path, verify=verify)
 
 
 def print_ir(module: Module) -> str:

@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import FormatError, GalaxirError
 from ..ir import Block, Graph, Module, Operation, Region
 from ..ir.core import MAX_NESTING, nesting_depth
+from ..ir.mapped import check_mapping as _check_mapping
 from ..ir.opdef import AttrSpec, OpDef, lookup
 from ..ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType,
                         TensorType, Type)
@@ -48,7 +49,7 @@ from .gxm_fb.AttrKind import AttrKind
 from .gxm_fb.TypeKind import TypeKind
 
 MAGIC = b"GALAXIR\x00"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: per-tensor CRC32 column (tensor_crcs)
 ALIGN = 64
 _HEADER = struct.Struct("<8sIIQQQQI")  # magic, version, flags, graph off/len, weights off/len, graph crc
 HEADER_SIZE = 64
@@ -71,7 +72,7 @@ _FIELDS: tuple[tuple[str, str | None], ...] = (
     ("attr_counts", "<u4"), ("ints", "<i8"), ("floats", "<f8"), ("strs", "<i4"),
     ("tensor_dtypes", "<i2"), ("tensor_ranks", "<u4"), ("tensor_dims", "<i8"),
     ("tensor_offsets", "<u8"), ("tensor_nbytes", "<u8"),
-    ("tensor_num_strings", "<u4"), ("tensor_strings", "<i4"),
+    ("tensor_num_strings", "<u4"), ("tensor_strings", "<i4"), ("tensor_crcs", "<u4"),
 )
 _COLUMNS = tuple((name, dtype) for name, dtype in _FIELDS if dtype is not None)
 
@@ -162,6 +163,7 @@ class _Writer:
             c["tensor_nbytes"].append(0)
             c["tensor_num_strings"].append(len(items))
             c["tensor_strings"].extend(items)
+            c["tensor_crcs"].append(0)
         else:
             data = np.ascontiguousarray(arr)
             offset = _align(self.weights_size)
@@ -170,6 +172,7 @@ class _Writer:
             c["tensor_offsets"].append(offset)
             c["tensor_nbytes"].append(data.nbytes)
             c["tensor_num_strings"].append(0)
+            c["tensor_crcs"].append(zlib.crc32(data.reshape(-1).view(np.uint8)) if data.size else 0)
         return len(c["tensor_dtypes"]) - 1
 
     def attr(self, name: int, v: Any) -> None:
@@ -336,11 +339,20 @@ def _emit(w: _Writer, f) -> None:
 
 
 def save(module: Module, path: str | os.PathLike) -> None:
-    """Write ``module`` to ``path`` as .gxm (graph + 64-byte-aligned weights)."""
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as f:
-        _write(module, f)
-    os.replace(tmp, path)
+    """Write ``module`` to ``path`` as .gxm (graph + 64-byte-aligned weights).  The file is
+    written beside ``path`` under a temporary name, flushed to disk and renamed over
+    ``path``: a process that has the old file loaded keeps its mapping of the old inode,
+    and nobody sees a half-written file."""
+    tmp = Path(f"{path}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            _write(module, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def dumps(module: Module) -> bytes:
@@ -657,7 +669,8 @@ class _Section:
 
     def _tensors(self, c, weights_len: int) -> None:
         n = self.n_tensors = _same_length(c, ("tensor_dtypes", "tensor_ranks", "tensor_offsets", "tensor_nbytes",
-                                              "tensor_num_strings"), "tensors")
+                                              "tensor_num_strings", "tensor_crcs"), "tensors")
+        self.checked = np.zeros(n, bool)  # tensors whose bytes passed their CRC32
         ranks, dims = c["tensor_ranks"], c["tensor_dims"]
         starts = self.tensor_dim_starts = _running(ranks, len(dims), "tensor shapes")
         self.tensor_str_starts = _running(c["tensor_num_strings"], len(c["tensor_strings"]), "tensor strings")
@@ -1009,10 +1022,30 @@ class _Section:
         elif n == 0:
             arr = np.zeros(shape, dtype=dt.numpy)
         else:
+            self.check_tensor(t)
             return np.frombuffer(self.weights, dtype=dt.numpy, count=n,
                                  offset=int(c["tensor_offsets"][t])).reshape(shape)
         arr.flags.writeable = False
         return arr
+
+    def check_tensor(self, t: int) -> None:
+        """Tensor ``t``'s bytes against its CRC32 (once; load stays zero-copy: this runs when
+        the graph is built, or for all tensors at load with ``verify=True``)."""
+        if self.checked[t]:
+            return
+        c = self.c
+        off, nb = int(c["tensor_offsets"][t]), int(c["tensor_nbytes"][t])
+        if nb:
+            _check_mapping(self.weights, f"'{self.where}'")
+            if zlib.crc32(self.weights[off:off + nb]) != int(c["tensor_crcs"][t]):
+                raise FormatError(f"'{self.where}': tensor #{t} ({nb} bytes at weights offset {off}) fails "
+                                  "its checksum (the file is corrupted or was changed after it was saved)")
+        self.checked[t] = True
+
+    def check_weights(self) -> None:
+        """Every tensor's checksum (``load(..., verify=True)``)."""
+        for t in range(self.n_tensors):
+            self.check_tensor(t)
 
     def type_objects(self) -> list[Type]:
         """The type table as Type objects; an element type precedes its container."""
@@ -1170,10 +1203,11 @@ def _build(section: _Section) -> Graph:
             gc.enable()
 
 
-def load(path: str | os.PathLike, lazy: bool = True) -> Module:
+def load(path: str | os.PathLike, lazy: bool = True, verify: bool = False) -> Module:
     """Map a .gxm file and check that it is intact; weights are read-only numpy views into
-    the mapping (no copy).  The graph is validated and its Python objects built on first
-    access, or here with ``lazy=False`` (then every error surfaces in ``load``)."""
+    the mapping (no copy).  The graph is validated, its Python objects built and each
+    weight's CRC32 checked on first access, or here with ``lazy=False`` (then every error
+    surfaces in ``load``); ``verify=True`` checks the weights' CRC32s here (reads them all)."""
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"no .gxm file at '{p}'")
@@ -1182,15 +1216,15 @@ def load(path: str | os.PathLike, lazy: bool = True) -> Module:
         if size < HEADER_SIZE:
             raise FormatError(f"'{p}' is {size} bytes, shorter than the .gxm header (truncated?)")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return _decode(mm, str(p), lazy)
+    return _decode(mm, str(p), lazy, verify)
 
 
-def loads(data: bytes, lazy: bool = True) -> Module:
+def loads(data: bytes, lazy: bool = True, verify: bool = False) -> Module:
     """Decode .gxm bytes (weights are views into ``data``)."""
-    return _decode(memoryview(data), "<bytes>", lazy)
+    return _decode(memoryview(data), "<bytes>", lazy, verify)
 
 
-def _decode(data, where: str, lazy: bool) -> Module:
+def _decode(data, where: str, lazy: bool, verify: bool = False) -> Module:
     g_off, g_len, w_off, w_len, g_crc = read_header(data)
     graph = bytes(data[g_off:g_off + g_len])
     if zlib.crc32(graph) != g_crc:
@@ -1198,6 +1232,8 @@ def _decode(data, where: str, lazy: bool) -> Module:
     weights = memoryview(data)[w_off:w_off + w_len]
     with _file_errors(where):
         section = _Section(graph, weights, where)
+    if verify:
+        section.check_weights()
     module = LazyModule(section)
     if not lazy:
         _ = module.graph  # builds and checks every op now

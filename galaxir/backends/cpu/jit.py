@@ -2,6 +2,10 @@
 object code emission, a compile cache (in memory, optionally on disk) and loading object
 code into an MCJIT engine.
 
+An on-disk cache entry carries its length and sha256 in a header; an entry that fails the
+check is recompiled and rewritten, and entries are published by atomic rename
+(docs/reliability.md).
+
 Object code never holds raw addresses: external routines (BLAS sgemm) are reached through
 named symbols bound with ``llvm.add_symbol``, so a cached object file stays valid in a new
 process.
@@ -175,11 +179,8 @@ def compile_ir(llvm_ir: str, cache_dir: str | os.PathLike | None = None,
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{key}.o"
-        try:
-            obj = path.read_bytes()
-        except OSError:
-            obj = None
-        if obj:
+        obj = read_cache_entry(path)
+        if obj is not None:
             _remember(key, obj)
             return obj, "disk"
     try:
@@ -199,14 +200,52 @@ def compile_ir(llvm_ir: str, cache_dir: str | os.PathLike | None = None,
         obj = bytes(tm.emit_object(mod))
     _remember(key, obj)
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(obj)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # the disk cache is best effort
+        write_cache_entry(path, obj)
     return obj, "compiled"
+
+
+# -- the on-disk cache entry: header (magic, payload length, sha256) + object code ---------
+_ENTRY_MAGIC = b"GXOBJ\x00\x01\x00"
+_ENTRY_HEADER = len(_ENTRY_MAGIC) + 8 + 32
+
+
+def read_cache_entry(path: Path) -> bytes | None:
+    """The object code stored at ``path``, or None when it is missing or fails its check
+    (wrong magic, length or sha256): a damaged entry is never handed to LLVM."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) < _ENTRY_HEADER or not data.startswith(_ENTRY_MAGIC):
+        return None
+    m = len(_ENTRY_MAGIC)
+    size = int.from_bytes(data[m:m + 8], "little")
+    digest = data[m + 8:_ENTRY_HEADER]
+    obj = data[_ENTRY_HEADER:]
+    if size != len(obj) or size == 0 or hashlib.sha256(obj).digest() != digest:
+        return None
+    return obj
+
+
+def write_cache_entry(path: Path, obj: bytes) -> None:
+    """Publish ``obj`` at ``path`` whole or not at all: written to a temp file of this
+    process and thread, flushed to disk, then renamed over ``path`` (atomic), so concurrent
+    writers and readers never see half a file.  Best effort: an unwritable cache is skipped."""
+    header = _ENTRY_MAGIC + len(obj).to_bytes(8, "little") + hashlib.sha256(obj).digest()
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(obj)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _remember(key: str, obj: bytes) -> None:

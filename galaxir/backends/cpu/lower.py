@@ -528,6 +528,37 @@ def alias_source(op: Operation) -> Value | None:
 # -- elementwise fusion --------------------------------------------------------------------
 #: ops emit_expr implements that may appear inside a fused_elementwise region
 REGION_OPS = ELEMENTWISE | {"fused_add", "identity"}
+#: the deepest expression one elementwise kernel evaluates: a longer chain becomes several
+#: kernels (expressions are nested tuples that the code here and emit_expr walk
+#: recursively; depth is bounded instead of the Python stack being outgrown)
+MAX_EXPR_DEPTH = 128
+_LEAVES = ("in", "arg", "const", "none")
+
+
+def expr_depth(expr) -> int:
+    """Operation levels of an expression (leaves 0), iteratively, each shared sub-tuple once."""
+    depth: dict[int, int] = {}
+    stack = [(expr, False)]
+    while stack:
+        e, done = stack.pop()
+        if e[0] in _LEAVES:
+            depth[id(e)] = 0
+            continue
+        if id(e) in depth:
+            continue
+        if done:
+            depth[id(e)] = 1 + max((depth[id(c)] for c in e[1]), default=0)
+            continue
+        stack.append((e, True))
+        stack.extend((c, False) for c in e[1] if id(c) not in depth)
+    return depth[id(expr)]
+
+
+def _own_depth(op: Operation) -> int:
+    """Depth of ``op``'s expression over leaf operands."""
+    if op.name == "fused_elementwise":
+        return expr_depth(_region_expr(op))
+    return expr_depth(_op_expr(op, tuple(("in", k) for k in range(len(op.operands)))))
 
 
 def _ew_native(op: Operation) -> bool:
@@ -600,6 +631,8 @@ def _region_expr(op: Operation):
             env[id(inner.results[0])] = _op_expr(inner, kids)
         res = block.results[0]
         expr = env[id(res)]
+        if expr_depth(expr) > MAX_EXPR_DEPTH:  # runs on the numpy reference instead
+            expr = None
     except (ValueError, KeyError, IndexError, TypeError):
         expr = None
     op.__dict__["_gx_region_expr"] = expr
@@ -619,6 +652,7 @@ class _Group:
     out: Value
     ops: list[Operation] = field(default_factory=list)
     expr: Any = None
+    depth: int = 0
 
 
 def lower_module(module: Module, report_reasons: dict | None = None) -> list:
@@ -628,6 +662,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
     groups: dict[int, _Group] = {}      # value id -> group whose output it is
     pending: dict[int, NativeStep] = {}  # value id -> the fused step producing it
     absorbed: set[int] = set()
+    dropped: set[int] = set()  # ids of steps inlined into a later one (removed at the end)
 
     def group_input(inputs: list[Value], v: Value):
         for k, u in enumerate(inputs):
@@ -645,6 +680,8 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
             inputs: list[Value] = []
             children = []
             members: list[Operation] = []
+            own = _own_depth(op)
+            deepest = 0
             for v in op.operands:
                 if v is None:
                     children.append(("none",))
@@ -655,14 +692,17 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                     continue
                 g = groups.get(id(v))
                 if (g is not None and len(v.uses) == 1 and id(v) not in outputs
-                        and static_shape(v.type) == oshape and id(v) in pending):
+                        and static_shape(v.type) == oshape and id(v) in pending
+                        and own + g.depth <= MAX_EXPR_DEPTH):
                     # inline the producer's expression
                     step = pending.pop(id(v))
-                    steps.remove(step)
+                    dropped.add(id(step))
+                    deepest = max(deepest, g.depth)
                     mapping = {}
                     for k, u in enumerate(step.inputs):
                         mapping[k] = group_input(inputs, u)
-                    children.append(_remap(g.expr, mapping))
+                    same = all(mapping[k] == ("in", k) for k in mapping)
+                    children.append(g.expr if same else _remap(g.expr, mapping))
                     members.extend(g.ops)
                     continue
                 children.append(group_input(inputs, v))
@@ -674,7 +714,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
             kern = K.Elementwise(out_shape=oshape,
                                  in_shapes=[static_shape(v.type) for v in inputs], expr=expr)
             step = NativeStep(kern, [out], inputs, members)
-            groups[id(out)] = _Group(out, members, expr)
+            groups[id(out)] = _Group(out, members, expr, own + deepest)
             pending[id(out)] = step
             steps.append(step)
             continue
@@ -713,7 +753,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                     step.ops.append(user)
                     absorbed.add(id(user))
         steps.append(step)
-    return _drop_unread_transposes(steps, outputs)
+    return _drop_unread_transposes([s for s in steps if id(s) not in dropped], outputs)
 
 
 def _drop_unread_transposes(steps: list, outputs: set) -> list:
@@ -736,6 +776,8 @@ def _drop_unread_transposes(steps: list, outputs: set) -> list:
 
 
 def _remap(expr, mapping):
+    """``expr`` with each ("in", k) leaf replaced by ``mapping[k]`` (recursion bounded by
+    MAX_EXPR_DEPTH)."""
     if expr[0] == "in":
         return mapping[expr[1]]
     if expr[0] in ("const", "none"):

@@ -9,6 +9,12 @@ compare-and-swap on a counter whose high 32 bits hold the generation, so a late 
 never run a task of a job it did not see published.  With no pool (one thread) tasks run
 inline.
 
+Threads: the state block holds one job at a time, so one call at a time may use the pool.
+A call takes the pool with a non-blocking ``Pool.try_acquire`` for its whole run; a call
+that finds it taken (another thread's executable is running) runs its tasks inline on its
+own thread instead of waiting, so one call alone is as fast as before and concurrent calls
+proceed side by side on their own threads (docs/reliability.md).
+
 State layout (i64 slots, 64 bytes apart): 0 generation, 1 fn, 2 ctx, 3 n, 4 next, 5 done,
 6 active.
 """
@@ -187,19 +193,26 @@ class Pool:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="galaxir-cpu-worker", daemon=True)
         self._thread.start()
+        self._owner = threading.Lock()  # held by the one call whose jobs the pool runs
+
+    def try_acquire(self) -> bool:
+        """Take the pool for one call (False at once when another call holds it); the
+        holder must call ``release``."""
+        if not self._owner.acquire(blocking=False):
+            return False
+        self.state[ACTIVE] = 1
+        self._wake.set()
+        return True
+
+    def release(self) -> None:
+        self.state[ACTIVE] = 0
+        self._owner.release()
 
     def _loop(self):
         while True:
             self._wake.wait()
             self._wake.clear()
             self._worker(self.address)
-
-    def begin(self):
-        self.state[ACTIVE] = 1
-        self._wake.set()
-
-    def end(self):
-        self.state[ACTIVE] = 0
 
 
 _pool: Pool | None = None

@@ -10,6 +10,7 @@ import numpy as np
 
 from ...ir import Builder, Graph, Module, Operation
 from ...ir.clone import clone_block_into
+from ...ir.mapped import detach_constants
 from ...ir.types import TensorType
 
 FOLD_LIMIT_BYTES = 1 << 31  # never fold a constant bigger than this (memory)
@@ -131,6 +132,7 @@ def remove_dead(module: Module) -> None:
 
 def prepare(module: Module) -> Module:
     m = module.clone()
+    detach_constants(m)  # the executable owns its weights: none stay views of a mapped file
     fold_constants(m)
     fold_batch_norm(m)
     remove_dead(m)

@@ -100,10 +100,7 @@ def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
               ) -> tuple[list, dict, int, int]:
     """One timed run: (outputs, {step index: (start ns, end ns)}, run start, run end)."""
     spec._ensure_arena()
-    wake = spec.wake_pool(pool, code.pool_slot)
-    if wake:
-        pool.begin()
-    try:
+    with spec.pool_for_call(pool, code.pool_slot):
         t_start = time.clock_gettime_ns(clock)
         ext = spec._bind_inputs(inputs)
         rec: dict[int, tuple[int, int]] = {}
@@ -121,9 +118,6 @@ def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
                 rec[spec._step_index[id(item)]] = (t0, time.clock_gettime_ns(clock))
         outs = spec._outputs(ext)
         t_end = time.clock_gettime_ns(clock)
-    finally:
-        if wake:
-            pool.end()
     return outs, rec, t_start, t_end
 
 

@@ -4,6 +4,7 @@ segments and runs fallback ops on the numpy reference in between."""
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 from typing import Any
 
 import llvmlite.ir as ir
@@ -258,7 +259,7 @@ class Specialization:
             self._out_views = [self.view(v) for v in g.outputs]
         self._table_addr = ctypes.addressof(self._table)
         # data the native steps touch: below POOL_MIN_BYTES waking the worker thread costs
-        # more than splitting can save (its tasks then all run on the calling thread)
+        # more than splitting can save (its tasks then run inline on the calling thread)
         self.work_bytes = 0
         for s in self.steps:
             if isinstance(s, NativeStep):
@@ -282,24 +283,28 @@ class Specialization:
     def run(self, inputs: list[Any], interp, pool=None) -> list[Any]:
         if self._arena is None:
             self._ensure_arena()
-        if self.pool_slot and self.wake_pool(pool, self.pool_slot):
-            pool.begin()
-            try:
-                return self._run(inputs, interp)
-            finally:
-                pool.end()
-        return self._run(inputs, interp)
+        with self.pool_for_call(pool, self.pool_slot):
+            return self._run(inputs, interp)
 
-    def wake_pool(self, pool, pool_slot: int) -> bool:
-        """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool``; whether this
-        run should wake the pool's worker."""
-        if not pool_slot:
-            return False
-        addr = pool.address if pool else None
-        if addr != self._pool_set.get(pool_slot):  # set only when it changes
-            ctypes.c_void_p.from_address(pool_slot).value = addr
-            self._pool_set[pool_slot] = addr
-        return pool is not None and self.work_bytes >= POOL_MIN_BYTES
+    @contextmanager
+    def pool_for_call(self, pool, pool_slot: int):
+        """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool`` for one call,
+        or at nothing (parallel loops then run inline on the calling thread).  One call at a
+        time owns a pool: a call takes it only when it has enough work and no other thread's
+        call holds it (``Pool.try_acquire``, never waiting), so concurrent calls of different
+        executables run side by side on their own threads (docs/reliability.md)."""
+        owned = bool(pool_slot) and pool is not None and self.work_bytes >= POOL_MIN_BYTES \
+            and pool.try_acquire()
+        try:
+            if pool_slot:
+                addr = pool.address if owned else None
+                if addr != self._pool_set.get(pool_slot):  # set only when it changes
+                    ctypes.c_void_p.from_address(pool_slot).value = addr
+                    self._pool_set[pool_slot] = addr
+            yield owned
+        finally:
+            if owned:
+                pool.release()
 
     def _run(self, inputs, interp):
         if self._out_views is not None:  # every op native: no per-op Python work at all

@@ -127,6 +127,10 @@ def run_module(module: Module, inputs: list[Any]) -> list[Any]:
 class NumpyExecutable(Executable):
     def __init__(self, module: Module):
         super().__init__(module)
+        from ...ir.mapped import detach_constants, has_file_backed_constants
+        if has_file_backed_constants(module):  # own the weights of a mapped .gxm file
+            module = module.clone()
+            detach_constants(module)
         self.interpreter = Interpreter(module)
 
     def _execute(self, inputs: list[Any]) -> list[Any]:

@@ -6,9 +6,11 @@ from .importer import CONVERTERS, ConvertContext, GraphImporter, ModelInfo, conv
 from .loader import ModelSource, check_model, load_model
 
 
-def import_onnx(source: ModelSource, check: bool = True) -> Module:
-    """Import a ModelProto, a path or serialized bytes; the result is verified."""
-    model, base_dir = load_model(source)
+def import_onnx(source: ModelSource, check: bool = True, base_dir=None) -> Module:
+    """Import a ModelProto, a path or serialized bytes; the result is verified.  External
+    data is read from the model file's folder, or from ``base_dir`` (required for bytes
+    and ModelProtos that have external data); nothing outside that folder is read."""
+    model, base_dir = load_model(source, base_dir)
     if check:
         check_model(model)
     opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}

@@ -103,8 +103,11 @@ def convert_type(tp: onnx.TypeProto, where: str = "", depth: int = 0) -> Type:
 
 
 def tensor_to_numpy(t: onnx.TensorProto, base_dir: str | None = None) -> np.ndarray:
+    if t.data_location == onnx.TensorProto.EXTERNAL:  # loader.load_model reads all of them
+        raise ModelImportError(f"tensor '{t.name}': external data was not read in by the loader "
+                               "(it only reads data inside the model's folder)")
     try:
-        arr = numpy_helper.to_array(t, base_dir or "")
+        arr = numpy_helper.to_array(t)
     except Exception as e:
         raise ModelImportError(f"tensor '{t.name}' could not be decoded: {e}") from e
     if arr.dtype.kind in "SU":

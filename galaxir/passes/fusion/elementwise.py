@@ -29,6 +29,9 @@ ELEMENTWISE = frozenset(UNARY | BINARY | OTHER)
 
 #: constants up to this many elements are copied into the region instead of passed in
 INLINE_CONST_ELEMENTS = 16
+#: the most ops one fused op takes: a longer chain is split into consecutive groups (one
+#: loop of thousands of ops is no faster, and its expression would be thousands deep)
+MAX_GROUP_OPS = 64
 
 
 def _fusible(op: Operation | None) -> bool:
@@ -66,21 +69,35 @@ def _continues(op: Operation) -> bool:
     return bool(users) and all(_absorbs(u, op) for u in users)
 
 
-def collect_group(root: Operation) -> list[Operation]:
-    """The ops of the chain ending at ``root``, in block order."""
+def collect_group(root: Operation, max_ops: int | None = None) -> list[Operation]:
+    """The ops of the chain ending at ``root``, in block order: at most ``max_ops`` of them
+    (the ops nearest the root; the rest of a longer chain becomes groups of its own).
+
+    A worklist: a producer is looked at each time one of its users joins the group, so it
+    joins once all of its users have, in time linear in the chain's size."""
+    limit = MAX_GROUP_OPS if max_ops is None else max_ops
+    parent = root.parent
     group = {id(root): root}
-    changed = True
-    while changed:
-        changed = False
-        for op in list(group.values()):
-            for v in op.operands:
-                p = v.producer if v is not None else None
-                if p is None or id(p) in group or not _fusible(p) or p.parent is not root.parent:
-                    continue
-                if all(id(u) in group and _same_shape(p, u) for u in p.results[0].users):
-                    group[id(p)] = p
-                    changed = True
-    return [op for op in root.parent if id(op) in group]
+    work = [root]
+    while work and len(group) < limit:
+        op = work.pop()
+        for v in op.operands:
+            p = v.producer if v is not None else None
+            if p is None or id(p) in group or p.parent is not parent or not _fusible(p):
+                continue
+            if all(id(u) in group and _same_shape(p, u) for u in p.results[0].users):
+                group[id(p)] = p
+                work.append(p)
+                if len(group) >= limit:
+                    break
+    ordered = []  # block order: walk back from the root (every member comes before it)
+    op = root
+    while op is not None and len(ordered) < len(group):
+        if id(op) in group:
+            ordered.append(op)
+        op = op.prev
+    ordered.reverse()
+    return ordered
 
 
 def _small_const(v: Value) -> bool:

@@ -1138,7 +1138,34 @@ class Model(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(86))
         return o == 0
 
-def ModelStart(builder): builder.StartObject(42)
+    # Model
+    def TensorCrcs(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(88))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
+
+    # Model
+    def TensorCrcsAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(88))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint32Flags, o)
+        return 0
+
+    # Model
+    def TensorCrcsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(88))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Model
+    def TensorCrcsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(88))
+        return o == 0
+
+def ModelStart(builder): builder.StartObject(43)
 def Start(builder):
     return ModelStart(builder)
 def ModelAddStrings(builder, strings): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(strings), 0)
@@ -1390,6 +1417,12 @@ def AddTensorStrings(builder, tensorStrings):
 def ModelStartTensorStringsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
 def StartTensorStringsVector(builder, numElems):
     return ModelStartTensorStringsVector(builder, numElems)
+def ModelAddTensorCrcs(builder, tensorCrcs): builder.PrependUOffsetTRelativeSlot(42, flatbuffers.number_types.UOffsetTFlags.py_type(tensorCrcs), 0)
+def AddTensorCrcs(builder, tensorCrcs):
+    return ModelAddTensorCrcs(builder, tensorCrcs)
+def ModelStartTensorCrcsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartTensorCrcsVector(builder, numElems):
+    return ModelStartTensorCrcsVector(builder, numElems)
 def ModelEnd(builder): return builder.EndObject()
 def End(builder):
     return ModelEnd(builder)
