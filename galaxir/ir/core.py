@@ -37,7 +37,9 @@ class Value:
         self.name = name
         self.owner = owner
         self.index = index
-        self.uses: list[tuple[Operation, int]] = []
+        # (op, operand index) -> None: an insertion-ordered set, so that dropping one use of a
+        # value with 20,000 users is O(1) rather than a scan
+        self.uses: dict[tuple[Operation, int], None] = {}
         self._id = next(_ids)
 
     @property
@@ -128,7 +130,7 @@ class Operation:
         idx = len(self._operands)
         self._operands.append(v)
         if v is not None:
-            v.uses.append((self, idx))
+            v.uses[(self, idx)] = None
 
     @property
     def operands(self) -> tuple[Value | None, ...]:
@@ -140,10 +142,10 @@ class Operation:
     def set_operand(self, i: int, v: Value | None) -> None:
         old = self._operands[i]
         if old is not None:
-            old.uses.remove((self, i))
+            del old.uses[(self, i)]
         self._operands[i] = v
         if v is not None:
-            v.uses.append((self, i))
+            v.uses[(self, i)] = None
 
     def set_operands(self, values: Sequence[Value | None]) -> None:
         self.drop_operands()
@@ -153,7 +155,7 @@ class Operation:
     def drop_operands(self) -> None:
         for i, v in enumerate(self._operands):
             if v is not None:
-                v.uses.remove((self, i))
+                del v.uses[(self, i)]
         self._operands = []
 
     @property

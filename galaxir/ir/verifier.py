@@ -44,7 +44,6 @@ def verify_block(block: Block, visible: set[int], depth: int = 0) -> None:
         _check_type_depth(a.type, f"block argument {a!r}")
         defined.add(id(a))
     later = {id(r): op for op in block for r in op.results}
-    use_sets: dict[int, set] = {}
     for op in block:
         if op.parent is not block:
             raise VerificationError(f"{describe(op)}: its parent link is broken")
@@ -59,13 +58,7 @@ def verify_block(block: Block, visible: set[int], depth: int = 0) -> None:
                 raise VerificationError(
                     f"{describe(op)}: operand {i} ({_vname(v)}) is not defined in this scope "
                     "(a dangling value, or one from another graph)")
-            if len(v.uses) > 8:  # a widely used value: a set, not a scan per use (linear)
-                uses = use_sets.get(id(v))
-                if uses is None:
-                    uses = use_sets[id(v)] = {(id(o), j) for o, j in v.uses}
-                if (id(op), i) not in uses:
-                    raise VerificationError(f"{describe(op)}: operand {i} is missing from its value's use list")
-            elif (op, i) not in v.uses:
+            if (op, i) not in v.uses:
                 raise VerificationError(f"{describe(op)}: operand {i} is missing from its value's use list")
         if not op.is_terminator:
             check_signature(op)

@@ -257,10 +257,10 @@ def _push_channel_shuffle(op: Operation) -> str | None:
     n, h, w, c = ys
     if (s5[0], s5[3], s5[4]) != (n, h, w) or s5[1] * s5[2] != c:
         return None
-    mid = op.results[0].uses[0][0]
+    mid = next(iter(op.results[0].uses))[0]
     if mid.name != "transpose" or _perm_of(mid) != (0, 2, 1, 3, 4) or len(mid.results[0].uses) != 1:
         return None
-    last = mid.results[0].uses[0][0]
+    last = next(iter(mid.results[0].uses))[0]
     if last.name != "reshape" or _static_dims(last.results[0]) != (n, c, h, w):
         return None
     b = _builder(last)

@@ -746,7 +746,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
                 and not (isinstance(kern, K.MatMul) and kern.K == 0):
             r = op.results[0]
             if len(r.uses) == 1 and id(r) not in outputs:
-                user = r.uses[0][0]
+                user = next(iter(r.uses))[0]
                 if user.name == "relu" and user.parent is op.parent and _ew_native(user):
                     kern.relu = True
                     step.outputs = [user.results[0]]

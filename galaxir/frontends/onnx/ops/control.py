@@ -87,7 +87,7 @@ def _drop_new_uses(snapshot: list) -> None:
     """A subgraph whose import failed half-way left ops that use outer values: drop the
     uses added since ``snapshot`` (value, use count) so use lists stay exact."""
     for v, n in snapshot:
-        for op, _ in list(v.uses[n:]):
+        for op, _ in list(v.uses)[n:]:
             op.drop_operands()
 
 
