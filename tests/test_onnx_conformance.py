@@ -19,7 +19,10 @@ def test_onnx_node_suite_on_numpy(capsys):
     results = [run_case(c, "numpy") for c in cases]
     failed = {r.name: r.reason for r in results if not r.ok}
     newly_failing = sorted(set(failed) - set(expected))
-    newly_passing = sorted(set(expected) - set(failed))
+    # a random op's case can match its expected values by chance (a few Bernoulli draws):
+    # it may pass without being taken off the list
+    by_chance = {n for n, why in expected.items() if why.startswith("random op")}
+    newly_passing = sorted(set(expected) - set(failed) - by_chance)
     passed = len(results) - len(failed)
     with capsys.disabled():
         print(f"\ngalaxir numpy: {summarize(results)}")
