@@ -152,7 +152,7 @@ def spawn(args: list[str]) -> dict | None:
     except subprocess.TimeoutExpired:
         return None
     for line in reversed(out.stdout.splitlines()):
-        if line.startswith("{"):
+        if line.startswith(("{", "[")):
             return json.loads(line)
     sys.stderr.write(out.stderr[-2000:])
     return None
@@ -180,6 +180,7 @@ def main():
                     help="processes per (model, engine), taking turns; the median is reported")
     ap.add_argument("--skip-numpy", action="store_true")
     ap.add_argument("--child", nargs=2)
+    ap.add_argument("--export-child", nargs="+", metavar=("FOLDER", "NAME"))
     ap.add_argument("--matmul-child")
     ap.add_argument("--cpu-levels", nargs="*", type=int,
                     help="optimization levels to run the cpu target at (default: its default)")
@@ -190,18 +191,25 @@ def main():
     if a.matmul_child:
         print(json.dumps(matmul_child(a.matmul_child, a.runs)))
         return
+    if a.export_child:
+        folder, names = a.export_child[0], a.export_child[1:]
+        modern_names = [n for n in names if n != "torch"]
+        paths = modern_models(folder, modern_names) if modern_names else []
+        print(json.dumps(paths + (torch_models(folder) if "torch" in names else [])))
+        return
     from galaxir.testing import modern
     zoo_names = sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
     tmp = tempfile.mkdtemp(prefix="galaxir_bench_")
+    # built in a child process: torch and the exported models would otherwise sit in this
+    # process's memory, and a child inherits its parent's peak RSS figure (ru_maxrss)
     if a.models:
-        wanted_modern = [m for m in a.models if m in modern.MODELS]
-        models = [m for m in a.models if m not in modern.MODELS and m != "torch"]
-        models += modern_models(tmp, wanted_modern) if wanted_modern else []
-        models += torch_models(tmp) if "torch" in a.models else []
+        to_build = [m for m in a.models if m in modern.MODELS or m == "torch"]
+        models = [m for m in a.models if m not in to_build]
     else:
         models = zoo_names if a.set in ("all", "zoo") else []
-        if a.set in ("all", "modern"):
-            models += modern_models(tmp) + torch_models(tmp)
+        to_build = list(modern.MODELS) + ["torch"] if a.set in ("all", "modern") else []
+    if to_build:
+        models += spawn(["--export-child", tmp] + to_build) or []
     cpus = [f"cpu:{lv}" for lv in a.cpu_levels] if a.cpu_levels else ["cpu"]
     engines = cpus + ["onnxruntime"] + ([] if a.skip_numpy else ["numpy"])
     rows = []
