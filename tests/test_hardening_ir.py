@@ -702,3 +702,13 @@ def test_affine_grid_with_a_computed_size_has_the_right_rank():
     gb = GraphBuilder()
     theta, size = gb.input("theta", tensor("f32", 2, 2, 3)), gb.input("size", tensor("i64", 4))
     assert str(gb.affine_grid(theta, size).type) == "f32[?,?,?,2]"
+
+
+def test_onnx_export_of_nesting_protobuf_refuses_is_a_galaxir_error():
+    """galaxir nests 64 deep; protobuf refuses about 30 nested subgraphs: a FormatError,
+    not protobuf's DecodeError."""
+    from galaxir.errors import FormatError
+    from galaxir.frontends.onnx.exporter import export_onnx
+    assert export_onnx(_nested_if(8)).graph.node
+    with pytest.raises(FormatError, match="nested deeper than protobuf accepts"):
+        export_onnx(_nested_if(40))

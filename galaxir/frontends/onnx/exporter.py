@@ -16,7 +16,7 @@ import onnx
 import onnx.defs
 from onnx import helper, numpy_helper
 
-from ...errors import UnsupportedOpError
+from ...errors import FormatError, UnsupportedOpError
 from ...ir import Block, Builder, Module, Operation, Value
 from ...ir.opdef import describe, lookup
 from ...ir.types import (UNKNOWN, DType, OptionalType, SequenceType, TensorType, Type)
@@ -245,7 +245,18 @@ class _Exporter:
 
 
 def export_onnx(module: Module, opset: int | None = None) -> onnx.ModelProto:
-    """An ONNX model with the module's semantics (checked with onnx.checker)."""
+    """An ONNX model with the module's semantics."""
+    from google.protobuf.message import DecodeError
+    try:
+        return _export(module, opset)
+    except (DecodeError, RecursionError) as e:
+        # protobuf refuses messages nested deeper than its own limit (about 30 subgraphs),
+        # below galaxir's MAX_NESTING
+        raise FormatError(f"ONNX export: the model's control flow is nested deeper than "
+                          f"protobuf accepts ({e})") from None
+
+
+def _export(module: Module, opset: int | None) -> onnx.ModelProto:
     ex = _Exporter()
     g = module.graph
     for v in g.inputs:
