@@ -1133,27 +1133,13 @@ class PackedGemm(LinearEpilogue, Kernel):
 
     def emit(self, module, fname, n_args):
         from . import library
-        from .parallel import pool_global
         var = self.variant()
         vname = "pgemm_" + "_".join(str(x) for x in var[:3]) + (
             "_" + "_".join(f"{v:g}" for v in var[3]) if var[3] else "")
         sym = library.ensure(vname, lambda m, n: build_pgemm_library(m, n, var))
-        P64 = I64.as_pointer()
-        F32P = F32.as_pointer()
-        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
-        fb = _fb(module, fname, n_args)
-        b = fb.b
-        state = b.load(pool_global(module))
-        params = library.param_block(module, self.params(), "pgemm")
-        pp = b.bitcast(params, P64)
-        k = 3
-        bias = z = ir.Constant(F32P, None)
-        if self.has_bias:
-            bias = fb.args[k]
-            k += 1
-        if self.has_z:
-            z = fb.args[k]
-        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
+        fb, lib, state, pp = library_call(module, fname, n_args, sym, self.params(), "pgemm")
+        bias, z = epilogue_args(fb, self.has_bias, self.has_z)
+        fb.b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
         return fb.finish()
 
 
@@ -1203,6 +1189,29 @@ def build_task_library(module, name, ntasks_slot: int, emit_task):
     n = b.load(b.gep(pp, [i64(ntasks_slot)], inbounds=True))
     b.call(pfor, [state, task, arr, n])
     fb.finish()
+
+
+def library_call(module, fname: str, n_args: int, symbol: str, params: list[int], tag: str):
+    """The start of a kernel whose work is a call of a library function (one per variant,
+    built by ``build_task_library``, shapes in a parameter block): ``(fb, lib, state, pp)``,
+    the wrapper's builder, the declared function, the pool state and the parameter block."""
+    from . import library
+    from .parallel import pool_global
+    P64 = I64.as_pointer()
+    lib = library.declare(module, symbol, [P64, P64] + [F32.as_pointer()] * 5)
+    fb = _fb(module, fname, n_args)
+    state = fb.b.load(pool_global(module))
+    pp = fb.b.bitcast(library.param_block(module, params, tag), P64)
+    return fb, lib, state, pp
+
+
+def epilogue_args(fb, has_bias: bool, has_z: bool) -> tuple:
+    """(bias, z) of a wrapper whose arguments are (out, x, weights[, bias][, z]): null
+    pointers for the absent ones."""
+    null = ir.Constant(F32.as_pointer(), None)
+    bias = fb.args[3] if has_bias else null
+    z = fb.args[3 + has_bias] if has_z else null
+    return bias, z
 
 
 def build_pgemm_library(module, name, variant):

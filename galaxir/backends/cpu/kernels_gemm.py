@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from .codegen import F32, I64, i64
-from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _broadcast, _f32_bits, _fb, _fma_vec,
-                      _min, build_task_library)
+from .codegen import F32, i64
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _broadcast, _f32_bits, _fma_vec,
+                      _min, build_task_library, epilogue_args, library_call)
 
 MR = 6                      # tile rows
 BLOCK_BYTES = 256 * 1024    # packed B per task block (L2-resident)
@@ -102,19 +102,10 @@ class GemmPacked(LinearEpilogue, Kernel):
             m, n, G_NTASKS, lambda tb, pp, ptrs, t: _gemm_task(tb, variant, wide, pp, *ptrs, t)))
 
     def emit(self, module, fname, n_args):
-        from . import library
-        from .parallel import pool_global
-        sym = self.library_symbol()
-        P64 = I64.as_pointer()
-        F32P = F32.as_pointer()
-        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
-        fb = _fb(module, fname, n_args)
-        b = fb.b
-        state = b.load(pool_global(module))
-        pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
-        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
-        z = fb.args[3 + self.has_bias] if self.has_z else ir.Constant(F32P, None)
-        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
+        fb, lib, state, pp = library_call(module, fname, n_args, self.library_symbol(),
+                                          self.params(), "gemmpk")
+        bias, z = epilogue_args(fb, self.has_bias, self.has_z)
+        fb.b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
         return fb.finish()
 
 
@@ -347,20 +338,14 @@ class BatchedGemm(GemmPacked):
         return panel_floats(self.K, self.N, self.wide) * 4
 
     def emit(self, module, fname, n_args):
-        from . import library
         from .kernels import contiguous_strides
-        from .parallel import pool_global
-        sym = self.library_symbol()
-        P64 = I64.as_pointer()
-        F32P = F32.as_pointer()
-        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
-        fb = _fb(module, fname, n_args)
+        fb, lib, state, pp = library_call(module, fname, n_args, self.library_symbol(),
+                                          self.params(), "gemmpk")
         b = fb.b
+        F32P = F32.as_pointer()
         out, a, bm = fb.args[0], fb.args[1], fb.args[2]
-        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        bias, _ = epilogue_args(fb, self.has_bias, False)
         packed = fb.args[-1]
-        state = b.load(pool_global(module))
-        pp = b.bitcast(library.param_block(module, self.params(), "gemmpk"), P64)
         shared_b = all(s == 0 for s in self.b_batch_strides)
         sk, sc = (1, self.K) if self.trans_b else (self.N, 1)
         if shared_b:

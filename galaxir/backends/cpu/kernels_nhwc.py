@@ -31,8 +31,9 @@ import llvmlite.ir as ir
 
 from . import jit
 from .codegen import F32, I64, f32, i64, memset0
-from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fb, _fma_vec,
-                      _broadcast, _max, _min, _splat8, build_task_library, padded_window_count)
+from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _f32_bits, _fma_vec,
+                      _broadcast, _max, _min, _splat8, build_task_library, epilogue_args,
+                      library_call, padded_window_count)
 
 MR, NR = 6, 16
 V16 = ir.VectorType(F32, 16)
@@ -157,24 +158,10 @@ class ConvNhwc(LinearEpilogue, Kernel):
         return p
 
     def emit(self, module, fname, n_args):
-        from . import library
-        from .parallel import pool_global
-        sym = self.library_symbol()
-        P64 = I64.as_pointer()
-        F32P = F32.as_pointer()
-        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
-        fb = _fb(module, fname, n_args)
-        b = fb.b
-        state = b.load(pool_global(module))
-        pp = b.bitcast(library.param_block(module, self.params(), "convnhwc"), P64)
-        k = 3
-        bias = z = ir.Constant(F32P, None)
-        if self.has_bias:
-            bias = fb.args[k]
-            k += 1
-        if self.has_z:
-            z = fb.args[k]
-        b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
+        fb, lib, state, pp = library_call(module, fname, n_args, self.library_symbol(),
+                                          self.params(), "convnhwc")
+        bias, z = epilogue_args(fb, self.has_bias, self.has_z)
+        fb.b.call(lib, [state, pp, fb.args[0], fb.args[1], fb.args[2], bias, z])
         return fb.finish()
 
 
@@ -602,21 +589,15 @@ class MatMulPacked(Kernel):
                         act_params=self.act_params, relu=self.relu)
 
     def emit(self, module, fname, n_args):
-        from . import library
         from .kernels import contiguous_strides
-        from .parallel import pool_global
         conv = self.conv()
-        sym = conv.library_symbol()
-        P64 = I64.as_pointer()
-        F32P = F32.as_pointer()
-        lib = library.declare(module, sym, [P64, P64] + [F32P] * 5)
-        fb = _fb(module, fname, n_args)
+        fb, lib, state, pp = library_call(module, fname, n_args, conv.library_symbol(),
+                                          conv.params(), "mmpacked")
         b = fb.b
+        F32P = F32.as_pointer()
         out, a, bm = fb.args[0], fb.args[1], fb.args[2]
-        bias = fb.args[3] if self.has_bias else ir.Constant(F32P, None)
+        bias, _ = epilogue_args(fb, self.has_bias, False)
         packed = bm if self.b_packed else fb.args[-1]
-        state = b.load(pool_global(module))
-        pp = b.bitcast(library.param_block(module, conv.params(), "mmpacked"), P64)
         shared_b = all(s == 0 for s in self.b_batch_strides)
         if not self.b_packed and shared_b:
             self._pack(fb, bm, packed)
