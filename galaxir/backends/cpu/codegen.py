@@ -86,6 +86,21 @@ class FnBuilder:
         b.branch(head)
         b.position_at_end(end)
 
+    def loop_nest(self, dims: Sequence[int], body) -> None:
+        """``body(idx)`` inside one loop per dim, outermost first (idx: the loop variables;
+        empty for no dims)."""
+        idx: list = []
+
+        def level(depth):
+            if depth == len(dims):
+                body(idx)
+                return
+            with self.loop(0, dims[depth]) as i:
+                idx.append(i)
+                level(depth + 1)
+                idx.pop()
+        level(0)
+
     @contextmanager
     def if_(self, cond):
         b = self.b

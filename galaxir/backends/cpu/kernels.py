@@ -367,20 +367,13 @@ class MatMul(Kernel):
             full = tuple(self.batch) + (M, N)
             st = broadcast_strides(self.c_shape, full)
             shape, per = collapse(full, [contiguous_strides(full), st])
-            idx = []
 
-            def body(depth):
-                if depth == len(shape):
-                    v = fb.load(c, fb.mul_add(list(zip(idx, per[1]))))
-                    if self.beta != 1.0:
-                        v = fb.b.fmul(v, f32(self.beta))
-                    fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))))
-                    return
-                with fb.loop(0, shape[depth]) as i:
-                    idx.append(i)
-                    body(depth + 1)
-                    idx.pop()
-            body(0)
+            def copy_c(idx):
+                v = fb.load(c, fb.mul_add(list(zip(idx, per[1]))))
+                if self.beta != 1.0:
+                    v = fb.b.fmul(v, f32(self.beta))
+                fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))))
+            fb.loop_nest(shape, copy_c)
             beta = 1.0
         if M * N == 0:
             return fb.finish()
@@ -391,22 +384,15 @@ class MatMul(Kernel):
         gemm = Sgemm(fb)
         lda = M if self.trans_a else K
         ldb = K if self.trans_b else N
-        idx = []
 
-        def body(depth):
-            if depth == len(self.batch):
-                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
-                bo = fb.mul_add(list(zip(idx, self.b_batch_strides)))
-                oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
-                oo = fb.b.mul(oo, i64(M * N)) if idx else oo
-                gemm.call(M, N, K, fb.ptr(a, ao), lda, self.trans_a, fb.ptr(bm, bo), ldb,
-                          self.trans_b, fb.ptr(out, oo), N, self.alpha, beta)
-                return
-            with fb.loop(0, self.batch[depth]) as i:
-                idx.append(i)
-                body(depth + 1)
-                idx.pop()
-        body(0)
+        def product(idx):
+            ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+            bo = fb.mul_add(list(zip(idx, self.b_batch_strides)))
+            oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
+            oo = fb.b.mul(oo, i64(M * N)) if idx else oo
+            gemm.call(M, N, K, fb.ptr(a, ao), lda, self.trans_a, fb.ptr(bm, bo), ldb,
+                      self.trans_b, fb.ptr(out, oo), N, self.alpha, beta)
+        fb.loop_nest(self.batch, product)
         expr = _act_expr_of(self)
         if expr != ("in", 0):  # the activation epilogue: one pass over the product
             with fb.loop(0, M * N * prod(self.batch)) as i:
@@ -980,19 +966,12 @@ class Transpose(Kernel):
         in_st = contiguous_strides(self.in_shape)
         strides = [contiguous_strides(out_shape), [in_st[p] for p in self.perm]]
         shape, per = collapse(out_shape, strides)
-        idx = []
 
-        def body(depth):
-            if depth == len(shape):
-                v = fb.load(x, fb.mul_add(list(zip(idx, per[1]))), ty)
-                fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))), ty)
-                return
-            with fb.loop(0, shape[depth]) as i:
-                idx.append(i)
-                body(depth + 1)
-                idx.pop()
+        def move(idx):
+            v = fb.load(x, fb.mul_add(list(zip(idx, per[1]))), ty)
+            fb.store(v, out, fb.mul_add(list(zip(idx, per[0]))), ty)
         if prod(out_shape):
-            body(0)
+            fb.loop_nest(shape, move)
         return fb.finish()
 
 

@@ -350,23 +350,16 @@ class BatchedGemm(GemmPacked):
         sk, sc = (1, self.K) if self.trans_b else (self.N, 1)
         if shared_b:
             emit_pack_panels(fb, packed, 0, bm, 0, self.K, self.N, sk, sc, self.wide)
-        idx: list = []
         out_st = contiguous_strides(self.batch)
 
-        def body(depth):
-            if depth == len(self.batch):
-                if not shared_b:
-                    emit_pack_panels(fb, packed, 0, bm,
-                                     fb.mul_add(list(zip(idx, self.b_batch_strides))),
-                                     self.K, self.N, sk, sc, self.wide)
-                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
-                oo = fb.mul_add([(i, s * self.M * self.N) for i, s in zip(idx, out_st)])
-                b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
-                             bias, ir.Constant(F32P, None)])
-                return
-            with fb.loop(0, self.batch[depth]) as i:
-                idx.append(i)
-                body(depth + 1)
-                idx.pop()
-        body(0)
+        def product(idx):
+            if not shared_b:
+                emit_pack_panels(fb, packed, 0, bm,
+                                 fb.mul_add(list(zip(idx, self.b_batch_strides))),
+                                 self.K, self.N, sk, sc, self.wide)
+            ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+            oo = fb.mul_add([(i, s * self.M * self.N) for i, s in zip(idx, out_st)])
+            b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
+                         bias, ir.Constant(F32P, None)])
+        fb.loop_nest(self.batch, product)
         return fb.finish()

@@ -601,24 +601,17 @@ class MatMulPacked(Kernel):
         shared_b = all(s == 0 for s in self.b_batch_strides)
         if not self.b_packed and shared_b:
             self._pack(fb, bm, packed)
-        idx: list = []
 
-        def body(depth):
-            if depth == len(self.batch):
-                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
-                oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
-                oo = b.mul(oo, i64(self.M * self.N)) if idx else oo
-                if not self.b_packed and not shared_b:
-                    self._pack(fb, fb.ptr(bm, fb.mul_add(list(zip(idx, self.b_batch_strides)))),
-                               packed)
-                b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
-                             bias, ir.Constant(F32P, None)])
-                return
-            with fb.loop(0, self.batch[depth]) as i:
-                idx.append(i)
-                body(depth + 1)
-                idx.pop()
-        body(0)
+        def product(idx):
+            ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+            oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
+            oo = b.mul(oo, i64(self.M * self.N)) if idx else oo
+            if not self.b_packed and not shared_b:
+                self._pack(fb, fb.ptr(bm, fb.mul_add(list(zip(idx, self.b_batch_strides)))),
+                           packed)
+            b.call(lib, [state, pp, fb.ptr(out, oo), fb.ptr(a, ao), b.bitcast(packed, F32P),
+                         bias, ir.Constant(F32P, None)])
+        fb.loop_nest(self.batch, product)
         return fb.finish()
 
     def _pack(self, fb, src, dst):
