@@ -140,7 +140,7 @@ def _bert():
     ids = torch.randint(0, 30522, (1, SEQ), generator=g)
     mask = torch.ones(1, SEQ, dtype=torch.int64)
     mask[:, SEQ - 16:] = 0
-    return _Outputs(model, "last_hidden_state"), (ids, mask), ["input_ids", "attention_mask"]
+    return _last_hidden_state(model), (ids, mask), ["input_ids", "attention_mask"]
 
 
 @_model("gpt2")
@@ -155,7 +155,7 @@ def _gpt2():
     model = GPT2Model(GPT2Config(use_cache=False, attn_implementation="eager")).eval()
     ids = torch.randint(0, 50257, (1, SEQ), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(1, SEQ, dtype=torch.int64)
-    return _Outputs(model, "last_hidden_state"), (ids, mask), ["input_ids", "attention_mask"]
+    return _last_hidden_state(model), (ids, mask), ["input_ids", "attention_mask"]
 
 
 @_model("bilstm")
@@ -192,21 +192,19 @@ def _dcgan():
     return _calibrate_bn(model, x), (x,), ["z"]
 
 
-class _Outputs:
-    """Wraps a transformers model so that export sees one tensor output."""
+def _last_hidden_state(model):
+    """A transformers model wrapped so that export sees one tensor output."""
+    import torch
 
-    def __new__(cls, model, key):
-        import torch
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-            def forward(self, input_ids, attention_mask):
-                return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), key)
-
-        return Wrapped().eval()
+    return Wrapped().eval()
 
 
 def export(name: str, folder: str) -> tuple[str, dict[str, np.ndarray]]:
