@@ -19,7 +19,7 @@ pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="NVRTC (the 'cuda' e
 import galaxir as gx  # noqa: E402
 from galaxir.backends.cuda import kernels as K  # noqa: E402
 from galaxir.backends.cuda import nvrtc  # noqa: E402
-from galaxir.backends.cuda.lower import Blas, Fallback, Launch, lower_for_shapes  # noqa: E402
+from galaxir.backends.cuda.lower import Fallback, Launch, lower_for_shapes  # noqa: E402
 from galaxir.errors import CompileError  # noqa: E402
 from galaxir.ir.types import DType  # noqa: E402
 from galaxir.testing import cuda_sweep  # noqa: E402
@@ -79,6 +79,10 @@ def test_zoo_kernels_compile(path):
     off = [(op.name, why) for op, w, why in low.placement if w != "cuda" and op.name in heavy]
     assert not off, off
     _compile_all(ks, fast=False)
+    # the device arena for it, laid out (and validated) by the shared memory planner
+    from galaxir.backends.cuda.runtime import plan_arena
+    ap = plan_arena(low.module, low)
+    assert 0 < ap.plan.arena_bytes < ap.plan.naive_bytes
 
 
 # -- lowering decisions ---------------------------------------------------------------------------

@@ -160,7 +160,6 @@ def index_map(kind: str, out_shape, dtype: DType, n_in: int, src: Callable[[str]
     and ``off`` from the output coordinates c0..; one thread per output element."""
     out_shape = tuple(int(d) for d in out_shape)
     n = numel(out_shape)
-    it = index_type(n, *[2 ** 31 if n_in and False else 0])
     it = "long long"  # inputs may be larger than the output (gather/slice): stay safe
     ct = ctype(dtype)
     params = [f"const {ct}* in{i}" for i in range(n_in)] + list(extra_params) + [f"{ct}* out0"]
@@ -197,7 +196,7 @@ def concat(in_shapes, axis: int, dtype: DType) -> Kernel:
                      for d in range(len(s))]
             cond = "if" if k == 0 else "else if"
             last = k == len(in_shapes) - 1
-            lines.append((f"else {{" if last and k else f"{cond} (c{axis} < {start + size}) {{") +
+            lines.append(("else {" if last and k else f"{cond} (c{axis} < {start + size}) {{") +
                          f" out0[i] = in{k}[{' + '.join(terms) or '0'}]; }}")
             start += size
         return lines
@@ -535,7 +534,7 @@ def pool(kind: str, in_shape, out_shape, kernel, strides, dilations, pads, dtype
     """max_pool / average_pool over the spatial dims of NC<spatial>: a thread per output."""
     in_shape, out_shape = [int(d) for d in in_shape], [int(d) for d in out_shape]
     n = len(kernel)
-    sp_in, sp_out = in_shape[2:], out_shape[2:]
+    sp_in = in_shape[2:]
     ist = strides_of(in_shape)
     it = "long long"
     is_max = kind == "max_pool"
@@ -748,13 +747,13 @@ def gemm_tiled(batch, m: int, n: int, k: int, a_strides, b_strides, dtype: DType
               f"  const int col = blockIdx.x * {TILE} + threadIdx.x;",
               "  float acc = 0.f;",
               f"  for (int t = 0; t < {k}; t += {TILE}) {{",
-              f"    const int ka = t + threadIdx.x, kb = t + threadIdx.y;",
+              "    const int ka = t + threadIdx.x, kb = t + threadIdx.y;",
               f"    As[threadIdx.y][threadIdx.x] = (row < {m} && ka < {k}) ? "
               f"(float){load(dtype, f'in0[ao + ({it})row * {ar} + ({it})ka * {ac}]')} : {zero};",
               f"    Bs[threadIdx.y][threadIdx.x] = (kb < {k} && col < {n}) ? "
               f"(float){load(dtype, f'in1[bo + ({it})kb * {br} + ({it})col * {bc}]')} : {zero};",
               "    __syncthreads();",
-              f"    #pragma unroll",
+              "    #pragma unroll",
               f"    for (int q = 0; q < {TILE}; ++q) acc += As[threadIdx.y][q] * Bs[q][threadIdx.x];",
               "    __syncthreads();", "  }",
               f"  if (row < {m} && col < {n}) {{"]

@@ -90,6 +90,7 @@ class Fallback:
 
 @dataclass
 class Lowered:
+    module: Module | None = None                    # the specialized module lowered
     actions: list = field(default_factory=list)
     consts: dict = field(default_factory=dict)      # key -> np.ndarray (uploaded once)
     temps: dict = field(default_factory=dict)       # key -> bytes of temporaries
@@ -127,7 +128,7 @@ def _const(v: Value | None):
 class Lowerer:
     def __init__(self, module: Module):
         self.module = module
-        self.out = Lowered()
+        self.out = Lowered(module)
 
     # -- buffers -----------------------------------------------------------------------------
     def buf(self, v: Value) -> Buf:
@@ -261,7 +262,6 @@ class Lowerer:
         specs, bufs = self._ew_inputs(op.operands)
         if any(s is None for s in specs):
             raise _NoKernel("absent operand")
-        tr = static(op.results[0])
         from .source import compute_type
 
         def body(vars_):

@@ -80,7 +80,7 @@ def compile_ptx(kernels: Sequence[Kernel], arch: str) -> bytes:
     kernels = list({k.name: k for k in kernels}.values())
     try:
         return compile_source(translation_unit(kernels), arch)
-    except CompileError as whole:
+    except CompileError:
         bad = []
         for k in kernels:
             try:

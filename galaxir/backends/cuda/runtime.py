@@ -84,7 +84,6 @@ class Program:
     """Everything for one set of concrete input shapes on one device."""
 
     def __init__(self, module: Module, dev: Device, graphs: bool):
-        from ...passes.memory import specialize_types
         self.dev = dev
         cp = dev.cp
         self.module = module
@@ -123,75 +122,9 @@ class Program:
         self.checks_err = any(isinstance(a, Launch) and a.kernel.kind == "gather"
                               for a in self.low.actions)
 
-    # -- memory plan -----------------------------------------------------------------------------
     def _plan(self) -> None:
-        from ...passes.memory import Step, plan_schedule
-        g = self.module.graph
-        self.root: dict = {}
-        sizes: dict = {}
-        bufs: dict = {}
-
-        def root(k):
-            while k in self.root:
-                k = self.root[k]
-            return k
-
-        def note(b):
-            if isinstance(b, Buf) and b.key[0] != "const":
-                sizes[root(b.key)] = max(sizes.get(root(b.key), 0), b.nbytes)
-                bufs.setdefault(b.key, b)
-
-        steps = []
-        inputs = []
-        for a in g.inputs:
-            if isinstance(a.type, TensorType) and a.type.shape is not None and \
-                    all(isinstance(d, int) for d in a.type.shape):
-                b = Buf(("val", id(a)), tuple(a.type.shape), a.type.dtype)
-                if a.type.dtype in _STORABLE:
-                    note(b)
-                    inputs.append(b.key)
-        steps.append(Step(inputs, (), name="inputs"))
-        self.fallback_defs: dict[int, list] = {}
-        for i, act in enumerate(self.low.actions):
-            if isinstance(act, Alias):
-                self.root[act.dst] = root(act.src)
-                steps.append(Step((), (), name="view"))
-            elif isinstance(act, Launch):
-                for b in act.args:
-                    note(b)
-                ins = [root(b.key) for b, (role, _) in zip(act.args, act.kernel.params)
-                       if role == "in" and isinstance(b, Buf) and b.key[0] != "const"]
-                outs = [root(b.key) for b, (role, _) in zip(act.args, act.kernel.params)
-                        if role == "out" and isinstance(b, Buf)]
-                steps.append(Step(outs, ins, name=act.kernel.kind))
-            elif isinstance(act, Blas):
-                for b in (act.a, act.b, act.out):
-                    note(b)
-                ins = [root(b.key) for b in (act.a, act.b) if b.key[0] != "const"]
-                steps.append(Step([root(act.out.key)], ins, name="blas"))
-            else:
-                defs = []
-                for r in act.op.results:
-                    t = r.type
-                    if isinstance(t, TensorType) and t.shape is not None and t.dtype in _STORABLE \
-                            and all(isinstance(d, int) for d in t.shape):
-                        b = Buf(("val", id(r)), tuple(t.shape), t.dtype)
-                        note(b)
-                        defs.append(b.key)
-                self.fallback_defs[i] = defs
-                uses = [root(("val", id(v))) for v in act.op.read_values()
-                        if root(("val", id(v))) in sizes]
-                steps.append(Step(defs, uses, name=act.op.name))
-        live_out = [root(("val", id(v))) for v in g.outputs if v is not None
-                    and root(("val", id(v))) in sizes]
-        # every key named in a step must be sized: drop the ones that are not (host values)
-        for s in steps:
-            s.defs = [k for k in s.defs if k in sizes]
-            s.uses = [k for k in s.uses if k in sizes]
-        self.plan = plan_schedule(steps, sizes, live_out=live_out, inplace=False)
-        self.bufs = bufs
-        self.sizes = sizes
-        self.rootf = root
+        ap = plan_arena(self.module, self.low)
+        self.plan, self.bufs, self.sizes, self.rootf = ap.plan, ap.bufs, ap.sizes, ap.root
 
     def view(self, b: Buf, feeds: dict | None = None):
         """A cupy array over ``b``'s storage (a constant, a fed device input or the arena)."""
@@ -338,6 +271,83 @@ class Program:
                 xs = val.view(np.uint16) if b.dtype is DType.bfloat16 else val
                 self.view(b).set(np.ascontiguousarray(xs.astype(storage_dtype(b.dtype), copy=False)),
                                  stream=self.stream)
+
+
+@dataclass
+class ArenaPlan:
+    plan: Any          # galaxir.passes.memory.MemoryPlan
+    bufs: dict         # key -> Buf
+    sizes: dict        # root key -> bytes
+    root: Any          # key -> the key whose storage it shares (views)
+
+
+def plan_arena(module: Module, low) -> ArenaPlan:
+    """The device arena for lowered ``low`` (no device needed): graph inputs, kernel and
+    cuBLAS results, temporaries and fallback results each get a slot; views share their
+    source's; the shared planner places them (and validates the placement)."""
+    from ...passes.memory import Step, plan_schedule
+    g = module.graph
+    root_map: dict = {}
+    sizes: dict = {}
+    bufs: dict = {}
+
+    def root(k):
+        while k in root_map:
+            k = root_map[k]
+        return k
+
+    def note(b):
+        if isinstance(b, Buf) and b.key[0] != "const":
+            sizes[root(b.key)] = max(sizes.get(root(b.key), 0), b.nbytes)
+            bufs.setdefault(b.key, b)
+
+    steps = []
+    inputs = []
+    for a in g.inputs:
+        if isinstance(a.type, TensorType) and a.type.shape is not None and \
+                all(isinstance(d, int) for d in a.type.shape):
+            b = Buf(("val", id(a)), tuple(a.type.shape), a.type.dtype)
+            if a.type.dtype in _STORABLE:
+                note(b)
+                inputs.append(b.key)
+    steps.append(Step(inputs, (), name="inputs"))
+    for act in low.actions:
+        if isinstance(act, Alias):
+            root_map[act.dst] = root(act.src)
+            steps.append(Step((), (), name="view"))
+        elif isinstance(act, Launch):
+            for b in act.args:
+                note(b)
+            ins = [root(b.key) for b, (role, _) in zip(act.args, act.kernel.params)
+                   if role == "in" and isinstance(b, Buf) and b.key[0] != "const"]
+            outs = [root(b.key) for b, (role, _) in zip(act.args, act.kernel.params)
+                    if role == "out" and isinstance(b, Buf) and root(b.key) not in ins]
+            steps.append(Step(outs, ins, name=act.kernel.kind))
+        elif isinstance(act, Blas):
+            for b in (act.a, act.b, act.out):
+                note(b)
+            ins = [root(b.key) for b in (act.a, act.b) if b.key[0] != "const"]
+            steps.append(Step([root(act.out.key)], ins, name="blas"))
+        else:
+            defs = []
+            for r in act.op.results:
+                t = r.type
+                if isinstance(t, TensorType) and t.shape is not None and t.dtype in _STORABLE \
+                        and all(isinstance(d, int) for d in t.shape):
+                    b = Buf(("val", id(r)), tuple(t.shape), t.dtype)
+                    note(b)
+                    defs.append(b.key)
+            uses = [root(("val", id(v))) for v in act.op.read_values() if v is not None
+                    and root(("val", id(v))) in sizes]
+            steps.append(Step(defs, uses, name=act.op.name))
+    live_out = [root(("val", id(v))) for v in g.outputs if v is not None
+                and root(("val", id(v))) in sizes]
+    # every key named in a step must be sized: drop the ones that are not (host values)
+    for s in steps:
+        s.defs = [k for k in s.defs if k in sizes]
+        s.uses = [k for k in s.uses if k in sizes]
+    return ArenaPlan(plan_schedule(steps, sizes, live_out=live_out, inplace=False), bufs, sizes, root)
+
 
 
 _STORABLE = {DType.float32, DType.float16, DType.bfloat16, DType.float64, DType.int64, DType.int32,
