@@ -80,6 +80,30 @@ def is_device_array(x: Any) -> bool:
     return False
 
 
+_FUNCTIONS: dict[tuple[int, str], Any] = {}
+_FN_LOCK = threading.Lock()
+
+
+def load_kernels(dev: Device, kernels) -> dict[str, Any]:
+    """{name: cupy RawKernel} for ``kernels`` on ``dev``; those not loaded yet in this
+    process are compiled together in one ``cupy.RawModule`` (one NVRTC call; cupy keeps
+    the binary on disk by source hash and architecture)."""
+    cp = dev.cp
+    with _FN_LOCK:
+        missing = {k.name: k for k in kernels if (dev.ordinal, k.name) not in _FUNCTIONS}
+        if missing:
+            from .nvrtc import OPTIONS, translation_unit
+            try:
+                mod = cp.RawModule(code=translation_unit(missing.values()), options=OPTIONS,
+                                   backend="nvrtc")
+                for name in missing:
+                    _FUNCTIONS[(dev.ordinal, name)] = mod.get_function(name)
+            except Exception as e:
+                raise CompileError(f"cuda: compiling or loading the generated kernels for "
+                                   f"{dev.arch} failed: {e}") from None
+        return {k.name: _FUNCTIONS[(dev.ordinal, k.name)] for k in kernels}
+
+
 class Program:
     """Everything for one set of concrete input shapes on one device."""
 
@@ -108,15 +132,7 @@ class Program:
             except cp.cuda.memory.OutOfMemoryError as e:
                 raise CompileError(f"cuda: out of device memory placing the model: {e}") from None
             self.err = cp.zeros(1, dtype=np.int32)
-            kernels = self.low.kernels()
-            self.functions = {}
-            if kernels:
-                from .nvrtc import OPTIONS, translation_unit
-                mod = cp.RawModule(code=translation_unit(kernels), options=OPTIONS, backend="nvrtc")
-                try:
-                    self.functions = {k.name: mod.get_function(k.name) for k in kernels}
-                except Exception as e:
-                    raise CompileError(f"cuda: loading the generated kernels failed: {e}") from None
+            self.functions = load_kernels(dev, self.low.kernels())
             self.stream = cp.cuda.Stream(non_blocking=True)
         self.has_fallback = any(isinstance(a, Fallback) for a in self.low.actions)
         self.checks_err = any(isinstance(a, Launch) and a.kernel.kind == "gather"
@@ -147,7 +163,8 @@ class Program:
             use_graph = self.graphs_wanted and not self.has_fallback
             for a, x in zip(g.inputs, inputs):
                 key = ("val", id(a))
-                host[id(a)] = x
+                if isinstance(x, np.ndarray) or key not in self.sizes:
+                    host[id(a)] = x  # (device inputs reach fallback ops through their slot)
                 if key not in self.sizes:
                     continue
                 b = self.bufs[key]
