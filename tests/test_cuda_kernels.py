@@ -245,3 +245,15 @@ def test_cuda_is_a_registered_backend_with_its_surface():
     assert {"sdpa", "fused_conv", "layer_norm", "softmax", "fused_elementwise"} <= b.capabilities
     assert b.default_level == 2 and b.preferred_layout == "NCHW"
     assert {"device", "graphs"} <= b.compile_options()
+
+
+def test_symbolic_dims_are_specialized_through_fused_chains():
+    """A fused chain's result type comes from its region (symbolic); specialization gives
+    it the operands' broadcast shape so the chain and everything after it get kernels."""
+    def build(helper, TP):
+        f = lambda n: helper.make_tensor_value_info(n, TP.FLOAT, ["N", 8])  # noqa: E731
+        return ([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["t"]),
+                 helper.make_node("Softmax", ["t"], ["y"])], [f("x")], [f("y")], [])
+    low = _lower(build, {"x": (5, 8)})
+    assert [w for _, w, _ in low.placement] == ["cuda", "cuda"], low.placement
+    assert [k.kind for k in low.kernels()] == ["elementwise", "softmax"]

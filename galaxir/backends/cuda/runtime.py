@@ -394,8 +394,8 @@ class CudaExecutable(Executable):
         key = tuple(sorted(shapes.items()))
         p = self._programs.get(key)
         if p is None:
-            from ...passes.memory import specialize_types
-            p = Program(specialize_types(self.module, shapes), self.dev, self.graphs)
+            from .lower import specialize
+            p = Program(specialize(self.module, shapes), self.dev, self.graphs)
             self._programs[key] = p
             if len(self._programs) > MAX_PROGRAMS:
                 self._programs.popitem(last=False)
