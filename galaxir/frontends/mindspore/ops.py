@@ -119,7 +119,7 @@ def _binary(gx: str):
 
 for _ms, _gx in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "RealDiv": "div",
                  "Maximum": "max", "Minimum": "min", "Pow": "pow", "Muls": "mul",
-                 "Adds": "add", "Equal": "equal", "Less": "less", "Greater": "greater",
+                 "Adds": "add", "Subs": "sub", "Divs": "div", "Equal": "equal", "Less": "less", "Greater": "greater",
                  "LessEqual": "less_or_equal", "GreaterEqual": "greater_or_equal",
                  "LogicalAnd": "and", "LogicalOr": "or"}.items():
     converter(_ms)(_binary(_gx))
@@ -156,6 +156,9 @@ def _maybe_t(ctx: MindContext, v: Value, flag) -> Value:
         return v
     r = ctx.rank(v)
     perm = list(range(r - 2)) + [r - 1, r - 2]
+    weight = ctx.static(v)  # a stored weight is transposed here, not by an op in the graph
+    if weight is not None:
+        return ctx.tensor(np.ascontiguousarray(weight.transpose(perm)))
     return ctx.op("transpose", v, perm=perm)
 
 

@@ -2,7 +2,8 @@
 
 A ``.mindir`` file is a protobuf ``mind_ir.ModelProto``.  galaxir does not need MindSpore
 installed to read one: this module declares the messages and fields the importer uses
-(field numbers as in MindSpore's ``mind_ir.proto``) and lets protobuf build the classes.
+(field numbers as in MindSpore's ``mind_ir.proto``) and lets protobuf build the classes
+(as proto3, so that the parser itself rejects strings that are not UTF-8).
 Fields not declared here are skipped by protobuf's parser, so newer files still parse.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ _PACKAGE = "galaxir_mind_ir"
 
 def _build():
     fd = descriptor_pb2.FileDescriptorProto(name="galaxir_mind_ir.proto", package=_PACKAGE,
-                                            syntax="proto2")
+                                            syntax="proto3")
     for name, fields in _MESSAGES.items():
         msg = fd.message_type.add(name=name)
         for number, fname, ftype, repeated in fields:
