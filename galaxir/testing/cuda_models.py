@@ -64,9 +64,11 @@ def resnet50(num_classes: int = 1000):
     return m
 
 
-def bert_encoder(layers: int = 12, hidden: int = 768, heads: int = 12, ffn: int = 3072):
-    """BERT-base shaped: post-norm blocks of attention (softmax(QK^T/sqrt(d) + mask) V)
-    and a GELU feed-forward; input [batch, seq, hidden] and an additive mask [batch, 1, 1, seq]."""
+def bert_encoder(layers: int = 12, hidden: int = 768, heads: int = 12, ffn: int = 3072,
+                 explicit: bool = False):
+    """BERT-base shaped: post-norm blocks of attention (softmax(QK^T/sqrt(d) + mask) V,
+    through F.scaled_dot_product_attention, or written out with ``explicit``) and a GELU
+    feed-forward; input [batch, seq, hidden] and an additive mask [batch, 1, 1, seq]."""
     torch = _torch()
     nn = torch.nn
 
@@ -84,8 +86,12 @@ def bert_encoder(layers: int = 12, hidden: int = 768, heads: int = 12, ffn: int 
             b, s, _ = x.shape
             d = hidden // heads
             q, k, v = self.qkv(x).reshape(b, s, 3, heads, d).permute(2, 0, 3, 1, 4)
-            p = torch.softmax(q @ k.transpose(-1, -2) * (1.0 / math.sqrt(d)) + mask, dim=-1)
-            a = (p @ v).transpose(1, 2).reshape(b, s, hidden)
+            if explicit:
+                p = torch.softmax(q @ k.transpose(-1, -2) * (1.0 / math.sqrt(d)) + mask, dim=-1)
+                a = p @ v
+            else:
+                a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            a = a.transpose(1, 2).reshape(b, s, hidden)
             x = self.n1(x + self.o(a))
             return self.n2(x + self.f2(nn.functional.gelu(self.f1(x))))
 

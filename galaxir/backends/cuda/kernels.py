@@ -465,11 +465,13 @@ MAX_ATTN_KEYS = 8192  # scores of one query row live in shared memory (32 KiB)
 
 
 def sdpa(out_batch, q_shape, kt_shape, v_shape, mask_shape, scale: float, dtype: DType,
-         mask_dtype: DType | None) -> Kernel:
+         mask_dtype: DType | None, k_transposed: bool = True, causal: bool = False) -> Kernel:
     """One block per (batch, query row): scores in shared memory, block max/sum, then each
-    thread accumulates output features over the keys.  Batch dims broadcast."""
+    thread accumulates output features over the keys.  Batch dims broadcast.  ``kt_shape``
+    is K^T [..., D, Skv] (the sdpa op), or K [..., Skv, D] with ``k_transposed=False`` (the
+    attention op); ``causal`` masks keys after the query's position."""
     sq, d = int(q_shape[-2]), int(q_shape[-1])
-    skv = int(kt_shape[-1])
+    skv = int(kt_shape[-1]) if k_transposed else int(kt_shape[-2])
     dv = int(v_shape[-1])
     out_batch = [int(x) for x in out_batch]
     nb = numel(out_batch)
@@ -490,6 +492,7 @@ def sdpa(out_batch, q_shape, kt_shape, v_shape, mask_shape, scale: float, dtype:
                               ([f"j * {ms[-1]}"] if ms[-1] else [])) or "0"
     params.append(f"{ctype(dtype)}* out0")
     roles.append(("out", 0))
+    kidx = f"in1[ko + ({it})t * {skv} + j]" if k_transposed else f"in1[ko + ({it})j * {d} + t]"
     lines = [_signature(params) + " {", "  extern __shared__ float sc[];",
              "  __shared__ float sh[32];",
              f"  float* qrow = sc + {skv};",
@@ -505,8 +508,10 @@ def sdpa(out_batch, q_shape, kt_shape, v_shape, mask_shape, scale: float, dtype:
               "    float mx = -GX_INF;",
               f"    for (int j = threadIdx.x; j < {skv}; j += blockDim.x) {{",
               "      float s = 0.f;",
-              f"      for (int t = 0; t < {d}; ++t) s += qrow[t] * {load(dtype, f'in1[ko + ({it})t * {skv} + j]')};",
+              f"      for (int t = 0; t < {d}; ++t) s += qrow[t] * {load(dtype, kidx)};",
               f"      s *= {float(scale)!r}f;"]
+    if causal:
+        lines.append("      if (j > qi) s = -GX_INF;")
     if mask_off is not None:
         if mask_dtype is DType.bool:
             lines.append(f"      if (!in3[{mask_off}]) s = -GX_INF;")
@@ -766,3 +771,22 @@ def gemm_tiled(batch, m: int, n: int, k: int, a_strides, b_strides, dtype: DType
     lines += [f"    out0[bz * {m * n} + ({it})row * {n} + col] = {store(dtype, x)};", "  }", "}"]
     grid = (-(-n // TILE), -(-m // TILE), max(1, nb))
     return Kernel("gemm", "\n".join(lines), grid, (TILE, TILE, 1), roles)
+
+
+def lrn(in_shape, size: int, alpha: float, beta: float, bias: float, dtype: DType) -> Kernel:
+    """Local response normalization across channels (axis 1) of NC...: a thread per
+    element sums the squares over its channel window."""
+    in_shape = [int(d) for d in in_shape]
+    c = in_shape[1]
+    inner = numel(in_shape[2:])
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+
+    def src(_):
+        return [f"const long long ch = (i / {inner}) % {c};",
+                f"const long long base = i - ch * {inner};",
+                "float s = 0.f;",
+                f"for (long long q = (ch - {lo} < 0 ? 0 : ch - {lo}); q <= ch + {hi} && q < {c}; ++q) {{",
+                f"  const float v = {load(dtype, f'in0[base + q * {inner}]')}; s += v * v; }}",
+                f"const float x = {load(dtype, 'in0[i]')};",
+                f"out0[i] = {store(dtype, f'x / powf({float(bias)!r}f + {float(alpha / size)!r}f * s, {float(beta)!r}f)')};"]
+    return index_map("lrn", in_shape, dtype, 1, src)

@@ -29,7 +29,8 @@ CAPABILITIES = frozenset({
     "fused_elementwise", "fused_add", "cast", "where", "clip", "sum", "mean", "max", "min",
     *K.REDUCE_KINDS, "argmax", "argmin", "softmax", "log_softmax", "layer_norm", "sdpa",
     "max_pool", "average_pool", "concat", "transpose", "gather", "slice", "expand",
-    "conv", "fused_conv", "matmul", "linear", "gemm", "fused_gemm", *VIEW_OPS,
+    "conv", "fused_conv", "matmul", "linear", "gemm", "fused_gemm", "lrn", "batch_norm", "attention",
+    *VIEW_OPS,
     "neg", "abs", "relu", "sigmoid", "tanh", "exp", "log", "sqrt", "reciprocal", "erf", "sin",
     "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "floor",
     "ceil", "round", "sign", "softplus", "softsign", "mish", "hard_swish", "leaky_relu", "elu",
@@ -446,6 +447,79 @@ class Lowerer:
         self.launch(op, k, ins, [self.buf(op.results[0])])
         return "sdpa (fused)"
 
+    def lower_lrn(self, op):
+        x = op.operands[0]
+        tx = static(x)
+        if (op.attr("layout") or "NCHW") != "NCHW" or tx.dtype not in (DType.float32, DType.float16, DType.bfloat16) \
+                or len(tx.shape) < 2:
+            raise _NoKernel("channels-last or non-float lrn")
+        k = K.lrn(tx.shape, int(op.attr("size")), float(op.attr("alpha")), float(op.attr("beta")),
+                  float(op.attr("bias")), tx.dtype)
+        self.launch(op, k, [self.buf(x)], [self.buf(op.results[0])])
+        return "lrn"
+
+    def lower_batch_norm(self, op):
+        """Inference batch norm not folded into a conv: one elementwise kernel, the four
+        per-channel vectors read along axis 1."""
+        x = op.operands[0]
+        tx = static(x)
+        if len(op.results) != 1 or (op.attr("layout") or "NCHW") != "NCHW" or len(tx.shape) < 2 \
+                or tx.dtype not in (DType.float32, DType.float16, DType.bfloat16):
+            raise _NoKernel("training outputs, channels-last or non-float batch_norm")
+        c = tx.shape[1]
+        chan = (c,) + (1,) * (len(tx.shape) - 2)
+        specs, bufs = [K.EwInput(tuple(tx.shape), tx.dtype)], [self.buf(x)]
+        for v in op.operands[1:5]:
+            tv = static(v)
+            if tv.dtype != tx.dtype or K.numel(tv.shape) != c:
+                raise _NoKernel("per-channel parameters of another dtype or size")
+            specs.append(K.EwInput(chan, tv.dtype))
+            bufs.append(self.buf(v))
+        eps = float(op.attr("epsilon") or 1e-5)
+        return self._ew_kernel(op, op.results[0], specs, bufs, lambda v: (
+            [], f"(({v[0]} - {v[3]}) * rsqrtf({v[4]} + {eps!r}f) * {v[1]} + {v[2]})"))
+
+    def lower_attention(self, op):
+        """The ONNX Attention op (what torch's scaled_dot_product_attention imports as) in
+        its common form: 4-D Q/K/V, as many K/V heads as Q heads (or one), no KV cache,
+        softcap or window, only Y used; the same fused kernel as sdpa."""
+        q, k, v, mask = (op.operand(i) for i in range(4))
+        if any(op.operand(i) is not None for i in (4, 5, 6)):
+            raise _NoKernel("KV cache or nonpad_kv_seqlen")
+        if op.attr("softcap") or op.attr("qk_matmul_output_mode") or \
+                op.attr("left_window_size") not in (None, -1) or op.attr("right_window_size") not in (None, -1):
+            raise _NoKernel("softcap, window or qk output mode")
+        outs = self.module.graph.outputs
+        if any(r.uses or any(o is r for o in outs) for r in op.results[1:]):
+            raise _NoKernel("present_key/present_value/qk outputs are used")
+        tq, tk, tv = static(q), static(k), static(v)
+        tr = static(op.results[0])
+        if len(tq.shape) != 4 or len(tk.shape) != 4 or len(tv.shape) != 4 or \
+                tq.dtype not in (DType.float32, DType.float16, DType.bfloat16) or \
+                len({tq.dtype, tk.dtype, tv.dtype}) != 1:
+            raise _NoKernel("needs 4-D float Q/K/V of one dtype")
+        if tk.shape[1] not in (tq.shape[1], 1) or tv.shape[1] != tk.shape[1]:
+            raise _NoKernel("grouped-query heads")
+        sq, skv, d = tq.shape[2], tk.shape[2], tq.shape[3]
+        causal = bool(op.attr("is_causal"))
+        if causal and sq != skv:
+            raise _NoKernel("causal attention with different query and key lengths")
+        if skv > K.MAX_ATTN_KEYS:
+            raise _NoKernel(f"more than {K.MAX_ATTN_KEYS} keys")
+        ins = [self.buf(q), self.buf(k), self.buf(v)]
+        tm = None
+        if mask is not None:
+            tm = static(mask)
+            if tm.dtype not in (tq.dtype, DType.bool) or len(tm.shape) > 4 or tm.shape[-1] != skv:
+                raise _NoKernel("mask dtype, rank or key length")
+            ins.append(self.buf(mask))
+        scale = op.attr("scale")
+        scale = 1.0 / float(np.sqrt(d)) if scale is None else float(scale)
+        kern = K.sdpa(tr.shape[:-2], tq.shape, tk.shape, tv.shape, tm.shape if tm else None, scale,
+                      tq.dtype, tm.dtype if tm else None, k_transposed=False, causal=causal)
+        self.launch(op, kern, ins, [self.buf(op.results[0])])
+        return "attention (fused)"
+
     # -- pooling ---------------------------------------------------------------------------------
     def _window(self, op, tx, kernel):
         return resolve_window(tx.shape[2:], kernel, op.attr("strides"), op.attr("dilations"),
@@ -708,7 +782,56 @@ def specialize(module: Module, shapes) -> Module:
         if types is not None and len(types) == len(op.results):
             for r, t in zip(op.results, types):
                 r.type = t
+    fold_static(m)
     return m
+
+
+#: the largest result (elements) folding computes on the host at specialization
+FOLD_MAX_ELEMENTS = 1 << 12
+
+
+def fold_static(m: Module) -> int:
+    """With concrete shapes, ``shape``/``size`` of a static tensor and small pure ops whose
+    operands are all constants become constants (the index arithmetic around reshapes in
+    exported models), so no op runs on the host per call and the run can be graph-captured."""
+    from ...ir import Builder
+    from ..numpy import Interpreter
+    interp = Interpreter(m)
+    n = 0
+    for op in list(m.graph.block):
+        if op.is_terminator or op.name == "constant" or op.regions or not op.results:
+            continue
+        od = op.opdef
+        if od is None or not od.pure or not all(isinstance(r.type, TensorType) for r in op.results):
+            continue
+        env = {}
+        if op.name in ("shape", "size"):
+            t = op.operands[0].type
+            if not isinstance(t, TensorType) or t.shape is None or \
+                    not all(isinstance(d, int) for d in t.shape):
+                continue
+            # the values are never read: a zero-stride stand-in of the right shape
+            env[id(op.operands[0])] = np.broadcast_to(np.zeros((), t.dtype.numpy), t.shape)
+        else:
+            vals = [_const(v) for v in op.operands]
+            if not op.operands or any(c is None and v is not None for c, v in zip(vals, op.operands)):
+                continue
+            if any(c is not None and c.size > FOLD_MAX_ELEMENTS for c in vals):
+                continue
+            env = {id(v): c for v, c in zip(op.operands, vals) if v is not None}
+        try:
+            interp.run_op(op, env)
+        except Exception:
+            continue
+        outs = [env.get(id(r)) for r in op.results]
+        if any(not isinstance(x, np.ndarray) or x.dtype == object or x.size > FOLD_MAX_ELEMENTS
+               for x in outs):
+            continue
+        b = Builder(op.parent, before=op, provenance=op.provenance, created_by="cuda.fold_static")
+        op.replace_with([b.constant(np.ascontiguousarray(x).astype(r.type.dtype.numpy, copy=False))
+                         for x, r in zip(outs, op.results)])
+        n += 1
+    return n
 
 
 def lower_for_shapes(module: Module, shapes) -> Lowered:
