@@ -8,6 +8,7 @@ the copies'.  Each time is the median of ``--runs`` runs measured with CUDA even
     PYTHONPATH=. python benchmarks/bench_cuda.py                   # everything (~3 min on an H100)
     PYTHONPATH=. python benchmarks/bench_cuda.py --models bert --batches 32 --dtypes float16
     PYTHONPATH=. python benchmarks/bench_cuda.py --no-compile      # skip torch.compile
+    PYTHONPATH=. python benchmarks/bench_cuda.py --compile-batches 1 32   # torch.compile at both
 
 Prints a markdown table: milliseconds per run, and galaxir / eager (<= 1.0 is the target
 for ResNet-50 and BERT at batch 32 in float16).
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--compile-batches", nargs="*", type=int, default=[32],
+                    help="batch sizes timed with torch.compile too (each costs a compile)")
     args = ap.parse_args(argv)
     import torch
     if not torch.cuda.is_available():
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
                 rows = {}
                 with torch.no_grad():
                     engines = {"galaxir": lambda: exe(*dev_ins), "eager": lambda: tm(*dev_ins)}
-                    if not args.no_compile:
+                    if not args.no_compile and batch in args.compile_batches:
                         try:
                             comp = torch.compile(tm)
                             comp(*dev_ins)
