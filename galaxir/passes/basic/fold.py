@@ -1,7 +1,7 @@
 """Constant folding (through the numpy reference kernels) and shape folding.
 
-Folding evaluates an op whose operands are all constants with the numpy backend's own
-kernel, so the folded value is exactly what the reference would compute at run time.  A
+Folding evaluates an op whose operands are all constants with its reference kernel
+(galaxir/reference, the numpy backend's own), so the folded value is exactly what the reference would compute at run time.  A
 size cap (``fold_max_elements``, default 4M elements) keeps folding from blowing a model
 up; ``constant_of_shape`` and ``expand`` of constants fold to broadcast views (a splat
 costs one element of memory whatever its shape).
@@ -17,13 +17,11 @@ nothing is lost at run time.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from ...errors import GalaxirError
 from ...ir.core import Operation, Value
 from ...ir.types import DType, TensorType, types_compatible
+from ...reference.evaluator import evaluate_op
 from ..rewrite import Const, P, RewritePattern, Rewriter, Var, const_array, is_pure, pattern
 
 DEFAULT_MAX_ELEMENTS = 1 << 22
@@ -40,18 +38,6 @@ GROWING = frozenset({"range", "constant_of_shape", "expand", "tile", "resize", "
 
 #: Never folded: evaluation depends on more than the operands.
 NO_FOLD = frozenset({"constant", "return"})
-
-
-def _evaluate(op: Operation, args: list) -> list | None:
-    from ...backends.numpy.interpreter import Interpreter
-    env = {id(v): a for v, a in zip(op.operands, args) if v is not None}
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            Interpreter(None).run_op(op, env)
-    except (GalaxirError, Exception):
-        return None  # the op fails on these values: leave it for run time to report
-    return [env.get(id(r)) for r in op.results]
 
 
 class FoldConstant(RewritePattern):
@@ -111,7 +97,7 @@ class FoldConstant(RewritePattern):
                     return False
                 if n is not None and n > self.max_elements:
                     return False
-            values = _evaluate(op, args)
+            values = evaluate_op(op, args)
             if values is None:
                 return False
         if any(not isinstance(val, np.ndarray) for val in values) or \
