@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.core import Operation, Value
+from ...ir.traits import ConstantLike, SizeFromValues
 from ...ir.types import DType, TensorType, types_compatible
 from ...reference.evaluator import evaluate_op
 from ..rewrite import Const, P, RewritePattern, Rewriter, Var, const_array, is_pure, pattern
@@ -30,14 +31,9 @@ DEFAULT_MAX_GROWTH = 16
 #: ... unless it is this small anyway (shape arithmetic, small tables).
 GROWTH_FLOOR_BYTES = 16 << 10
 
-#: Ops whose output size depends on operand values: folded only when the result type is
-#: static (so the size cap can be checked before evaluating).
-GROWING = frozenset({"range", "constant_of_shape", "expand", "tile", "resize", "pad",
-                     "one_hot", "upsample", "eye_like", "non_zero", "unique", "compress",
-                     "string_split", "split_to_sequence"})
-
-#: Never folded: evaluation depends on more than the operands.
-NO_FOLD = frozenset({"constant", "return"})
+# Op traits (galaxir/ir/traits.py) decide what folds: ``Pure`` ops only; never a
+# ``ConstantLike`` op (nothing to fold); a ``SizeFromValues`` op (its output size depends on
+# operand values) only when its result type is static, so the size cap is checked first.
 
 
 class FoldConstant(RewritePattern):
@@ -72,7 +68,7 @@ class FoldConstant(RewritePattern):
         return out_bytes > self.max_growth * max(into, 1)
 
     def match_and_rewrite(self, op: Operation, rw: Rewriter) -> bool:
-        if op.name in NO_FOLD or op.regions or not op.results:
+        if op.has_trait(ConstantLike) or op.regions or not op.results:
             return False
         args = []
         for v in op.operands:
@@ -93,7 +89,7 @@ class FoldConstant(RewritePattern):
         if values is None:
             for r in op.results:
                 n = r.type.numel
-                if n is None and op.name in GROWING:
+                if n is None and op.has_trait(SizeFromValues):
                     return False
                 if n is not None and n > self.max_elements:
                     return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.core import Operation, Value
+from ...ir.traits import View, ops_with
 from ...ir.types import UNKNOWN, DType, TensorType
 from ..rewrite import (Const, P, RewritePattern, Rewriter, Var, const_array, pattern)
 
@@ -235,7 +236,8 @@ def cast_cast(m):
     return m.b.cast(m.x, to=dst)
 
 
-VIEW_OPS = ("reshape", "squeeze", "unsqueeze", "flatten")
+#: the ops declared ``View("reshape")``: they all keep the element order
+VIEW_OPS = tuple(sorted(ops_with(View, lambda t: t.kind == "reshape")))
 
 
 @pattern(P.any_of(*VIEW_OPS)(P.any_of(*VIEW_OPS)(X, ...).named("inner"), ...),
