@@ -505,4 +505,4 @@ def _register() -> None:
 _register()
 
 __all__ = ["ToChannelsLast", "convert_to_nhwc", "interior_transposes", "to_last", "to_first",
-           "inverse", "wants_nhwc", "LAYOUT_OPS"]
+           "inverse", "wants_nhwc"]
