@@ -11,7 +11,8 @@ import galaxir as gx
 from galaxir.ir import GraphBuilder, opdef, tensor
 from galaxir.ir.opdef import define
 from galaxir.ir.traits import (Commutative, ConstantLike, Elementwise, InPlace, LayoutAttr,
-                               OpTrait, Pure, SizeFromValues, View, ops_with)
+                               OpTrait, Pure, ShapeOnly, SizeFromValues, View,
+                               ops_with)
 from galaxir.passes import P, Const, Var, apply_patterns_greedily, optimize, pattern
 from galaxir.passes.fusion import FuseElementwise
 from galaxir.reference import get_kernel, kernel
@@ -60,6 +61,7 @@ def test_traits_hold_exactly_the_old_sets():
     assert ops_with(View, lambda t: t.kind != "inference") == OLD_VIEW
     assert ops_with(View) == OLD_VIEW | {"dropout"}
     assert ops_with(View, lambda t: t.kind == "reshape") == OLD_VIEW - {"identity"}
+    assert ops_with(ShapeOnly) == {"reshape", "expand", "squeeze", "unsqueeze", "flatten", "tile"}
 
 
 def test_traits_grew_only_where_documented():
@@ -248,6 +250,18 @@ def test_memory_planner_reads_view_and_inplace():
     assert by_name["reshape"].defs == ()
     assert by_name["dropout"].defs                 # dropout's view needs checks: a new buffer
     assert by_name["relu"].inplace and by_name["tan"].inplace  # InPlace
+
+
+def test_shape_only_ops_with_an_unchanged_shape_are_removed():
+    """simplify's remove-noop rules cover the ShapeOnly ops: a tile by ones disappears at
+    O1, a transpose to the same shape (not ShapeOnly: it moves elements) stays."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 2, 3, 3))
+    t = gb.tile(x, gb.constant(np.int64([1, 1, 1])))
+    p = gb.transpose(t, perm=[0, 2, 1])
+    gb.output(gb.relu(p), "y")
+    m = optimize(gb.module(), level=1)
+    assert "tile" not in m.op_counts() and m.op_counts().get("transpose") == 1, m.op_counts()
 
 
 def test_fold_checks_size_from_values_ops_have_a_static_result():

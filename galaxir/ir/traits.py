@@ -84,6 +84,13 @@ class View(OpTrait):
 
 
 @dataclass(frozen=True)
+class ShapeOnly(OpTrait):
+    """Only rearranges or repeats operand 0's elements as its other operands/attributes
+    say (reshape, squeeze, unsqueeze, flatten, expand, tile): a result of exactly operand
+    0's shape *is* operand 0 (simplify's ``remove-noop-*`` rules)."""
+
+
+@dataclass(frozen=True)
 class SizeFromValues(OpTrait):
     """The result's size depends on operand *values*, not only their shapes (range, tile,
     expand, pad, non_zero, ...): folding checks the result type is static before it runs."""
@@ -111,5 +118,6 @@ def ops_with(cls: type[T], where: Callable[[T], bool] | None = None) -> frozense
     return frozenset(out)
 
 
-__all__ = ["OpTrait", "Pure", "Commutative", "Elementwise", "InPlace", "View", "SizeFromValues",
+__all__ = ["OpTrait", "Pure", "Commutative", "Elementwise", "InPlace", "View", "ShapeOnly",
+           "SizeFromValues",
            "ConstantLike", "LayoutAttr", "ops_with", "ELEMENTWISE_KINDS", "VIEW_KINDS"]

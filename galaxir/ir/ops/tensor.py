@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..opdef import BOOL, INDEX, INT64, attr, define
-from ..traits import SizeFromValues, View
+from ..traits import ShapeOnly, SizeFromValues, View
 from ..types import UNKNOWN, Dim, DType, TensorType, Type
 from .rules import broadcast_shapes, const_value, fail, normalize_axis, tensor_operand
 
@@ -303,7 +303,7 @@ def _reshape(op) -> list[Type]:
     return [x.with_shape(out)]
 
 
-define("reshape", traits=[View("reshape")],
+define("reshape", traits=[View("reshape"), ShapeOnly()],
        operands=["data", "shape"], attrs={"allowzero": attr("int", 0)}, infer=_reshape,
        types={"shape": INT64},
        doc="ONNX Reshape-14: 0 copies the input dim (unless allowzero), -1 is inferred.")
@@ -412,7 +412,7 @@ def _squeeze(op) -> list[Type]:
     return [x.with_shape([d for k, d in enumerate(x.shape) if k not in axes])]
 
 
-define("squeeze", traits=[View("reshape")],
+define("squeeze", traits=[View("reshape"), ShapeOnly()],
        operands=["data", "axes?"], infer=_squeeze, types={"axes": INT64})
 
 
@@ -434,7 +434,7 @@ def _unsqueeze(op) -> list[Type]:
     return [x.with_shape(out)]
 
 
-define("unsqueeze", traits=[View("reshape")],
+define("unsqueeze", traits=[View("reshape"), ShapeOnly()],
        operands=["data", "axes"], infer=_unsqueeze, types={"axes": INT64})
 
 
@@ -450,7 +450,7 @@ def _flatten(op) -> list[Type]:
     return [x.with_shape((dim_product(x.shape[:axis]), dim_product(x.shape[axis:])))]
 
 
-define("flatten", traits=[View("reshape")],
+define("flatten", traits=[View("reshape"), ShapeOnly()],
        operands=["input"], attrs={"axis": attr("int", 1)}, infer=_flatten)
 
 
@@ -469,7 +469,7 @@ def _expand(op) -> list[Type]:
     return [x.with_shape(shape)]
 
 
-define("expand", traits=[SizeFromValues()],
+define("expand", traits=[SizeFromValues(), ShapeOnly()],
        operands=["input", "shape"], infer=_expand, types={"shape": INT64})
 
 
@@ -486,7 +486,7 @@ def _tile(op) -> list[Type]:
                                       for d, k in zip(x.shape, reps)]))]
 
 
-define("tile", traits=[SizeFromValues()],
+define("tile", traits=[SizeFromValues(), ShapeOnly()],
        operands=["input", "repeats"], infer=_tile, types={"repeats": INT64})
 
 
