@@ -1,10 +1,10 @@
 """Constant folding (through the numpy reference kernels) and shape folding.
 
 Folding evaluates an op whose operands are all constants with its reference kernel
-(galaxir/reference, the numpy backend's own), so the folded value is exactly what the reference would compute at run time.  A
-size cap (``fold_max_elements``, default 4M elements) keeps folding from blowing a model
-up; ``constant_of_shape`` and ``expand`` of constants fold to broadcast views (a splat
-costs one element of memory whatever its shape).
+(galaxir/reference, which the numpy backend runs too), so the folded value is exactly what
+the reference would compute at run time.  A size cap (``fold_max_elements``, default 4M
+elements) keeps folding from blowing a model up; ``constant_of_shape`` and ``expand`` of
+constants fold to broadcast views (a splat costs one element of memory whatever its shape).
 
 A fold must not grow the model: a constant is stored whole (a .gxm file, the text form,
 the ONNX export), so a result much larger than the data it was computed from -- a
