@@ -135,3 +135,17 @@ def test_folding_loads_no_backend():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=PACKAGE.parent, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_the_numpy_backend_keeps_its_old_names():
+    """The reference moved below the passes; what plugins imported from backends.numpy is
+    the same object (one kernel registry, one copy of each kernel module)."""
+    import galaxir.backends.numpy as gnp
+    import galaxir.backends.numpy.kernels.nn as old_nn
+    import galaxir.backends.numpy.registry as old_registry
+    import galaxir.reference as ref
+    import galaxir.reference.kernels.nn as new_nn
+    assert old_nn is new_nn and old_registry.KERNELS is ref.registry.KERNELS
+    assert gnp.kernel is ref.kernel and gnp.get_kernel is ref.get_kernel
+    assert gnp.Interpreter is ref.Interpreter and gnp.KernelContext is ref.KernelContext
+    assert gnp.get_kernel("conv") is ref.get_kernel("conv") is not None
