@@ -29,19 +29,22 @@ def quantize_dynamic(module: Module, targets: list[Target], weight_type: str,
         if op.name == "gemm" and op.attr("transB"):
             w = w.T
         axis = None
-        if per_channel:
+        sym = weight_type.startswith("s")
+        # ConvInteger takes a per-tensor weight zero point only: asymmetric conv weights
+        # are quantized per tensor
+        if per_channel and (sym or op.name != "conv"):
             axis = 0 if op.name == "conv" else w.ndim - 1
-        p = weight_params(w, weight_type, axis, symmetric=weight_type.startswith("s"),
+        p = weight_params(w, weight_type, axis, symmetric=sym,
                           where=f"{op.name} '{t.label}' weight")
         wq = quantize_array(w, p, weight_type, axis)
         xq, xs, xz = ins.op("dynamic_quantize_linear", op.operand(0), num_results=3)
-        wzp = p.zero_point
+        wzp = () if sym else (ins.const(p.zero_point),)  # symmetric: zero, the default
         if op.name == "conv":
-            acc = ins.op("conv_integer", xq, ins.const(wq), xz, ins.const(wzp),
+            acc = ins.op("conv_integer", xq, ins.const(wq), xz, *wzp,
                          **{k: op.attr(k) for k in _CONV_ATTRS if op.attr(k) is not None})
             ws = p.scale.reshape((-1,) + (1,) * (w.ndim - 2)) if p.scale.ndim else p.scale
         else:
-            acc = ins.op("matmul_integer", xq, ins.const(wq), xz, ins.const(wzp))
+            acc = ins.op("matmul_integer", xq, ins.const(wq), xz, *wzp)
             ws = p.scale
         scale = ins.op("mul", xs, ins.const(ws.astype(np.float32)))
         y = ins.op("mul", ins.op("cast", acc, to=DType.float32), scale)
