@@ -20,6 +20,7 @@ from .keys import value_keys
 from .lowbit import quantize_weights_blockwise, weight_bytes
 from .observers import METHODS
 from .params import QTYPES, QuantizationError
+from .rewrite import drop_dead
 from .report import QuantizationReport, quantization_report
 from .static import activation_values, quantize_static
 from .targets import find_targets
@@ -85,6 +86,7 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
             keys = value_keys(m)
             r = {id(v): ranges[keys[id(v)]] for v in activation_values(targets)}
             quantize_static(m, targets, r, weight_type, activation_type, per_channel)
+        drop_dead(m, ("constant",))
         m.metadata["quantization"] = json.dumps({**info, "kept_float": list(excluded)})
         return m
 

@@ -10,6 +10,7 @@ from ..ir import Module, Value
 from ..ir.builder import create_op
 from ..ir.types import DType, TensorType
 from .params import QuantizationError
+from .rewrite import drop_dead
 
 #: op kinds kept in f32 unless ``keep`` says otherwise
 DEFAULT_KEEP = ("softmax", "log_softmax", "layer_norm", "group_norm", "instance_norm",
@@ -95,16 +96,5 @@ def convert_float(model: Any, dtype: str = "f16", keep: Iterable[str] | None = N
         for i, v in enumerate(op.operands):
             op.set_operand(i, to_high(v))
     m.metadata["float_conversion"] = f"{dtype}: {converted} ops converted"
-    _drop_dead(m)
+    drop_dead(m)
     return m.verify()
-
-
-def _drop_dead(m: Module) -> None:
-    """Constants and casts left without users (the f32 weights now stored in 16 bits)."""
-    changed = True
-    while changed:
-        changed = False
-        for op in reversed(list(m.graph.block)):
-            if op.name in ("constant", "cast") and not any(r.uses for r in op.results):
-                op.erase()
-                changed = True

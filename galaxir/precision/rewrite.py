@@ -41,3 +41,15 @@ def redirect(v: Value, new: Value, skip: Operation | None = None, keep_outputs: 
         if op is skip or (keep_outputs and op.is_terminator):
             continue
         op.set_operand(i, new)
+
+
+def drop_dead(module, kinds=("constant", "cast")) -> None:
+    """Ops of ``kinds`` left without users (the float weights a quantized copy replaced)."""
+    block = module.graph.block
+    changed = True
+    while changed:
+        changed = False
+        for op in reversed(list(block)):
+            if op.name in kinds and not any(r.uses for r in op.results):
+                op.erase()
+                changed = True
