@@ -18,13 +18,25 @@ def activation_values(targets: list[Target]) -> list[Value]:
     seen, out = set(), []
     for t in targets:
         vals = [t.op.operand(i) for i in t.inputs]
-        if any(not u.is_terminator for u in t.out.users):
+        if _feeds_ops(t.out):
             vals.append(t.out)
         for v in vals:
             if id(v) not in seen:
                 seen.add(id(v))
                 out.append(v)
     return out
+
+
+def _feeds_ops(v: Value) -> bool:
+    """Whether an op other than the graph's return (through identities) reads ``v``: a
+    model output is left float."""
+    for u in v.users:
+        if u.is_terminator:
+            continue
+        if u.name == "identity" and not _feeds_ops(u.results[0]):
+            continue
+        return True
+    return False
 
 
 def insert_qdq(module: Module, v: Value, p: QParams, qname: str) -> None:
