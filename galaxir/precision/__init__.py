@@ -40,7 +40,7 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
              per_channel: bool = True, weight_type: str = "s8", activation_type: str = "u8",
              exclude: Iterable[str] = (), weight_bits: int = 8, block_size: int = 32,
              symmetric: bool = True, min_sqnr: float | None = None, feeds: Iterable | None = None,
-             percentile: float = 99.999, progress: bool = True) -> Module:
+             percentile: float = 99.999, progress: bool = True, target: str = "numpy") -> Module:
     """A quantized copy of ``model``.
 
     - ``weight_bits=4``: matmul/gemm/linear weights blockwise int4 (``block_size`` along K,
@@ -52,7 +52,9 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
     ``exclude`` names ops to leave in float (result names as the report shows them, or op
     kinds).  ``min_sqnr`` (dB) keeps in float the ops whose own error would take the model's
     output SQNR below it, measured on ``feeds`` (default: the calibration set); the module's
-    metadata ``quantization`` (JSON) says which."""
+    metadata ``quantization`` (JSON) says which.  ``target`` runs the float model for
+    calibration and the min_sqnr measurements (the numpy reference by default; "cpu" is
+    faster on big models)."""
     from .. import import_model
     _check_options(method, weight_type, activation_type, weight_bits)
     base = import_model(model)
@@ -66,7 +68,8 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
         probe = base.clone()
         keys = value_keys(probe)
         values = activation_values(find_targets(probe))
-        got = collect_ranges(probe, values, calibration, method, percentile, show=progress)
+        got = collect_ranges(probe, values, calibration, method, percentile, show=progress,
+                             target=target)
         ranges = {keys[k]: r for k, r in ((id(v), got[id(v)]) for v in values)}
     info = {"mode": "int4-weights" if weight_bits == 4 else
             ("dynamic" if calibration is None else "static"),
@@ -96,7 +99,7 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
     evals = list(feeds) if feeds is not None else calibration
     if not evals:
         raise QuantizationError("min_sqnr needs feeds to measure on (feeds=, or calibration data)")
-    rep = quantization_report(base, qm, evals)
+    rep = quantization_report(base, qm, evals, target)
     if rep.model_sqnr_db >= min_sqnr:
         return qm
     order = [r.label for r in sorted(rep.rows, key=lambda r: -r.own_noise)]
@@ -104,7 +107,7 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
     while lo <= hi:
         k = (lo + hi) // 2
         cand = build(order[:k])
-        if quantization_report(base, cand, evals).model_sqnr_db >= min_sqnr:
+        if quantization_report(base, cand, evals, target).model_sqnr_db >= min_sqnr:
             best, hi = cand, k - 1
         else:
             lo = k + 1

@@ -92,7 +92,8 @@ def run_with_taps(module: Module, taps: list[Value], feeds_iter: Iterable, on_ba
 
 
 def collect_ranges(module: Module, values: list[Value], calibration: Iterable, method: str,
-                   percentile: float = 99.999, show: bool = True) -> dict[int, tuple[float, float]]:
+                   percentile: float = 99.999, show: bool = True,
+                   target: str = "numpy") -> dict[int, tuple[float, float]]:
     """id(value) -> (lo, hi) over the calibration set, by ``method``."""
     if calibration is None:
         raise QuantizationError("static quantization needs calibration data (an iterable of feed "
@@ -106,7 +107,8 @@ def collect_ranges(module: Module, values: list[Value], calibration: Iterable, m
                 raise QuantizationError(f"calibration produced NaN/inf in {_name(values, tapped, x)}")
             o.update(x)
 
-    n = run_with_taps(module, values, calibration, on_batch, desc=f"calibrating ({method})", show=show)
+    n = run_with_taps(module, values, calibration, on_batch, target=target,
+                      desc=f"calibrating ({method})", show=show)
     if n == 0:
         raise QuantizationError("the calibration set is empty: give at least one feed dict")
     return {id(v): o.range() for v, o in zip(values, obs)}
