@@ -227,3 +227,30 @@ def test_quantize_does_not_touch_its_input():
 
 def test_error_types_are_galaxir_errors():
     assert issubclass(QuantizationError, GalaxirError)
+
+
+# -- weight quantization across shapes (hypothesis) --------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from galaxir.precision.params import quantize_array, weight_params  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 70), n=st.integers(1, 9), block=st.sampled_from([0, 16, 32]),
+       name=st.sampled_from(["s8", "u8", "s4", "u4"]), seed=st.integers(0, 2**16))
+def test_weight_round_trip_within_half_a_step(k, n, block, name, seed):
+    """Per channel or blockwise (with a ragged last block), symmetric or not: dequantizing
+    the quantized weight gives it back within half a step, and the numpy reference's
+    dequantize_linear agrees with that formula."""
+    w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
+    sym = name.startswith("s")
+    axis = 0 if block else 1
+    p = weight_params(w, name, axis, symmetric=sym, block=block)
+    q = quantize_array(w, p, name, axis, block)
+    gb = GraphBuilder()
+    zp = () if sym else (gb.constant(p.zero_point),)
+    attrs = {"axis": axis, **({"block_size": block} if block else {})}
+    gb.output(gb.dequantize_linear(gb.constant(q), gb.constant(p.scale), *zp, **attrs), "y")
+    back = gx.compile(gb.module(), target="numpy")()[0]
+    s = np.repeat(p.scale, block, axis=0)[:k] if block else p.scale.reshape(1, -1)
+    assert np.all(np.abs(back - w) <= 0.5 * s + 1e-6 * np.abs(w).max())
