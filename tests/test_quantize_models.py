@@ -1,6 +1,5 @@
 """Full-size models (slow): galaxir's static quantization against onnxruntime's
 quantize_static with the same data and method, and int4 weights of a GPT-2-style decoder."""
-import os
 
 import numpy as np
 import pytest

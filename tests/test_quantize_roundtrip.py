@@ -6,7 +6,7 @@ import pytest
 
 import galaxir as gx
 from galaxir.frontends.onnx.exporter import export_onnx
-from tests.quant_models import cnn, feeds, mlp
+from tests.quant_models import cnn, feeds
 
 ort = pytest.importorskip("onnxruntime")
 CAL = feeds("x", (2, 3, 16, 16), 8, 1)

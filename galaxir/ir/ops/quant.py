@@ -61,16 +61,18 @@ def check_constant_params(op, scale_index: int = 1, zp_index: int = 2) -> None:
             raise fail(op, f"scale must be positive and finite, got {a[bad][:4].tolist()}")
     z = op.operand(zp_index) if len(op.operands) > zp_index else None
     zv = z.constant_value() if z is not None else None
-    if zv is not None and np.asarray(zv).dtype.kind in "iu":
-        dt = op.results[0].type.dtype if op.name == "quantize_linear" else op.operand(0).type.dtype
-        if dt in QUANT_DTYPES and dt.numpy.kind in "iu" or dt.name in ("int4", "uint4", "int2", "uint2"):
-            import ml_dtypes
-            info = ml_dtypes.iinfo(dt.numpy) if dt.name in ("int4", "uint4", "int2", "uint2") else np.iinfo(dt.numpy)
-            zz = np.asarray(zv).astype(np.int64)
-            out = (zz < info.min) | (zz > info.max)
-            if out.any():
-                raise fail(op, f"zero point {zz[out][:4].tolist()} is outside the range "
-                               f"[{info.min}, {info.max}] of {dt.name}")
+    if zv is None or np.asarray(zv).dtype.kind not in "iu":
+        return
+    dt = op.results[0].type.dtype if op.name == "quantize_linear" else tensor_operand(op, 0).dtype
+    if dt not in QUANT_DTYPES or dt.name.startswith("float"):
+        return
+    import ml_dtypes
+    info = ml_dtypes.iinfo(dt.numpy)
+    zz = np.asarray(zv).astype(np.int64)
+    out = (zz < int(info.min)) | (zz > int(info.max))
+    if out.any():
+        raise fail(op, f"zero point {zz[out][:4].tolist()} is outside the range "
+                       f"[{info.min}, {info.max}] of {dt.name}")
 
 
 def _quantize(op):
