@@ -181,7 +181,8 @@ def _rewrite_one(module: Module, q) -> bool:
     if kind == "int8_conv":
         n_out = wq.shape[0]
         per_axis = w.s.size > 1
-        if per_axis and (w.op.attr("axis") or 1) % wq.ndim != 0:
+        axis = w.op.attr("axis") if w.op.attr("axis") is not None else 1
+        if per_axis and axis % wq.ndim != 0:
             return False
     else:
         if wq.ndim != 2:
