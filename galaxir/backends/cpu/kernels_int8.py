@@ -41,6 +41,7 @@ from .kernels import Kernel, prod
 
 I16 = ir.IntType(16)
 R_TILE = 4      # rows of the register tile
+DIRECT_R = 8    # rows (output channels) of the direct conv's register tile
 V_TILE = 2      # vectors (of ``lanes`` int32) per tile row
 
 
@@ -93,28 +94,44 @@ def group_of(vnni: bool) -> int:
 
 
 def pack_s_const(w: np.ndarray, zw: np.ndarray, bias: np.ndarray | None, zu: int,
-                 vnni: bool) -> tuple[np.ndarray, np.ndarray]:
+                 vnni: bool, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Conv weights ``w[M, Kd]`` (one group) as the broadcast side.  Returns (packed bytes
     ``[M(+1)][KG*g]`` of int8 (VNNI, plus a row of ones) or int16 pairs, and the int32
-    corrections ``[2][M]``: rc (added), rz (times the column sums, subtracted))."""
+    corrections ``[2][M]``: rc (added), rz (times the column sums, subtracted)).
+    ``order[pos]`` is the column of ``w`` at packed position ``pos`` (-1: padding, zero);
+    default: the columns in order, padded to a multiple of the group."""
     M, Kd = w.shape
     g = group_of(vnni)
-    kp = -(-Kd // g) * g
+    if order is None:
+        kp = -(-Kd // g) * g
+        order = np.concatenate([np.arange(Kd), -np.ones(kp - Kd, np.int64)])
+    kp = order.size
+    real = order >= 0
+    src = np.where(real, order, 0)
     zw = np.broadcast_to(np.asarray(zw, np.int64).reshape(-1), (M,))
     b = np.zeros(M, np.int64) if bias is None else np.asarray(bias, np.int64).reshape(M)
     if vnni:
         s, zs = as_s8(w, zw)
         out = np.zeros((M + 1, kp), np.int8)
-        out[:M, :Kd] = s
-        out[M, :Kd] = 1
+        out[:M] = np.where(real, s[:, src], 0)
+        out[M] = real.astype(np.int8)
         ssum = s.astype(np.int64).sum(axis=1)
         rc = -zu * ssum + Kd * zs * zu + b
         corr = np.stack([rc, zs]).astype(np.int64)
         return out.reshape(-1).view(np.uint8), _wrap32(corr)
-    out = np.zeros((M, kp), np.int16)
-    out[:, :Kd] = w.astype(np.int64) - zw.reshape(M, 1)
+    out = np.where(real, w.astype(np.int64)[:, src] - zw.reshape(M, 1), 0).astype(np.int16)
     corr = np.stack([b, np.zeros(M, np.int64)])
     return out.reshape(-1).view(np.uint8), _wrap32(corr)
+
+
+def direct_order(cg: int, kh: int, kw: int, g: int) -> np.ndarray:
+    """Packed k order of the direct conv: (channel group, kernel row, kernel col, channel
+    in group) -> the im2col column c*kh*kw + i*kw + j (-1 for the padding channels)."""
+    cq = -(-cg // g)
+    q, i, j, r = np.meshgrid(np.arange(cq), np.arange(kh), np.arange(kw), np.arange(g),
+                             indexing="ij")
+    c = q * g + r
+    return np.where(c < cg, (c * kh + i) * kw + j, -1).reshape(-1)
 
 
 def pack_u_const(w: np.ndarray, zw: np.ndarray, bias: np.ndarray | None, zs: int, vnni: bool,
@@ -189,6 +206,7 @@ class QGemm(Kernel):
     pt: int = 0
     pl: int = 0
     group: int = 1
+    direct: bool = False    # conv, stride-1 width: no im2col (see _pack_direct)
     name: str = "qgemm"
 
     def key(self):
@@ -205,7 +223,25 @@ class QGemm(Kernel):
 
     @property
     def kg(self) -> int:
+        if self.direct:
+            return self.cq * self.kh * self.kw
         return -(-self.kd // self.g)
+
+    @property
+    def cq(self) -> int:
+        return -(-(self.C // self.group) // self.g)
+
+    @property
+    def owpad(self) -> int:
+        return -(-self.OW // self.lanes) * self.lanes
+
+    @property
+    def hp(self) -> int:
+        return (self.OH - 1) * self.sh + (self.kh - 1) * self.dh + 1
+
+    @property
+    def wp(self) -> int:
+        return (self.owpad - 1) * self.sw + (self.kw - 1) * self.dw + 1
 
     @property
     def rows(self) -> int:
@@ -220,6 +256,8 @@ class QGemm(Kernel):
 
     @property
     def npad(self) -> int:
+        if self.direct:
+            return self.OH * self.owpad
         extra = 1 if (self.kind == "matmul" and self.vnni) else 0
         return npad_of(self.cols, self.lanes, extra)
 
@@ -230,7 +268,9 @@ class QGemm(Kernel):
     @property
     def scratch_bytes(self) -> int:
         c_bytes = self.rows * self.npad * 4
-        if self.kind == "conv":
+        if self.direct:
+            packed = self.cq * self.hp * self.wp * self.g * self.elem
+        elif self.kind == "conv":
             packed = self.kg * self.npad * self.g * self.elem
         else:
             packed = self.rows * self.kg * self.g * self.elem
@@ -244,8 +284,7 @@ class QGemm(Kernel):
         mult = args[4] if self.out != "i32" else None
         scratch = args[-1]
         b = fb.b
-        pbytes = _round64(self.kg * self.npad * self.g * self.elem if self.kind == "conv"
-                          else self.rows * self.kg * self.g * self.elem)
+        pbytes = self.scratch_bytes - _round64(self.rows * self.npad * 4)
         packed_rt = scratch
         cbuf = b.gep(scratch, [i64(pbytes)])
         if self.kind == "matmul":
@@ -259,9 +298,13 @@ class QGemm(Kernel):
             with fb.loop(0, self.group) as gi:
                 xin = b.gep(x, [fb.mul_add([(n, self.C * self.H * self.W),
                                             (gi, cg * self.H * self.W)])])
-                self._pack_cols(fb, xin, packed_rt)
                 sg = b.gep(pk, [b.mul(gi, i64(sbytes))])
-                self._gemm(fb, sg, packed_rt, cbuf, self.rows)
+                if self.direct:
+                    self._pack_direct(fb, xin, packed_rt)
+                    self._gemm_direct(fb, sg, packed_rt, cbuf, self.rows)
+                else:
+                    self._pack_cols(fb, xin, packed_rt)
+                    self._gemm(fb, sg, packed_rt, cbuf, self.rows)
                 obase = fb.mul_add([(n, self.M * self.cols), (gi, mg * self.cols)])
                 self._store(fb, out, cbuf, corr, mult, obase, gi)
         return fb.finish()
@@ -340,6 +383,102 @@ class QGemm(Kernel):
                     fb.store(zero, dst, b.add(b.mul(kq, i64(npad * g)),
                                               b.add(b.mul(p, i64(g)), kr)), ty)
 
+    def _pack_direct(self, fb, x, dst):
+        """conv, direct: x of one image and group -> ``[cq][hp][wp][g]`` (U domain), the
+        padded input with ``g`` channels interleaved, so that the ``g`` k-values of one
+        (channel group, kernel tap) for ``lanes`` consecutive output columns are one
+        contiguous vector.  Padding pixels get x's zero point; the channels past the last
+        (whose weights are zero) repeat the last channel."""
+        b, ty = fb.b, self._elt_ty()
+        g, hp, wp = self.g, self.hp, self.wp
+        cg = self.C // self.group
+        pad = self._pad_val()
+        lo_w = min(max(self.pl, 0), wp)
+        hi_w = max(lo_w, min(self.pl + self.W, wp))
+        with fb.loop(0, self.cq) as q:
+            with fb.loop(0, hp) as r:
+                ih = b.sub(r, i64(self.pt))
+                ok = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(self.H)))
+                row = fb.mul_add([(q, hp * wp * g), (r, wp * g)])
+                then, other, end = fb.block("in"), fb.block("pad"), fb.block("rowend")
+                b.cbranch(ok, then, other)
+                b.position_at_end(other)
+                with fb.loop(0, wp * g) as t:
+                    fb.store(pad, dst, b.add(row, t), ty)
+                b.branch(end)
+                b.position_at_end(then)
+                for lo, hi in ((0, lo_w), (hi_w, wp)):
+                    if hi > lo:
+                        with fb.loop(lo * g, hi * g) as t:
+                            fb.store(pad, dst, b.add(row, t), ty)
+                if hi_w > lo_w:
+                    planes = []
+                    for k in range(g):
+                        c = b.add(b.mul(q, i64(g)), i64(k))
+                        c = b.select(b.icmp_signed("<", c, i64(cg)), c, i64(cg - 1))
+                        planes.append(fb.mul_add([(c, self.H * self.W), (ih, self.W)],
+                                                 -self.pl))
+                    with fb.loop(lo_w, hi_w) as w:
+                        for k in range(g):
+                            v = self._xval(fb, fb.load(x, b.add(planes[k], w), I8))
+                            fb.store(v, dst, b.add(row, b.add(b.mul(w, i64(g)), i64(k))), ty)
+                b.branch(end)
+                b.position_at_end(end)
+
+    def _gemm_direct(self, fb, s, u, c, rows):
+        """C[rows][OH*owpad] = S[rows][cq*kh*kw] x the padded input read at each kernel
+        tap: vectors of ``lanes`` output columns of one output row (stride-1 width)."""
+        b = fb.b
+        L, R = self.lanes, DIRECT_R
+        vty = ir.VectorType(I32, L)
+        s32 = b.bitcast(s, I32.as_pointer())
+        u32 = b.bitcast(u, I32.as_pointer())
+        c32 = b.bitcast(c, I32.as_pointer())
+        vptr = vty.as_pointer()
+        kg, npad, hp, wp = self.kg, self.npad, self.hp, self.wp
+        dot = self._dot(fb, vty)
+
+        def tile(m0, R):
+            with fb.loop(0, self.OH) as oh, fb.loop(0, self.owpad, L) as ow0:
+                accs = [fb.alloca(vty) for _ in range(R)]
+                for a in accs:
+                    b.store(ir.Constant(vty, None), a)
+                with fb.loop(0, self.cq) as q, fb.loop(0, self.kh) as i:
+                    ih = b.add(b.mul(oh, i64(self.sh)), b.mul(i, i64(self.dh)))
+                    rowbase = b.add(fb.mul_add([(q, hp * wp), (ih, wp)]), ow0)
+                    kbase = fb.mul_add([(q, self.kh * self.kw), (i, self.kw)])
+                    for j in range(self.kw):
+                        uv = b.load(b.bitcast(b.gep(u32, [b.add(rowbase, i64(j * self.dw))]), vptr),
+                                    align=4)
+                        for r in range(R):
+                            sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), b.add(kbase, i64(j)))
+                            sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
+                            b.store(dot(b.load(accs[r]), uv, sv), accs[r])
+                for r in range(R):
+                    cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)),
+                                 b.add(b.mul(oh, i64(self.owpad)), ow0))
+                    b.store(b.load(accs[r]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
+
+        full = rows // R * R
+        if full:
+            with fb.loop(0, full, R) as m0:
+                tile(m0, R)
+        if rows > full:
+            with fb.loop(full, rows) as m0:
+                tile(m0, 1)
+
+    def _dot(self, fb, vty):
+        b, L = fb.b, vty.count
+
+        def dot(acc, uv, sv):
+            if self.vnni:
+                name = "llvm.x86.avx512.vpdpbusd.512" if L == 16 else "llvm.x86.avx512.vpdpbusd.256"
+                return fb.intrinsic(name, vty, [acc, uv, sv])
+            wty = ir.VectorType(I16, 2 * L)
+            name = "llvm.x86.avx512.pmaddw.d.512" if L == 16 else "llvm.x86.avx2.pmadd.wd"
+            return b.add(acc, fb.intrinsic(name, vty, [b.bitcast(uv, wty), b.bitcast(sv, wty)]))
+        return dot
+
     def _gemm(self, fb, s, u, c, rows):
         """C[rows][npad] (int32) = S[rows][KG] (4 bytes / 2 int16 per group, splat) x
         U[KG][npad] (vectors of ``lanes`` int32 groups)."""
@@ -400,6 +539,10 @@ class QGemm(Kernel):
         conv = self.kind == "conv"
         mg = self.M // self.group if conv else self.M
         otype = I32 if self.out == "i32" else I8
+        if self.direct:
+            oh_n, ow_n, crow = self.OH, self.OW, self.owpad
+        else:
+            oh_n, ow_n, crow = 1, cols, cols
         with fb.loop(0, mg) as m:
             if conv:
                 cidx = b.add(b.mul(gi, i64(2 * mg)), m)
@@ -407,12 +550,14 @@ class QGemm(Kernel):
                 rz = b.load(b.gep(cr, [b.add(cidx, i64(mg))]))
                 if mult is not None:
                     mrow = fb.load(mult, b.add(b.mul(gi, i64(mg)), m), F64)
-            with fb.loop(0, cols) as n:
-                acc = b.load(b.gep(c32, [b.add(b.mul(m, i64(npad)), n)]))
+            with fb.loop(0, oh_n) as oh, fb.loop(0, ow_n) as ow:
+                n = fb.mul_add([(oh, ow_n), (ow, 1)])        # output column
+                cn = fb.mul_add([(oh, crow), (ow, 1)])       # column in C
+                acc = b.load(b.gep(c32, [b.add(b.mul(m, i64(npad)), cn)]))
                 if conv:
                     acc = b.add(acc, rc)
                     if self.vnni:
-                        cs = b.load(b.gep(c32, [b.add(i64(mg * npad), n)]))
+                        cs = b.load(b.gep(c32, [b.add(i64(mg * npad), cn)]))
                         acc = b.sub(acc, b.mul(rz, cs))
                     mv = mrow if mult is not None else None
                 else:

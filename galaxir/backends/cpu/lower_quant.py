@@ -13,6 +13,8 @@ non-finite constant scale with a CompileError naming the op.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ...ir.types import DType, TensorType
@@ -139,9 +141,11 @@ def lower_qconv(op):
     bf = None if bias is None else np.asarray(bias).reshape(M).astype(np.int64)
     packs, corrs = [], []
     w2 = wq.reshape(g, mg, kd)
+    direct = st[1] == 1 and os.environ.get("GALAXIR_CPU_INT8_DIRECT", "1") != "0"
+    order = KI.direct_order(wq.shape[1], kernel[0], kernel[1], KI.group_of(vnni)) if direct else None
     for gi in range(g):
         p, c = KI.pack_s_const(w2[gi], zwf[gi * mg:(gi + 1) * mg],
-                               None if bf is None else bf[gi * mg:(gi + 1) * mg], zu, vnni)
+                               None if bf is None else bf[gi * mg:(gi + 1) * mg], zu, vnni, order)
         packs.append(p)
         corrs.append(c)
     lo, hi = _clamp(op, kind) if kind != "i32" else (0, 0)
@@ -149,7 +153,7 @@ def lower_qconv(op):
     kern = KI.QGemm(kind="conv", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=zx, out=kind,
                     zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=xs[2], W=xs[3],
                     OH=ys[2], OW=ys[3], kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
-                    dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g)
+                    dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct)
     ins = [x, ConstArray(np.concatenate(packs), "qconv.w"),
            ConstArray(np.concatenate(corrs).reshape(-1), "qconv.corr")]
     if kind != "i32":
