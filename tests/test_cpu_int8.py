@@ -68,7 +68,7 @@ def matmul_model(rng, M, K, N, xdt, wdt, per_channel, op="QLinearMatMul"):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def conv_model(rng, N, C, H, W, M, k, s, p, g, xdt, wdt, per_channel, op="QLinearConv"):
+def conv_model(rng, N, C, H, W, M, k, s, p, g, xdt, wdt, per_channel, op="QLinearConv", dil=1):
     w = _rand(rng, wdt, (M, C // g, k, k))
     ws, wz = _params(rng, wdt, M, per_channel)
     xz = np.array(7 if xdt == np.uint8 else -3, xdt)
@@ -77,7 +77,7 @@ def conv_model(rng, N, C, H, W, M, k, s, p, g, xdt, wdt, per_channel, op="QLinea
              numpy_helper.from_array(wz, "wz"), numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
              numpy_helper.from_array(np.array(-5, np.int8), "yz"),
              numpy_helper.from_array(rng.integers(-5000, 5000, M).astype(np.int32), "b")]
-    att = dict(kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g)
+    att = dict(kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g, dilations=[dil, dil])
     if op == "ConvInteger":
         node, yt = helper.make_node(op, ["x", "w", "xz", "wz"], ["y"], **att), TensorProto.INT32
     else:
@@ -112,12 +112,15 @@ def test_matmul_all_paths(path, op):
         check_native_equal(m, {"x": _rand(rng, xdt, (7, 37))})
 
 
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "im2col"])
 @pytest.mark.parametrize("op", ["QLinearConv", "ConvInteger"])
-def test_conv_all_paths(path, op):
+def test_conv_all_paths(path, op, direct, monkeypatch):
+    monkeypatch.setenv("GALAXIR_CPU_INT8_DIRECT", direct)
     rng = np.random.default_rng(1)
     for xdt, wdt, pc in itertools.product(DT, DT, (False, True)):
-        m = conv_model(rng, 2, 8, 7, 6, 12, 3, 2, 1, 2, xdt, wdt, pc, op)
-        check_native_equal(m, {"x": _rand(rng, xdt, (2, 8, 7, 6))})
+        for stride, dil in ((2, 1), (1, 2)):
+            m = conv_model(rng, 2, 8, 7, 6, 12, 3, stride, 1, 2, xdt, wdt, pc, op, dil)
+            check_native_equal(m, {"x": _rand(rng, xdt, (2, 8, 7, 6))})
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -130,7 +133,7 @@ def test_matmul_shapes(path, M, K, N, xs, ws, pc, seed):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(C=st.integers(1, 6), H=st.integers(1, 9), W=st.integers(1, 9), Mg=st.integers(1, 9),
-       k=st.sampled_from([1, 2, 3]), s=st.sampled_from([1, 2]), p=st.integers(0, 1),
+       k=st.sampled_from([1, 2, 3]), s=st.sampled_from([1, 2, 3]), p=st.integers(0, 2),
        g=st.sampled_from([1, 2]), xs=st.sampled_from(DT), ws=st.sampled_from(DT),
        pc=st.booleans(), seed=st.integers(0, 2**16))
 def test_conv_shapes(path, C, H, W, Mg, k, s, p, g, xs, ws, pc, seed):

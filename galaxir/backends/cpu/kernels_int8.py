@@ -206,7 +206,7 @@ class QGemm(Kernel):
     pt: int = 0
     pl: int = 0
     group: int = 1
-    direct: bool = False    # conv, stride-1 width: no im2col (see _pack_direct)
+    direct: bool = False    # conv without im2col (see _pack_direct)
     name: str = "qgemm"
 
     def key(self):
@@ -244,6 +244,11 @@ class QGemm(Kernel):
         return (self.owpad - 1) * self.sw + (self.kw - 1) * self.dw + 1
 
     @property
+    def wpp(self) -> int:
+        """Columns per phase of the direct conv's packed input."""
+        return -(-self.wp // self.sw)
+
+    @property
     def rows(self) -> int:
         """Rows of the GEMM: conv: out channels per group (+ the ones row); matmul: M."""
         if self.kind == "conv":
@@ -269,7 +274,7 @@ class QGemm(Kernel):
     def scratch_bytes(self) -> int:
         c_bytes = self.rows * self.npad * 4
         if self.direct:
-            packed = self.cq * self.hp * self.wp * self.g * self.elem
+            packed = self.sw * self.cq * self.hp * self.wpp * self.g * self.elem
         elif self.kind == "conv":
             packed = self.kg * self.npad * self.g * self.elem
         else:
@@ -384,33 +389,44 @@ class QGemm(Kernel):
                                               b.add(b.mul(p, i64(g)), kr)), ty)
 
     def _pack_direct(self, fb, x, dst):
-        """conv, direct: x of one image and group -> ``[cq][hp][wp][g]`` (U domain), the
-        padded input with ``g`` channels interleaved, so that the ``g`` k-values of one
-        (channel group, kernel tap) for ``lanes`` consecutive output columns are one
-        contiguous vector.  Padding pixels get x's zero point; the channels past the last
-        (whose weights are zero) repeat the last channel."""
+        """conv, direct: x of one image and group -> ``[sw][cq][hp][wpp][g]`` (U domain):
+        the padded input with ``g`` channels interleaved and its columns split into
+        ``sw`` phases (column ``w`` at phase ``w % sw``, index ``w // sw``), so that the
+        ``g`` k-values of one (channel group, kernel tap) for ``lanes`` consecutive output
+        columns are one contiguous vector whatever the stride.  Padding pixels get x's
+        zero point; the channels past the last (whose weights are zero) repeat it."""
         b, ty = fb.b, self._elt_ty()
-        g, hp, wp = self.g, self.hp, self.wp
+        g, hp, wp, wpp, sw = self.g, self.hp, self.wp, self.wpp, self.sw
+        cq = self.cq
         cg = self.C // self.group
         pad = self._pad_val()
         lo_w = min(max(self.pl, 0), wp)
         hi_w = max(lo_w, min(self.pl + self.W, wp))
-        with fb.loop(0, self.cq) as q:
+
+        def dst_index(q, r, w, k):
+            ph, col = (w, i64(0)) if sw == 1 else (b.srem(w, i64(sw)), b.sdiv(w, i64(sw)))
+            if sw == 1:
+                ph, col = i64(0), w
+            return b.add(fb.mul_add([(ph, cq * hp * wpp * g), (q, hp * wpp * g), (r, wpp * g),
+                                     (col, g)]), i64(k))
+
+        with fb.loop(0, cq) as q:
             with fb.loop(0, hp) as r:
                 ih = b.sub(r, i64(self.pt))
                 ok = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(self.H)))
-                row = fb.mul_add([(q, hp * wp * g), (r, wp * g)])
                 then, other, end = fb.block("in"), fb.block("pad"), fb.block("rowend")
                 b.cbranch(ok, then, other)
                 b.position_at_end(other)
-                with fb.loop(0, wp * g) as t:
-                    fb.store(pad, dst, b.add(row, t), ty)
+                with fb.loop(0, wp) as w:
+                    for k in range(g):
+                        fb.store(pad, dst, dst_index(q, r, w, k), ty)
                 b.branch(end)
                 b.position_at_end(then)
                 for lo, hi in ((0, lo_w), (hi_w, wp)):
                     if hi > lo:
-                        with fb.loop(lo * g, hi * g) as t:
-                            fb.store(pad, dst, b.add(row, t), ty)
+                        with fb.loop(lo, hi) as w:
+                            for k in range(g):
+                                fb.store(pad, dst, dst_index(q, r, w, k), ty)
                 if hi_w > lo_w:
                     planes = []
                     for k in range(g):
@@ -421,7 +437,7 @@ class QGemm(Kernel):
                     with fb.loop(lo_w, hi_w) as w:
                         for k in range(g):
                             v = self._xval(fb, fb.load(x, b.add(planes[k], w), I8))
-                            fb.store(v, dst, b.add(row, b.add(b.mul(w, i64(g)), i64(k))), ty)
+                            fb.store(v, dst, dst_index(q, r, w, k), ty)
                 b.branch(end)
                 b.position_at_end(end)
 
@@ -435,7 +451,7 @@ class QGemm(Kernel):
         u32 = b.bitcast(u, I32.as_pointer())
         c32 = b.bitcast(c, I32.as_pointer())
         vptr = vty.as_pointer()
-        kg, npad, hp, wp = self.kg, self.npad, self.hp, self.wp
+        kg, npad, hp, wpp = self.kg, self.npad, self.hp, self.wpp
         dot = self._dot(fb, vty)
 
         def tile(m0, R):
@@ -445,11 +461,12 @@ class QGemm(Kernel):
                     b.store(ir.Constant(vty, None), a)
                 with fb.loop(0, self.cq) as q, fb.loop(0, self.kh) as i:
                     ih = b.add(b.mul(oh, i64(self.sh)), b.mul(i, i64(self.dh)))
-                    rowbase = b.add(fb.mul_add([(q, hp * wp), (ih, wp)]), ow0)
+                    rowbase = b.add(fb.mul_add([(q, hp * wpp), (ih, wpp)]), ow0)
                     kbase = fb.mul_add([(q, self.kh * self.kw), (i, self.kw)])
                     for j in range(self.kw):
-                        uv = b.load(b.bitcast(b.gep(u32, [b.add(rowbase, i64(j * self.dw))]), vptr),
-                                    align=4)
+                        ph, off = (j * self.dw) % self.sw, (j * self.dw) // self.sw
+                        at = b.add(rowbase, i64(ph * self.cq * hp * wpp + off))
+                        uv = b.load(b.bitcast(b.gep(u32, [at]), vptr), align=4)
                         for r in range(R):
                             sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), b.add(kbase, i64(j)))
                             sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)

@@ -141,7 +141,7 @@ def lower_qconv(op):
     bf = None if bias is None else np.asarray(bias).reshape(M).astype(np.int64)
     packs, corrs = [], []
     w2 = wq.reshape(g, mg, kd)
-    direct = st[1] == 1 and os.environ.get("GALAXIR_CPU_INT8_DIRECT", "1") != "0"
+    direct = os.environ.get("GALAXIR_CPU_INT8_DIRECT", "1") != "0"
     order = KI.direct_order(wq.shape[1], kernel[0], kernel[1], KI.group_of(vnni)) if direct else None
     for gi in range(g):
         p, c = KI.pack_s_const(w2[gi], zwf[gi * mg:(gi + 1) * mg],
