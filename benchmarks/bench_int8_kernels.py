@@ -159,6 +159,24 @@ def _qdq_models(d):
     return out
 
 
+def _f16_conv(d):
+    """The 64-channel 56x56 3x3 conv in float16 (galaxir f16 vs galaxir f32 vs onnxruntime
+    f16)."""
+    import onnx
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, dt, t in (("f16", np.float16, T.FLOAT16), ("f32", np.float32, T.FLOAT)):
+        w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(dt)
+        g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], name,
+                         [h.make_tensor_value_info("x", t, [1, 64, 56, 56])],
+                         [h.make_tensor_value_info("y", t, [1, 64, 56, 56])], [nh.from_array(w, "w")])
+        paths[name] = os.path.join(d, name + ".onnx")
+        onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), paths[name])
+    x = rng.standard_normal((1, 64, 56, 56))
+    return paths, {"x": x.astype(np.float16)}, {"x": x.astype(np.float32)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=int(os.environ.get("GALAXIR_NUM_THREADS", "1")))
@@ -187,6 +205,18 @@ def main():
             r = g / o
             print(f"{name:34s} {np.median(g):8.3f}ms {np.median(o):8.3f}ms {np.median(f):8.3f}ms  "
                   f"{r.min():12.2f} {np.median(r):7.2f}  {np.median(g) / np.median(f):8.2f}")
+        paths, x16, x32 = _f16_conv(d)
+        e16 = gx.compile(paths["f16"], target="cpu", num_threads=args.threads)
+        assert not e16.fallback_ops, e16.report()
+        e32 = gx.compile(paths["f32"], target="cpu", num_threads=args.threads)
+        s16 = _ort(paths["f16"], args.threads)
+        t = interleaved({"g16": lambda: e16(**x16), "g32": lambda: e32(**x32),
+                         "o16": lambda: s16.run(None, x16)}, args.reps)
+        g16, g32, o16 = (np.array(t[k]) for k in ("g16", "g32", "o16"))
+        print(f"f16 conv 64ch 56x56 3x3: galaxir f16 {np.median(g16):.3f}ms, galaxir f32 "
+              f"{np.median(g32):.3f}ms, onnxruntime f16 {np.median(o16):.3f}ms; f16/f32 min "
+              f"{(g16 / g32).min():.2f} median {np.median(g16 / g32):.2f}; f16 vs ort f16 "
+              f"median {np.median(g16 / o16):.2f}")
 
 
 if __name__ == "__main__":
