@@ -622,10 +622,11 @@ class Quantize(Kernel):
     C: int
     inner: int
     signed: bool
+    zp_kind: str = "i32"    # the zero-point buffer's type: i32 / u8 / s8
     name: str = "quantize"
 
     def key(self):
-        return ("quantize", self.outer, self.C, self.inner, self.signed)
+        return ("quantize", self.outer, self.C, self.inner, self.signed, self.zp_kind)
 
     def emit(self, module, fname, n_args):
         fb = FnBuilder(module, fname, [I8.as_pointer()] * n_args)
@@ -635,7 +636,7 @@ class Quantize(Kernel):
         with fb.loop(0, self.outer) as o:
             with fb.loop(0, self.C) as c:
                 s = fb.load(sc, c, F32)
-                z = b.sitofp(fb.load(zp, c, I32), F32)
+                z = b.sitofp(_load_zp(fb, zp, c, self.zp_kind), F32)
                 with fb.loop(0, self.inner) as i:
                     idx = fb.mul_add([(o, self.C * self.inner), (c, self.inner), (i, 1)])
                     q = b.fdiv(fb.load(x, idx, F32), s)
@@ -656,10 +657,11 @@ class Dequantize(Kernel):
     C: int
     inner: int
     in_dtype: str           # "u8" | "s8" | "i32"
+    zp_kind: str = "i32"
     name: str = "dequantize"
 
     def key(self):
-        return ("dequantize", self.outer, self.C, self.inner, self.in_dtype)
+        return ("dequantize", self.outer, self.C, self.inner, self.in_dtype, self.zp_kind)
 
     def emit(self, module, fname, n_args):
         fb = FnBuilder(module, fname, [I8.as_pointer()] * n_args)
@@ -669,13 +671,20 @@ class Dequantize(Kernel):
         with fb.loop(0, self.outer) as o:
             with fb.loop(0, self.C) as c:
                 s = fb.load(sc, c, F32)
-                z = b.sitofp(fb.load(zp, c, I32), F32)
+                z = b.sitofp(_load_zp(fb, zp, c, self.zp_kind), F32)
                 with fb.loop(0, self.inner) as i:
                     idx = fb.mul_add([(o, self.C * self.inner), (c, self.inner), (i, 1)])
                     v = fb.load(x, idx, ity)
                     f = b.uitofp(v, F32) if self.in_dtype == "u8" else b.sitofp(v, F32)
                     fb.store(b.fmul(b.fsub(f, z), s), out, idx, F32)
         return fb.finish()
+
+
+def _load_zp(fb, zp, c, kind):
+    if kind == "i32":
+        return fb.load(zp, c, I32)
+    v = fb.load(zp, c, I8)
+    return fb.b.zext(v, I32) if kind == "u8" else fb.b.sext(v, I32)
 
 
 def split_axis(shape, axis: int, per_axis: bool) -> tuple[int, int, int]:

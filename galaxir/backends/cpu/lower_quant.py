@@ -202,34 +202,54 @@ def lower_qmatmul(op):
     return kern, ins
 
 
-def _scale_zp(op, x_shape, in_dtype_for_zp):
-    s = const_of(op.operands[1])
-    if s is None or np.asarray(s).dtype != np.float32:
-        return "scale must be a float32 constant"
-    s = np.asarray(s)
-    check_scale(op, "scale", s)
-    zv = op.operand(2)
-    z = np.zeros((), np.int64) if zv is None else const_of(zv)
-    if z is None:
-        return "zero point is not a constant"
-    z = np.asarray(z)
-    if (op.attr("block_size") or 0) or s.ndim > 1:
+def _scale_zp(op, x_shape):
+    """(outer, C, inner, scale input, zero-point input, zero-point kind) of a
+    (de)quantize: constants become ConstArrays (float32 / int32 [C], checked), a
+    run-time scale (float32) or zero point (8-bit / int32) of 1 or C elements is read as
+    it is."""
+    sv, zv = op.operands[1], op.operand(2)
+    s = const_of(sv)
+    if s is not None:
+        s = np.asarray(s)
+        if s.dtype != np.float32:
+            return "scale must be float32"
+        check_scale(op, "scale", s)
+        s_shape = s.shape
+    else:
+        if _dt(sv) is not DType.float32 or static_shape(sv.type) is None:
+            return "scale must be a static float32 tensor"
+        s_shape = static_shape(sv.type)
+    z = None
+    if zv is not None:
+        z = const_of(zv)
+        if z is None and (_dt(zv) not in (DType.uint8, DType.int8, DType.int32)
+                          or static_shape(zv.type) is None):
+            return "zero point must be a static 8-bit / int32 tensor"
+    if (op.attr("block_size") or 0) or len(s_shape) > 1:
         return "blocked quantization"
-    per_axis = s.size > 1
-    if z.size not in (1, s.size):
+    size = int(np.prod(s_shape))
+    per_axis = size > 1
+    zsize = 1 if zv is None else (np.asarray(z).size if z is not None
+                                  else int(np.prod(static_shape(zv.type))))
+    if zsize != size:
         return "zero point and scale differ in size"
     axis = op.attr("axis") if op.attr("axis") is not None else 1
     if per_axis:
         if not x_shape:
             return "scalar input with a per-axis scale"
         ax = axis + len(x_shape) if axis < 0 else axis
-        if not 0 <= ax < len(x_shape) or x_shape[ax] != s.size:
+        if not 0 <= ax < len(x_shape) or x_shape[ax] != size:
             return "per-axis scale does not match the axis"
     outer, C, inner = KI.split_axis(x_shape, axis, per_axis)
-    sc = np.ascontiguousarray(np.broadcast_to(s.reshape(-1), (C,)).astype(np.float32))
-    zc = np.ascontiguousarray(np.broadcast_to(z.reshape(-1).astype(np.int64), (C,))
-                              .astype(np.int32))
-    return outer, C, inner, sc, zc
+    s_in = ConstArray(np.ascontiguousarray(s.reshape(-1).astype(np.float32)), "q.scale") \
+        if s is not None else sv
+    if zv is None or z is not None:
+        zc = np.zeros(C, np.int64) if zv is None else np.asarray(z).reshape(-1).astype(np.int64)
+        z_in, zkind = ConstArray(np.ascontiguousarray(np.broadcast_to(zc, (C,)).astype(np.int32)),
+                                 "q.zp"), "i32"
+    else:
+        z_in, zkind = zv, {DType.uint8: "u8", DType.int8: "s8", DType.int32: "i32"}[_dt(zv)]
+    return outer, C, inner, s_in, z_in, zkind
 
 
 @rule("quantize_linear")
@@ -242,13 +262,14 @@ def lower_quantize(op):
         return f"output {_dt(y)} (native: uint8 / int8)"
     if op.attr("precision") is not None:
         return "precision attribute"
-    r = _scale_zp(op, xs, _dt(y))
+    r = _scale_zp(op, xs)
     if isinstance(r, str):
         return r
-    outer, C, inner, sc, zc = r
-    check_zero_point(op, "zero point", zc, np.dtype(y.type.dtype.numpy))
-    kern = KI.Quantize(outer=outer, C=C, inner=inner, signed=_dt(y) is DType.int8)
-    return kern, [x, ConstArray(sc, "q.scale"), ConstArray(zc, "q.zp")]
+    outer, C, inner, s_in, z_in, zkind = r
+    if isinstance(z_in, ConstArray):
+        check_zero_point(op, "zero point", z_in.array, np.dtype(y.type.dtype.numpy))
+    kern = KI.Quantize(outer=outer, C=C, inner=inner, signed=_dt(y) is DType.int8, zp_kind=zkind)
+    return kern, [x, s_in, z_in]
 
 
 @rule("dequantize_linear")
@@ -260,9 +281,9 @@ def lower_dequantize(op):
         return "x must be a static uint8 / int8 / int32 tensor"
     if _dt(y) is not DType.float32:
         return "float32 result only"
-    r = _scale_zp(op, xs, _dt(x))
+    r = _scale_zp(op, xs)
     if isinstance(r, str):
         return r
-    outer, C, inner, sc, zc = r
-    kern = KI.Dequantize(outer=outer, C=C, inner=inner, in_dtype=kinds[_dt(x)])
-    return kern, [x, ConstArray(sc, "dq.scale"), ConstArray(zc, "dq.zp")]
+    outer, C, inner, s_in, z_in, zkind = r
+    kern = KI.Dequantize(outer=outer, C=C, inner=inner, in_dtype=kinds[_dt(x)], zp_kind=zkind)
+    return kern, [x, s_in, z_in]
