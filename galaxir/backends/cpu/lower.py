@@ -661,6 +661,10 @@ class _Group:
 
 def lower_module(module: Module, report_reasons: dict | None = None) -> list:
     """Steps for the top-level block of a specialized module."""
+    from .lower_quant import check_module
+    from .lower_f16 import widen_half
+    check_module(module)   # bad quantization scales: a CompileError naming the op
+    widen_half(module)     # f16 / bf16 ops: float32 kernels between 16-bit tensors
     outputs = {id(v) for v in module.graph.outputs if v is not None}
     steps: list = []
     groups: dict[int, _Group] = {}      # value id -> group whose output it is
@@ -794,3 +798,5 @@ from . import lower_reduce  # noqa: E402,F401  (reductions)
 from . import lower_data  # noqa: E402,F401  (slice, pad, ...)
 from . import lower_resize  # noqa: E402,F401  (resize / upsample)
 from . import lower_conv_transpose  # noqa: E402,F401  (conv_transpose)
+from . import lower_quant  # noqa: E402,F401  (int8 conv / matmul, quantize / dequantize)
+from . import lower_f16  # noqa: E402,F401  (f16 / bf16 <-> f32 casts)
