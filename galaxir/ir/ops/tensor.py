@@ -648,8 +648,10 @@ def _range(op) -> list[Type]:
     if any(v is None for v in vals):
         limit = value_of(op.operand(1))
         if vals[0] is not None and vals[2] is not None and float(vals[0]) == 0 and float(vals[2]) == 1 \
-                and limit is not None and len(limit[0]) == 1 and isinstance(limit[0][0], str):
-            return [t.with_shape((limit[0][0],))]  # range(0, dim) has dim elements
+                and limit is not None and len(limit[0]) == 1 and limit[0][0] != UNKNOWN:
+            # range(0, dim) has dim elements: a symbol, or a number once shapes are known
+            n = limit[0][0]
+            return [t.with_shape((max(n, 0) if isinstance(n, int) else n,))]
         return [t.with_shape((UNKNOWN,))]
     if vals[2] == 0:
         raise fail(op, "delta is 0")
