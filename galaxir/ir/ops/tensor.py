@@ -29,6 +29,10 @@ INT64_MAX = 2 ** 63 - 1
 
 
 # -- symbolic dim arithmetic ------------------------------------------------------------------
+# A dim may be a product expression of symbols: ``"batch*seq"``, ``"4*seq"`` (canonical
+# form: the integer coefficient first unless 1, then the symbol names sorted, joined by
+# ``*``), so that a flatten of [batch, seq, 256] is [batch*seq, 256] and reshaping it back
+# to [batch, seq, 4, 64] cancels the symbols.  Equal products have equal text.
 def _product(dims: Sequence[Dim]) -> tuple[int, Counter] | None:
     """A product of dims as (integer coefficient, symbol multiset); None if any is unknown."""
     coef, syms = 1, Counter()
@@ -38,7 +42,13 @@ def _product(dims: Sequence[Dim]) -> tuple[int, Counter] | None:
         elif d == UNKNOWN:
             return None
         else:
-            syms[d] += 1
+            for f in d.split("*") if "*" in d else (d,):
+                if f.isdigit():
+                    coef *= int(f)
+                elif f:
+                    syms[f] += 1
+                else:
+                    return None
     return coef, syms
 
 
@@ -50,7 +60,10 @@ def _as_dim(coef: int, syms: Counter) -> Dim:
         return 0
     if coef == 1 and len(syms) == 1 and next(iter(syms.values())) == 1:
         return next(iter(syms))
-    return UNKNOWN
+    if coef < 0:
+        return UNKNOWN
+    names = sorted(syms.elements())
+    return "*".join(([str(coef)] if coef != 1 else []) + names)
 
 
 def dim_product(dims: Sequence[Dim]) -> Dim:
