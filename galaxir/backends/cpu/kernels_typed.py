@@ -81,15 +81,27 @@ def emit_cast(b: ir.IRBuilder, x, src: str, dst: str):
         if dt.width < st.width:
             return b.trunc(x, dt)
         return b.sext(x, dt) if sk == "i" else b.zext(x, dt)
-    # float -> integer: truncation toward zero in a 32- or 64-bit signed register, NaN and
-    # out-of-range values the "integer indefinite" (INT_MIN), then narrowed (x86 cvtt*)
-    wide = 64 if dst in ("int64", "uint32") else 32
-    wt = ir.IntType(wide)
-    lo, hi = ir.Constant(st, -float(2 ** (wide - 1))), ir.Constant(st, float(2 ** (wide - 1)))
-    ok = b.and_(b.fcmp_ordered(">=", x, lo), b.fcmp_ordered("<", x, hi))
-    safe = b.select(ok, x, ir.Constant(st, 0.0))
-    v = b.select(ok, b.fptosi(safe, wt), ir.Constant(wt, -(2 ** (wide - 1))))
-    return b.trunc(v, dt) if dt.width < wide else v
+    # float -> integer as numpy does it on x86-64 (ONNX leaves out-of-range values
+    # undefined): truncation toward zero in a signed 32- or 64-bit register, NaN and
+    # out-of-range giving the "integer indefinite" INT_MIN, then narrowed; unsigned 32/64
+    # bit targets take values at or above 2^31 / 2^63 through the wider (or shifted) path
+    def cvtt(v, wide):
+        wt = ir.IntType(wide)
+        lo, hi = ir.Constant(st, -float(2 ** (wide - 1))), ir.Constant(st, float(2 ** (wide - 1)))
+        ok = b.and_(b.fcmp_ordered(">=", v, lo), b.fcmp_ordered("<", v, hi))
+        safe = b.select(ok, v, ir.Constant(st, 0.0))
+        return b.select(ok, b.fptosi(safe, wt), ir.Constant(wt, -(2 ** (wide - 1))))
+
+    if dst == "uint32":
+        big = b.fcmp_ordered(">=", x, ir.Constant(st, float(2 ** 31)))
+        return b.select(big, b.trunc(cvtt(x, 64), dt), cvtt(x, 32))
+    if dst == "uint64":
+        big = b.fcmp_ordered(">=", x, ir.Constant(st, float(2 ** 63)))
+        shifted = b.xor(cvtt(b.fsub(x, ir.Constant(st, float(2 ** 63))), 64),
+                        ir.Constant(I64, -(2 ** 63)))
+        return b.select(big, shifted, cvtt(x, 64))
+    v = cvtt(x, 64 if dst == "int64" else 32)
+    return b.trunc(v, dt) if dt.width < v.type.width else v
 
 
 def emit_op(fb: FnBuilder, op: str, args: list, dtypes: list, out: str, attrs: dict):
