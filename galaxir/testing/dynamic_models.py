@@ -18,6 +18,28 @@ EXPORTERS = ("torchscript", "dynamo")
 MODELS = ("bert", "torch_encoder")
 
 
+def available(name: str, exporter: str = "torchscript") -> str | None:
+    """None when ``name`` can be exported with ``exporter`` here, else why not."""
+    if name not in MODELS:
+        return f"unknown model {name!r}; known: {', '.join(MODELS)}"
+    if exporter not in EXPORTERS:
+        return f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}"
+    try:
+        import torch  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means "not here"
+        return f"torch is not usable here ({type(e).__name__}: {e})"
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except Exception as e:  # noqa: BLE001
+            return f"the dynamo exporter needs onnxscript ({type(e).__name__}: {e})"
+    if name == "torch_encoder" and exporter == "torchscript":
+        # nn.MultiheadAttention computes bsz * num_heads in Python: the tracer bakes the
+        # export-time sizes into its reshapes (onnxruntime fails on any other shape too)
+        return "the TorchScript exporter bakes nn.MultiheadAttention's sizes into the graph"
+    return None
+
+
 def _bert(layers: int, hidden: int, heads: int, vocab: int, max_pos: int):
     import torch
     from torch import nn
@@ -109,8 +131,9 @@ def feeds(batch: int, seq: int, vocab: int = 1000, seed: int = 0) -> dict:
 def export(name: str, path: str, exporter: str = "torchscript", **kw) -> str:
     """Export model ``name`` to ``path`` with dynamic batch and sequence axes; returns path."""
     import torch
-    if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    why = available(name, exporter)
+    if why:
+        raise ValueError(f"cannot export {name} with {exporter}: {why}")
     model = build(name, **kw)
     f = feeds(2, 16)
     args = (torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"]))
