@@ -131,3 +131,24 @@ def test_bert_style_export_runs_with_nothing_on_the_reference(tmp_path):
         got = exe(*(feeds[n] for n in exe.input_names))[0]
         np.testing.assert_allclose(got, sess.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
     assert exe.fallback_ops == [], exe.report()
+
+
+def test_where_equal_on_shape_values_fold():
+    """expand_as as the TorchScript exporter writes it: where(equal(t, -1), 1, t) over a
+    shape-derived target, and constant_of_shape of a length."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "B", "S"))
+    t = gb.shape(x)
+    fixed = gb.where(gb.equal(t, c(gb, -1)), gb.constant(np.ones(2, I64)), t)
+    gb.output(gb.expand(gb.unsqueeze(x, c(gb, 0)), gb.concat(c(gb, 2), fixed, axis=0)), "e")
+    ones = gb.op("constant_of_shape", c(gb, 2), value=np.array([1], I64))
+    gb.output(gb.reshape(x, gb.mul(gb.shape(x), ones)), "r")
+    m = gb.module()
+    outs = dict(zip(m.graph.output_names, m.graph.outputs))
+    assert str(outs["e"].type) == "f32[2,B,S]" and str(outs["r"].type) == "f32[B,S]"
+    o = optimize(m, 1)
+    assert "shape" not in _ops(o) and "where" not in _ops(o), _ops(o)
+    xv = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    want = gx.compile(m, target="numpy", level=0)(xv)
+    for g, w in zip(gx.compile(m, target="cpu")(xv), want):
+        np.testing.assert_array_equal(g, w)
