@@ -12,9 +12,9 @@ from galaxir.testing import modern
 
 ort = pytest.importorskip("onnxruntime")
 
-#: ops that still run on the numpy reference in these networks (to be emptied)
-#: (the attention-mask arithmetic on int64/bool: the native elementwise loops are float32)
-KNOWN_FALLBACKS = {"bert": {"cast", "and", "where"}, "gpt2": {"cast", "and", "where"}}
+#: ops that still run on the numpy reference in these networks: none (the attention-mask
+#: arithmetic on int64/bool runs on the typed kernels, backends/cpu/kernels_typed.py)
+KNOWN_FALLBACKS: dict[str, set] = {}
 
 
 @pytest.mark.slow

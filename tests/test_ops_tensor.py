@@ -27,11 +27,12 @@ def test_reshape_zero_and_minus_one_with_symbols():
     assert shape_of(gb.reshape(x, c(gb, 0, -1))) == "f32[N,512]"
     y = gb.input("y", tensor("f32", "N", "S", 768))
     assert shape_of(gb.reshape(y, c(gb, 0, 0, 12, 64))) == "f32[N,S,12,64]"
-    assert shape_of(gb.reshape(y, c(gb, 0, -1, 64))) == "f32[N,?,64]"  # S*12 is not a dim
+    # S*12 is a dim expression (canonical text: coefficient first, then the symbols)
+    assert shape_of(gb.reshape(y, c(gb, 0, -1, 64))) == 'f32[N,"12*S",64]'
     z = gb.reshape(y, c(gb, 0, 0, 12, -1))
     assert shape_of(z) == "f32[N,S,12,64]"
     assert shape_of(gb.reshape(z, c(gb, 0, 0, -1))) == "f32[N,S,768]"
-    assert shape_of(gb.reshape(y, c(gb, -1, 768))) == "f32[?,768]"  # N*S: no single symbol
+    assert shape_of(gb.reshape(y, c(gb, -1, 768))) == 'f32["N*S",768]'  # a product of symbols
     w = gb.input("w", tensor("f32", 2, 3, 4))
     assert shape_of(gb.reshape(w, c(gb, 4, -1))) == "f32[4,6]"
     w0 = gb.input("w0", tensor("f32", 0, 4))
@@ -47,7 +48,7 @@ def test_reshape_with_runtime_shape_chain_and_errors():
     s = gb.shape(x)
     b = gb.gather(s, gb.constant(np.array([0], I64)))
     spec = gb.concat(b, c(gb, -1), axis=0)
-    assert shape_of(gb.reshape(x, spec)) == "f32[B,?]"  # B*T*8 / B -> no single dim
+    assert shape_of(gb.reshape(x, spec)) == 'f32[B,"8*T"]'  # B*T*8 / B
     spec2 = gb.concat(gb.slice(s, c(gb, 0), c(gb, 2)), c(gb, 2, 4), axis=0)
     assert shape_of(gb.reshape(x, spec2)) == "f32[B,T,2,4]"
     # a shape operand that is not known at all: rank from its length
@@ -78,10 +79,10 @@ def test_concat_transpose_squeeze_unsqueeze_flatten():
     with pytest.raises(ShapeInferenceError):
         gb.squeeze(x, c(gb, 3))
     assert shape_of(gb.unsqueeze(x, c(gb, 0, -1))) == "f32[1,N,1,H,4,1]"
-    assert shape_of(gb.flatten(x)) == "f32[N,?]"
-    assert shape_of(gb.flatten(x, axis=2)) == "f32[N,?]"
+    assert shape_of(gb.flatten(x)) == 'f32[N,"4*H"]'
+    assert shape_of(gb.flatten(x, axis=2)) == 'f32[N,"4*H"]'
     assert shape_of(gb.flatten(gb.input("y", tensor("f32", "N", 3, 4, 4)))) == "f32[N,48]"
-    assert shape_of(gb.flatten(x, axis=0)) == "f32[1,?]"
+    assert shape_of(gb.flatten(x, axis=0)) == 'f32[1,"4*H*N"]'
 
 
 def test_slice_gather_expand_tile_pad():

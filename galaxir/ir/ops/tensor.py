@@ -30,6 +30,10 @@ INT64_MAX = 2 ** 63 - 1
 
 
 # -- symbolic dim arithmetic ------------------------------------------------------------------
+# A dim may be a product expression of symbols: ``"batch*seq"``, ``"4*seq"`` (canonical
+# form: the integer coefficient first unless 1, then the symbol names sorted, joined by
+# ``*``), so that a flatten of [batch, seq, 256] is [batch*seq, 256] and reshaping it back
+# to [batch, seq, 4, 64] cancels the symbols.  Equal products have equal text.
 def _product(dims: Sequence[Dim]) -> tuple[int, Counter] | None:
     """A product of dims as (integer coefficient, symbol multiset); None if any is unknown."""
     coef, syms = 1, Counter()
@@ -39,7 +43,13 @@ def _product(dims: Sequence[Dim]) -> tuple[int, Counter] | None:
         elif d == UNKNOWN:
             return None
         else:
-            syms[d] += 1
+            for f in d.split("*") if "*" in d else (d,):
+                if f.isdigit():
+                    coef *= int(f)
+                elif f:
+                    syms[f] += 1
+                else:
+                    return None
     return coef, syms
 
 
@@ -51,7 +61,10 @@ def _as_dim(coef: int, syms: Counter) -> Dim:
         return 0
     if coef == 1 and len(syms) == 1 and next(iter(syms.values())) == 1:
         return next(iter(syms))
-    return UNKNOWN
+    if coef < 0:
+        return UNKNOWN
+    names = sorted(syms.elements())
+    return "*".join(([str(coef)] if coef != 1 else []) + names)
 
 
 def dim_product(dims: Sequence[Dim]) -> Dim:
@@ -190,6 +203,29 @@ def _value_from_producer(op: "Operation", v: "Value", depth: int) -> list[Dim] |
         s, e, st = slice_bounds(int(np.asarray(params[0]).reshape(-1)[0]),
                                 int(np.asarray(params[1]).reshape(-1)[0]), step, len(src[0]))
         return src[0][slice(s, e if e >= 0 else None, st)]
+    if name in ("equal", "where", "not"):
+        # shape-derived selects torch exports make: where(equal(shape, -1), 1, shape)
+        args = [value_of(x, depth) for x in op.operands]
+        if any(a is None for a in args):
+            return None
+        vals = [a[0] for a in args]
+        n = max(len(v) for v in vals)
+        if any(len(v) not in (1, n) for v in vals):
+            return None
+        vals = [v * (n // len(v)) for v in vals]
+        if name == "not":
+            return [1 - x if x in (0, 1) else UNKNOWN for x in vals[0]]
+        if name == "equal":
+            return [_dim_equal(x, y) for x, y in zip(*vals)]
+        return [(x if c == 1 else y) if c in (0, 1) else (x if x == y and x != UNKNOWN else UNKNOWN)
+                for c, x, y in zip(*vals)]
+    if name == "constant_of_shape":
+        n = value_of(op.operand(0), depth)
+        fill = _int_list(op.attr("value")) if op.attr("value") is not None else [0]
+        if n is None or len(n[0]) != 1 or not isinstance(n[0][0], int) or fill is None \
+                or len(fill) != 1 or n[0][0] > 64:
+            return None
+        return fill * n[0][0]
     if name in ("add", "sub", "mul", "div", "max", "min"):
         a, b = value_of(op.operand(0), depth), value_of(op.operand(1), depth)
         if a is None or b is None:
@@ -201,6 +237,20 @@ def _value_from_producer(op: "Operation", v: "Value", depth: int) -> list[Dim] |
         av, bv = av * (n // len(av)), bv * (n // len(bv))
         return [_dim_arith(name, x, y) for x, y in zip(av, bv)]
     return None
+
+
+def _dim_equal(x: Dim, y: Dim) -> Dim:
+    """1 or 0 when dims x and y are known to be equal or different (a symbol is a size,
+    never negative), else unknown."""
+    if UNKNOWN in (x, y):
+        return UNKNOWN
+    if isinstance(x, int) and isinstance(y, int):
+        return int(x == y)
+    if x == y:
+        return 1
+    if (isinstance(x, int) and x < 0) or (isinstance(y, int) and y < 0):
+        return 0
+    return UNKNOWN
 
 
 def _dim_arith(name: str, x: Dim, y: Dim) -> Dim:
@@ -656,8 +706,10 @@ def _range(op) -> list[Type]:
     if any(v is None for v in vals):
         limit = value_of(op.operand(1))
         if vals[0] is not None and vals[2] is not None and float(vals[0]) == 0 and float(vals[2]) == 1 \
-                and limit is not None and len(limit[0]) == 1 and isinstance(limit[0][0], str):
-            return [t.with_shape((limit[0][0],))]  # range(0, dim) has dim elements
+                and limit is not None and len(limit[0]) == 1 and limit[0][0] != UNKNOWN:
+            # range(0, dim) has dim elements: a symbol, or a number once shapes are known
+            n = limit[0][0]
+            return [t.with_shape((max(n, 0) if isinstance(n, int) else n,))]
         return [t.with_shape((UNKNOWN,))]
     if vals[2] == 0:
         raise fail(op, "delta is 0")

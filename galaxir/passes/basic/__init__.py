@@ -1,4 +1,4 @@
-"""The O1 basic passes: constant and shape folding, no-op removal, algebraic
+"""The O1 basic passes: constant and shape folding (symbolic shape targets included), no-op removal, algebraic
 simplification, constant-condition If inlining (all pattern sets for the greedy driver),
 common subexpression elimination and dead code elimination."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ from .cse import CSE, cse
 from .dce import DCE, dce
 from .fold import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_GROWTH, SHAPE_PATTERNS, FoldConstant, fold_patterns
 from .refine import RefineTypes
+from .symbolic import SYMBOLIC_PATTERNS
 from .simplify import ALGEBRA_PATTERNS, CONTROL_PATTERNS, NOOP_PATTERNS, InlineConstantIf
 from .unroll import DEFAULT_MAX_OPS, UnrollConstantLoop
 
@@ -26,7 +27,7 @@ def canonicalize_patterns(ctx: PassContext | None = None) -> list:
     """Every O1 rewrite pattern, as one set (they feed each other: a folded shape makes a
     reshape a no-op, a removed no-op exposes a cast pair...)."""
     ctx = ctx or PassContext()
-    return [*_fold(ctx), *SHAPE_PATTERNS, RefineTypes(), *NOOP_PATTERNS, *ALGEBRA_PATTERNS,
+    return [*_fold(ctx), *SHAPE_PATTERNS, *SYMBOLIC_PATTERNS, RefineTypes(), *NOOP_PATTERNS, *ALGEBRA_PATTERNS,
             *CONTROL_PATTERNS, *_unroll(ctx)]
 
 
@@ -39,7 +40,8 @@ def ConstantFold() -> PatternPass:
 
 
 def ShapeFold() -> PatternPass:
-    return PatternPass("fold-shapes", lambda ctx: [*_fold(ctx), *SHAPE_PATTERNS, RefineTypes()])
+    return PatternPass("fold-shapes", lambda ctx: [*_fold(ctx), *SHAPE_PATTERNS, *SYMBOLIC_PATTERNS,
+                                                RefineTypes()])
 
 
 def RemoveNoOps() -> PatternPass:
