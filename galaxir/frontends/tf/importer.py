@@ -314,6 +314,10 @@ def _specs_of_keras(model: Any) -> list:
     return [tf.TensorSpec(i.shape, i.dtype, name=getattr(i, "name", None)) for i in inputs]
 
 
+#: SavedModel objects kept alive while their functions are imported
+_OWNERS: dict[int, Any] = {}
+
+
 def concrete_function(source: Any, input_signature: Any = None) -> Any:
     """One ConcreteFunction for a Keras model, tf.function, tf.Module or SavedModel dir."""
     import tensorflow as tf
@@ -331,10 +335,13 @@ def concrete_function(source: Any, input_signature: Any = None) -> Any:
                                    f"{e}") from e
         sigs = getattr(loaded, "signatures", {})
         if "serving_default" in sigs:
-            return sigs["serving_default"]
-        if sigs:
-            return next(iter(sigs.values()))
-        return concrete_function(loaded, input_signature)
+            fn = sigs["serving_default"]
+        elif sigs:
+            fn = next(iter(sigs.values()))
+        else:
+            fn = concrete_function(loaded, input_signature)
+        _OWNERS[id(fn)] = loaded  # its variables live as long as the loaded object
+        return fn
     keras = _keras()
     if keras is not None and isinstance(source, keras.Model):
         specs = input_signature or _specs_of_keras(source)
@@ -415,7 +422,10 @@ def import_tf(source: Any, input_signature: Any = None, dim_names: dict | None =
     ``in{i}_d{k}``; ``dim_names={(input, axis): "name"}`` names them."""
     import tensorflow as tf
     fn = concrete_function(source, input_signature)
-    frozen = freeze(fn)
+    try:
+        frozen = freeze(fn)
+    finally:
+        _OWNERS.pop(id(fn), None)
     graph = frozen.graph
     library = FunctionLibrary(graph)
     missing = unsupported_ops(graph, library)

@@ -24,27 +24,82 @@ def _check_nhwc(ctx: TfContext) -> None:
                               "TF on CPU makes NHWC)")
 
 
+def _const_of(t) -> np.ndarray | None:
+    import tensorflow as tf
+    op = t.op
+    while op.type == "Identity":
+        op = op.inputs[0].op
+    return tf.make_ndarray(op.get_attr("value")) if op.type == "Const" else None
+
+
+def _dilated(conv_op) -> tuple | None:
+    """TF writes a dilated conv as SpaceToBatchND -> conv (VALID) -> BatchToSpaceND: the
+    (dilations, padding, explicit NHWC paddings) of the one dilated conv it stands for."""
+    s2b = conv_op.inputs[0].op
+    if s2b.type != "SpaceToBatchND" or len(conv_op.outputs[0].consumers()) != 1:
+        return None
+    b2s = conv_op.outputs[0].consumers()[0]
+    if b2s.type != "BatchToSpaceND":
+        return None
+    block, pads, crops = _const_of(s2b.inputs[1]), _const_of(s2b.inputs[2]), _const_of(b2s.inputs[2])
+    if block is None or pads is None or crops is None or len(block) != 2 or \
+            list(_const_of(b2s.inputs[1]) if _const_of(b2s.inputs[1]) is not None else []) != list(block):
+        return None
+    begin = pads[:, 0] - crops[:, 0]
+    end = pads[:, 1] - crops[:, 1]
+    if (begin < 0).any() or (end < 0).any():
+        return None
+    explicit = [0, 0, int(begin[0]), int(end[0]), int(begin[1]), int(end[1]), 0, 0]
+    return [int(b) for b in block], "EXPLICIT", explicit
+
+
+def _conv_geometry(ctx: TfContext):
+    """(input, strides, dilations, padding, explicit paddings) of a conv op."""
+    d = _dilated(ctx.tf_op)
+    if d is not None:
+        if _nhwc_ints(ctx, "strides") != [1, 1] or ctx.attr("padding") != "VALID":
+            raise ctx.unsupported("a SpaceToBatchND-dilated conv with strides or padding")
+        x = ctx.importer.env[ctx.tf_op.inputs[0].op.inputs[0].name]
+        return x, [1, 1], d[0], d[1], d[2]
+    return (ctx.inputs[0], _nhwc_ints(ctx, "strides"), _nhwc_ints(ctx, "dilations"),
+            ctx.attr("padding"), ctx.attr("explicit_paddings"))
+
+
+@converter("SpaceToBatchND")
+def space_to_batch(ctx: TfContext):
+    for c in ctx.tf_op.outputs[0].consumers():
+        if c.type not in ("Conv2D", "DepthwiseConv2dNative") or _dilated(c) is None:
+            raise ctx.unsupported("SpaceToBatchND other than around a dilated conv")
+    return ctx.inputs[0]  # the conv reads the original input with dilations instead
+
+
+@converter("BatchToSpaceND")
+def batch_to_space(ctx: TfContext):
+    conv = ctx.tf_op.inputs[0].op
+    if conv.type not in ("Conv2D", "DepthwiseConv2dNative") or _dilated(conv) is None:
+        raise ctx.unsupported("BatchToSpaceND other than around a dilated conv")
+    return ctx.inputs[0]
+
+
 @converter("Conv2D")
 def conv2d(ctx: TfContext):
     _check_nhwc(ctx)
     w = ctx.need_static(1, "the filter")
-    x = ctx.inputs[0]
+    x, strides, dilations, padding, explicit = _conv_geometry(ctx)
     c = x.type.shape[-1] if x.type.shape else None
     group = 1
     if isinstance(c, int) and c != w.shape[2]:  # grouped conv: filter [kh, kw, C/g, M]
         group = c // w.shape[2]
-    return conv_nhwc(ctx.b, x, hwio_to_mckk(w), None, _nhwc_ints(ctx, "strides"),
-                     _nhwc_ints(ctx, "dilations"), ctx.attr("padding"), group,
-                     ctx.attr("explicit_paddings"))
+    return conv_nhwc(ctx.b, x, hwio_to_mckk(w), None, strides, dilations, padding, group, explicit)
 
 
 @converter("DepthwiseConv2dNative")
 def depthwise(ctx: TfContext):
     _check_nhwc(ctx)
     w = ctx.need_static(1, "the filter")
-    return conv_nhwc(ctx.b, ctx.inputs[0], depthwise_to_mckk(w, w.shape[2]), None,
-                     _nhwc_ints(ctx, "strides"), _nhwc_ints(ctx, "dilations"),
-                     ctx.attr("padding"), int(w.shape[2]), ctx.attr("explicit_paddings"))
+    x, strides, dilations, padding, explicit = _conv_geometry(ctx)
+    return conv_nhwc(ctx.b, x, depthwise_to_mckk(w, w.shape[2]), None, strides, dilations,
+                     padding, int(w.shape[2]), explicit)
 
 
 @converter("MaxPool", "AvgPool")
