@@ -229,10 +229,14 @@ class SubgraphConverter:
             ctx = TfliteContext(self, op, b)
             try:
                 out = fn(ctx)
-            except GalaxirError as e:
+            except UnsupportedOpError as e:
                 if f"TFLite operator {op.index} " in str(e):
                     raise
-                raise type(e)(f"TFLite operator {op.index} '{ctx.name}' ({op.code}): {e}") from e
+                raise UnsupportedOpError(f"TFLite operator {op.index} '{ctx.name}' ({op.code}): "
+                                         f"{e}") from e
+            except GalaxirError as e:  # shapes or types that do not fit: a corrupt file
+                raise ModelImportError(f"TFLite operator {op.index} '{ctx.name}' ({op.code}): "
+                                       f"{e}") from e
             except Exception as e:  # a corrupt options table, an inconsistent shape...
                 raise ModelImportError(f"TFLite operator {op.index} '{ctx.name}' ({op.code}): "
                                        f"conversion failed: {type(e).__name__}: {e}") from e

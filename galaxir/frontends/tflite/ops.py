@@ -171,9 +171,29 @@ def log_softmax(ctx: TfliteContext):
 def pool_2d(ctx: TfliteContext):
     o = ctx.options
     kind = "max" if ctx.tfl.code == "MAX_POOL_2D" else "avg"
-    y = pool_nhwc(ctx.b, kind, ctx.real(0), [int(o.FilterHeight()), int(o.FilterWidth())],
-                  [int(o.StrideH()), int(o.StrideW())], _padding(ctx))
+    window = ([int(o.FilterHeight()), int(o.FilterWidth())], [int(o.StrideH()), int(o.StrideW())],
+              _padding(ctx))
+    tin, tout = ctx.input_tensor(0), ctx.output_tensor()
+    if kind == "avg" and is_quantized(tin) and is_quantized(tout) and not _act(ctx) and \
+            _same_quant(tin, tout):
+        return _integer_average(ctx, window)
+    y = pool_nhwc(ctx.b, kind, ctx.real(0), *window)
     return ctx.finish(y, activation=_act(ctx))
+
+
+def _same_quant(a, b) -> bool:
+    return a.type == b.type and np.array_equal(a.quant.scale, b.quant.scale) and \
+        np.array_equal(a.quant.zero_point, b.quant.zero_point)
+
+
+def _integer_average(ctx: TfliteContext, window):
+    """TFLite's integer average pool: the mean of the raw integers, rounded half away from
+    zero (not the real mean rounded half to even: ties are common with 2x2 windows)."""
+    x = ctx.op("cast", ctx.value(0), to=DType.float32)
+    a = pool_nhwc(ctx.b, "avg", x, *window)
+    half = ctx.const(0.5, np.float32)
+    r = ctx.op("mul", ctx.op("floor", ctx.op("add", ctx.op("abs", a), half)), ctx.op("sign", a))
+    return ctx.op("cast", r, to=DType.from_numpy(ctx.output_tensor().dtype))
 
 
 _REDUCE = {"MEAN": "reduce_mean", "SUM": "reduce_sum", "REDUCE_MAX": "reduce_max",
