@@ -157,6 +157,25 @@ def test_transformer_block():
     check(m, [xv], [model(xv, training=False).numpy()])
 
 
+def test_cond_and_while_loop():
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([], tf.float32)])
+    def f(x, t):
+        y = tf.cond(t > 0, lambda: x * 2.0, lambda: tf.nn.relu(x) - 1.0)
+
+        def body(i, acc):
+            return i + 1, acc * 0.5 + tf.reduce_sum(x, axis=1, keepdims=True)
+        n, acc = tf.while_loop(lambda i, acc: i < 5, body, [tf.constant(0), y])
+        return acc, n
+
+    m = import_tf(f)
+    counts = m.op_counts()
+    assert counts.get("if") == 1 and counts.get("loop") == 1
+    x = rand(3, 4, seed=12)
+    for t in (1.0, -1.0):
+        want = [v.numpy() for v in f(x, np.float32(t))]
+        check(m, [x, np.float32(t)], want)
+
+
 def test_unsupported_ops_are_listed_at_once():
     @tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
     def f(x):
