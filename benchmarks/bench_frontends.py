@@ -20,11 +20,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("GALAXIR_NUM_THREADS", "2")
-
 import numpy as np  # noqa: E402
 
-THREADS = 2
+THREADS = 2  # --threads
 MODELS = ["ResNet50", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "DenseNet121",
           "ConvNeXtTiny"]
 
@@ -84,12 +82,15 @@ def bench_model(name: str, size: int, rounds: int, block: int) -> dict:
 
 
 def main(argv=None) -> None:
+    global THREADS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--block", type=int, default=5, help="calls per engine per round")
+    p.add_argument("--threads", type=int, default=THREADS)
     args = p.parse_args(argv)
+    THREADS = args.threads
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
