@@ -264,6 +264,9 @@ def _builtin() -> None:
         except ImportError:
             return
         _BACKENDS["cpu"] = CpuBackend
+    if "cuda" not in _BACKENDS:
+        from .cuda import CudaBackend  # imports no cupy: that happens when a module is compiled
+        _BACKENDS["cuda"] = CudaBackend
 
 
 def check_supported(module: Module, backend: Backend) -> None:

@@ -211,6 +211,10 @@ def reduce(ctx: TfliteContext):
 @converter("RESHAPE")
 def reshape(ctx: TfliteContext):
     shape = ctx.static(1) if len(ctx.tfl.inputs) > 1 else None
+    if shape is None and ctx.value(1) is not None:  # a shape computed in the graph
+        s = ctx.value(1)
+        s = s if s.type.dtype == DType.int64 else ctx.op("cast", s, to=DType.int64)
+        return ctx.finish(ctx.op("reshape", ctx.real(0), s, allowzero=0))
     if shape is None and ctx.options is not None and ctx.options.NewShapeLength():
         shape = ctx.options.NewShapeAsNumpy()
     if shape is None:

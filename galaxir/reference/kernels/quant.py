@@ -6,7 +6,8 @@ import itertools
 import ml_dtypes
 import numpy as np
 
-from ....errors import ExecutionError
+from ...errors import ExecutionError
+from ...ir.opdef import describe
 from ..registry import kernel
 
 _FLOAT8 = {np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e4m3fnuz),
@@ -75,8 +76,20 @@ def quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, out: np.dt
     raise ExecutionError(f"quantize_linear: cannot quantize to {out}")
 
 
+def check_scale(ctx, scale) -> None:
+    """A scale computed at run time must be positive and finite, as constant ones are."""
+    s = np.asarray(scale)
+    if s.dtype.kind == "f" or s.dtype.kind == "V" or s.dtype.name in ("bfloat16", "float16"):
+        a = s.astype(np.float64)
+        if a.size and not np.all(np.isfinite(a) & (a > 0)):
+            bad = a[~(np.isfinite(a) & (a > 0))]
+            raise ExecutionError(f"{describe(ctx.op)}: scale must be positive and finite, got "
+                                 f"{bad.ravel()[:4].tolist()}")
+
+
 @kernel("quantize_linear")
 def quantize_linear(ctx, x, scale, zp=None):
+    check_scale(ctx, scale)
     axis, block = ctx.attr("axis"), ctx.attr("block_size")
     scale = expand_param(ctx, scale, x.shape, axis, block)
     if zp is not None:
@@ -88,6 +101,7 @@ def quantize_linear(ctx, x, scale, zp=None):
 
 @kernel("dequantize_linear")
 def dequantize_linear(ctx, x, scale, zp=None):
+    check_scale(ctx, scale)
     axis, block = ctx.attr("axis"), ctx.attr("block_size")
     out = ctx.result_dtype(0)
     work = np.float64 if out == np.float64 else np.float32
