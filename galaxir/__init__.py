@@ -19,15 +19,15 @@ __version__ = "0.1.0"
 
 #: What ``import_model`` reads, for error messages.
 FORMATS = ("an ONNX model (a .onnx path, its bytes or an onnx.ModelProto), a .gxm file, "
-           "galaxir's textual IR (a .gxir path), a MindSpore .mindir file, a torch.nn.Module (with example_inputs=) "
-           "or a galaxir Module")
+           "galaxir's textual IR (a .gxir path), a MindSpore .mindir file, a torch.nn.Module "
+           "(with example_inputs=), a Keras model, tf.function or tf.Module with an input "
+           "signature, a SavedModel folder, a .tflite file, or a galaxir Module")
 
 #: Model files galaxir does not read, by suffix, with what to do instead.
 FOREIGN_SUFFIXES = {
-    ".tflite": "a TensorFlow Lite model: convert it to ONNX first (python -m tf2onnx.convert --tflite)",
-    ".pb": "a TensorFlow graph: convert it to ONNX first (python -m tf2onnx.convert)",
-    ".h5": "a Keras model: convert it to ONNX first (tf2onnx)",
-    ".keras": "a Keras model: convert it to ONNX first (tf2onnx)",
+    ".pb": "a TensorFlow graph: pass its SavedModel folder (or the loaded model) instead",
+    ".h5": "a Keras model file: load it with keras.models.load_model and pass the model",
+    ".keras": "a Keras model file: load it with keras.models.load_model and pass the model",
     ".pt": "a PyTorch checkpoint: load it with torch and pass the nn.Module (with example_inputs=)",
     ".pth": "a PyTorch checkpoint: load it with torch and pass the nn.Module (with example_inputs=)",
     ".safetensors": "weights without a graph: build the model in torch and pass the nn.Module",
@@ -49,14 +49,17 @@ def import_model(source: Any, **options: Any) -> Module:
     if type(source).__module__.startswith("torch") or _is_torch_module(source):
         from .frontends.torch import import_torch
         return import_torch(source, **options)
+    if _is_tensorflow(source):
+        from .frontends.tf import import_tf
+        return import_tf(source, **options)
+    if isinstance(source, (bytes, bytearray, memoryview)) and bytes(source[4:8]) == b"TFL3":
+        from .frontends.tflite import import_tflite
+        return import_tflite(source, **options)
     if isinstance(source, (bytes, bytearray, memoryview)) or _is_onnx_model(source):
         from .frontends.onnx import import_onnx
         return import_onnx(source, **options)
     kind = f"{type(source).__module__}.{type(source).__qualname__}"
-    hint = ""
-    if kind.startswith(("keras", "tensorflow", "tf_keras")):
-        hint = " (a Keras/TensorFlow model: export it to ONNX first, e.g. with tf2onnx)"
-    raise errors.ModelImportError(f"cannot import a {kind}{hint}; galaxir reads {FORMATS}")
+    raise errors.ModelImportError(f"cannot import a {kind}; galaxir reads {FORMATS}")
 
 
 def _import_path(source: str | os.PathLike, options: dict) -> Module:
@@ -73,6 +76,12 @@ def _import_path(source: str | os.PathLike, options: dict) -> Module:
             raise errors.ModelImportError(f"no such file: '{path}'")
         with open(path, encoding="utf-8", errors="replace") as f:
             return parse(f.read())
+    if suffix == ".tflite":
+        from .frontends.tflite import import_tflite
+        return import_tflite(path, **options)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        from .frontends.tf import import_tf
+        return import_tf(path, **options)
     if suffix in FOREIGN_SUFFIXES:
         raise errors.ModelImportError(f"'{path}' is {FOREIGN_SUFFIXES[suffix]}; galaxir reads {FORMATS}")
     from .frontends.onnx import import_onnx
@@ -87,6 +96,13 @@ def _import_path(source: str | os.PathLike, options: dict) -> Module:
 
 def _is_onnx_model(obj: Any) -> bool:
     return type(obj).__name__ == "ModelProto" and type(obj).__module__.startswith("onnx")
+
+
+def _is_tensorflow(obj: Any) -> bool:
+    """A Keras model, tf.function, tf.Module or ConcretFunction (checked by module name, so
+    TensorFlow is imported only when one is given)."""
+    return any(c.__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras")
+               for c in type(obj).__mro__)
 
 
 def _is_torch_module(obj: Any) -> bool:

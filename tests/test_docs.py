@@ -14,6 +14,8 @@ def test_doc_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples may write files
     if "import torch" in page.read_text():
         pytest.importorskip("torch")  # pages about the optional torch frontend
+    if "import tensorflow" in page.read_text():
+        pytest.importorskip("tensorflow")  # pages about the optional TF/TFLite frontends
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     blocks = BLOCK.findall(page.read_text())
     assert blocks

@@ -266,8 +266,8 @@ def test_import_of_unknown_sources_lists_formats(tmp_path):
     with pytest.raises(errors.ModelImportError, match="cannot import a builtins.int"):
         gx.import_model(3)
     (tmp_path / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
-    with pytest.raises(errors.ModelImportError, match="TensorFlow Lite.*galaxir reads") as e:
-        gx.import_model(str(tmp_path / "model.tflite"))
+    with pytest.raises(errors.ModelImportError, match="TensorFlow Lite") as e:
+        gx.import_model(str(tmp_path / "model.tflite"))  # the TFLite frontend: a corrupt file
     assert "corrupted ONNX" not in str(e.value)
     (tmp_path / "model.bin").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
     with pytest.raises(errors.ModelImportError, match="read as ONNX.*galaxir reads"):

@@ -60,4 +60,33 @@ def fold_conv_batchnorm(m):
     return m.b.conv(m.x, rw.constant(w2), rw.constant(b2), **dict(conv.attrs))
 
 
-PATTERNS = [fold_conv_batchnorm]
+@pattern(P.mul(P.conv(X, Const(name="w"), ..., one_use=True, name_as="conv"), Const(name="c")),
+         name="fold-conv-scale")
+def fold_conv_scale(m):
+    """mul(conv(x, W, b), c) with constant W, b and a per-output-channel c -> conv(x, W*c, b*c)
+
+    (TensorFlow/Keras graphs write inference batch norm as this multiply and an add.)"""
+    from .epilogue import is_per_channel
+    conv = m.conv
+    w, c = m.array("w"), m.array("c")
+    out = conv.results[0].type.shape
+    if w.dtype.kind != "f" or w.ndim < 3 or out is None or c.dtype != w.dtype:
+        return m.fail("not a floating-point conv of known rank scaled in its own dtype")
+    mch = w.shape[0]
+    if not is_per_channel(c.shape, len(out), mch, conv.attr("layout") or "NCHW"):
+        return m.fail(f"the constant {list(c.shape)} is not one factor per output channel")
+    f = np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (mch,))
+    bias_v = conv.operand(2)
+    bias = None
+    if bias_v is not None:
+        bias = const_array(bias_v)
+        if bias is None:
+            return m.fail("the conv bias is not a constant")
+    w2 = (w.astype(np.float64) * f.reshape((mch,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+    rw = m.rewriter
+    b2 = None if bias is None else rw.constant(
+        (np.broadcast_to(bias.reshape(-1), (mch,)) * f).astype(w.dtype))
+    return m.b.conv(m.x, rw.constant(w2), b2, **dict(conv.attrs))
+
+
+PATTERNS = [fold_conv_batchnorm, fold_conv_scale]

@@ -56,9 +56,9 @@ def fuse_conv_bias(m):
     if out is None or wshape is None or not isinstance(wshape[0], int) or c.ndim > len(out):
         return m.fail("ranks unknown or the constant has a higher rank")
     mch = wshape[0]
-    full = (1,) * (len(out) - c.ndim) + c.shape
-    if full[0] != 1 or full[1] not in (1, mch) or any(d != 1 for d in full[2:]):
-        return m.fail(f"the constant {list(c.shape)} is not a per-channel bias [1,{mch},1,...]")
+    if not is_per_channel(c.shape, len(out), mch, conv.attr("layout") or "NCHW"):
+        return m.fail(f"the constant {list(c.shape)} is not a per-channel bias of the "
+                      f"{conv.attr('layout') or 'NCHW'} conv's {mch} channels")
     if c.dtype != m.w.type.dtype.numpy:
         return m.fail("the constant's dtype differs")
     vec = np.broadcast_to(c.reshape(-1), (mch,))
@@ -70,6 +70,16 @@ def fuse_conv_bias(m):
         vec = ob.reshape(-1) + vec
     bias = m.rewriter.constant(np.ascontiguousarray(vec, dtype=c.dtype))
     return m.b.create(conv.name, m.x, m.w, bias, *conv.operands[3:], **dict(conv.attrs)).results[0]
+
+
+def is_per_channel(shape: tuple, rank: int, mch: int, layout: str) -> bool:
+    """Whether a constant of ``shape`` broadcasts to a rank-``rank`` conv result as one value
+    per output channel (axis 1 for NCHW, the last axis for NHWC)."""
+    if len(shape) > rank:
+        return False
+    full = (1,) * (rank - len(shape)) + tuple(shape)
+    axis = rank - 1 if layout == "NHWC" else 1
+    return full[axis] in (1, mch) and all(d == 1 for i, d in enumerate(full) if i != axis)
 
 
 def _bias_broadcasts_over_last(bias: Value, out) -> bool:

@@ -1,0 +1,212 @@
+"""The TensorFlow/Keras frontend: every model imports, compiles for numpy and cpu and
+matches TensorFlow eager (float within 1e-4 of the largest output); CNNs stay NHWC (no
+transpose added by the import) and run natively on cpu."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow", reason="the TensorFlow frontend needs tensorflow (extra 'tf')")
+keras = pytest.importorskip("keras", reason="the TensorFlow frontend tests need keras")
+
+import galaxir as gx  # noqa: E402
+from galaxir import errors  # noqa: E402
+from galaxir.frontends.tf import import_tf  # noqa: E402
+
+RTOL = 1e-4
+
+
+def assert_close(got, want, what=""):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    scale = max(float(np.abs(want).max()), 1e-6)
+    err = float(np.abs(got - want).max()) / scale
+    assert err <= RTOL, f"{what}: max error {err:.2e} of the largest output"
+
+
+def check(module, inputs, expected, targets=("numpy", "cpu")):
+    """Compile for each target and compare every output with TensorFlow's."""
+    exes = {}
+    for target in targets:
+        exe = gx.compile(module, target=target)
+        outs = exe(*inputs)
+        assert len(outs) == len(expected)
+        for i, (o, e) in enumerate(zip(outs, expected)):
+            assert_close(o, e, f"{target} output {i}")
+        exes[target] = exe
+    return exes
+
+
+def native_only(exe):
+    report = exe.report()
+    assert "0 on the numpy reference" in report, report
+
+
+def rand(*shape, seed=0):
+    return np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def small_cnn():
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    x = keras.Input((20, 20, 3))
+    y = L.ZeroPadding2D(1)(x)
+    y = L.Conv2D(16, 3, strides=2, use_bias=False)(y)
+    y = L.BatchNormalization()(y)
+    y = L.ReLU(6.0)(y)
+    r = y
+    y = L.DepthwiseConv2D(3, padding="same")(y)
+    y = L.BatchNormalization()(y)
+    y = L.Activation("swish")(y)
+    y = L.Conv2D(16, 1, padding="same")(y)
+    y = L.Add()([y, r])
+    s = L.GlobalAveragePooling2D(keepdims=True)(y)  # squeeze-excitation
+    s = L.Conv2D(16, 1, activation="sigmoid")(s)
+    y = L.Multiply()([y, s])
+    y = L.MaxPooling2D(2)(y)
+    y = L.Conv2D(8, 3, padding="same", dilation_rate=2, activation="relu")(y)
+    y = L.AveragePooling2D(3, strides=2, padding="same")(y)
+    y = L.Flatten()(y)
+    y = L.Dense(10)(y)
+    model = keras.Model(x, y)
+    # non-trivial batch-norm statistics
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rand(n, seed=3) * 0.1)
+            layer.moving_variance.assign(np.abs(rand(n, seed=4)) + 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = small_cnn()
+    return model, import_tf(model)
+
+
+def test_keras_cnn_matches_tf_and_stays_nhwc(cnn):
+    model, m = cnn
+    assert m.graph.inputs[0].type.shape == ("batch", 20, 20, 3)
+    counts = m.op_counts()
+    assert "transpose" not in counts
+    convs = [op for op in m.walk() if op.name == "conv"]
+    assert convs and all(op.attr("layout") == "NHWC" for op in convs)
+    for batch in (1, 3):
+        x = rand(batch, 20, 20, 3, seed=batch)
+        exes = check(m, [x], [model(x, training=False).numpy()])
+    native_only(exes["cpu"])
+
+
+def test_gx_import_model_dispatches_keras(cnn):
+    model, m = cnn
+    assert gx.import_model(model) == m
+
+
+def test_tf_function_several_inputs_and_outputs():
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32),
+                                  tf.TensorSpec([None, 6], tf.float32)])
+    def f(a, b):
+        h = tf.nn.relu(tf.matmul(a, tf.transpose(b)))
+        mean = tf.reduce_mean(h, axis=1, keepdims=True)
+        parts = tf.split(a, [2, 4], axis=1)
+        return {"scores": tf.nn.softmax(h - mean), "sum": tf.reduce_sum(parts[1], axis=-1),
+                "stacked": tf.stack([a[:, 0], b[:, -1]], axis=1)}
+
+    m = gx.import_model(f)
+    assert sorted(m.graph.output_names) == ["scores", "stacked", "sum"]
+    a, b = rand(4, 6, seed=1), rand(4, 6, seed=2)
+    want = f(a, b)
+    exe = gx.compile(m, target="cpu")
+    got = exe.run({"a": a, "b": b})
+    for k in want:
+        assert_close(got[k], want[k].numpy(), k)
+
+
+def test_tf_module_and_saved_model(tmp_path):
+    class Mod(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(rand(5, 3, seed=7))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 5], tf.float32)])
+        def __call__(self, x):
+            return tf.tanh(x @ self.w) * 2.0
+
+    mod = Mod()
+    x = rand(2, 5, seed=8)
+    m = gx.import_model(mod)
+    check(m, [x], [mod(x).numpy()])
+    tf.saved_model.save(mod, str(tmp_path / "sm"))
+    m2 = gx.import_model(str(tmp_path / "sm"))
+    check(m2, [x], [mod(x).numpy()], targets=("numpy",))
+
+
+def test_transformer_block():
+    keras.utils.set_random_seed(2)
+    L = keras.layers
+    x = keras.Input((7, 16))
+    a = L.MultiHeadAttention(num_heads=2, key_dim=8)(x, x)
+    h = L.LayerNormalization()(x + a)
+    f = L.Dense(32, activation="gelu")(h)
+    y = L.LayerNormalization()(h + L.Dense(16)(f))
+    model = keras.Model(x, y)
+    m = import_tf(model)
+    xv = rand(2, 7, 16, seed=5)
+    check(m, [xv], [model(xv, training=False).numpy()])
+
+
+def test_cond_and_while_loop():
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([], tf.float32)])
+    def f(x, t):
+        y = tf.cond(t > 0, lambda: x * 2.0, lambda: tf.nn.relu(x) - 1.0)
+
+        def body(i, acc):
+            return i + 1, acc * 0.5 + tf.reduce_sum(x, axis=1, keepdims=True)
+        n, acc = tf.while_loop(lambda i, acc: i < 5, body, [tf.constant(0), y])
+        return acc, n
+
+    m = import_tf(f)
+    counts = m.op_counts()
+    assert counts.get("if") == 1 and counts.get("loop") == 1
+    x = rand(3, 4, seed=12)
+    for t in (1.0, -1.0):
+        want = [v.numpy() for v in f(x, np.float32(t))]
+        check(m, [x, np.float32(t)], want)
+
+
+def test_unsupported_ops_are_listed_at_once():
+    @tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
+    def f(x):
+        return tf.math.bessel_i0(x) + tf.math.lgamma(x)
+
+    with pytest.raises(errors.UnsupportedOpError) as e:
+        import_tf(f)
+    msg = str(e.value)
+    assert "2 TF op(s)" in msg and "BesselI0" in msg and "Lgamma" in msg
+
+
+def test_non_models_are_refused(tmp_path):
+    with pytest.raises(errors.ModelImportError, match="SavedModel"):
+        import_tf(str(tmp_path))
+    with pytest.raises(errors.ModelImportError, match="input signature"):
+        import_tf(tf.function(lambda x: x + 1))
+
+
+APPS = ["ResNet50", "MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "DenseNet121",
+        "ConvNeXtTiny"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.parametrize("name", APPS)
+def test_keras_applications(name, size):
+    kw = {"include_preprocessing": False} if "MobileNetV3" in name else {}
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                              classifier_activation=None, **kw)
+    m = import_tf(model)
+    assert "transpose" not in m.op_counts()
+    x = rand(2, size, size, 3, seed=11) + 1.0
+    exes = check(m, [x], [model(x, training=False).numpy()])
+    native_only(exes["cpu"])
