@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Mapping
 
@@ -19,21 +20,76 @@ from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, Tens
 ENTRY_POINT_GROUP = "galaxir.backends"
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend runs natively.  ``ops``: op names (None: every op); ``dtypes`` and
+    ``layouts``: per op, the dtype names / layouts (``"NCHW"``, ``"NHWC"``) it runs (an op
+    not listed runs in any); ``decomposes``: composite ops its own patterns turn into ops
+    it runs (the generic fusions may create those too).  ``gx.compile`` runs every op that
+    ``supports`` refuses on the numpy reference (galaxir/backends/partition.py)."""
+
+    ops: frozenset[str] | None = None
+    dtypes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    layouts: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    decomposes: frozenset[str] = frozenset()
+
+    def supports(self, op: Any) -> bool:
+        """Does the backend run ``op`` (a name, or an Operation: then its dtype and layout
+        are checked too)?"""
+        name = op if isinstance(op, str) else op.name
+        if self.ops is not None and name not in self.ops:
+            return False
+        if isinstance(op, str):
+            return True
+        want = self.dtypes.get(name)
+        if want is not None:
+            for v in [*op.operands, *op.results]:
+                t = getattr(v, "type", None)
+                if isinstance(t, TensorType) and t.dtype.name not in want:
+                    return False
+        lay = self.layouts.get(name)
+        return lay is None or op.attrs.get("layout", "NCHW") in lay
+
+    def runs_layout(self, name: str, layout: str) -> bool:
+        """Does the backend run op ``name`` in ``layout`` (the O3 layout pass asks)?"""
+        lay = self.layouts.get(name)
+        return self.supports(name) and (lay is None or layout in lay)
+
+    def can_create(self, name: str) -> bool:
+        """May a generic rewrite create ``name`` for this backend (it runs or decomposes it)?"""
+        return name in self.decomposes or self.supports(name)
+
+
 class Backend(abc.ABC):
-    """A compilation target.  Subclasses set ``name`` and implement ``compile``."""
+    """A compilation target.  Subclasses set ``name`` and implement ``compile``; the rest
+    of the contract has defaults (docs/backends.md)."""
 
     name: str = ""
+    #: the optimization level ``gx.compile`` uses when none is given
+    default_level: int = 0
+    #: "NCHW" or "NHWC": the image layout the O3 layout pass converts to for this target
+    preferred_layout: str = "NCHW"
 
     def supported_ops(self) -> set[str] | None:
-        """Op names this backend runs natively; None means every op."""
+        """Op names this backend runs natively; None means every op.  The shorthand for
+        ``capabilities`` (override that one to declare dtypes, layouts, decompositions)."""
         return None
 
+    def capabilities(self) -> Capabilities:
+        """What this backend runs natively (by default: ``supported_ops``)."""
+        ops = self.supported_ops()
+        return Capabilities(ops=None if ops is None else frozenset(ops))
+
     def patterns(self, level: int) -> list:
-        """Rewrite patterns this backend adds at optimization ``level`` (its extended rules)."""
+        """Rewrite patterns this backend adds at optimization ``level``, run after the
+        generic passes (for another position return ``Placed(patterns, position)`` from
+        ``passes``)."""
         return []
 
     def passes(self, level: int) -> list:
-        """Whole passes this backend adds at ``level``, run after the generic ones."""
+        """Passes this backend adds at ``level``: a Pass (run after the generic ones) or a
+        ``galaxir.passes.Placed(pass or [patterns], position)`` with position
+        ``BEFORE_FUSION``, ``AFTER`` or ``instead_of("generic-pass-name")``."""
         return []
 
     @abc.abstractmethod
@@ -266,10 +322,10 @@ def _builtin() -> None:
         _BACKENDS["cpu"] = CpuBackend
 
 
-def check_supported(module: Module, backend: Backend) -> None:
-    supported = backend.supported_ops()
-    if supported is None:
-        return
-    for op in module.walk():
-        if not op.is_terminator and op.name not in supported:
-            raise UnsupportedOpError(f"backend '{backend.name}' does not support op '{op.name}'")
+def _install_resolver() -> None:
+    """Let the passes name their target (galaxir/targets.py) without importing backends."""
+    from .. import targets
+    targets.set_resolver(get_backend)
+
+
+_install_resolver()
