@@ -311,3 +311,57 @@ def test_own_rule_before_fusion_sees_unfused_ops():
     seen.clear()
     gx.optimize(_block(np.random.default_rng(0)), 2, target=Late())
     assert seen == []  # after the generic fusions the add + relu is a fused_conv
+
+
+# -- bisect checks the backend's own code ------------------------------------------------------
+def _chain():
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 4, 8))
+    w = gb.constant(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32))
+    h = gb.op("matmul", x, w)
+    y = gb.mul(gb.op("neg", gb.op("exp", h)), h)
+    gb.output(gb.relu(y), "y")
+    m = gb.module()
+    for i, op in enumerate(m.graph.block):
+        op.provenance = (f"node{i}",)
+    return m
+
+
+def test_bisect_finds_nothing_wrong_in_the_cpu_kernels():
+    pytest.importorskip("llvmlite")
+    from galaxir.passes import bisect
+    res = bisect(_chain(), None, level=2, target="cpu")
+    assert not res.found and res.passes_checked[-1] == "cpu lowering"
+
+
+def test_bisect_names_the_cpu_kernel_that_differs(monkeypatch):
+    pytest.importorskip("llvmlite")
+    from galaxir.backends.cpu import lower
+    from galaxir.passes import bisect
+    real = lower._op_expr
+
+    def broken(op, children):  # neg forgets to negate: a wrong elementwise kernel
+        return children[0] if op.name == "neg" else real(op, children)
+    monkeypatch.setattr(lower, "_op_expr", broken)
+    monkeypatch.setattr(lower, "_region_expr", lambda op: None)  # O2's chain: as core ops
+    res = bisect(_chain(), None, level=2, target="cpu")
+    assert res.found and res.pass_name == "cpu lowering", str(res)
+    assert "native kernel" in res.reason and "neg" in res.reason and "node" in res.reason
+    assert "differs from the reference" in str(res)
+
+
+def test_bisect_names_the_plugin_segment_that_differs():
+    from galaxir.passes import bisect
+
+    class WrongMul(ThreeOps):
+        name = "wrong-mul"
+
+        def compile(self, module, **options):
+            exe = super().compile(module)
+            exe._execute = lambda inputs: [x + 1 for x in Interp._execute(exe, inputs)] \
+                if "mul" in exe.seen else Interp._execute(exe, inputs)
+            return exe
+    res = bisect(_chain(), None, level=1, target=WrongMul())
+    assert res.found and res.pass_name == "wrong-mul lowering", str(res)
+    assert "native segment" in res.reason and "mul" in res.reason
+    assert not bisect(_chain(), None, level=1, target=ThreeOps()).found

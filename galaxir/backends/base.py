@@ -96,6 +96,15 @@ class Backend(abc.ABC):
     def compile(self, module: Module, **options: Any) -> "Executable":
         """Turn a verified module into something callable."""
 
+    def check_lowering(self, module: Module, feeds: Mapping[str, Any], rtol: float = 1e-4,
+                       atol: float = 1e-5) -> str | None:
+        """After the passes, ``galaxir bisect`` asks the backend whether its own code agrees
+        with the reference: None, or which segment/kernel differs first.  By default each
+        native segment of the shared partitioner runs on the reference's values of its
+        inputs (galaxir/backends/partition.py); the cpu backend checks kernel by kernel."""
+        from .partition import first_bad_segment
+        return first_bad_segment(module, self, feeds, rtol, atol)
+
     def compile_options(self) -> set[str]:
         """The keyword options ``compile`` understands: ``gx.compile`` refuses any other
         name (a typo must not be ignored).  By default the named keyword parameters of

@@ -144,6 +144,41 @@ def compile_partitioned(module: Module, backend: Backend, **options: Any) -> Exe
     return PartitionedExecutable(module, backend.name, schedule)
 
 
+def first_bad_segment(module: Module, backend: Backend, feeds, rtol: float, atol: float) -> str | None:
+    """Each native segment, compiled by ``backend``, run on the reference's values of its
+    inputs: None when all agree, else the first that differs (its ops and source nodes)."""
+    import numpy as np
+
+    from ..passes.bisect import compare_outputs
+    from .numpy import Interpreter
+    caps = backend.capabilities()
+    schedule = split(module, caps) if needs_partition(module, caps) else None
+    interp = Interpreter(module)
+    ref: dict[int, Any] = {id(a): feeds[a.name] for a in module.graph.inputs}
+    with np.errstate(all="ignore"):
+        for op in module.graph.block:
+            if not op.is_terminator:
+                interp.run_op(op, ref)
+    if schedule is None:  # the backend runs the whole module: one segment
+        got = backend.compile(module)(*[feeds[a.name] for a in module.graph.inputs])
+        want = [ref[id(v)] for v in module.graph.outputs]
+        why = compare_outputs(module.graph.output_names, want, list(got), rtol, atol)
+        return None if why is None else f"backend '{backend.name}' differs from the reference: {why}"
+    for k, s in enumerate(schedule):
+        if isinstance(s, Operation):
+            continue
+        got = backend.compile(s.module)(*[ref[id(v)] for v in s.inputs])
+        why = compare_outputs([v.name or "%result" for v in s.outputs],
+                              [ref[id(v)] for v in s.outputs], list(got), rtol, atol)
+        if why is not None:
+            ops = "+".join(op.name for op in s.ops)
+            src = sorted({p for op in s.ops for p in op.provenance})
+            where = f" (from {', '.join(src)})" if src else ""
+            return (f"native segment #{k} of backend '{backend.name}' ({ops}){where} differs "
+                    f"from the reference: {why}")
+    return None
+
+
 class PartitionedExecutable(Executable):
     """Native segments (the backend's executables) and reference ops, in schedule order."""
 
@@ -237,4 +272,5 @@ class PartitionedExecutable(Executable):
         return Profile(self.target, steps, run_us, run_start)
 
 
-__all__ = ["Segment", "split", "needs_partition", "compile_partitioned", "PartitionedExecutable"]
+__all__ = ["Segment", "split", "needs_partition", "compile_partitioned", "PartitionedExecutable",
+           "first_bad_segment"]

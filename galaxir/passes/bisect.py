@@ -52,7 +52,9 @@ class BisectResult:
         lines.append("--- IR before ---")
         lines.append(self.before.rstrip())
         lines.append("--- IR after ---")
-        lines.append(self.after.rstrip() or "(the pass raised)")
+        lines.append(self.after.rstrip() or ("(the backend's code: see above)" if
+                                             self.pass_name and self.pass_name.endswith(" lowering")
+                                             else "(the pass raised)"))
         return "\n".join(lines)
 
 
@@ -200,6 +202,15 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
             if rules and getattr(p, "uses_rewrites", False):
                 _bisect_rules(res, p, before, feeds, ref, rtol, atol, options, target)
             return res
+    if target is not None:  # the passes are fine: now the backend's own rewrites and code
+        names.append(f"{target.name} lowering")
+        try:
+            why = target.check_lowering(current, feeds, rtol=rtol, atol=atol)
+        except Exception as e:
+            why = f"compiling or running it raised {type(e).__name__}: {e}"
+        if why is not None:
+            return BisectResult(True, len(names), names[-1], why, current.to_text(resources=False),
+                                "", passes_checked=names)
     return BisectResult(False, passes_checked=names)
 
 

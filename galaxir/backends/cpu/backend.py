@@ -208,6 +208,11 @@ class CpuBackend(Backend):
         from .rules import cpu_patterns
         return [Placed(cpu_patterns(), AFTER, "cpu-rules")]
 
+    def check_lowering(self, module: Module, feeds, rtol: float = 1e-4, atol: float = 1e-5):
+        """Each native kernel against the reference on the same inputs (galaxir bisect)."""
+        from .check import first_bad_kernel
+        return first_bad_kernel(module, feeds, rtol, atol)
+
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
                 **options: Any) -> CpuExecutable:
         from ..numpy.registry import get_kernel
