@@ -11,8 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import (CompileError, ExecutionError, InputValidationError, UnsupportedOpError,
-                      VerificationError)
+from ..errors import CompileError, ExecutionError, InputValidationError, VerificationError
 from ..ir import Module
 from ..ir.core import MAX_NESTING, nesting_depth
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type

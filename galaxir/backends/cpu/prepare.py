@@ -2,7 +2,9 @@
 shared passes (no folding loops of its own): constant folding without the size limits of
 ``optimize`` (the weights stay in memory; model-zoo weights come from ConstantOfShape
 nodes), conv + batch_norm folding (passes/fusion/conv_bn.py), a batch_norm with constant
-statistics as a per-channel multiply-add (the cpu rule of rules.py) and dead-op removal.
+statistics as a per-channel multiply-add (the cpu rule of rules.py), activations into
+the conv / gemm / add producing them (passes/fusion/epilogue.py: the kernels apply them to
+the tile before the store; lowering fuses nothing of its own) and dead-op removal.
 After ``gx.compile(level>=2)`` these find nothing left to do; at level 0 they are what
 makes a model run natively.  Shape specialization is the shared
 ``passes.memory.specialize_types``."""
@@ -17,10 +19,10 @@ FOLD_LIMIT_BYTES = 1 << 31  # never fold a constant bigger than this (memory)
 
 def prepare_passes() -> list:
     from ...passes import DCE, ConstantFold, PatternPass
-    from ...passes.fusion import FoldBatchNorm
+    from ...passes.fusion import FoldBatchNorm, FuseActivations
     from .rules import batch_norm_patterns
     return [ConstantFold(), FoldBatchNorm(), PatternPass("cpu-batchnorm-affine", batch_norm_patterns()),
-            DCE()]
+            FuseActivations(), DCE()]
 
 
 def prepare(module: Module) -> Module:
