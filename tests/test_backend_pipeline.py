@@ -365,3 +365,32 @@ def test_bisect_names_the_plugin_segment_that_differs():
     assert res.found and res.pass_name == "wrong-mul lowering", str(res)
     assert "native segment" in res.reason and "mul" in res.reason
     assert not bisect(_chain(), None, level=1, target=ThreeOps()).found
+
+
+def test_profiler_works_for_a_backend_that_reports_its_kernels():
+    from galaxir.backends.profile import StepTiming
+
+    class Reporting(Interp):
+        target_name = "reporting"
+
+        def kernel_steps(self, inputs):
+            ops = [op for op in self.module.graph.block if not op.is_terminator]
+            steps = [StepTiming(i, op.results[0].name or "-", op.name, [op.name], "native",
+                                f"k_{op.name}", "") for i, op in enumerate(ops)]
+
+            def start_run():
+                env = {id(v): x for v, x in zip(self.module.graph.inputs, inputs)}
+
+                def run(op):
+                    env[id(op.result)] = ELEMENTWISE[op.name](*[env[id(v)] for v in op.operands])
+                return [lambda op=op: run(op) for op in ops]
+            return steps, start_run
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 8))
+    gb.output(gb.relu(gb.mul(gb.add(x, x), x)), "y")
+    m = gb.module()
+    prof = Reporting(m).profile({"x": np.ones(8, np.float32)}, runs=3)
+    assert [st.kernel for st in prof.steps] == ["k_add", "k_mul", "k_relu"]
+    assert prof.runs == 3 and all(len(st.dur_us) == 3 for st in prof.steps)
+    with pytest.raises(errors.ExecutionError, match="no profiler"):
+        Interp(m).profile({"x": np.ones(8, np.float32)})

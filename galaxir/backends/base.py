@@ -198,8 +198,26 @@ class Executable(abc.ABC):
         a ``galaxir.backends.profile.Profile`` (``print(p)`` for the table sorted by time,
         ``p.by_kind()``, ``p.save_chrome_trace(path)``).  ``clock="cpu"`` measures the
         calling thread's CPU time instead of wall time (steady on a busy machine).
-        Backends without a profiler raise ExecutionError."""
-        raise ExecutionError(f"{type(self).__name__} has no profiler")
+        Any backend whose executable reports its kernels (``kernel_steps``) gets it; the
+        others raise ExecutionError."""
+        from .profile import check_clock, time_steps
+        check_clock(clock)
+        inputs = self.validate(feeds)
+        plan = self.kernel_steps(inputs)
+        if plan is None:
+            raise ExecutionError(f"{type(self).__name__} has no profiler (it reports no "
+                                 "kernels: Executable.kernel_steps)")
+        steps, start_run = plan
+        return time_steps(self.target_name, steps, start_run, runs, warmup, clock)
+
+    #: the target's name in profiles and reports
+    target_name: str = "?"
+
+    def kernel_steps(self, inputs: list[Any]):
+        """For the shared profiler: ``(steps, start_run)`` with ``steps`` a list of
+        ``profile.StepTiming`` (what each kernel runs) and ``start_run()`` setting up one
+        run on ``inputs`` and returning one callable per step; None: no kernels reported."""
+        return None
 
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""

@@ -186,7 +186,7 @@ class PartitionedExecutable(Executable):
         super().__init__(module)
         from ..ir.mapped import detach_constants, has_file_backed_constants
         from .numpy import Interpreter
-        self.target = target
+        self.target = self.target_name = target
         self.schedule = schedule
         self._interp = Interpreter(module)
         if has_file_backed_constants(module):
@@ -234,12 +234,9 @@ class PartitionedExecutable(Executable):
             or ["    none"]
         return "\n".join(lines)
 
-    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
-        """Per-step times: each native segment (its kernels, where its executable reports
-        them through its own ``profile``, else as one step) and each reference op."""
-        from .profile import Profile, StepTiming, check_clock, clock_ns, shapes_label, value_label
-        check_clock(clock)
-        inputs = self.validate(feeds)
+    def kernel_steps(self, inputs: list[Any]):
+        """Each native segment and each reference op as one profiled step."""
+        from .profile import StepTiming, shapes_label, value_label
         steps = []
         for i, s in enumerate(self.schedule):
             if isinstance(s, Segment):
@@ -249,27 +246,12 @@ class PartitionedExecutable(Executable):
             else:
                 steps.append(StepTiming(i, value_label(s.results), s.name, [s.name], "numpy",
                                         "numpy", shapes_label(s.read_values(), s.results)))
-        now = clock_ns(clock)
-        run_us, run_start, t_first = [], [], None
-        for r in range(warmup + max(1, runs)):
+
+        def start_run():
             env = dict(self._consts)
             env.update(zip((id(a) for a in self.module.graph.inputs), inputs))
-            t0 = now()
-            spans = []
-            for s in self.schedule:
-                a = now()
-                self._step(s, env)
-                spans.append((a, now()))
-            t1 = now()
-            if r < warmup:
-                continue
-            t_first = t0 if t_first is None else t_first
-            run_start.append((t0 - t_first) / 1e3)
-            run_us.append((t1 - t0) / 1e3)
-            for st, (a, b) in zip(steps, spans):
-                st.start_us.append((a - t0) / 1e3)
-                st.dur_us.append((b - a) / 1e3)
-        return Profile(self.target, steps, run_us, run_start)
+            return [lambda s=s: self._step(s, env) for s in self.schedule]
+        return steps, start_run
 
 
 __all__ = ["Segment", "split", "needs_partition", "compile_partitioned", "PartitionedExecutable",
