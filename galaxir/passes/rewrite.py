@@ -436,6 +436,7 @@ class Rewriter:
         self.created: list[Operation] = []
         self.erased: list[Operation] = []
         self._freed: list[Operation] = []  # producers of what the rule erased
+        self.erase_orphans = True  # (off when the driver keeps dead ops: erase_dead=False)
 
     # -- setup by the driver ------------------------------------------------------------
     def _begin(self, root: Operation, rule: str, matched: Sequence[Operation] = ()) -> None:
@@ -549,7 +550,7 @@ class Rewriter:
         """After a successful rule: the ops it left without a use (the rest of the matched
         chain) are erased now, and created ops inherit the provenance of every erased op:
         a fused conv+bn+add+relu names all four source nodes, not only the relu."""
-        if self.created:
+        if self.created and self.erase_orphans:
             self._erase_orphans()
         extra = _union_prov(self.erased)
         for op in self.created:
@@ -932,6 +933,7 @@ def apply_patterns_greedily(root: Module | Region | Block | Operation,
         wl.push(op)
     limit = max_total if max_total is not None else 50 * len(initial) + 10_000
     rw = Rewriter(wl, allows)
+    rw.erase_orphans = erase_dead
     stats = RewriteStats()
     while True:
         op = wl.pop()
