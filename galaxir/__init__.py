@@ -154,9 +154,30 @@ def load(path: str | os.PathLike, verify: bool = False) -> Module:
     return _load(path, verify=verify)
 
 
+def quantize(model: Any, calibration: Any = None, **options: Any) -> Module:
+    """A quantized copy of ``model``: static int8 QDQ (with ``calibration``, an iterable of
+    feed dicts), dynamic int8 (``calibration=None``) or int4 weights (``weight_bits=4``);
+    see ``galaxir.precision.quantize``."""
+    from .precision import quantize as _quantize
+    return _quantize(model, calibration, **options)
+
+
+def quantization_report(float_module: Any, quant_module: Any, feeds: Any, **options: Any):
+    """Each quantized op's output SQNR against the float model, worst first."""
+    from .precision import quantization_report as _report
+    return _report(import_model(float_module), import_model(quant_module), feeds, **options)
+
+
+def convert_float(model: Any, dtype: str = "f16", keep: Any = None) -> Module:
+    """A copy of ``model`` in f16 or bf16, sensitive ops kept in f32."""
+    from .precision import convert_float as _convert
+    return _convert(model, dtype, keep)
+
+
 def print_ir(module: Module) -> str:
     return module.to_text()
 
 
 __all__ = ["errors", "Module", "parse", "import_model", "optimize", "compile", "save", "load",
-           "print_ir", "default_level", "__version__"]
+           "print_ir", "default_level", "quantize", "quantization_report", "convert_float",
+           "__version__"]

@@ -7,6 +7,8 @@
     galaxir bisect FILE [-O N]                      which pass changes the outputs?
     galaxir viz FILE -o graph.svg [-O N]            graphviz drawing (DOT without `dot`)
     galaxir demo                                    compile and run the zoo ResNet-50
+    galaxir quantize IN -o OUT [--calibration data.npz] [--method M] [--weight-bits 4] [--report]
+    galaxir convert-float IN -o OUT [--dtype f16|bf16] [--keep OP ...]
 
 ``-O`` defaults to the target's own level, the one ``gx.compile`` uses (3 on cpu), in
 every command (``-O 0``: the model as imported).  The pass switches of ``gx.optimize``
@@ -362,6 +364,68 @@ def cmd_viz(a) -> int:
     return 0
 
 
+def calibration_feeds(module: gx.Module, path: str) -> list[dict[str, np.ndarray]]:
+    """Feed dicts from a .npz holding one array per model input: a leading sample axis
+    (rank + 1: one item per sample) or the input's own rank (one item per row, kept as a
+    batch of one)."""
+    if not Path(path).is_file():
+        raise CliError(f"no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CliError(f"cannot read '{path}' as .npz: {e}") from None
+    if not hasattr(data, "files"):
+        raise CliError(f"'{path}' is a single array; --calibration wants a .npz with one array per "
+                       f"input ({', '.join(module.graph.input_names)})")
+    names = module.graph.input_names
+    missing = [n for n in names if n not in data.files]
+    if missing:
+        raise CliError(f"'{path}' has no array for input(s) {missing}; it has {data.files}")
+    arrays = {n: data[n] for n in names}
+    items = []
+    counts = set()
+    for n, t in zip(names, module.graph.inputs):
+        rank = len(t.type.shape) if getattr(t.type, "shape", None) is not None else arrays[n].ndim - 1
+        counts.add(arrays[n].shape[0] if arrays[n].ndim else 0)
+        arrays[n] = arrays[n] if arrays[n].ndim == rank + 1 else arrays[n][:, None]
+    if len(counts) != 1:
+        raise CliError(f"the arrays in '{path}' hold different numbers of samples: {sorted(counts)}")
+    for i in range(counts.pop()):
+        items.append({n: arrays[n][i] for n in names})
+    return items
+
+
+def cmd_quantize(a) -> int:
+    from galaxir.precision import quantization_info, weight_bytes
+    m = load_any(a.input)
+    cal = calibration_feeds(m, a.calibration) if a.calibration else None
+    if a.weight_bits == 8 and cal is None and not a.dynamic:
+        raise CliError("give --calibration data.npz for static quantization, or --dynamic "
+                       "(or --weight-bits 4 for int4 weights)")
+    qm = gx.quantize(m, cal, method=a.method, per_channel=a.per_channel, weight_type=a.weight_type,
+                     activation_type=a.activation_type, exclude=a.exclude or (),
+                     weight_bits=a.weight_bits, block_size=a.block_size, symmetric=not a.asymmetric,
+                     min_sqnr=a.min_sqnr, progress=sys.stderr.isatty())
+    write_any(qm, a.output)
+    info = quantization_info(qm)
+    print(f"wrote {a.output}: {info['mode']} quantization, weights {weight_bytes(m) / 1e6:.2f} MB -> "
+          f"{weight_bytes(qm) / 1e6:.2f} MB ({weight_bytes(m) / max(weight_bytes(qm), 1):.1f}x)")
+    if info.get("kept_float"):
+        print(f"kept in float (min_sqnr {a.min_sqnr} dB): {', '.join(info['kept_float'])}")
+    if a.report:
+        feeds = cal or [parse_inputs(m, [], a.seed, 1)]
+        print(gx.quantization_report(m, qm, feeds))
+    return 0
+
+
+def cmd_convert_float(a) -> int:
+    m = load_any(a.input)
+    hm = gx.convert_float(m, a.dtype, keep=a.keep)
+    write_any(hm, a.output)
+    print(f"wrote {a.output}: {hm.metadata.get('float_conversion', a.dtype)}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from galaxir.demo import main as demo
     return demo(a.rest)
@@ -472,6 +536,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw constants (weights) as nodes instead of listing them in their consumer")
     level_opts(v)
     v.set_defaults(fn=cmd_viz)
+
+    q = sub.add_parser("quantize", help="int8 (static or dynamic) or int4-weight quantization",
+                       formatter_class=fmt)
+    q.add_argument("input")
+    q.add_argument("-o", "--output", required=True, help=".gxm, .onnx (QDQ) or .gxir")
+    q.add_argument("--calibration", metavar="DATA.npz",
+                   help="one array per input, samples along a leading axis (static quantization)")
+    q.add_argument("--dynamic", action="store_true", help="dynamic int8 (no calibration data)")
+    q.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    q.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                   help="per-output-channel weight scales (the default)")
+    q.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one scale per weight")
+    q.add_argument("--weight-type", default="s8", choices=["s8", "u8"])
+    q.add_argument("--activation-type", default="u8", choices=["u8", "s8"])
+    q.add_argument("--weight-bits", type=int, default=8, choices=[8, 4])
+    q.add_argument("--block-size", type=int, default=32, help="with --weight-bits 4")
+    q.add_argument("--asymmetric", action="store_true", help="with --weight-bits 4: uint4 with zero points")
+    q.add_argument("--exclude", action="append", metavar="OP", help="an op (result name or kind) to keep float")
+    q.add_argument("--min-sqnr", type=float, default=None, metavar="DB",
+                   help="keep in float the ops that take the output SQNR below DB")
+    q.add_argument("--report", action="store_true", help="print each quantized op's SQNR, worst first")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random inputs --report uses without data")
+    q.set_defaults(fn=cmd_quantize)
+
+    cf = sub.add_parser("convert-float", help="f16/bf16 weights and activations", formatter_class=fmt)
+    cf.add_argument("input")
+    cf.add_argument("-o", "--output", required=True)
+    cf.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
+    cf.add_argument("--keep", action="append", metavar="OP",
+                    help="op kinds kept in f32 (replaces the default: softmax, norms, reductions, exp/log)")
+    cf.set_defaults(fn=cmd_convert_float)
 
     d = sub.add_parser("demo", help="compile and run the model-zoo ResNet-50")
     d.add_argument("rest", nargs=argparse.REMAINDER)

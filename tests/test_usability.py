@@ -67,7 +67,7 @@ def test_cli_pass_switches_and_unknown_pass(model_file, tmp_path):
     r = cli("run", model_file, "--disable-pass", "layout", "--disable-rule", "fuse-activation",
             "--print-after", "cse", "--timing", "--dump-dir", tmp_path / "stages")
     assert r.returncode == 0, r.stderr
-    assert "IR after pass #2 'cse'" in r.stderr and "total" in r.stderr
+    assert "IR after pass #3 'cse'" in r.stderr and "total" in r.stderr
     assert "layout" not in r.stderr.split("total")[0]  # disabled: not in the timing table
     assert any(p.name.endswith("-cse.gxir") for p in (tmp_path / "stages").iterdir())
 

@@ -346,12 +346,15 @@ def _builtin() -> None:
         except ImportError:
             return
         _BACKENDS["cpu"] = CpuBackend
+    if "cuda" not in _BACKENDS:
+        from .cuda import CudaBackend  # imports no cupy: that happens when a module is compiled
+        _BACKENDS["cuda"] = CudaBackend
 
 
 def _install_resolver() -> None:
-    """Let the passes name their target (galaxir/targets.py) without importing backends."""
-    from .. import targets
-    targets.set_resolver(get_backend)
+    """Let the passes name their target (galaxir/passes/target.py) without importing backends."""
+    from ..passes import target
+    target.set_resolver(get_backend)
 
 
 _install_resolver()

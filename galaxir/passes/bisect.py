@@ -165,7 +165,7 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
     ``inputs``: a dict by input name, a list in input order, or None for random inputs.
     ``pipeline``: passes (or ``"cse,dce"``); default: the ``level``/``target`` pipeline.
     """
-    from .. import targets
+    from . import target as targets
     from .pipeline import parse_pipeline, pipeline_for
     target = targets.resolve(target)
     if inputs is None:

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 from dataclasses import dataclass
 
-from .. import targets
 from ..errors import OptionError, PassError
 from ..ir.core import Module
 from .basic import (CSE, DCE, AlgebraicSimplify, Canonicalize, ConstantFold, InlineIf,
                     RemoveNoOps, ShapeFold, UnrollLoops)
+from . import target as targets
 from .greedy import PatternPass
 from .manager import Pass, PassContext, PassManager, as_pass
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...ir import Module, Operation, Value
+from ...ir.traits import View, ops_with
 from ...ir.types import DType, TensorType
 from . import kernels as K
 from . import kernels_depthwise as KD
@@ -18,8 +19,11 @@ from .jit import has_blas
 
 F32 = DType.float32
 
-# ops whose result is the operand's buffer reinterpreted (no data movement)
-ALIAS_OPS = {"reshape", "flatten", "squeeze", "unsqueeze", "identity", "dropout"}
+#: ops whose result is the operand's buffer reinterpreted (no data movement): the ops
+#: declared ``View`` (galaxir/ir/traits.py; ``alias_source`` checks dropout's conditions)
+ALIAS_OPS = ops_with(View)
+#: the elementwise ops emit_expr generates code for: the backend's capability, not a trait
+#: (each is declared ``Elementwise``; tests/test_traits.py checks that)
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "relu", "max", "min", "sum", "mean", "abs",
                "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu", "clip",
                "floor", "ceil", "erf", "softplus", "hard_sigmoid", "hard_swish", "gelu", "swish",
@@ -657,6 +661,10 @@ class _Group:
 
 def lower_module(module: Module, report_reasons: dict | None = None) -> list:
     """Steps for the top-level block of a specialized module."""
+    from .lower_quant import check_module
+    from .lower_f16 import widen_half
+    check_module(module)   # bad quantization scales: a CompileError naming the op
+    widen_half(module)     # f16 / bf16 ops: float32 kernels between 16-bit tensors
     outputs = {id(v) for v in module.graph.outputs if v is not None}
     steps: list = []
     groups: dict[int, _Group] = {}      # value id -> group whose output it is
@@ -776,3 +784,5 @@ from . import lower_reduce  # noqa: E402,F401  (reductions)
 from . import lower_data  # noqa: E402,F401  (slice, pad, ...)
 from . import lower_resize  # noqa: E402,F401  (resize / upsample)
 from . import lower_conv_transpose  # noqa: E402,F401  (conv_transpose)
+from . import lower_quant  # noqa: E402,F401  (int8 conv / matmul, quantize / dequantize)
+from . import lower_f16  # noqa: E402,F401  (f16 / bf16 <-> f32 casts)

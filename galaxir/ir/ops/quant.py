@@ -47,6 +47,34 @@ def _check_granularity(op, x: TensorType, s: TensorType) -> None:
             raise fail(op, f"blocked scale dim {i} is {b}, expected {a}")
 
 
+def check_constant_params(op, scale_index: int = 1, zp_index: int = 2) -> None:
+    """Constant scales must be positive and finite (a zero scale divides by zero, a
+    negative one flips the data); constant zero points must fit the quantized type (a wider
+    integer zero point is read as that type)."""
+    import numpy as np
+    s = op.operand(scale_index)
+    sv = s.constant_value() if s is not None else None
+    if sv is not None and np.asarray(sv).size:
+        a = np.asarray(sv, dtype=np.float64)
+        bad = ~np.isfinite(a) | (a <= 0)
+        if bad.any():
+            raise fail(op, f"scale must be positive and finite, got {a[bad][:4].tolist()}")
+    z = op.operand(zp_index) if len(op.operands) > zp_index else None
+    zv = z.constant_value() if z is not None else None
+    if zv is None or np.asarray(zv).dtype.kind not in "iu":
+        return
+    dt = op.results[0].type.dtype if op.name == "quantize_linear" else tensor_operand(op, 0).dtype
+    if dt not in QUANT_DTYPES or dt.name.startswith("float"):
+        return
+    import ml_dtypes
+    info = ml_dtypes.iinfo(dt.numpy)
+    zz = np.asarray(zv).astype(np.int64)
+    out = (zz < int(info.min)) | (zz > int(info.max))
+    if out.any():
+        raise fail(op, f"zero point {zz[out][:4].tolist()} is outside the range "
+                       f"[{info.min}, {info.max}] of {dt.name}")
+
+
 def _quantize(op):
     x = tensor_operand(op, 0)
     s = tensor_operand(op, 1)
@@ -67,7 +95,7 @@ def _quantize(op):
 define("quantize_linear", operands=["x", "y_scale", "y_zero_point?"],
        attrs={"axis": attr("int", 1), "saturate": attr("int", 1), "block_size": attr("int", 0),
               "output_dtype": attr("dtype"), "precision": attr("dtype")},
-       infer=_quantize,
+       infer=_quantize, verify=check_constant_params,
        doc="y = saturate(round_half_even(x / y_scale) + y_zero_point); the result dtype is "
            "the zero point's, else output_dtype, else uint8.")
 
@@ -82,7 +110,7 @@ def _dequantize(op):
 define("dequantize_linear", operands=["x", "x_scale", "x_zero_point?"],
        attrs={"axis": attr("int", 1), "block_size": attr("int", 0),
               "output_dtype": attr("dtype")},
-       infer=_dequantize, types={"x": "T1", "x_zero_point": "T1", "x_scale": FLOATS},
+       infer=_dequantize, verify=check_constant_params, types={"x": "T1", "x_zero_point": "T1", "x_scale": FLOATS},
        doc="y = (x - x_zero_point) * x_scale in the result dtype (output_dtype, else the scale's).")
 
 

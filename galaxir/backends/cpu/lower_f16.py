@@ -1,0 +1,99 @@
+"""float16 / bfloat16 models on the cpu backend: storage in 16 bits, compute in float32.
+
+``widen_half(module)`` (called by lower_module before lowering) gives every op that has
+a float32 kernel -- conv, matmul, gemm, the fused ops, the elementwise ops, pooling,
+softmax, ... -- float32 operands and results when its floats are all one 16-bit type:
+constant operands become float32 constants, the others go through a ``cast`` to float32,
+and each result is cast back to its 16-bit type right after the op.  The casts run
+natively (kernels_f16.HalfCast, F16C conversions), so the tensors between the ops stay
+16-bit and every such op runs on the float32 kernels.  The results match the numpy
+reference within the 16-bit type's rounding (the reference computes some ops in 16 bits).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir import Builder, Module
+from ...ir.types import DType, TensorType
+from .kernels_f16 import HalfCast
+from .lower import ELEMENTWISE, RULES, const_of, rule, static_shape
+from .lower_reduce import REDUCTIONS
+
+HALF = {DType.float16: "f16", DType.bfloat16: "bf16"}
+#: ops widened to float32 (their float32 kernels are native)
+WIDEN = set(ELEMENTWISE) | {"conv", "fused_conv", "matmul", "linear", "gemm", "fused_gemm",
+                            "fused_add", "max_pool", "average_pool", "global_average_pool",
+                            "global_max_pool", "softmax", "log_softmax", "concat", "transpose",
+                            "conv_transpose", "resize", "pad", "slice", "layer_norm",
+                            *REDUCTIONS}
+
+
+def _half_of(op) -> DType | None:
+    """The one 16-bit float type of ``op``'s float operands and results, else None."""
+    seen = set()
+    for v in list(op.operands) + list(op.results):
+        if v is None or not isinstance(v.type, TensorType):
+            continue
+        dt = v.type.dtype
+        if dt in HALF:
+            seen.add(dt)
+        elif dt.numpy.kind == "f":
+            return None
+    return next(iter(seen)) if len(seen) == 1 else None
+
+
+def widen_half(module: Module) -> int:
+    """Rewrite the top-level 16-bit float ops to float32 between casts; returns how many."""
+    ops = list(module.graph.block)
+    n = 0
+    widened: dict[int, object] = {}   # id(16-bit value) -> its float32 cast
+    for k, op in enumerate(ops):
+        if op.is_terminator or op.name not in WIDEN or op.regions:
+            continue
+        half = _half_of(op)
+        if half is None or any(static_shape(r.type) is None for r in op.results):
+            continue
+        b = Builder(op.parent, before=op, provenance=op.provenance, created_by="cpu.widen_half")
+        for i, v in enumerate(op.operands):
+            if v is None or not isinstance(v.type, TensorType) or v.type.dtype is not half:
+                continue
+            c = const_of(v)
+            if c is not None:
+                op.set_operand(i, b.constant(np.asarray(c).astype(np.float32)))
+                continue
+            w = widened.get(id(v))
+            if w is None:
+                w = b.op("cast", v, to=DType.float32)
+                widened[id(v)] = w
+            op.set_operand(i, w)
+        after = Builder(op.parent, before=ops[k + 1], provenance=op.provenance,
+                        created_by="cpu.widen_half")
+        for r in op.results:
+            if not isinstance(r.type, TensorType) or r.type.dtype is not half:
+                continue
+            uses = list(r.uses)
+            r.type = TensorType(DType.float32, r.type.shape)
+            narrow = after.op("cast", r, to=half)
+            for user, i in uses:
+                user.set_operand(i, narrow)
+            widened[id(narrow)] = r     # a later widened op reads the float32 value
+        n += 1
+    return n
+
+
+_previous_cast_rule = RULES.get("cast")
+
+
+@rule("cast")
+def lower_half_cast(op):
+    """f16 / bf16 <-> f32 casts natively; any other cast as the rule before this one."""
+    x, y = op.operands[0], op.results[0]
+    kinds = {**HALF, DType.float32: "f32"}
+    sx, sy = static_shape(x.type), static_shape(y.type)
+    if (isinstance(x.type, TensorType) and isinstance(y.type, TensorType) and sx is not None
+            and x.type.dtype in kinds and y.type.dtype in kinds
+            and (x.type.dtype in HALF or y.type.dtype in HALF)):
+        return HalfCast(n=int(np.prod(sx)), src=kinds[x.type.dtype], dst=kinds[y.type.dtype]), [x]
+    if _previous_cast_rule is not None:
+        return _previous_cast_rule(op)
+    return "no native kernel for this cast"

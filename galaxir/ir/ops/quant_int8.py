@@ -1,0 +1,41 @@
+"""Fused int8 conv / matmul: what the cpu backend makes of a QDQ
+``DequantizeLinear -> conv/matmul/gemm (+ bias) (-> relu/clip) -> QuantizeLinear`` chain
+(galaxir/backends/cpu/qdq.py).  The operands are QLinearConv's (x, x_scale, x_zero_point,
+w, w_scale, w_zero_point, y_scale, y_zero_point, bias?); the int32 accumulator is
+requantized as QLinearConv does and then clamped to ``[clamp_lo, clamp_hi]`` (in the
+quantized domain: a folded relu or clip), so every backend can run them."""
+from __future__ import annotations
+
+from ..opdef import INT32, attr, define
+from ..types import TensorType
+from .quant import CONV_ATTRS, _qlinear_types, conv_shape, matmul_shape
+from .rules import fail, tensor_operand
+
+_CLAMP = {"clamp_lo": attr("int"), "clamp_hi": attr("int")}
+
+
+def _int8_conv(op):
+    x, w = tensor_operand(op, 0), tensor_operand(op, 3)
+    return [TensorType(tensor_operand(op, 7).dtype, conv_shape(op, x, w))]
+
+
+define("int8_conv", operands=["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point",
+                              "y_scale", "y_zero_point", "bias?"],
+       attrs={**CONV_ATTRS, **_CLAMP}, infer=_int8_conv,
+       types={**_qlinear_types("x", "w"), "y_scale": "TS", "bias": INT32},
+       doc="qlinear_conv, then clamp to [clamp_lo, clamp_hi] (a folded relu / clip).")
+
+
+def _int8_matmul(op):
+    a, b = tensor_operand(op, 0), tensor_operand(op, 3)
+    if b.shape is not None and len(b.shape) != 2:
+        raise fail(op, f"the weights must be 2-d, got {b}")
+    return [TensorType(tensor_operand(op, 7).dtype, matmul_shape(op, a, b))]
+
+
+define("int8_matmul", operands=["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point",
+                                "y_scale", "y_zero_point", "bias?"],
+       attrs=dict(_CLAMP), infer=_int8_matmul,
+       types={**_qlinear_types("a", "b"), "y_scale": "TS", "bias": INT32},
+       doc="qlinear_matmul with an int32 bias (per column) added to the accumulator, then "
+           "clamp to [clamp_lo, clamp_hi].")

@@ -1,0 +1,31 @@
+"""Reference kernels of the fused int8 conv / matmul (galaxir/ir/ops/quant_int8.py)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import kernel
+from .quant import _exact_matmul, _int_range, _requantize, qlinear_conv
+
+
+def _clamp(ctx, y: np.ndarray) -> np.ndarray:
+    lo, hi = ctx.attr("clamp_lo"), ctx.attr("clamp_hi")
+    tlo, thi = _int_range(y.dtype)
+    lo = tlo if lo is None else max(tlo, int(lo))
+    hi = thi if hi is None else min(thi, int(hi))
+    return np.clip(y, lo, hi).astype(y.dtype)
+
+
+@kernel("int8_conv")
+def int8_conv(ctx, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias=None):
+    return _clamp(ctx, qlinear_conv(ctx, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias))
+
+
+@kernel("int8_matmul")
+def int8_matmul(ctx, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, bias=None):
+    A = a.astype(np.int64) - np.asarray(a_zp).astype(np.int64)
+    B = b.astype(np.int64) - np.asarray(b_zp).astype(np.int64)
+    acc = _exact_matmul(A, B)
+    if bias is not None:
+        acc = acc + bias.astype(np.float64)
+    factor = np.asarray(a_scale) * np.asarray(b_scale) / np.asarray(y_scale)
+    return _clamp(ctx, _requantize(acc, factor, y_zp, ctx.result_dtype(0)))
