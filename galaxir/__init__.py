@@ -109,13 +109,16 @@ def _is_torch_module(obj: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") for c in type(obj).__mro__)
 
 
-def optimize(model: Any, level: int = 1, target: str | None = None, **options: Any) -> Module:
-    """Run the pass pipeline of ``level`` (0-3), plus ``target``'s own rules, on a copy."""
+def optimize(model: Any, level: int = 1, target: Any = None, **options: Any) -> Module:
+    """Run the pass pipeline of ``level`` (0-3), plus ``target``'s own rules, on a copy.
+    ``target``: a backend name or a Backend object (resolved once, here)."""
+    from .backends import get_backend
     from .ir.mapped import check_constants
     from .passes import optimize as _optimize
     module = import_model(model)
     check_constants(module)  # a truncated .gxm: FormatError, not SIGBUS
-    return _optimize(module, level=level, target=target, **options)
+    backend = get_backend(target) if isinstance(target, str) else target
+    return _optimize(module, level=level, target=backend, **options)
 
 
 def compile(model: Any, target: str = "cpu", level: int | None = None, **options: Any):
@@ -123,8 +126,11 @@ def compile(model: Any, target: str = "cpu", level: int | None = None, **options
 
     ``options`` are the target's compile options (``cpu``: ``cache_dir``, ``num_threads``)
     and those of ``optimize`` (``disable_passes``, ``print_after``, ``timing``, ...); any
-    other name raises ``errors.OptionError`` listing the valid ones."""
+    other name raises ``errors.OptionError`` listing the valid ones.  Ops the target's
+    capabilities leave out run on the numpy reference (galaxir/backends/partition.py;
+    ``exe.report()`` lists where each op ran)."""
     from .backends import get_backend
+    from .backends.partition import compile_partitioned
     from .ir.mapped import check_constants
     from .passes.pipeline import MANAGER_OPTIONS, PASS_OPTIONS, unknown_names
     module = import_model(model)
@@ -136,19 +142,20 @@ def compile(model: Any, target: str = "cpu", level: int | None = None, **options
     unknown_names("option", [k for k in options if k not in own and k not in opt_kw],
                   [*own, *MANAGER_OPTIONS, *PASS_OPTIONS], f" given to compile for '{target}'")
     if level is None:
-        level = default_level(target)
+        level = backend.default_level
     if level or opt_kw:
         # a compiled module keeps its weights in memory, not in a file: fold without the
         # growth limit (conv + batch_norm folding needs the splat weights as constants)
         opt_kw.setdefault("fold_max_growth", float("inf"))
-        module = optimize(module, level=level, target=target, **opt_kw)
-    return backend.compile(module, **{k: v for k, v in options.items() if k not in opt_kw})
+        module = optimize(module, level=level, target=backend, **opt_kw)
+    return compile_partitioned(module, backend,
+                               **{k: v for k, v in options.items() if k not in opt_kw})
 
 
 def default_level(target: str) -> int:
     """The optimization level ``compile`` uses for ``target`` when none is given."""
     from .backends import get_backend
-    return int(getattr(get_backend(target), "default_level", 0))
+    return int(get_backend(target).default_level)
 
 
 def save(module: Module, path: str | os.PathLike) -> None:

@@ -40,11 +40,78 @@ def test_plugin_found_through_entry_point(toy_plugin):
     (z,) = exe(x, x)
     np.testing.assert_array_equal(z, [[2, 0, 6]])
     assert exe.calls == 1
+    # the plugin's own compile refuses what it does not run; gx.compile never hands it any
     gb = GraphBuilder()
     a = gb.input("a", tensor("f32", 2))
     gb.output(gb.op("sub", a, a), "b")
     with pytest.raises(errors.UnsupportedOpError, match="toy backend cannot run: sub"):
-        gx.compile(gb.module(), target="toy", level=0)
+        backend.compile(gb.module())
+
+
+def _mixed_module():
+    """add/mul/relu (the toy runs them) between ops it does not (exp, sub, conv)."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 2, 5, 5))
+    z = gb.input("z", tensor("f32", 1, 3, 5, 5))
+    w = gb.constant(np.random.default_rng(0).standard_normal((3, 2, 3, 3)).astype(np.float32))
+    c = gb.op("conv", x, w, pads=(1, 1, 1, 1))
+    s = gb.relu(gb.add(c, z))
+    e = gb.op("exp", gb.op("neg", s))
+    gb.output(gb.mul(gb.op("sub", e, s), e), "y")
+    return gb.module()
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_plugin_runs_at_every_level_with_partitioning(toy_plugin, level):
+    m = _mixed_module()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    z = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    (ref,) = gx.compile(m, target="numpy", level=0)(x, z)
+    exe = gx.compile(m, target="toy", level=level)
+    (y,) = exe(x, z)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    report = exe.report()
+    assert "numpy fallback:" in report and "conv: 1" in report and "exp: 1" in report
+    native = "toy_add_relu: 1" if level >= 2 else "relu: 1"  # its own rule fires at O2+
+    assert native in report and "mul: 1" in report, report
+    assert all(s.exe.calls == 1 for s in exe.segments)
+
+
+def test_plugin_rule_fires_before_the_generic_fusions(toy_plugin):
+    from galaxir.passes import pipeline_for
+    backend = get_backend("toy")
+    names = [p.name for p in pipeline_for(2, backend)]
+    assert names.index("toy-rules") < names.index("fuse-recognize") < names.index("fuse-activation")
+
+    class ToyWithFusedAdd(type(backend)):
+        """also claims fused_add: had its rule run after fuse-activation, that would have
+        made a fused_add of the add + relu"""
+
+        def capabilities(self):
+            c = super().capabilities()
+            return type(c)(ops=c.ops | {"fused_add"}, dtypes=c.dtypes)
+    o = gx.optimize(_mixed_module(), 2, target=ToyWithFusedAdd())
+    counts = o.op_counts()
+    assert counts.get("toy_add_relu") == 1 and "fused_add" not in counts, counts
+    assert "toy-rules" in o.metadata["optimized"]
+
+
+@pytest.mark.slow
+def test_plugin_runs_light_resnet50_at_o2(toy_plugin):
+    onnx = pytest.importorskip("onnx")
+    from galaxir.testing.zoo import dummy_inputs, model_path, with_random_weights
+    proto = with_random_weights(onnx.load(str(model_path("resnet50"))))
+    feeds = dummy_inputs(proto)
+    m = gx.import_model(proto)
+    exe = gx.compile(m, target="toy", level=2)
+    out = exe.run(feeds)
+    ref = gx.compile(m, target="numpy", level=0).run(feeds)
+    for k in ref:
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-3, atol=1e-5)
+    report = exe.report()
+    assert "toy_add_relu: 16" in report and "conv: 53" in report, report
+    assert "relu: 33" in report
 
 
 def test_unknown_backend_is_a_clear_error():

@@ -240,7 +240,7 @@ def test_cuda_is_a_registered_backend_with_its_surface():
     from galaxir.backends import available_backends, get_backend
     assert "cuda" in available_backends()
     b = get_backend("cuda")
-    assert {"sdpa", "fused_conv", "layer_norm", "softmax", "fused_elementwise"} <= b.capabilities
+    assert {"sdpa", "fused_conv", "layer_norm", "softmax", "fused_elementwise"} <= b.native_ops()
     assert b.default_level == 2 and b.preferred_layout == "NCHW"
     assert {"device", "graphs"} <= b.compile_options()
 

@@ -476,16 +476,16 @@ def test_backend_contributes_patterns_at_a_level():
         return m.b.relu(m.x)
 
     class Toy(NumpyBackend):
-        name = "toy"
+        name = "toy-patterns"
 
         def patterns(self, level):
             return [exp_to_relu] if level >= 2 else []
-    register_backend("toy", Toy)
+    register_backend("toy-patterns", Toy)
     m = _small()
-    assert "exp" in counts(optimize(m, 1, target="toy"))
-    o = optimize(m, 2, target="toy")
+    assert "exp" in counts(optimize(m, 1, target="toy-patterns"))
+    o = optimize(m, 2, target="toy-patterns")
     assert "exp" not in counts(o) and "relu" in counts(o)
-    assert "toy-rules" in o.metadata["optimized"]
+    assert "toy-patterns-rules" in o.metadata["optimized"]
 
 
 def test_cli_prints_timing(tmp_path, capsys):

@@ -1,4 +1,6 @@
 """Backends: the plugin contract (base), the numpy reference, and native targets."""
-from .base import Backend, Executable, available_backends, get_backend, register_backend
+from .base import (Backend, Capabilities, Executable, available_backends, get_backend,
+                   register_backend)
 
-__all__ = ["Backend", "Executable", "available_backends", "get_backend", "register_backend"]
+__all__ = ["Backend", "Capabilities", "Executable", "available_backends", "get_backend",
+           "register_backend"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import abc
 import inspect
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import (CompileError, ExecutionError, InputValidationError, UnsupportedOpError,
-                      VerificationError)
+from ..errors import CompileError, ExecutionError, InputValidationError, VerificationError
 from ..ir import Module
 from ..ir.core import MAX_NESTING, nesting_depth
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
@@ -19,26 +19,90 @@ from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, Tens
 ENTRY_POINT_GROUP = "galaxir.backends"
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend runs natively.  ``ops``: op names (None: every op); ``dtypes`` and
+    ``layouts``: per op, the dtype names / layouts (``"NCHW"``, ``"NHWC"``) it runs (an op
+    not listed runs in any); ``decomposes``: composite ops its own patterns turn into ops
+    it runs (the generic fusions may create those too).  ``gx.compile`` runs every op that
+    ``supports`` refuses on the numpy reference (galaxir/backends/partition.py)."""
+
+    ops: frozenset[str] | None = None
+    dtypes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    layouts: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    decomposes: frozenset[str] = frozenset()
+
+    def supports(self, op: Any) -> bool:
+        """Does the backend run ``op`` (a name, or an Operation: then its dtype and layout
+        are checked too)?"""
+        name = op if isinstance(op, str) else op.name
+        if self.ops is not None and name not in self.ops:
+            return False
+        if isinstance(op, str):
+            return True
+        want = self.dtypes.get(name)
+        if want is not None:
+            for v in [*op.operands, *op.results]:
+                t = getattr(v, "type", None)
+                if isinstance(t, TensorType) and t.dtype.name not in want:
+                    return False
+        lay = self.layouts.get(name)
+        return lay is None or op.attrs.get("layout", "NCHW") in lay
+
+    def runs_layout(self, name: str, layout: str) -> bool:
+        """Does the backend run op ``name`` in ``layout`` (the O3 layout pass asks)?"""
+        lay = self.layouts.get(name)
+        return self.supports(name) and (lay is None or layout in lay)
+
+    def can_create(self, name: str) -> bool:
+        """May a generic rewrite create ``name`` for this backend (it runs or decomposes it)?"""
+        return name in self.decomposes or self.supports(name)
+
+
 class Backend(abc.ABC):
-    """A compilation target.  Subclasses set ``name`` and implement ``compile``."""
+    """A compilation target.  Subclasses set ``name`` and implement ``compile``; the rest
+    of the contract has defaults (docs/backends.md)."""
 
     name: str = ""
+    #: the optimization level ``gx.compile`` uses when none is given
+    default_level: int = 0
+    #: "NCHW" or "NHWC": the image layout the O3 layout pass converts to for this target
+    preferred_layout: str = "NCHW"
 
     def supported_ops(self) -> set[str] | None:
-        """Op names this backend runs natively; None means every op."""
+        """Op names this backend runs natively; None means every op.  The shorthand for
+        ``capabilities`` (override that one to declare dtypes, layouts, decompositions)."""
         return None
 
+    def capabilities(self) -> Capabilities:
+        """What this backend runs natively (by default: ``supported_ops``)."""
+        ops = self.supported_ops()
+        return Capabilities(ops=None if ops is None else frozenset(ops))
+
     def patterns(self, level: int) -> list:
-        """Rewrite patterns this backend adds at optimization ``level`` (its extended rules)."""
+        """Rewrite patterns this backend adds at optimization ``level``, run after the
+        generic passes (for another position return ``Placed(patterns, position)`` from
+        ``passes``)."""
         return []
 
     def passes(self, level: int) -> list:
-        """Whole passes this backend adds at ``level``, run after the generic ones."""
+        """Passes this backend adds at ``level``: a Pass (run after the generic ones) or a
+        ``galaxir.passes.Placed(pass or [patterns], position)`` with position
+        ``BEFORE_FUSION``, ``AFTER`` or ``instead_of("generic-pass-name")``."""
         return []
 
     @abc.abstractmethod
     def compile(self, module: Module, **options: Any) -> "Executable":
         """Turn a verified module into something callable."""
+
+    def check_lowering(self, module: Module, feeds: Mapping[str, Any], rtol: float = 1e-4,
+                       atol: float = 1e-5) -> str | None:
+        """After the passes, ``galaxir bisect`` asks the backend whether its own code agrees
+        with the reference: None, or which segment/kernel differs first.  By default each
+        native segment of the shared partitioner runs on the reference's values of its
+        inputs (galaxir/backends/partition.py); the cpu backend checks kernel by kernel."""
+        from .partition import first_bad_segment
+        return first_bad_segment(module, self, feeds, rtol, atol)
 
     def compile_options(self) -> set[str]:
         """The keyword options ``compile`` understands: ``gx.compile`` refuses any other
@@ -134,8 +198,26 @@ class Executable(abc.ABC):
         a ``galaxir.backends.profile.Profile`` (``print(p)`` for the table sorted by time,
         ``p.by_kind()``, ``p.save_chrome_trace(path)``).  ``clock="cpu"`` measures the
         calling thread's CPU time instead of wall time (steady on a busy machine).
-        Backends without a profiler raise ExecutionError."""
-        raise ExecutionError(f"{type(self).__name__} has no profiler")
+        Any backend whose executable reports its kernels (``kernel_steps``) gets it; the
+        others raise ExecutionError."""
+        from .profile import check_clock, time_steps
+        check_clock(clock)
+        inputs = self.validate(feeds)
+        plan = self.kernel_steps(inputs)
+        if plan is None:
+            raise ExecutionError(f"{type(self).__name__} has no profiler (it reports no "
+                                 "kernels: Executable.kernel_steps)")
+        steps, start_run = plan
+        return time_steps(self.target_name, steps, start_run, runs, warmup, clock)
+
+    #: the target's name in profiles and reports
+    target_name: str = "?"
+
+    def kernel_steps(self, inputs: list[Any]):
+        """For the shared profiler: ``(steps, start_run)`` with ``steps`` a list of
+        ``profile.StepTiming`` (what each kernel runs) and ``start_run()`` setting up one
+        run on ``inputs`` and returning one callable per step; None: no kernels reported."""
+        return None
 
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""
@@ -269,10 +351,10 @@ def _builtin() -> None:
         _BACKENDS["cuda"] = CudaBackend
 
 
-def check_supported(module: Module, backend: Backend) -> None:
-    supported = backend.supported_ops()
-    if supported is None:
-        return
-    for op in module.walk():
-        if not op.is_terminator and op.name not in supported:
-            raise UnsupportedOpError(f"backend '{backend.name}' does not support op '{op.name}'")
+def _install_resolver() -> None:
+    """Let the passes name their target (galaxir/passes/target.py) without importing backends."""
+    from ..passes import target
+    target.set_resolver(get_backend)
+
+
+_install_resolver()

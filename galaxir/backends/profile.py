@@ -146,6 +146,34 @@ class Profile:
         return p
 
 
+def time_steps(target: str, steps: list[StepTiming], start_run, runs: int, warmup: int,
+               clock: str) -> Profile:
+    """Time ``runs`` runs (after ``warmup``) of a backend that reports its kernels:
+    ``start_run()`` sets up one run and returns one zero-argument callable per entry of
+    ``steps``, called in order (``Executable.kernel_steps``)."""
+    check_clock(clock)
+    now = clock_ns(clock)
+    run_us, run_start, t_first = [], [], None
+    for r in range(warmup + max(1, runs)):
+        fns = start_run()
+        t0 = now()
+        spans = []
+        for fn in fns:
+            a = now()
+            fn()
+            spans.append((a, now()))
+        t1 = now()
+        if r < warmup:
+            continue
+        t_first = t0 if t_first is None else t_first
+        run_start.append((t0 - t_first) / 1e3)
+        run_us.append((t1 - t0) / 1e3)
+        for st, (a, b) in zip(steps, spans):
+            st.start_us.append((a - t0) / 1e3)
+            st.dur_us.append((b - a) / 1e3)
+    return Profile(target, steps, run_us, run_start)
+
+
 def check_clock(clock: str) -> None:
     if clock not in ("wall", "cpu"):
         from ..errors import ExecutionError

@@ -12,8 +12,9 @@ from .bisect import BisectResult, bisect, compare_outputs, random_inputs
 from .greedy import PatternPass
 from .manager import (DumpStages, FunctionPass, Instrument, Pass, PassContext, PassManager,
                       PassRecord, PrintIR, VerifyEach, function_pass)
-from .pipeline import (LEVEL_PASSES, PASS_REGISTRY, make_pass, optimize, parse_pipeline,
-                       pipeline_for, register_level_pass, register_pass)
+from .pipeline import (AFTER, BEFORE_FUSION, LEVEL_PASSES, PASS_REGISTRY, Placed, instead_of,
+                       make_pass, optimize, parse_pipeline, pipeline_for, register_level_pass,
+                       register_pass)
 from .rewrite import (Absent, Const, DeclarativePattern, Match, OpPat, P,
                       Pattern, PatternSet, RewritePattern, Rewriter, RewriteStats, Var,
                       apply_patterns_greedily, const_array, explain, is_pure, pattern,
@@ -29,7 +30,7 @@ __all__ = [
     "parse_pipeline", "make_pass", "register_pass", "register_level_pass", "PASS_REGISTRY",
     "LEVEL_PASSES", "Canonicalize", "ConstantFold", "ShapeFold", "RemoveNoOps",
     "AlgebraicSimplify", "InlineIf", "CSE", "DCE", "FoldConstant", "canonicalize_patterns",
-    "cse", "dce",
+    "cse", "dce", "Placed", "BEFORE_FUSION", "AFTER", "instead_of",
 ]
 
 from . import fusion  # noqa: E402,F401  (registers the O2 fusion passes for level 2)

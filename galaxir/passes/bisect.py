@@ -52,7 +52,9 @@ class BisectResult:
         lines.append("--- IR before ---")
         lines.append(self.before.rstrip())
         lines.append("--- IR after ---")
-        lines.append(self.after.rstrip() or "(the pass raised)")
+        lines.append(self.after.rstrip() or ("(the backend's code: see above)" if
+                                             self.pass_name and self.pass_name.endswith(" lowering")
+                                             else "(the pass raised)"))
         return "\n".join(lines)
 
 
@@ -151,7 +153,7 @@ def _check(module: Module, feeds, ref, rtol, atol) -> str | None:
 
 def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
            pipeline: Sequence[Any] | str | None = None, level: int = 1,
-           target: str | None = None, rtol: float = 1e-4, atol: float = 1e-5,
+           target: Any = None, rtol: float = 1e-4, atol: float = 1e-5,
            rules: bool = True, seed: int = 0,
            progress: Callable[[int, int, str], None] | None = None,
            **options: Any) -> BisectResult:
@@ -163,7 +165,9 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
     ``inputs``: a dict by input name, a list in input order, or None for random inputs.
     ``pipeline``: passes (or ``"cse,dce"``); default: the ``level``/``target`` pipeline.
     """
+    from . import target as targets
     from .pipeline import parse_pipeline, pipeline_for
+    target = targets.resolve(target)
     if inputs is None:
         feeds = random_inputs(module, seed)
     elif isinstance(inputs, Mapping):
@@ -184,7 +188,7 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
             progress(i, len(passes), p.name)
         before = current.clone()
         names.append(p.name)
-        ctx = PassContext(options=dict(options), target=target)
+        ctx = PassContext(options=dict(options), backend=target)
         try:
             p.run(current, ctx)
         except Exception as e:
@@ -198,6 +202,15 @@ def bisect(module: Module, inputs: Mapping[str, Any] | Sequence[Any] | None = No
             if rules and getattr(p, "uses_rewrites", False):
                 _bisect_rules(res, p, before, feeds, ref, rtol, atol, options, target)
             return res
+    if getattr(target, "check_lowering", None) is not None:  # now the backend's own code
+        names.append(f"{target.name} lowering")
+        try:
+            why = target.check_lowering(current, feeds, rtol=rtol, atol=atol)
+        except Exception as e:
+            why = f"compiling or running it raised {type(e).__name__}: {e}"
+        if why is not None:
+            return BisectResult(True, len(names), names[-1], why, current.to_text(resources=False),
+                                "", passes_checked=names)
     return BisectResult(False, passes_checked=names)
 
 
@@ -206,12 +219,12 @@ def _bisect_rules(res: BisectResult, p: Pass, before: Module, feeds, ref, rtol, 
     """Binary-search the rule applications of pass ``p`` for the first one that breaks."""
     def probe(k: int):
         m = before.clone()
-        ctx = PassContext(options=dict(options), target=target, rewrite_budget=k, record=True)
+        ctx = PassContext(options=dict(options), backend=target, rewrite_budget=k, record=True)
         p.run(m, ctx)
         return m, ctx.log
 
     full = before.clone()
-    ctx = PassContext(options=dict(options), target=target, record=True)
+    ctx = PassContext(options=dict(options), backend=target, record=True)
     p.run(full, ctx)
     total = len(ctx.log)
     if total == 0:

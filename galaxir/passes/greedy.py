@@ -29,7 +29,8 @@ class PatternPass(Pass):
     def run(self, module: Module, ctx: PassContext) -> bool:
         stats = apply_patterns_greedily(module, self.patterns(ctx), erase_dead=self.erase_dead,
                                         disabled=ctx.disabled_rules,
-                                        max_rewrites=ctx.rewrite_budget, record=ctx.record)
+                                        max_rewrites=ctx.rewrite_budget, record=ctx.record,
+                                        allows=ctx.allows if ctx.backend is not None else None)
         if ctx.rewrite_budget is not None:
             ctx.rewrite_budget = max(0, ctx.rewrite_budget - stats.total)
         ctx.stats.update(stats.rewrites)

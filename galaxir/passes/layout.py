@@ -86,14 +86,16 @@ def wants_nhwc(ctx: PassContext) -> bool:
     lay = (ctx.options or {}).get("layout")
     if lay is not None:
         return str(lay).upper() == "NHWC"
-    if ctx.target is None:
-        return False
-    try:
-        from ..backends import get_backend
-        backend = get_backend(ctx.target)
-    except Exception:
-        return False
-    return getattr(backend, "preferred_layout", "NCHW") == "NHWC"
+    return ctx.backend is not None and ctx.backend.preferred_layout == "NHWC"
+
+
+def _runs_nhwc(ctx: PassContext):
+    """``op_name -> bool``: may the pass give this op its channels-last form (the target
+    declares which ops it runs in which layout; None: any)."""
+    if ctx.backend is None:
+        return None
+    caps = ctx.backend.capabilities()
+    return lambda name: caps.runs_layout(name, "NHWC")
 
 
 class ToChannelsLast(Pass):
@@ -104,17 +106,18 @@ class ToChannelsLast(Pass):
     def run(self, module: Module, ctx: PassContext) -> bool:
         if not wants_nhwc(ctx):
             return False
-        if (ctx.options or {}).get("layout") is None and not worth_converting(module):
+        runs = _runs_nhwc(ctx)
+        if (ctx.options or {}).get("layout") is None and not worth_converting(module, runs):
             ctx.stat("kept NCHW (unprofitable)", 1)
             return False
-        n = convert_to_nhwc(module)
+        n = convert_to_nhwc(module, runs)
         ctx.stat("wrapped", n["wrapped"])
         ctx.stat("pushed", n["pushed"])
         ctx.stat("cancelled", n["cancelled"])
         return any(n.values())
 
 
-def worth_converting(module: Module) -> bool:
+def worth_converting(module: Module, runs_nhwc=None) -> bool:
     """Whether channels-last pays on ``module`` (checked on a copy): it may add at most one
     interior transpose per four ops it converts.  Where it cannot push conversions through
     the graph (an op with no NHWC form between convs, such as a softmax over channels) the
@@ -127,18 +130,19 @@ def worth_converting(module: Module) -> bool:
         return False
     before = len(interior_transposes(module))
     trial = clone_module(module)
-    n = convert_to_nhwc(trial)
+    n = convert_to_nhwc(trial, runs_nhwc)
     added = len(interior_transposes(trial)) - before
     return n["wrapped"] > 0 and 4 * added <= n["wrapped"]
 
 
-def convert_to_nhwc(module: Module) -> dict[str, int]:
-    """Wrap, push and cancel on every block of ``module``; counts of each kind of change."""
+def convert_to_nhwc(module: Module, runs_nhwc=None) -> dict[str, int]:
+    """Wrap, push and cancel on every block of ``module``; counts of each kind of change.
+    ``runs_nhwc(op_name)`` limits the wrapped ops to those the target runs channels-last."""
     counts = {"wrapped": 0, "pushed": 0, "cancelled": 0}
     blocks = [module.graph.block] + [r.block for op in module.walk() for r in op.regions]
     for block in blocks:
         for op in list(block):
-            if _wrap(op):
+            if (runs_nhwc is None or runs_nhwc(op.name)) and _wrap(op):
                 counts["wrapped"] += 1
         changed = True
         while changed:

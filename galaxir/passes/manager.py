@@ -44,7 +44,25 @@ class PassContext:
     rewrite_budget: int | None = None  # bisection: stop after this many rule applications
     record: bool = False               # keep a log of rule applications
     log: list = field(default_factory=list)
-    target: Any = None
+    #: the Backend the module is optimized for (None: no target), resolved once by
+    #: ``optimize``; passes read its declared contract (capabilities, preferred_layout)
+    backend: Any = None
+    _caps: Any = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str | None:
+        """The target's name (None without a target)."""
+        return None if self.backend is None else self.backend.name
+
+    def allows(self, op_name: str) -> bool:
+        """May a generic rewrite create ``op_name``?  Always without a target; else only
+        what the target's capabilities run natively or decompose.  (Only composite ops
+        are asked: core ops run on the reference when the target lacks them.)"""
+        if self.backend is None:
+            return True
+        if self._caps is None:
+            self._caps = self.backend.capabilities()
+        return self._caps.can_create(op_name)
 
     def stat(self, key: str, n: int = 1) -> None:
         self.stats[key] += n

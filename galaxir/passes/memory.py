@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from ..errors import CompileError
-from ..ir.core import Module, Value
+from ..ir.core import Module, Operation, Value
 from ..ir.traits import InPlace, View
 from ..ir.types import TensorType
 from .manager import Pass, PassContext
@@ -402,6 +402,8 @@ def specialize_types(module: Module, shapes: Mapping[str, Sequence[int]]) -> Mod
     for op in g.block:
         if op.is_terminator or op.name == "constant" or op.opdef is None:
             continue
+        if op.name == "fused_elementwise" and op.regions:
+            _reinfer_region(op)  # its body is typed like its operands
         try:
             types = op.opdef.infer_types(op)
         except Exception:
@@ -410,6 +412,25 @@ def specialize_types(module: Module, shapes: Mapping[str, Sequence[int]]) -> Mod
             for r, t in zip(op.results, types):
                 r.type = t
     return m
+
+
+def _reinfer_region(op: Operation) -> None:
+    """Give a fused_elementwise region's arguments the operand types, then re-infer its body, so the op's own result type can become concrete."""
+    block = op.regions[0].block
+    for a, v in zip(block.args, op.operands):
+        if v is not None:
+            a.type = v.type
+    for inner in block:
+        if inner.is_terminator or inner.name == "constant" or inner.opdef is None:
+            continue
+        try:
+            types = inner.opdef.infer_types(inner)
+        except Exception:
+            return
+        if types is None or len(types) != len(inner.results):
+            return
+        for r, t in zip(inner.results, types):
+            r.type = t
 
 
 def schedule_of(module: Module) -> tuple[list[Step], dict, dict, list, dict]:

@@ -3,7 +3,9 @@
 Level 0 runs nothing; level 1 is the basic passes; levels 2 and 3 add what is registered
 for them (``register_level_pass``; later work fills them with fusion and layout passes).
 A target's backend adds its own rewrite patterns (``backend.patterns(level)``) and passes
-(``backend.passes(level)``) after the generic ones.
+(``backend.passes(level)``), each at a declared position (``Placed``): before the generic
+fusions, instead of a named generic pass, or after the generic passes (the default).
+The target is resolved once, here, and reaches the passes as ``ctx.backend``.
 
 Instrumentation switches on from Python (``optimize(m, 1, timing=True, print_after=["cse"])``)
 or, without touching code, from the ``GALAXIR_PASSES`` environment variable, e.g.
@@ -15,10 +17,13 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
+from dataclasses import dataclass
+
 from ..errors import OptionError, PassError
 from ..ir.core import Module
 from .basic import (CSE, DCE, AlgebraicSimplify, Canonicalize, ConstantFold, InlineIf,
                     RemoveNoOps, ShapeFold, UnrollLoops)
+from . import target as targets
 from .greedy import PatternPass
 from .manager import Pass, PassContext, PassManager, as_pass
 
@@ -89,25 +94,77 @@ def parse_pipeline(text: str) -> list[Pass]:
     return [make_pass(n.strip()) for n in text.split(",") if n.strip()]
 
 
-def pipeline_for(level: int, target: str | None = None) -> list[Pass]:
-    """The passes ``optimize`` runs at ``level`` for ``target``."""
+#: Where a backend's pass or patterns go in the pipeline (``Placed.position``).
+BEFORE_FUSION = "before-fusion"   # after the O1 passes, before the first O2 fusion
+AFTER = "after"                   # after every generic pass of the level
+
+
+def instead_of(pass_name: str) -> str:
+    """The position that replaces the generic pass ``pass_name`` (where the level runs it)."""
+    return f"instead:{pass_name}"
+
+
+@dataclass
+class Placed:
+    """A backend's pass (or list of rewrite patterns) at a position: ``BEFORE_FUSION``,
+    ``AFTER`` or ``instead_of("fuse-elementwise")``.  ``Backend.passes(level)`` returns
+    these (a bare Pass means ``AFTER``)."""
+
+    item: Any
+    position: str = AFTER
+    name: str | None = None
+
+    def as_pass(self, backend_name: str) -> Pass:
+        if isinstance(self.item, (list, tuple)):
+            return PatternPass(self.name or f"{backend_name}-rules", list(self.item))
+        return as_pass(self.item)
+
+
+def backend_additions(backend: Any, level: int) -> list[Placed]:
+    """The backend's patterns (after the generic passes) and passes, as placed items."""
+    out: list[Placed] = []
+    pats = list(backend.patterns(level) or [])
+    if pats:
+        out.append(Placed(pats, AFTER, f"{backend.name}-rules"))
+    for p in backend.passes(level) or []:
+        out.append(p if isinstance(p, Placed) else Placed(p, AFTER))
+    for p in out:
+        pos = p.position
+        if pos not in (BEFORE_FUSION, AFTER) and not (
+                pos.startswith("instead:") and pos[len("instead:"):] in PASS_REGISTRY):
+            raise PassError(f"backend '{backend.name}': a pass placed at '{pos}'; positions are "
+                            f"'{BEFORE_FUSION}', '{AFTER}' or 'instead:NAME' with NAME one of "
+                            f"{', '.join(sorted(PASS_REGISTRY))}")
+    return out
+
+
+def pipeline_for(level: int, target: Any = None) -> list[Pass]:
+    """The passes ``optimize`` runs at ``level`` for ``target`` (a Backend or its name)."""
     if not 0 <= level <= MAX_LEVEL:
         raise PassError(f"optimization level must be 0..{MAX_LEVEL}, got {level}")
+    backend = targets.resolve(target)
     passes: list[Pass] = []
     for lv in range(1, level + 1):
+        if lv == 2:
+            passes.append(_FUSION_MARK)
         passes.extend(f() for f in LEVEL_PASSES[lv])
-    if target is not None and level > 0:
-        from ..backends import get_backend
-        backend = get_backend(target)
-        pats = list(backend.patterns(level) or [])
-        extra: list[Pass] = []
-        if pats:
-            extra.append(PatternPass(f"{backend.name or target}-rules", pats))
-        extra.extend(backend.passes(level) or [])
+    if backend is not None and level > 0:
+        extra = backend_additions(backend, level)
+        before = [p.as_pass(backend.name) for p in extra if p.position == BEFORE_FUSION]
+        after = [p.as_pass(backend.name) for p in extra if p.position == AFTER]
+        instead = {p.position[len("instead:"):]: p.as_pass(backend.name) for p in extra
+                   if p.position.startswith("instead:")}
+        at = passes.index(_FUSION_MARK) if _FUSION_MARK in passes else len(passes)
+        passes[at:at] = before
+        passes = [instead.get(getattr(p, "name", None), p) for p in passes]
+        if after:
+            passes.extend(after)
         if extra:
-            passes.extend(extra)
             passes.extend([Canonicalize(), DCE()])  # clean up after the target's rules
-    return passes
+    return [p for p in passes if p is not _FUSION_MARK]
+
+
+_FUSION_MARK = Pass()  # where O2 starts, while pipeline_for builds the list
 
 
 def env_options(text: str | None = None) -> dict[str, Any]:
@@ -155,10 +212,10 @@ def unknown_names(kind: str, given: Iterable[str], valid: Iterable[str], where: 
                       f"{', '.join(valid)}")
 
 
-def rule_names(passes: Iterable[Pass], target: str | None = None) -> set[str]:
+def rule_names(passes: Iterable[Pass], target: Any = None) -> set[str]:
     """Every rewrite rule the pattern passes of ``passes`` (and of the highest level for
     ``target``) can apply: the names ``disable_rules`` accepts."""
-    ctx = PassContext()
+    ctx = PassContext(backend=targets.resolve(target))
     names: set[str] = set()
     for p in [*passes, *pipeline_for(MAX_LEVEL, target)]:
         if isinstance(p, PatternPass):
@@ -166,7 +223,7 @@ def rule_names(passes: Iterable[Pass], target: str | None = None) -> set[str]:
     return names
 
 
-def _check_names(passes: list[Pass], target: str | None, disable_rules: Iterable[str],
+def _check_names(passes: list[Pass], target: Any, disable_rules: Iterable[str],
                  disable_passes: Iterable[str], printed: Iterable[str | int]) -> None:
     pass_names = set(PASS_REGISTRY) | {p.name for p in passes if getattr(p, "name", None)}
     unknown_names("pass", disable_passes, pass_names, " (disable_passes)")
@@ -176,7 +233,7 @@ def _check_names(passes: list[Pass], target: str | None, disable_rules: Iterable
         unknown_names("rule", disable_rules, rule_names(passes, target), " (disable_rules)")
 
 
-def optimize(module: Module, level: int = 1, target: str | None = None, *,
+def optimize(module: Module, level: int = 1, target: Any = None, *,
              pipeline: Sequence[Any] | str | None = None, disable_rules: Iterable[str] = (),
              disable_passes: Iterable[str] = (), timing: bool = False,
              verify_each: bool = False, print_before: Iterable[str | int] = (),
@@ -187,8 +244,10 @@ def optimize(module: Module, level: int = 1, target: str | None = None, *,
 
     ``pipeline`` replaces the level's passes (a list of passes or ``"cse,dce"``);
     ``disable_rules`` switches rewrite rules off by name, ``disable_passes`` passes;
-    other keyword options reach the passes (e.g. ``fold_max_elements``).
+    other keyword options reach the passes (e.g. ``fold_max_elements``).  ``target`` is a
+    Backend or a backend's name (resolved once; passes see it as ``ctx.backend``).
     """
+    backend = targets.resolve(target)
     unknown_names("option", options, PASS_OPTIONS, " given to optimize")
     env = env_options()
     timing = timing or env.get("timing", False)
@@ -202,19 +261,19 @@ def optimize(module: Module, level: int = 1, target: str | None = None, *,
 
     work = module.clone()
     if pipeline is None:
-        passes = pipeline_for(level, target)
+        passes = pipeline_for(level, backend)
     elif isinstance(pipeline, str):
         passes = parse_pipeline(pipeline)
     else:
         passes = [as_pass(p) for p in pipeline]
-    _check_names(passes, target, disable_rules, disable_passes, [*print_before, *print_after])
+    _check_names(passes, backend, disable_rules, disable_passes, [*print_before, *print_after])
     off = set(disable_passes)
     pm = PassManager([p for p in passes if getattr(p, "name", None) not in off],
                      verify_each=verify_each, print_before=print_before,
                      print_after=print_after, dump_dir=dump_dir, stop_after=stop_after,
                      timing=timing, stream=stream or sys.stderr,
                      context=PassContext(options=dict(options), disabled_rules=disable_rules,
-                                         target=target))
+                                         backend=backend))
     if not pm.passes:
         return work
     pm.run(work)

@@ -233,12 +233,13 @@ def _rewrite_one(module: Module, q) -> bool:
     return True
 
 
-def _backend_takes_int8(target) -> bool:
-    if target is None:
+def _backend_takes_int8(backend) -> bool:
+    """Does the target (``ctx.backend``) run int8_conv and int8_matmul natively?"""
+    native_ops = getattr(backend, "native_ops", None)
+    if native_ops is None:
         return False
     try:
-        from ..backends import get_backend
-        native = get_backend(target).native_ops()
+        native = native_ops()
     except Exception:
         return False
     return native is not None and "int8_conv" in native and "int8_matmul" in native
@@ -246,7 +247,7 @@ def _backend_takes_int8(target) -> bool:
 
 def qdq_to_int8(module: Module, ctx=None) -> bool:
     """Rewrite the top-level QDQ chains of ``module`` (in place); True if any changed."""
-    if ctx is not None and not _backend_takes_int8(getattr(ctx, "target", None)):
+    if ctx is not None and not _backend_takes_int8(getattr(ctx, "backend", None)):
         return False
     changed = False
     for op in list(module.graph.block):

@@ -415,19 +415,24 @@ class Match:
 class Rewriter:
     """How patterns change the IR; every change is reported to the driver's worklist."""
 
-    def __init__(self, listener: "_Listener | None" = None):
+    def __init__(self, listener: "_Listener | None" = None,
+                 allows: Callable[[str], bool] | None = None):
         self.listener = listener or _Listener()
+        #: which composite ops a rule may create (the target's capabilities); None: any
+        self.allows = allows
         self.root: Operation | None = None
         self.rule: str | None = None
         self.provenance: tuple[str, ...] = ()
         self.created: list[Operation] = []
         self.erased: list[Operation] = []
+        self._freed: list[Operation] = []  # producers of what the rule erased
+        self.erase_orphans = True  # (off when the driver keeps dead ops: erase_dead=False)
 
     # -- setup by the driver ------------------------------------------------------------
     def _begin(self, root: Operation, rule: str, matched: Sequence[Operation] = ()) -> None:
         self.root, self.rule = root, rule
         self.provenance = _union_prov([root, *matched])
-        self.created, self.erased = [], []
+        self.created, self.erased, self._freed = [], [], []
 
     @property
     def changed(self) -> bool:
@@ -455,6 +460,10 @@ class Rewriter:
 
     def _created(self, op: Operation) -> None:
         self.created.append(op)
+        if self.allows is not None:
+            od = op.opdef
+            if od is not None and od.is_composite and not self.allows(op.name):
+                raise _Refused(op.name)
         self.listener.added(op)
 
     # -- replacing and erasing --------------------------------------------------------------
@@ -490,6 +499,7 @@ class Rewriter:
         producers = _outer_producers(op)
         op.erase()
         self.erased.append(op)
+        self._freed.extend(producers)
         self.listener.erased(op)
         for p in producers:
             self.listener.touched_op(p)
@@ -527,11 +537,24 @@ class Rewriter:
         return results
 
     def _finish(self) -> None:
-        """After a successful rule: created ops inherit the provenance of erased ones."""
+        """After a successful rule: the ops it left without a use (the rest of the matched
+        chain) are erased now, and created ops inherit the provenance of every erased op:
+        a fused conv+bn+add+relu names all four source nodes, not only the relu."""
+        if self.created and self.erase_orphans:
+            self._erase_orphans()
         extra = _union_prov(self.erased)
         for op in self.created:
             if op.parent is not None:
                 op.provenance = _merge_prov(op.provenance, extra)
+
+
+    def _erase_orphans(self) -> None:
+        while self._freed:
+            p = self._freed.pop()
+            if p.parent is None or p.name == "constant" or p.regions or not is_pure(p) \
+                    or any(r.uses for r in p.results):
+                continue
+            self.erase_op(p)  # (adds p's producers to _freed)
 
 
 class _TrackingBuilder(Builder):
@@ -544,6 +567,11 @@ class _TrackingBuilder(Builder):
         super().insert(op)
         self._rw._created(op)
         return op
+
+
+class _Refused(Exception):
+    """A rule tried to create a composite op the target neither runs nor decomposes: the
+    driver undoes what the rule created and goes on as if it had not matched."""
 
 
 def check_replacement(rule: str, old: Value, new: Value) -> None:
@@ -878,11 +906,14 @@ def apply_patterns_greedily(root: Module | Region | Block | Operation,
                             patterns: Iterable[RewritePattern] | PatternSet, *,
                             erase_dead: bool = True, max_rewrites: int | None = None,
                             disabled: Iterable[str] = (), record: bool = False,
-                            max_total: int | None = None) -> RewriteStats:
+                            max_total: int | None = None,
+                            allows: Callable[[str], bool] | None = None) -> RewriteStats:
     """Apply ``patterns`` until none applies (a fixpoint); returns what happened.
 
     ``max_rewrites`` stops after that many rule applications (bisection uses it);
-    ``disabled`` names rules to skip; ``record`` keeps a log of (rule, op, provenance).
+    ``disabled`` names rules to skip; ``record`` keeps a log of (rule, op, provenance);
+    ``allows(op_name)`` says which composite ops rules may create (a rule that creates
+    another does not apply: the target's capabilities, ``PassContext.allows``).
     """
     pset = patterns if isinstance(patterns, PatternSet) and not disabled else \
         PatternSet(patterns if not isinstance(patterns, PatternSet) else patterns.patterns, disabled)
@@ -891,7 +922,8 @@ def apply_patterns_greedily(root: Module | Region | Block | Operation,
     for op in reversed(initial):
         wl.push(op)
     limit = max_total if max_total is not None else 50 * len(initial) + 10_000
-    rw = Rewriter(wl)
+    rw = Rewriter(wl, allows)
+    rw.erase_orphans = erase_dead
     stats = RewriteStats()
     while True:
         op = wl.pop()
@@ -911,6 +943,9 @@ def apply_patterns_greedily(root: Module | Region | Block | Operation,
             rw._begin(op, pat.name)
             try:
                 done = pat.match_and_rewrite(op, rw)
+            except _Refused:
+                _undo_created(rw)
+                done = False
             except GalaxirError:
                 raise
             except Exception as e:
@@ -929,6 +964,14 @@ def apply_patterns_greedily(root: Module | Region | Block | Operation,
             raise PassError(f"the rewrite driver did not converge after {stats.total} rewrites "
                             f"(two rules may undo each other; most applied: {last})")
     return stats
+
+
+def _undo_created(rw: Rewriter) -> None:
+    """Erase what a refused rule created (unused: the rule had not replaced anything yet)."""
+    for op in reversed(rw.created):
+        if op.parent is not None and all(not r.uses for r in op.results):
+            rw.erase_op(op)
+    rw.created = []
 
 
 def _describe(op: Operation) -> str:

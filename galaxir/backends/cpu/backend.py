@@ -190,16 +190,28 @@ class CpuBackend(Backend):
     def supported_ops(self) -> set[str] | None:
         return None  # every op runs: those without a native kernel run on numpy
 
+    def capabilities(self):
+        from ..base import Capabilities
+        from .rules import DECOMPOSES
+        return Capabilities(ops=None, decomposes=DECOMPOSES)
+
     def native_ops(self) -> set[str]:
         return set(RULES) | set(ELEMENTWISE) | set(ALIAS_OPS) | {"fused_add", "fused_elementwise"}
 
-    def patterns(self, level: int) -> list:
-        """The cpu backend's O2 rules: what the generic fusions made that it has no native
-        kernel for goes back to core ops its kernels (and its own elementwise fusion) run."""
+    def passes(self, level: int) -> list:
+        """The cpu backend's declared rules (galaxir/backends/cpu/rules.py), after the
+        generic passes: at O2+ what the generic fusions made that it has no native kernel
+        for goes back to core ops its kernels (and its elementwise loop) run."""
         if level < 2:
             return []
+        from ...passes import AFTER, Placed
         from .rules import cpu_patterns
-        return cpu_patterns()
+        return [Placed(cpu_patterns(), AFTER, "cpu-rules")]
+
+    def check_lowering(self, module: Module, feeds, rtol: float = 1e-4, atol: float = 1e-5):
+        """Each native kernel against the reference on the same inputs (galaxir bisect)."""
+        from .check import first_bad_kernel
+        return first_bad_kernel(module, feeds, rtol, atol)
 
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
                 **options: Any) -> CpuExecutable:

@@ -669,7 +669,6 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
     steps: list = []
     groups: dict[int, _Group] = {}      # value id -> group whose output it is
     pending: dict[int, NativeStep] = {}  # value id -> the fused step producing it
-    absorbed: set[int] = set()
     dropped: set[int] = set()  # ids of steps inlined into a later one (removed at the end)
 
     def group_input(inputs: list[Value], v: Value):
@@ -680,7 +679,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         return ("in", len(inputs) - 1)
 
     for op in module.graph.block:
-        if op.is_terminator or op.name == "constant" or id(op) in absorbed:
+        if op.is_terminator or op.name == "constant":
             continue
         if _ew_native(op):
             out = op.results[0]
@@ -747,19 +746,6 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
             continue
         kern, ins = res
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
-        # conv/gemm + relu: apply the relu on the tile before it is stored
-        if isinstance(kern, (K.Conv2d, K.PackedGemm, K.Gemv, K.MatMul, KN.ConvNhwc,
-                             KD.DepthwiseNhwc, KN.MatMulPacked, KG.GemmPacked)) \
-                and kern.activation == "none" \
-                and not (isinstance(kern, K.MatMul) and kern.K == 0):
-            r = op.results[0]
-            if len(r.uses) == 1 and id(r) not in outputs:
-                user = next(iter(r.uses))[0]
-                if user.name == "relu" and user.parent is op.parent and _ew_native(user):
-                    kern.relu = True
-                    step.outputs = [user.results[0]]
-                    step.ops.append(user)
-                    absorbed.add(id(user))
         steps.append(step)
     return _drop_unread_transposes([s for s in steps if id(s) not in dropped], outputs)
 

@@ -18,13 +18,15 @@ from . import kernels as K
 from .codegen import I8P, I64
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
-from ...passes.memory import ALIGN  # noqa: E402  (64 bytes)
+#: the cpu backend's arena alignment (a cache line; the AVX-512 loads want 64 bytes): the
+#: shared memory planner (galaxir/passes/memory.py) places every buffer on it
+ALIGN = 64
 
 
 def plan_offsets(buffers) -> int:
     """Place ``buffers`` (galaxir.passes.memory.Buffer) in one arena; returns its size."""
     from ...passes.memory import place
-    return place(list(buffers))[0]
+    return place(list(buffers), align=ALIGN)[0]
 
 
 class Specialization:
@@ -102,7 +104,7 @@ class Specialization:
         live_out = [id(root_of(v)) for v in g.outputs if v is not None]
         # the validator runs on every plan (CompileError naming the buffers if unsound)
         self.plan = plan_schedule(sched, sizes, live_out=live_out, names=names,
-                                  inplace=self.inplace)
+                                  inplace=self.inplace, align=ALIGN)
         self.arena_size = self.plan.arena_bytes
         self.buffers = self.plan.buffers
         self.offset = {k: b.offset for k, b in self.plan.assignment.items()}

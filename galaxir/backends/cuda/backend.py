@@ -1,6 +1,6 @@
 """``galaxir.compile(model, target="cuda")``: the backend object.
 
-Its surface, for the backend contract: ``capabilities`` (the ops it generates kernels
+Its surface, for the backend contract: ``native_ops`` (the ops it generates kernels
 for; every other op runs on the numpy reference), ``patterns(level)`` (its own rules: none
 beyond the generic O2 fusions, whose fused ops it runs directly), ``default_level`` (O2:
 fusion; no O3 layout change, its kernels are NCHW) and ``compile``."""
@@ -11,6 +11,7 @@ from typing import Any
 from ...errors import UnsupportedOpError
 from ...ir import Module
 from ..base import Backend
+from ..base import Capabilities
 from .lower import CAPABILITIES
 
 
@@ -21,10 +22,13 @@ class CudaBackend(Backend):
     name = "cuda"
     default_level = 2
     preferred_layout = "NCHW"
-    capabilities = CAPABILITIES
-
     def supported_ops(self) -> set[str] | None:
         return None  # every op runs: those without a kernel on the numpy reference
+
+    def capabilities(self) -> Capabilities:
+        """Every op (it runs what it has no kernel for on the reference itself); the
+        generic fusions may create any fused op: it generates kernels for them all."""
+        return Capabilities(ops=None)
 
     def native_ops(self) -> set[str]:
         return set(CAPABILITIES)

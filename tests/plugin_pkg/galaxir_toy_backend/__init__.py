@@ -1,10 +1,29 @@
-"""A third-party galaxir backend: runs add/mul/relu itself, refuses anything else."""
+"""A third-party galaxir backend (installed by the tests as a real package): it runs add,
+sum, mul, relu and its own fused op ``toy_add_relu`` (made by its own rule, which runs before
+the generic O2 fusions); ``gx.compile`` runs every other op on the numpy reference."""
+from functools import reduce
+
 import numpy as np
 
-from galaxir.backends import Backend, Executable
+from galaxir.backends import Backend, Capabilities, Executable
 from galaxir.errors import UnsupportedOpError
+from galaxir.ir import define, lookup
+from galaxir.passes import BEFORE_FUSION, P, Placed, Var, pattern
 
-OPS = {"add": np.add, "mul": np.multiply, "relu": lambda x: np.maximum(x, 0)}
+OPS = {"add": np.add, "sum": lambda *xs: reduce(np.add, xs), "mul": np.multiply, "relu": lambda x: np.maximum(x, 0),
+       "toy_add_relu": lambda a, b: np.maximum(a + b, 0)}
+
+if lookup("toy_add_relu") is None:
+    define("toy_add_relu", operands=["a", "b"], infer=lambda op: lookup("add").infer(op),
+           decompose=lambda b, op: [b.relu(b.add(op.operand(0), op.operand(1)))],
+           doc="relu(a + b), the toy backend's fused op")
+
+
+@pattern(P.relu(P.any_of("add", "sum")(Var("lhs"), Var("rhs"), one_use=True)),
+         name="toy-fuse-add-relu")
+def fuse_add_relu(m):
+    """relu(a + b) -> toy_add_relu(a, b)  (add, or the sum of two as ONNX ResNets write it)"""
+    return m.b.create("toy_add_relu", m["lhs"], m["rhs"]).results[0]
 
 
 class ToyExecutable(Executable):
@@ -23,9 +42,13 @@ class ToyExecutable(Executable):
 
 class ToyBackend(Backend):
     name = "toy"
+    default_level = 2
 
-    def supported_ops(self):
-        return set(OPS)
+    def capabilities(self):
+        return Capabilities(ops=frozenset(OPS), dtypes={n: frozenset({"float32"}) for n in OPS})
+
+    def passes(self, level):
+        return [Placed([fuse_add_relu], BEFORE_FUSION, "toy-rules")] if level >= 2 else []
 
     def compile(self, module, **options):
         bad = sorted({op.name for op in module.walk() if not op.is_terminator and op.name not in OPS})

@@ -1,0 +1,72 @@
+"""``galaxir bisect --target cpu`` beyond the passes: each native kernel of the cpu
+backend checked against the numpy reference on the same inputs.
+
+The module is prepared and specialized as ``compile`` does, lowered with one segment per
+native step (``Specialization(split=True)``), and the reference computes every value.
+Each step then runs alone on the reference's values of its inputs, so a kernel is
+judged by itself (an error upstream cannot hide or fake one).  The first step whose
+output differs is named: its kernel, the ops it implements and their source nodes.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...ir import Module
+from ...ir.types import TensorType
+from .lower import ConstArray, NativeStep, static_shape
+from .prepare import prepare, specialize
+from .program import Specialization, _native_ready
+
+
+def first_bad_kernel(module: Module, feeds: Mapping[str, Any], rtol: float, atol: float,
+                     cache_dir=None) -> str | None:
+    """None when every native kernel matches the reference, else which one does not."""
+    from ...passes.bisect import compare_outputs
+    from ..numpy import Interpreter
+    m = prepare(module)
+    shapes = {a.name: tuple(np.shape(feeds[a.name])) for a in m.graph.inputs
+              if isinstance(a.type, TensorType) and a.name in feeds}
+    m = specialize(m, shapes)
+    interp = Interpreter(m)
+    ref: dict[int, Any] = {}
+    for a in m.graph.inputs:
+        ref[id(a)] = feeds[a.name]
+    with np.errstate(all="ignore"):
+        for op in m.graph.block:
+            if not op.is_terminator:
+                interp.run_op(op, ref)
+    spec = Specialization(m, cache_dir, split=True)
+    if not spec.segments:
+        return None
+    spec._ensure_arena()
+    keep = []
+    for k, v in enumerate(spec.slot_value, start=1):
+        if isinstance(v, ConstArray) or (v.producer is not None and v.producer.name == "constant"):
+            continue
+        x = _native_ready(np.asarray(ref[id(v)]), static_shape(v.type))
+        keep.append(x)
+        spec._table[k] = x.ctypes.data
+    for k, seg in enumerate(spec.segments):
+        (_, step), = seg
+        for v in step.inputs:
+            if isinstance(v, ConstArray):
+                continue
+            r = spec.root_of(v)
+            if id(r) in spec.produced_native:
+                spec.view(r)[...] = np.asarray(ref[id(r)]).reshape(spec.view(r).shape)
+        spec._call_segment(k)
+        for v in step.outputs:
+            got = spec.view(v).copy()
+            why = compare_outputs([v.name or "%result"], [np.asarray(ref[id(v)])], [got], rtol, atol)
+            if why is not None:
+                return _describe(step, why)
+    return None
+
+
+def _describe(step: NativeStep, why: str) -> str:
+    ops = "+".join(op.name for op in step.ops)
+    src = sorted({p for op in step.ops for p in op.provenance})
+    where = f" (from {', '.join(src)})" if src else ""
+    return f"native kernel '{step.kernel.name}' for {ops}{where} differs from the reference: {why}"
