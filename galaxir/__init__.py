@@ -123,7 +123,11 @@ def compile(model: Any, target: str = "cpu", level: int | None = None, **options
         # growth limit (conv + batch_norm folding needs the splat weights as constants)
         opt_kw.setdefault("fold_max_growth", float("inf"))
         module = optimize(module, level=level, target=target, **opt_kw)
-    return backend.compile(module, **{k: v for k, v in options.items() if k not in opt_kw})
+    own_kw = {k: v for k, v in options.items() if k not in opt_kw}
+    exe = backend.compile(module, **own_kw)
+    # run(outputs=[...]) compiles a pruned copy of the (optimized) module the same way
+    exe.compile_like = lambda m: backend.compile(m, **own_kw)
+    return exe
 
 
 def default_level(target: str) -> int:

@@ -99,6 +99,9 @@ class CpuExecutable(Executable):
         self._last_key = key
         return spec
 
+    def _execute_into(self, inputs: list[Any], out: list) -> list[Any]:
+        return self._execute(inputs, out)  # arena outputs are copied straight into out
+
     def _execute(self, inputs: list[Any], out: list | None = None) -> list[Any]:
         # the lock covers choosing (or compiling) the specialization only: the run itself
         # uses a per-call arena, so threads calling at once run side by side

@@ -472,7 +472,12 @@ class CallState:
 
 
 def _into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
-    """Copy ``src`` into the caller's buffer ``dst`` (checked by the executable)."""
+    """Copy ``src`` into the caller's buffer ``dst`` (dtype checked by the executable; a
+    symbolic output's shape is known only now)."""
+    src = np.asarray(src)
+    if src.shape != dst.shape or src.dtype != dst.dtype:
+        raise ExecutionError(f"out=: an output is {src.dtype}{list(src.shape)}, its buffer "
+                             f"{dst.dtype}{list(dst.shape)}")
     np.copyto(dst, src, casting="no")
     return dst
 
