@@ -383,7 +383,7 @@ def cmd_serve(a) -> int:
         print(f"galaxir serve: model '{name}' ({how})", flush=True)
     config = ServeConfig(max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                          max_body_bytes=int(a.max_body_mb * (1 << 20)), token=token,
-                         run_threads=a.run_threads)
+                         run_threads=a.run_threads, batch_instances=a.batch_instances)
     try:
         serve(create_app(models, config), host=a.host, port=a.port, log_level=a.log_level)
     except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
@@ -516,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "with a symbolic batch dim; 0: off)")
     sv.add_argument("--max-delay-ms", type=float, default=2.0,
                     help="how long a request may wait for others to batch with")
+    sv.add_argument("--batch-instances", type=int, default=2,
+                    help="batches of one model running at once")
     sv.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit")
     sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or GALAXIR_SERVE_TOKEN)")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -39,6 +39,7 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     token: str | None = None     # bearer token required on every route but health
     run_threads: int = 4         # threads running models (concurrent calls per model)
+    batch_instances: int = 2     # batches of one model running at once
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -63,7 +64,8 @@ class _App:
             for name, m in self.models.items():
                 if m.batchable:
                     b = Batcher(m, self.config.max_batch, self.config.max_delay_ms / 1e3,
-                                self.executor, self._batch_observer(name))
+                                self.executor, self._batch_observer(name),
+                                instances=self.config.batch_instances)
                     b.start()
                     self.batchers[name] = b
         self.ready = True

@@ -8,8 +8,9 @@ The merged rows are padded with zeros up to a power of two (capped at ``max_batc
 a compiled target specializes for a handful of batch sizes instead of every sum; each
 request gets its own rows of every output back.  Padding and merging assume the model
 treats rows independently (what a batch dimension means for inference: no batch
-statistics).  One batch runs at a time per model, on the server's thread pool; the next
-batch gathers while it runs."""
+statistics).  Up to ``instances`` batches of a model run at once on the server's thread
+pool (like Triton's model instances); a batch is formed when an instance is free, so
+while all are busy requests queue up and the next batches come out bigger."""
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,7 @@ class _Pending:
 
 class Batcher:
     def __init__(self, model: ServedModel, max_batch: int, max_delay: float, executor: Executor,
-                 on_batch: Callable[[int, int], None] | None = None):
+                 on_batch: Callable[[int, int], None] | None = None, instances: int = 2):
         if not 1 <= max_batch <= MAX_BATCH_LIMIT:
             raise ValueError(f"max_batch must be 1..{MAX_BATCH_LIMIT}, got {max_batch}")
         self.model = model
@@ -58,9 +59,13 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._held: list[_Pending] = []  # taken from the queue, did not fit the last batch
+        self.instances = max(1, instances)
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._free = asyncio.Semaphore(self.instances)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -70,6 +75,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._running:  # batches already running finish (graceful shutdown)
+            await asyncio.gather(*self._running, return_exceptions=True)
 
     async def submit(self, feeds: dict[str, np.ndarray], outputs) -> dict:
         """The outputs for one request's rows (the request is already validated against the
@@ -105,6 +112,7 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
+            await self._free.acquire()  # an instance is free: form the next batch
             first = await self._next(None)
             batch, rows, skipped = [first], first.rows, []
             deadline = first.arrived + self.max_delay
@@ -120,9 +128,17 @@ class Batcher:
                     if len(skipped) > 4 * self.max_batch:
                         break
             self._held = skipped + self._held
-            await self._run(batch, rows)
+            task = asyncio.get_running_loop().create_task(self._run(batch, rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[_Pending], rows: int) -> None:
+        try:
+            await self._run_batch(batch)
+        finally:
+            self._free.release()
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         live = [p for p in batch if not p.future.done()]  # a client may have gone
         if not live:
