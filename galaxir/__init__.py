@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 #: What ``import_model`` reads, for error messages.
 FORMATS = ("an ONNX model (a .onnx path, its bytes or an onnx.ModelProto), a .gxm file, "
-           "galaxir's textual IR (a .gxir path), a torch.nn.Module (with example_inputs=) "
+           "galaxir's textual IR (a .gxir path), a MindSpore .mindir file, a torch.nn.Module (with example_inputs=) "
            "or a galaxir Module")
 
 #: Model files galaxir does not read, by suffix, with what to do instead.
@@ -65,6 +65,9 @@ def _import_path(source: str | os.PathLike, options: dict) -> Module:
     if suffix == ".gxm":
         from .serialize import load
         return load(source)
+    if suffix == ".mindir":
+        from .frontends.mindspore import import_mindir
+        return import_mindir(source, **options)
     if suffix in (".gxir", ".mlir"):
         if not os.path.isfile(path):
             raise errors.ModelImportError(f"no such file: '{path}'")
