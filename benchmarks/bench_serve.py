@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-import galaxir as gx
-from galaxir.ir import GraphBuilder, tensor
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's galaxir, as in the server subprocess
+
+import galaxir as gx  # noqa: E402
+from galaxir.ir import GraphBuilder, tensor  # noqa: E402
 
 
 def cifar_cnn(seed: int = 0):
@@ -110,7 +111,7 @@ class Server:
         self.p.wait(60)
 
 
-def drive(url: str, x_for, clients: int, requests: int, time_limit: float):
+def drive(url: str, x_for, clients: int, requests: int, time_limit: float, name: str = "x"):
     """``requests`` infer calls spread over ``clients`` threads (stops at time_limit):
     (throughput req/s, p50 ms, p99 ms, errors)."""
     import tritonclient.http as httpclient
@@ -122,7 +123,7 @@ def drive(url: str, x_for, clients: int, requests: int, time_limit: float):
     def work(c):
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         x = x_for(c)
-        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp = httpclient.InferInput(name, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         for _ in range(per):
             if time.perf_counter() > stop_at:
@@ -147,7 +148,7 @@ def drive(url: str, x_for, clients: int, requests: int, time_limit: float):
             1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], errors[0])
 
 
-def direct(exe, x_for, clients: int, requests: int, time_limit: float):
+def direct(exe, x_for, clients: int, requests: int, time_limit: float, name: str = "x"):
     """The same load as direct exe.run calls from ``clients`` threads in this process."""
     lat: list[float] = []
     stop_at = time.perf_counter() + time_limit
@@ -159,7 +160,7 @@ def direct(exe, x_for, clients: int, requests: int, time_limit: float):
             if time.perf_counter() > stop_at:
                 break
             t = time.perf_counter()
-            exe.run({"x": x})
+            exe.run({name: x})
             lat.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
@@ -192,23 +193,24 @@ def main() -> None:
           f"{len(os.sched_getaffinity(0))}; load {os.getloadavg()[0]:.1f}")
     print(f"{'mode':<22}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     exe = gx.compile(module, target="cpu")
-    exe.run({"x": xs[0]})
+    name = module.graph.input_names[0]
+    exe.run({name: xs[0]})
     results = {}
     for clients in (1, 4, 16):
-        r = direct(exe, x_for, clients, args.requests, args.time_limit)
+        r = direct(exe, x_for, clients, args.requests, args.time_limit, name)
         print(f"{'direct exe.run':<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}")
     for mode, mb in (("server, no batching", 0), (f"server, batch<={args.max_batch}", args.max_batch)):
         srv = Server(path, mb, args.max_delay_ms)
         try:
-            drive(srv.url, x_for, 16, 4 * args.max_batch * 4, args.time_limit)  # warm: specializations
+            drive(srv.url, x_for, 16, 4 * args.max_batch * 4, args.time_limit, name)  # warm
             for clients in (1, 4, 16):
-                r = drive(srv.url, x_for, clients, args.requests, args.time_limit)
+                r = drive(srv.url, x_for, clients, args.requests, args.time_limit, name)
                 results[(mb, clients)] = r[0]
                 print(f"{mode:<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}")
             if mb:
                 before = _rss_kb(srv.p.pid)
                 t = time.perf_counter()
-                r = drive(srv.url, x_for, 16, args.rss_requests, 10 * args.time_limit)
+                r = drive(srv.url, x_for, 16, args.rss_requests, 10 * args.time_limit, name)
                 after = _rss_kb(srv.p.pid)
                 print(f"RSS over {args.rss_requests} more requests ({time.perf_counter() - t:.0f} s, "
                       f"{r[3]} errors): {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB "

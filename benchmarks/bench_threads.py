@@ -10,11 +10,16 @@ import argparse
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import onnx
 
-import galaxir as gx
-from galaxir.backends.cpu.parallel import available_cores
-from galaxir.testing import zoo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's galaxir
+
+import galaxir as gx  # noqa: E402
+from galaxir.backends.cpu.parallel import available_cores  # noqa: E402
+from galaxir.testing import zoo  # noqa: E402
 
 
 def _block(exe, feeds, reps: int) -> float:
