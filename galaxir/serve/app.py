@@ -42,6 +42,10 @@ class ServeConfig:
     batch_instances: int = 2     # batches of one model running at once
 
 
+#: bytes past the body limit the server still reads (and drops) before answering 413
+DRAIN_BYTES = 16 << 20
+
+
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -95,19 +99,26 @@ class _App:
     async def _body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
+        too_big = False
         if declared is not None:
             try:
-                n = int(declared)
+                too_big = int(declared) > limit
             except ValueError:
                 raise RequestError("Content-Length is not a number") from None
-            if n > limit:
-                raise RequestError(f"the request body is {n} bytes; the limit is {limit}", 413)
+        # an oversized body is read and dropped (up to DRAIN_BYTES more) so that the client,
+        # still sending, gets the 413 answer instead of a reset connection
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise RequestError(f"the request body exceeds the limit of {limit} bytes", 413)
+            too_big = too_big or size > limit
+            if too_big:
+                if size > limit + DRAIN_BYTES:
+                    break
+                continue
             chunks.append(chunk)
+        if too_big:
+            raise RequestError(f"the request body is {declared or 'over ' + str(size)} bytes; "
+                               f"the limit is {limit}", 413)
         body = b"".join(chunks)
         enc = request.headers.get("content-encoding", "").strip().lower()
         if enc in ("gzip", "deflate"):
