@@ -2,7 +2,8 @@
 into one run.
 
 A request waits at most ``max_delay`` seconds (from its arrival) for others; a batch
-closes early when it holds ``max_batch`` rows.  Requests merge only when their inputs
+closes early when it holds ``max_batch`` rows, and a request that finds the model idle
+(no batch running, nothing queued) runs at once with whatever is already there.  Requests merge only when their inputs
 agree in everything but the batch dim (dtypes, other dims) and ask for the same outputs.
 The merged rows are padded with zeros up to a power of two (capped at ``max_batch``), so
 a compiled target specializes for a handful of batch sizes instead of every sum; each
@@ -116,6 +117,8 @@ class Batcher:
             first = await self._next(None)
             batch, rows, skipped = [first], first.rows, []
             deadline = first.arrived + self.max_delay
+            if not self._running and not self._held and self._queue.empty():
+                deadline = 0.0  # idle model, nothing queued: waiting would only add latency
             while rows < self.max_batch:
                 item = await self._next(deadline - time.monotonic())
                 if item is None:
