@@ -194,6 +194,17 @@ class Operation:
     def opdef(self):
         return _opdef.lookup(self.name)  # (a module attribute: an import statement here cost ~1 us per call)
 
+    def has_trait(self, cls: type) -> bool:
+        """Does this op's definition carry trait ``cls`` (galaxir/ir/traits.py)?  False for
+        an op without a definition."""
+        od = _opdef.lookup(self.name)
+        return od is not None and od.has_trait(cls)
+
+    def trait(self, cls: type):
+        """This op's trait of class ``cls``, or None."""
+        od = _opdef.lookup(self.name)
+        return None if od is None else od.trait(cls)
+
     # -- regions --------------------------------------------------------------------------
     def add_region(self, region: "Region") -> None:
         region.parent = self

@@ -14,6 +14,9 @@ set of allowed dtypes, or both as ``(variable, set)``:
 
 The verifier (and the builder, when it infers result types) checks them before type
 inference runs, so kernels never see operands of mixed or unexpected dtypes.
+
+Properties passes and backends ask about (pure, commutative, elementwise, view, ...) are
+declared as traits (galaxir/ir/traits.py): ``define("my.add", ..., traits=[Commutative()])``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import ShapeInferenceError, VerificationError
+from .traits import OpTrait, Pure
 from .types import DType, TensorType, Type, fits_in_memory
 
 if TYPE_CHECKING:
@@ -110,6 +114,8 @@ class OpDef:
     trailing ``*`` a variadic tail.  ``num_results`` is an int, or None when the op says
     how many results it has at creation (e.g. split).  ``regions`` is how many regions.
     ``decompose(builder, op) -> list[Value]`` rewrites a composite op into core ops.
+    ``traits``: OpTrait objects (galaxir/ir/traits.py); ``Pure`` is added unless ``pure`` is
+    False, so ``pure`` and ``has_trait(Pure)`` always agree.
     """
 
     name: str
@@ -123,8 +129,10 @@ class OpDef:
     pure: bool = True
     doc: str = ""
     types: dict[str, TypeRule] = field(default_factory=dict)
+    traits: frozenset = frozenset()
 
     def __post_init__(self) -> None:
+        self._set_traits()
         names = [o.rstrip("?*") for o in self.operands]
         rules = []
         for operand, rule in self.types.items():
@@ -135,6 +143,38 @@ class OpDef:
             i = names.index(operand)
             rules.append((i, self.operands[i].endswith("*"), operand, var, allowed))
         self._type_rules = tuple(sorted(rules))
+
+    def _set_traits(self) -> None:
+        given = []
+        for t in self.traits:
+            if isinstance(t, type) and issubclass(t, OpTrait):
+                t = t()  # a trait class without parameters stands for its instance
+            if not isinstance(t, OpTrait):
+                raise ValueError(f"op {self.name!r}: traits must be OpTrait objects "
+                                 f"(galaxir.ir.traits), got {t!r}")
+            given.append(t)
+        if any(isinstance(t, Pure) for t in given) and not self.pure:
+            raise ValueError(f"op {self.name!r} is declared pure=False and with the Pure trait")
+        if self.pure and not any(isinstance(t, Pure) for t in given):
+            given.append(Pure())
+        by_class: dict[type, OpTrait] = {}
+        for t in given:
+            if type(t) in by_class and by_class[type(t)] != t:
+                raise ValueError(f"op {self.name!r}: two {type(t).__name__} traits "
+                                 f"({by_class[type(t)]!r} and {t!r})")
+            by_class[type(t)] = t
+        self.traits = frozenset(given)
+        self._by_class = by_class
+
+    def trait(self, cls: type) -> OpTrait | None:
+        """The op's trait of class ``cls`` (or a subclass of it), or None."""
+        t = self._by_class.get(cls)
+        if t is None:
+            t = next((x for x in self.traits if isinstance(x, cls)), None)
+        return t
+
+    def has_trait(self, cls: type) -> bool:
+        return self.trait(cls) is not None
 
     def check_operand_types(self, op: "Operation") -> None:
         """Raise ShapeInferenceError naming the op, operand and dtypes when an operand's
@@ -208,10 +248,12 @@ def register(od: OpDef, replace: bool = False) -> OpDef:
 
 
 def define(name: str, operands=(), attrs=None, infer=None, num_results=1, regions=0,
-           verify=None, decompose=None, pure=True, doc="", replace=False, types=None) -> OpDef:
+           verify=None, decompose=None, pure=True, doc="", replace=False, types=None,
+           traits=()) -> OpDef:
     """Declare an op and register it; returns its OpDef."""
     return register(OpDef(name, tuple(operands), dict(attrs or {}), infer, num_results, regions,
-                          verify, decompose, pure, doc, dict(types or {})), replace=replace)
+                          verify, decompose, pure, doc, dict(types or {}), frozenset(traits)),
+                    replace=replace)
 
 
 def lookup(name: str) -> OpDef | None:

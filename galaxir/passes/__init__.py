@@ -14,7 +14,7 @@ from .manager import (DumpStages, FunctionPass, Instrument, Pass, PassContext, P
                       PassRecord, PrintIR, VerifyEach, function_pass)
 from .pipeline import (LEVEL_PASSES, PASS_REGISTRY, make_pass, optimize, parse_pipeline,
                        pipeline_for, register_level_pass, register_pass)
-from .rewrite import (COMMUTATIVE, Absent, Const, DeclarativePattern, Match, OpPat, P,
+from .rewrite import (Absent, Const, DeclarativePattern, Match, OpPat, P,
                       Pattern, PatternSet, RewritePattern, Rewriter, RewriteStats, Var,
                       apply_patterns_greedily, const_array, explain, is_pure, pattern,
                       splat_value)
@@ -24,7 +24,7 @@ __all__ = [
     "function_pass", "Instrument", "PrintIR", "DumpStages", "VerifyEach", "PatternPass",
     "RewritePattern", "DeclarativePattern", "Pattern", "OpPat", "P", "Var", "Const", "Absent",
     "Match", "Rewriter", "PatternSet", "RewriteStats", "pattern", "explain",
-    "apply_patterns_greedily", "const_array", "splat_value", "is_pure", "COMMUTATIVE",
+    "apply_patterns_greedily", "const_array", "splat_value", "is_pure",
     "bisect", "BisectResult", "random_inputs", "compare_outputs", "pipeline_for",
     "parse_pipeline", "make_pass", "register_pass", "register_level_pass", "PASS_REGISTRY",
     "LEVEL_PASSES", "Canonicalize", "ConstantFold", "ShapeFold", "RemoveNoOps",

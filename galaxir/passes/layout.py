@@ -27,21 +27,14 @@ import numpy as np
 
 from ..ir.builder import Builder
 from ..ir.core import Block, Module, Operation, Value
+from ..ir.traits import Elementwise, LayoutAttr
 from ..ir.types import TensorType
 from .manager import Pass, PassContext
 from .rewrite import replace_op
 
-#: ops with an NHWC form (the ``layout`` attribute) that the pass converts
-LAYOUT_OPS = {"conv", "fused_conv", "max_pool", "average_pool", "global_average_pool",
-              "global_max_pool", "lrn"}
-#: elementwise ops (numpy broadcasting, no axis attribute) that transposes move through
-ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "neg", "relu", "max", "min", "sum", "mean",
-               "abs", "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu",
-               "clip", "floor", "ceil", "elu", "selu", "softplus", "softsign", "hard_sigmoid",
-               "hard_swish", "erf", "gelu", "silu", "mish", "prelu", "celu", "sin", "cos",
-               "sign", "round", "thresholded_relu", "fused_add", "where", "equal", "less",
-               "greater", "less_or_equal", "greater_or_equal", "and", "or", "xor", "not",
-               "cast", "identity", "dropout", "mod", "bit_shift", "isnan", "isinf"}
+# Which ops the pass converts (``LayoutAttr``: an NHWC form chosen by the ``layout``
+# attribute) and which a transpose moves through (``Elementwise``: numpy broadcasting, no
+# axis attribute) are traits of the ops (galaxir/ir/traits.py).
 
 
 def to_last(rank: int) -> tuple[int, ...]:
@@ -166,7 +159,7 @@ def _builder(op: Operation) -> Builder:
 
 
 def _wrap(op: Operation) -> bool:
-    if op.name not in LAYOUT_OPS or op.attrs.get("layout", "NCHW") != "NCHW":
+    if not op.has_trait(LayoutAttr) or op.attrs.get("layout", "NCHW") != "NCHW":
         return False
     if len(op.results) != 1:
         return False   # max_pool with indices: the indices are NCHW flat positions
@@ -191,7 +184,7 @@ def _wrap(op: Operation) -> bool:
 def _rewrite(op: Operation) -> str | None:
     if op.name == "transpose":
         return _fold_transpose(op)
-    if op.name in ELEMENTWISE:
+    if op.has_trait(Elementwise):
         return _push_elementwise(op)
     if op.name == "concat":
         return _push_concat(op)
@@ -404,7 +397,7 @@ def _retyped_region(b: Builder, op: Operation, operands: list):
             return None
         if inner.name == "constant" and np.asarray(inner.attrs["value"]).ndim > rank:
             return None
-        if not inner.is_terminator and inner.name != "constant" and inner.name not in ELEMENTWISE:
+        if not inner.is_terminator and inner.name != "constant" and not inner.has_trait(Elementwise):
             return None
 
     def body(rb, *args):
@@ -512,4 +505,4 @@ def _register() -> None:
 _register()
 
 __all__ = ["ToChannelsLast", "convert_to_nhwc", "interior_transposes", "to_last", "to_first",
-           "inverse", "wants_nhwc", "LAYOUT_OPS"]
+           "inverse", "wants_nhwc"]

@@ -29,19 +29,18 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from ..errors import CompileError
 from ..ir.core import Module, Value
+from ..ir.traits import InPlace, View
 from ..ir.types import TensorType
 from .manager import Pass, PassContext
 
 ALIGN = 64
 
-#: ops whose result is its first operand's buffer reinterpreted (when the sizes agree)
-VIEW_OPS = {"reshape", "flatten", "squeeze", "unsqueeze", "identity"}
-#: elementwise ops that may write their result over an operand of the same shape
-INPLACE_OPS = {"add", "sub", "mul", "div", "neg", "relu", "max", "min", "sum", "mean", "abs",
-               "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu", "clip",
-               "floor", "ceil", "elu", "selu", "softplus", "hard_sigmoid", "hard_swish", "erf",
-               "pow", "cast_like", "sin", "cos", "sign", "round", "prelu", "where",
-               "fused_elementwise", "gelu", "silu", "mish", "softsign", "celu", "thresholded_relu"}
+
+def _always_view(op) -> bool:
+    """Is ``op``'s result its first operand's buffer reinterpreted (``View`` trait; dropout's
+    view holds only at inference, which this analysis does not check)?"""
+    t = op.trait(View)
+    return t is not None and t.kind != "inference"
 
 
 def align_up(n: int, align: int = ALIGN) -> int:
@@ -431,7 +430,7 @@ def schedule_of(module: Module) -> tuple[list[Step], dict, dict, list, dict]:
                 names[id(r)] = r.name or f"%{op.name}"
                 defs.append(id(r))
         uses = [id(v) for v in op.read_values()]
-        if op.name in VIEW_OPS and op.operands and op.operands[0] is not None and defs:
+        if _always_view(op) and op.operands and op.operands[0] is not None and defs:
             x, r = op.operands[0], op.results[0]
             if id(x) in sizes and sizes[id(x)] == sizes.get(id(r)) and \
                     getattr(x.type, "dtype", None) == getattr(r.type, "dtype", None):
@@ -440,7 +439,7 @@ def schedule_of(module: Module) -> tuple[list[Step], dict, dict, list, dict]:
                 steps.append(Step((), uses, name=op.name))
                 continue
         pairs = []
-        if op.name in INPLACE_OPS and len(op.results) == 1 and defs:
+        if op.has_trait(InPlace) and len(op.results) == 1 and defs:
             r = op.results[0]
             for v in op.operands:
                 if v is not None and isinstance(v.type, TensorType) and v.type == r.type:

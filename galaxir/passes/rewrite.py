@@ -36,25 +36,15 @@ import numpy as np
 from ..errors import GalaxirError, PassError
 from ..ir.builder import Builder
 from ..ir.core import Block, Module, Operation, Region, Value
+from ..ir.traits import Commutative, Pure
 from ..ir.types import UNKNOWN, TensorType, Type, types_compatible
 
-#: Binary ops whose two operands may be swapped; patterns rooted or nested on them try both
-#: orders unless built with ``commutative=False``.
-COMMUTATIVE = frozenset({"add", "mul", "max", "min", "sum", "mean", "and", "or", "xor",
-                         "equal", "bitwise_and", "bitwise_or", "bitwise_xor"})
-
-#: Ops with effects beyond their results, or results that differ run to run: never folded,
-#: merged or erased as dead.
-IMPURE = frozenset({"random_normal", "random_uniform", "random_normal_like",
-                    "random_uniform_like", "multinomial", "bernoulli", "return"})
-
-
 def is_pure(op: Operation) -> bool:
-    """May ``op`` be erased when unused, merged with an equal op, or evaluated early?"""
-    if op.name in IMPURE:
-        return False
+    """May ``op`` be erased when unused, merged with an equal op, or evaluated early?
+    (Its definition carries the ``Pure`` trait, and so does every op in its regions; an op
+    without a definition counts as pure.)"""
     od = op.opdef
-    if od is not None and not od.pure:
+    if od is not None and not od.has_trait(Pure):
         return False
     for region in op.regions:
         for inner in region.walk():
@@ -230,7 +220,7 @@ class OpPat(Pattern):
     further operands be anything; operands beyond the list must be missing (None).
     ``attrs``: attribute name -> required value or predicate (defaults apply).
     ``where``: predicate on the Operation.  ``one_use``: its result has exactly one use.
-    ``commutative``: try both orders of two operands (default: from :data:`COMMUTATIVE`).
+    ``commutative``: try both orders of two operands (default: the op's ``Commutative`` trait).
     """
 
     def __init__(self, name: str | Sequence[str], operands: Sequence[Any] | None = None,
@@ -312,7 +302,7 @@ class OpPat(Pattern):
             _note(why, f"{self.describe()}: has {len(operands)} operands, pattern has {len(pats)}")
             return
         orders = [operands[:len(pats)]]
-        comm = self.commutative if self.commutative is not None else op.name in COMMUTATIVE
+        comm = self.commutative if self.commutative is not None else op.has_trait(Commutative)
         if comm and len(pats) == 2 and len(op.operands) == 2:
             orders.append([operands[1], operands[0]])
         for vals in orders:

@@ -2,7 +2,7 @@
 
 Resize is separable: along every resized axis, output coordinate ``o`` reads a few source
 indices with fixed weights.  The lowering computes these per-axis tables in numpy with the
-reference's own formulas (galaxir/backends/numpy/kernels/nn.py), indices already clamped
+reference's own formulas (galaxir/reference/kernels/nn.py), indices already clamped
 and turned into element offsets, and passes them as constant arrays; the kernel only
 gathers and blends:
 

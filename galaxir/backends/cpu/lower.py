@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...ir import Module, Operation, Value
+from ...ir.traits import View, ops_with
 from ...ir.types import DType, TensorType
 from . import kernels as K
 from . import kernels_depthwise as KD
@@ -18,8 +19,11 @@ from .jit import has_blas
 
 F32 = DType.float32
 
-# ops whose result is the operand's buffer reinterpreted (no data movement)
-ALIAS_OPS = {"reshape", "flatten", "squeeze", "unsqueeze", "identity", "dropout"}
+#: ops whose result is the operand's buffer reinterpreted (no data movement): the ops
+#: declared ``View`` (galaxir/ir/traits.py; ``alias_source`` checks dropout's conditions)
+ALIAS_OPS = ops_with(View)
+#: the elementwise ops emit_expr generates code for: the backend's capability, not a trait
+#: (each is declared ``Elementwise``; tests/test_traits.py checks that)
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "relu", "max", "min", "sum", "mean", "abs",
                "sqrt", "reciprocal", "exp", "log", "sigmoid", "tanh", "leaky_relu", "clip",
                "floor", "ceil", "erf", "softplus", "hard_sigmoid", "hard_swish", "gelu", "swish",

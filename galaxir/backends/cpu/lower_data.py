@@ -1,6 +1,6 @@
 """Lowering rules for data ops (kernels in kernels_data.py): slice, pad, split, tile and
 expand.  Every index the kernels use is derived here from static shapes and constant
-operands, following the numpy reference (galaxir/backends/numpy/kernels/tensor.py), and
+operands, following the numpy reference (galaxir/reference/kernels/tensor.py), and
 the shape it gives is checked against the op's inferred result shape; anything that does
 not agree, or that the reference would reject, falls back with a reason.
 

@@ -8,7 +8,7 @@ for tf_crop_and_resize) becomes ``kernels_resize.Resize``: for every resized axi
 source indices and weights of each output coordinate are computed here, at lowering time,
 with the numpy reference's own code path (``_source_coords``, the same weight formulas,
 normalization and index clamping as ``_resize_axis`` in
-galaxir/backends/numpy/kernels/nn.py), so the kernel only gathers and blends.  Every
+galaxir/reference/kernels/nn.py), so the kernel only gathers and blends.  Every
 mode, coordinate transformation, nearest mode, exclude_outside, antialias,
 extrapolation_value, axes and keep_aspect_ratio_policy is covered that way; nearest is a
 pure gather for any element type, linear and cubic blend float32 in double.
@@ -39,7 +39,7 @@ def _axis_table(op, in_len: int, out_len: int, scale: float, roi_pair):
     """(indices [out_len, K] clamped to the axis, weights [out_len, K] or None for a pure
     gather, extrapolation mask [out_len] or None) of one resized axis: the reference's
     own ``resize_taps``, with the taps that clamp onto the same index merged."""
-    from ..numpy.kernels.nn import resize_taps
+    from ...reference.kernels.nn import resize_taps
     mode, nm = op.attr("mode"), op.attr("nearest_mode")
     if mode not in ("nearest", "linear", "cubic"):
         raise _Unsupported(f"mode {mode!r}")

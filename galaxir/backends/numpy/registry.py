@@ -1,32 +1,5 @@
-"""The numpy kernel registry: one function per op, ``fn(ctx, *operands) -> result(s)``."""
-from __future__ import annotations
+"""The numpy kernel registry, which lives in galaxir/reference (below the passes, which fold
+constants with it); re-exported here, where plugins and older code look for it."""
+from ...reference.registry import KERNELS, Kernel, all_kernels, get_kernel, kernel
 
-from typing import Any, Callable
-
-Kernel = Callable[..., Any]
-KERNELS: dict[str, Kernel] = {}
-
-
-def kernel(*names: str):
-    """Register a function as the numpy kernel of the named ops."""
-    def deco(fn: Kernel) -> Kernel:
-        for n in names:
-            KERNELS[n] = fn
-        return fn
-    return deco
-
-
-_loaded = False
-
-
-def get_kernel(name: str) -> Kernel | None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import kernels  # noqa: F401  (registers the built-in kernels)
-    return KERNELS.get(name)
-
-
-def all_kernels() -> dict[str, Kernel]:
-    get_kernel("")
-    return dict(KERNELS)
+__all__ = ["KERNELS", "Kernel", "all_kernels", "get_kernel", "kernel"]

@@ -4,6 +4,7 @@ result (if branches, loop-carried values, sequence elements)."""
 from __future__ import annotations
 
 from ..opdef import BOOL, INT64, attr, define
+from ..traits import ConstantLike
 from ..types import (UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type,
                      types_compatible)
 from .rules import fail
@@ -16,10 +17,11 @@ def _constant_type(op) -> list[Type]:
     return [TensorType(DType.from_numpy(v.dtype), v.shape)]
 
 
-define("constant", attrs={"value": attr("tensor", required=True)}, infer=_constant_type,
+define("constant", traits=[ConstantLike()],
+       attrs={"value": attr("tensor", required=True)}, infer=_constant_type,
        doc="A tensor known at compile time (weights, folded values).")
 
-define("return", operands=["values*"], num_results=0,
+define("return", operands=["values*"], num_results=0, pure=False,
        doc="Terminates a block; its operands are the block's results.")
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..opdef import BOOL, FLOATS, attr, define
+from ..traits import Commutative, Elementwise, InPlace, View
 from ..types import AnyType, DType, TensorType, Type
 from .rules import broadcast_types, fail, same_shape_dtype, tensor_operand
 
@@ -210,18 +211,31 @@ def _dec_binarizer(b, op):
 
 
 # -- the op set -------------------------------------------------------------------------------
+# Traits (galaxir/ir/traits.py): every op here is Elementwise; the numeric formulas are
+# ``fusible`` (the generic elementwise fusion may loop over them) and InPlace (the memory
+# planner may write the result over a same-typed operand).
+def _math(kind: str, commutative: bool = False) -> list:
+    return [Elementwise(kind, fusible=True), InPlace()] + ([Commutative()] if commutative else [])
+
+
+def _plain(kind: str, commutative: bool = False) -> list:
+    """Elementwise, but not a fused loop's float math (bool results, casts, integer ops)."""
+    return [Elementwise(kind)] + ([Commutative()] if commutative else [])
+
+
 UNARY = ["abs", "neg", "exp", "log", "sqrt", "reciprocal", "floor", "ceil", "round", "sign",
          "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
          "atanh", "erf", "relu", "sigmoid", "bitwise_not"]
 for _name in UNARY:
-    define(_name, operands=["x"], infer=_unary)
+    define(_name, operands=["x"], infer=_unary,
+           traits=_plain("unary") if _name == "bitwise_not" else _math("unary"))
 
 
-define("not", operands=["x"], infer=_unary, types={"x": BOOL})
-define("identity", operands=["x"], infer=_identity,
+define("not", operands=["x"], infer=_unary, types={"x": BOOL}, traits=_plain("unary"))
+define("identity", operands=["x"], infer=_identity, traits=_plain("unary") + [View("identity")],
        doc="Passes any value (tensor, sequence, optional) through unchanged.")
-define("isnan", operands=["x"], infer=same_shape_dtype(DType.bool))
-define("isinf", operands=["x"], infer=same_shape_dtype(DType.bool),
+define("isnan", operands=["x"], infer=same_shape_dtype(DType.bool), traits=_plain("unary"))
+define("isinf", operands=["x"], infer=same_shape_dtype(DType.bool), traits=_plain("unary"),
        attrs={"detect_negative": attr("int", 1), "detect_positive": attr("int", 1)})
 
 # composite activations: (name, attrs, decomposition, doc)
@@ -250,52 +264,66 @@ _COMPOSITES = [
 _VERIFY = {"gelu": _one_of("approximate", ("none", "tanh"))}
 for _name, _attrs, _dec, _doc in _COMPOSITES:
     define(_name, operands=["x"], attrs=_attrs, infer=_unary, decompose=_dec, doc=_doc,
-           verify=_VERIFY.get(_name))
+           verify=_VERIFY.get(_name), traits=_math("unary"))
 
 define("prelu", operands=["x", "slope"], infer=_prelu, decompose=_dec_prelu,
-       types={"x": "T", "slope": "T"},
+       types={"x": "T", "slope": "T"}, traits=_math("binary"),
        doc="x if x >= 0 else slope * x (slope broadcasts to x)")
 define("ml.binarizer", operands=["x"], attrs={"threshold": attr("float", 0.0)}, infer=_unary,
-       decompose=_dec_binarizer, doc="1 where x > threshold else 0, in x's dtype")
+       decompose=_dec_binarizer, traits=_plain("unary"),
+       doc="1 where x > threshold else 0, in x's dtype")
 
-ARITH = ["add", "sub", "mul", "div", "bitwise_and", "bitwise_or", "bitwise_xor"]
 _SAME = {"a": "T", "b": "T"}
-for _name in ARITH:
-    define(_name, operands=["a", "b"], infer=_same_dtype_broadcast, types=_SAME)
-define("pow", operands=["a", "b"], infer=_first_dtype_broadcast,
+# (name, traits)
+ARITH = [("add", _math("binary", commutative=True)), ("sub", _math("binary")),
+         ("mul", _math("binary", commutative=True)), ("div", _math("binary")),
+         ("bitwise_and", _plain("binary", commutative=True)),
+         ("bitwise_or", _plain("binary", commutative=True)),
+         ("bitwise_xor", _plain("binary", commutative=True))]
+for _name, _traits in ARITH:
+    define(_name, operands=["a", "b"], infer=_same_dtype_broadcast, types=_SAME, traits=_traits)
+define("pow", operands=["a", "b"], infer=_first_dtype_broadcast, traits=_math("binary"),
        doc="a ** b in a's dtype (the exponent may have another numeric dtype)")
 define("mod", operands=["a", "b"], infer=_same_dtype_broadcast, attrs={"fmod": attr("int", 0)},
-       types=_SAME,
+       types=_SAME, traits=_plain("binary"),
        doc="fmod=0: remainder with the divisor's sign (integers); fmod=1: C fmod")
 define("bit_shift", operands=["a", "b"], infer=_same_dtype_broadcast, types=_SAME,
+       traits=_plain("binary"),
        attrs={"direction": attr("str", required=True)},
        verify=_one_of("direction", ("LEFT", "RIGHT")),
        doc="LEFT or RIGHT shift; shifts outside [0, bits) give 0 (or the sign for RIGHT)")
 
 COMPARE = ["equal", "less", "less_or_equal", "greater", "greater_or_equal"]
 for _name in COMPARE:
-    define(_name, operands=["a", "b"], infer=_compare, types=_SAME)
+    define(_name, operands=["a", "b"], infer=_compare, types=_SAME,
+           traits=_plain("binary", commutative=_name == "equal"))
 for _name in ["and", "or", "xor"]:
-    define(_name, operands=["a", "b"], infer=_logical, types={"a": BOOL, "b": BOOL})
+    define(_name, operands=["a", "b"], infer=_logical, types={"a": BOOL, "b": BOOL},
+           traits=_plain("binary", commutative=True))
 
-for _name in ["max", "min", "sum", "mean"]:
-    define(_name, operands=["inputs*"], infer=_same_dtype_broadcast, types={"inputs": "T"})
+for _name in ["max", "min"]:  # fused as binary ops; sum and mean stay out of fused loops
+    define(_name, operands=["inputs*"], infer=_same_dtype_broadcast, types={"inputs": "T"},
+           traits=_math("variadic", commutative=True))
+for _name in ["sum", "mean"]:
+    define(_name, operands=["inputs*"], infer=_same_dtype_broadcast, types={"inputs": "T"},
+           traits=_plain("variadic", commutative=True) + [InPlace()])
 
-define("where", operands=["condition", "x", "y"], infer=_where,
+define("where", operands=["condition", "x", "y"], infer=_where, traits=_math("other"),
        types={"condition": BOOL, "x": "T", "y": "T"})
-define("clip", operands=["x", "min?", "max?"], infer=_clip,
+define("clip", operands=["x", "min?", "max?"], infer=_clip, traits=_math("other"),
        types={"x": "T", "min": "T", "max": "T"},
        doc="min(max(x, min), max); a missing bound does not clip")
-define("cast", operands=["x"], infer=_cast,
+define("cast", operands=["x"], infer=_cast, traits=_plain("unary"),
        attrs={"to": attr("dtype", required=True), "saturate": attr("int", 1),
               "round_mode": attr("str", "up")},
        verify=_one_of("round_mode", ("up", "down", "nearest")),
        doc="Converts to dtype ``to``; saturate (float8 targets) clamps out-of-range values, "
            "round_mode (float8e8m0 target) is up, down or nearest")
-define("bit_cast", operands=["x"], infer=_cast, verify=_bit_cast_verify,
+define("bit_cast", operands=["x"], infer=_cast, verify=_bit_cast_verify, traits=_plain("unary"),
        attrs={"to": attr("dtype", required=True)},
        doc="Reinterprets the bits of each element as dtype ``to`` (same width)")
 define("dropout", operands=["x", "ratio?", "training_mode?"], num_results=None, infer=_dropout,
+       traits=_plain("other") + [View("inference")],
        types={"ratio": FLOATS, "training_mode": BOOL},
        attrs={"seed": attr("int")},
        doc="Identity unless training_mode is true; the optional second result is the keep mask")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..opdef import attr, define
+from ..traits import Elementwise, InPlace, LayoutAttr
 from ..types import TensorType, Type
 from .linalg import GEMM_TYPES, _gemm_infer, matmul_shape
 from .nn import CONV_TYPES, LAYOUT_ATTR, _WINDOW_ATTRS, _conv_infer, _conv_verify
@@ -115,7 +116,8 @@ def _fused_conv_decompose(b, op):
     return [_epilogue(b, op, y)]
 
 
-define("fused_conv", operands=["x", "w", "b?", "z?"],
+define("fused_conv", traits=[LayoutAttr()],
+       operands=["x", "w", "b?", "z?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **_ACT_ATTRS, **LAYOUT_ATTR},
        infer=_conv_infer, verify=_fused_conv_verify, decompose=_fused_conv_decompose,
        types={**CONV_TYPES, "z": "T"},
@@ -177,7 +179,8 @@ def _fused_add_infer(op: "Operation") -> list[Type]:
     return [ta.with_shape(shape)]
 
 
-define("fused_add", operands=["a", "b"], attrs=dict(_ACT_ATTRS), infer=_fused_add_infer,
+define("fused_add", traits=[Elementwise("binary", fusible=True), InPlace()],
+       operands=["a", "b"], attrs=dict(_ACT_ATTRS), infer=_fused_add_infer,
        types={"a": "T", "b": "T"},
        verify=check_activation,
        decompose=lambda b, op: [_epilogue(b, op, b.add(op.operand(0), op.operand(1)))],
@@ -239,7 +242,8 @@ def _fused_ew_decompose(b, op):
     return [mapping.get(id(out), out)]
 
 
-define("fused_elementwise", operands=["inputs*"], regions=1, infer=_fused_ew_infer,
+define("fused_elementwise", traits=[Elementwise("variadic"), InPlace()],
+       operands=["inputs*"], regions=1, infer=_fused_ew_infer,
        decompose=_fused_ew_decompose,
        doc="A chain of elementwise ops as one op: region 0's block arguments are bound to the "
            "operands, its body is the chain, its return value is the result.")

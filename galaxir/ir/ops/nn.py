@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..opdef import FLOAT32, FLOATS, INT64, attr, define
+from ..traits import LayoutAttr, SizeFromValues
 from ..types import UNKNOWN, Dim, DType, TensorType
 from .rules import const_value, fail, tensor_operand
 
@@ -226,7 +227,8 @@ def _conv_verify(op):
 #: conv-like ops: input, weight and bias share one element type
 CONV_TYPES = {"x": "T", "w": "T", "b": "T"}
 
-define("conv", operands=["x", "w", "b?"],
+define("conv", traits=[LayoutAttr()],
+       operands=["x", "w", "b?"],
        attrs={**_WINDOW_ATTRS, "group": attr("int", 1), **LAYOUT_ATTR},
        infer=_conv_infer, verify=_conv_verify, types=CONV_TYPES,
        doc="N-d convolution (ONNX Conv): x[N,C,*S] * w[M,C/group,*K] + b[M].")
@@ -352,7 +354,8 @@ def _pool_infer(op):
 _POOL_ATTRS = {**_WINDOW_ATTRS, "kernel_shape": attr("ints", required=True),
                "ceil_mode": attr("int", 0)}
 
-define("average_pool", operands=["x"], attrs={**_POOL_ATTRS, "count_include_pad": attr("int", 0),
+define("average_pool", traits=[LayoutAttr()],
+       operands=["x"], attrs={**_POOL_ATTRS, "count_include_pad": attr("int", 0),
                                              **LAYOUT_ATTR},
        infer=_pool_infer, verify=check_window_attrs)
 define("lp_pool", operands=["x"], attrs={**_POOL_ATTRS, "p": attr("int", 2)},
@@ -365,7 +368,8 @@ def _max_pool_verify(op):
         raise fail(op, f"has 1 or 2 results (values, indices), got {len(op.results)}")
 
 
-define("max_pool", operands=["x"], num_results=None,
+define("max_pool", traits=[LayoutAttr()],
+       operands=["x"], num_results=None,
        attrs={**_POOL_ATTRS, "storage_order": attr("int", 0), **LAYOUT_ATTR},
        infer=_pool_infer, verify=_max_pool_verify,
        doc="Max pooling; a second result (int64) holds the flat index of each maximum.")
@@ -378,8 +382,10 @@ def _global_infer(op):
     return [_layout_out(op, TensorType(x.dtype, (x.shape[0], x.shape[1]) + (1,) * (len(x.shape) - 2)))]
 
 
-define("global_average_pool", operands=["x"], attrs=dict(LAYOUT_ATTR), infer=_global_infer)
-define("global_max_pool", operands=["x"], attrs=dict(LAYOUT_ATTR), infer=_global_infer)
+define("global_average_pool", traits=[LayoutAttr()],
+       operands=["x"], attrs=dict(LAYOUT_ATTR), infer=_global_infer)
+define("global_max_pool", traits=[LayoutAttr()],
+       operands=["x"], attrs=dict(LAYOUT_ATTR), infer=_global_infer)
 define("global_lp_pool", operands=["x"], attrs={"p": attr("int", 2)}, infer=_global_infer)
 
 
@@ -497,7 +503,8 @@ def _resize_verify(op):
         raise fail(op, f"nearest_mode must be one of {NEAREST_MODES}")
 
 
-define("resize", operands=["x", "roi?", "scales?", "sizes?"],
+define("resize", traits=[SizeFromValues()],
+       operands=["x", "roi?", "scales?", "sizes?"],
        attrs={"antialias": attr("int", 0), "axes": attr("ints"),
               "coordinate_transformation_mode": attr("str", "half_pixel"),
               "cubic_coeff_a": attr("float", -0.75), "exclude_outside": attr("int", 0),

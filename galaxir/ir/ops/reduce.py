@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..opdef import INDEX, INT64, attr, define
+from ..traits import LayoutAttr
 from ..types import UNKNOWN, DType, TensorType
 from .rules import const_value, fail, normalize_axis, same_as, tensor_operand
 
@@ -286,7 +287,8 @@ def _lrn_infer(op: "Operation"):
     return _check_rank_at_least(2)(op)
 
 
-define("lrn", operands=["x"], infer=_lrn_infer,
+define("lrn", traits=[LayoutAttr()],
+       operands=["x"], infer=_lrn_infer,
        attrs={"size": attr("int", required=True), "alpha": attr("float", 1e-4),
               "beta": attr("float", 0.75), "bias": attr("float", 1.0),
               "layout": attr("str", "NCHW")},

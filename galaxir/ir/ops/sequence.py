@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..opdef import INDEX, attr, define
+from ..traits import SizeFromValues
 from ..types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 from .control import merge_types
 from .rules import const_value, fail, normalize_axis, tensor_operand
@@ -117,7 +118,8 @@ def _split_to_sequence(op) -> list[Type]:
     return [SequenceType(TensorType(t.dtype, tuple(shape)))]
 
 
-define("split_to_sequence", operands=["input", "split?"], infer=_split_to_sequence,
+define("split_to_sequence", traits=[SizeFromValues()],
+       operands=["input", "split?"], infer=_split_to_sequence,
        types={"split": INDEX},
        attrs={"axis": attr("int", 0), "keepdims": attr("int", 1)},
        doc="Splits a tensor along axis into a sequence: by 'split' sizes (1-D), into chunks "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..opdef import BOOL, INDEX, INT64, attr, define
+from ..traits import ShapeOnly, SizeFromValues, View
 from ..types import UNKNOWN, Dim, DType, TensorType, Type
 from .rules import broadcast_shapes, const_value, fail, normalize_axis, tensor_operand
 
@@ -302,7 +303,8 @@ def _reshape(op) -> list[Type]:
     return [x.with_shape(out)]
 
 
-define("reshape", operands=["data", "shape"], attrs={"allowzero": attr("int", 0)}, infer=_reshape,
+define("reshape", traits=[View("reshape"), ShapeOnly()],
+       operands=["data", "shape"], attrs={"allowzero": attr("int", 0)}, infer=_reshape,
        types={"shape": INT64},
        doc="ONNX Reshape-14: 0 copies the input dim (unless allowzero), -1 is inferred.")
 
@@ -410,7 +412,8 @@ def _squeeze(op) -> list[Type]:
     return [x.with_shape([d for k, d in enumerate(x.shape) if k not in axes])]
 
 
-define("squeeze", operands=["data", "axes?"], infer=_squeeze, types={"axes": INT64})
+define("squeeze", traits=[View("reshape"), ShapeOnly()],
+       operands=["data", "axes?"], infer=_squeeze, types={"axes": INT64})
 
 
 def _unsqueeze(op) -> list[Type]:
@@ -431,7 +434,8 @@ def _unsqueeze(op) -> list[Type]:
     return [x.with_shape(out)]
 
 
-define("unsqueeze", operands=["data", "axes"], infer=_unsqueeze, types={"axes": INT64})
+define("unsqueeze", traits=[View("reshape"), ShapeOnly()],
+       operands=["data", "axes"], infer=_unsqueeze, types={"axes": INT64})
 
 
 def _flatten(op) -> list[Type]:
@@ -446,7 +450,8 @@ def _flatten(op) -> list[Type]:
     return [x.with_shape((dim_product(x.shape[:axis]), dim_product(x.shape[axis:])))]
 
 
-define("flatten", operands=["input"], attrs={"axis": attr("int", 1)}, infer=_flatten)
+define("flatten", traits=[View("reshape"), ShapeOnly()],
+       operands=["input"], attrs={"axis": attr("int", 1)}, infer=_flatten)
 
 
 def _expand(op) -> list[Type]:
@@ -464,7 +469,8 @@ def _expand(op) -> list[Type]:
     return [x.with_shape(shape)]
 
 
-define("expand", operands=["input", "shape"], infer=_expand, types={"shape": INT64})
+define("expand", traits=[SizeFromValues(), ShapeOnly()],
+       operands=["input", "shape"], infer=_expand, types={"shape": INT64})
 
 
 def _tile(op) -> list[Type]:
@@ -480,7 +486,8 @@ def _tile(op) -> list[Type]:
                                       for d, k in zip(x.shape, reps)]))]
 
 
-define("tile", operands=["input", "repeats"], infer=_tile, types={"repeats": INT64})
+define("tile", traits=[SizeFromValues(), ShapeOnly()],
+       operands=["input", "repeats"], infer=_tile, types={"repeats": INT64})
 
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int, int]:
@@ -634,7 +641,8 @@ def _constant_of_shape(op) -> list[Type]:
     return [TensorType(dt, _nonneg(op, spec))]
 
 
-define("constant_of_shape", operands=["input"], attrs={"value": attr("tensor")}, infer=_constant_of_shape,
+define("constant_of_shape", traits=[SizeFromValues()],
+       operands=["input"], attrs={"value": attr("tensor")}, infer=_constant_of_shape,
        types={"input": INT64})
 
 
@@ -661,7 +669,8 @@ def _range(op) -> list[Type]:
     return [t.with_shape((n,))]
 
 
-define("range", operands=["start", "limit", "delta"], infer=_range,
+define("range", traits=[SizeFromValues()],
+       operands=["start", "limit", "delta"], infer=_range,
        types={"start": "T", "limit": "T", "delta": "T"})
 
 
@@ -683,7 +692,8 @@ def _pad(op) -> list[Type]:
     return [x.with_shape(_nonneg(op, out))]
 
 
-define("pad", operands=["data", "pads", "constant_value?", "axes?"],
+define("pad", traits=[SizeFromValues()],
+       operands=["data", "pads", "constant_value?", "axes?"],
        attrs={"mode": attr("str", "constant")}, infer=_pad,
        types={"data": "T", "pads": INT64, "constant_value": "T", "axes": INDEX})
 
@@ -702,7 +712,8 @@ def _compress(op) -> list[Type]:
     return [x.with_shape(x.shape[:axis] + (n,) + x.shape[axis + 1:])]
 
 
-define("compress", operands=["input", "condition"], attrs={"axis": attr("int")}, infer=_compress,
+define("compress", traits=[SizeFromValues()],
+       operands=["input", "condition"], attrs={"axis": attr("int")}, infer=_compress,
        types={"condition": BOOL})
 
 
@@ -711,7 +722,8 @@ def _non_zero(op) -> list[Type]:
     return [TensorType(DType.int64, (UNKNOWN if x.shape is None else max(len(x.shape), 1), UNKNOWN))]
 
 
-define("non_zero", operands=["x"], infer=_non_zero)
+define("non_zero", traits=[SizeFromValues()],
+       operands=["x"], infer=_non_zero)
 
 
 def _one_hot(op) -> list[Type]:
@@ -725,7 +737,8 @@ def _one_hot(op) -> list[Type]:
     return [values.with_shape(idx.shape[:axis] + (depth,) + idx.shape[axis:])]
 
 
-define("one_hot", operands=["indices", "depth", "values"], attrs={"axis": attr("int", -1)}, infer=_one_hot)
+define("one_hot", traits=[SizeFromValues()],
+       operands=["indices", "depth", "values"], attrs={"axis": attr("int", -1)}, infer=_one_hot)
 
 
 def _eye_like(op) -> list[Type]:
@@ -735,7 +748,8 @@ def _eye_like(op) -> list[Type]:
     return [TensorType(op.attr("dtype") or x.dtype, x.shape)]
 
 
-define("eye_like", operands=["input"], attrs={"dtype": attr("dtype"), "k": attr("int", 0)}, infer=_eye_like)
+define("eye_like", traits=[SizeFromValues()],
+       operands=["input"], attrs={"dtype": attr("dtype"), "k": attr("int", 0)}, infer=_eye_like)
 define("trilu", operands=["input", "k?"], attrs={"upper": attr("int", 1)}, infer=lambda op: [_data(op)],
        types={"k": INT64})
 
@@ -811,7 +825,8 @@ def _unique(op) -> list[Type]:
     return [y, TensorType(i64, (UNKNOWN,)), TensorType(i64, (n,)), TensorType(i64, (UNKNOWN,))]
 
 
-define("unique", operands=["X"], attrs={"sorted": attr("int", 1), "axis": attr("int")}, num_results=4,
+define("unique", traits=[SizeFromValues()],
+       operands=["X"], attrs={"sorted": attr("int", 1), "axis": attr("int")}, num_results=4,
        infer=_unique, doc="Results: unique values, first-occurrence indices, inverse indices, counts.")
 
 

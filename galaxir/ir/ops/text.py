@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ..opdef import attr, define
+from ..traits import SizeFromValues
 from ..types import UNKNOWN, DType, TensorType, Type
 from .rules import broadcast_types, fail, tensor_operand
 
@@ -46,7 +47,8 @@ def _string_split(op) -> list[Type]:
     return [TensorType(DType.string, t.shape + (UNKNOWN,)), TensorType(DType.int64, t.shape)]
 
 
-define("string_split", operands=["x"], num_results=2, infer=_string_split,
+define("string_split", traits=[SizeFromValues()],
+       operands=["x"], num_results=2, infer=_string_split,
        attrs={"delimiter": attr("str"), "maxsplit": attr("int")},
        doc="Splits every string at 'delimiter' (absent or empty: runs of whitespace), at most "
            "'maxsplit' times; results are the pieces padded with '' and their counts.")

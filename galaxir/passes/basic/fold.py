@@ -1,10 +1,10 @@
 """Constant folding (through the numpy reference kernels) and shape folding.
 
-Folding evaluates an op whose operands are all constants with the numpy backend's own
-kernel, so the folded value is exactly what the reference would compute at run time.  A
-size cap (``fold_max_elements``, default 4M elements) keeps folding from blowing a model
-up; ``constant_of_shape`` and ``expand`` of constants fold to broadcast views (a splat
-costs one element of memory whatever its shape).
+Folding evaluates an op whose operands are all constants with its reference kernel
+(galaxir/reference, which the numpy backend runs too), so the folded value is exactly what
+the reference would compute at run time.  A size cap (``fold_max_elements``, default 4M
+elements) keeps folding from blowing a model up; ``constant_of_shape`` and ``expand`` of
+constants fold to broadcast views (a splat costs one element of memory whatever its shape).
 
 A fold must not grow the model: a constant is stored whole (a .gxm file, the text form,
 the ONNX export), so a result much larger than the data it was computed from -- a
@@ -17,13 +17,12 @@ nothing is lost at run time.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from ...errors import GalaxirError
 from ...ir.core import Operation, Value
+from ...ir.traits import ConstantLike, SizeFromValues
 from ...ir.types import DType, TensorType, types_compatible
+from ...reference.evaluator import evaluate_op
 from ..rewrite import Const, P, RewritePattern, Rewriter, Var, const_array, is_pure, pattern
 
 DEFAULT_MAX_ELEMENTS = 1 << 22
@@ -32,26 +31,9 @@ DEFAULT_MAX_GROWTH = 16
 #: ... unless it is this small anyway (shape arithmetic, small tables).
 GROWTH_FLOOR_BYTES = 16 << 10
 
-#: Ops whose output size depends on operand values: folded only when the result type is
-#: static (so the size cap can be checked before evaluating).
-GROWING = frozenset({"range", "constant_of_shape", "expand", "tile", "resize", "pad",
-                     "one_hot", "upsample", "eye_like", "non_zero", "unique", "compress",
-                     "string_split", "split_to_sequence"})
-
-#: Never folded: evaluation depends on more than the operands.
-NO_FOLD = frozenset({"constant", "return"})
-
-
-def _evaluate(op: Operation, args: list) -> list | None:
-    from ...backends.numpy.interpreter import Interpreter
-    env = {id(v): a for v, a in zip(op.operands, args) if v is not None}
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            Interpreter(None).run_op(op, env)
-    except (GalaxirError, Exception):
-        return None  # the op fails on these values: leave it for run time to report
-    return [env.get(id(r)) for r in op.results]
+# Op traits (galaxir/ir/traits.py) decide what folds: ``Pure`` ops only; never a
+# ``ConstantLike`` op (nothing to fold); a ``SizeFromValues`` op (its output size depends on
+# operand values) only when its result type is static, so the size cap is checked first.
 
 
 class FoldConstant(RewritePattern):
@@ -86,7 +68,7 @@ class FoldConstant(RewritePattern):
         return out_bytes > self.max_growth * max(into, 1)
 
     def match_and_rewrite(self, op: Operation, rw: Rewriter) -> bool:
-        if op.name in NO_FOLD or op.regions or not op.results:
+        if op.has_trait(ConstantLike) or op.regions or not op.results:
             return False
         args = []
         for v in op.operands:
@@ -107,11 +89,11 @@ class FoldConstant(RewritePattern):
         if values is None:
             for r in op.results:
                 n = r.type.numel
-                if n is None and op.name in GROWING:
+                if n is None and op.has_trait(SizeFromValues):
                     return False
                 if n is not None and n > self.max_elements:
                     return False
-            values = _evaluate(op, args)
+            values = evaluate_op(op, args)
             if values is None:
                 return False
         if any(not isinstance(val, np.ndarray) for val in values) or \

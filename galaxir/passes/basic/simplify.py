@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.core import Operation, Value
+from ...ir.traits import ShapeOnly, View, ops_with
 from ...ir.types import UNKNOWN, DType, TensorType
 from ..rewrite import (Const, P, RewritePattern, Rewriter, Var, const_array, pattern)
 
@@ -61,9 +62,9 @@ def remove_dropout(m):
     return outs
 
 
-#: Ops that only rearrange (or broadcast) data: when the result has exactly the operand's
-#: shape, they are the identity.
-SHAPE_ONLY = ("reshape", "expand", "squeeze", "unsqueeze", "flatten", "tile")
+#: Ops that only rearrange (or broadcast) data (the ``ShapeOnly`` trait): when the result has
+#: exactly the operand's shape, they are the identity.
+SHAPE_ONLY = tuple(sorted(ops_with(ShapeOnly)))
 
 
 def _noop_shape_rule(name: str) -> RewritePattern:
@@ -235,7 +236,8 @@ def cast_cast(m):
     return m.b.cast(m.x, to=dst)
 
 
-VIEW_OPS = ("reshape", "squeeze", "unsqueeze", "flatten")
+#: the ops declared ``View("reshape")``: they all keep the element order
+VIEW_OPS = tuple(sorted(ops_with(View, lambda t: t.kind == "reshape")))
 
 
 @pattern(P.any_of(*VIEW_OPS)(P.any_of(*VIEW_OPS)(X, ...).named("inner"), ...),

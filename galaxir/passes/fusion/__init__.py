@@ -11,7 +11,7 @@ In pipeline order (each a pass of its own, so ``disable_passes=["fuse-elementwis
 5. ``fuse-elementwise``: remaining elementwise chains into one op with a region.
 
 The fused ops are defined in galaxir/ir/ops/fused.py (each decomposes back into core ops)
-and run on the numpy backend by galaxir/backends/numpy/kernels/fused.py.
+and run on the numpy backend by galaxir/reference/kernels/fused.py.
 """
 from __future__ import annotations
 

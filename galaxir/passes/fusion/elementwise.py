@@ -15,17 +15,10 @@ from __future__ import annotations
 
 from ...ir.clone import clone_op
 from ...ir.core import Block, Operation, Region, Value
+from ...ir.traits import Elementwise, ops_with
 from ...ir.types import TensorType
 from ..rewrite import RewritePattern, Rewriter, const_array
 
-UNARY = {"abs", "neg", "exp", "log", "sqrt", "reciprocal", "floor", "ceil", "round", "sign",
-         "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
-         "acosh", "atanh", "erf", "relu", "sigmoid", "leaky_relu", "hard_sigmoid",
-         "hard_swish", "gelu", "elu", "selu", "celu", "softplus", "softsign", "mish",
-         "swish", "thresholded_relu", "shrink"}
-BINARY = {"add", "sub", "mul", "div", "pow", "max", "min", "prelu", "fused_add"}
-OTHER = {"where", "clip"}
-ELEMENTWISE = frozenset(UNARY | BINARY | OTHER)
 
 #: constants up to this many elements are copied into the region instead of passed in
 INLINE_CONST_ELEMENTS = 16
@@ -34,8 +27,14 @@ INLINE_CONST_ELEMENTS = 16
 MAX_GROUP_OPS = 64
 
 
+def _fusible_kind(op: Operation) -> bool:
+    """Does ``op``'s definition say it may join a fused loop (``Elementwise(fusible=True)``)?"""
+    t = op.trait(Elementwise)
+    return t is not None and t.fusible
+
+
 def _fusible(op: Operation | None) -> bool:
-    if op is None or op.name not in ELEMENTWISE or len(op.results) != 1 or op.regions:
+    if op is None or len(op.results) != 1 or op.regions or not _fusible_kind(op):
         return False
     if not all(isinstance(v.type, TensorType) for v in op.operands if v is not None):
         return False
@@ -109,10 +108,15 @@ class FuseElementwise(RewritePattern):
     """A chain of >= ``min_ops`` elementwise ops -> one fused_elementwise op with a region."""
 
     name = "fuse-elementwise"
-    root = tuple(sorted(ELEMENTWISE))
 
     def __init__(self, min_ops: int = 2):
         self.min_ops = min_ops
+
+    @property
+    def root(self) -> tuple[str, ...]:
+        """Every op declared ``Elementwise(fusible=True)`` (asked when the pattern set is
+        built, so ops defined after import count too)."""
+        return tuple(sorted(ops_with(Elementwise, lambda t: t.fusible)))
 
     def _match(self, op: Operation):
         if not _fusible(op):

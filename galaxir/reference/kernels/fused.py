@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.opdef import describe
+from ...errors import ExecutionError
+from ...ir.opdef import describe
 from ..registry import kernel
 from . import elementwise as ew
 from . import linalg, nn

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.opdef import describe
-from ....ir.types import TensorType
+from ...errors import ExecutionError
+from ...ir.opdef import describe
+from ...ir.types import TensorType
 from ..registry import kernel
 
 

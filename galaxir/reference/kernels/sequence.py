@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.opdef import describe
-from ....ir.types import SequenceType
+from ...errors import ExecutionError
+from ...ir.opdef import describe
+from ...ir.types import SequenceType
 from ..registry import kernel
 
 

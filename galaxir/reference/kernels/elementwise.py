@@ -11,9 +11,9 @@ import math
 import ml_dtypes
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.opdef import describe
-from ....ir.types import DType
+from ...errors import ExecutionError
+from ...ir.opdef import describe
+from ...ir.types import DType
 from ..registry import kernel
 
 _NATIVE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))

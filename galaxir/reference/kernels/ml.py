@@ -6,8 +6,8 @@ import weakref
 
 import numpy as np
 
-from ....errors import ExecutionError, UnsupportedOpError
-from ....ir.opdef import describe
+from ...errors import ExecutionError, UnsupportedOpError
+from ...ir.opdef import describe
 from ..registry import kernel
 
 # -- ai.onnx.ml -----------------------------------------------------------------------------

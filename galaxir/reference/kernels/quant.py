@@ -6,7 +6,7 @@ import itertools
 import ml_dtypes
 import numpy as np
 
-from ....errors import ExecutionError
+from ...errors import ExecutionError
 from ..registry import kernel
 
 _FLOAT8 = {np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e4m3fnuz),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.ops.sequence_models import flex_score_dtype
-from ....ir.types import DType
+from ...errors import ExecutionError
+from ...ir.ops.sequence_models import flex_score_dtype
+from ...ir.types import DType
 from ..registry import kernel
 
 _HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))

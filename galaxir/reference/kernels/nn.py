@@ -15,8 +15,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ....errors import ExecutionError, UnsupportedOpError
-from ....ir.ops.nn import (conv_transpose_geometry, resize_output_shape, resolve_window,
+from ...errors import ExecutionError, UnsupportedOpError
+from ...ir.ops.nn import (conv_transpose_geometry, resize_output_shape, resolve_window,
                            window_out_dim, window_span)
 from ..registry import kernel
 

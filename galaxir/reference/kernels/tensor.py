@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.ops.tensor import range_length, slice_bounds
-from ....ir.opdef import describe
+from ...errors import ExecutionError
+from ...ir.ops.tensor import range_length, slice_bounds
+from ...ir.opdef import describe
 from ..registry import kernel
 
 

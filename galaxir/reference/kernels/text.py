@@ -8,8 +8,8 @@ import weakref
 
 import numpy as np
 
-from ....errors import ExecutionError
-from ....ir.opdef import describe
+from ...errors import ExecutionError
+from ...ir.opdef import describe
 from ..registry import kernel
 
 _concat = np.frompyfunc(operator.add, 2, 1)
