@@ -148,8 +148,11 @@ def compile(model: Any, target: str = "cpu", level: int | None = None, **options
         # growth limit (conv + batch_norm folding needs the splat weights as constants)
         opt_kw.setdefault("fold_max_growth", float("inf"))
         module = optimize(module, level=level, target=backend, **opt_kw)
-    return compile_partitioned(module, backend,
-                               **{k: v for k, v in options.items() if k not in opt_kw})
+    own_kw = {k: v for k, v in options.items() if k not in opt_kw}
+    exe = compile_partitioned(module, backend, **own_kw)
+    # run(outputs=[...]) compiles a pruned copy of the (optimized) module the same way
+    exe.compile_like = lambda m: compile_partitioned(m, backend, **own_kw)
+    return exe
 
 
 def default_level(target: str) -> int:

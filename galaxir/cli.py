@@ -426,6 +426,36 @@ def cmd_convert_float(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    import os
+    try:
+        from galaxir.serve.app import ServeConfig, create_app
+        from galaxir.serve.models import load_models
+        from galaxir.serve.server import serve
+    except ImportError as e:
+        raise CliError(f"galaxir serve needs the serve extra (starlette, uvicorn, "
+                       f"prometheus_client): {e}") from None
+    if not 0 <= a.max_batch <= 128:
+        raise CliError("--max-batch must be 0..128")
+    token = a.token or os.environ.get("GALAXIR_SERVE_TOKEN") or None
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print("galaxir serve: warning: listening beyond loopback without --token",
+              file=sys.stderr)
+    models = load_models(a.models, target=a.target, num_threads=a.threads)
+    for name, m in models.items():
+        how = "dynamic batching" if a.max_batch > 1 and m.batchable else "no batching"
+        print(f"galaxir serve: model '{name}' ({how})", flush=True)
+    config = ServeConfig(max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
+                         max_body_bytes=int(a.max_body_mb * (1 << 20)), token=token,
+                         run_threads=a.run_threads, batch_instances=a.batch_instances)
+    try:
+        serve(create_app(models, config), host=a.host, port=a.port, log_level=a.log_level)
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
+        pass
+    print("galaxir serve: stopped", flush=True)
+    return 0
+
+
 def cmd_demo(a) -> int:
     from galaxir.demo import main as demo
     return demo(a.rest)
@@ -567,6 +597,26 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--keep", action="append", metavar="OP",
                     help="op kinds kept in f32 (replaces the default: softmax, norms, reductions, exp/log)")
     cf.set_defaults(fn=cmd_convert_float)
+
+    sv = sub.add_parser("serve", help="serve models over HTTP (KServe v2 / Open Inference Protocol)",
+                        formatter_class=fmt)
+    sv.add_argument("models", nargs="+", metavar="MODEL", help="NAME=PATH or PATH (.onnx/.gxm/.gxir)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless told)")
+    sv.add_argument("--target", default="cpu")
+    sv.add_argument("--threads", type=int, default=None, help="cpu threads per run (default: all cores)")
+    sv.add_argument("--run-threads", type=int, default=4, help="model runs at the same time")
+    sv.add_argument("--max-batch", type=int, default=0,
+                    help="merge concurrent requests into batches of up to this many rows (models "
+                         "with a symbolic batch dim; 0: off)")
+    sv.add_argument("--max-delay-ms", type=float, default=2.0,
+                    help="how long a request may wait for others to batch with")
+    sv.add_argument("--batch-instances", type=int, default=2,
+                    help="batches of one model running at once")
+    sv.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit")
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or GALAXIR_SERVE_TOKEN)")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.set_defaults(fn=cmd_serve)
 
     d = sub.add_parser("demo", help="compile and run the model-zoo ResNet-50")
     d.add_argument("rest", nargs=argparse.REMAINDER)

@@ -7,7 +7,7 @@ import abc
 import inspect
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -144,17 +144,102 @@ class Executable(abc.ABC):
                 f"got {len(args)}")
         return tuple(self._run_checked(self._check_values(args)))
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None,
+            out: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Run on ``{input name: array}``; returns ``{output name: array}``.
+
+        ``outputs``: compute only these outputs (and only what they need: a pruned copy of
+        the module is compiled once per output set).  ``out``: ``{output name: array}``
+        buffers to write those outputs into (IO binding; dtype and shape must match, the
+        returned dict holds the same arrays)."""
         if not isinstance(feeds, Mapping):
             raise InputValidationError(f"run() takes a dict {{input name: array}}, got "
                                        f"{type(feeds).__name__}; call the executable itself, "
                                        "exe(*arrays), to pass inputs by position")
-        outs = self._run_checked(self.validate(feeds))
-        return dict(zip(self.output_names, outs))
+        names = self.output_names if outputs is None else self._output_selection(outputs)
+        exe = self if names == self.output_names else self._pruned(tuple(names))
+        inputs = exe.validate(feeds)
+        if out is None:
+            return dict(zip(names, exe._run_checked(inputs)))
+        bufs = exe._check_out(out)
+        return dict(zip(names, exe._run_checked(inputs, bufs)))
 
-    def _run_checked(self, inputs: list[Any]) -> list[Any]:
+    # -- outputs= and out= --------------------------------------------------------------------
+    def _output_selection(self, outputs) -> list[str]:
+        if isinstance(outputs, str) or not isinstance(outputs, Sequence):
+            raise InputValidationError(f"outputs= takes a list of output names, got "
+                                       f"{type(outputs).__name__}")
+        known = set(self.output_names)
+        bad = [n for n in outputs if n not in known]
+        if bad:
+            raise InputValidationError(f"unknown output name(s) {_some(bad)}; the model's "
+                                       f"outputs: {_some(self.output_names)}")
+        if not outputs:
+            raise InputValidationError("outputs= names no output")
+        return list(dict.fromkeys(outputs))  # each once, in the order asked
+
+    def _pruned(self, names: tuple[str, ...]) -> "Executable":
+        """An executable of a copy of the module that returns only ``names``, dead code
+        erased; compiled once per output set with the options this one was compiled with."""
+        cache = self.__dict__.setdefault("_pruned_cache", {})
+        exe = cache.get(names)
+        if exe is None:
+            compile_like = getattr(self, "compile_like", None)
+            if compile_like is None:
+                raise ExecutionError(f"{type(self).__name__} was not made by galaxir.compile: "
+                                     "it cannot compile a subset of its outputs")
+            from ..passes.basic.dce import dce
+            module = self.module.clone()
+            g = module.graph
+            by_name = dict(zip(g.output_names, g.outputs))
+            g.set_outputs([by_name[n] for n in names], list(names))
+            exe = cache[names] = compile_like(dce(module))
+        return exe
+
+    def _check_out(self, out) -> list[np.ndarray | None]:
+        """Caller buffers in output order (None where none was given), checked against the
+        declared output types."""
+        if not isinstance(out, Mapping):
+            raise InputValidationError(f"out= takes a dict {{output name: array}}, got "
+                                       f"{type(out).__name__}")
+        unknown = [n for n in out if n not in self.output_names]
+        if unknown:
+            raise InputValidationError(f"out= names unknown or unrequested output(s) "
+                                       f"{_some(unknown)}; computed: {_some(self.output_names)}")
+        bufs: list[np.ndarray | None] = []
+        for info in self.outputs:
+            buf = out.get(info.name)
+            if buf is not None:
+                if not isinstance(buf, np.ndarray) or not buf.flags.writeable:
+                    raise InputValidationError(f"out['{info.name}']: expected a writable numpy "
+                                               f"array, got {type(buf).__name__}")
+                if info.dtype is not None and buf.dtype != info.dtype:
+                    raise InputValidationError(f"out['{info.name}']: expected dtype "
+                                               f"{info.dtype}, got {buf.dtype}")
+                if info.shape is not None and (len(buf.shape) != len(info.shape) or any(
+                        isinstance(d, int) and d != h for d, h in zip(info.shape, buf.shape))):
+                    raise InputValidationError(f"out['{info.name}']: expected shape "
+                                               f"{list(info.shape)}, got {list(buf.shape)}")
+            bufs.append(buf)
+        return bufs
+
+    @property
+    def inputs(self) -> list["TensorInfo"]:
+        """Name, numpy dtype and shape (ints, symbol names for symbolic dims) of each input."""
+        return [TensorInfo.of(n, t) for n, t in zip(self.input_names, self.input_types)]
+
+    @property
+    def outputs(self) -> list["TensorInfo"]:
+        """Name, numpy dtype and shape of each output."""
+        g = self.module.graph
+        return [TensorInfo.of(n, None if v is None else v.type)
+                for n, v in zip(self.output_names, g.outputs)]
+
+    def _run_checked(self, inputs: list[Any], out: list | None = None) -> list[Any]:
         try:
-            return self._execute(inputs)
+            if out is None:
+                return self._execute(inputs)
+            return self._execute_into(inputs, out)
         except MemoryError:
             shapes = ", ".join(f"{n}: {list(getattr(v, 'shape', []))}" for n, v in zip(self.input_names, inputs))
             raise ExecutionError(f"out of memory running the model on inputs of shape {shapes}") from None
@@ -192,6 +277,13 @@ class Executable(abc.ABC):
     def _execute(self, inputs: list[Any]) -> list[Any]:
         """Run on validated inputs, in graph input order; return outputs in order."""
 
+    def _execute_into(self, inputs: list[Any], out: list) -> list[Any]:
+        """``_execute`` writing output k into ``out[k]`` where that is not None (checked
+        buffers); backends that can skip the intermediate copy override this."""
+        results = self._execute(inputs)
+        return [r if o is None else copy_into(o, r, name)
+                for r, o, name in zip(results, out, self.output_names)]
+
     def profile(self, feeds: Mapping[str, Any], runs: int = 10, warmup: int = 1,
                 clock: str = "wall"):
         """Time each step of ``runs`` runs on ``feeds`` (after ``warmup`` untimed runs):
@@ -222,6 +314,38 @@ class Executable(abc.ABC):
     def report(self) -> str:
         """Where each op ran; backends that partition override this."""
         return f"all {self.module.num_ops} ops run on {type(self).__name__}"
+
+
+class TensorInfo(NamedTuple):
+    """One input or output of an executable, as onnxruntime's ``NodeArg`` describes it:
+    ``dtype`` a numpy dtype (None: not a tensor, or any type), ``shape`` a tuple of ints and
+    symbol names ("?" unknown), None for unknown rank; ``type`` galaxir's type text."""
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple | None
+    type: str
+
+    @classmethod
+    def of(cls, name: str, t: Type | None) -> "TensorInfo":
+        if isinstance(t, TensorType):
+            try:
+                dt = np.dtype(object) if t.dtype is DType.string else np.dtype(t.dtype.numpy)
+            except Exception:
+                dt = None
+            shape = None if t.shape is None else tuple(t.shape)
+            return cls(name, dt, shape, str(t))
+        return cls(name, None, None, str(t) if t is not None else "none")
+
+
+def copy_into(dst: np.ndarray, src: Any, name: str) -> np.ndarray:
+    """Write output ``name`` into the caller's buffer ``dst`` (same dtype and shape)."""
+    src = np.asarray(src)
+    if src.shape != dst.shape or src.dtype != dst.dtype:
+        raise ExecutionError(f"out['{name}']: the output is {src.dtype}{list(src.shape)}, the "
+                             f"buffer {dst.dtype}{list(dst.shape)}")
+    np.copyto(dst, src, casting="no")
+    return dst
 
 
 def _some(names, limit: int = 6) -> str:

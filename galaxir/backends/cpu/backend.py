@@ -99,9 +99,15 @@ class CpuExecutable(Executable):
         self._last_key = key
         return spec
 
-    def _execute(self, inputs: list[Any]) -> list[Any]:
+    def _execute_into(self, inputs: list[Any], out: list) -> list[Any]:
+        return self._execute(inputs, out)  # arena outputs are copied straight into out
+
+    def _execute(self, inputs: list[Any], out: list | None = None) -> list[Any]:
+        # the lock covers choosing (or compiling) the specialization only: the run itself
+        # uses a per-call arena, so threads calling at once run side by side
         with self._lock:
-            return self._spec_for_inputs(inputs).run(inputs, self._interp, pool=self.pool)
+            spec = self._spec_for_inputs(inputs)
+        return spec.run(inputs, self._interp, pool=self.pool, out=out)
 
     def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
         """Per-step times (see ``Executable.profile``).  The first call for a set of input

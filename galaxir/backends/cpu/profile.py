@@ -100,13 +100,14 @@ def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
               ) -> tuple[list, dict, int, int]:
     """One timed run: (outputs, {step index: (start ns, end ns)}, run start, run end)."""
     spec._ensure_arena()
-    with spec.pool_for_call(pool, code.pool_slot):
+    spec.use_pool(pool, code.pool_slot)
+    with spec.call_state() as call:
         t_start = time.clock_gettime_ns(clock)
-        ext = spec._bind_inputs(inputs)
+        ext = spec._bind_inputs(call, inputs)
         rec: dict[int, tuple[int, int]] = {}
         for kind, item in spec.seq:
             if kind == "native":
-                failed = code.entries[item](spec._table_addr, code.buf_addr[item])
+                failed = code.entries[item](call.table_addr, code.buf_addr[item])
                 if failed:
                     spec._failed(failed)
                 buf = code.bufs[item]
@@ -114,9 +115,9 @@ def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
                     rec[i] = (int(buf[j]), int(buf[j + 1]))
             else:
                 t0 = time.clock_gettime_ns(clock)
-                spec._run_fallback(item, ext, interp)
+                spec._run_fallback(call, item, ext, interp)
                 rec[spec._step_index[id(item)]] = (t0, time.clock_gettime_ns(clock))
-        outs = spec._outputs(ext)
+        outs = spec._outputs(call, ext)
         t_end = time.clock_gettime_ns(clock)
     return outs, rec, t_start, t_end
 

@@ -4,6 +4,7 @@ segments and runs fallback ops on the numpy reference in between."""
 from __future__ import annotations
 
 import ctypes
+import threading
 from contextlib import contextmanager
 from typing import Any
 
@@ -206,8 +207,10 @@ class Specialization:
             self.pool_slot = 0
             self.loaded = None
             self.entries = []
-        self._arena = None
-        self._table = (ctypes.c_void_p * (len(self.slot_value) + 1))()
+        self._bind = None  # the per-call plan, made at the first call (_prepare_run)
+        self._free: list[CallState] = []
+        self._free_lock = threading.Lock()
+        self._table = (ctypes.c_void_p * (len(self.slot_value) + 1))()  # fixed entries
         self._fixed: list[Any] = []
         for k, v in enumerate(self.slot_value, start=1):
             if isinstance(v, ConstArray):
@@ -223,130 +226,135 @@ class Specialization:
 
     # -- running ----------------------------------------------------------------------------
     def _ensure_arena(self) -> None:
-        """Allocate the arena and the input staging buffers once, and precompute what each
-        call needs (so a call does no Python work per op: see ``_prepare_run``)."""
-        if self._arena is None:
-            try:
-                raw = np.empty(self.arena_size + ALIGN, np.uint8)
-            except (MemoryError, ValueError) as e:
-                raise ExecutionError(f"cpu backend: cannot allocate the {self.arena_size} byte "
-                                     f"arena for these input shapes: {e}") from None
-            off = (-raw.ctypes.data) % ALIGN
-            self._views: dict[int, np.ndarray] = {}
-            self._arena = raw[off:off + self.arena_size]
-            self._table[0] = self._arena.ctypes.data if self.arena_size else raw.ctypes.data
+        """Precompute what each call needs, once (so a call does no Python work per op:
+        see ``_prepare_run``); the memory itself is per call (``CallState``)."""
+        if self._bind is None:
             self._prepare_run()
 
     def _prepare_run(self) -> None:
         """Per-call plan, computed once: for each graph input its table slot and (when it is
-        small) an aligned staging buffer whose address is in the table for good, so binding
-        it is one copy instead of an address lookup (``ndarray.ctypes.data`` costs ~2 us);
-        the arena views of the outputs; whether any op runs on numpy."""
+        small) the shape of an aligned staging buffer whose address each call's table holds
+        for good, so binding it is one copy instead of an address lookup
+        (``ndarray.ctypes.data`` costs ~2 us); whether any op runs on numpy."""
         g = self.module.graph
         self._in_values = list(g.inputs)
-        self._bind: list[tuple[int | None, np.ndarray | None]] = []
+        bind: list[tuple[int | None, tuple | None]] = []
         for a in g.inputs:
             slot = self.slot.get(id(a))
             stage = None
             shape = static_shape(a.type) if slot is not None else None
             if shape is not None and nbytes_of(a) <= STAGE_MAX_BYTES:
-                stage = _aligned_empty(shape, a.type.dtype.numpy)
-                self._fixed.append(stage)
-                self._table[slot] = stage.ctypes.data
-            self._bind.append((slot, stage))
+                stage = (tuple(shape), a.type.dtype.numpy)
+            bind.append((slot, stage))
         self._all_native = all(kind == "native" for kind, _ in self.seq)
-        self._out_views = None
-        if self._all_native and all(v is not None and id(self.root_of(v)) in self.produced_native
-                                    for v in g.outputs):
-            self._out_views = [self.view(v) for v in g.outputs]
-        self._table_addr = ctypes.addressof(self._table)
-        # data the native steps touch: below POOL_MIN_BYTES waking the worker thread costs
-        # more than splitting can save (its tasks then run inline on the calling thread)
+        self._native_outputs = self._all_native and all(
+            v is not None and id(self.root_of(v)) in self.produced_native
+            for v in g.outputs)
+        # data the native steps touch: below POOL_MIN_BYTES waking the workers costs more
+        # than splitting can save (parallel loops then run inline on the calling thread)
         self.work_bytes = 0
         for s in self.steps:
             if isinstance(s, NativeStep):
                 for v in list(s.outputs) + list(s.inputs):
                     self.work_bytes += v.array.nbytes if isinstance(v, ConstArray) else nbytes_of(v)
         self._pool_set: dict[int, int | None] = {}
+        self._bind = bind
 
-    def view(self, v: Value) -> np.ndarray:
-        """The arena view holding natively produced value ``v``."""
-        arr = self._views.get(id(v))
+    def new_call(self) -> "CallState":
+        """Fresh memory for one call: arena, pointer table, staging buffers."""
+        self._ensure_arena()
+        return CallState(self)
+
+    @contextmanager
+    def call_state(self):
+        """A call's memory, from a small free list (a new one when every state is in use:
+        concurrent calls never share an arena and never wait for one)."""
+        with self._free_lock:
+            c = self._free.pop() if self._free else None
+        if c is None:
+            c = self.new_call()
+        try:
+            yield c
+        finally:
+            with self._free_lock:
+                if len(self._free) < MAX_FREE_CALLS:
+                    self._free.append(c)
+
+    def view(self, v: Value, call: "CallState") -> np.ndarray:
+        """The arena view (in ``call``'s arena) holding natively produced value ``v``."""
+        arr = call.views.get(id(v))
         if arr is None:
             r = self.root_of(v)
             shape = static_shape(v.type)
             dt = v.type.dtype.numpy
             nb = nbytes_of(v)
             off = self.offset[id(r)]
-            arr = self._arena[off:off + nb].view(dt).reshape(shape)
-            self._views[id(v)] = arr
+            arr = call.arena[off:off + nb].view(dt).reshape(shape)
+            call.views[id(v)] = arr
         return arr
 
-    def run(self, inputs: list[Any], interp, pool=None) -> list[Any]:
-        if self._arena is None:
-            self._ensure_arena()
-        with self.pool_for_call(pool, self.pool_slot):
-            return self._run(inputs, interp)
+    def run(self, inputs: list[Any], interp, pool=None, out: list | None = None) -> list[Any]:
+        """Run on validated inputs; ``out`` (one array or None per graph output) receives
+        outputs in place of fresh copies."""
+        self._ensure_arena()
+        self.use_pool(pool, self.pool_slot)
+        with self.call_state() as call:
+            return self._run(call, inputs, interp, out)
 
-    @contextmanager
-    def pool_for_call(self, pool, pool_slot: int):
-        """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool`` for one call,
-        or at nothing (parallel loops then run inline on the calling thread).  One call at a
-        time owns a pool: a call takes it only when it has enough work and no other thread's
-        call holds it (``Pool.try_acquire``, never waiting), so concurrent calls of different
-        executables run side by side on their own threads (docs/reliability.md)."""
-        owned = bool(pool_slot) and pool is not None and self.work_bytes >= POOL_MIN_BYTES \
-            and pool.try_acquire()
-        try:
-            if pool_slot:
-                addr = pool.address if owned else None
-                if addr != self._pool_set.get(pool_slot):  # set only when it changes
-                    ctypes.c_void_p.from_address(pool_slot).value = addr
-                    self._pool_set[pool_slot] = addr
-            yield owned
-        finally:
-            if owned:
-                pool.release()
+    def use_pool(self, pool, pool_slot: int) -> None:
+        """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool``, or at nothing
+        when this specialization has too little work to split (its parallel loops then run
+        inline).  Safe while other threads run this code: the pool itself refuses a second
+        job at a time (``gx_parallel_for_s``), so a stale pointer costs speed, not results."""
+        if not pool_slot:
+            return
+        addr = pool.address if pool is not None and self.work_bytes >= POOL_MIN_BYTES else None
+        if addr != self._pool_set.get(pool_slot):  # set only when it changes
+            ctypes.c_void_p.from_address(pool_slot).value = addr
+            self._pool_set[pool_slot] = addr
 
-    def _run(self, inputs, interp):
-        if self._out_views is not None:  # every op native: no per-op Python work at all
+    def _run(self, call: "CallState", inputs, interp, out=None):
+        if self._native_outputs:  # every op native: no per-op Python work at all
             keep = []  # copies made for native code must live until it has run
-            for x, (slot, stage) in zip(inputs, self._bind):
+            table = call.table
+            for x, (slot, _), stage in zip(inputs, self._bind, call.stages):
                 if stage is not None:
                     stage[...] = x
                 elif slot is not None:
                     x = _native_ready(x)
                     keep.append(x)
-                    self._table[slot] = x.ctypes.data
-            addr = self._table_addr
+                    table[slot] = x.ctypes.data
+            addr = call.table_addr
             for entry in self.entries:
                 failed = entry(addr)
                 if failed:
                     self._failed(failed)
-            return [v.copy() for v in self._out_views]
-        ext = self._bind_inputs(inputs)
+            if out is None:
+                return [v.copy() for v in call.out_views]
+            return [v.copy() if o is None else _into(o, v) for v, o in zip(call.out_views, out)]
+        ext = self._bind_inputs(call, inputs)
         for kind, item in self.seq:
             if kind == "native":
-                self._call_segment(item)
+                self._call_segment(call, item)
             else:
-                self._run_fallback(item, ext, interp)
-        return self._outputs(ext)
+                self._run_fallback(call, item, ext, interp)
+        return self._outputs(call, ext, out)
 
-    def _bind_inputs(self, inputs) -> dict[int, Any]:
+    def _bind_inputs(self, call: "CallState", inputs) -> dict[int, Any]:
         """Put the inputs where native code reads them; returns the values by id for the
         fallback ops."""
         ext: dict[int, Any] = {}
-        for a, x, (slot, stage) in zip(self._in_values, inputs, self._bind):
+        for a, x, (slot, _), stage in zip(self._in_values, inputs, self._bind, call.stages):
             if stage is not None:
                 stage[...] = x
             elif slot is not None:
                 x = _native_ready(x)
-                self._table[slot] = x.ctypes.data
+                call.table[slot] = x.ctypes.data
             ext[id(a)] = x
         return ext
 
-    def _call_segment(self, k: int) -> None:
-        failed = self.entries[k](self._table_addr)
+    def _call_segment(self, call: "CallState", k: int) -> None:
+        failed = self.entries[k](call.table_addr)
         if failed:
             self._failed(failed)
 
@@ -356,40 +364,44 @@ class Specialization:
         step = self.steps[code - 1]
         raise ExecutionError(f"{describe(step.ops[0])}: {step.kernel.failure()}")
 
-    def _run_fallback(self, step: FallbackStep, ext: dict[int, Any], interp) -> None:
+    def _run_fallback(self, call: "CallState", step: FallbackStep, ext: dict[int, Any],
+                      interp) -> None:
         op = step.op
         env = {}
         for v in op.read_values():
-            env[id(v)] = self._materialize(v, ext)
+            env[id(v)] = self._materialize(call, v, ext)
         interp.run_op(op, env)
         for r in op.results:
             x = env.get(id(r))
-            if isinstance(x, np.ndarray) and self._arena is not None and self._arena.size \
-                    and np.may_share_memory(x, self._arena):
+            if isinstance(x, np.ndarray) and call.arena.size \
+                    and np.may_share_memory(x, call.arena):
                 x = x.copy()
             slot = self.slot.get(id(r))
             if slot is not None:
                 x = _native_ready(x, static_shape(r.type))
-                self._table[slot] = x.ctypes.data
+                call.table[slot] = x.ctypes.data
             ext[id(r)] = x
 
-    def _outputs(self, ext: dict[int, Any]) -> list[Any]:
+    def _outputs(self, call: "CallState", ext: dict[int, Any], out=None) -> list[Any]:
         outs = []
-        for v in self.module.graph.outputs:
+        for k, v in enumerate(self.module.graph.outputs):
+            o = out[k] if out is not None else None
             if v is None:
                 outs.append(None)
                 continue
             r = self.root_of(v)
             if id(r) in self.produced_native:
-                outs.append(self.view(v).copy())
+                x = self.view(v, call)
+                outs.append(x.copy() if o is None else _into(o, x))
             else:
-                outs.append(self._materialize(v, ext))
+                x = self._materialize(call, v, ext)
+                outs.append(x if o is None else _into(o, x))
         return outs
 
-    def _materialize(self, v: Value, ext: dict[int, Any]) -> Any:
+    def _materialize(self, call: "CallState", v: Value, ext: dict[int, Any]) -> Any:
         r = self.root_of(v)
         if id(r) in self.produced_native:
-            return self.view(v)
+            return self.view(v, call)
         if id(r) in ext:
             x = ext[id(r)]
         elif r.producer is not None and r.producer.name == "constant":
@@ -419,9 +431,57 @@ class Specialization:
 #: thread alone (a kernel's tasks run inline when the pool's worker is not woken)
 POOL_MIN_BYTES = 256 << 10
 
+#: free call states a specialization keeps (more are made while more calls run at once)
+MAX_FREE_CALLS = 4
+
 #: inputs up to this size are copied into a staging buffer (one memcpy is cheaper than
 #: asking numpy for the array's address); larger ones are passed in place
 STAGE_MAX_BYTES = 32 << 10
+
+
+class CallState:
+    """The memory of one running call: its arena, its pointer table (the fixed entries
+    copied from the specialization's), its input staging buffers, its output views.  Calls
+    at the same time each hold their own, so they never wait for each other."""
+
+    __slots__ = ("arena", "table", "table_addr", "stages", "views", "out_views", "_raw")
+
+    def __init__(self, spec: Specialization):
+        try:
+            raw = np.empty(spec.arena_size + ALIGN, np.uint8)
+        except (MemoryError, ValueError) as e:
+            raise ExecutionError(f"cpu backend: cannot allocate the {spec.arena_size} byte "
+                                 f"arena for these input shapes: {e}") from None
+        off = (-raw.ctypes.data) % ALIGN
+        self._raw = raw
+        self.arena = raw[off:off + spec.arena_size]
+        n = len(spec._table)
+        self.table = (ctypes.c_void_p * n)()
+        ctypes.memmove(self.table, spec._table, ctypes.sizeof(self.table))
+        self.table[0] = self.arena.ctypes.data if spec.arena_size else raw.ctypes.data
+        self.table_addr = ctypes.addressof(self.table)
+        self.stages = []
+        for slot, stage in spec._bind:
+            arr = None
+            if stage is not None:
+                arr = _aligned_empty(*stage)
+                self.table[slot] = arr.ctypes.data
+            self.stages.append(arr)
+        self.views: dict[int, np.ndarray] = {}
+        self.out_views = None
+        if spec._native_outputs:
+            self.out_views = [spec.view(v, self) for v in spec.module.graph.outputs]
+
+
+def _into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Copy ``src`` into the caller's buffer ``dst`` (dtype checked by the executable; a
+    symbolic output's shape is known only now)."""
+    src = np.asarray(src)
+    if src.shape != dst.shape or src.dtype != dst.dtype:
+        raise ExecutionError(f"out=: an output is {src.dtype}{list(src.shape)}, its buffer "
+                             f"{dst.dtype}{list(dst.shape)}")
+    np.copyto(dst, src, casting="no")
+    return dst
 
 
 def _aligned_empty(shape, dtype) -> np.ndarray:

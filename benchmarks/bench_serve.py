@@ -1,0 +1,226 @@
+"""Serving throughput and latency over loopback (bounded in count and time).
+
+Starts ``galaxir serve`` in a subprocess (so the clients' Python does not share the
+server's interpreter), once without and once with dynamic batching, and drives it with
+1, 4 and 16 concurrent tritonclient.http clients (binary tensors); compares with direct
+``exe.run`` calls in one process; measures the server's RSS before and after 5,000
+requests.  Prints one table.
+
+    python benchmarks/bench_serve.py [--model cifar|squeezenet] [--requests 400]
+        [--rss-requests 5000] [--max-batch 16] [--max-delay-ms 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's galaxir, as in the server subprocess
+
+import galaxir as gx  # noqa: E402
+from galaxir.ir import GraphBuilder, tensor  # noqa: E402
+
+
+def cifar_cnn(seed: int = 0):
+    """A CIFAR-size CNN with a symbolic batch: three 3x3 convs (the last two strided),
+    global mean, a dense layer."""
+    rng = np.random.default_rng(seed)
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "N", 3, 32, 32))
+
+    def conv(h, cin, cout, stride):
+        w = gb.constant((rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(9 * cin)).astype(np.float32))
+        b = gb.constant(np.zeros(cout, np.float32))
+        return gb.relu(gb.conv(h, w, b, pads=(1, 1, 1, 1), strides=(stride, stride)))
+
+    h = conv(conv(conv(x, 3, 16, 1), 16, 32, 2), 32, 64, 2)
+    h = gb.reduce_mean(h, gb.constant(np.array([2, 3], np.int64)), keepdims=0)
+    w = gb.constant((rng.standard_normal((64, 10)) / 8).astype(np.float32))
+    gb.output(gb.add(gb.matmul(h, w), gb.constant(np.zeros(10, np.float32))), "logits")
+    return gb.module()
+
+
+def zoo_cnn(name: str):
+    """A light-zoo CNN with its batch dim made symbolic (graph inputs/outputs, and a
+    Reshape's constant target shape [1, K] becomes [-1, K])."""
+    import onnx
+    from onnx import numpy_helper
+
+    from galaxir.testing import zoo
+    m = onnx.load(str(zoo.model_path(name)))
+    inits = {i.name for i in m.graph.initializer}
+    for v in list(m.graph.input) + list(m.graph.output):
+        if v.name not in inits:
+            v.type.tensor_type.shape.dim[0].dim_param = "N"
+    del m.graph.value_info[:]
+    shapes = {n.input[1] for n in m.graph.node if n.op_type == "Reshape"}
+    for i, t in enumerate(m.graph.initializer):
+        if t.name in shapes:
+            a = numpy_helper.to_array(t).copy()
+            if a.size and a[0] == 1:
+                a[0] = -1
+                m.graph.initializer[i].CopyFrom(numpy_helper.from_array(a, t.name))
+    return gx.import_model(m)
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Server:
+    def __init__(self, path: Path, max_batch: int, delay_ms: float, run_threads: int = 4,
+                 instances: int = 2):
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "galaxir.cli", "serve", f"m={path}", "--port", "0",
+             "--run-threads", str(run_threads), "--batch-instances", str(instances),
+             "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms), "--log-level",
+             "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.url = None
+        deadline = time.time() + 300
+        while self.url is None and time.time() < deadline:
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError("the server exited")
+            if "listening on" in line:
+                self.url = line.split("listening on ")[1].split()[0]
+        threading.Thread(target=self.p.stdout.read, daemon=True).start()  # drain
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(self.url + "/v2/health/ready", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(60)
+
+
+def drive(url: str, x_for, clients: int, requests: int, time_limit: float, name: str = "x"):
+    """``requests`` infer calls spread over ``clients`` threads (stops at time_limit):
+    (throughput req/s, p50 ms, p99 ms, errors)."""
+    import tritonclient.http as httpclient
+    lat: list[float] = []
+    errors = [0]
+    stop_at = time.perf_counter() + time_limit
+    per = max(1, requests // clients)
+
+    def work(c):
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        x = x_for(c)
+        inp = httpclient.InferInput(name, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        for _ in range(per):
+            if time.perf_counter() > stop_at:
+                break
+            t = time.perf_counter()
+            try:
+                client.infer("m", [inp])
+            except Exception:
+                errors[0] += 1
+                continue
+            lat.append(time.perf_counter() - t)
+        client.close()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, range(clients)))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    if not lat:
+        return 0.0, float("nan"), float("nan"), errors[0]
+    return (len(lat) / wall, 1e3 * lat[len(lat) // 2],
+            1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], errors[0])
+
+
+def direct(exe, x_for, clients: int, requests: int, time_limit: float, name: str = "x"):
+    """The same load as direct exe.run calls from ``clients`` threads in this process."""
+    lat: list[float] = []
+    stop_at = time.perf_counter() + time_limit
+    per = max(1, requests // clients)
+
+    def work(c):
+        x = x_for(c)
+        for _ in range(per):
+            if time.perf_counter() > stop_at:
+                break
+            t = time.perf_counter()
+            exe.run({name: x})
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, range(clients)))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return len(lat) / wall, 1e3 * lat[len(lat) // 2], 1e3 * lat[int(0.99 * (len(lat) - 1))], 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["cifar", "alexnet", "squeezenet"], default="cifar")
+    ap.add_argument("--requests", type=int, default=400, help="requests per measurement")
+    ap.add_argument("--time-limit", type=float, default=30.0, help="seconds per measurement")
+    ap.add_argument("--rss-requests", type=int, default=5000)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    args = ap.parse_args()
+    module = cifar_cnn() if args.model == "cifar" else \
+        zoo_cnn("bvlc_alexnet" if args.model == "alexnet" else args.model)
+    shape = [d for d in module.graph.inputs[0].type.shape[1:]]
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal([1] + shape).astype(np.float32) for _ in range(16)]
+    x_for = lambda c: xs[c % len(xs)]  # noqa: E731
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "m.gxm"
+    gx.save(module, path)
+    print(f"model {args.model}: input [1, {', '.join(map(str, shape))}]; cores "
+          f"{len(os.sched_getaffinity(0))}; load {os.getloadavg()[0]:.1f}")
+    print(f"{'mode':<22}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    exe = gx.compile(module, target="cpu")
+    name = module.graph.input_names[0]
+    exe.run({name: xs[0]})
+    results = {}
+    for clients in (1, 4, 16):
+        r = direct(exe, x_for, clients, args.requests, args.time_limit, name)
+        print(f"{'direct exe.run':<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}")
+    for mode, mb in (("server, no batching", 0), (f"server, batch<={args.max_batch}", args.max_batch)):
+        srv = Server(path, mb, args.max_delay_ms)
+        try:
+            drive(srv.url, x_for, 16, 4 * args.max_batch * 4, args.time_limit, name)  # warm
+            for clients in (1, 4, 16):
+                r = drive(srv.url, x_for, clients, args.requests, args.time_limit, name)
+                results[(mb, clients)] = r[0]
+                print(f"{mode:<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}")
+            if mb:
+                before = _rss_kb(srv.p.pid)
+                t = time.perf_counter()
+                r = drive(srv.url, x_for, 16, args.rss_requests, 10 * args.time_limit, name)
+                after = _rss_kb(srv.p.pid)
+                print(f"RSS over {args.rss_requests} more requests ({time.perf_counter() - t:.0f} s, "
+                      f"{r[3]} errors): {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB "
+                      f"({100 * (after - before) / before:+.1f}%)")
+        finally:
+            srv.stop()
+    if (0, 16) in results and (args.max_batch, 16) in results and results[(0, 16)]:
+        print(f"dynamic batching at 16 clients: {results[(args.max_batch, 16)] / results[(0, 16)]:.2f}x "
+              f"the throughput without it")
+
+
+if __name__ == "__main__":
+    main()

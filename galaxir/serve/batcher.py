@@ -1,0 +1,173 @@
+"""Dynamic batching: concurrent requests to a model with a batch dimension are merged
+into one run.
+
+A request waits at most ``max_delay`` seconds (from its arrival) for others; a batch
+closes early when it holds ``max_batch`` rows, and a request that finds the model idle
+(no batch running, nothing queued) runs at once with whatever is already there.  Requests merge only when their inputs
+agree in everything but the batch dim (dtypes, other dims) and ask for the same outputs.
+The merged rows are padded with zeros up to a power of two (capped at ``max_batch``), so
+a compiled target specializes for a handful of batch sizes instead of every sum; each
+request gets its own rows of every output back.  Padding and merging assume the model
+treats rows independently (what a batch dimension means for inference: no batch
+statistics).  Up to ``instances`` batches of a model run at once on the server's thread
+pool (like Triton's model instances); a batch is formed when an instance is free, so
+while all are busy requests queue up and the next batches come out bigger."""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .models import ServedModel
+
+MAX_BATCH_LIMIT = 128  # a handful of specializations (one per power of two)
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """The batch sizes runs are padded to: powers of two below max_batch, then max_batch."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch]
+
+
+@dataclass
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    outputs: tuple[str, ...] | None
+    rows: int
+    key: tuple
+    arrived: float
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    def __init__(self, model: ServedModel, max_batch: int, max_delay: float, executor: Executor,
+                 on_batch: Callable[[int, int], None] | None = None, instances: int = 2):
+        if not 1 <= max_batch <= MAX_BATCH_LIMIT:
+            raise ValueError(f"max_batch must be 1..{MAX_BATCH_LIMIT}, got {max_batch}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.executor = executor
+        self.on_batch = on_batch
+        self.buckets = bucket_sizes(max_batch)
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task | None = None
+        self._held: list[_Pending] = []  # taken from the queue, did not fit the last batch
+        self.instances = max(1, instances)
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._free = asyncio.Semaphore(self.instances)
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._running:  # batches already running finish (graceful shutdown)
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def submit(self, feeds: dict[str, np.ndarray], outputs) -> dict:
+        """The outputs for one request's rows (the request is already validated against the
+        model's signature, so every input has the batch dim first)."""
+        rows = int(next(iter(feeds.values())).shape[0])
+        key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items())),
+               tuple(outputs) if outputs is not None else None)
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(feeds, tuple(outputs) if outputs is not None else None,
+                                        rows, key, time.monotonic(), fut))
+        return await fut
+
+    def pad_to(self, rows: int) -> int:
+        for b in self.buckets:
+            if b >= rows:
+                return b
+        return rows  # a single request bigger than max_batch runs as it is
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        if self._held:
+            return self._held.pop(0)
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _loop(self) -> None:
+        while True:
+            await self._free.acquire()  # an instance is free: form the next batch
+            first = await self._next(None)
+            batch, rows, skipped = [first], first.rows, []
+            deadline = first.arrived + self.max_delay
+            if not self._running and not self._held and self._queue.empty():
+                deadline = 0.0  # idle model, nothing queued: waiting would only add latency
+            while rows < self.max_batch:
+                item = await self._next(deadline - time.monotonic())
+                if item is None:
+                    break
+                if item.key == first.key and rows + item.rows <= self.max_batch:
+                    batch.append(item)
+                    rows += item.rows
+                else:
+                    skipped.append(item)
+                    if len(skipped) > 4 * self.max_batch:
+                        break
+            self._held = skipped + self._held
+            task = asyncio.get_running_loop().create_task(self._run(batch, rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Pending], rows: int) -> None:
+        try:
+            await self._run_batch(batch)
+        finally:
+            self._free.release()
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        live = [p for p in batch if not p.future.done()]  # a client may have gone
+        if not live:
+            return
+        rows = sum(p.rows for p in live)
+        padded = self.pad_to(rows)
+        feeds = {}
+        for name in live[0].feeds:
+            parts = [p.feeds[name] for p in live]
+            if padded > rows:
+                pad = np.zeros((padded - rows,) + parts[0].shape[1:], parts[0].dtype)
+                parts.append(pad)
+            feeds[name] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        if self.on_batch is not None:
+            self.on_batch(rows, len(live))
+        try:
+            out = await loop.run_in_executor(self.executor, self.model.run, feeds,
+                                             live[0].outputs)
+        except Exception as e:  # every request of the batch gets the error
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        start = 0
+        for p in live:
+            part = {n: v[start:start + p.rows] for n, v in out.items()}
+            start += p.rows
+            if not p.future.done():
+                p.future.set_result(part)
