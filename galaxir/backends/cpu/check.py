@@ -40,14 +40,14 @@ def first_bad_kernel(module: Module, feeds: Mapping[str, Any], rtol: float, atol
     spec = Specialization(m, cache_dir, split=True)
     if not spec.segments:
         return None
-    spec._ensure_arena()
+    call = spec.new_call()  # this check's own arena and pointer table
     keep = []
     for k, v in enumerate(spec.slot_value, start=1):
         if isinstance(v, ConstArray) or (v.producer is not None and v.producer.name == "constant"):
             continue
         x = _native_ready(np.asarray(ref[id(v)]), static_shape(v.type))
         keep.append(x)
-        spec._table[k] = x.ctypes.data
+        call.table[k] = x.ctypes.data
     for k, seg in enumerate(spec.segments):
         (_, step), = seg
         for v in step.inputs:
@@ -55,10 +55,10 @@ def first_bad_kernel(module: Module, feeds: Mapping[str, Any], rtol: float, atol
                 continue
             r = spec.root_of(v)
             if id(r) in spec.produced_native:
-                spec.view(r)[...] = np.asarray(ref[id(r)]).reshape(spec.view(r).shape)
-        spec._call_segment(k)
+                spec.view(r, call)[...] = np.asarray(ref[id(r)]).reshape(spec.view(r, call).shape)
+        spec._call_segment(call, k)
         for v in step.outputs:
-            got = spec.view(v).copy()
+            got = spec.view(v, call).copy()
             why = compare_outputs([v.name or "%result"], [np.asarray(ref[id(v)])], [got], rtol, atol)
             if why is not None:
                 return _describe(step, why)
