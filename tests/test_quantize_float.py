@@ -24,7 +24,10 @@ def test_cnn_close_to_f32(dtype, tol):
     for f in feeds("x", (2, 3, 16, 16), 2, 5):
         ref, got = run(m, f)["z"], run(hm, f)["z"]
         assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
-        np.testing.assert_allclose(run(hm, f, "cpu")["z"], got, rtol=1e-3, atol=1e-3 * np.abs(got).max())
+        # the cpu runs 16-bit ops natively (f32 arithmetic between 16-bit stores), the
+        # reference op by op: both are held to the same distance from the f32 model
+        cpu = run(hm, f, "cpu")["z"]
+        assert np.abs(cpu - ref).max() <= tol * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])

@@ -14,7 +14,8 @@ OPS = {"add": np.add, "sum": lambda *xs: reduce(np.add, xs), "mul": np.multiply,
        "toy_add_relu": lambda a, b: np.maximum(a + b, 0)}
 
 if lookup("toy_add_relu") is None:
-    define("toy_add_relu", operands=["a", "b"], infer=lambda op: lookup("add").infer(op),
+    define("toy_add_relu", operands=["a", "b"], types={"a": "T", "b": "T"},
+           infer=lambda op: lookup("add").infer(op),
            decompose=lambda b, op: [b.relu(b.add(op.operand(0), op.operand(1)))],
            doc="relu(a + b), the toy backend's fused op")
 
