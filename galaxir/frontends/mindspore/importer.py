@@ -22,24 +22,13 @@ import numpy as np
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
 from ...ir import Builder, GraphBuilder, Module, Value
 from ...ir.types import DType, TensorType
+from ..registry import ConverterTable
 from .reader import MONAD, attr_value, load_model, numpy_dtype, tensor_array
 
 Converter = Callable[["MindContext"], Any]
-CONVERTERS: dict[str, Converter] = {}
-
-
-def converter(*names: str):
-    """Register the converter of MindSpore primitives by op_type (``"Conv2D"``)."""
-    def deco(fn: Converter) -> Converter:
-        for n in names:
-            CONVERTERS[n] = fn
-        return fn
-    return deco
-
-
-def _converters() -> dict[str, Converter]:
-    from . import ops  # noqa: F401  (registers the built-in converters)
-    return CONVERTERS
+#: MindSpore primitives' converters by op_type (``"Conv2D"``); ``@converter`` registers one
+CONVERTERS = ConverterTable(__package__ + ".ops")
+converter = CONVERTERS.register
 
 
 def short(name: str) -> str:
@@ -146,7 +135,7 @@ class MindIRImporter:
 
     def check_supported(self) -> None:
         """Every op the graph uses has a converter, or one error lists all that do not."""
-        conv = _converters()
+        conv = CONVERTERS.loaded()
         missing: dict[str, list[str]] = {}
         for node in self.model.graph.node:
             t, _ = self.op_type(node)
@@ -182,7 +171,7 @@ class MindIRImporter:
             b = Builder(gb.graph.block, provenance=(short(p.name),))
             v = b.op("constant", value=tensor_array(p, self.folder, f"parameter '{short(p.name)}'"))
             self.env[p.name] = v
-        conv = _converters()
+        conv = CONVERTERS.loaded()
         for node in g.node:
             t, prim = self.op_type(node)
             if t == "Constant":

@@ -19,22 +19,20 @@ from ...ir import Block, Builder, Graph, Region, Value
 from ...ir.core import MAX_NESTING
 from ...ir.types import (UNKNOWN, AnyType, DType, MapType, OptionalType, SequenceType,
                          TensorType, Type, refine, types_compatible)
+from ..registry import ConverterTable
 
 Converter = Callable[["ConvertContext"], Sequence[Value | None]]
 #: the largest dense form of a sparse tensor the importer builds: 2 GiB, what a protobuf
 #: model file can hold at all (larger, a few bytes of sparse data would be a memory bomb)
 MAX_DENSE_BYTES = 2 ** 31
-CONVERTERS: dict[tuple[str, str], Converter] = {}
+#: ONNX converters by (domain, op_type); ``@converter`` registers one
+CONVERTERS = ConverterTable(__package__ + ".ops")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def converter(*op_types: str, domain: str = ""):
     """Register the converter of ONNX ``op_types`` in ``domain``."""
-    def deco(fn: Converter) -> Converter:
-        for t in op_types:
-            CONVERTERS[(domain, t)] = fn
-        return fn
-    return deco
+    return CONVERTERS.register(*((domain, t) for t in op_types))
 
 
 def simple(op_type: str, gx_name: str, attrs: dict[str, str] | None = None,
@@ -48,14 +46,8 @@ def simple(op_type: str, gx_name: str, attrs: dict[str, str] | None = None,
     CONVERTERS[(domain, op_type)] = convert
 
 
-_loaded = False
-
-
 def get_converter(domain: str, op_type: str) -> Converter | None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ops  # noqa: F401  (registers the built-in converters)
+    CONVERTERS.loaded()
     if domain == "ai.onnx":
         domain = ""
     return CONVERTERS.get((domain, op_type))

@@ -22,32 +22,19 @@ import numpy as np
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
 from ...ir import Builder, GraphBuilder, Module, Value
 from ...ir.types import DType, TensorType
+from ..registry import ConverterTable
 
 Converter = Callable[["TfContext"], Any]
-CONVERTERS: dict[str, Converter] = {}
+#: converters of TF op types; ``@converter`` registers one
+CONVERTERS = ConverterTable(__package__ + ".ops")
+converter = CONVERTERS.register
 
 #: ops that compute nothing for inference (control edges, asserts)
 SKIPPED = {"NoOp", "Assert", "PrintV2", "Print"}
 
 
-def converter(*names: str):
-    """Register the converter of TF op types."""
-    def deco(fn: Converter) -> Converter:
-        for n in names:
-            CONVERTERS[n] = fn
-        return fn
-    return deco
-
-
-_loaded = False
-
-
 def converters() -> dict[str, Converter]:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ops  # noqa: F401  (registers the built-in converters)
-    return CONVERTERS
+    return CONVERTERS.loaded()
 
 
 _DTYPES = {"float32": DType.float32, "float64": DType.float64, "float16": DType.float16,

@@ -22,33 +22,20 @@ import numpy as np
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
 from ...ir import Builder, GraphBuilder, Module, Value
 from ...ir.types import DType, TensorType
+from ..registry import ConverterTable
 from .reader import ModelData, Operator, Subgraph, Tensor, read_model
 
 Converter = Callable[["TfliteContext"], Any]
-CONVERTERS: dict[str, Converter] = {}
+#: converters of TFLite builtin ops (``"CONV_2D"``...); ``@converter`` registers one
+CONVERTERS = ConverterTable(__package__ + ".ops")
+converter = CONVERTERS.register
 
 #: file size galaxir reads (a flatbuffer cannot address more than 2 GiB plus its data)
 MAX_FILE_BYTES = 1 << 34
 
 
-def converter(*names: str):
-    """Register the converter of TFLite builtin ops (``"CONV_2D"``...)."""
-    def deco(fn: Converter) -> Converter:
-        for n in names:
-            CONVERTERS[n] = fn
-        return fn
-    return deco
-
-
-_loaded = False
-
-
 def converters() -> dict[str, Converter]:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ops  # noqa: F401  (registers the built-in converters)
-    return CONVERTERS
+    return CONVERTERS.loaded()
 
 
 @dataclass

@@ -25,11 +25,14 @@ from torch.export import ExportedProgram
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
 from ...ir import Builder, GraphBuilder, Module, Value
 from ...ir.types import UNKNOWN, DType, TensorType, refine, types_compatible
+from ..registry import ConverterTable
 
 aten = torch.ops.aten
 
 Converter = Callable[["TorchContext"], Any]
-CONVERTERS: dict[str, Converter] = {}
+#: ATen converters: ``"add"`` (every overload) or ``"add.Tensor"``; ``@converter`` registers one
+CONVERTERS = ConverterTable(__package__ + ".ops")
+converter = CONVERTERS.register
 
 # ATen ops kept whole by run_decompositions: galaxir has a (composite) op for each.
 KEEP = ("scaled_dot_product_attention.default", "lstm.input", "gru.input", "rnn_tanh.input",
@@ -44,23 +47,8 @@ _SKIP = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range",
          "sym_constrain_range_for_size", "_assert_async", "_print"}
 
 
-def converter(*names: str):
-    """Register the converter of ATen ops: ``"add"`` (every overload) or ``"add.Tensor"``."""
-    def deco(fn: Converter) -> Converter:
-        for n in names:
-            CONVERTERS[n] = fn
-        return fn
-    return deco
-
-
-_loaded = False
-
-
 def get_converter(target: Any) -> Converter | None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ops  # noqa: F401  (registers the built-in converters)
+    CONVERTERS.loaded()
     if isinstance(target, torch._ops.OpOverload):
         packet = target._schema.name.split("::")[-1]
         overload = target._overloadname
