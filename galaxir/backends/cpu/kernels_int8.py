@@ -633,19 +633,16 @@ class Quantize(Kernel):
         out, x, sc, zp = fb.args[:4]
         b = fb.b
         lo, hi = (-128.0, 127.0) if self.signed else (0.0, 255.0)
-        with fb.loop(0, self.outer) as o:
-            with fb.loop(0, self.C) as c:
-                s = fb.load(sc, c, F32)
-                z = b.sitofp(_load_zp(fb, zp, c, self.zp_kind), F32)
-                with fb.loop(0, self.inner) as i:
-                    idx = fb.mul_add([(o, self.C * self.inner), (c, self.inner), (i, 1)])
-                    q = b.fdiv(fb.load(x, idx, F32), s)
-                    q = fb.intrinsic("llvm.rint.f32", F32, [q])
-                    q = b.fadd(q, z)
-                    q = _clamp_f(b, q, lo, hi)
-                    # NaN: the reference's clip keeps NaN and the cast gives 0 (x86 cvt)
-                    q = b.select(b.fcmp_unordered("uno", q, q), ir.Constant(F32, 0.0), q)
-                    fb.store(b.trunc(b.fptosi(q, I32), I8), out, idx, I8)
+
+        def body(idx, s, z):
+            q = b.fdiv(fb.load(x, idx, F32), s)
+            q = fb.intrinsic("llvm.rint.f32", F32, [q])
+            q = b.fadd(q, z)
+            q = _clamp_f(b, q, lo, hi)
+            # NaN: the reference's clip keeps NaN and the cast gives 0 (x86 cvt)
+            q = b.select(b.fcmp_unordered("uno", q, q), ir.Constant(F32, 0.0), q)
+            fb.store(b.trunc(b.fptosi(q, I32), I8), out, idx, I8)
+        _per_channel(fb, self, sc, zp, body)
         return fb.finish()
 
 
@@ -668,16 +665,25 @@ class Dequantize(Kernel):
         out, x, sc, zp = fb.args[:4]
         b = fb.b
         ity = I32 if self.in_dtype == "i32" else I8
-        with fb.loop(0, self.outer) as o:
-            with fb.loop(0, self.C) as c:
-                s = fb.load(sc, c, F32)
-                z = b.sitofp(_load_zp(fb, zp, c, self.zp_kind), F32)
-                with fb.loop(0, self.inner) as i:
-                    idx = fb.mul_add([(o, self.C * self.inner), (c, self.inner), (i, 1)])
-                    v = fb.load(x, idx, ity)
-                    f = b.uitofp(v, F32) if self.in_dtype == "u8" else b.sitofp(v, F32)
-                    fb.store(b.fmul(b.fsub(f, z), s), out, idx, F32)
+
+        def body(idx, s, z):
+            v = fb.load(x, idx, ity)
+            f = b.uitofp(v, F32) if self.in_dtype == "u8" else b.sitofp(v, F32)
+            fb.store(b.fmul(b.fsub(f, z), s), out, idx, F32)
+        _per_channel(fb, self, sc, zp, body)
         return fb.finish()
+
+
+def _per_channel(fb, k, sc, zp, body) -> None:
+    """The loop nest over ``[k.outer, k.C, k.inner]`` with channel c's scale and zero point
+    (as float32) loaded once per c: ``body(flat index, scale, zero point)``."""
+    b = fb.b
+    with fb.loop(0, k.outer) as o:
+        with fb.loop(0, k.C) as c:
+            s = fb.load(sc, c, F32)
+            z = b.sitofp(_load_zp(fb, zp, c, k.zp_kind), F32)
+            with fb.loop(0, k.inner) as i:
+                body(fb.mul_add([(o, k.C * k.inner), (c, k.inner), (i, 1)]), s, z)
 
 
 def _load_zp(fb, zp, c, kind):
