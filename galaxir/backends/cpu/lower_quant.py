@@ -50,7 +50,10 @@ def _operands(op):
 
 
 def _params(op):
-    """(x, sx, zx, w, sw, zw, sy, zy, bias) as values/arrays, or a reason string."""
+    """(result kind, x, {sx, zx, sw, zw, sy, zy} arrays, weights, bias), or a reason string."""
+    kind = _out_kind(op)
+    if kind is None:
+        return "the result must be uint8/int8"
     x, sxv, zxv, w, swv, zwv, syv, zyv, bv = _operands(op)
     if _dt(x) not in Q8 or static_shape(x.type) is None:
         return "x must be a static uint8/int8 tensor"
@@ -77,7 +80,7 @@ def _params(op):
         bias = const_of(bv)
         if bias is None:
             return "bias is not a constant"
-    return x, arrs, np.asarray(wq), bias
+    return kind, x, arrs, np.asarray(wq), bias
 
 
 def _out_kind(op) -> str:
@@ -104,13 +107,10 @@ def _multiplier(arrs, n: int) -> np.ndarray:
 
 @rule("int8_conv", "qlinear_conv", "conv_integer")
 def lower_qconv(op):
-    kind = _out_kind(op)
-    if kind is None:
-        return "the result must be uint8/int8"
     res = _params(op)
     if isinstance(res, str):
         return res
-    x, arrs, wq, bias = res
+    kind, x, arrs, wq, bias = res
     xs, ys = static_shape(x.type), static_shape(op.results[0].type)
     if len(xs) != 4 or ys is None or len(ys) != 4 or wq.ndim != 4:
         return "only 2-d convolutions are native"
@@ -163,13 +163,10 @@ def lower_qconv(op):
 
 @rule("int8_matmul", "qlinear_matmul", "matmul_integer")
 def lower_qmatmul(op):
-    kind = _out_kind(op)
-    if kind is None:
-        return "the result must be uint8/int8"
     res = _params(op)
     if isinstance(res, str):
         return res
-    x, arrs, wq, bias = res
+    kind, x, arrs, wq, bias = res
     xs, ys = static_shape(x.type), static_shape(op.results[0].type)
     if wq.ndim != 2 or len(xs) < 2 or ys is None:
         return "x must be at least 2-d and the weights 2-d"
