@@ -28,8 +28,7 @@ class NumpyExecutable(Executable):
     def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
         """Per-op times of the top-level ops (an op with regions counts as one step),
         timed in Python; see ``Executable.profile``."""
-        from ..profile import Profile, StepTiming, check_clock, clock_ns, shapes_label, value_label
-        check_clock(clock)
+        from ..profile import StepTiming, shapes_label, time_steps, value_label
         inputs = self.validate(feeds)
         block = self.module.graph.block
         ops = [op for op in block if not op.is_terminator]
@@ -38,29 +37,19 @@ class NumpyExecutable(Executable):
                  for i, op in enumerate(ops)]
         release = self.interpreter._release_plan(block)  # free intermediates as run() does
         keep = {id(v) for v in block.terminator.operands if v is not None}
-        now = clock_ns(clock)
-        run_us, run_start, t_first = [], [], None
-        for r in range(warmup + max(1, runs)):
-            t0 = now()
+
+        def start_run():
             env: dict[int, Any] = dict(zip((id(a) for a in block.args), inputs))
-            spans = []
-            for op, dead in zip(ops, release):
-                a = now()
-                self.interpreter.run_op(op, env)
-                spans.append((a, now()))
-                for vid in dead:
-                    if vid not in keep:
-                        env.pop(vid, None)
-            t1 = now()
-            if r < warmup:
-                continue
-            t_first = t0 if t_first is None else t_first
-            run_start.append((t0 - t_first) / 1e3)
-            run_us.append((t1 - t0) / 1e3)
-            for st, (a, b) in zip(steps, spans):
-                st.start_us.append((a - t0) / 1e3)
-                st.dur_us.append((b - a) / 1e3)
-        return Profile("numpy", steps, run_us, run_start)
+
+            def step(op, dead):
+                def run_op():
+                    self.interpreter.run_op(op, env)
+                    for vid in dead:
+                        if vid not in keep:
+                            env.pop(vid, None)
+                return run_op
+            return [step(op, dead) for op, dead in zip(ops, release)]
+        return time_steps("numpy", steps, start_run, runs, warmup, clock)
 
     def report(self) -> str:
         counts = self.module.op_counts()
