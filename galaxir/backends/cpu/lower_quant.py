@@ -153,7 +153,8 @@ def lower_qconv(op):
     kern = KI.QGemm(kind="conv", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=zx, out=kind,
                     zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=xs[2], W=xs[3],
                     OH=ys[2], OW=ys[3], kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
-                    dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct)
+                    dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct,
+                    colsum=bool(any(np.any(c.reshape(2, -1)[1] != 0) for c in corrs)))
     ins = [x, ConstArray(np.concatenate(packs), "qconv.w"),
            ConstArray(np.concatenate(corrs).reshape(-1), "qconv.corr")]
     if kind != "i32":
