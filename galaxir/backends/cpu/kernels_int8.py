@@ -867,3 +867,129 @@ def split_axis(shape, axis: int, per_axis: bool) -> tuple[int, int, int]:
         return 1, 1, prod(shape)
     axis = axis + len(shape) if axis < 0 else axis
     return prod(shape[:axis]), int(shape[axis]), prod(shape[axis + 1:])
+
+
+# -- int8 ops between the quantized convs ------------------------------------------------------
+ADD_CHUNK = 1 << 15   # elements per task of QAdd
+
+
+@dataclass
+class QAdd(Kernel):
+    """int8_add on equal shapes, ``n`` elements: the float32 QDQ arithmetic of the
+    reference (dequantize both, add, divide by the output scale, round, add the zero
+    point, clamp) in one pass over the 8-bit tensors; split into chunks over the pool."""
+
+    n: int
+    a_signed: bool
+    b_signed: bool
+    y_signed: bool
+    sa: float
+    za: int
+    sb: float
+    zb: int
+    sy: float
+    zy: int
+    lo: int
+    hi: int
+    name: str = "qadd"
+
+    def key(self):
+        return ("qadd",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        tasks = -(-self.n // ADD_CHUNK)
+        return parallel_kernel(module, fname, n_args, tasks, self._task)
+
+    def _task(self, fb, args, t):
+        b = fb.b
+        out, x, y = args[0], args[1], args[2]
+        f = lambda v: ir.Constant(F32, float(np.float32(v)))  # noqa: E731
+        lo_i = b.mul(t, i64(ADD_CHUNK))
+        hi_i = _smin(b, b.add(lo_i, i64(ADD_CHUNK)), i64(self.n))
+
+        def deq(ptr, i, signed, s, z):
+            v = fb.load(ptr, i, I8)
+            v = b.sitofp(v, F32) if signed else b.uitofp(v, F32)
+            return b.fmul(b.fsub(v, f(z)), f(s))
+
+        with fb.loop(lo_i, hi_i) as i:
+            s = b.fadd(deq(x, i, self.a_signed, self.sa, self.za),
+                       deq(y, i, self.b_signed, self.sb, self.zb))
+            q = fb.intrinsic("llvm.rint.f32", F32, [b.fdiv(s, f(self.sy))])
+            q = b.fadd(q, f(self.zy))
+            q = _clamp_f(b, q, float(self.lo), float(self.hi))
+            fb.store(b.trunc(b.fptosi(q, I32), I8), out, i, I8)
+
+
+@dataclass
+class MaxPool8(Kernel):
+    """2-d max pooling of uint8 / int8 NCHW planes: per output row, one pass per kernel
+    tap over the output columns whose input column is inside the image (ranges fixed at
+    compile time, no per-element bounds checks, so the loop vectorizes); rows outside the
+    image are skipped.  Planes are split over the pool."""
+
+    planes: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    signed: bool
+    name: str = "maxpool8"
+
+    def key(self):
+        return ("maxpool8",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    @property
+    def per_task(self) -> int:
+        return max(1, -(-self.planes // TASKS))
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, -(-self.planes // self.per_task), self._task)
+
+    def _cols(self, j: int) -> tuple[int, int]:
+        """Output columns [lo, hi) whose tap-j input column lies in [0, W)."""
+        off = j * self.dw - self.pl
+        lo = max(0, -(-(-off) // self.sw)) if off < 0 else 0
+        hi = min(self.OW, (self.W - 1 - off) // self.sw + 1) if self.W - 1 - off >= 0 else 0
+        return lo, max(lo, hi)
+
+    def _task(self, fb, args, t):
+        b = fb.b
+        out, x = args[0], args[1]
+        lowest = ir.Constant(I8, -128 if self.signed else 0)
+        cmp = ">" if self.signed else None
+        p_lo = b.mul(t, i64(self.per_task))
+        p_hi = _smin(b, b.add(p_lo, i64(self.per_task)), i64(self.planes))
+
+        def vmax(u, v):
+            c = b.icmp_signed(">", u, v) if cmp else b.icmp_unsigned(">", u, v)
+            return b.select(c, u, v)
+
+        with fb.loop(p_lo, p_hi) as p, fb.loop(0, self.OH) as oh:
+            orow = fb.mul_add([(p, self.OH * self.OW), (oh, self.OW)])
+            with fb.loop(0, self.OW) as ow:
+                fb.store(lowest, out, b.add(orow, ow), I8)
+            for i in range(self.kh):
+                ih = b.add(b.mul(oh, i64(self.sh)), i64(i * self.dh - self.pt))
+                ok = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(self.H)))
+                with fb.if_(ok):
+                    irow = fb.mul_add([(p, self.H * self.W), (ih, self.W)])
+                    for j in range(self.kw):
+                        lo, hi = self._cols(j)
+                        if hi <= lo:
+                            continue
+                        with fb.loop(lo, hi) as ow:
+                            src = b.add(irow, b.add(b.mul(ow, i64(self.sw)),
+                                                    i64(j * self.dw - self.pl)))
+                            at = b.add(orow, ow)
+                            fb.store(vmax(fb.load(out, at, I8), fb.load(x, src, I8)), out, at, I8)
