@@ -162,6 +162,8 @@ CONVS = {  # N, C, H, W, M, k, s, p, g: one per work-split mode / corner
     "phased-groups": (1, 64, 6, 20, 64, 3, 1, 1, 2),
     "depthwise": (2, 24, 11, 18, 24, 3, 1, 1, 24),
     "grouped-few": (1, 12, 8, 8, 12, 3, 2, 0, 3),
+    "pointwise": (2, 16, 7, 7, 40, 1, 1, 0, 1),       # 1x1: pixels as one row
+    "pointwise-strided": (1, 16, 9, 9, 24, 1, 2, 0, 1),
 }
 
 

@@ -630,27 +630,42 @@ class QGemm(Kernel):
         kg, npad, hp, wpp = self.kg, self.npad, self.hp, self.wpp
         dot = self._dot(fb, vty)
 
-        def tile(m0, R):
-            with fb.loop(oh_lo, oh_hi) as oh, fb.loop(0, self.owpad, L) as ow0:
-                accs = [fb.alloca(vty) for _ in range(R)]
-                for a in accs:
+        V = 2 if L == 16 else 1    # 16 accumulators need AVX-512's 32 registers
+        full = self.owpad // (V * L) * (V * L)
+
+        def tile_at(m0, R, oh, ow0, V):
+            accs = [[fb.alloca(vty) for _ in range(V)] for _ in range(R)]
+            for row in accs:
+                for a in row:
                     b.store(ir.Constant(vty, None), a)
-                with fb.loop(0, self.cq) as q, fb.loop(0, self.kh) as i:
-                    ih = b.add(b.mul(oh, i64(self.sh)), b.mul(i, i64(self.dh)))
-                    rowbase = b.add(fb.mul_add([(q, hp * wpp), (ih, wpp)]), ow0)
-                    kbase = fb.mul_add([(q, self.kh * self.kw), (i, self.kw)])
-                    for j in range(self.kw):
-                        ph, off = (j * self.dw) % self.sw, (j * self.dw) // self.sw
-                        at = b.add(rowbase, i64(ph * self.cq * hp * wpp + off))
-                        uv = b.load(b.bitcast(b.gep(u32, [at]), vptr), align=4)
-                        for r in range(R):
-                            sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), b.add(kbase, i64(j)))
-                            sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
-                            b.store(dot(b.load(accs[r]), uv, sv), accs[r])
-                for r in range(R):
+            with fb.loop(0, self.cq) as q, fb.loop(0, self.kh) as i:
+                ih = b.add(b.mul(oh, i64(self.sh)), b.mul(i, i64(self.dh)))
+                rowbase = b.add(fb.mul_add([(q, hp * wpp), (ih, wpp)]), ow0)
+                kbase = fb.mul_add([(q, self.kh * self.kw), (i, self.kw)])
+                for j in range(self.kw):
+                    ph, off = (j * self.dw) % self.sw, (j * self.dw) // self.sw
+                    at = b.add(rowbase, i64(ph * self.cq * hp * wpp + off))
+                    uvs = [b.load(b.bitcast(b.gep(u32, [b.add(at, i64(v * L))]), vptr), align=4)
+                           for v in range(V)]
+                    for r in range(R):
+                        sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), b.add(kbase, i64(j)))
+                        sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
+                        for v in range(V):
+                            b.store(dot(b.load(accs[r][v]), uvs[v], sv), accs[r][v])
+            for r in range(R):
+                for v in range(V):
                     cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)),
-                                 b.add(b.mul(oh, i64(self.owpad)), ow0))
-                    b.store(b.load(accs[r]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
+                                 b.add(b.mul(oh, i64(self.owpad)), b.add(ow0, i64(v * L))))
+                    b.store(b.load(accs[r][v]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
+
+        def tile(m0, R):
+            with fb.loop(oh_lo, oh_hi) as oh:
+                if full:
+                    with fb.loop(0, full, V * L) as ow0:
+                        tile_at(m0, R, oh, ow0, V)
+                if self.owpad > full:
+                    with fb.loop(full, self.owpad, L) as ow0:
+                        tile_at(m0, R, oh, ow0, 1)
 
         _row_tiles(fb, m_lo, m_hi, DIRECT_R, tile)
 

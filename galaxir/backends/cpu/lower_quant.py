@@ -150,9 +150,13 @@ def lower_qconv(op):
         corrs.append(c)
     lo, hi = _clamp(op, kind) if kind != "i32" else (0, 0)
     zy = int(arrs["zy"].reshape(())) if kind != "i32" else 0
+    H, W, OH, OW = xs[2], xs[3], ys[2], ys[3]
+    if tuple(kernel) == (1, 1) and tuple(st) == (1, 1) and not any(pb) and not any(pe):
+        # pointwise: the pixels as one row (a 7x7 map keeps 49 of 64 lanes busy, not 7 of 16)
+        H, W, OH, OW = 1, H * W, 1, OH * OW
     kern = KI.QGemm(kind="conv", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=zx, out=kind,
-                    zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=xs[2], W=xs[3],
-                    OH=ys[2], OW=ys[3], kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
+                    zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=H, W=W,
+                    OH=OH, OW=OW, kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
                     dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct,
                     colsum=bool(any(np.any(c.reshape(2, -1)[1] != 0) for c in corrs)))
     ins = [x, ConstArray(np.concatenate(packs), "qconv.w"),
