@@ -77,31 +77,26 @@ class _App:
 
     async def _warm(self) -> None:
         """Compile and time the batch sizes each model will run before the server is ready
-        (a target that compiles per shape then never compiles inside a request); models
-        where no batch size beats single rows are served without batching."""
+        (a target that compiles per shape then never compiles inside a request); a model
+        where no batch size beats single rows is served without batching."""
         loop = asyncio.get_running_loop()
+        cfg = self.config
         for name, m in self.models.items():
             if not m.batchable:
                 continue
-            if self.config.max_batch > 1 and self.config.warm:
-                b = Batcher(m, self.config.max_batch, self.config.max_delay_ms / 1e3,
-                            self.executor, self._batch_observer(name),
-                            instances=self.config.batch_instances)
+            if cfg.max_batch <= 1:  # unbatched: requests of one row are the usual case
+                feeds = example_feeds(m, 1) if cfg.warm else None
+                if feeds is not None:
+                    await loop.run_in_executor(self.executor, m.run, feeds)
+                continue
+            b = Batcher(m, cfg.max_batch, cfg.max_delay_ms / 1e3, self.executor,
+                        self._batch_observer(name), instances=cfg.batch_instances)
+            if cfg.warm:
                 await loop.run_in_executor(self.executor, b.warm)
                 if b.times and b.buckets == [1]:
                     log.info("model '%s': no batch size is cheaper per row than 1; serving it "
                              "without batching", name)
                     continue
-            elif self.config.max_batch > 1:
-                b = Batcher(m, self.config.max_batch, self.config.max_delay_ms / 1e3,
-                            self.executor, self._batch_observer(name),
-                            instances=self.config.batch_instances)
-            else:
-                if self.config.warm:
-                    feeds = example_feeds(m, 1)
-                    if feeds is not None:
-                        await loop.run_in_executor(self.executor, m.run, feeds)
-                continue
             b.start()
             self.batchers[name] = b
 

@@ -3,9 +3,8 @@ into one run.
 
 Before serving, ``warm`` runs the model once at every batch size the batcher may use
 (powers of two up to ``max_batch``), so a target that compiles per shape never compiles
-while serving, and times a second run of each: sizes whose time per row is worse than a
-smaller size's are dropped (on some models and machines a bigger batch costs more per
-row), and the times choose, for a batch whose rows fall between two sizes, between
+while serving, and times more runs of each: sizes above the one with the best time per row are
+dropped (on some models and machines a bigger batch costs more per row), and the times choose, for a batch whose rows fall between two sizes, between
 padding up and running the largest size that fits now, leaving the rest for the next
 batch (``plan``).
 
@@ -34,8 +33,8 @@ import numpy as np
 from .models import ServedModel
 
 MAX_BATCH_LIMIT = 128  # a handful of specializations (one per power of two)
-#: a bigger batch size is kept when its time per row is at most this much worse than the
-#: best smaller size's (it also saves per-run overhead outside the timed run)
+#: sizes up to the largest whose time per row is at most this much worse than the best are
+#: kept (a bigger batch also saves per-run overhead outside the timed run)
 KEEP_TOLERANCE = 1.05
 
 log = logging.getLogger("galaxir.serve")
@@ -73,16 +72,15 @@ def example_feeds(model: ServedModel, rows: int) -> dict[str, np.ndarray] | None
 
 
 def keep_sizes(times: dict[int, float]) -> list[int]:
-    """The sizes worth batching to: each kept size's time per row is within
-    ``KEEP_TOLERANCE`` of the best smaller kept size's."""
-    kept: list[int] = []
-    best = float("inf")
-    for b in sorted(times):
-        per_row = times[b] / b
-        if not kept or per_row <= best * KEEP_TOLERANCE:
-            kept.append(b)
-            best = min(best, per_row)
-    return kept
+    """The sizes worth batching to: every size up to the largest one whose time per row is
+    within ``KEEP_TOLERANCE`` of the best.  A size in between that timed worse is kept (on
+    a shared machine one slow run is noise; the curve it sits on falls)."""
+    if not times:
+        return []
+    per_row = {b: t / b for b, t in times.items()}
+    best = min(per_row.values())
+    top = max(b for b, r in per_row.items() if r <= best * KEEP_TOLERANCE)
+    return sorted(b for b in times if b <= top)
 
 
 class Batcher:
