@@ -13,7 +13,7 @@ printed with every row.
 
     python benchmarks/bench_serve.py [--model cifar|alexnet|squeezenet] [--requests 400]
         [--rounds 2] [--clients 1,4,16] [--rss-requests 5000] [--max-batch 16]
-        [--max-delay-ms 2]
+        [--max-delay-ms 2] [--batch-instances 2]
 """
 from __future__ import annotations
 
@@ -199,6 +199,9 @@ def main() -> None:
     ap.add_argument("--rss-requests", type=int, default=5000)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    ap.add_argument("--batch-instances", type=int, default=2,
+                    help="batches of the model running at once (1 gives full batches to a "
+                         "model whose one run already uses every core)")
     args = ap.parse_args()
     module = cifar_cnn() if args.model == "cifar" else \
         zoo_cnn("bvlc_alexnet" if args.model == "alexnet" else args.model)
@@ -216,7 +219,8 @@ def main() -> None:
     exe.run({name: xs[0]})
     batched = f"server, batch<={args.max_batch}"
     servers = {"server, no batching": Server(path, 0, args.max_delay_ms)}
-    servers[batched] = Server(path, args.max_batch, args.max_delay_ms)
+    servers[batched] = Server(path, args.max_batch, args.max_delay_ms,
+                              instances=args.batch_instances)
     for mode, srv in servers.items():
         for line in srv.lines:
             print(f"  [{mode}] {line}")
