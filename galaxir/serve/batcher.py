@@ -3,10 +3,10 @@ into one run.
 
 Before serving, ``warm`` runs the model once at every batch size the batcher may use
 (powers of two up to ``max_batch``), so a target that compiles per shape never compiles
-while serving, and times more runs of each: sizes above the one with the best time per row are
-dropped (on some models and machines a bigger batch costs more per row), and the times choose, for a batch whose rows fall between two sizes, between
-padding up and running the largest size that fits now, leaving the rest for the next
-batch (``plan``).
+while serving, and times more runs of each: sizes above the one with the best time per
+row are dropped (on some models and machines a bigger batch costs more per row), and the
+times choose, for a batch whose rows fall between two sizes, between padding up and
+running the largest size that fits now, leaving the rest for the next batch (``plan``).
 
 A request waits at most ``max_delay`` seconds (from its arrival) for others; a batch
 closes early when it holds ``max_batch`` rows, and a request that finds the model idle
