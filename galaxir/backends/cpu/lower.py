@@ -230,9 +230,10 @@ def _lower_conv_nhwc(op):
         packed = KD.pack_depthwise_nhwc(wc)
         return (KD.DepthwiseNhwc(cg=xs[3] // g, **geo),
                 [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra)
-    packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
-    return (KN.ConvNhwc(M=ws[0], group=g, **geo),
-            [x, ConstArray(packed, (w.name or "w") + ".nhwc")] + extra)
+    nr = KN.conv_panel_width(ws[0] // g, KN.wide_tiles())
+    packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g, nr)
+    return (KN.ConvNhwc(M=ws[0], group=g, nr=nr, **geo),
+            [x, ConstArray(packed, (w.name or "w") + f".nhwc{nr}")] + extra)
 
 
 lower_conv.layouts = ("NCHW", "NHWC")
