@@ -452,3 +452,27 @@ def test_32_wide_panels_need_16_lanes(monkeypatch):
     k = ConvNhwc(N=1, H=4, W=4, C=4, OH=4, OW=4, M=64, kh=1, kw=1, nr=32)
     with pytest.raises(ValueError, match="panel width 32"):
         k.library_symbol()
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(kind=st.sampled_from(["max_pool", "average_pool"]), C=st.integers(1, 80),
+       H=st.integers(2, 12), W=st.integers(2, 12), k=st.integers(1, 3), s=st.integers(1, 2),
+       pad=st.integers(0, 1), ceil=st.integers(0, 1), cip=st.integers(0, 1))
+def test_nhwc_pooling_any_channel_count(kind, C, H, W, k, s, pad, ceil, cip):
+    """Channel blocks of 32 (four registers), 8 and 1 over every window shape."""
+    if pad >= k or H + 2 * pad < k or W + 2 * pad < k:
+        return
+    attrs = dict(kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4, ceil_mode=ceil)
+    if kind == "average_pool":
+        attrs["count_include_pad"] = cip
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, C, H, W))
+    w = gb.constant(RNG.standard_normal((C, C, 1, 1)).astype(np.float32))
+    (p, *_) = gb.create(kind, gb.conv(x, w), num_results=1, **attrs).results
+    gb.output(p, "y")
+    xv = RNG.standard_normal((1, C, H, W)).astype(np.float32)
+    ref, got, exe, opt = _run_both(gb.module(), [xv])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    assert any(op.name == kind and op.attrs.get("layout") == "NHWC" for op in opt.walk())
+    assert not exe.fallback_ops, exe.report()

@@ -438,8 +438,9 @@ def _max_or_add(b, a, v, max_mode):
 
 @dataclass
 class PoolNhwc(Kernel):
-    """max / average pooling on NHWC: 8 channels of an output pixel reduce in a register
-    over the valid window taps (pads, strides, dilations, ceil mode as Pool2d)."""
+    """max / average pooling on NHWC: 32 channels of an output pixel reduce in four
+    registers (8 at a time for the rest) over the valid window taps (pads, strides,
+    dilations, ceil mode as Pool2d)."""
 
     kind: str
     N: int
@@ -480,7 +481,7 @@ class PoolNhwc(Kernel):
         hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
         xn = b.mul(n, i64(self.H * self.W * C))
         V8 = ir.VectorType(F32, 8)
-        accs = {1: fb.alloca(F32), 8: fb.alloca(V8)}
+        accs = {1: [fb.alloca(F32)], 8: [fb.alloca(V8)], 32: [fb.alloca(V8) for _ in range(4)]}
         with fb.loop(0, self.OW) as ow:
             ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
             orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
@@ -493,19 +494,30 @@ class PoolNhwc(Kernel):
                 cntf = b.sitofp(_max(b, cnt, i64(1)), F32)
 
             def block(c, width):
+                # ``width`` 32: four independent 8-lane chains (a max or add waits for the
+                # previous one of its chain: one chain alone is latency-bound)
+                vw, nv = (8, 4) if width == 32 else (width, 1)
                 acc = accs[width]
-                b.store(_splat(fb, -math.inf if max_mode else 0.0, width), acc)
+                for q in range(nv):
+                    b.store(_splat(fb, -math.inf if max_mode else 0.0, vw), acc[q])
                 with fb.loop(hlo, hhi) as i:
                     ih = b.add(hs, b.mul(i, i64(self.dh)))
                     with fb.loop(wlo, whi) as j:
                         iw = b.add(ws, b.mul(j, i64(self.dw)))
                         xo = b.add(xn, b.add(b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)), c))
-                        b.store(_max_or_add(b, b.load(acc), _vload(fb, x, xo, width), max_mode), acc)
-                v = b.load(acc)
-                if cntf is not None:
-                    v = b.fdiv(v, cntf if width == 1 else _splat8(b, cntf))
-                _vstore(fb, v, y, b.add(orow, c), width)
-            _channel_blocks(fb, C, block)
+                        for q in range(nv):
+                            v = _vload(fb, x, b.add(xo, i64(8 * q)), vw)
+                            b.store(_max_or_add(b, b.load(acc[q]), v, max_mode), acc[q])
+                for q in range(nv):
+                    v = b.load(acc[q])
+                    if cntf is not None:
+                        v = b.fdiv(v, cntf if vw == 1 else _splat8(b, cntf))
+                    _vstore(fb, v, y, b.add(orow, b.add(c, i64(8 * q))), vw)
+            wide = C // 32 * 32
+            if wide:
+                with fb.loop(0, wide, 32) as c:
+                    block(c, 32)
+            _channel_blocks(fb, C - wide, lambda c, width: block(b.add(c, i64(wide)), width))
 
 
 @dataclass
