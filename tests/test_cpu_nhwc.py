@@ -377,6 +377,8 @@ def test_conv_panel_width_choice():
     assert conv_panel_width(16, True) == 16            # a 32-wide panel would be half zeros
     assert conv_panel_width(48, True) == 16            # 16 of 64 columns wasted
     assert conv_panel_width(208, True) == 32           # 16 of 224 wasted: under 1/8
+    assert conv_panel_width(24, True) == 32            # one 32-wide panel = two 16-wide
+    assert conv_panel_width(20, True) == 32 and conv_panel_width(8, True) == 16
 
 
 def _conv_symbols():
@@ -386,7 +388,7 @@ def _conv_symbols():
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(C=st.integers(1, 20), M=st.sampled_from([32, 35, 64, 72, 96]), H=st.integers(1, 13),
+@given(C=st.integers(1, 20), M=st.sampled_from([20, 24, 32, 35, 64, 72, 96]), H=st.integers(1, 13),
        W=st.integers(1, 15), k=st.sampled_from([1, 2, 3, 5, 7]), s=st.integers(1, 2),
        d=st.integers(1, 2), pads=st.lists(st.integers(0, 3), min_size=4, max_size=4),
        group=st.sampled_from([1, 2]), bias=st.booleans(), residual=st.booleans(),

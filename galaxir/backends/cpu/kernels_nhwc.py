@@ -79,9 +79,11 @@ def pack_weights_nhwc(w, groups: int, nr: int = NR):
 def conv_panel_width(mg: int, wide: bool) -> int:
     """The weight panel width for ``mg`` output channels per group: 32 (a 6 x 32 tile, two
     zmm per row: twelve independent FMA chains and two weight loads per twelve FMAs, as
-    GemmPacked's) with 16 lanes where padding the last panel wastes at most 1/8 of the
-    columns, else 16 (a 6 x 16 tile: six zmm, or twelve ymm without AVX-512)."""
-    if wide and mg >= 2 * NR and (-mg) % (2 * NR) <= mg // 8:
+    GemmPacked's) with 16 lanes where that computes at most mg/8 more padding columns
+    than 16-wide panels would (24 channels: one 32-wide panel instead of two 16-wide ones,
+    the same columns), else 16 (a 6 x 16 tile: six zmm, or twelve ymm without AVX-512)."""
+    cols16, cols32 = -(-mg // NR) * NR, -(-mg // (2 * NR)) * 2 * NR
+    if wide and cols32 - cols16 <= mg // 8:
         return 2 * NR
     return NR
 
