@@ -76,6 +76,17 @@ def pack_weights_nhwc(w, groups: int, nr: int = NR):
     return np.ascontiguousarray(out).reshape(-1)
 
 
+TILE_ROWS_16 = 8
+
+
+def tile_rows(nr: int, wide: bool) -> int:
+    """Rows of the conv tile: 6 (twelve accumulators: 6 x two vectors), or 8 for a 16-wide
+    panel on 16 lanes, whose six one-zmm rows would be six FMA chains, fewer than the FMA
+    latency times the FMA units (Zen 4/5: 4 cycles x 2): eight rows keep both units busy
+    (grouped convs with 16 channels per group, RegNet)."""
+    return TILE_ROWS_16 if wide and nr == NR else MR
+
+
 def conv_panel_width(mg: int, wide: bool) -> int:
     """The weight panel width for ``mg`` output channels per group: 32 (a 6 x 32 tile, two
     zmm per row: twelve independent FMA chains and two weight loads per twelve FMAs, as
@@ -130,7 +141,7 @@ class ConvNhwc(LinearEpilogue, Kernel):
 
     @property
     def tiles(self) -> int:
-        return -(-(self.OH * self.OW) // MR)
+        return -(-(self.OH * self.OW) // tile_rows(self.nr, wide_tiles()))
 
     @property
     def psplit(self) -> int:
@@ -160,7 +171,7 @@ class ConvNhwc(LinearEpilogue, Kernel):
         nr = self.nr
         vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
             "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "") + ("_w16" if wide else "") \
-            + ("_n32" if nr == 2 * NR else "")
+            + ("_n32" if nr == 2 * NR else "") + f"_r{tile_rows(nr, wide)}"
         return library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var, wide, nr))
 
     def params(self) -> list[int]:
@@ -192,6 +203,7 @@ def build_conv_nhwc_library(module, name, variant, wide: bool, nr: int = NR):
 
 
 def _conv_nhwc_task(fb, variant, wide, nrw, params, y, x, wp, bias, z, t):
+    MR = tile_rows(nrw, wide)       # tile rows: 6, or 8 for a 16-wide panel on 16 lanes
     has_z, act, act_params = variant
     b = fb.b
     V8 = ir.VectorType(F32, 8)
@@ -244,9 +256,12 @@ def _conv_nhwc_task(fb, variant, wide, nrw, params, y, x, wp, bias, z, t):
     # conv has one group (channels of neighbouring pixels follow each other)
     rows_contiguous = b.and_(b.icmp_signed("==", DW, i64(1)), b.icmp_signed("==", CG, LDA))
     kw_span = b.mul(b.sub(KW, i64(1)), DW)
+    tap_step = b.mul(DW, LDA)
 
     accs = [fb.alloca(VL) for _ in range(MR * NV)]
     rowp = [fb.alloca(F32.as_pointer()) for _ in range(MR)]
+    rbase = [fb.alloca(F32.as_pointer()) for _ in range(MR)]
+    rstep = [fb.alloca(I64) for _ in range(MR)]
     ih0 = [fb.alloca(I64) for _ in range(MR)]
     iw0 = [fb.alloca(I64) for _ in range(MR)]
     zero = ir.Constant(VL, [0.0] * L)
@@ -275,7 +290,7 @@ def _conv_nhwc_task(fb, variant, wide, nrw, params, y, x, wp, bias, z, t):
                     b.store(b.call(fma, [sv, w, b.load(a)]), a)
 
     def _tile_times_panel(pix0, pj, fast_rows):
-        """The 6 x nrw output block of tile ``pix0`` and panel ``pj``."""
+        """The MR x nrw output block of tile ``pix0`` and panel ``pj``."""
         wpanel = fb.ptr(wp, b.mul(b.add(b.mul(g, panels), pj), b.mul(KD, i64(nrw))))
         col = b.mul(pj, i64(nrw))
         ncols = _min(b, i64(nrw), b.sub(MG, col))
@@ -294,16 +309,31 @@ def _conv_nhwc_task(fb, variant, wide, nrw, params, y, x, wp, bias, z, t):
             wrow = fb.ptr(wpanel, b.mul(b.mul(b.mul(i, KW), CG), i64(nrw)))
             then, other, done = fb.block("krow"), fb.block("ktaps"), fb.block("kdone")
             b.cbranch(fast_rows, then, other)
-            # the kernel row's taps of each pixel are one run of KW*CG floats
+            # every tap column inside the image: one row check per pixel
             b.position_at_end(then)
             for r in range(MR):
                 ih = b.add(b.load(ih0[r]), b.mul(i, DH))
                 ok = b.icmp_unsigned("<", ih, H)
                 off = b.mul(b.add(b.mul(ih, W), b.load(iw0[r])), LDA)
-                b.store(b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow), rowp[r])
+                base = b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow)
+                b.store(base, rowp[r])
+                b.store(base, rbase[r])
+                # a row in the padding stays on the zero row (step 0)
+                b.store(b.select(ok, tap_step, i64(0)), rstep[r])
+            run, taps, = fb.block("krun"), fb.block("kitaps")
+            b.cbranch(rows_contiguous, run, taps)
+            # the kernel row's taps of each pixel are one run of KW*CG floats
+            b.position_at_end(run)
             kloop(wrow, b.mul(KW, CG))
             b.branch(done)
-            # tap by tap (padding columns, dilation, groups)
+            # groups or dilation: tap j of a pixel is its row start + j * DW * LDA
+            b.position_at_end(taps)
+            with fb.loop(0, KW) as j:
+                for r in range(MR):
+                    b.store(fb.ptr(b.load(rbase[r]), b.mul(j, b.load(rstep[r]))), rowp[r])
+                kloop(fb.ptr(wrow, b.mul(b.mul(j, CG), i64(nrw))), CG)
+            b.branch(done)
+            # tap by tap (a window reaching into the padding columns)
             b.position_at_end(other)
             with fb.loop(0, KW) as j:
                 for r in range(MR):
@@ -379,7 +409,7 @@ def _conv_nhwc_task(fb, variant, wide, nrw, params, y, x, wp, bias, z, t):
                 oh = b.add(oh, b.zext(wrap, I64))
             b.store(b.sub(b.mul(oh, SH), PT), ih0[r])
             b.store(b.sub(b.mul(ow, SW), PL), iw0[r])
-        fast_rows = rows_contiguous
+        fast_rows = ir.Constant(ir.IntType(1), 1)
         for r in range(MR):
             iw = b.load(iw0[r])
             inside = b.and_(b.icmp_signed(">=", iw, i64(0)),
