@@ -158,6 +158,9 @@ def test_depthwise_nchw_large_plane_splits_into_bands(monkeypatch):
     exe = _check_conv((1, 2, 150, 300), (2, 1, 3, 3), "NCHW", group=2, pads=[1, 1, 1, 1],
                       activation="relu", expect="DepthwiseNchw")
     assert not exe.fallback_ops
+    huge = DepthwiseNchw(N=1, C=2, H=1000, W=40000, OH=1000, OW=40000, kh=7, kw=7, dh=10,
+                         pt=30, pl=3)
+    assert not huge.fits_stack()     # such a conv stays on the GEMM path (no stack overflow)
 
 
 @pytest.mark.parametrize("OW,W,kw,sw,dw,pl", [(10, 10, 3, 1, 1, 1), (5, 10, 3, 2, 1, 1),

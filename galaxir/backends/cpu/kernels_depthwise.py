@@ -276,6 +276,8 @@ class DepthwiseNhwc(Kernel):
 # -- NCHW depthwise (O1/O2, or a graph the layout pass keeps channels-first) ----------------
 #: bytes of the zero-padded input band a DepthwiseNchw task stages on its stack
 NCHW_BAND_BYTES = 48 * 1024
+#: the most stack bytes a task may stage (when one output row's input rows exceed the band)
+NCHW_STACK_MAX = 512 * 1024
 #: about this many tasks per conv (planes x row bands) when the planes alone are fewer
 NCHW_TASKS = 24
 
@@ -334,6 +336,13 @@ class DepthwiseNchw(Kernel):
         if planes < NCHW_TASKS:   # few planes: split them into bands for the pool
             ob = min(ob, max(1, -(-self.OH // -(-NCHW_TASKS // planes))))
         return nb, wpad, ob, -(-self.OH // ob)
+
+    def fits_stack(self) -> bool:
+        """Whether one output row's padded input rows fit NCHW_STACK_MAX (a huge row or
+        dilation would not: such a conv stays on the GEMM)."""
+        nb, wpad, ob, _ = self.geometry(16)
+        rows = (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        return rows * wpad * 4 <= NCHW_STACK_MAX
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel

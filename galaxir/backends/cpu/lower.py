@@ -169,11 +169,12 @@ def lower_conv(op):
     wc = const_of(w)
     cg, mg = xs[1] // g, ws[0] // g
     if wc is not None and KD.nchw_depthwise_ok(xs[1], ws[0], g):
-        return (KD.DepthwiseNchw(N=xs[0], C=xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3],
-                                 kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0],
-                                 dw=dl[1], pt=pb[0], pl=pb[1], has_bias=b is not None,
-                                 activation=act, act_params=act_params, has_z=z is not None),
-                [x, w] + extra)
+        kern = KD.DepthwiseNchw(N=xs[0], C=xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3],
+                                kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0],
+                                dw=dl[1], pt=pb[0], pl=pb[1], has_bias=b is not None,
+                                activation=act, act_params=act_params, has_z=z is not None)
+        if kern.fits_stack():
+            return kern, [x, w] + extra
     direct = cg * kernel[0] * kernel[1] <= 16 and mg <= 4 and g > 1
     if wc is not None and not direct:
         kd = cg * kernel[0] * kernel[1]
