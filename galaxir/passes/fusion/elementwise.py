@@ -27,6 +27,9 @@ from ..rewrite import RewritePattern, Rewriter, const_array
 
 #: constants up to this many elements are copied into the region instead of passed in
 INLINE_CONST_ELEMENTS = 16
+#: how many ops ``_continues`` follows forward to find where a chain ends (beyond: "not
+#: here", as a long chain's inner op is not its end; bounds the work per op)
+CHAIN_LOOKAHEAD = 32
 #: the most ops one fused op takes: a longer chain is split into consecutive groups (one
 #: loop of thousands of ops is no faster, and its expression would be thousands deep)
 MAX_GROUP_OPS = 64
@@ -65,18 +68,50 @@ def _absorbs(user: Operation, p: Operation, fusible=None) -> bool:
     return (fusible or _fusible)(user) and user.parent is p.parent and _same_shape(p, user)
 
 
-def _continues(op: Operation, fusible=None) -> bool:
+def _continues(op: Operation, fusible=None, max_ops: int = MAX_GROUP_OPS) -> bool:
     """Will a later op of the chain absorb ``op``?  (Every user is a fusible op of the same
-    block reading it at its own shape; the group grown back from the chain's end then
-    takes it in.)"""
-    users = op.results[0].users
-    return bool(users) and all(_absorbs(u, op, fusible) for u in users)
+    block reading it at its own shape, and the users' chains end at one op: the group
+    grown back from that end then takes it in.  Users whose chains end apart, e.g. one
+    feeding an op that is not fusible, leave ``op`` the end of a chain of its own.)"""
+    return _chain_end(op, fusible, max_ops, [CHAIN_LOOKAHEAD]) is not op
+
+
+def _distinct_users(op: Operation) -> list[Operation]:
+    seen: dict[int, Operation] = {}
+    for u in op.results[0].users:
+        seen.setdefault(id(u), u)
+    return list(seen.values())
+
+
+def _chain_end(op: Operation, fusible, max_ops: int, budget: list[int]) -> Operation | None:
+    """The op ending the chain that ``op`` flows into (``op`` itself when no later op
+    absorbs it); None when that is not known within ``budget`` steps (a long chain: its
+    end is far, so ``op`` is not one)."""
+    cur = op
+    while True:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        users = _distinct_users(cur)
+        if not users or not all(_absorbs(u, cur, fusible) for u in users):
+            return cur
+        if len(users) > 1:
+            ends = [_chain_end(u, fusible, max_ops, budget) for u in users]
+            if any(e is None for e in ends):
+                return None
+            return ends[0] if all(e is ends[0] for e in ends) else cur
+        nxt = users[0]
+        if op_weight(nxt) + op_weight(cur) > max_ops:
+            return cur  # a full fused op takes no more: the chain ends here
+        cur = nxt
 
 
 def op_weight(op: Operation) -> int:
-    """How many ops ``op`` brings into a group: a fused_elementwise member its region's."""
+    """How many ops ``op`` brings into a group: a fused_elementwise member its region's
+    (the constants copied in are not chain ops)."""
     if op.name == "fused_elementwise" and op.regions:
-        return max(1, sum(1 for o in op.regions[0].block if not o.is_terminator))
+        return max(1, sum(1 for o in op.regions[0].block
+                          if not o.is_terminator and o.name != "constant"))
     return 1
 
 
@@ -151,7 +186,7 @@ class FuseElementwise(RewritePattern):
     def _match(self, op: Operation):
         if not self.fusible(op):
             return None, "not a fusible elementwise op"
-        if _continues(op, self.fusible):
+        if _continues(op, self.fusible, self.max_ops):
             return None, "not the end of its chain"
         if op.parent is None or _inside_fused(op):
             return None, "already inside a fused op"
