@@ -97,6 +97,30 @@ def test_plugin_rule_fires_before_the_generic_fusions(toy_plugin):
     assert "toy-rules" in o.metadata["optimized"]
 
 
+def test_profile_times_the_plugins_ops_inside_its_segments(toy_plugin):
+    """A partitioned executable's profile: every op the plugin runs (its own kernels, as its
+    executable reports them) and every reference op between its segments, in order."""
+    m = _mixed_module()
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((1, 2, 5, 5)).astype(np.float32),
+             "z": rng.standard_normal((1, 3, 5, 5)).astype(np.float32)}
+    exe = gx.compile(m, target="toy", level=2)
+    prof = exe.profile(feeds, runs=3)
+    top = [op for op in exe.module.graph.block if not op.is_terminator and op.name != "constant"]
+    assert [st.kind for st in prof.steps] == [op.name for op in top]
+    where = {st.kind: (st.where, st.kernel) for st in prof.steps}
+    assert where["toy_add_relu"] == ("native", "toy.toy_add_relu") and where["mul"][0] == "native"
+    assert where["conv"] == ("numpy", "numpy") and where["exp"] == ("numpy", "numpy")
+    assert len(exe.segments) >= 2 and prof.runs == 3
+    assert all(len(st.dur_us) == 3 and min(st.dur_us) >= 0 for st in prof.steps)
+    for r, total in enumerate(prof.run_us):  # the steps lie inside their run, in order
+        ends = [st.start_us[r] + st.dur_us[r] for st in prof.steps]
+        assert all(a <= b + 1e-3 for a, b in zip(ends, [st.start_us[r] for st in prof.steps][1:]))
+        assert ends[-1] <= total + 1e-3
+    np.testing.assert_allclose(exe.run(feeds)["y"], gx.compile(m, target="numpy", level=0).run(feeds)["y"],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_plugin_runs_light_resnet50_at_o2(toy_plugin):
     onnx = pytest.importorskip("onnx")

@@ -123,3 +123,46 @@ def test_sdpa_with_a_runtime_mask_runs_decomposed_natively():
 def test_default_level():
     from galaxir.backends.cpu import CpuBackend
     assert CpuBackend.default_level == 3 and CpuBackend.preferred_layout == "NHWC"
+
+
+def test_lowering_fuses_nothing_each_op_is_one_loop():
+    """Lowering turns each elementwise op into a loop of its own: chains are grouped by the
+    pipeline (cpu-fuse-elementwise), never by lowering."""
+    from galaxir.backends.cpu.lower import lower_module
+    from galaxir.passes.memory import specialize_types
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", 4, 6))
+    gb.output(gb.relu(gb.add(gb.mul(a, a), gb.constant(np.float32(0.5)))), "y")
+    m = gb.module()
+    steps = lower_module(specialize_types(m, {"a": (4, 6)}))
+    assert [[op.name for op in s.ops] for s in steps] == [["mul"], ["add"], ["relu"]]
+    o = gx.optimize(m, 1, target="cpu")  # the cpu's own fusion runs from O1 on
+    assert o.op_counts().get("fused_elementwise") == 1 and "cpu-fuse-elementwise" in \
+        o.metadata["optimized"]
+    exe = gx.compile(m, target="cpu", level=1)
+    assert [s.kernel.name for s in exe.last.steps] == ["elementwise"]
+    x = rand(4, 6)
+    np.testing.assert_allclose(exe(x)[0], np.maximum(x * x + 0.5, 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_cpu_regroups_what_its_loop_runs_around_an_op_it_does_not(level):
+    """pow joins the generic O2 fusion but not the cpu's loop: the region is decomposed and
+    the cpu's own rule groups the native ops around pow (mul+add+tanh and relu+sub+sigmoid,
+    abs a loop of its own, pow on the reference); at O1 the cpu's rule alone does the same.
+    tanh feeds two chains that end apart (one through pow): it ends a chain itself."""
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", 5, 7))
+    h = gb.tanh(gb.add(gb.mul(a, gb.constant(np.float32(0.7))), a))
+    p = gb.op("pow", gb.op("abs", h), gb.constant(np.float32(1.5)))
+    gb.output(gb.sigmoid(gb.sub(p, gb.relu(h))), "y")
+    m = gb.module()
+    o = gx.optimize(m, level, target="cpu")
+    assert o.op_counts().get("fused_elementwise") == 2 and o.op_counts().get("pow") == 1, \
+        o.op_counts()
+    exe = gx.compile(m, target="cpu", level=level)
+    kinds = [s.kernel.name if hasattr(s, "kernel") else s.op.name for s in exe.last.steps]
+    assert kinds.count("elementwise") == 3 and "pow" in exe.fallback_ops, kinds
+    x = rand(5, 7)
+    (want,) = gx.compile(m, target="numpy", level=0)(x)
+    np.testing.assert_allclose(exe(x)[0], want, rtol=1e-5, atol=1e-6)

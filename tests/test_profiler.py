@@ -153,3 +153,42 @@ def test_numpy_backend_profile():
         assert steps <= run
     assert "add" in str(prof) and "relu" in str(prof)
     assert len([e for e in prof.chrome_trace()["traceEvents"] if e.get("cat") == "numpy"]) == 8
+
+
+def test_partitioned_profile_times_the_cpu_kernels_inside_its_segments():
+    """A backend that leaves ``softmax`` to the reference gets partitioned; its segments are cpu
+    executables, so the profile names each cpu kernel inside them (a fused loop, the gemm)
+    and the reference op between them, on the values the run computes."""
+    from galaxir.backends import Capabilities, register_backend
+    from galaxir.backends.cpu import CpuBackend
+    from galaxir.reference.registry import all_kernels
+
+    class CpuNoSoftmax(CpuBackend):
+        name = "cpu-no-softmax"
+
+        def capabilities(self):
+            caps = super().capabilities()
+            return Capabilities(ops=frozenset(all_kernels()) - {"softmax"},
+                                decomposes=caps.decomposes)
+    register_backend("cpu-no-softmax", CpuNoSoftmax)
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 8, 16))
+    w = gb.constant(np.linspace(-1, 1, 16 * 32, dtype=np.float32).reshape(16, 32))
+    h = gb.relu(gb.add(gb.mul(gb.matmul(x, w), gb.constant(np.float32(0.5))),
+                       gb.constant(np.float32(0.1))))
+    gb.output(gb.sigmoid(gb.mul(gb.op("softmax", h, axis=-1), h)), "y")
+    m = gb.module()
+    xv = np.linspace(-2, 2, 8 * 16, dtype=np.float32).reshape(8, 16)
+    exe = gx.compile(m, target="cpu-no-softmax", level=2, num_threads=1)
+    assert len(exe.segments) == 2, exe.report()
+    prof = exe.profile({"x": xv}, runs=3)
+    where = [(st.where, st.kind) for st in prof.steps]
+    assert ("numpy", "softmax") in where
+    native = [st for st in prof.steps if st.where == "native"]
+    cpu_kernels = [s.kernel.name for seg in exe.segments for s in seg.exe.last.steps]
+    assert [st.kernel for st in native] == cpu_kernels and len(native) >= 3, where
+    assert all(len(st.dur_us) == 3 for st in prof.steps)
+    for steps, run in zip(prof.step_sums_us(), prof.run_us):
+        assert 0 < steps <= run
+    (ref,) = gx.compile(m, target="numpy", level=0)(xv)
+    np.testing.assert_allclose(exe(xv)[0], ref, rtol=1e-4, atol=1e-5)

@@ -303,8 +303,7 @@ class Executable(abc.ABC):
         if plan is None:
             raise ExecutionError(f"{type(self).__name__} has no profiler (it reports no "
                                  "kernels: Executable.kernel_steps)")
-        steps, start_run = plan
-        return time_steps(self.target_name, steps, start_run, runs, warmup, clock)
+        return time_steps(self.target_name, plan[0], plan[1], runs, warmup, clock)
 
     #: the target's name in profiles and reports
     target_name: str = "?"
@@ -312,7 +311,11 @@ class Executable(abc.ABC):
     def kernel_steps(self, inputs: list[Any]):
         """For the shared profiler: ``(steps, start_run)`` with ``steps`` a list of
         ``profile.StepTiming`` (what each kernel runs) and ``start_run()`` setting up one
-        run on ``inputs`` and returning one callable per step; None: no kernels reported."""
+        run on ``inputs`` and returning one callable per step (or units that time several
+        steps themselves: ``profile.time_steps``); None: no kernels reported.  A third
+        element ``outputs()`` (the latest run's outputs), with ``start_run(inputs)``
+        accepting each run's inputs, lets a partitioned executable time this one's
+        kernels inside its segments on live values without running them twice."""
         return None
 
     def report(self) -> str:

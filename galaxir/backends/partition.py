@@ -235,22 +235,57 @@ class PartitionedExecutable(Executable):
         return "\n".join(lines)
 
     def kernel_steps(self, inputs: list[Any]):
-        """Each native segment and each reference op as one profiled step."""
-        from .profile import StepTiming, shapes_label, value_label
-        steps = []
-        for i, s in enumerate(self.schedule):
+        """Each reference op as one step, and inside each native segment the steps its
+        executable reports (``kernel_steps``: the cpu's kernels, a plugin's ops), else
+        the segment as one step.  One untimed run first gives each segment the inputs
+        its kernels are described for (their shapes pick e.g. the cpu's specialization)."""
+        from .profile import StepTiming, run_units, shapes_label, timed, value_label
+        env = dict(self._consts)
+        env.update(zip((id(a) for a in self.module.graph.inputs), inputs))
+        steps: list[StepTiming] = []
+        parts = []  # per schedule item: (its step indices, its segment's own plan or None)
+        for s in self.schedule:
+            first = len(steps)
             if isinstance(s, Segment):
-                steps.append(StepTiming(i, value_label(s.outputs), "segment",
-                                        [op.name for op in s.ops], "native", self.target,
-                                        shapes_label(s.inputs, s.outputs)))
+                plan = s.exe.kernel_steps([env[id(v)] for v in s.inputs])
+                if plan is None:
+                    steps.append(StepTiming(first, value_label(s.outputs), "segment",
+                                            [op.name for op in s.ops], "native", self.target,
+                                            shapes_label(s.inputs, s.outputs)))
+                else:
+                    for k, st in enumerate(plan[0]):
+                        st.index = first + k
+                        steps.append(st)
             else:
-                steps.append(StepTiming(i, value_label(s.results), s.name, [s.name], "numpy",
+                plan = None
+                steps.append(StepTiming(first, value_label(s.results), s.name, [s.name], "numpy",
                                         "numpy", shapes_label(s.read_values(), s.results)))
+            parts.append((list(range(first, len(steps))), plan))
+            self._step(s, env)
+
+        def segment_unit(s: Segment, plan, indices, env):
+            def run(now):
+                seg_in = [env[id(v)] for v in s.inputs]
+                if len(plan) > 2:  # it runs on this run's inputs and keeps its outputs
+                    got = run_units(plan[1](seg_in), now)
+                    outs = plan[2]()
+                else:  # described for these inputs, run again (untimed) for the outputs
+                    got = run_units(s.exe.kernel_steps(seg_in)[1](), now)
+                    outs = s.exe(*seg_in)
+                env.update(zip((id(v) for v in s.outputs), outs))
+                return [got.get(k, (0, 0)) for k in range(len(indices))]
+            return indices, run
 
         def start_run():
             env = dict(self._consts)
             env.update(zip((id(a) for a in self.module.graph.inputs), inputs))
-            return [lambda s=s: self._step(s, env) for s in self.schedule]
+            units = []
+            for s, (indices, plan) in zip(self.schedule, parts):
+                if plan is None:
+                    units.append((indices, timed(lambda s=s: self._step(s, env))))
+                else:
+                    units.append(segment_unit(s, plan, indices, env))
+            return units
         return steps, start_run
 
 

@@ -149,29 +149,57 @@ class Profile:
 def time_steps(target: str, steps: list[StepTiming], start_run, runs: int, warmup: int,
                clock: str) -> Profile:
     """Time ``runs`` runs (after ``warmup``) of a backend that reports its kernels:
-    ``start_run()`` sets up one run and returns one zero-argument callable per entry of
-    ``steps``, called in order (``Executable.kernel_steps``)."""
+    ``start_run()`` sets up one run and returns its units, called in order
+    (``Executable.kernel_steps``): either one zero-argument callable per entry of ``steps``
+    (each timed here), or ``(indices, fn)`` pairs where ``fn(now)`` runs the steps at
+    ``indices`` and returns one ``(start_ns, end_ns)`` span per index, read from
+    ``now()`` or the same clock (``now.clock_id``): a native segment timing its own
+    kernels, a partitioned executable its segments' kernels.  A step no unit covers (a
+    view) takes no time, placed where the step before it ended."""
     check_clock(clock)
     now = clock_ns(clock)
     run_us, run_start, t_first = [], [], None
     for r in range(warmup + max(1, runs)):
-        fns = start_run()
+        units = start_run()
         t0 = now()
-        spans = []
-        for fn in fns:
-            a = now()
-            fn()
-            spans.append((a, now()))
+        spans = run_units(units, now)
         t1 = now()
         if r < warmup:
             continue
         t_first = t0 if t_first is None else t_first
         run_start.append((t0 - t_first) / 1e3)
         run_us.append((t1 - t0) / 1e3)
-        for st, (a, b) in zip(steps, spans):
+        prev = t0
+        for k, st in enumerate(steps):
+            a, b = spans.get(k, (prev, prev))
             st.start_us.append((a - t0) / 1e3)
             st.dur_us.append((b - a) / 1e3)
+            prev = b
     return Profile(target, steps, run_us, run_start)
+
+
+def run_units(units, now) -> dict[int, tuple[int, int]]:
+    """Run one run's units (see ``time_steps``): {step index: (start ns, end ns)}."""
+    spans: dict[int, tuple[int, int]] = {}
+    for k, u in enumerate(units):
+        if callable(u):
+            a = now()
+            u()
+            spans[k] = (a, now())
+        else:
+            indices, fn = u
+            got = fn(now)
+            spans.update(zip(indices, got))
+    return spans
+
+
+def timed(fn):
+    """``fn`` (no arguments) as the ``fn(now)`` of a one-step unit, timed around the call."""
+    def run(now):
+        a = now()
+        fn()
+        return [(a, now())]
+    return run
 
 
 def check_clock(clock: str) -> None:
@@ -180,11 +208,23 @@ def check_clock(clock: str) -> None:
         raise ExecutionError(f"profile: clock must be 'wall' or 'cpu', got {clock!r}")
 
 
+class _Clock:
+    """The Python-side reading of one clock in nanoseconds; ``clock_id`` is the id native
+    code passes to clock_gettime to read the same clock."""
+
+    def __init__(self, clock_id: int):
+        import time
+        self.clock_id = clock_id
+        self._get = time.clock_gettime_ns
+
+    def __call__(self) -> int:
+        return self._get(self.clock_id)
+
+
 def clock_ns(clock: str):
     """The Python-side reading of ``clock`` in nanoseconds (the one native code uses)."""
     import time
-    cid = time.CLOCK_MONOTONIC if clock == "wall" else time.CLOCK_THREAD_CPUTIME_ID
-    return lambda: time.clock_gettime_ns(cid)
+    return _Clock(time.CLOCK_MONOTONIC if clock == "wall" else time.CLOCK_THREAD_CPUTIME_ID)
 
 
 def _us(x: float) -> str:

@@ -17,7 +17,6 @@ from ...errors import CompileError, GalaxirError
 from ...ir import Module
 from ...ir.types import TensorType
 from ..base import Backend, Executable
-from ..profile import check_clock
 from . import jit
 from .lower import ELEMENTWISE, RULES, ALIAS_OPS
 from .prepare import prepare, specialize
@@ -109,17 +108,23 @@ class CpuExecutable(Executable):
             spec = self._spec_for_inputs(inputs)
         return spec.run(inputs, self._interp, pool=self.pool, out=out)
 
-    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
-        """Per-step times (see ``Executable.profile``).  The first call for a set of input
-        shapes compiles a timed copy of the native code (galaxir/backends/cpu/profile.py);
-        the code that ``exe(...)`` runs is never changed."""
-        from .profile import profile_specialization
-        check_clock(clock)
-        inputs = self.validate(feeds)
+    def kernel_steps(self, inputs: list[Any]):
+        """Every step of the specialization for these inputs, for the shared profiler
+        (``Executable.profile``): the first call for a set of input shapes compiles a timed
+        copy of the native code (galaxir/backends/cpu/profile.py); the code that
+        ``exe(...)`` runs is never changed."""
+        from .profile import kernel_plan
         with self._lock:
             spec = self._spec_for_inputs(inputs)
-            prof, _ = profile_specialization(spec, inputs, self._interp, self.pool, runs, warmup,
-                                             clock)
+        return kernel_plan(spec, inputs, self._interp, self.pool)
+
+    def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):
+        """Per-step times (see ``Executable.profile``), each kernel of a native segment
+        timed by the code itself."""
+        from .profile import notes_for
+        with self._lock:  # one specialization chosen and kept for the whole profile
+            prof = super().profile(feeds, runs, warmup, clock)
+            prof.notes += notes_for(self.last, self.pool, clock)
         return prof
 
     # -- reports ----------------------------------------------------------------------------
@@ -205,14 +210,16 @@ class CpuBackend(Backend):
         return set(RULES) | set(ELEMENTWISE) | set(ALIAS_OPS) | {"fused_add", "fused_elementwise"}
 
     def passes(self, level: int) -> list:
-        """The cpu backend's declared rules (galaxir/backends/cpu/rules.py), after the
-        generic passes: at O2+ what the generic fusions made that it has no native kernel
-        for goes back to core ops its kernels (and its elementwise loop) run."""
-        if level < 2:
+        """The cpu backend's own passes (galaxir/backends/cpu/prepare.py ``own_passes``),
+        after the generic ones: at O2+ what the generic fusions made that it has no native
+        kernel for goes back to core ops (rules.py), and its elementwise loop's chains are
+        grouped (``cpu-fuse-elementwise``); at O1 the same folding and fusion that
+        ``prepare`` gives an unoptimized module."""
+        if level < 1:
             return []
         from ...passes import AFTER, Placed
-        from .rules import cpu_patterns
-        return [Placed(cpu_patterns(), AFTER, "cpu-rules")]
+        from .prepare import own_passes
+        return [Placed(p, AFTER) for p in own_passes(level)]
 
     def check_lowering(self, module: Module, feeds, rtol: float = 1e-4, atol: float = 1e-5):
         """Each native kernel against the reference on the same inputs (galaxir bisect)."""

@@ -65,8 +65,16 @@ def first_bad_kernel(module: Module, feeds: Mapping[str, Any], rtol: float, atol
     return None
 
 
+def _op_label(op) -> str:
+    """``op``'s name; a fused loop's also lists the ops of its region."""
+    if op.name != "fused_elementwise" or not op.regions:
+        return op.name
+    inner = [o.name for o in op.regions[0].block if not o.is_terminator and o.name != "constant"]
+    return f"fused_elementwise({'+'.join(inner)})"
+
+
 def _describe(step: NativeStep, why: str) -> str:
-    ops = "+".join(op.name for op in step.ops)
+    ops = "+".join(_op_label(op) for op in step.ops)
     src = sorted({p for op in step.ops for p in op.provenance})
     where = f" (from {', '.join(src)})" if src else ""
     return f"native kernel '{step.kernel.name}' for {ops}{where} differs from the reference: {why}"

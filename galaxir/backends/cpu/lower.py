@@ -1,10 +1,12 @@
 """Lowering: decide for each op of a shape-specialized module whether it runs natively
-(and as which kernel) or on the numpy reference, fuse elementwise chains, and give every
-native op its kernel object.  Produces a list of steps in schedule order."""
+(and as which kernel) or on the numpy reference, and give every native op its kernel
+object.  Produces a list of steps in schedule order, one per op: lowering fuses nothing
+(a fused_elementwise, made by the generic fusion or the cpu's own ``cpu-fuse-elementwise``
+rule, galaxir/backends/cpu/rules.py, becomes one elementwise loop)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -537,12 +539,13 @@ def alias_source(op: Operation) -> Value | None:
     return x
 
 
-# -- elementwise fusion --------------------------------------------------------------------
+# -- elementwise loops ---------------------------------------------------------------------
 #: ops emit_expr implements that may appear inside a fused_elementwise region
 REGION_OPS = ELEMENTWISE | {"fused_add", "identity"}
-#: the deepest expression one elementwise kernel evaluates: a longer chain becomes several
-#: kernels (expressions are nested tuples that the code here and emit_expr walk
-#: recursively; depth is bounded instead of the Python stack being outgrown)
+#: the deepest expression one elementwise kernel evaluates (expressions are nested tuples
+#: that the code here and emit_expr walk recursively; depth is bounded instead of the
+#: Python stack being outgrown): cpu-fuse-elementwise makes groups of at most this many
+#: ops, and a deeper region runs on the numpy reference
 MAX_EXPR_DEPTH = 128
 _LEAVES = ("in", "arg", "const", "none")
 
@@ -566,23 +569,21 @@ def expr_depth(expr) -> int:
     return depth[id(expr)]
 
 
-def _own_depth(op: Operation) -> int:
-    """Depth of ``op``'s expression over leaf operands."""
+def native_elementwise(op: Operation) -> bool:
+    """Does the elementwise loop run ``op`` (float32 tensors; shapes may still be symbolic)?
+    What ``cpu-fuse-elementwise`` groups; lowering also wants static shapes."""
     if op.name == "fused_elementwise":
-        return expr_depth(_region_expr(op))
-    return expr_depth(_op_expr(op, tuple(("in", k) for k in range(len(op.operands)))))
+        return _region_expr(op) is not None
+    if (op.name not in ELEMENTWISE and op.name != "fused_add") or len(op.results) != 1 \
+            or op.regions:
+        return False
+    if op.name != "clip" and any(v is None for v in op.operands):
+        return False
+    return all(is_f32(v) for v in [*op.operands, *op.results] if v is not None)
 
 
 def _ew_native(op: Operation) -> bool:
-    if op.name == "fused_elementwise":
-        return _region_expr(op) is not None and _all_static_f32(op) is None
-    if (op.name not in ELEMENTWISE and op.name != "fused_add") or len(op.results) != 1:
-        return False
-    if _all_static_f32(op) is not None:
-        return False
-    if op.name == "clip":
-        return True
-    return all(v is not None for v in op.operands)
+    return native_elementwise(op) and _all_static_f32(op) is None
 
 
 def _op_expr(op: Operation, children: tuple):
@@ -659,12 +660,30 @@ def _subst_args(expr, children):
     return (expr[0], tuple(_subst_args(c, children) for c in expr[1]), expr[2])
 
 
-@dataclass
-class _Group:
-    out: Value
-    ops: list[Operation] = field(default_factory=list)
-    expr: Any = None
-    depth: int = 0
+def _lower_elementwise(op: Operation) -> NativeStep:
+    """One elementwise loop for ``op`` (a fused_elementwise's whole region); finite scalar
+    constant operands become literals of the expression."""
+    inputs: list[Value] = []
+    children = []
+    for v in op.operands:
+        if v is None:
+            children.append(("none",))
+            continue
+        c = const_of(v)
+        if c is not None and c.size == 1 and np.isfinite(c).all():
+            children.append(("const", float(np.asarray(c).reshape(-1)[0])))
+            continue
+        if not any(u is v for u in inputs):
+            inputs.append(v)
+        children.append(("in", next(k for k, u in enumerate(inputs) if u is v)))
+    if op.name == "fused_elementwise":
+        expr = _subst_args(_region_expr(op), children)
+    else:
+        expr = _op_expr(op, tuple(children))
+    out = op.results[0]
+    kern = K.Elementwise(out_shape=static_shape(out.type),
+                         in_shapes=[static_shape(v.type) for v in inputs], expr=expr)
+    return NativeStep(kern, [out], inputs, [op])
 
 
 def lower_module(module: Module, report_reasons: dict | None = None) -> list:
@@ -675,63 +694,11 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
     widen_half(module)     # f16 / bf16 ops: float32 kernels between 16-bit tensors
     outputs = {id(v) for v in module.graph.outputs if v is not None}
     steps: list = []
-    groups: dict[int, _Group] = {}      # value id -> group whose output it is
-    pending: dict[int, NativeStep] = {}  # value id -> the fused step producing it
-    dropped: set[int] = set()  # ids of steps inlined into a later one (removed at the end)
-
-    def group_input(inputs: list[Value], v: Value):
-        for k, u in enumerate(inputs):
-            if u is v:
-                return ("in", k)
-        inputs.append(v)
-        return ("in", len(inputs) - 1)
-
     for op in module.graph.block:
         if op.is_terminator or op.name == "constant":
             continue
         if _ew_native(op):
-            out = op.results[0]
-            oshape = static_shape(out.type)
-            inputs: list[Value] = []
-            children = []
-            members: list[Operation] = []
-            own = _own_depth(op)
-            deepest = 0
-            for v in op.operands:
-                if v is None:
-                    children.append(("none",))
-                    continue
-                c = const_of(v)
-                if c is not None and c.size == 1 and np.isfinite(c).all():
-                    children.append(("const", float(np.asarray(c).reshape(-1)[0])))
-                    continue
-                g = groups.get(id(v))
-                if (g is not None and len(v.uses) == 1 and id(v) not in outputs
-                        and static_shape(v.type) == oshape and id(v) in pending
-                        and own + g.depth <= MAX_EXPR_DEPTH):
-                    # inline the producer's expression
-                    step = pending.pop(id(v))
-                    dropped.add(id(step))
-                    deepest = max(deepest, g.depth)
-                    mapping = {}
-                    for k, u in enumerate(step.inputs):
-                        mapping[k] = group_input(inputs, u)
-                    same = all(mapping[k] == ("in", k) for k in mapping)
-                    children.append(g.expr if same else _remap(g.expr, mapping))
-                    members.extend(g.ops)
-                    continue
-                children.append(group_input(inputs, v))
-            if op.name == "fused_elementwise":
-                expr = _subst_args(_region_expr(op), children)
-            else:
-                expr = _op_expr(op, tuple(children))
-            members.append(op)
-            kern = K.Elementwise(out_shape=oshape,
-                                 in_shapes=[static_shape(v.type) for v in inputs], expr=expr)
-            step = NativeStep(kern, [out], inputs, members)
-            groups[id(out)] = _Group(out, members, expr, own + deepest)
-            pending[id(out)] = step
-            steps.append(step)
+            steps.append(_lower_elementwise(op))
             continue
         src = alias_source(op)
         if src is not None:
@@ -755,7 +722,7 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         kern, ins = res
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         steps.append(step)
-    return _drop_unread_transposes([s for s in steps if id(s) not in dropped], outputs)
+    return _drop_unread_transposes(steps, outputs)
 
 
 def _drop_unread_transposes(steps: list, outputs: set) -> list:
@@ -775,16 +742,6 @@ def _drop_unread_transposes(steps: list, outputs: set) -> list:
         else:
             read.update(id(v) for v in step.op.read_values())
     return keep[::-1]
-
-
-def _remap(expr, mapping):
-    """``expr`` with each ("in", k) leaf replaced by ``mapping[k]`` (recursion bounded by
-    MAX_EXPR_DEPTH)."""
-    if expr[0] == "in":
-        return mapping[expr[1]]
-    if expr[0] in ("const", "none"):
-        return expr
-    return (expr[0], tuple(_remap(c, mapping) for c in expr[1]), expr[2])
 
 
 from . import lower_seq  # noqa: E402,F401  (sequence-model rules register into RULES)

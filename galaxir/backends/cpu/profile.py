@@ -7,7 +7,9 @@ kernels, and a ``clock_gettime(CLOCK_MONOTONIC)`` read before the first step and
 step into a buffer of int64 nanoseconds.  That copy is compiled and loaded beside the
 normal code, which stays as it was: the normal entry points hold no timing code, and a run
 that is not profiled pays nothing.  Ops on the numpy reference are timed in Python with the
-same clock, so native and fallback steps share one timeline.
+same clock, so native and fallback steps share one timeline.  ``kernel_plan`` hands the
+segments and fallback ops to the shared profiler (galaxir/backends/profile.py) as units,
+which is also how a partitioned executable times the cpu's kernels inside its segments.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from ..profile import Profile, StepTiming, shapes_label, value_label
+from ..profile import StepTiming, shapes_label, value_label
 from . import jit
 from .codegen import I32, I64
 from .lower import AliasStep, FallbackStep, NativeStep
@@ -96,32 +98,6 @@ def timed_code(spec) -> TimedCode:
     return code
 
 
-def _run_once(spec, code: TimedCode, inputs, interp, pool, clock: int
-              ) -> tuple[list, dict, int, int]:
-    """One timed run: (outputs, {step index: (start ns, end ns)}, run start, run end)."""
-    spec._ensure_arena()
-    spec.use_pool(pool, code.pool_slot)
-    with spec.call_state() as call:
-        t_start = time.clock_gettime_ns(clock)
-        ext = spec._bind_inputs(call, inputs)
-        rec: dict[int, tuple[int, int]] = {}
-        for kind, item in spec.seq:
-            if kind == "native":
-                failed = code.entries[item](call.table_addr, code.buf_addr[item])
-                if failed:
-                    spec._failed(failed)
-                buf = code.bufs[item]
-                for j, (i, _) in enumerate(spec.segments[item]):
-                    rec[i] = (int(buf[j]), int(buf[j + 1]))
-            else:
-                t0 = time.clock_gettime_ns(clock)
-                spec._run_fallback(call, item, ext, interp)
-                rec[spec._step_index[id(item)]] = (t0, time.clock_gettime_ns(clock))
-        outs = spec._outputs(call, ext)
-        t_end = time.clock_gettime_ns(clock)
-    return outs, rec, t_start, t_end
-
-
 def _describe_step(i: int, s) -> StepTiming:
     if isinstance(s, NativeStep):
         ops = [op.name for op in s.ops]
@@ -136,40 +112,62 @@ def _describe_step(i: int, s) -> StepTiming:
                       shapes_label(s.op.read_values(), s.op.results))
 
 
-def profile_specialization(spec, inputs: list[Any], interp, pool, runs: int,
-                           warmup: int = 1, clock: str = "wall") -> tuple[Profile, list]:
-    """Run ``spec`` ``warmup`` + ``runs`` times on ``inputs`` through its timed code; returns
-    the profile and the last run's outputs."""
-    clk = CLOCKS[clock]
+def kernel_plan(spec, inputs: list[Any], interp, pool):
+    """``Executable.kernel_steps`` for ``spec`` on ``inputs``: every step described, and
+    ``start_run()`` giving one unit per native segment (its timed entry point stamps each
+    kernel, ``fn(now)`` returns their spans) and per fallback op (timed in Python), with
+    an untimed unit binding the inputs first (``start_run(inputs)``: another run's inputs
+    of the same shapes) and one collecting the outputs last (``outputs()`` returns them)."""
     code = timed_code(spec)
-    if code.clock_slot:
-        ctypes.c_int32.from_address(code.clock_slot).value = clk
     if not hasattr(spec, "_step_index"):
         spec._step_index = {id(s): i for i, s in enumerate(spec.steps)}
-    for _ in range(warmup):
-        _run_once(spec, code, inputs, interp, pool, clk)
+    spec._ensure_arena()
+    call = spec.new_call()  # the profiler's own arena, kept for its runs
     steps = [_describe_step(i, s) for i, s in enumerate(spec.steps)]
-    run_us, run_start = [], []
-    t_first = None
-    outs: list = []
-    for _ in range(max(1, runs)):
-        outs, rec, t0, t1 = _run_once(spec, code, inputs, interp, pool, clk)
-        if t_first is None:
-            t_first = t0
-        run_start.append((t0 - t_first) / 1e3)
-        run_us.append((t1 - t0) / 1e3)
-        prev_end = t0
-        for st in steps:
-            span = rec.get(st.index)
-            if span is None:  # a view: no work, placed where the previous step ended
-                span = (prev_end, prev_end)
-            st.start_us.append((span[0] - t0) / 1e3)
-            st.dur_us.append((span[1] - span[0]) / 1e3)
-            prev_end = span[1]
+    state: dict[str, Any] = {}
+
+    def bind(run_inputs):
+        def run(now):
+            spec.use_pool(pool, code.pool_slot)
+            if code.clock_slot:
+                ctypes.c_int32.from_address(code.clock_slot).value = getattr(
+                    now, "clock_id", CLOCKS["wall"])
+            state["ext"] = spec._bind_inputs(call, run_inputs)
+            return []
+        return (), run
+
+    def native(item):
+        def run(now):
+            failed = code.entries[item](call.table_addr, code.buf_addr[item])
+            if failed:
+                spec._failed(failed)
+            buf = code.bufs[item]
+            return [(int(buf[j]), int(buf[j + 1])) for j in range(len(spec.segments[item]))]
+        return [i for i, _ in spec.segments[item]], run
+
+    def fallback(item):
+        def run(now):
+            a = now()
+            spec._run_fallback(call, item, state["ext"], interp)
+            return [(a, now())]
+        return [spec._step_index[id(item)]], run
+
+    def collect(now):
+        state["outs"] = spec._outputs(call, state["ext"])
+        return []
+
+    def start_run(run_inputs=None):
+        return [bind(inputs if run_inputs is None else run_inputs), *[native(item) if kind == "native" else fallback(item)
+                              for kind, item in spec.seq], ((), collect)]
+    return steps, start_run, lambda: state["outs"]
+
+
+def notes_for(spec, pool, clock: str) -> list[str]:
+    """What a reader of the cpu profile should know about how it was measured."""
     notes = []
-    if pool is not None and spec.work_bytes >= POOL_MIN_BYTES and code.pool_slot:
+    if pool is not None and spec.work_bytes >= POOL_MIN_BYTES and timed_code(spec).pool_slot:
         notes.append("parallel kernels ran over the thread pool: a step's time is the "
                      "caller's wall time for all its tasks")
     if clock == "cpu":
         notes.append("times are the calling thread's CPU time (clock='cpu')")
-    return Profile("cpu", steps, run_us, run_start, notes), outs
+    return notes

@@ -21,6 +21,12 @@ fallback op):
 * ``fused_elementwise`` with an op, dtype or constant the native loop cannot do,
 * ``batch_norm`` with constant statistics: a per-channel multiply-add (it fuses with the
   elementwise ops around it; the cpu has no batch_norm kernel).
+
+Then ``cpu-fuse-elementwise`` (``FuseNativeElementwise``) groups what its elementwise loop
+runs and the generic fusion left apart: the pieces of a decomposed region, a batch_norm's
+multiply-add, a fused_add and the ops around it, neighbouring fused_elementwise ops, and
+(at O0/O1, where no generic fusion runs) every chain.  Lowering turns each
+fused_elementwise into one loop and fuses nothing itself.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import numpy as np
 
 from ...ir.types import TensorType
 from ...passes.decompose import Decompose
+from ...passes.fusion.elementwise import FuseElementwise
 from ...passes.rewrite import RewritePattern, Rewriter, const_array
 
 #: the composite ops the rules below turn into ops the cpu runs
@@ -67,10 +74,45 @@ class BatchNormAffine(RewritePattern):
         return "a batch_norm with constant statistics becomes a per-channel multiply-add"
 
 
+class FuseNativeElementwise(FuseElementwise):
+    """Chains of the ops the cpu's elementwise loop runs (float32; lower.ELEMENTWISE,
+    fused_add, and fused_elementwise whose region it runs) -> one fused_elementwise.  Only
+    finite scalar constants go inside (the loop takes them as literals); a group is at most
+    ``lower.MAX_EXPR_DEPTH`` ops, so its expression stays within what one kernel takes."""
+
+    name = "cpu-fuse-elementwise"
+
+    def __init__(self):
+        from .lower import MAX_EXPR_DEPTH
+        super().__init__(min_ops=2)
+        self.max_ops = MAX_EXPR_DEPTH
+
+    @property
+    def root(self) -> tuple[str, ...]:
+        from .lower import ELEMENTWISE
+        return tuple(sorted(ELEMENTWISE | {"fused_add", "fused_elementwise"}))
+
+    def fusible(self, op) -> bool:
+        from .lower import native_elementwise
+        return native_elementwise(op)
+
+    def inline_const(self, v) -> bool:
+        c = const_array(v)
+        return c is not None and c.size == 1 and bool(np.isfinite(c).all()) \
+            and isinstance(v.type, TensorType) and v.type.dtype.numpy == np.float32
+
+
 def batch_norm_patterns() -> list:
     return [BatchNormAffine()]
 
 
 def cpu_patterns() -> list:
+    """What the generic fusions made that the cpu does not run, back to ops it runs."""
     return [Decompose("sdpa", "cpu-decompose-sdpa"),
-            Decompose("fused_elementwise", "cpu-decompose-elementwise", _region_not_native)]
+            Decompose("fused_elementwise", "cpu-decompose-elementwise", _region_not_native),
+            *batch_norm_patterns()]
+
+
+def fusion_patterns() -> list:
+    """The cpu's own elementwise fusion (after its decompositions)."""
+    return [FuseNativeElementwise()]

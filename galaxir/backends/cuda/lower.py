@@ -754,34 +754,11 @@ def lower_module(module: Module) -> Lowered:
 
 
 def specialize(module: Module, shapes) -> Module:
-    """A copy of ``module`` with concrete input ``shapes`` ({name: shape}) and result types
-    re-inferred op by op.  A ``fused_elementwise`` result (whose inference reads its
-    region, which keeps the symbolic types) is the broadcast of its operands' shapes."""
-    m = module.clone()
-    for a in m.graph.inputs:
-        if a.name in shapes and isinstance(a.type, TensorType):
-            a.type = TensorType(a.type.dtype, tuple(int(d) for d in shapes[a.name]))
-    for op in m.graph.block:
-        if op.is_terminator or op.name == "constant" or op.opdef is None:
-            continue
-        if op.name == "fused_elementwise":
-            ts = [v.type for v in op.operands if v is not None]
-            if all(isinstance(t, TensorType) and t.shape is not None and
-                   all(isinstance(d, int) for d in t.shape) for t in ts):
-                try:
-                    shape = np.broadcast_shapes(*[tuple(t.shape) for t in ts])
-                except ValueError:
-                    continue
-                r = op.results[0]
-                r.type = TensorType(r.type.dtype, tuple(int(d) for d in shape))
-            continue
-        try:
-            types = op.opdef.infer_types(op)
-        except Exception:
-            continue
-        if types is not None and len(types) == len(op.results):
-            for r, t in zip(op.results, types):
-                r.type = t
+    """A copy of ``module`` with concrete input ``shapes`` ({name: shape}): the shared
+    specialization (``passes.memory.specialize_types``, the one the cpu backend uses), then
+    the shape arithmetic it makes constant folded on the host (``fold_static``)."""
+    from ...passes.memory import specialize_types
+    m = specialize_types(module, shapes)
     fold_static(m)
     return m
 

@@ -1,6 +1,7 @@
 """A third-party galaxir backend (installed by the tests as a real package): it runs add,
 sum, mul, relu and its own fused op ``toy_add_relu`` (made by its own rule, which runs before
-the generic O2 fusions); ``gx.compile`` runs every other op on the numpy reference."""
+the generic O2 fusions); ``gx.compile`` runs every other op on the numpy reference, and
+``exe.profile`` times each of its ops inside the native segments (``kernel_steps``)."""
 from functools import reduce
 
 import numpy as np
@@ -39,6 +40,23 @@ class ToyExecutable(Executable):
             if op.is_terminator:
                 return [env[id(v)] for v in op.operands]
             env[id(op.result)] = OPS[op.name](*[env[id(v)] for v in op.operands])
+
+    def kernel_steps(self, inputs):
+        """Its ops for ``exe.profile``: one step each (inside a partitioned executable's
+        segments too)."""
+        from galaxir.backends.profile import StepTiming, shapes_label, value_label
+        ops = [op for op in self.module.graph.block if not op.is_terminator]
+        steps = [StepTiming(i, value_label(op.results), op.name, [op.name], "native",
+                            f"toy.{op.name}", shapes_label(op.operands, op.results))
+                 for i, op in enumerate(ops)]
+
+        def start_run():
+            env = {id(v): x for v, x in zip(self.module.graph.inputs, inputs)}
+
+            def run(op):
+                env[id(op.result)] = OPS[op.name](*[env[id(v)] for v in op.operands])
+            return [lambda op=op: run(op) for op in ops]
+        return steps, start_run
 
 
 class ToyBackend(Backend):
