@@ -16,6 +16,7 @@ import llvmlite.ir as ir
 
 from .codegen import F32, i64
 from .kernels import Gemv, Kernel
+from .kernels_gemm import BatchedGemm
 from .kernels_nhwc import MatMulPacked
 
 
@@ -59,12 +60,13 @@ class ConvTranspose2d(Kernel):
     pl: int = 0
     group: int = 1
     has_bias: bool = False
+    wide: bool = False  # 16-lane GEMM tiles (kernels_nhwc.wide_tiles)
     name: str = "conv_transpose"
 
     def key(self):
         return ("convT", self.N, self.C, self.H, self.W, self.M, self.OH, self.OW, self.kh,
                 self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.group,
-                self.has_bias)
+                self.has_bias, self.wide)
 
     @property
     def rows(self) -> int:
@@ -90,9 +92,13 @@ class ConvTranspose2d(Kernel):
         cg, P = self.C // self.group, self.H * self.W
         if self.from_vector:
             return Gemv(M=self.N, N=self.rows, K=self.C)
-        return MatMulPacked(M=self.rows, N=P, K=cg, batch=(self.N, self.group),
-                            a_batch_strides=(0, self.rows * cg),
-                            b_batch_strides=(self.C * P, cg * P))
+        if P < 4 * 16:  # a few pixels: the 16-column panels waste less than 2-vector ones
+            return MatMulPacked(M=self.rows, N=P, K=cg, batch=(self.N, self.group),
+                                a_batch_strides=(0, self.rows * cg),
+                                b_batch_strides=(self.C * P, cg * P))
+        return BatchedGemm(M=self.rows, N=P, K=cg, wide=self.wide, batch=(self.N, self.group),
+                           a_batch_strides=(0, self.rows * cg),
+                           b_batch_strides=(self.C * P, cg * P))
 
     def emit(self, module, fname, n_args):
         from .kernels import _fb
@@ -110,32 +116,80 @@ class ConvTranspose2d(Kernel):
         b.call(scatter, list(fb.args))
         return fb.finish()
 
+    @property
+    def phase_len(self) -> int:
+        """Columns per output-column phase in the row buffer (``_col2im``)."""
+        return -(-self.OW // self.sw)
+
     def _col2im(self, fb, args, t):
+        """One output plane, row by row.  Output column ``ow = sw * a + pw`` of tap j and input
+        column iw has ``a = iw + e_j`` (``e_j = floor((j*dw - pl) / sw)``) and a phase pw
+        fixed by j, so in a row buffer laid out phase by phase (``buf[pw][a]``) every tap's
+        row adds into a contiguous run: a plain loop LLVM vectorizes.  The row is then
+        written to the output with the phases interleaved (explicit shuffles for stride 2)."""
         b = fb.b
         y, bias, cols = args[0], (args[3] if self.has_bias else None), args[-1]
         mg = self.M // self.group
-        P, OP = self.H * self.W, self.OH * self.OW
+        P, OW, A, sw = self.H * self.W, self.OW, self.phase_len, self.sw
         n = b.sdiv(t, i64(self.M))
         m = b.srem(t, i64(self.M))
         g = b.sdiv(m, i64(mg))
         ml = b.srem(m, i64(mg))
-        plane = fb.ptr(y, b.mul(t, i64(OP)))
+        plane = fb.ptr(y, b.mul(t, i64(self.OH * OW)))
         init = fb.load(bias, m) if bias is not None else ir.Constant(F32, 0.0)
-        with fb.loop(0, OP) as p:
-            fb.store(init, plane, p)
         rows = fb.ptr(cols, b.mul(b.add(b.mul(b.add(b.mul(n, i64(self.group)), g), i64(self.rows)),
                                         b.mul(ml, i64(self.kh * self.kw))), i64(P)))
-        for i in range(self.kh):
-            hlo, hhi = tap_range(i, self.sh, self.pt, self.dh, self.H, self.OH)
-            for j in range(self.kw):
-                wlo, whi = tap_range(j, self.sw, self.pl, self.dw, self.W, self.OW)
-                if hlo >= hhi or wlo >= whi:
+        with b.goto_block(fb.entry):
+            buf = b.alloca(F32, size=i64(sw * A))
+            buf.align = 64
+        taps = []  # per j: (phase, e_j, input column range)
+        for j in range(self.kw):
+            wlo, whi = tap_range(j, sw, self.pl, self.dw, self.W, OW)
+            off = j * self.dw - self.pl
+            taps.append((off % sw, off // sw, wlo, whi))
+        with fb.loop(0, self.OH) as oh:
+            with fb.loop(0, sw * A) as q:
+                fb.store(init, buf, q)
+            for i in range(self.kh):
+                if all(lo >= hi for _, _, lo, hi in taps):
                     continue
-                row = fb.ptr(rows, i64((i * self.kw + j) * P))
-                with fb.loop(hlo, hhi) as ih:
-                    oh = b.add(b.mul(ih, i64(self.sh)), i64(i * self.dh - self.pt))
-                    src = fb.ptr(row, b.mul(ih, i64(self.W)))
-                    dst = fb.ptr(plane, b.add(b.mul(oh, i64(self.OW)), i64(j * self.dw - self.pl)))
-                    with fb.loop(wlo, whi) as iw:
-                        o = b.mul(iw, i64(self.sw))
-                        fb.store(b.fadd(fb.load(dst, o), fb.load(src, iw)), dst, o)
+                tt = b.add(oh, i64(self.pt - i * self.dh))  # ih * sh when tap i hits this row
+                ok = b.and_(b.icmp_signed(">=", tt, i64(0)),
+                            b.icmp_signed("<", tt, i64(self.H * self.sh)))
+                if self.sh > 1:
+                    ok = b.and_(ok, b.icmp_signed("==", b.srem(tt, i64(self.sh)), i64(0)))
+                with b.if_then(ok):
+                    ih = b.sdiv(tt, i64(self.sh)) if self.sh > 1 else tt
+                    src_i = fb.ptr(rows, b.add(b.mul(ih, i64(self.W)), i64(i * self.kw * P)))
+                    for j, (pw, e, wlo, whi) in enumerate(taps):
+                        if wlo >= whi:
+                            continue
+                        src = fb.ptr(src_i, i64(j * P))
+                        dst = fb.ptr(buf, i64(pw * A + e))
+                        with fb.loop(wlo, whi) as iw:
+                            fb.store(b.fadd(fb.load(dst, iw), fb.load(src, iw)), dst, iw)
+            orow = fb.ptr(plane, b.mul(oh, i64(OW)))
+            self._write_row(fb, orow, buf)
+
+    def _write_row(self, fb, orow, buf):
+        """orow[sw * a + pw] = buf[pw * A + a] for every output column."""
+        b = fb.b
+        OW, A, sw = self.OW, self.phase_len, self.sw
+        start = 0
+        if sw == 2:
+            L = 16 if self.wide else 8
+            V = ir.VectorType(F32, L)
+            V2 = ir.VectorType(F32, 2 * L)
+            idx = [v for k in range(L) for v in (k, L + k)]
+            nvec = OW // (2 * L)
+            if nvec:
+                with fb.loop(0, nvec * L, L) as a:
+                    v0 = b.load(b.bitcast(fb.ptr(buf, a), V.as_pointer()), align=4)
+                    v1 = b.load(b.bitcast(fb.ptr(buf, b.add(a, i64(A))), V.as_pointer()), align=4)
+                    both = b.shuffle_vector(v0, v1, ir.Constant(ir.VectorType(ir.IntType(32), 2 * L), idx))
+                    b.store(both, b.bitcast(fb.ptr(orow, b.mul(a, i64(2))), V2.as_pointer()), align=4)
+            start = nvec * 2 * L
+        if start < OW:
+            with fb.loop(start, OW) as ow:
+                q = b.add(b.mul(b.srem(ow, i64(sw)), i64(A)), b.sdiv(ow, i64(sw))) if sw > 1 else ow
+                fb.store(fb.load(buf, q), orow, ow)
