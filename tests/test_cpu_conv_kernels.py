@@ -255,6 +255,24 @@ def test_conv_transpose_dcgan_layers(monkeypatch, wide):
         np.testing.assert_allclose(gx.compile(m, target="cpu")(x)[0], ref[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((2, 32, 4, 4), (32, 8, 4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # 2 tiles of 8
+    ((2, 24, 4, 5), (24, 8, 4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # 20 pixels
+    ((1, 16, 7, 9), (16, 3, 3, 3), dict(strides=[1, 2], pads=[0, 1, 2, 0])),  # 63 pixels
+])
+def test_conv_transpose_small_planes_run_swapped(monkeypatch, wide, xs, ws, attrs):
+    """Planes under 64 pixels: cols^T = x^T @ W on GemmPacked, read pixel-major by col2im."""
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    m = _convT_module(xs, ws, True, **attrs)
+    x = RNG.standard_normal(xs).astype(np.float32)
+    ref = get_backend("numpy").compile(m)(x)
+    exe = gx.compile(m, target="cpu")
+    np.testing.assert_allclose(exe(x)[0], ref[0], rtol=1e-4, atol=1e-4)
+    (kern,) = [s.kernel for s in exe.last.steps if s.kind == "native"]
+    assert kern.swapped and kern.swap_rows in ((6,) if wide == "0" else (6, 8, 12))
+
+
 def test_conv_transpose_with_no_output_pixel_is_refused():
     from galaxir.errors import GalaxirError
     with pytest.raises(GalaxirError, match="conv_transpose"):

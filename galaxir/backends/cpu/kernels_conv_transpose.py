@@ -16,7 +16,7 @@ import llvmlite.ir as ir
 
 from .codegen import F32, i64
 from .kernels import Gemv, Kernel
-from .kernels_gemm import BatchedGemm
+from .kernels_gemm import BatchedGemm, GemmPacked, pack_b
 from .kernels_nhwc import MatMulPacked
 
 
@@ -28,6 +28,19 @@ def pack_conv_transpose_weights(w, groups: int):
     cg = C // groups
     rows = int(np.prod(w.shape[1:]))
     return np.ascontiguousarray(w.reshape(groups, cg, rows).transpose(0, 2, 1))
+
+
+#: planes of fewer input pixels than this run their GEMM swapped (``ConvTranspose2d.swapped``)
+SWAP_MAX_PIXELS = 64
+SWAP_MR = 0   # 0: ConvTranspose2d.swap_rows chooses
+
+
+def pack_swapped_weights(w, wide: bool):
+    """Weights [C, M, kh, kw] (one group) as the packed B [C, M * kh * kw] of
+    ``cols^T = x^T @ B`` (``ConvTranspose2d.swapped``)."""
+    import numpy as np
+    w = np.asarray(w, np.float32)
+    return pack_b(w.reshape(w.shape[0], -1), wide)
 
 
 def tap_range(k: int, s: int, p: int, d: int, n_in: int, n_out: int) -> tuple[int, int]:
@@ -79,7 +92,16 @@ class ConvTranspose2d(Kernel):
 
     @property
     def scratch_bytes(self) -> int:
-        return self.cols_bytes + self.gemm().scratch_bytes
+        extra = self.H * self.W * self.C * 4 if self.swapped else 0  # x^T of one image
+        return self.cols_bytes + extra + self.gemm().scratch_bytes
+
+    @property
+    def swapped(self) -> bool:
+        """A small plane (DCGAN's 4x4): the GEMM as ``cols^T [H*W, rows] = x^T @ W`` on
+        GemmPacked with the weights packed at compile time (``pack_swapped_weights``): 16 pixels
+        would fill only half a 2-vector panel, while the pixels as tile rows waste at most 5
+        of them.  cols is then pixel-major; ``_col2im`` reads it with swapped strides."""
+        return not self.from_vector and self.group == 1 and self.H * self.W < SWAP_MAX_PIXELS
 
     @property
     def from_vector(self) -> bool:
@@ -87,12 +109,23 @@ class ConvTranspose2d(Kernel):
         product per image, which the GEMM's 16-column panels would fill with zeros."""
         return self.H * self.W == 1 and self.group == 1 and self.N <= 4
 
+    @property
+    def swap_rows(self) -> int:
+        """Tile rows of the swapped GEMM: with 16 lanes (32 registers) the one of 6, 8 and 12
+        that wastes the fewest rows (16 pixels: 2 tiles of 8 instead of 3 of 6)."""
+        if not self.wide:
+            return 6
+        P = self.H * self.W
+        return min((-(-P // r) * r - P, -r, r) for r in (6, 8, 12))[2] if SWAP_MR == 0 else SWAP_MR
+
     def gemm(self):
         """cols[n, g] = W_g^T [rows, C/g] @ x[n, g] [C/g, H*W] for every (image, group)."""
         cg, P = self.C // self.group, self.H * self.W
         if self.from_vector:
             return Gemv(M=self.N, N=self.rows, K=self.C)
-        if P < 4 * 16:  # a few pixels: the 16-column panels waste less than 2-vector ones
+        if self.swapped:
+            return GemmPacked(M=P, N=self.rows, K=self.C, wide=self.wide, mr=self.swap_rows)
+        if P < 4 * 16:  # grouped, a few pixels: 16-column panels waste less than 2-vector ones
             return MatMulPacked(M=self.rows, N=P, K=cg, batch=(self.N, self.group),
                                 a_batch_strides=(0, self.rows * cg),
                                 b_batch_strides=(self.C * P, cg * P))
@@ -110,6 +143,16 @@ class ConvTranspose2d(Kernel):
         if self.from_vector:
             gemv = self.gemm().emit(module, fname + "_gemv", 3)
             b.call(gemv, [scratch, x, wt])
+        elif self.swapped:
+            gemm = self.gemm().emit(module, fname + "_gemm", 3)
+            P, C = self.H * self.W, self.C
+            xt = fb.ptr(scratch, self.cols_bytes // 4)
+            for n in range(self.N):   # x[n] [C, P] -> x^T [P, C], then one GEMM per image
+                with fb.loop(0, P) as p:
+                    with fb.loop(0, C) as c:
+                        fb.store(fb.load(x, b.add(i64(n * C * P), b.add(b.mul(c, i64(P)), p))),
+                                 xt, b.add(b.mul(p, i64(C)), c))
+                b.call(gemm, [fb.ptr(scratch, n * self.rows * P), xt, wt])
         else:
             gemm = self.gemm().emit(module, fname + "_gemm", 4)
             b.call(gemm, [scratch, wt, x, fb.ptr(scratch, self.cols_bytes // 4)])
@@ -137,8 +180,14 @@ class ConvTranspose2d(Kernel):
         ml = b.srem(m, i64(mg))
         plane = fb.ptr(y, b.mul(t, i64(self.OH * OW)))
         init = fb.load(bias, m) if bias is not None else ir.Constant(F32, 0.0)
-        rows = fb.ptr(cols, b.mul(b.add(b.mul(b.add(b.mul(n, i64(self.group)), g), i64(self.rows)),
-                                        b.mul(ml, i64(self.kh * self.kw))), i64(P)))
+        if self.swapped:   # cols^T: [image][pixel][row]
+            rs, ps = 1, self.rows
+            rows = fb.ptr(cols, b.add(b.mul(n, i64(self.rows * P)), b.mul(ml, i64(self.kh * self.kw))))
+        else:              # [image][group][row][pixel]
+            rs, ps = P, 1
+            rows = fb.ptr(cols, b.mul(b.add(b.mul(b.add(b.mul(n, i64(self.group)), g),
+                                                  i64(self.rows)),
+                                            b.mul(ml, i64(self.kh * self.kw))), i64(P)))
         with b.goto_block(fb.entry):
             buf = b.alloca(F32, size=i64(sw * A))
             buf.align = 64
@@ -160,14 +209,15 @@ class ConvTranspose2d(Kernel):
                     ok = b.and_(ok, b.icmp_signed("==", b.srem(tt, i64(self.sh)), i64(0)))
                 with b.if_then(ok):
                     ih = b.sdiv(tt, i64(self.sh)) if self.sh > 1 else tt
-                    src_i = fb.ptr(rows, b.add(b.mul(ih, i64(self.W)), i64(i * self.kw * P)))
+                    src_i = fb.ptr(rows, b.add(b.mul(ih, i64(self.W * ps)), i64(i * self.kw * rs)))
                     for j, (pw, e, wlo, whi) in enumerate(taps):
                         if wlo >= whi:
                             continue
-                        src = fb.ptr(src_i, i64(j * P))
+                        src = fb.ptr(src_i, i64(j * rs))
                         dst = fb.ptr(buf, i64(pw * A + e))
                         with fb.loop(wlo, whi) as iw:
-                            fb.store(b.fadd(fb.load(dst, iw), fb.load(src, iw)), dst, iw)
+                            sv = fb.load(src, b.mul(iw, i64(ps)) if ps != 1 else iw)
+                            fb.store(b.fadd(fb.load(dst, iw), sv), dst, iw)
             orow = fb.ptr(plane, b.mul(oh, i64(OW)))
             self._write_row(fb, orow, buf)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ...ir.ops.nn import conv_transpose_geometry
 from . import kernels as K
-from .kernels_conv_transpose import ConvTranspose2d, pack_conv_transpose_weights
+from .kernels_conv_transpose import (ConvTranspose2d, pack_conv_transpose_weights,
+                                     pack_swapped_weights)
 from .kernels_nhwc import wide_tiles
 from .lower import ConstArray, _all_static_f32, const_of, rule, static_shape
 
@@ -44,5 +45,9 @@ def lower_conv_transpose(op):
                            has_bias=b is not None, wide=wide_tiles())
     if kern.scratch_bytes > MAX_SCRATCH_BYTES:
         return f"its GEMM result would need {kern.scratch_bytes >> 20} MiB of scratch"
-    ins = [x, ConstArray(packed, (w.name or "w") + ".T")]
+    if kern.swapped:
+        packed = pack_swapped_weights(wc, kern.wide)
+        ins = [x, ConstArray(packed, (w.name or "w") + f".panels{32 if kern.wide else 16}")]
+    else:
+        ins = [x, ConstArray(packed, (w.name or "w") + ".T")]
     return kern, ins + ([b] if b is not None else [])
