@@ -80,6 +80,13 @@ class GemmPacked(LinearEpilogue, Kernel):
         return self.mr or MR
 
     @property
+    def raw(self) -> bool:
+        """No bias, residual or activation: whole tiles are stored straight from the
+        accumulators (a small-depth product's tile store is a tenth of its work)."""
+        return self.activation == "none" and not self.relu and not self.has_bias \
+            and not self.has_z
+
+    @property
     def nw(self) -> int:
         return 2 * lanes(self.wide)
 
@@ -99,6 +106,8 @@ class GemmPacked(LinearEpilogue, Kernel):
     def library_symbol(self) -> str:
         from . import library
         act, params = self.act_class()
+        if self.raw:
+            act = "raw"
         vname = f"gemmpk_{act}" + ("_" + "_".join(f"{v:g}" for v in params) if params else "") + \
             ("_w16" if self.wide else "_w8") + ("_z" if self.has_z else "") + \
             (f"_mr{self.tile_rows}" if self.tile_rows != MR else "")
@@ -130,7 +139,7 @@ def _gemm_task(fb, variant, wide, params, c, a, bp, bias, z, t):
     M, N, K, LDA = P(G_M), P(G_N), P(G_K), P(G_LDA)
     panels, tper, chunks, pb = P(G_PANELS), P(G_TPER), P(G_CHUNKS), P(G_PB)
     has_bias = b.icmp_signed("!=", P(G_HAS_BIAS), i64(0))
-    epi = EpilogueCode(fb, act, act_params, params, G_LO)
+    epi = EpilogueCode(fb, "lin" if act == "raw" else act, act_params, params, G_LO)
     fma = _fma_vec(fb.module, L)
     zero = ir.Constant(V, [0.0] * L)
     accs = [fb.alloca(V) for _ in range(2 * MR)]
@@ -170,10 +179,11 @@ def _gemm_task(fb, variant, wide, params, c, a, bp, bias, z, t):
                         acc = accs[2 * r + h]
                         b.store(b.call(fma, [sv, wv[h], b.load(acc)]), acc)
             _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L,
-                        z if has_z else None, MR)
+                        z if has_z else None, MR, raw=act == "raw")
 
 
-def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L, z=None, MR=MR):
+def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L, z=None, MR=MR,
+                raw=False):
     """Bias, residual z (when given) and activation on the tile, then into C: whole tiles
     straight from the accumulators, edge tiles (rows < MR or a panel past N) through the
     stack."""
@@ -200,6 +210,25 @@ def _store_tile(fb, epi, accs, tile, zb, c, bias, has_bias, N, r0, rows, pj, L, 
     direct, staged, done = fb.block("gdirect"), fb.block("gstaged"), fb.block("gdone")
     b.cbranch(whole, direct, staged)
     b.position_at_end(direct)
+    if raw:  # nothing to apply: whole accumulators into C
+        VP = ir.VectorType(F32, L).as_pointer()
+        for r in range(MR):
+            rowoff = b.add(b.mul(b.add(r0, i64(r)), N), col)
+            for h in range(2):
+                b.store(b.load(accs[2 * r + h]),
+                        b.bitcast(fb.ptr(c, b.add(rowoff, i64(h * L))), VP), align=4)
+        b.branch(done)
+        b.position_at_end(staged)
+        for r in range(MR):
+            for j in range(NW // 8):
+                b.store(part(r, j), b.bitcast(fb.ptr(tile, r * NW + 8 * j), V8P), align=32)
+        with fb.loop(0, rows) as r:
+            rowoff = b.add(b.mul(b.add(r0, r), N), col)
+            with fb.loop(0, ncols) as q:
+                fb.store(fb.load(tile, b.add(b.mul(r, i64(NW)), q)), c, b.add(rowoff, q))
+        b.branch(done)
+        b.position_at_end(done)
+        return
     for r in range(MR):
         rowoff = b.add(b.mul(b.add(r0, i64(r)), N), col)
         for j in range(NW // 8):
