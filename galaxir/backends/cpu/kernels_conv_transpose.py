@@ -2,11 +2,14 @@
 
 A transposed conv scatters every input pixel times its ``kh x kw`` kernel into the output.
 Written as ``cols = W^T @ X`` per (image, group), with ``W^T`` the constant weights as a
-``[M/g * kh * kw, C/g]`` matrix and ``X`` the image as ``[C/g, H * W]``, it is one GEMM
-(``kernels_nhwc.MatMulPacked``: the weights read in place, the image packed into 16-column
-panels, both threads; ``Gemv`` for a 1x1 input) into scratch, then a *col2im* scatter-add
-of each tap's row of ``cols`` into the output plane, one task per output channel plane (no
-two tasks write the same element), starting from the bias.  The tap bounds are compile-time constants, so the scatter loops have no checks.
+``[M/g * kh * kw, C/g]`` matrix and ``X`` the image as ``[C/g, H * W]``, it is one GEMM into
+scratch (``kernels_gemm.BatchedGemm``, the weights read in place; for planes under 64
+pixels swapped, ``cols^T = X^T @ W`` on ``GemmPacked`` with the weights packed at compile
+time; ``Gemv`` for a 1x1 input), then a *col2im* per output plane (one task each, so no
+two tasks write the same element): each output row is summed in a phase-major row buffer
+where every tap's input row is a contiguous run (vectorized adds), starting from the
+bias, and written out with its phases interleaved.  Tap bounds are compile-time
+constants, so the loops have no checks.
 """
 from __future__ import annotations
 
@@ -147,12 +150,13 @@ class ConvTranspose2d(Kernel):
             gemm = self.gemm().emit(module, fname + "_gemm", 3)
             P, C = self.H * self.W, self.C
             xt = fb.ptr(scratch, self.cols_bytes // 4)
-            for n in range(self.N):   # x[n] [C, P] -> x^T [P, C], then one GEMM per image
+            with fb.loop(0, self.N) as n:  # x[n] [C, P] -> x^T [P, C], then one GEMM per image
+                xn = b.mul(n, i64(C * P))
                 with fb.loop(0, P) as p:
                     with fb.loop(0, C) as c:
-                        fb.store(fb.load(x, b.add(i64(n * C * P), b.add(b.mul(c, i64(P)), p))),
+                        fb.store(fb.load(x, b.add(xn, b.add(b.mul(c, i64(P)), p))),
                                  xt, b.add(b.mul(p, i64(C)), c))
-                b.call(gemm, [fb.ptr(scratch, n * self.rows * P), xt, wt])
+                b.call(gemm, [fb.ptr(scratch, b.mul(n, i64(self.rows * P))), xt, wt])
         else:
             gemm = self.gemm().emit(module, fname + "_gemm", 4)
             b.call(gemm, [scratch, wt, x, fb.ptr(scratch, self.cols_bytes // 4)])
