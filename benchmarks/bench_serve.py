@@ -6,8 +6,14 @@ server's interpreter), once without and once with dynamic batching, and drives i
 ``exe.run`` calls in one process; measures the server's RSS before and after 5,000
 requests.  Prints one table.
 
-    python benchmarks/bench_serve.py [--model cifar|squeezenet] [--requests 400]
-        [--rss-requests 5000] [--max-batch 16] [--max-delay-ms 2]
+Both servers run at once (each warms and times its batch sizes before it is ready; their
+log lines are printed) and the three modes are measured in interleaved rounds, so that
+the load other jobs put on a shared machine hits each mode alike; the load average is
+printed with every row.
+
+    python benchmarks/bench_serve.py [--model cifar|alexnet|squeezenet] [--requests 400]
+        [--rounds 2] [--clients 1,4,16] [--rss-requests 5000] [--max-batch 16]
+        [--max-delay-ms 2] [--batch-instances 2]
 """
 from __future__ import annotations
 
@@ -89,22 +95,28 @@ class Server:
             [sys.executable, "-m", "galaxir.cli", "serve", f"m={path}", "--port", "0",
              "--run-threads", str(run_threads), "--batch-instances", str(instances),
              "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms), "--log-level",
-             "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             "info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.url = None
-        deadline = time.time() + 300
+        self.lines: list[str] = []  # the server's own lines (warm-up, batch sizes)
+        deadline = time.time() + 600
         while self.url is None and time.time() < deadline:
             line = self.p.stdout.readline()
             if not line:
                 raise RuntimeError("the server exited")
             if "listening on" in line:
                 self.url = line.split("listening on ")[1].split()[0]
-        threading.Thread(target=self.p.stdout.read, daemon=True).start()  # drain
-        for _ in range(300):
+        threading.Thread(target=self._drain, daemon=True).start()
+        while time.time() < deadline:  # ready once every batch size is compiled
             try:
                 urllib.request.urlopen(self.url + "/v2/health/ready", timeout=2)
                 break
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.2)
+
+    def _drain(self):
+        for line in self.p.stdout:
+            if line.startswith("galaxir serve:"):
+                self.lines.append(line.rstrip())
 
     def stop(self):
         self.p.terminate()
@@ -171,14 +183,25 @@ def direct(exe, x_for, clients: int, requests: int, time_limit: float, name: str
     return len(lat) / wall, 1e3 * lat[len(lat) // 2], 1e3 * lat[int(0.99 * (len(lat) - 1))], 0
 
 
+def _row(mode, clients, r):
+    print(f"{mode:<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}"
+          f"{os.getloadavg()[0]:>7.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["cifar", "alexnet", "squeezenet"], default="cifar")
     ap.add_argument("--requests", type=int, default=400, help="requests per measurement")
     ap.add_argument("--time-limit", type=float, default=30.0, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="interleaved rounds (direct, server, server+batching) per client count")
+    ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--rss-requests", type=int, default=5000)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    ap.add_argument("--batch-instances", type=int, default=2,
+                    help="batches of the model running at once (1 gives full batches to a "
+                         "model whose one run already uses every core)")
     args = ap.parse_args()
     module = cifar_cnn() if args.model == "cifar" else \
         zoo_cnn("bvlc_alexnet" if args.model == "alexnet" else args.model)
@@ -191,35 +214,47 @@ def main() -> None:
     gx.save(module, path)
     print(f"model {args.model}: input [1, {', '.join(map(str, shape))}]; cores "
           f"{len(os.sched_getaffinity(0))}; load {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':<22}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     exe = gx.compile(module, target="cpu")
     name = module.graph.input_names[0]
     exe.run({name: xs[0]})
-    results = {}
-    for clients in (1, 4, 16):
-        r = direct(exe, x_for, clients, args.requests, args.time_limit, name)
-        print(f"{'direct exe.run':<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}")
-    for mode, mb in (("server, no batching", 0), (f"server, batch<={args.max_batch}", args.max_batch)):
-        srv = Server(path, mb, args.max_delay_ms)
-        try:
-            drive(srv.url, x_for, 16, 4 * args.max_batch * 4, args.time_limit, name)  # warm
-            for clients in (1, 4, 16):
-                r = drive(srv.url, x_for, clients, args.requests, args.time_limit, name)
-                results[(mb, clients)] = r[0]
-                print(f"{mode:<22}{clients:>8}{r[0]:>10.1f}{r[1]:>10.2f}{r[2]:>10.2f}{r[3]:>8}")
-            if mb:
-                before = _rss_kb(srv.p.pid)
-                t = time.perf_counter()
-                r = drive(srv.url, x_for, 16, args.rss_requests, 10 * args.time_limit, name)
-                after = _rss_kb(srv.p.pid)
-                print(f"RSS over {args.rss_requests} more requests ({time.perf_counter() - t:.0f} s, "
-                      f"{r[3]} errors): {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB "
-                      f"({100 * (after - before) / before:+.1f}%)")
-        finally:
+    batched = f"server, batch<={args.max_batch}"
+    servers = {"server, no batching": Server(path, 0, args.max_delay_ms)}
+    servers[batched] = Server(path, args.max_batch, args.max_delay_ms,
+                              instances=args.batch_instances)
+    for mode, srv in servers.items():
+        for line in srv.lines:
+            print(f"  [{mode}] {line}")
+        drive(srv.url, x_for, 16, 4 * args.max_batch * 4, args.time_limit, name)  # warm
+    print(f"{'mode':<22}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'load':>7}")
+    results: dict[tuple, list] = {}
+    try:
+        for clients in [int(c) for c in args.clients.split(",")]:
+            for _ in range(args.rounds):  # interleaved: the machine's load hits every mode
+                r = direct(exe, x_for, clients, args.requests, args.time_limit, name)
+                results.setdefault(("direct", clients), []).append(r[0])
+                _row("direct exe.run", clients, r)
+                for mode, srv in servers.items():
+                    r = drive(srv.url, x_for, clients, args.requests, args.time_limit, name)
+                    results.setdefault((mode, clients), []).append(r[0])
+                    _row(mode, clients, r)
+            ratios = [b / a for a, b in zip(results[("server, no batching", clients)],
+                                            results[(batched, clients)]) if a]
+            if ratios:
+                print(f"  batching / no batching at {clients} clients: per round "
+                      f"{', '.join(f'{q:.2f}' for q in ratios)}x (median {np.median(ratios):.2f}x)")
+        srv = servers[batched]
+        if args.rss_requests:
+            before = _rss_kb(srv.p.pid)
+            t = time.perf_counter()
+            r = drive(srv.url, x_for, 16, args.rss_requests, 10 * args.time_limit, name)
+            after = _rss_kb(srv.p.pid)
+            print(f"RSS over {args.rss_requests} more requests ({time.perf_counter() - t:.0f} s, "
+                  f"{r[3]} errors): {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB "
+                  f"({100 * (after - before) / before:+.1f}%)")
+    finally:
+        for srv in servers.values():
             srv.stop()
-    if (0, 16) in results and (args.max_batch, 16) in results and results[(0, 16)]:
-        print(f"dynamic batching at 16 clients: {results[(args.max_batch, 16)] / results[(0, 16)]:.2f}x "
-              f"the throughput without it")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ INDEPENDENT_OPERANDS = {
 def test_every_op_with_several_operands_declares_its_operand_types():
     missing = []
     for name, od in sorted(opdef.all_ops().items()):
+        if name.startswith("test"):
+            continue  # an op a test module declared (test.anything), not a built-in one
         if len(od.operands) >= 2 or any(o.endswith("*") for o in od.operands):
             if not od.types and name not in INDEPENDENT_OPERANDS and name not in ("return", "scan",
                                                                                   "fused_elementwise"):

@@ -7,12 +7,14 @@ import abc
 import inspect
 from dataclasses import dataclass, field
 from importlib import metadata
+from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from ..errors import CompileError, ExecutionError, InputValidationError, VerificationError
 from ..ir import Module
+from ..ir.bounds import dim_bounds
 from ..ir.core import MAX_NESTING, nesting_depth
 from ..ir.types import UNKNOWN, AnyType, DType, OptionalType, SequenceType, TensorType, Type
 
@@ -225,8 +227,10 @@ class Executable(abc.ABC):
 
     @property
     def inputs(self) -> list["TensorInfo"]:
-        """Name, numpy dtype and shape (ints, symbol names for symbolic dims) of each input."""
-        return [TensorInfo.of(n, t) for n, t in zip(self.input_names, self.input_types)]
+        """Name, numpy dtype and shape (ints, symbol names for symbolic dims) of each input,
+        and the declared ``(min, max)`` of its symbolic dims (``bounds``)."""
+        declared = dim_bounds(self.module)
+        return [TensorInfo.of(n, t, declared) for n, t in zip(self.input_names, self.input_types)]
 
     @property
     def outputs(self) -> list["TensorInfo"]:
@@ -319,22 +323,26 @@ class Executable(abc.ABC):
 class TensorInfo(NamedTuple):
     """One input or output of an executable, as onnxruntime's ``NodeArg`` describes it:
     ``dtype`` a numpy dtype (None: not a tensor, or any type), ``shape`` a tuple of ints and
-    symbol names ("?" unknown), None for unknown rank; ``type`` galaxir's type text."""
+    symbol names ("?" unknown), None for unknown rank; ``type`` galaxir's type text;
+    ``bounds`` the declared ``{symbol: (min, max or None)}`` of its symbolic dims."""
 
     name: str
     dtype: np.dtype | None
     shape: tuple | None
     type: str
+    bounds: Mapping[str, tuple] = MappingProxyType({})
 
     @classmethod
-    def of(cls, name: str, t: Type | None) -> "TensorInfo":
+    def of(cls, name: str, t: Type | None, declared: Mapping[str, tuple] | None = None
+           ) -> "TensorInfo":
         if isinstance(t, TensorType):
             try:
                 dt = np.dtype(object) if t.dtype is DType.string else np.dtype(t.dtype.numpy)
             except Exception:
                 dt = None
             shape = None if t.shape is None else tuple(t.shape)
-            return cls(name, dt, shape, str(t))
+            bounds = {d: declared[d] for d in shape or () if declared and d in declared}
+            return cls(name, dt, shape, str(t), bounds)
         return cls(name, None, None, str(t) if t is not None else "none")
 
 

@@ -3,6 +3,7 @@ signatures, unique graph names.  Every error names the op and its position."""
 from __future__ import annotations
 
 from ..errors import VerificationError
+from .bounds import verify_bounds
 from .builder import check_signature
 from .core import MAX_NESTING, Block, Module, Operation, Value
 from .opdef import describe
@@ -32,6 +33,7 @@ def verify(m: Module) -> None:
         if v is None:
             raise VerificationError(f"graph output '{g.output_names[i]}' is not defined")
     verify_block(g.block, set())
+    verify_bounds(m)
 
 
 def verify_block(block: Block, visible: set[int], depth: int = 0) -> None:

@@ -2,6 +2,16 @@
 -> QuantizeLinear`` becomes one ``int8_conv`` / ``int8_matmul`` (galaxir/ir/ops/quant_int8.py)
 that accumulates in int32 and requantizes, as onnxruntime's QDQ fusion does.
 
+Between the quantized convs, the ops that onnxruntime's QDQ quantizer (and
+``gx.quantize``) leave between a DequantizeLinear and a QuantizeLinear run on the 8-bit
+values too, so a QDQ CNN has no float round trip:
+
+* ``DequantizeLinear x2 -> add (-> relu) -> QuantizeLinear`` becomes ``int8_add`` (the
+  same float32 arithmetic in one pass over the 8-bit tensors: bit-equal to the QDQ graph);
+* ``max_pool``, ``concat`` and nearest ``resize`` whose inputs are DequantizeLinears with
+  the QuantizeLinear's own scale and zero point run on the 8-bit tensors directly (they
+  only select values, and dequantization is monotonic: exact).
+
 It runs first at O1 and above (before constant folding turns the int8 weights'
 DequantizeLinear into float constants) and only for a target whose backend runs
 ``int8_conv`` natively (the cpu backend); the numpy reference keeps the float QDQ
@@ -233,15 +243,120 @@ def _rewrite_one(module: Module, q) -> bool:
     return True
 
 
-def _backend_takes_int8(backend) -> bool:
-    """Does the target (``ctx.backend``) run int8_conv and int8_matmul natively?"""
+def _per_tensor_q(q):
+    """(scale, zero point, dtype) of a per-tensor quantize_linear with constant params."""
+    if (q.attr("block_size") or 0) or q.attr("precision") is not None:
+        return None
+    sy = _const(q.operands[1])
+    zv = q.operand(2)
+    zy = _const(zv) if zv is not None else None
+    out_t = q.results[0].type
+    if sy is None or sy.size != 1 or (zv is not None and (zy is None or zy.size != 1)) \
+            or not isinstance(out_t, TensorType) or out_t.dtype not in Q8:
+        return None
+    if zy is None:
+        zy = np.zeros((), out_t.dtype.numpy)
+    return np.asarray(sy, np.float32).reshape(()), np.asarray(zy).reshape(()), out_t.dtype
+
+
+def _dq_per_tensor(v):
+    d = _dq(v, False)
+    if d is None or d.s.size != 1 or d.z.size != 1:
+        return None
+    return d
+
+
+def _rewrite_add(module: Module, q) -> bool:
+    """DQ(a) + DQ(b) (-> relu) -> Q  ==>  int8_add (a relu becomes the clamp)."""
+    qp = _per_tensor_q(q)
+    if qp is None:
+        return False
+    sy, zy, out_dt = qp
+    v = q.operands[0]
+    p = v.producer
+    absorbed = []
+    lo, hi = (0, 255) if out_dt is DType.uint8 else (-128, 127)
+    if p is not None and p.name == "relu" and _single_use(module, v):
+        lo = max(lo, int(zy))
+        absorbed.append(p)
+        v = p.operands[0]
+        p = v.producer
+    if p is None or p.name != "add" or not _single_use(module, v):
+        return False
+    a, b = _dq_per_tensor(p.operands[0]), _dq_per_tensor(p.operands[1])
+    if a is None or b is None:
+        return False
+    for d in (a, b):
+        check_scale(d.op, "x_scale", d.s)
+        check_zero_point(d.op, "zero point", d.z, d.q.type.dtype.numpy)
+    check_scale(q, "y_scale", sy)
+    bld = Builder(q.parent, before=q, provenance=p.provenance + q.provenance, created_by="qdq-int8")
+    ops = []
+    for d in (a, b):
+        ops += [d.q, bld.constant(np.asarray(d.s, np.float32).reshape(())),
+                bld.constant(np.asarray(d.z, d.q.type.dtype.numpy).reshape(()))]
+    ops += [bld.constant(sy), bld.constant(np.asarray(zy, out_dt.numpy))]
+    new = bld.op("int8_add", *ops, clamp_lo=lo, clamp_hi=hi)
+    q.replace_with([new])
+    for op in absorbed + [p]:
+        if all(not r.uses for r in op.results):
+            op.erase()
+    return True
+
+
+#: ops that only select or move values: on inputs quantized with the result's own scale and
+#: zero point they give exactly the quantized result; value: their tensor operands
+SELECTING = {"max_pool": (0,), "concat": None, "resize": (0,)}
+
+
+def _rewrite_selecting(module: Module, q) -> bool:
+    """Q(op(DQ(x), ...)) with every DQ sharing Q's params  ==>  op(x, ...) on 8 bits."""
+    qp = _per_tensor_q(q)
+    if qp is None:
+        return False
+    sy, zy, out_dt = qp
+    v = q.operands[0]
+    p = v.producer
+    if p is None or p.name not in SELECTING or not _single_use(module, v) or p.regions:
+        return False
+    if any(r.uses for r in p.results[1:]):
+        return False
+    if p.name == "resize" and (p.attr("mode") or "nearest") != "nearest":
+        return False
+    idx = SELECTING[p.name]
+    idx = range(len(p.operands)) if idx is None else idx
+    dqs = {}
+    for i in idx:
+        d = _dq_per_tensor(p.operand(i))
+        if d is None or d.q.type.dtype is not out_dt \
+                or np.float32(d.s.reshape(())) != sy or int(d.z.reshape(())) != int(zy):
+            return False
+        dqs[i] = d
+    bld = Builder(q.parent, before=q, provenance=p.provenance + q.provenance, created_by="qdq-int8")
+    operands = [dqs[i].q if i in dqs else p.operand(i) for i in range(len(p.operands))]
+    new = bld.op(p.name, *operands, num_results=1, **dict(p.attrs))
+    if new.type != q.results[0].type:
+        new.producer.erase()
+        return False
+    q.replace_with([new])
+    if all(not r.uses for r in p.results):
+        p.erase()
+    return True
+
+
+def _native_ops(backend):
     native_ops = getattr(backend, "native_ops", None)
     if native_ops is None:
-        return False
+        return None
     try:
-        native = native_ops()
+        return native_ops()
     except Exception:
-        return False
+        return None
+
+
+def _backend_takes_int8(backend) -> bool:
+    """Does the target (``ctx.backend``) run int8_conv and int8_matmul natively?"""
+    native = _native_ops(backend)
     return native is not None and "int8_conv" in native and "int8_matmul" in native
 
 
@@ -249,10 +364,16 @@ def qdq_to_int8(module: Module, ctx=None) -> bool:
     """Rewrite the top-level QDQ chains of ``module`` (in place); True if any changed."""
     if ctx is not None and not _backend_takes_int8(getattr(ctx, "backend", None)):
         return False
+    native = _native_ops(getattr(ctx, "backend", None)) if ctx is not None else None
     changed = False
     for op in list(module.graph.block):
         if op.name == "quantize_linear" and op.parent is not None:
             changed |= _rewrite_one(module, op)
+    if native is not None and "int8_add" not in native:
+        return changed
+    for op in list(module.graph.block):
+        if op.name == "quantize_linear" and op.parent is not None:
+            changed |= _rewrite_add(module, op) or _rewrite_selecting(module, op)
     return changed
 
 

@@ -77,6 +77,18 @@ def quantize_weight(module: Module, t: Target, wname: str, per_channel: bool,
     op.set_operand(t.bias, ins.op("dequantize_linear", ins.const(q), ins.const(bs), **battrs))
 
 
+#: ops that only select values: their quantized output shares their input's scale and zero
+#: point (as onnxruntime's quantizer does), so the cpu backend runs them on the 8-bit values
+SELECTING = ("max_pool",)
+
+
+def _share_selecting(values: list[Value], act: dict[int, QParams]) -> None:
+    for v in values:
+        p = v.producer
+        if p is not None and p.name in SELECTING and id(p.operand(0)) in act:
+            act[id(v)] = act[id(p.operand(0))]
+
+
 def quantize_static(module: Module, targets: list[Target], ranges: dict[int, tuple[float, float]],
                     weight_type: str, activation_type: str, per_channel: bool) -> Module:
     """Rewrite ``module`` in place (its targets were found in it)."""

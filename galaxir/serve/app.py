@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import ExecutionError, GalaxirError, InputValidationError
-from .batcher import Batcher
+from .batcher import Batcher, example_feeds
 from .metrics import Metrics
 from .models import ServedModel
 from .protocol import RequestError, decode_request, encode_response
@@ -40,6 +40,7 @@ class ServeConfig:
     token: str | None = None     # bearer token required on every route but health
     run_threads: int = 4         # threads running models (concurrent calls per model)
     batch_instances: int = 2     # batches of one model running at once
+    warm: bool = True            # run (compile) and time the batch sizes before serving
 
 
 #: bytes past the body limit the server still reads (and drops) before answering 413
@@ -64,14 +65,7 @@ class _App:
     async def lifespan(self, app):
         self.executor = ThreadPoolExecutor(self.config.run_threads,
                                            thread_name_prefix="galaxir-serve")
-        if self.config.max_batch > 1:
-            for name, m in self.models.items():
-                if m.batchable:
-                    b = Batcher(m, self.config.max_batch, self.config.max_delay_ms / 1e3,
-                                self.executor, self._batch_observer(name),
-                                instances=self.config.batch_instances)
-                    b.start()
-                    self.batchers[name] = b
+        await self._warm()
         self.ready = True
         try:
             yield
@@ -80,6 +74,31 @@ class _App:
             for b in self.batchers.values():
                 await b.stop()
             self.executor.shutdown(wait=True)
+
+    async def _warm(self) -> None:
+        """Compile and time the batch sizes each model will run before the server is ready
+        (a target that compiles per shape then never compiles inside a request); a model
+        where no batch size beats single rows is served without batching."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        for name, m in self.models.items():
+            if not m.batchable:
+                continue
+            if cfg.max_batch <= 1:  # unbatched: requests of one row are the usual case
+                feeds = example_feeds(m, 1) if cfg.warm else None
+                if feeds is not None:
+                    await loop.run_in_executor(self.executor, m.run, feeds)
+                continue
+            b = Batcher(m, cfg.max_batch, cfg.max_delay_ms / 1e3, self.executor,
+                        self._batch_observer(name), instances=cfg.batch_instances)
+            if cfg.warm:
+                await loop.run_in_executor(self.executor, b.warm)
+                if b.times and b.buckets == [1]:
+                    log.info("model '%s': no batch size is cheaper per row than 1; serving it "
+                             "without batching", name)
+                    continue
+            b.start()
+            self.batchers[name] = b
 
     def _batch_observer(self, name):
         def observe(rows: int, requests: int):

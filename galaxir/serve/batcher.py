@@ -1,6 +1,13 @@
 """Dynamic batching: concurrent requests to a model with a batch dimension are merged
 into one run.
 
+Before serving, ``warm`` runs the model once at every batch size the batcher may use
+(powers of two up to ``max_batch``), so a target that compiles per shape never compiles
+while serving, and times more runs of each: sizes above the one with the best time per
+row are dropped (on some models and machines a bigger batch costs more per row), and the
+times choose, for a batch whose rows fall between two sizes, between padding up and
+running the largest size that fits now, leaving the rest for the next batch (``plan``).
+
 A request waits at most ``max_delay`` seconds (from its arrival) for others; a batch
 closes early when it holds ``max_batch`` rows, and a request that finds the model idle
 (no batch running, nothing queued) runs at once with whatever is already there.  Requests merge only when their inputs
@@ -15,6 +22,7 @@ while all are busy requests queue up and the next batches come out bigger."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -25,6 +33,11 @@ import numpy as np
 from .models import ServedModel
 
 MAX_BATCH_LIMIT = 128  # a handful of specializations (one per power of two)
+#: sizes up to the largest whose time per row is at most this much worse than the best are
+#: kept (a bigger batch also saves per-run overhead outside the timed run)
+KEEP_TOLERANCE = 1.05
+
+log = logging.getLogger("galaxir.serve")
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -46,6 +59,30 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
+def example_feeds(model: ServedModel, rows: int) -> dict[str, np.ndarray] | None:
+    """Zeros for every input with ``rows`` in the batch dim; None when another dim is
+    symbolic (the sizes requests will bring are unknown)."""
+    feeds = {}
+    for info in model.exe.inputs:
+        rest = info.shape[1:]
+        if info.dtype is None or not all(isinstance(d, int) for d in rest):
+            return None
+        feeds[info.name] = np.zeros((rows,) + tuple(rest), info.dtype)
+    return feeds
+
+
+def keep_sizes(times: dict[int, float]) -> list[int]:
+    """The sizes worth batching to: every size up to the largest one whose time per row is
+    within ``KEEP_TOLERANCE`` of the best.  A size in between that timed worse is kept (on
+    a shared machine one slow run is noise; the curve it sits on falls)."""
+    if not times:
+        return []
+    per_row = {b: t / b for b, t in times.items()}
+    best = min(per_row.values())
+    top = max(b for b, r in per_row.items() if r <= best * KEEP_TOLERANCE)
+    return sorted(b for b in times if b <= top)
+
+
 class Batcher:
     def __init__(self, model: ServedModel, max_batch: int, max_delay: float, executor: Executor,
                  on_batch: Callable[[int, int], None] | None = None, instances: int = 2):
@@ -63,6 +100,7 @@ class Batcher:
         self.instances = max(1, instances)
         self._free: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task] = set()
+        self.times: dict[int, float] = {}  # warmed size -> best run time (s)
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -90,11 +128,62 @@ class Batcher:
                                         rows, key, time.monotonic(), fut))
         return await fut
 
+    def warm(self, repeats: int = 2) -> dict[int, float]:
+        """Run every bucket size before serving (a per-shape target compiles each now, not
+        inside a request), time the best of ``repeats`` more runs, and keep the sizes that
+        pay (``keep_sizes``).  Blocking: call it on a worker thread.  Returns the times
+        (empty when the model's non-batch dims are symbolic: nothing can be warmed)."""
+        times: dict[int, float] = {}
+        for b in self.buckets:
+            feeds = example_feeds(self.model, b)
+            if feeds is None:
+                log.info("model '%s': symbolic non-batch dims, batch sizes compile on first use",
+                         self.model.name)
+                return {}
+            t0 = time.perf_counter()
+            self.model.run(feeds)
+            first = time.perf_counter() - t0
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                self.model.run(feeds)
+                best = min(best, time.perf_counter() - t0)
+            times[b] = best
+            log.info("model '%s': batch %d ready (first run %.0f ms, then %.2f ms, %.3f ms/row)",
+                     self.model.name, b, 1e3 * first, 1e3 * best, 1e3 * best / b)
+        self.times = times
+        self.buckets = keep_sizes(times)
+        dropped = sorted(set(times) - set(self.buckets))
+        log.info("model '%s': batch sizes %s%s", self.model.name, self.buckets,
+                 f" (dropped {dropped}: no cheaper per row)" if dropped else "")
+        return times
+
     def pad_to(self, rows: int) -> int:
         for b in self.buckets:
             if b >= rows:
                 return b
         return rows  # a single request bigger than max_batch runs as it is
+
+    def cost(self, rows: int) -> float:
+        """Estimated seconds to run ``rows`` rows as padded batches of warmed sizes."""
+        total = 0.0
+        while rows > 0:
+            up = self.pad_to(rows)
+            size = up if up in self.times else self.buckets[-1]
+            total += self.times.get(size, 0.0)
+            rows -= size
+        return total
+
+    def plan(self, rows: int) -> int:
+        """How many of ``rows`` rows to run now: all of them (padded up to a warmed size), or
+        the largest warmed size below, leaving the rest for the next batch, whichever the
+        warm-up times say is cheaper (always all of them when nothing was timed)."""
+        if not self.times or rows in self.buckets or rows > self.buckets[-1]:
+            return min(rows, self.buckets[-1]) if self.times else rows
+        down = max((b for b in self.buckets if b <= rows), default=rows)
+        if down == rows or self.cost(rows) <= self.times[down] + self.cost(rows - down):
+            return rows
+        return down
 
     async def _next(self, timeout: float | None) -> _Pending | None:
         if self._held:
@@ -119,17 +208,26 @@ class Batcher:
             deadline = first.arrived + self.max_delay
             if not self._running and not self._held and self._queue.empty():
                 deadline = 0.0  # idle model, nothing queued: waiting would only add latency
-            while rows < self.max_batch:
+            limit = self.buckets[-1] if self.times else self.max_batch
+            while rows < limit:
                 item = await self._next(deadline - time.monotonic())
                 if item is None:
                     break
-                if item.key == first.key and rows + item.rows <= self.max_batch:
+                if item.key == first.key and rows + item.rows <= limit:
                     batch.append(item)
                     rows += item.rows
                 else:
                     skipped.append(item)
                     if len(skipped) > 4 * self.max_batch:
                         break
+            take, kept = self.plan(rows), 0
+            for i, p in enumerate(batch):  # whole requests, in arrival order
+                if i and kept + p.rows > take:
+                    skipped = batch[i:] + skipped
+                    batch = batch[:i]
+                    break
+                kept += p.rows
+            rows = kept
             self._held = skipped + self._held
             task = asyncio.get_running_loop().create_task(self._run(batch, rows))
             self._running.add(task)

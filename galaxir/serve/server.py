@@ -4,6 +4,7 @@ threads), and ``BackgroundServer`` for tests and benchmarks (a free port, always
 down)."""
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _log_to_stderr(level: str) -> None:
+    """galaxir.serve's own lines (warm-up, batch sizes) at ``level``, next to uvicorn's."""
+    log = logging.getLogger("galaxir.serve")
+    log.setLevel(level.upper())
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("galaxir serve: %(message)s"))
+        log.addHandler(h)
+
+
 def _config(app, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SECONDS,
                           access_log=False, lifespan="on", server_header=False)
@@ -37,6 +48,7 @@ def _config(app, log_level: str) -> uvicorn.Config:
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM (then shut down gracefully)."""
+    _log_to_stderr(log_level)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     print(f"galaxir serve: listening on http://{host}:{actual} (KServe v2: /v2/models/NAME/infer)",

@@ -36,13 +36,16 @@ import llvmlite.ir as ir
 import numpy as np
 
 from . import jit
-from .codegen import F32, F64, I8, I32, I64, FnBuilder, i64
+from .codegen import F32, F64, I8, I8P, I32, I64, FnBuilder, i64
 from .kernels import Kernel, prod
 
 I16 = ir.IntType(16)
 R_TILE = 4      # rows of the register tile
 DIRECT_R = 8    # rows (output channels) of the direct conv's register tile
 V_TILE = 2      # vectors (of ``lanes`` int32) per tile row
+TASKS = 16      # most tasks one conv (per image and group) or matmul is split into
+GROUP_ROWS = 16  # grouped convs with fewer output channels per group run "groups" mode
+SLOTS = 8       # scratch slots (tasks) of the "groups" mode
 
 
 def host_vnni(lanes: int) -> bool:
@@ -206,7 +209,8 @@ class QGemm(Kernel):
     pt: int = 0
     pl: int = 0
     group: int = 1
-    direct: bool = False    # conv without im2col (see _pack_direct)
+    direct: bool = False    # conv without im2col (see _pack_direct_row)
+    colsum: bool = True     # conv, VNNI: a weight zero point needs the column sums
     name: str = "qgemm"
 
     def key(self):
@@ -270,49 +274,215 @@ class QGemm(Kernel):
     def elem(self) -> int:
         return 1 if self.vnni else 2
 
+    # scratch and tasks -----------------------------------------------------------------------
+    @property
+    def s_rows(self) -> int:
+        """Rows of the packed constant S per group (conv, VNNI: plus the row of ones)."""
+        return self.rows
+
+    @property
+    def gemm_rows(self) -> int:
+        """Rows the conv GEMM computes: the ones row only where a weight zero point needs
+        the column sums."""
+        if self.kind == "conv" and self.vnni and not self.colsum:
+            return self.rows - 1
+        return self.rows
+
+    @property
+    def packed_bytes(self) -> int:
+        if self.direct:
+            return self.sw * self.cq * self.hp * self.wpp * self.g * self.elem
+        if self.kind == "conv":
+            return self.kg * self.npad * self.g * self.elem
+        return self.rows * self.kg * self.g * self.elem
+
+    @property
+    def slot_bytes(self) -> int:
+        return _round64(self.packed_bytes) + _round64(self.rows * self.npad * 4)
+
+    @property
+    def mode(self) -> str:
+        """How the work is split over the thread pool: "matmul" (row chunks: pack, GEMM
+        and store each), "groups" (grouped convs with few channels per group, depthwise:
+        one scratch slot per task, a task runs whole (image, group) pairs), "phased"
+        (per image and group: the packing split by input row / channel, then the GEMM and
+        store by output-channel chunk and output-row chunk)."""
+        if self.kind == "matmul":
+            return "matmul"
+        if self.group > 1 and self.M // self.group < GROUP_ROWS:
+            return "groups"
+        return "phased"
+
+    @property
+    def slots(self) -> int:
+        return min(self.batch * self.group, SLOTS) if self.mode == "groups" else 1
+
     @property
     def scratch_bytes(self) -> int:
-        c_bytes = self.rows * self.npad * 4
-        if self.direct:
-            packed = self.sw * self.cq * self.hp * self.wpp * self.g * self.elem
-        elif self.kind == "conv":
-            packed = self.kg * self.npad * self.g * self.elem
-        else:
-            packed = self.rows * self.kg * self.g * self.elem
-        return _round64(packed) + _round64(c_bytes)
+        return self.slots * self.slot_bytes
+
+    def _chunks(self, rows: int, tile: int) -> tuple[int, int]:
+        """(rows per task, number of tasks) for ``rows`` split in multiples of ``tile``."""
+        tiles = -(-rows // tile)
+        n = max(1, min(tiles, TASKS))
+        per = tile * -(-tiles // n)
+        return per, -(-rows // per)
+
+    def _oh_chunks(self, row_tasks: int) -> tuple[int, int]:
+        if not self.direct or row_tasks >= TASKS // 2:
+            return self.OH, 1
+        want = min(self.OH, -(-TASKS // row_tasks))
+        per = -(-self.OH // want)
+        return per, -(-self.OH // per)
+
+    def n_tasks(self) -> int:
+        """Tasks of the main parallel loop (tests read it)."""
+        if self.mode == "matmul":
+            return self._chunks(self.M, R_TILE)[1]
+        if self.mode == "groups":
+            return self.slots
+        _, rt = self._chunks(self.M // self.group, DIRECT_R if self.direct else R_TILE)
+        return rt * self._oh_chunks(rt)[1]
 
     # code -----------------------------------------------------------------------------------
     def emit(self, module, fname, n_args):
+        from .parallel import define_parallel_for
+        pfor = define_parallel_for(module)
         fb = FnBuilder(module, fname, [I8.as_pointer()] * n_args)
-        args = list(fb.args)
+        b = fb.b
+        with b.goto_block(fb.entry):
+            arr = b.alloca(I8P, size=i64(n_args + 2))
+        for k, a in enumerate(fb.args):
+            b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
+
+        def run(task, n, *extra):
+            for k, v in enumerate(extra):
+                b.store(b.inttoptr(v, I8P), b.gep(arr, [i64(n_args + k)], inbounds=True))
+            b.call(pfor, [task, arr, i64(n)])
+
+        mode = self.mode
+        if mode == "matmul":
+            run(self._task(module, fname + "_rows", n_args, 0, self._matmul_task), self.n_tasks())
+        elif mode == "groups":
+            run(self._task(module, fname + "_groups", n_args, 0, self._groups_task), self.slots)
+        else:
+            pack = self._task(module, fname + "_pack", n_args, 2, self._pack_task)
+            gemm = self._task(module, fname + "_gemm", n_args, 2, self._gemm_task)
+            ones = (self._task(module, fname + "_ones", n_args, 2, self._ones_task)
+                    if self.gemm_rows > self.M // self.group else None)
+            n_pack = self.hp if self.direct else self.C // self.group + 1
+            with fb.loop(0, self.batch) as n, fb.loop(0, self.group) as gi:
+                run(pack, n_pack, n, gi)
+                if ones is not None:
+                    run(ones, 1, n, gi)
+                run(gemm, self.n_tasks(), n, gi)
+        return fb.finish()
+
+    @staticmethod
+    def _task(module, name, n_args, n_extra, body):
+        """``name(ctx, t)``: the kernel's arguments (and ``n_extra`` integers) from ctx."""
+        tb = FnBuilder(module, name, [I8P.as_pointer(), I64], noalias=False)
+        b = tb.b
+        ctx, t = tb.args
+        vals = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(n_args + n_extra)]
+        body(tb, vals[:n_args], [b.ptrtoint(v, I64) for v in vals[n_args:]], t)
+        fn = tb.finish()
+        fn.attributes.add("noinline")
+        return fn
+
+    def _bufs(self, fb, args, slot=None):
+        """(out, x, packed constant, corrections, multipliers, run-time packed, C)."""
+        b = fb.b
         out, x, pk, corr = args[0], args[1], args[2], args[3]
         mult = args[4] if self.out != "i32" else None
         scratch = args[-1]
+        if slot is not None:
+            scratch = b.gep(scratch, [b.mul(slot, i64(self.slot_bytes))])
+        cbuf = b.gep(scratch, [i64(_round64(self.packed_bytes))])
+        return out, x, pk, corr, mult, scratch, cbuf
+
+    def _matmul_task(self, fb, args, extra, t):
         b = fb.b
-        pbytes = self.scratch_bytes - _round64(self.rows * self.npad * 4)
-        packed_rt = scratch
-        cbuf = b.gep(scratch, [i64(pbytes)])
-        if self.kind == "matmul":
-            self._pack_rows(fb, x, packed_rt)
-            self._gemm(fb, packed_rt, pk, cbuf, self.rows)
-            self._store(fb, out, cbuf, corr, mult, 0, 0)
-            return fb.finish()
-        mg, cg = self.M // self.group, self.C // self.group
-        sbytes = self.rows * self.kg * self.g * self.elem
-        with fb.loop(0, self.batch) as n:
-            with fb.loop(0, self.group) as gi:
-                xin = b.gep(x, [fb.mul_add([(n, self.C * self.H * self.W),
-                                            (gi, cg * self.H * self.W)])])
-                sg = b.gep(pk, [b.mul(gi, i64(sbytes))])
-                if self.direct:
-                    self._pack_direct(fb, xin, packed_rt)
-                    self._gemm_direct(fb, sg, packed_rt, cbuf, self.rows)
-                else:
-                    self._pack_cols(fb, xin, packed_rt)
-                    self._gemm(fb, sg, packed_rt, cbuf, self.rows)
-                obase = fb.mul_add([(n, self.M * self.cols), (gi, mg * self.cols)])
-                self._store(fb, out, cbuf, corr, mult, obase, gi)
-        return fb.finish()
+        out, x, pk, corr, mult, packed, cbuf = self._bufs(fb, args)
+        per, _ = self._chunks(self.M, R_TILE)
+        m_lo = b.mul(t, i64(per))
+        m_hi = _smin(b, b.add(m_lo, i64(per)), i64(self.M))
+        self._pack_rows(fb, x, packed, m_lo, m_hi)
+        self._gemm(fb, packed, pk, cbuf, m_lo, m_hi)
+        self._store(fb, out, cbuf, corr, mult, i64(0), i64(0), m_lo, m_hi, i64(0), i64(1))
+
+    def _image(self, fb, x, pk, n, gi):
+        """(x of image n and group gi, its packed weights)."""
+        b = fb.b
+        cg = self.C // self.group
+        xin = b.gep(x, [fb.mul_add([(n, self.C * self.H * self.W), (gi, cg * self.H * self.W)])])
+        sbytes = self.s_rows * self.kg * self.g * self.elem
+        return xin, b.gep(pk, [b.mul(gi, i64(sbytes))])
+
+    def _obase(self, fb, n, gi):
+        mg = self.M // self.group
+        return fb.mul_add([(n, self.M * self.cols), (gi, mg * self.cols)])
+
+    def _pack_task(self, fb, args, extra, t):
+        n, gi = extra
+        _, x, pk, _, _, packed, _ = self._bufs(fb, args)
+        xin, _ = self._image(fb, x, pk, n, gi)
+        if self.direct:
+            self._pack_direct_row(fb, xin, packed, t)
+        else:
+            self._pack_cols_part(fb, xin, packed, t)
+
+    def _ones_task(self, fb, args, extra, t):
+        n, gi = extra
+        _, x, pk, _, _, packed, cbuf = self._bufs(fb, args)
+        _, sg = self._image(fb, x, pk, n, gi)
+        mg = self.M // self.group
+        self._conv_gemm(fb, sg, packed, cbuf, i64(mg), i64(mg + 1), i64(0), i64(self.OH))
+
+    def _gemm_task(self, fb, args, extra, t):
+        b = fb.b
+        n, gi = extra
+        out, x, pk, corr, mult, packed, cbuf = self._bufs(fb, args)
+        _, sg = self._image(fb, x, pk, n, gi)
+        mg = self.M // self.group
+        per, rt = self._chunks(mg, DIRECT_R if self.direct else R_TILE)
+        ohc, n_oh = self._oh_chunks(rt)
+        rc, oc = b.sdiv(t, i64(n_oh)), b.srem(t, i64(n_oh))
+        m_lo = b.mul(rc, i64(per))
+        m_hi = _smin(b, b.add(m_lo, i64(per)), i64(mg))
+        oh_lo = b.mul(oc, i64(ohc))
+        oh_hi = _smin(b, b.add(oh_lo, i64(ohc)), i64(self.OH))
+        self._conv_gemm(fb, sg, packed, cbuf, m_lo, m_hi, oh_lo, oh_hi)
+        if not self.direct:
+            oh_lo, oh_hi = i64(0), i64(1)
+        self._store(fb, out, cbuf, corr, mult, self._obase(fb, n, gi), gi, m_lo, m_hi,
+                    oh_lo, oh_hi)
+
+    def _groups_task(self, fb, args, extra, t):
+        """Whole (image, group) pairs t, t + slots, ... in scratch slot t."""
+        b = fb.b
+        out, x, pk, corr, mult, packed, cbuf = self._bufs(fb, args, slot=t)
+        mg = self.M // self.group
+        with fb.loop(t, self.batch * self.group, self.slots) as p:
+            n, gi = b.sdiv(p, i64(self.group)), b.srem(p, i64(self.group))
+            xin, sg = self._image(fb, x, pk, n, gi)
+            if self.direct:
+                with fb.loop(0, self.hp) as r:
+                    self._pack_direct_row(fb, xin, packed, r)
+            else:
+                with fb.loop(0, self.C // self.group + 1) as c:
+                    self._pack_cols_part(fb, xin, packed, c)
+            self._conv_gemm(fb, sg, packed, cbuf, i64(0), i64(self.gemm_rows), i64(0),
+                            i64(self.OH))
+            oh_hi = self.OH if self.direct else 1
+            self._store(fb, out, cbuf, corr, mult, self._obase(fb, n, gi), gi, i64(0), i64(mg),
+                        i64(0), i64(oh_hi))
+
+    def _conv_gemm(self, fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi):
+        if self.direct:
+            self._gemm_direct(fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi)
+        else:
+            self._gemm(fb, s, u, c, m_lo, m_hi)
 
     def _xval(self, fb, v8):
         """A loaded x byte transformed for its side: VNNI conv -> uint8 (flip if int8),
@@ -333,12 +503,12 @@ class QGemm(Kernel):
     def _elt_ty(self):
         return I8 if self.vnni else I16
 
-    def _pack_rows(self, fb, x, dst):
-        """matmul: rows of x [M, K] -> [M][KG*g] in the S domain (pad k left as is: the
-        constant U is zero there)."""
-        b, ty = fb.b, self._elt_ty()
+    def _pack_rows(self, fb, x, dst, m_lo, m_hi):
+        """matmul: rows [m_lo, m_hi) of x [M, K] -> [M][KG*g] in the S domain (pad k left
+        as is: the constant U is zero there)."""
+        ty = self._elt_ty()
         kp = self.kg * self.g
-        with fb.loop(0, self.M) as m:
+        with fb.loop(m_lo, m_hi) as m:
             with fb.loop(0, self.K) as k:
                 v = fb.load(x, fb.mul_add([(m, self.K), (k, 1)]), I8)
                 fb.store(self._xval(fb, v), dst, fb.mul_add([(m, kp), (k, 1)]), ty)
@@ -346,40 +516,44 @@ class QGemm(Kernel):
                 zero = ir.Constant(ty, 0)
                 with fb.loop(self.K, kp) as k:
                     fb.store(zero, dst, fb.mul_add([(m, kp), (k, 1)]), ty)
-        del b
 
-    def _pack_cols(self, fb, x, dst):
-        """conv: im2col of one image and group into [KG][npad][g] (U domain); padding
-        pixels get x's zero point."""
+    def _pack_cols_part(self, fb, x, dst, c):
+        """conv: im2col of input channel ``c`` of one image and group into [KG][npad][g]
+        (U domain); padding pixels get x's zero point.  ``c == C/group`` fills the k
+        positions past the last (the constant S is zero there: any value, but defined)."""
         b, ty = fb.b, self._elt_ty()
         g, npad, P = self.g, self.npad, self.cols
         pad = self._pad_val()
         kd = self.kd
         kp = self.kg * g
         cg = self.C // self.group
-        with fb.loop(0, cg) as c:
-            with fb.loop(0, self.kh) as i:
-                with fb.loop(0, self.kw) as j:
-                    k = fb.mul_add([(c, self.kh * self.kw), (i, self.kw), (j, 1)])
-                    kq = b.sdiv(k, i64(g))
-                    kr = b.srem(k, i64(g))
-                    base = b.add(b.mul(kq, i64(npad * g)), kr)
-                    with fb.loop(0, self.OH) as oh:
-                        ih = b.add(b.mul(oh, i64(self.sh)), b.sub(b.mul(i, i64(self.dh)), i64(self.pt)))
-                        row_ok = b.and_(b.icmp_signed(">=", ih, i64(0)),
-                                        b.icmp_signed("<", ih, i64(self.H)))
-                        with fb.loop(0, self.OW) as ow:
-                            iw = b.add(b.mul(ow, i64(self.sw)),
-                                       b.sub(b.mul(j, i64(self.dw)), i64(self.pl)))
-                            ok = b.and_(row_ok, b.and_(b.icmp_signed(">=", iw, i64(0)),
-                                                       b.icmp_signed("<", iw, i64(self.W))))
-                            src = fb.mul_add([(c, self.H * self.W), (ih, self.W), (iw, 1)])
-                            src = b.select(ok, src, i64(0))
-                            v = self._xval(fb, fb.load(x, src, I8))
-                            v = b.select(ok, v, pad)
-                            p = fb.mul_add([(oh, self.OW), (ow, 1)])
-                            fb.store(v, dst, b.add(base, b.mul(p, i64(g))), ty)
-        if kp > kd:   # the constant S is zero there: any value, but make it defined
+        real, tail, end = fb.block("chan"), fb.block("tail"), fb.block("packed")
+        b.cbranch(b.icmp_signed("<", c, i64(cg)), real, tail)
+        b.position_at_end(real)
+        with fb.loop(0, self.kh) as i:
+            with fb.loop(0, self.kw) as j:
+                k = fb.mul_add([(c, self.kh * self.kw), (i, self.kw), (j, 1)])
+                kq = b.sdiv(k, i64(g))
+                kr = b.srem(k, i64(g))
+                base = b.add(b.mul(kq, i64(npad * g)), kr)
+                with fb.loop(0, self.OH) as oh:
+                    ih = b.add(b.mul(oh, i64(self.sh)), b.sub(b.mul(i, i64(self.dh)), i64(self.pt)))
+                    row_ok = b.and_(b.icmp_signed(">=", ih, i64(0)),
+                                    b.icmp_signed("<", ih, i64(self.H)))
+                    with fb.loop(0, self.OW) as ow:
+                        iw = b.add(b.mul(ow, i64(self.sw)),
+                                   b.sub(b.mul(j, i64(self.dw)), i64(self.pl)))
+                        ok = b.and_(row_ok, b.and_(b.icmp_signed(">=", iw, i64(0)),
+                                                   b.icmp_signed("<", iw, i64(self.W))))
+                        src = fb.mul_add([(c, self.H * self.W), (ih, self.W), (iw, 1)])
+                        src = b.select(ok, src, i64(0))
+                        v = self._xval(fb, fb.load(x, src, I8))
+                        v = b.select(ok, v, pad)
+                        p = fb.mul_add([(oh, self.OW), (ow, 1)])
+                        fb.store(v, dst, b.add(base, b.mul(p, i64(g))), ty)
+        b.branch(end)
+        b.position_at_end(tail)
+        if kp > kd:
             zero = ir.Constant(ty, 0)
             with fb.loop(kd, kp) as k:
                 kq = b.sdiv(k, i64(g))
@@ -387,14 +561,17 @@ class QGemm(Kernel):
                 with fb.loop(0, P) as p:
                     fb.store(zero, dst, b.add(b.mul(kq, i64(npad * g)),
                                               b.add(b.mul(p, i64(g)), kr)), ty)
+        b.branch(end)
+        b.position_at_end(end)
 
-    def _pack_direct(self, fb, x, dst):
-        """conv, direct: x of one image and group -> ``[sw][cq][hp][wpp][g]`` (U domain):
-        the padded input with ``g`` channels interleaved and its columns split into
-        ``sw`` phases (column ``w`` at phase ``w % sw``, index ``w // sw``), so that the
-        ``g`` k-values of one (channel group, kernel tap) for ``lanes`` consecutive output
-        columns are one contiguous vector whatever the stride.  Padding pixels get x's
-        zero point; the channels past the last (whose weights are zero) repeat it."""
+    def _pack_direct_row(self, fb, x, dst, r):
+        """conv, direct: padded input row ``r`` of one image and group -> ``[sw][cq][hp]
+        [wpp][g]`` (U domain): the padded input with ``g`` channels interleaved and its
+        columns split into ``sw`` phases (column ``w`` at phase ``w % sw``, index
+        ``w // sw``), so that the ``g`` k-values of one (channel group, kernel tap) for
+        ``lanes`` consecutive output columns are one contiguous vector whatever the stride.
+        Padding pixels get x's zero point; the channels past the last (whose weights are
+        zero) repeat it."""
         b, ty = fb.b, self._elt_ty()
         g, hp, wp, wpp, sw = self.g, self.hp, self.wp, self.wpp, self.sw
         cq = self.cq
@@ -403,49 +580,48 @@ class QGemm(Kernel):
         lo_w = min(max(self.pl, 0), wp)
         hi_w = max(lo_w, min(self.pl + self.W, wp))
 
-        def dst_index(q, r, w, k):
-            ph, col = (w, i64(0)) if sw == 1 else (b.srem(w, i64(sw)), b.sdiv(w, i64(sw)))
+        def dst_index(q, w, k):
             if sw == 1:
                 ph, col = i64(0), w
+            else:
+                ph, col = b.srem(w, i64(sw)), b.sdiv(w, i64(sw))
             return b.add(fb.mul_add([(ph, cq * hp * wpp * g), (q, hp * wpp * g), (r, wpp * g),
                                      (col, g)]), i64(k))
 
+        ih = b.sub(r, i64(self.pt))
+        ok = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(self.H)))
+        then, other, end = fb.block("in"), fb.block("pad"), fb.block("rowend")
+        b.cbranch(ok, then, other)
+        b.position_at_end(other)
+        with fb.loop(0, cq) as q, fb.loop(0, wp) as w:
+            for k in range(g):
+                fb.store(pad, dst, dst_index(q, w, k), ty)
+        b.branch(end)
+        b.position_at_end(then)
         with fb.loop(0, cq) as q:
-            with fb.loop(0, hp) as r:
-                ih = b.sub(r, i64(self.pt))
-                ok = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(self.H)))
-                then, other, end = fb.block("in"), fb.block("pad"), fb.block("rowend")
-                b.cbranch(ok, then, other)
-                b.position_at_end(other)
-                with fb.loop(0, wp) as w:
-                    for k in range(g):
-                        fb.store(pad, dst, dst_index(q, r, w, k), ty)
-                b.branch(end)
-                b.position_at_end(then)
-                for lo, hi in ((0, lo_w), (hi_w, wp)):
-                    if hi > lo:
-                        with fb.loop(lo, hi) as w:
-                            for k in range(g):
-                                fb.store(pad, dst, dst_index(q, r, w, k), ty)
-                if hi_w > lo_w:
-                    planes = []
-                    for k in range(g):
-                        c = b.add(b.mul(q, i64(g)), i64(k))
-                        c = b.select(b.icmp_signed("<", c, i64(cg)), c, i64(cg - 1))
-                        planes.append(fb.mul_add([(c, self.H * self.W), (ih, self.W)],
-                                                 -self.pl))
-                    with fb.loop(lo_w, hi_w) as w:
+            for lo, hi in ((0, lo_w), (hi_w, wp)):
+                if hi > lo:
+                    with fb.loop(lo, hi) as w:
                         for k in range(g):
-                            v = self._xval(fb, fb.load(x, b.add(planes[k], w), I8))
-                            fb.store(v, dst, dst_index(q, r, w, k), ty)
-                b.branch(end)
-                b.position_at_end(end)
+                            fb.store(pad, dst, dst_index(q, w, k), ty)
+            if hi_w > lo_w:
+                planes = []
+                for k in range(g):
+                    c = b.add(b.mul(q, i64(g)), i64(k))
+                    c = b.select(b.icmp_signed("<", c, i64(cg)), c, i64(cg - 1))
+                    planes.append(fb.mul_add([(c, self.H * self.W), (ih, self.W)], -self.pl))
+                with fb.loop(lo_w, hi_w) as w:
+                    for k in range(g):
+                        v = self._xval(fb, fb.load(x, b.add(planes[k], w), I8))
+                        fb.store(v, dst, dst_index(q, w, k), ty)
+        b.branch(end)
+        b.position_at_end(end)
 
-    def _gemm_direct(self, fb, s, u, c, rows):
-        """C[rows][OH*owpad] = S[rows][cq*kh*kw] x the padded input read at each kernel
-        tap: vectors of ``lanes`` output columns of one output row (stride-1 width)."""
+    def _gemm_direct(self, fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi):
+        """C[m_lo:m_hi][oh_lo*owpad:oh_hi*owpad] = S rows x the padded input read at each
+        kernel tap: vectors of ``lanes`` output columns of one output row."""
         b = fb.b
-        L, R = self.lanes, DIRECT_R
+        L = self.lanes
         vty = ir.VectorType(I32, L)
         s32 = b.bitcast(s, I32.as_pointer())
         u32 = b.bitcast(u, I32.as_pointer())
@@ -454,35 +630,44 @@ class QGemm(Kernel):
         kg, npad, hp, wpp = self.kg, self.npad, self.hp, self.wpp
         dot = self._dot(fb, vty)
 
-        def tile(m0, R):
-            with fb.loop(0, self.OH) as oh, fb.loop(0, self.owpad, L) as ow0:
-                accs = [fb.alloca(vty) for _ in range(R)]
-                for a in accs:
-                    b.store(ir.Constant(vty, None), a)
-                with fb.loop(0, self.cq) as q, fb.loop(0, self.kh) as i:
-                    ih = b.add(b.mul(oh, i64(self.sh)), b.mul(i, i64(self.dh)))
-                    rowbase = b.add(fb.mul_add([(q, hp * wpp), (ih, wpp)]), ow0)
-                    kbase = fb.mul_add([(q, self.kh * self.kw), (i, self.kw)])
-                    for j in range(self.kw):
-                        ph, off = (j * self.dw) % self.sw, (j * self.dw) // self.sw
-                        at = b.add(rowbase, i64(ph * self.cq * hp * wpp + off))
-                        uv = b.load(b.bitcast(b.gep(u32, [at]), vptr), align=4)
-                        for r in range(R):
-                            sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), b.add(kbase, i64(j)))
-                            sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
-                            b.store(dot(b.load(accs[r]), uv, sv), accs[r])
-                for r in range(R):
-                    cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)),
-                                 b.add(b.mul(oh, i64(self.owpad)), ow0))
-                    b.store(b.load(accs[r]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
+        V = 2 if L == 16 else 1    # 16 accumulators need AVX-512's 32 registers
+        full = self.owpad // (V * L) * (V * L)
 
-        full = rows // R * R
-        if full:
-            with fb.loop(0, full, R) as m0:
-                tile(m0, R)
-        if rows > full:
-            with fb.loop(full, rows) as m0:
-                tile(m0, 1)
+        def tile_at(m0, R, oh, ow0, V):
+            accs = [[fb.alloca(vty) for _ in range(V)] for _ in range(R)]
+            for row in accs:
+                for a in row:
+                    b.store(ir.Constant(vty, None), a)
+            with fb.loop(0, self.cq) as q, fb.loop(0, self.kh) as i:
+                ih = b.add(b.mul(oh, i64(self.sh)), b.mul(i, i64(self.dh)))
+                rowbase = b.add(fb.mul_add([(q, hp * wpp), (ih, wpp)]), ow0)
+                kbase = fb.mul_add([(q, self.kh * self.kw), (i, self.kw)])
+                for j in range(self.kw):
+                    ph, off = (j * self.dw) % self.sw, (j * self.dw) // self.sw
+                    at = b.add(rowbase, i64(ph * self.cq * hp * wpp + off))
+                    uvs = [b.load(b.bitcast(b.gep(u32, [b.add(at, i64(v * L))]), vptr), align=4)
+                           for v in range(V)]
+                    for r in range(R):
+                        sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), b.add(kbase, i64(j)))
+                        sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
+                        for v in range(V):
+                            b.store(dot(b.load(accs[r][v]), uvs[v], sv), accs[r][v])
+            for r in range(R):
+                for v in range(V):
+                    cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)),
+                                 b.add(b.mul(oh, i64(self.owpad)), b.add(ow0, i64(v * L))))
+                    b.store(b.load(accs[r][v]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
+
+        def tile(m0, R):
+            with fb.loop(oh_lo, oh_hi) as oh:
+                if full:
+                    with fb.loop(0, full, V * L) as ow0:
+                        tile_at(m0, R, oh, ow0, V)
+                if self.owpad > full:
+                    with fb.loop(full, self.owpad, L) as ow0:
+                        tile_at(m0, R, oh, ow0, 1)
+
+        _row_tiles(fb, m_lo, m_hi, DIRECT_R, tile)
 
     def _dot(self, fb, vty):
         b, L = fb.b, vty.count
@@ -496,8 +681,8 @@ class QGemm(Kernel):
             return b.add(acc, fb.intrinsic(name, vty, [b.bitcast(uv, wty), b.bitcast(sv, wty)]))
         return dot
 
-    def _gemm(self, fb, s, u, c, rows):
-        """C[rows][npad] (int32) = S[rows][KG] (4 bytes / 2 int16 per group, splat) x
+    def _gemm(self, fb, s, u, c, m_lo, m_hi):
+        """C[m_lo:m_hi][npad] (int32) = S rows (4 bytes / 2 int16 per group, splat) x
         U[KG][npad] (vectors of ``lanes`` int32 groups)."""
         b = fb.b
         L, V = self.lanes, V_TILE
@@ -507,15 +692,7 @@ class QGemm(Kernel):
         c32 = b.bitcast(c, I32.as_pointer())
         vptr = vty.as_pointer()
         kg, npad = self.kg, self.npad
-
-        def dot(acc, uv, sv):
-            if self.vnni:
-                name = "llvm.x86.avx512.vpdpbusd.512" if L == 16 else "llvm.x86.avx512.vpdpbusd.256"
-                return fb.intrinsic(name, vty, [acc, uv, sv])
-            wty = ir.VectorType(I16, 2 * L)
-            name = "llvm.x86.avx512.pmaddw.d.512" if L == 16 else "llvm.x86.avx2.pmadd.wd"
-            prod_ = fb.intrinsic(name, vty, [b.bitcast(uv, wty), b.bitcast(sv, wty)])
-            return b.add(acc, prod_)
+        dot = self._dot(fb, vty)
 
         def tile(m0, R):
             with fb.loop(0, npad, L * V) as n0:
@@ -530,8 +707,7 @@ class QGemm(Kernel):
                            for v in range(V)]
                     for r in range(R):
                         sidx = b.add(b.mul(b.add(m0, i64(r)), i64(kg)), k)
-                        sv = b.load(b.gep(s32, [sidx]), align=4)
-                        splat = _splat(b, sv, L)
+                        splat = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
                         for v in range(V):
                             b.store(dot(b.load(accs[r][v]), uvs[v], splat), accs[r][v])
                 for r in range(R):
@@ -539,16 +715,11 @@ class QGemm(Kernel):
                         cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)), b.add(n0, i64(v * L)))
                         b.store(b.load(accs[r][v]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
 
-        full = rows // R_TILE * R_TILE
-        if full:
-            with fb.loop(0, full, R_TILE) as m0:
-                tile(m0, R_TILE)
-        if rows > full:
-            with fb.loop(full, rows) as m0:
-                tile(m0, 1)
+        _row_tiles(fb, m_lo, m_hi, R_TILE, tile)
 
-    def _store(self, fb, out, c, corr, mult, obase, gi):
-        """out[obase + m*cols + n] = requantize / store of the corrected accumulator."""
+    def _store(self, fb, out, c, corr, mult, obase, gi, m_lo, m_hi, oh_lo, oh_hi):
+        """out[obase + m*cols + n] = requantize / store of the corrected accumulator, rows
+        [m_lo, m_hi) and (direct conv) output rows [oh_lo, oh_hi)."""
         b = fb.b
         npad, cols = self.npad, self.cols
         c32 = b.bitcast(c, I32.as_pointer())
@@ -557,23 +728,23 @@ class QGemm(Kernel):
         mg = self.M // self.group if conv else self.M
         otype = I32 if self.out == "i32" else I8
         if self.direct:
-            oh_n, ow_n, crow = self.OH, self.OW, self.owpad
+            ow_n, crow = self.OW, self.owpad
         else:
-            oh_n, ow_n, crow = 1, cols, cols
-        with fb.loop(0, mg) as m:
+            ow_n, crow = cols, cols
+        with fb.loop(m_lo, m_hi) as m:
             if conv:
                 cidx = b.add(b.mul(gi, i64(2 * mg)), m)
                 rc = b.load(b.gep(cr, [cidx]))
                 rz = b.load(b.gep(cr, [b.add(cidx, i64(mg))]))
                 if mult is not None:
                     mrow = fb.load(mult, b.add(b.mul(gi, i64(mg)), m), F64)
-            with fb.loop(0, oh_n) as oh, fb.loop(0, ow_n) as ow:
+            with fb.loop(oh_lo, oh_hi) as oh, fb.loop(0, ow_n) as ow:
                 n = fb.mul_add([(oh, ow_n), (ow, 1)])        # output column
                 cn = fb.mul_add([(oh, crow), (ow, 1)])       # column in C
                 acc = b.load(b.gep(c32, [b.add(b.mul(m, i64(npad)), cn)]))
                 if conv:
                     acc = b.add(acc, rc)
-                    if self.vnni:
+                    if self.vnni and self.colsum:
                         cs = b.load(b.gep(c32, [b.add(i64(mg * npad), cn)]))
                         acc = b.sub(acc, b.mul(rz, cs))
                     mv = mrow if mult is not None else None
@@ -584,8 +755,7 @@ class QGemm(Kernel):
                         rs = b.load(b.gep(c32, [b.add(b.mul(m, i64(npad)), i64(self.N))]))
                         acc = b.sub(acc, b.mul(cz, rs))
                     mv = fb.load(mult, n, F64) if mult is not None else None
-                oidx = b.add(fb.mul_add([(m, cols), (n, 1)]), obase if not isinstance(obase, int)
-                             else i64(obase))
+                oidx = b.add(fb.mul_add([(m, cols), (n, 1)]), obase)
                 if self.out == "i32":
                     fb.store(acc, out, oidx, I32)
                 else:
@@ -594,6 +764,20 @@ class QGemm(Kernel):
                     d = b.fadd(d, ir.Constant(F64, float(self.zy)))
                     d = _clamp_f(b, d, float(self.lo), float(self.hi))
                     fb.store(b.trunc(b.fptosi(d, I32), otype), out, oidx, otype)
+
+
+def _smin(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _row_tiles(fb, m_lo, m_hi, R: int, tile) -> None:
+    """``tile(m0, R)`` over [m_lo, m_hi) in steps of R, then ``tile(m0, 1)`` for the rest."""
+    b = fb.b
+    full_end = b.add(m_lo, b.mul(b.sdiv(b.sub(m_hi, m_lo), i64(R)), i64(R)))
+    with fb.loop(m_lo, full_end, R) as m0:
+        tile(m0, R)
+    with fb.loop(full_end, m_hi) as m0:
+        tile(m0, 1)
 
 
 def _round64(n: int) -> int:
@@ -698,3 +882,129 @@ def split_axis(shape, axis: int, per_axis: bool) -> tuple[int, int, int]:
         return 1, 1, prod(shape)
     axis = axis + len(shape) if axis < 0 else axis
     return prod(shape[:axis]), int(shape[axis]), prod(shape[axis + 1:])
+
+
+# -- int8 ops between the quantized convs ------------------------------------------------------
+ADD_CHUNK = 1 << 15   # elements per task of QAdd
+
+
+@dataclass
+class QAdd(Kernel):
+    """int8_add on equal shapes, ``n`` elements: the float32 QDQ arithmetic of the
+    reference (dequantize both, add, divide by the output scale, round, add the zero
+    point, clamp) in one pass over the 8-bit tensors; split into chunks over the pool."""
+
+    n: int
+    a_signed: bool
+    b_signed: bool
+    y_signed: bool
+    sa: float
+    za: int
+    sb: float
+    zb: int
+    sy: float
+    zy: int
+    lo: int
+    hi: int
+    name: str = "qadd"
+
+    def key(self):
+        return ("qadd",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        tasks = -(-self.n // ADD_CHUNK)
+        return parallel_kernel(module, fname, n_args, tasks, self._task)
+
+    def _task(self, fb, args, t):
+        b = fb.b
+        out, x, y = args[0], args[1], args[2]
+        f = lambda v: ir.Constant(F32, float(np.float32(v)))  # noqa: E731
+        lo_i = b.mul(t, i64(ADD_CHUNK))
+        hi_i = _smin(b, b.add(lo_i, i64(ADD_CHUNK)), i64(self.n))
+
+        def deq(ptr, i, signed, s, z):
+            v = fb.load(ptr, i, I8)
+            v = b.sitofp(v, F32) if signed else b.uitofp(v, F32)
+            return b.fmul(b.fsub(v, f(z)), f(s))
+
+        with fb.loop(lo_i, hi_i) as i:
+            s = b.fadd(deq(x, i, self.a_signed, self.sa, self.za),
+                       deq(y, i, self.b_signed, self.sb, self.zb))
+            q = fb.intrinsic("llvm.rint.f32", F32, [b.fdiv(s, f(self.sy))])
+            q = b.fadd(q, f(self.zy))
+            q = _clamp_f(b, q, float(self.lo), float(self.hi))
+            fb.store(b.trunc(b.fptosi(q, I32), I8), out, i, I8)
+
+
+@dataclass
+class MaxPool8(Kernel):
+    """2-d max pooling of uint8 / int8 NCHW planes: per output row, one pass per kernel
+    tap over the output columns whose input column is inside the image (ranges fixed at
+    compile time, no per-element bounds checks, so the loop vectorizes); rows outside the
+    image are skipped.  Planes are split over the pool."""
+
+    planes: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    signed: bool
+    name: str = "maxpool8"
+
+    def key(self):
+        return ("maxpool8",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    @property
+    def per_task(self) -> int:
+        return max(1, -(-self.planes // TASKS))
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        return parallel_kernel(module, fname, n_args, -(-self.planes // self.per_task), self._task)
+
+    def _cols(self, j: int) -> tuple[int, int]:
+        """Output columns [lo, hi) whose tap-j input column lies in [0, W)."""
+        off = j * self.dw - self.pl
+        lo = max(0, -(-(-off) // self.sw)) if off < 0 else 0
+        hi = min(self.OW, (self.W - 1 - off) // self.sw + 1) if self.W - 1 - off >= 0 else 0
+        return lo, max(lo, hi)
+
+    def _task(self, fb, args, t):
+        b = fb.b
+        out, x = args[0], args[1]
+        lowest = ir.Constant(I8, -128 if self.signed else 0)
+        cmp = ">" if self.signed else None
+        p_lo = b.mul(t, i64(self.per_task))
+        p_hi = _smin(b, b.add(p_lo, i64(self.per_task)), i64(self.planes))
+
+        def vmax(u, v):
+            c = b.icmp_signed(">", u, v) if cmp else b.icmp_unsigned(">", u, v)
+            return b.select(c, u, v)
+
+        with fb.loop(p_lo, p_hi) as p, fb.loop(0, self.OH) as oh:
+            orow = fb.mul_add([(p, self.OH * self.OW), (oh, self.OW)])
+            with fb.loop(0, self.OW) as ow:
+                fb.store(lowest, out, b.add(orow, ow), I8)
+            for i in range(self.kh):
+                ih = b.add(b.mul(oh, i64(self.sh)), i64(i * self.dh - self.pt))
+                ok = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(self.H)))
+                with fb.if_(ok):
+                    irow = fb.mul_add([(p, self.H * self.W), (ih, self.W)])
+                    for j in range(self.kw):
+                        lo, hi = self._cols(j)
+                        if hi <= lo:
+                            continue
+                        with fb.loop(lo, hi) as ow:
+                            src = b.add(irow, b.add(b.mul(ow, i64(self.sw)),
+                                                    i64(j * self.dw - self.pl)))
+                            at = b.add(orow, ow)
+                            fb.store(vmax(fb.load(out, at, I8), fb.load(x, src, I8)), out, at, I8)

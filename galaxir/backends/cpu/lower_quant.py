@@ -20,7 +20,7 @@ import numpy as np
 from ...ir.types import DType, TensorType
 from ...passes.qdq import check_scale, check_zero_point
 from . import kernels_int8 as KI
-from .lower import ConstArray, _window, const_of, rule, static_shape
+from .lower import RULES, ConstArray, _window, const_of, rule, static_shape
 
 Q8 = {DType.uint8: "u8", DType.int8: "s8"}
 
@@ -150,10 +150,15 @@ def lower_qconv(op):
         corrs.append(c)
     lo, hi = _clamp(op, kind) if kind != "i32" else (0, 0)
     zy = int(arrs["zy"].reshape(())) if kind != "i32" else 0
+    H, W, OH, OW = xs[2], xs[3], ys[2], ys[3]
+    if tuple(kernel) == (1, 1) and tuple(st) == (1, 1) and not any(pb) and not any(pe):
+        # pointwise: the pixels as one row (a 7x7 map keeps 49 of 64 lanes busy, not 7 of 16)
+        H, W, OH, OW = 1, H * W, 1, OH * OW
     kern = KI.QGemm(kind="conv", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=zx, out=kind,
-                    zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=xs[2], W=xs[3],
-                    OH=ys[2], OW=ys[3], kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
-                    dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct)
+                    zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=H, W=W,
+                    OH=OH, OW=OW, kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
+                    dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct,
+                    colsum=bool(any(np.any(c.reshape(2, -1)[1] != 0) for c in corrs)))
     ins = [x, ConstArray(np.concatenate(packs), "qconv.w"),
            ConstArray(np.concatenate(corrs).reshape(-1), "qconv.corr")]
     if kind != "i32":
@@ -284,3 +289,61 @@ def lower_dequantize(op):
     outer, C, inner, s_in, z_in, zkind = r
     kern = KI.Dequantize(outer=outer, C=C, inner=inner, in_dtype=kinds[_dt(x)], zp_kind=zkind)
     return kern, [x, s_in, z_in]
+
+
+@rule("int8_add")
+def lower_qadd(op):
+    a, b, y = op.operands[0], op.operands[3], op.results[0]
+    sa, sb, ys = static_shape(a.type), static_shape(b.type), static_shape(y.type)
+    if _dt(a) not in Q8 or _dt(b) not in Q8 or _dt(y) not in Q8:
+        return "uint8 / int8 operands only"
+    if sa is None or sa != sb or sa != ys:
+        return "operands of one static shape only (no broadcasting)"
+    arrs = []
+    for i in (1, 2, 4, 5, 6, 7):
+        c = const_of(op.operands[i])
+        if c is None or np.asarray(c).size != 1:
+            return "per-tensor constant scales and zero points only"
+        arrs.append(np.asarray(c).reshape(()))
+    s_a, z_a, s_b, z_b, s_y, z_y = arrs
+    for name, s in (("a_scale", s_a), ("b_scale", s_b), ("y_scale", s_y)):
+        if s.dtype != np.float32:
+            return "float32 scales only"
+        check_scale(op, name, s)
+    kind = Q8[_dt(y)]
+    lo, hi = _clamp(op, kind)
+    n = int(np.prod(sa))
+    if n == 0:
+        return "zero-size tensor"
+    kern = KI.QAdd(n=n, a_signed=_dt(a) is DType.int8, b_signed=_dt(b) is DType.int8,
+                   y_signed=kind == "s8", sa=float(s_a), za=int(z_a), sb=float(s_b), zb=int(z_b),
+                   sy=float(s_y), zy=int(z_y), lo=lo, hi=hi)
+    return kern, [a, b]
+
+
+_float_max_pool = RULES["max_pool"]
+
+
+@rule("max_pool")
+def lower_max_pool_8bit(op):
+    """uint8 / int8 max pooling (NCHW) natively; any other as the float rule."""
+    x = op.operands[0]
+    if _dt(x) not in Q8:
+        return _float_max_pool(op)
+    if (op.attr("layout") or "NCHW") != "NCHW":
+        return "8-bit max pooling is NCHW only"
+    if len(op.results) > 1 and op.results[1].uses:
+        return "max_pool indices are used"
+    xs, ys = static_shape(x.type), static_shape(op.results[0].type)
+    if xs is None or ys is None or len(xs) != 4:
+        return "only static 2-d pooling is native"
+    if min(xs) == 0 or min(ys) == 0:
+        return "zero-size tensor"
+    kernel = op.attr("kernel_shape")
+    st, dl, pb, _ = _window(op, xs, kernel)
+    return KI.MaxPool8(planes=xs[0] * xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3],
+                       kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0], dw=dl[1],
+                       pt=pb[0], pl=pb[1], signed=_dt(x) is DType.int8), [x]
+
+
+lower_max_pool_8bit.layouts = getattr(_float_max_pool, "layouts", ("NCHW",))

@@ -24,6 +24,7 @@ from torch.export import ExportedProgram
 
 from ...errors import GalaxirError, ModelImportError, UnsupportedOpError
 from ...ir import Builder, GraphBuilder, Module, Value
+from ...ir.bounds import input_symbols, set_dim_bounds
 from ...ir.types import UNKNOWN, DType, TensorType, refine, types_compatible
 from ..registry import ConverterTable
 
@@ -308,6 +309,18 @@ class FxImporter:
     def dims(self, shape: Sequence[Any]) -> tuple:
         return tuple(self.dim(d) for d in shape)
 
+    def bounds(self, symbols: set[str]) -> dict[str, tuple[int, int | None]]:
+        """``torch.export``'s value ranges of the symbols the inputs use, by galaxir name
+        (an infinite upper end: None)."""
+        out: dict[str, tuple[int, int | None]] = {}
+        for sym, vr in (getattr(self.ep, "range_constraints", None) or {}).items():
+            name = self.dim_names.get(str(sym), str(sym))
+            if name not in symbols:
+                continue
+            lo, hi = finite_int(vr.lower), finite_int(vr.upper)
+            out[name] = (max(lo or 0, 0), hi)
+        return out
+
     def meta_type(self, val: Any) -> TensorType | None:
         if isinstance(val, torch.Tensor):
             return TensorType(gx_dtype(val.dtype), self.dims(val.shape))
@@ -373,6 +386,7 @@ class FxImporter:
                 self.env[node] = v
         meta = {"producer": "torch.export", "torch_version": torch.__version__}
         module = gb.module(meta)
+        set_dim_bounds(module, self.bounds(input_symbols(module)))
         module.verify()
         return ImportInfo(module, tensor_inputs, ep.call_spec.out_spec, position, constant_outputs)
 
@@ -458,6 +472,13 @@ class FxImporter:
             if v.name is None:
                 v.name = name
         return v
+
+
+def finite_int(x: Any) -> int | None:
+    """A sympy/torch range end as an int; None for (minus) infinity."""
+    if isinstance(x, int) or getattr(x, "is_Integer", False):
+        return int(x)
+    return None  # int_oo, -int_oo, oo
 
 
 # -- entry point ---------------------------------------------------------------------------

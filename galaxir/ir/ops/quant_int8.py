@@ -1,6 +1,6 @@
-"""Fused int8 conv / matmul: what the cpu backend makes of a QDQ
+"""Fused int8 conv / matmul / add: what the cpu backend makes of a QDQ
 ``DequantizeLinear -> conv/matmul/gemm (+ bias) (-> relu/clip) -> QuantizeLinear`` chain
-(galaxir/backends/cpu/qdq.py).  The operands are QLinearConv's (x, x_scale, x_zero_point,
+(galaxir/passes/qdq.py), and of ``DequantizeLinear x2 -> add (-> relu) -> QuantizeLinear``.  The operands are QLinearConv's (x, x_scale, x_zero_point,
 w, w_scale, w_zero_point, y_scale, y_zero_point, bias?); the int32 accumulator is
 requantized as QLinearConv does and then clamped to ``[clamp_lo, clamp_hi]`` (in the
 quantized domain: a folded relu or clip), so every backend can run them."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..opdef import INT32, attr, define
 from ..types import TensorType
 from .quant import CONV_ATTRS, _qlinear_types, conv_shape, matmul_shape
-from .rules import fail, tensor_operand
+from .rules import broadcast_shapes, fail, tensor_operand
 
 _CLAMP = {"clamp_lo": attr("int"), "clamp_hi": attr("int")}
 
@@ -39,3 +39,17 @@ define("int8_matmul", operands=["a", "a_scale", "a_zero_point", "b", "b_scale", 
        types={**_qlinear_types("a", "b"), "y_scale": "TS", "bias": INT32},
        doc="qlinear_matmul with an int32 bias (per column) added to the accumulator, then "
            "clamp to [clamp_lo, clamp_hi].")
+
+
+def _int8_add(op):
+    a, b = tensor_operand(op, 0), tensor_operand(op, 3)
+    return [TensorType(tensor_operand(op, 7).dtype, broadcast_shapes(a.shape, b.shape))]
+
+
+define("int8_add", operands=["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point",
+                             "y_scale", "y_zero_point"],
+       attrs=dict(_CLAMP), infer=_int8_add,
+       types={**_qlinear_types("a", "b"), "y_scale": "TS"},
+       doc="quantize(dequantize(a) + dequantize(b)) (numpy broadcasting, per-tensor scales), "
+           "in float32 exactly as the QDQ graph computes it, then clamp to "
+           "[clamp_lo, clamp_hi] (a folded relu).")

@@ -1,4 +1,4 @@
-"""Reference kernels of the fused int8 conv / matmul (galaxir/ir/ops/quant_int8.py)."""
+"""Reference kernels of the fused int8 conv / matmul / add (galaxir/ir/ops/quant_int8.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,3 +29,16 @@ def int8_matmul(ctx, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, bias=Non
         acc = acc + bias.astype(np.float64)
     factor = np.asarray(a_scale) * np.asarray(b_scale) / np.asarray(y_scale)
     return _clamp(ctx, _requantize(acc, factor, y_zp, ctx.result_dtype(0)))
+
+
+@kernel("int8_add")
+def int8_add(ctx, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
+    """The float32 QDQ arithmetic: dequantize both, add, quantize (then the clamp)."""
+    f32 = np.float32
+    fa = (a.astype(f32) - np.asarray(a_zp).astype(f32)) * np.asarray(a_scale).astype(f32)
+    fb = (b.astype(f32) - np.asarray(b_zp).astype(f32)) * np.asarray(b_scale).astype(f32)
+    q = (fa + fb) / np.asarray(y_scale).astype(f32)
+    out = ctx.result_dtype(0)
+    lo, hi = _int_range(out)
+    r = np.rint(q).astype(np.float64) + np.asarray(y_zp).astype(np.float64)
+    return _clamp(ctx, np.clip(r, lo, hi).astype(out))
