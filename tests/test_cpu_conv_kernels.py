@@ -254,6 +254,55 @@ def test_conv_transpose_any_shape(C, mg, g, H, W, k, s, d, p, op):
     assert not exe.fallback_ops, exe.report()
 
 
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(C=st.integers(1, 24), M=st.integers(1, 12), g=st.sampled_from([1, 2]),
+       H=st.integers(4, 12), W=st.integers(6, 40), k=st.integers(1, 5), s=st.integers(1, 3),
+       p=st.integers(0, 2), wide=st.sampled_from(["0", "1"]), n=st.integers(1, 2))
+def test_conv_transpose_large_planes_both_widths(monkeypatch, C, M, g, H, W, k, s, p, wide, n):
+    """Planes of 64+ input pixels (the 2-vector GEMM tile) and output rows wide enough for
+    the vectorized row write (stride 2: 32+ columns), with 16 and 8 lanes."""
+    if (min(H, W) - 1) * s + k - 2 * p <= 0:
+        return
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    m = _convT_module((n, C * g, H, W), (C * g, M, k, k), True, group=g, strides=[s, s],
+                      pads=[p, p, p, p])
+    x = RNG.standard_normal((n, C * g, H, W)).astype(np.float32)
+    ref = get_backend("numpy").compile(m)(x)
+    exe = gx.compile(m, target="cpu")
+    np.testing.assert_allclose(exe(x)[0], ref[0], rtol=1e-4, atol=1e-4)
+    (kern,) = [s.kernel for s in exe.last.steps if s.kind == "native"]
+    assert kern.wide == (wide == "1") and not exe.fallback_ops
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+def test_conv_transpose_dcgan_layers(monkeypatch, wide):
+    """The DCGAN generator's stride-2 layers (4x4 kernels, pad 1) at reduced channels."""
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    for C, M, H in [(32, 16, 4), (16, 8, 8), (16, 8, 16), (8, 3, 32)]:
+        m = _convT_module((1, C, H, H), (C, M, 4, 4), True, strides=[2, 2], pads=[1, 1, 1, 1])
+        x = RNG.standard_normal((1, C, H, H)).astype(np.float32)
+        ref = get_backend("numpy").compile(m)(x)
+        np.testing.assert_allclose(gx.compile(m, target="cpu")(x)[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((2, 32, 4, 4), (32, 8, 4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # 2 tiles of 8
+    ((2, 24, 4, 5), (24, 8, 4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # 20 pixels
+    ((1, 16, 7, 9), (16, 3, 3, 3), dict(strides=[1, 2], pads=[0, 1, 2, 0])),  # 63 pixels
+])
+def test_conv_transpose_small_planes_run_swapped(monkeypatch, wide, xs, ws, attrs):
+    """Planes under 64 pixels: cols^T = x^T @ W on GemmPacked, read pixel-major by col2im."""
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    m = _convT_module(xs, ws, True, **attrs)
+    x = RNG.standard_normal(xs).astype(np.float32)
+    ref = get_backend("numpy").compile(m)(x)
+    exe = gx.compile(m, target="cpu")
+    np.testing.assert_allclose(exe(x)[0], ref[0], rtol=1e-4, atol=1e-4)
+    (kern,) = [s.kernel for s in exe.last.steps if s.kind == "native"]
+    assert kern.swapped and kern.swap_rows in ((6,) if wide == "0" else (6, 8, 12))
+
+
 def test_conv_transpose_with_no_output_pixel_is_refused():
     from galaxir.errors import GalaxirError
     with pytest.raises(GalaxirError, match="conv_transpose"):

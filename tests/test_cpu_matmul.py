@@ -157,6 +157,42 @@ def test_large_runtime_b_products_run_on_batched_gemm(monkeypatch, wide, a_shape
         assert cpu.placement() is not None and cpu.memory_plan() is not None
 
 
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 3), m=st.integers(1, 40), k=st.integers(1, 80), n=st.integers(16, 80),
+       trans_b=st.booleans(), wide=st.sampled_from(["0", "1"]))
+def test_batched_gemm_tiles_and_transposed_packing(monkeypatch, h, m, k, n, trans_b, wide):
+    """BatchedGemm at every size (the size floor lowered): the 12-row tile (16 lanes) or
+    6-row tile with partial tiles and panels, K^T packed 8 x 8 by in-register transposes
+    with scalar edges (n, k not multiples of 8)."""
+    from galaxir.backends.cpu import lower
+    monkeypatch.setattr(lower, "PACKED_MIN_MACS", 1)
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", 2, h, m, k))
+    bm = gb.input("b", tensor("f32", 2, h, *((n, k) if trans_b else (k, n))))
+    if trans_b:
+        bm = gb.transpose(bm, perm=(0, 1, 3, 2))
+    gb.output(gb.matmul(a, bm), "y")
+    cpu = run_both(gb.module(), [rand(2, h, m, k), rand(2, h, *((n, k) if trans_b else (k, n)))])
+    (kern,) = kernels(cpu)
+    assert type(kern).__name__ == "BatchedGemm" and kern.trans_b == trans_b
+    assert kern.tile_rows == (12 if wide == "1" else 6)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(sq=st.integers(1, 40), skv=st.integers(1, 70), d=st.integers(1, 40), dv=st.integers(1, 40),
+       masked=st.booleans(), wide=st.sampled_from(["0", "1"]))
+def test_attention_kernel_any_shape(monkeypatch, sq, skv, d, dv, masked, wide):
+    """The fused attention kernel's packing (K^T by 8 x 8 transposes) and panel products
+    (12- or 6-row tiles) at odd sizes, with and without a mask."""
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    m, feeds = _chain(1, 2, sq, skv, d, dv, mask=_causal(sq, skv) if masked else None)
+    cpu = run_both(m, feeds, level=2)
+    assert cpu.native_ops == ["attention"], cpu.report()
+
+
 def test_transpose_read_elsewhere_still_runs():
     gb = GraphBuilder()
     a = gb.input("a", tensor("f32", 4, 128, 64))

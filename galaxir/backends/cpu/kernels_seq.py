@@ -96,6 +96,24 @@ def vexp(fb: FnBuilder, x, w: int):
     return vmath.exp(fb, x)
 
 
+#: below this, a softmax weight e^(x - max) is taken as 0 (e^-87 is the smallest normal float)
+SOFTMAX_FLUSH = -87.0
+
+
+def vexp_softmax(fb: FnBuilder, d, w: int):
+    """e^d for d = x - max <= 0, as a softmax weight: d below SOFTMAX_FLUSH (a masked score:
+    -1e4, -1e9, -inf) gives exactly 0 without computing a denormal.  vmath.exp would return
+    the denormals of [-104, -87] exactly, and every result (or product) in that range costs
+    the FPU a slow microcoded step: with half the scores masked, a causal 128-token attention
+    ran 15% slower than an unmasked one.  Those weights are below 1e-38 of the row's largest
+    (which is 1), so the softmax changes by less than a float's rounding."""
+    b = fb.b
+    lo = vconst(w, SOFTMAX_FLUSH)
+    small = b.fcmp_ordered("<", d, lo)
+    e = vmath.exp(fb, b.select(small, lo, d), nonpositive=True)
+    return b.select(small, vconst(w, 0.0), e)
+
+
 def vsigmoid(fb: FnBuilder, x, w: int):
     return vmath.sigmoid(fb, x)
 
@@ -827,7 +845,7 @@ class Attention(Kernel):
 
             def expo(j, w):
                 d = b.fsub(vload(fb, s, b.add(srow, j), w), splat(b, mval, w))
-                e = vexp(fb, b.fmul(d, vconst(w, self.scale)) if plain else d, w)
+                e = vexp_softmax(fb, b.fmul(d, vconst(w, self.scale)) if plain else d, w)
                 vstore(fb, e, s, b.add(srow, j), w)
                 slot = sm if w > 1 else ssm
                 b.store(b.fadd(b.load(slot), e), slot)

@@ -317,6 +317,11 @@ def lower_matmul(op):
 #: threads (kernels_gemm.GemmPacked / BatchedGemm); smaller ones call single-threaded sgemm
 PACKED_MIN_MACS = 1 << 21
 
+#: products of two activations with a depth up to this take the taller tile of
+#: kernels_gemm.tile_rows (attention's Q K^T and P V: the tile's fixed cost per k step
+#: and per store is spread over twice the rows)
+SMALL_DEPTH = 256
+
 
 def _swapped_source(v: Value) -> Value | None:
     """x when ``v = transpose(x)`` swaps only the last two axes (a K^T): the product packs
@@ -355,8 +360,12 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
         return KN.MatMulPacked(b_packed=True, **kw), [a, panels] + extra
     # B known only at run time: packed per product into the GemmPacked panels
     if b_swapped is not None:
-        return KG.BatchedGemm(wide=KN.wide_tiles(), trans_b=True, **kw), [a, b_swapped] + extra
-    return KG.BatchedGemm(wide=KN.wide_tiles(), **kw), [a, bm] + extra
+        wide = KN.wide_tiles()
+        mr = KG.tile_rows(wide) if kw["K"] <= SMALL_DEPTH else 0
+        return KG.BatchedGemm(wide=wide, trans_b=True, mr=mr, **kw), [a, b_swapped] + extra
+    wide = KN.wide_tiles()
+    mr = KG.tile_rows(wide) if kw["K"] <= SMALL_DEPTH else 0
+    return KG.BatchedGemm(wide=wide, mr=mr, **kw), [a, bm] + extra
 
 
 @rule("gemm", "fused_gemm")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from ...ir.ops.nn import conv_transpose_geometry
 from . import kernels as K
-from .kernels_conv_transpose import ConvTranspose2d, pack_conv_transpose_weights
+from .kernels_conv_transpose import (ConvTranspose2d, pack_conv_transpose_weights,
+                                     pack_swapped_weights)
+from .kernels_nhwc import wide_tiles
 from .lower import ConstArray, _all_static_f32, const_of, rule, static_shape
 
 #: the GEMM's result (one row per output channel and tap) lives in scratch; beyond this
@@ -40,8 +42,12 @@ def lower_conv_transpose(op):
     kern = ConvTranspose2d(N=xs[0], C=xs[1], H=xs[2], W=xs[3], M=ys[1], OH=ys[2], OW=ys[3],
                            kh=kernel[0], kw=kernel[1], sh=strides[0], sw=strides[1],
                            dh=dil[0], dw=dil[1], pt=begin[0], pl=begin[1], group=g,
-                           has_bias=b is not None)
+                           has_bias=b is not None, wide=wide_tiles())
     if kern.scratch_bytes > MAX_SCRATCH_BYTES:
         return f"its GEMM result would need {kern.scratch_bytes >> 20} MiB of scratch"
-    ins = [x, ConstArray(packed, (w.name or "w") + ".T")]
+    if kern.swapped:
+        packed = pack_swapped_weights(wc, kern.wide)
+        ins = [x, ConstArray(packed, (w.name or "w") + f".panels{32 if kern.wide else 16}")]
+    else:
+        ins = [x, ConstArray(packed, (w.name or "w") + ".T")]
     return kern, ins + ([b] if b is not None else [])

@@ -122,6 +122,30 @@ class Specialization:
                     if id(r) not in produced_native and id(r) not in self.slot:
                         self.slot[id(r)] = len(self.slot_value) + 1
                         self.slot_value.append(r)
+        self._plan_direct_outputs(rootv)
+
+    def _plan_direct_outputs(self, rootv: dict[int, Value]) -> None:
+        """Graph outputs that native code writes straight into an array made for the call
+        (its address in a table slot after the ext slots) and handed to the caller: no copy
+        out of the arena.  Each call gets new arrays, so a result the caller holds is never
+        written again.  Only outputs of at least DIRECT_MIN_BYTES (below that a copy is
+        cheaper than a fresh array and its address) whose root no other graph output shares
+        (two results must not share memory); the arena keeps their planned space unused,
+        so the plan and its in-place pairs stay as validated."""
+        outs = self.module.graph.outputs
+        roots = [id(self.root_of(v)) if v is not None else None for v in outs]
+        self.out_slot: dict[int, int] = {}     # root id -> table slot
+        self._direct: list[tuple | None] = []  # per graph output: (root id, slot, shape, dtype)
+        for v, k in zip(outs, roots):
+            d = None
+            if k is not None and k in self.produced_native and roots.count(k) == 1 \
+                    and nbytes_of(v) >= DIRECT_MIN_BYTES:
+                slot = len(self.slot_value) + 1 + len(self.out_slot)
+                self.out_slot[k] = slot
+                d = (k, slot, tuple(static_shape(v.type)), v.type.dtype.numpy)
+            self._direct.append(d)
+        self._direct_index = {d[0]: j for j, d in enumerate(self._direct) if d is not None}
+        self.n_slots = len(self.slot_value) + 1 + len(self.out_slot)
 
     def emit_module(self, stamp=None) -> tuple[ir.Module, dict]:
         """The LLVM module: the kernels and one entry point ``gx_seg{k}(table)`` per native
@@ -160,7 +184,9 @@ class Specialization:
                 args = []
                 for v in list(s.outputs) + list(s.inputs):
                     r = self.root_of(v)
-                    if id(r) in self.produced_native:
+                    if id(r) in self.out_slot:  # a graph output in the caller's array
+                        p = b.load(b.gep(table, [ir.Constant(I64, self.out_slot[id(r)])], inbounds=True))
+                    elif id(r) in self.produced_native:
                         p = b.gep(base, [ir.Constant(I64, self.offset[id(r)])], inbounds=True)
                     else:
                         p = b.load(b.gep(table, [ir.Constant(I64, self.slot[id(r)])], inbounds=True))
@@ -210,7 +236,7 @@ class Specialization:
         self._bind = None  # the per-call plan, made at the first call (_prepare_run)
         self._free: list[CallState] = []
         self._free_lock = threading.Lock()
-        self._table = (ctypes.c_void_p * (len(self.slot_value) + 1))()  # fixed entries
+        self._table = (ctypes.c_void_p * self.n_slots)()  # fixed entries
         self._fixed: list[Any] = []
         for k, v in enumerate(self.slot_value, start=1):
             if isinstance(v, ConstArray):
@@ -282,6 +308,12 @@ class Specialization:
 
     def view(self, v: Value, call: "CallState") -> np.ndarray:
         """The arena view (in ``call``'s arena) holding natively produced value ``v``."""
+        j = self._direct_index.get(id(self.root_of(v)))
+        if j is not None:  # a graph output written into the call's own array
+            arr = call.direct[j]
+            if arr is None:
+                arr = self._new_direct(call, j)
+            return arr.reshape(static_shape(v.type))
         arr = call.views.get(id(v))
         if arr is None:
             r = self.root_of(v)
@@ -292,6 +324,44 @@ class Specialization:
             arr = call.arena[off:off + nb].view(dt).reshape(shape)
             call.views[id(v)] = arr
         return arr
+
+    def _new_direct(self, call: "CallState", j: int, into: np.ndarray | None = None) -> np.ndarray:
+        """Graph output j's array for this call (``into``, a caller's out= buffer, or a new
+        one), its address put in the call's table."""
+        _, slot, shape, dtype = self._direct[j]
+        arr = np.empty(shape, dtype) if into is None else into
+        call.direct[j] = arr
+        call.table[slot] = arr.ctypes.data
+        return arr
+
+    def _bind_outputs(self, call: "CallState", inputs, out=None) -> None:
+        """Arrays for this call's direct outputs (``_plan_direct_outputs``).  A caller's out=
+        buffer is written in place when it has the output's exact shape and dtype, is
+        C-contiguous and element-aligned and shares no memory with an input (a kernel may
+        read an input after it has written part of its output) or another out= buffer; otherwise the result goes
+        to a new array and is copied into it after the run."""
+        for j, d in enumerate(self._direct):
+            if d is None:
+                continue
+            o = out[j] if out is not None else None
+            if o is not None and not (
+                    isinstance(o, np.ndarray) and o.shape == d[2] and o.dtype == d[3]
+                    and o.flags.c_contiguous and o.flags.writeable and o.flags.aligned
+                    and not any(isinstance(x, np.ndarray) and np.may_share_memory(o, x)
+                                for x in inputs)
+                    and not any(q is not None and q is not o and np.may_share_memory(o, q)
+                                for q in out)):
+                o = None
+            self._new_direct(call, j, o)
+
+    def _take_direct(self, call: "CallState", j: int, o) -> np.ndarray:
+        """Hand graph output j's array to the caller (copied into ``o`` when it was not
+        written there) and forget it, so the call state never holds a returned result."""
+        arr = call.direct[j]
+        call.direct[j] = None
+        if o is None or o is arr:
+            return arr
+        return _into(o, arr)
 
     def run(self, inputs: list[Any], interp, pool=None, out: list | None = None) -> list[Any]:
         """Run on validated inputs; ``out`` (one array or None per graph output) receives
@@ -324,15 +394,23 @@ class Specialization:
                     x = _native_ready(x)
                     keep.append(x)
                     table[slot] = x.ctypes.data
+            if self.out_slot:
+                self._bind_outputs(call, inputs, out)
             addr = call.table_addr
             for entry in self.entries:
                 failed = entry(addr)
                 if failed:
                     self._failed(failed)
+            if not self.out_slot:
+                if out is None:
+                    return [v.copy() for v in call.out_views]
+                return [v.copy() if o is None else _into(o, v) for v, o in zip(call.out_views, out)]
             if out is None:
-                return [v.copy() for v in call.out_views]
-            return [v.copy() if o is None else _into(o, v) for v, o in zip(call.out_views, out)]
-        ext = self._bind_inputs(call, inputs)
+                out = [None] * len(self._direct)
+            return [self._take_direct(call, j, o) if v is None else
+                    (v.copy() if o is None else _into(o, v))
+                    for j, (v, o) in enumerate(zip(call.out_views, out))]
+        ext = self._bind_inputs(call, inputs, out)
         for kind, item in self.seq:
             if kind == "native":
                 self._call_segment(call, item)
@@ -340,9 +418,11 @@ class Specialization:
                 self._run_fallback(call, item, ext, interp)
         return self._outputs(call, ext, out)
 
-    def _bind_inputs(self, call: "CallState", inputs) -> dict[int, Any]:
-        """Put the inputs where native code reads them; returns the values by id for the
-        fallback ops."""
+    def _bind_inputs(self, call: "CallState", inputs, out=None) -> dict[int, Any]:
+        """Put the inputs where native code reads them, and the direct outputs' arrays where
+        it writes them; returns the values by id for the fallback ops."""
+        if self.out_slot:
+            self._bind_outputs(call, inputs, out)
         ext: dict[int, Any] = {}
         for a, x, (slot, _), stage in zip(self._in_values, inputs, self._bind, call.stages):
             if stage is not None:
@@ -390,7 +470,9 @@ class Specialization:
                 outs.append(None)
                 continue
             r = self.root_of(v)
-            if id(r) in self.produced_native:
+            if self._direct[k] is not None:
+                outs.append(self._take_direct(call, k, o))
+            elif id(r) in self.produced_native:
                 x = self.view(v, call)
                 outs.append(x.copy() if o is None else _into(o, x))
             else:
@@ -434,6 +516,11 @@ POOL_MIN_BYTES = 256 << 10
 #: free call states a specialization keeps (more are made while more calls run at once)
 MAX_FREE_CALLS = 4
 
+#: graph outputs of at least this size are written into a new array per call and handed
+#: over (``Specialization._plan_direct_outputs``); smaller ones are copied out of the arena
+#: (measured: a fresh array and its address cost ~1.2 us, a copy of 64 KiB ~0.8 us)
+DIRECT_MIN_BYTES = 64 << 10
+
 #: inputs up to this size are copied into a staging buffer (one memcpy is cheaper than
 #: asking numpy for the array's address); larger ones are passed in place
 STAGE_MAX_BYTES = 32 << 10
@@ -444,7 +531,7 @@ class CallState:
     copied from the specialization's), its input staging buffers, its output views.  Calls
     at the same time each hold their own, so they never wait for each other."""
 
-    __slots__ = ("arena", "table", "table_addr", "stages", "views", "out_views", "_raw")
+    __slots__ = ("arena", "table", "table_addr", "stages", "views", "out_views", "direct", "_raw")
 
     def __init__(self, spec: Specialization):
         try:
@@ -468,9 +555,12 @@ class CallState:
                 self.table[slot] = arr.ctypes.data
             self.stages.append(arr)
         self.views: dict[int, np.ndarray] = {}
+        #: per graph output: this call's array for a direct output (None between calls)
+        self.direct: list[np.ndarray | None] = [None] * len(spec._direct)
         self.out_views = None
-        if spec._native_outputs:
-            self.out_views = [spec.view(v, self) for v in spec.module.graph.outputs]
+        if spec._native_outputs:  # None where the output is direct
+            self.out_views = [None if d is not None else spec.view(v, self)
+                              for v, d in zip(spec.module.graph.outputs, spec._direct)]
 
 
 def _into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
