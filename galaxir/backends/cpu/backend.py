@@ -56,6 +56,7 @@ class CpuExecutable(Executable):
             elif isinstance(t, TensorType):
                 static = None
                 break
+        self.dynamic = static is None  # symbolic input dims: shape values read at run time
         if static is not None:
             self._spec_for(static)
 
@@ -70,7 +71,7 @@ class CpuExecutable(Executable):
         if spec is None:
             try:
                 m = specialize(self.prepared, shapes)
-                spec = Specialization(m, self.cache_dir)
+                spec = Specialization(m, self.cache_dir, dynamic=self.dynamic)
             except GalaxirError:
                 raise
             except MemoryError as e:

@@ -15,6 +15,7 @@ from . import kernels as K
 from . import kernels_depthwise as KD
 from . import kernels_nhwc as KN
 from . import kernels_gemm as KG
+from .codegen import is_dynamic_emission
 from .jit import has_blas
 
 F32 = DType.float32
@@ -280,7 +281,17 @@ def lower_matmul(op):
         return "empty inner dimension with an epilogue"
     rows = M * K.prod(batch)
     bc = const_of(bm)
-    if (bc is not None and len(bs) == 2 and rows <= 4 and Ka > 0 and len(as_) >= 2
+    if is_dynamic_emission():
+        # a dynamic module: the kernel choice must not depend on the shapes (one compile
+        # for all of them): constant 2-d weights fold every batch dim into the rows and
+        # take the packed GEMM whatever the size (kernels_gemm reads them at run time)
+        if bc is not None and len(bs) == 2 and all(s == 0 for s in b_st) and N >= 16 \
+                and Ka > 0 and rows > 0 and (bs_ is None or (len(bs_) == 1 and bs_[0] == N)):
+            packed = _lower_matmul_packed(rows, N, Ka, [], [], [], bc, bs_, ep, a, bm, bias,
+                                          force=True)
+            if packed is not None:
+                return packed
+    elif (bc is not None and len(bs) == 2 and rows <= 4 and Ka > 0 and len(as_) >= 2
             and (bs_ is None or (len(bs_) == 1 and bs_[0] == N))
             and all(s == 0 for s in b_st)):
         # fully connected at small batch: the vectorized dot-product kernel
@@ -321,9 +332,9 @@ def _swapped_source(v: Value) -> Value | None:
 
 
 def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias,
-                         b_swapped=None):
+                         b_swapped=None, force: bool = False):
     rows = M * K.prod(batch)
-    if rows * N * Ka < PACKED_MIN_MACS or N < 16 or Ka == 0 or M == 0:
+    if (rows * N * Ka < PACKED_MIN_MACS and not force) or N < 16 or Ka == 0 or M == 0:
         return None
     if bias_shape is not None and (tuple(bias_shape)[-1:] != (N,) or K.prod(bias_shape) != N):
         return None     # the bias must be one value per column

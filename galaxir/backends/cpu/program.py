@@ -16,7 +16,7 @@ from ...ir import Module, Operation, Value
 from ...ir.opdef import describe
 from . import jit
 from . import kernels as K
-from .codegen import I8P, I64
+from .codegen import I8P, I64, begin_dynamic, dynamic_emission, dyn_int, dynamic_blocks, dynamic_values
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
 #: the cpu backend's arena alignment (a cache line; the AVX-512 loads want 64 bytes): the
@@ -33,13 +33,19 @@ def plan_offsets(buffers) -> int:
 class Specialization:
     """Everything for one set of concrete input shapes."""
 
-    def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True):
+    def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True,
+                 dynamic: bool = False):
         self.module = module
+        # dynamic: the module came from symbolic input dims; its LLVM IR reads every
+        # shape-dependent integer at run time (codegen.begin_dynamic), so other shapes
+        # with the same kernel structure reuse the object code (no LLVM compile)
+        self.dynamic = dynamic
         self.inplace = inplace  # elementwise steps may write over an input that dies there
         self.split = split  # one segment per native step (debugging: check each step)
-        self.steps = lower_module(module)
-        self._build_plan()
-        self._build_code(cache_dir)
+        with dynamic_emission(dynamic):  # lowering and planning see the same kernel choices
+            self.steps = lower_module(module)
+            self._build_plan()
+            self._build_code(cache_dir)
 
     @classmethod
     def plan_only(cls, module: Module) -> "Specialization":
@@ -47,6 +53,7 @@ class Specialization:
         memory reports and benchmarks: the same plan a compiled specialization executes)."""
         self = cls.__new__(cls)
         self.module = module
+        self.dynamic = False
         self.inplace = True
         self.split = False
         self.steps = lower_module(module)
@@ -131,6 +138,12 @@ class Specialization:
         mod = ir.Module(name="galaxir")
         mod.triple = jit.target_triple()
         mod.data_layout = jit.target_data_layout()
+        if self.dynamic:
+            begin_dynamic(mod)
+        with dynamic_emission(self.dynamic):
+            return self._emit_segments(mod, stamp)
+
+    def _emit_segments(self, mod: ir.Module, stamp) -> tuple[ir.Module, dict]:
         kernel_fns: dict[tuple, ir.Function] = {}
         table_t = I8P.as_pointer()
         for k, seg in enumerate(self.segments):
@@ -149,7 +162,9 @@ class Specialization:
             for j, (i, s) in enumerate(seg):
                 nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
                 inplace = i in self.inplace_steps
-                key = (s.kernel.key(), inplace)
+                # a dynamic module shares no kernel between steps: which steps have equal
+                # shapes depends on the shapes
+                key = (("step", i) if self.dynamic else s.kernel.key(), inplace)
                 kf = kernel_fns.get(key)
                 if kf is None:
                     kf = s.kernel.emit(mod, f"gx_k{len(kernel_fns)}_{s.kernel.name}", nargs)
@@ -161,12 +176,12 @@ class Specialization:
                 for v in list(s.outputs) + list(s.inputs):
                     r = self.root_of(v)
                     if id(r) in self.produced_native:
-                        p = b.gep(base, [ir.Constant(I64, self.offset[id(r)])], inbounds=True)
+                        p = b.gep(base, [dyn_int(b, mod, self.offset[id(r)])], inbounds=True)
                     else:
                         p = b.load(b.gep(table, [ir.Constant(I64, self.slot[id(r)])], inbounds=True))
                     args.append(p)
                 if s.kernel.scratch_bytes:
-                    args.append(b.gep(base, [ir.Constant(I64, self.scratch_offset[i])], inbounds=True))
+                    args.append(b.gep(base, [dyn_int(b, mod, self.scratch_offset[i])], inbounds=True))
                 args = [b.bitcast(a, t.type) for a, t in zip(args, kf.args)]
                 rc = b.call(kf, args)
                 if s.kernel.fallible:
@@ -198,7 +213,9 @@ class Specialization:
         self.n_kernels = len(kernel_fns)
         if self.segments:
             obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
+            self.object_bytes = len(obj)
             self.loaded = jit.LoadedObject(obj)
+            self._dyn_data = bind_dynamic(self.loaded, mod)
             proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)
             self.entries = [proto(self.loaded.address(f"gx_seg{k}")) for k in range(len(self.segments))]
             self.pool_slot = self.loaded.global_address("gx_pool")
@@ -471,6 +488,27 @@ class CallState:
         self.out_views = None
         if spec._native_outputs:
             self.out_views = [spec.view(v, self) for v in spec.module.graph.outputs]
+
+
+def bind_dynamic(loaded, mod: ir.Module) -> np.ndarray | None:
+    """Give a loaded dynamic module its shape values: point its ``gx_dynp`` at an int64
+    array of ``dynamic_values(mod)`` (returned: keep it alive with the loaded code) and
+    fill its parameter blocks.  Each specialization loads its own copy of the object code
+    (cheap: no LLVM compile), so calls with different shapes never share these globals."""
+    vals = dynamic_values(mod)
+    if vals is None:
+        return None
+    data = np.asarray(vals if vals else [0], np.int64)
+    slot = loaded.global_address("gx_dynp")
+    if slot:
+        ctypes.c_void_p.from_address(slot).value = data.ctypes.data
+    for name, block in dynamic_blocks(mod).items():
+        addr = loaded.global_address(name)
+        if not addr:
+            raise ExecutionError(f"cpu backend: parameter block {name} missing from the object code")
+        arr = np.asarray(block, np.int64)
+        ctypes.memmove(addr, arr.ctypes.data, arr.nbytes)
+    return data
 
 
 def _into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
