@@ -16,7 +16,8 @@ import numpy as np
 from ...ir import Module
 from ...ir.types import TensorType
 from .lower import ConstArray, NativeStep, static_shape
-from .prepare import prepare, specialize
+from ...passes.memory import specialize_types as specialize
+from .prepare import prepare
 from .program import Specialization, _native_ready
 
 

@@ -11,7 +11,6 @@ the same LLVM IR and shares one compile (docs/performance.md, "Dynamic shapes").
 from __future__ import annotations
 
 import threading
-import weakref
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -57,7 +56,7 @@ class FnBuilder:
         self.b = ir.IRBuilder(self.body)
         self._n = 0
         self._dyn_base = None
-        _BUILDERS[self.fn] = self
+        self.fn.gx_builder = self  # for dim_of (a cycle the collector frees)
 
     def dim(self, v) -> ir.Value:
         """A shape-dependent integer: the constant ``v`` in a static module; in a dynamic
@@ -205,7 +204,6 @@ def begin_dynamic(module: ir.Module) -> None:
 
 
 _emitting = threading.local()
-_BUILDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # function -> FnBuilder
 
 
 @contextmanager
@@ -248,7 +246,7 @@ def dim_of(builder: ir.IRBuilder, v) -> ir.Value:
     """``FnBuilder.dim`` of the function ``builder`` is in (for helpers given a builder)."""
     if not isinstance(v, int):
         return v
-    fb = _BUILDERS.get(builder.function)
+    fb = getattr(builder.function, "gx_builder", None)
     return fb.dim(v) if fb is not None else i64(v)
 
 
