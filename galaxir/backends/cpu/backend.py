@@ -248,7 +248,7 @@ class CpuBackend(Backend):
         return first_bad_kernel(module, feeds, rtol, atol)
 
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
-                **options: Any) -> CpuExecutable:
+                shape_cache_bytes: int | None = None, **options: Any) -> CpuExecutable:
         from ..numpy.registry import get_kernel
         missing = sorted({op.name for op in module.walk()
                           if not op.is_terminator and get_kernel(op.name) is None
@@ -260,4 +260,4 @@ class CpuBackend(Backend):
         if cache_dir is None:
             cache_dir = jit.default_cache_dir()
         return CpuExecutable(module, cache_dir, num_threads=num_threads,
-                             shape_cache_bytes=options.get("shape_cache_bytes"))
+                             shape_cache_bytes=shape_cache_bytes)
