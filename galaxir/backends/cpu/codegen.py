@@ -327,6 +327,8 @@ class Sgemm:
 
     def _i32(self, v):
         """An i32 argument: a constant, or (dynamic module) the run-time value."""
+        if not isinstance(v, int):
+            return self.fb.b.trunc(v, I32)  # an i64 computed at run time
         if dynamic_values(self.fb.module) is None:
             return ir.Constant(I32, v)
         return self.fb.b.trunc(self.fb.dim(v), I32)

@@ -779,15 +779,20 @@ class Attention(Kernel):
                                  *((self.ldk, 1) if self.kt else (1, self.ldk)), self.wide)
                 emit_pack_panels(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1, self.wide)
             nfull = self.Sq // ATT_ROWS
-            dyn = is_dynamic_emission()  # both parts, each taken or not at run time
-            if nfull or dyn:
+            if is_dynamic_emission():  # one block loop, the last block's rows at run time
+                with fb.loop(0, -(-self.Sq // ATT_ROWS)) as blk:
+                    i0 = b.mul(blk, i64(ATT_ROWS))
+                    rest = b.sub(fb.dim(self.Sq), i0)
+                    rows = b.select(b.icmp_signed("<", rest, i64(ATT_ROWS)), rest, i64(ATT_ROWS))
+                    self._block(fb, gemm, i0, rows, out, q, k, v, m, s, qo, ko, vo, yo, mo)
+                return
+            if nfull:
                 with fb.loop(0, nfull) as blk:
                     self._block(fb, gemm, b.mul(blk, i64(ATT_ROWS)), ATT_ROWS, out, q, k, v, m, s,
                                 qo, ko, vo, yo, mo)
-            if self.Sq % ATT_ROWS or dyn:
-                with fb.if_(b.icmp_signed("!=", fb.dim(self.Sq % ATT_ROWS), i64(0))):
-                    self._block(fb, gemm, fb.dim(nfull * ATT_ROWS), self.Sq % ATT_ROWS, out, q,
-                                k, v, m, s, qo, ko, vo, yo, mo)
+            if self.Sq % ATT_ROWS:
+                self._block(fb, gemm, i64(nfull * ATT_ROWS), self.Sq % ATT_ROWS, out, q, k, v, m,
+                            s, qo, ko, vo, yo, mo)
 
     def _block(self, fb, gemm, i0, rows, out, q, k, v, m, s, qo, ko, vo, yo, mo):
         b = fb.b

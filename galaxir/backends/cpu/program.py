@@ -162,9 +162,10 @@ class Specialization:
             for j, (i, s) in enumerate(seg):
                 nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
                 inplace = i in self.inplace_steps
-                # a dynamic module shares no kernel between steps: which steps have equal
-                # shapes depends on the shapes
-                key = (("step", i) if self.dynamic else s.kernel.key(), inplace)
+                # steps with equal kernels share one function (its shape values too); in a
+                # dynamic module which steps are equal could depend on the shapes, which
+                # costs at most another variant (the IR text differs), never a wrong value
+                key = (s.kernel.key(), inplace)
                 kf = kernel_fns.get(key)
                 if kf is None:
                     kf = s.kernel.emit(mod, f"gx_k{len(kernel_fns)}_{s.kernel.name}", nargs)
