@@ -250,18 +250,6 @@ def dim_of(builder: ir.IRBuilder, v) -> ir.Value:
     return fb.dim(v) if fb is not None else i64(v)
 
 
-def dyn_int(builder: ir.IRBuilder, module: ir.Module, v: int) -> ir.Value:
-    """``FnBuilder.dim`` for code built with a bare IRBuilder (a load at the builder's
-    position in a dynamic module)."""
-    vals = dynamic_values(module)
-    if vals is None:
-        return i64(v)
-    k = len(vals)
-    vals.append(int(v))
-    base = builder.load(dyn_pointer(module))
-    return builder.load(builder.gep(base, [i64(k)], inbounds=True))
-
-
 def _align(ty: ir.Type) -> int:
     if isinstance(ty, ir.FloatType):
         return 4

@@ -319,6 +319,29 @@ def lower_matmul(op):
 PACKED_MIN_MACS = 1 << 21
 
 
+_PACKED: dict[tuple[int, bool], tuple] = {}
+
+
+def _packed(bc, wide: bool) -> np.ndarray:
+    """``KG.pack_b(bc, wide)``, packed once per weight array: every specialization of a
+    model (each new input shape) lowers the same constant again.  Keyed by the array's id,
+    checked through a weak reference (a freed array's entry is dropped with it)."""
+    import weakref
+    if not isinstance(bc, np.ndarray):
+        return KG.pack_b(bc, wide)
+    key = (id(bc), wide)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0]() is bc:
+        return hit[1]
+    panels = KG.pack_b(bc, wide)
+    try:
+        ref = weakref.ref(bc, lambda _r, key=key: _PACKED.pop(key, None))
+    except TypeError:
+        return panels
+    _PACKED[key] = (ref, panels)
+    return panels
+
+
 def _swapped_source(v: Value) -> Value | None:
     """x when ``v = transpose(x)`` swaps only the last two axes (a K^T): the product packs
     B from x in place and the transpose step is dropped when nothing else reads it."""
@@ -348,7 +371,7 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
     if bc is not None and shared_b and np.ndim(bc) == 2 and not batch:
         # constant weights: the dense GEMM with a 12-accumulator tile (kernels_gemm)
         wide = KN.wide_tiles()
-        panels = ConstArray(KG.pack_b(bc, wide), (bm.name or "b") + f".panels{32 if wide else 16}")
+        panels = ConstArray(_packed(bc, wide), (bm.name or "b") + f".panels{32 if wide else 16}")
         kw = {k: v for k, v in kw.items() if k not in ("batch", "a_batch_strides", "b_batch_strides")}
         return KG.GemmPacked(wide=wide, **kw), [a, panels] + extra
     if bc is not None and shared_b and np.ndim(bc) == 2:

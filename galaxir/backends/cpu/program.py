@@ -16,7 +16,7 @@ from ...ir import Module, Operation, Value
 from ...ir.opdef import describe
 from . import jit
 from . import kernels as K
-from .codegen import I8P, I64, begin_dynamic, dynamic_emission, dyn_int, dynamic_blocks, dynamic_values
+from .codegen import I8P, I64, begin_dynamic, dyn_pointer, dynamic_blocks, dynamic_emission, dynamic_values
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
 #: the cpu backend's arena alignment (a cache line; the AVX-512 loads want 64 bytes): the
@@ -157,6 +157,7 @@ class Specialization:
             b = ir.IRBuilder(fn.append_basic_block("entry"))
             table = fn.args[0]
             base = b.load(table)
+            offset = _offsets(b, mod)
             if stamp is not None:
                 stamp(b, fn.args[1], 0)
             for j, (i, s) in enumerate(seg):
@@ -177,12 +178,12 @@ class Specialization:
                 for v in list(s.outputs) + list(s.inputs):
                     r = self.root_of(v)
                     if id(r) in self.produced_native:
-                        p = b.gep(base, [dyn_int(b, mod, self.offset[id(r)])], inbounds=True)
+                        p = b.gep(base, [offset(self.offset[id(r)])], inbounds=True)
                     else:
                         p = b.load(b.gep(table, [ir.Constant(I64, self.slot[id(r)])], inbounds=True))
                     args.append(p)
                 if s.kernel.scratch_bytes:
-                    args.append(b.gep(base, [dyn_int(b, mod, self.scratch_offset[i])], inbounds=True))
+                    args.append(b.gep(base, [offset(self.scratch_offset[i])], inbounds=True))
                 args = [b.bitcast(a, t.type) for a, t in zip(args, kf.args)]
                 rc = b.call(kf, args)
                 if s.kernel.fallible:
@@ -489,6 +490,20 @@ class CallState:
         self.out_views = None
         if spec._native_outputs:
             self.out_views = [spec.view(v, self) for v in spec.module.graph.outputs]
+
+
+def _offsets(b: ir.IRBuilder, mod: ir.Module):
+    """``offset(v)`` for a segment entry: the constant arena offset ``v``, or in a dynamic
+    module its run-time slot (the slots' base loaded once, here at the entry)."""
+    if dynamic_values(mod) is None:
+        return lambda v: ir.Constant(I64, v)
+    dbase = b.load(dyn_pointer(mod))
+
+    def offset(v):
+        vals = dynamic_values(mod)
+        vals.append(int(v))
+        return b.load(b.gep(dbase, [ir.Constant(I64, len(vals) - 1)], inbounds=True))
+    return offset
 
 
 def bind_dynamic(loaded, mod: ir.Module) -> np.ndarray | None:
