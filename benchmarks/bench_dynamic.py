@@ -59,6 +59,7 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
     rng = np.random.default_rng(args.seed)
     first_gx, first_ort, steady_gx, steady_ort, extra = [], [], [], [], []
     seen = set()
+    model_compiles = 0
     for k in range(args.calls):
         b, s = int(rng.integers(1, 5)), int(rng.integers(8, 257))
         while (b, s) in seen:
@@ -67,6 +68,7 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
         feeds = dm.feeds(b, s, seed=k)
         ins = [feeds[n] for n in exe.input_names]
         fg = _timed(lambda: exe(*ins))
+        model_compiles += exe.cache_source == "compiled"
         fo = _timed(lambda: sess.run(None, feeds))
         sg = _timed(lambda: exe(*ins))
         so_ = _timed(lambda: sess.run(None, feeds))
@@ -79,13 +81,14 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
         steady_ort.append(so_)
         extra.append(fg - sg)
     head = exe.report().splitlines()[0]
+    llvm_runs = jit.stats["compiled"] - compiles0
     static = _static_vs_dynamic(gx, dm, path, exe, args) if args.static_check else None
     return dict(name=name, exporter=exporter, gx_total=sum(first_gx), ort_total=sum(first_ort),
                 steady_ratio=statistics.median(g / o for g, o in zip(steady_gx, steady_ort)),
                 steady_ratio_min=min(g / o for g, o in zip(steady_gx, steady_ort)),
                 new_shape_ms=1e3 * statistics.median(extra), gx_load=t_gx_load,
                 ort_load=t_ort_load, report=head, fallback=sorted(set(exe.fallback_ops)),
-                llvm_compiles=jit.stats["compiled"] - compiles0, static=static)
+                llvm_runs=llvm_runs, model_compiles=model_compiles, static=static)
 
 
 def _static_vs_dynamic(gx, dm, path, exe, args, reps: int = 15) -> list:
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
         if r["fallback"]:
             print(f"{'':27s}on the reference: {', '.join(r['fallback'])}")
         print(f"{'':27s}load: galaxir {r['gx_load']:.2f} s, onnxruntime {r['ort_load']:.2f} s; "
-              f"LLVM compiles after load: {r['llvm_compiles']}")
+              f"model compiles during the calls: {r['model_compiles']} (LLVM runs, shared "
+              f"library kernels included: {r['llvm_runs']})")
         for b, s_, med, lo in r["static"] or []:
             print(f"{'':27s}steady {b}x{s_}: dynamic / static-shape compile {med:.2f} (min {lo:.2f})")
     return 0
