@@ -3,7 +3,10 @@
 The module is prepared once (constant folding, batch-norm folding); each set of concrete
 input shapes gets a specialization (compiled at ``compile`` time when every input shape is
 static, else at the first call with new shapes), holding native code for the ops the
-backend lowers and the list of ops that run on the numpy reference in between.
+backend lowers and the list of ops that run on the numpy reference in between.  With
+symbolic input dims the native code reads its shape values at run time (program.py,
+``dynamic``), so every new shape reuses the first one's object code: one LLVM compile per
+model.  The specializations are kept in an LRU bounded by bytes (SHAPE_CACHE_BYTES).
 """
 from __future__ import annotations
 
