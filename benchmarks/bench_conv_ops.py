@@ -65,7 +65,8 @@ def model_cases(path: str) -> list[str]:
     from galaxir.backends.cpu.kernels_depthwise import DepthwiseNhwc
     from galaxir.backends.cpu.kernels_nhwc import ConvNhwc
     from galaxir.backends.cpu.lower import NativeStep, lower_module
-    from galaxir.backends.cpu.prepare import prepare, specialize
+    from galaxir.backends.cpu.prepare import prepare
+    from galaxir.passes.memory import specialize_types as specialize
     m = gx.optimize(gx.import_model(path), level=3, target="cpu")
     shapes = {v.name: tuple(v.type.shape) for v in m.graph.inputs}
     names = []

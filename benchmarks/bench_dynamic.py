@@ -51,12 +51,15 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
     t0 = time.perf_counter()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     t_ort_load = time.perf_counter() - t0
+    from galaxir.backends.cpu import jit
     t0 = time.perf_counter()
     exe = gx.compile(gx.import_model(path), target="cpu")
     t_gx_load = time.perf_counter() - t0
+    compiles0 = jit.stats["compiled"]
     rng = np.random.default_rng(args.seed)
     first_gx, first_ort, steady_gx, steady_ort, extra = [], [], [], [], []
     seen = set()
+    model_compiles = 0
     for k in range(args.calls):
         b, s = int(rng.integers(1, 5)), int(rng.integers(8, 257))
         while (b, s) in seen:
@@ -65,6 +68,7 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
         feeds = dm.feeds(b, s, seed=k)
         ins = [feeds[n] for n in exe.input_names]
         fg = _timed(lambda: exe(*ins))
+        model_compiles += exe.cache_source == "compiled"
         fo = _timed(lambda: sess.run(None, feeds))
         sg = _timed(lambda: exe(*ins))
         so_ = _timed(lambda: sess.run(None, feeds))
@@ -77,11 +81,36 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
         steady_ort.append(so_)
         extra.append(fg - sg)
     head = exe.report().splitlines()[0]
+    llvm_runs = jit.stats["compiled"] - compiles0
+    static = _static_vs_dynamic(gx, dm, path, exe, args) if args.static_check else None
     return dict(name=name, exporter=exporter, gx_total=sum(first_gx), ort_total=sum(first_ort),
                 steady_ratio=statistics.median(g / o for g, o in zip(steady_gx, steady_ort)),
                 steady_ratio_min=min(g / o for g, o in zip(steady_gx, steady_ort)),
                 new_shape_ms=1e3 * statistics.median(extra), gx_load=t_gx_load,
-                ort_load=t_ort_load, report=head, fallback=sorted(set(exe.fallback_ops)))
+                ort_load=t_ort_load, report=head, fallback=sorted(set(exe.fallback_ops)),
+                llvm_runs=llvm_runs, model_compiles=model_compiles, static=static)
+
+
+def _static_vs_dynamic(gx, dm, path, exe, args, reps: int = 15) -> list:
+    """Steady time of the dynamic executable (shape values read at run time) against an
+    executable compiled for that one static shape (constants baked in), interleaved:
+    [(batch, seq, median ratio dynamic / static, min ratio)]."""
+    from galaxir.ir.types import TensorType
+    rows = []
+    for b, s in [(1, 16), (2, 64), (4, 128), (4, 256)]:
+        m = gx.import_model(path)
+        for a in m.graph.inputs:
+            a.type = TensorType(a.type.dtype, (b, s))
+        st = gx.compile(m, target="cpu")
+        ins = [dm.feeds(b, s)[n] for n in exe.input_names]
+        exe(*ins), st(*ins)
+        r = []
+        for _ in range(reps):
+            d = _timed(lambda: exe(*ins))
+            t = _timed(lambda: st(*ins))
+            r.append(d / t)
+        rows.append((b, s, statistics.median(r), min(r)))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -93,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--static-check", action="store_true",
+                   help="also time the dynamic executable against per-shape static compiles")
     p.add_argument("--models", nargs="*", default=["bert", "torch_encoder"])
     p.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"])
     args = p.parse_args(argv)
@@ -116,7 +147,11 @@ def main(argv=None) -> int:
               f"{r['steady_ratio_min']:10.2f} {r['new_shape_ms']:12.0f}  {r['report']}")
         if r["fallback"]:
             print(f"{'':27s}on the reference: {', '.join(r['fallback'])}")
-        print(f"{'':27s}load: galaxir {r['gx_load']:.2f} s, onnxruntime {r['ort_load']:.2f} s")
+        print(f"{'':27s}load: galaxir {r['gx_load']:.2f} s, onnxruntime {r['ort_load']:.2f} s; "
+              f"model compiles during the calls: {r['model_compiles']} (LLVM runs, shared "
+              f"library kernels included: {r['llvm_runs']})")
+        for b, s_, med, lo in r["static"] or []:
+            print(f"{'':27s}steady {b}x{s_}: dynamic / static-shape compile {med:.2f} (min {lo:.2f})")
     return 0
 
 

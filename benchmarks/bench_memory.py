@@ -65,7 +65,8 @@ def galaxir_plan(model: str, compile_: bool) -> dict:
     import onnx
 
     import galaxir as gx
-    from galaxir.backends.cpu.prepare import prepare, specialize
+    from galaxir.backends.cpu.prepare import prepare
+    from galaxir.passes.memory import specialize_types as specialize
     from galaxir.backends.cpu.program import Specialization
     from galaxir.testing.zoo import dummy_inputs, model_path
     mp = onnx.load(str(model_path(model)))

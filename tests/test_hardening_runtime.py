@@ -424,7 +424,8 @@ def test_fuse_elementwise_is_linear(monkeypatch):
 def test_lowered_expressions_are_bounded():
     """A deep chain lowers to several elementwise kernels, each at most MAX_EXPR_DEPTH deep."""
     from galaxir.backends.cpu import lower
-    from galaxir.backends.cpu.prepare import prepare, specialize
+    from galaxir.backends.cpu.prepare import prepare
+    from galaxir.passes.memory import specialize_types as specialize
     m = gx.import_model(_chain_model(1000))
     steps = lower.lower_module(specialize(prepare(m), {"x": (4, 8)}))
     depths = [lower.expr_depth(s.kernel.expr) for s in steps]

@@ -166,7 +166,8 @@ def test_cpu_backend_executes_the_plan_in_place():
 def test_resnet50_arena_under_40_percent_of_naive():
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("llvmlite")
-    from galaxir.backends.cpu.prepare import prepare, specialize
+    from galaxir.backends.cpu.prepare import prepare
+    from galaxir.passes.memory import specialize_types as specialize
     from galaxir.backends.cpu.program import Specialization
     from galaxir.testing.zoo import dummy_inputs, model_path
     mp = onnx.load(str(model_path("resnet50")))

@@ -3,7 +3,10 @@
 The module is prepared once (constant folding, batch-norm folding); each set of concrete
 input shapes gets a specialization (compiled at ``compile`` time when every input shape is
 static, else at the first call with new shapes), holding native code for the ops the
-backend lowers and the list of ops that run on the numpy reference in between.
+backend lowers and the list of ops that run on the numpy reference in between.  With
+symbolic input dims the native code reads its shape values at run time (program.py,
+``dynamic``), so every new shape reuses the first one's object code: one LLVM compile per
+model.  The specializations are kept in an LRU bounded by bytes (SHAPE_CACHE_BYTES).
 """
 from __future__ import annotations
 
@@ -19,10 +22,25 @@ from ...ir.types import TensorType
 from ..base import Backend, Executable
 from . import jit
 from .lower import ELEMENTWISE, RULES, ALIAS_OPS
-from .prepare import prepare, specialize
+from ...passes.memory import specialize_types
+from .prepare import prepare
 from .program import Specialization
 
-MAX_SPECIALIZATIONS = 8
+import os
+
+#: bytes of per-shape state (arenas, object code, lowered plans) an executable keeps for
+#: the input shapes it has seen; least recently used shapes go first, the latest always
+#: stays.  ``GALAXIR_SHAPE_CACHE_BYTES`` or ``compile(..., shape_cache_bytes=)`` sets it.
+SHAPE_CACHE_BYTES = int(os.environ.get("GALAXIR_SHAPE_CACHE_BYTES", str(256 << 20)))
+
+
+def spec_bytes(spec: Specialization) -> int:
+    """What keeping ``spec`` costs: its arena (one per call state it holds), its object
+    code, its shape values and the lowered module (weights are shared, not counted)."""
+    ir_text = len(getattr(spec, "llvm_ir", "") or "")
+    dyn = getattr(spec, "_dyn_data", None)
+    return (spec.arena_size * max(1, len(spec._free)) + getattr(spec, "object_bytes", 0)
+            + ir_text + (dyn.nbytes if dyn is not None else 0) + 64 * len(spec.steps))
 
 
 def _passes_ready() -> bool:
@@ -35,8 +53,9 @@ def _passes_ready() -> bool:
 
 class CpuExecutable(Executable):
     def __init__(self, module: Module, cache_dir=None, prepared: Module | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, shape_cache_bytes: int | None = None):
         super().__init__(module)
+        self.shape_cache_bytes = SHAPE_CACHE_BYTES if shape_cache_bytes is None else int(shape_cache_bytes)
         from .parallel import get_pool
         self.pool = get_pool(num_threads)
         from ..numpy import Interpreter
@@ -55,6 +74,7 @@ class CpuExecutable(Executable):
             elif isinstance(t, TensorType):
                 static = None
                 break
+        self.dynamic = static is None  # symbolic input dims: shape values read at run time
         if static is not None:
             self._spec_for(static)
 
@@ -68,20 +88,31 @@ class CpuExecutable(Executable):
         spec = self._specs.get(key)
         if spec is None:
             try:
-                m = specialize(self.prepared, shapes)
-                spec = Specialization(m, self.cache_dir)
+                m = specialize_types(self.prepared, shapes)  # the one shape specialization
+                spec = Specialization(m, self.cache_dir, dynamic=self.dynamic)
             except GalaxirError:
                 raise
             except MemoryError as e:
                 raise CompileError(f"cpu backend: out of memory compiling for shapes {shapes}") from e
             self._specs[key] = spec
-            if len(self._specs) > MAX_SPECIALIZATIONS:
-                self._specs.popitem(last=False)
+            self._evict()
         else:
             self._specs.move_to_end(key)
         self.last = spec
         self._last_key = None  # the caller that knows the input key sets it again
         return spec
+
+    def shape_cache_size(self) -> int:
+        """Bytes the per-shape cache holds now (``spec_bytes`` summed)."""
+        return sum(spec_bytes(s) for s in self._specs.values())
+
+    def _evict(self) -> None:
+        """Drop least recently used shapes until the cache fits ``shape_cache_bytes``
+        (the newest stays even when it alone is larger)."""
+        total = self.shape_cache_size()
+        while total > self.shape_cache_bytes and len(self._specs) > 1:
+            _, old = self._specs.popitem(last=False)
+            total -= spec_bytes(old)
 
     def _spec_for_inputs(self, inputs: list[Any]) -> Specialization:
         """The specialization for these (validated) inputs' shapes; call under the lock.
@@ -227,7 +258,7 @@ class CpuBackend(Backend):
         return first_bad_kernel(module, feeds, rtol, atol)
 
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
-                **options: Any) -> CpuExecutable:
+                shape_cache_bytes: int | None = None, **options: Any) -> CpuExecutable:
         from ..numpy.registry import get_kernel
         missing = sorted({op.name for op in module.walk()
                           if not op.is_terminator and get_kernel(op.name) is None
@@ -238,4 +269,5 @@ class CpuBackend(Backend):
                                      "(no native kernel and no numpy reference kernel)")
         if cache_dir is None:
             cache_dir = jit.default_cache_dir()
-        return CpuExecutable(module, cache_dir, num_threads=num_threads)
+        return CpuExecutable(module, cache_dir, num_threads=num_threads,
+                             shape_cache_bytes=shape_cache_bytes)

@@ -16,13 +16,15 @@ import numpy as np
 from ...ir import Module
 from ...ir.types import TensorType
 from .lower import ConstArray, NativeStep, static_shape
-from .prepare import prepare, specialize
+from ...passes.memory import specialize_types as specialize
+from .prepare import prepare
 from .program import Specialization, _native_ready
 
 
 def first_bad_kernel(module: Module, feeds: Mapping[str, Any], rtol: float, atol: float,
-                     cache_dir=None) -> str | None:
-    """None when every native kernel matches the reference, else which one does not."""
+                     cache_dir=None, dynamic: bool = False) -> str | None:
+    """None when every native kernel matches the reference, else which one does not
+    (``dynamic``: the kernels as a module with symbolic input dims emits them)."""
     from ...passes.bisect import compare_outputs
     from ..numpy import Interpreter
     m = prepare(module)
@@ -37,7 +39,7 @@ def first_bad_kernel(module: Module, feeds: Mapping[str, Any], rtol: float, atol
         for op in m.graph.block:
             if not op.is_terminator:
                 interp.run_op(op, ref)
-    spec = Specialization(m, cache_dir, split=True)
+    spec = Specialization(m, cache_dir, split=True, dynamic=dynamic)
     if not spec.segments:
         return None
     call = spec.new_call()  # this check's own arena and pointer table

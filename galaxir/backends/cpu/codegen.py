@@ -1,11 +1,16 @@
 """LLVM IR generation helpers for the cpu backend's kernels.
 
 Every kernel is an LLVM function ``void name(ptr %0, ptr %1, ...)`` whose arguments are the
-buffers it reads and writes; shapes are static (the executable specializes on concrete
-input shapes), so loop bounds and strides are constants LLVM can unroll and vectorize.
+buffers it reads and writes.  For a module with static input shapes, shapes are constants
+LLVM can unroll and vectorize.  For a module with symbolic input dims the LLVM module is
+emitted in *dynamic* mode (``begin_dynamic``): every shape-dependent integer a kernel asks
+for through ``FnBuilder.dim`` (and every ``library.param_block``) is read at run time from
+per-specialization data, so every set of input shapes with the same kernel structure emits
+the same LLVM IR and shares one compile (docs/performance.md, "Dynamic shapes").
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -50,6 +55,26 @@ class FnBuilder:
         self.body = self.fn.append_basic_block("body")
         self.b = ir.IRBuilder(self.body)
         self._n = 0
+        self._dyn_base = None
+        self.fn.gx_builder = self  # for dim_of (a cycle the collector frees)
+
+    def dim(self, v) -> ir.Value:
+        """A shape-dependent integer: the constant ``v`` in a static module; in a dynamic
+        module (``begin_dynamic``) a load, in the entry block, of its slot in the
+        specialization's run-time integer array (values computed in Python from the shapes
+        are fine: the IR records only the slot)."""
+        if not isinstance(v, int) and not hasattr(v, "__index__"):
+            return v  # already an IR value
+        vals = dynamic_values(self.module)
+        if vals is None:
+            return i64(v)
+        k = len(vals)
+        vals.append(int(v))
+        b = self.b
+        with b.goto_block(self.entry):
+            if self._dyn_base is None:
+                self._dyn_base = b.load(dyn_pointer(self.module))
+            return b.load(b.gep(self._dyn_base, [i64(k)], inbounds=True))
 
     @property
     def args(self):
@@ -71,8 +96,8 @@ class FnBuilder:
     def loop(self, start, stop, step=1):
         """``for i in range(start, stop, step)`` (signed i64, step > 0)."""
         b = self.b
-        start = i64(start) if isinstance(start, int) else start
-        stop = i64(stop) if isinstance(stop, int) else stop
+        start = self.dim(start) if isinstance(start, int) else start
+        stop = self.dim(stop) if isinstance(stop, int) else stop
         var = self.alloca(I64)
         b.store(start, var)
         head, body, end = self.block("head"), self.block("loop"), self.block("end")
@@ -133,7 +158,7 @@ class FnBuilder:
     def ptr(self, base, index, ty=F32):
         """Address of element ``index`` of a buffer of ``ty``."""
         base = self.b.bitcast(base, ty.as_pointer()) if base.type != ty.as_pointer() else base
-        index = i64(index) if isinstance(index, int) else index
+        index = self.dim(index) if isinstance(index, int) else index
         return self.b.gep(base, [index], inbounds=True)
 
     def load(self, base, index, ty=F32):
@@ -143,7 +168,14 @@ class FnBuilder:
         self.b.store(value, self.ptr(base, index, ty), align=_align(ty))
 
     def mul_add(self, terms: Sequence[tuple], const: int = 0):
-        """sum(idx * stride) + const, skipping zero strides (idx are i64 values)."""
+        """sum(idx * stride) + const, skipping zero strides (idx are i64 values); in a
+        dynamic module every stride and the constant are run-time values (which are 0 or
+        1 depends on the shapes)."""
+        if dynamic_values(self.module) is not None:
+            acc = self.dim(const)
+            for idx, stride in terms:
+                acc = self.b.add(acc, self.b.mul(idx, self.dim(stride)))
+            return acc
         acc = i64(const)
         for idx, stride in terms:
             if stride == 0:
@@ -157,6 +189,65 @@ class FnBuilder:
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ret, [a.type for a in args]), name)
         return self.b.call(fn, list(args))
+
+
+# -- dynamic mode: shape-dependent integers read at run time -------------------------------
+#: the global the loader points at a specialization's int64 array of shape values
+DYN_POINTER = "gx_dynp"
+
+
+def begin_dynamic(module: ir.Module) -> None:
+    """Emit ``module`` in dynamic mode: ``FnBuilder.dim`` and ``library.param_block``
+    record their values (``dynamic_values`` / ``dynamic_blocks``) instead of baking them in."""
+    module.__dict__["_gx_dyn"] = []
+    module.__dict__["_gx_dyn_blocks"] = {}
+
+
+_emitting = threading.local()
+
+
+@contextmanager
+def dynamic_emission(on: bool = True):
+    """While it is active, shape-dependent *Python* decisions of the kernels take the
+    structure-stable choice (``collapse`` keeps every dim, ...), so the emitted code has
+    the same structure for every set of shapes (the values are run-time data)."""
+    prev = getattr(_emitting, "on", False)
+    _emitting.on = on
+    try:
+        yield
+    finally:
+        _emitting.on = prev
+
+
+def is_dynamic_emission() -> bool:
+    return getattr(_emitting, "on", False)
+
+
+def dynamic_values(module: ir.Module) -> list | None:
+    """The run-time integer array of a dynamic module (None: static module)."""
+    return module.__dict__.get("_gx_dyn")
+
+
+def dynamic_blocks(module: ir.Module) -> dict:
+    """name -> values of the mutable parameter blocks of a dynamic module."""
+    return module.__dict__.get("_gx_dyn_blocks", {})
+
+
+def dyn_pointer(module: ir.Module) -> ir.GlobalVariable:
+    """The module's ``gx_dynp`` (i64*): external, so LLVM never folds its contents."""
+    g = module.globals.get(DYN_POINTER)
+    if g is None:
+        g = ir.GlobalVariable(module, I64.as_pointer(), DYN_POINTER)
+        g.initializer = ir.Constant(I64.as_pointer(), None)
+    return g
+
+
+def dim_of(builder: ir.IRBuilder, v) -> ir.Value:
+    """``FnBuilder.dim`` of the function ``builder`` is in (for helpers given a builder)."""
+    if not isinstance(v, int):
+        return v
+    fb = getattr(builder.function, "gx_builder", None)
+    return fb.dim(v) if fb is not None else i64(v)
 
 
 def _align(ty: ir.Type) -> int:
@@ -178,7 +269,7 @@ def declare_extern(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Fu
 
 def memcpy(fb: FnBuilder, dst, src, nbytes) -> None:
     b = fb.b
-    nbytes = i64(nbytes) if isinstance(nbytes, int) else nbytes
+    nbytes = fb.dim(nbytes) if isinstance(nbytes, int) else nbytes
     fn = fb.module.globals.get("llvm.memcpy.p0.p0.i64")
     if fn is None:
         fn = fb.module.declare_intrinsic("llvm.memcpy", [I8P, I8P, I64])
@@ -188,7 +279,7 @@ def memcpy(fb: FnBuilder, dst, src, nbytes) -> None:
 def memset(fb: FnBuilder, dst, byte: int, nbytes) -> None:
     """Set ``nbytes`` (an int or an i64 value) bytes at ``dst`` to ``byte``."""
     b = fb.b
-    nbytes = i64(nbytes) if isinstance(nbytes, int) else nbytes
+    nbytes = fb.dim(nbytes) if isinstance(nbytes, int) else nbytes
     fn = fb.module.globals.get("llvm.memset.p0.i64")
     if fn is None:
         fn = fb.module.declare_intrinsic("llvm.memset", [I8P, I64])
@@ -222,18 +313,26 @@ class Sgemm:
         fb.b.store(value, self.slots[key])
         return self.slots[key]
 
+    def _i32(self, v):
+        """An i32 argument: a constant, or (dynamic module) the run-time value."""
+        if not isinstance(v, int):
+            return self.fb.b.trunc(v, I32)  # an i64 computed at run time
+        if dynamic_values(self.fb.module) is None:
+            return ir.Constant(I32, v)
+        return self.fb.b.trunc(self.fb.dim(v), I32)
+
     def call(self, M: int, N: int, K: int, a, lda: int, trans_a: bool, b_, ldb: int,
              trans_b: bool, c, ldc: int, alpha: float = 1.0, beta: float = 0.0) -> None:
         fb, b = self.fb, self.fb.b
         ta = self._slot("ta", I8, ir.Constant(I8, ord("T" if trans_b else "N")))
         tb = self._slot("tb", I8, ir.Constant(I8, ord("T" if trans_a else "N")))
-        m = self._slot("m", I32, ir.Constant(I32, N))
-        n = self._slot("n", I32, ir.Constant(I32, M))
-        k = self._slot("k", I32, ir.Constant(I32, K))
+        m = self._slot("m", I32, self._i32(N))
+        n = self._slot("n", I32, self._i32(M))
+        k = self._slot("k", I32, self._i32(K))
         al = self._slot("alpha", F32, f32(alpha))
         be = self._slot("beta", F32, f32(beta))
-        la = self._slot("lda", I32, ir.Constant(I32, max(1, ldb)))
-        lb = self._slot("ldb", I32, ir.Constant(I32, max(1, lda)))
-        lc = self._slot("ldc", I32, ir.Constant(I32, max(1, ldc)))
+        la = self._slot("lda", I32, self._i32(max(1, ldb)))
+        lb = self._slot("ldb", I32, self._i32(max(1, lda)))
+        lc = self._slot("ldc", I32, self._i32(max(1, ldc)))
         b.call(self.fn, [ta, tb, m, n, k, al, b.bitcast(b_, F32P), la, b.bitcast(a, F32P), lb, be,
                          b.bitcast(c, F32P), lc])

@@ -24,6 +24,9 @@ _lock = threading.Lock()
 _state: dict = {}
 _MEMORY_CACHE: dict[str, bytes] = {}
 _MEMORY_CACHE_LIMIT = 256
+#: LLVM runs of this process (``compile_ir`` calls that found no cached object code):
+#: tests count them (one compile per dynamic model, docs/performance.md)
+stats = {"compiled": 0}
 
 
 def _llvm():
@@ -198,6 +201,7 @@ def compile_ir(llvm_ir: str, cache_dir: str | os.PathLike | None = None,
         mpm = pb.getModulePassManager()
         mpm.run(mod, pb)
         obj = bytes(tm.emit_object(mod))
+        stats["compiled"] += 1
     _remember(key, obj)
     if path is not None:
         write_cache_entry(path, obj)

@@ -38,7 +38,14 @@ def broadcast_strides(in_shape: Sequence[int], out_shape: Sequence[int]) -> list
 
 
 def collapse(out_shape: Sequence[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
-    """Merge adjacent dims that every operand walks contiguously; drop size-1 dims."""
+    """Merge adjacent dims that every operand walks contiguously; drop size-1 dims.  While
+    emitting a dynamic module (codegen.dynamic_emission) nothing is merged or dropped:
+    which dims could be depends on the shapes, and the code must not."""
+    from .codegen import is_dynamic_emission
+    if is_dynamic_emission():
+        if not out_shape:
+            return [1], [[0] for _ in strides]
+        return [int(d) for d in out_shape], [list(s) for s in strides]
     dims = [(int(d), [s[i] for s in strides]) for i, d in enumerate(out_shape) if d != 1]
     if not dims:
         return [1], [[0] for _ in strides]
@@ -389,7 +396,7 @@ class MatMul(Kernel):
             ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
             bo = fb.mul_add(list(zip(idx, self.b_batch_strides)))
             oo = fb.mul_add(list(zip(idx, contiguous_strides(self.batch))))
-            oo = fb.b.mul(oo, i64(M * N)) if idx else oo
+            oo = fb.b.mul(oo, fb.dim(M * N)) if idx else oo
             gemm.call(M, N, K, fb.ptr(a, ao), lda, self.trans_a, fb.ptr(bm, bo), ldb,
                       self.trans_b, fb.ptr(out, oo), N, self.alpha, beta)
         fb.loop_nest(self.batch, product)
@@ -777,16 +784,16 @@ class Softmax(Kernel):
         D, inner = self.D, self.inner
         with fb.loop(0, self.outer) as o:
             with fb.loop(0, inner) as q:
-                base = b.add(b.mul(o, i64(D * inner)), q)
+                base = b.add(b.mul(o, fb.dim(D * inner)), q)
                 b.store(f32(-math.inf), mx)
                 with fb.loop(0, D) as d:
-                    v = fb.load(x, b.add(base, b.mul(d, i64(inner))))
+                    v = fb.load(x, b.add(base, b.mul(d, fb.dim(inner))))
                     a = b.load(mx)
                     b.store(b.select(b.fcmp_unordered(">", v, a), v, a), mx)
                 m = b.load(mx)
                 b.store(f32(0.0), sm)
                 with fb.loop(0, D) as d:
-                    ix = b.add(base, b.mul(d, i64(inner)))
+                    ix = b.add(base, b.mul(d, fb.dim(inner)))
                     e = fb.intrinsic("llvm.exp.f32", F32, [b.fsub(fb.load(x, ix), m)])
                     if not self.log:
                         fb.store(e, out, ix)
@@ -795,12 +802,12 @@ class Softmax(Kernel):
                 if self.log:
                     ls = b.fadd(m, fb.intrinsic("llvm.log.f32", F32, [s]))
                     with fb.loop(0, D) as d:
-                        ix = b.add(base, b.mul(d, i64(inner)))
+                        ix = b.add(base, b.mul(d, fb.dim(inner)))
                         fb.store(b.fsub(fb.load(x, ix), ls), out, ix)
                 else:
                     inv = b.fdiv(f32(1.0), s)
                     with fb.loop(0, D) as d:
-                        ix = b.add(base, b.mul(d, i64(inner)))
+                        ix = b.add(base, b.mul(d, fb.dim(inner)))
                         fb.store(b.fmul(fb.load(out, ix), inv), out, ix)
         return fb.finish()
 

@@ -37,7 +37,10 @@ def _v(x):
 
 
 def _off(b, base, idx, stride: int):
-    """base + idx * stride (byte offsets; Python ints fold)."""
+    """base + idx * stride (byte offsets; Python ints fold; in a dynamic module every
+    shape-derived int is a run-time value)."""
+    if is_dynamic_emission():
+        return b.add(dim_of(b, base), b.mul(dim_of(b, idx), dim_of(b, stride)))
     if stride == 0:
         return base
     if isinstance(idx, int):
@@ -111,15 +114,18 @@ def _split_plan(outer: int, nbytes: int) -> tuple[int, int]:
     return -(-outer // chunk), chunk
 
 
+from .codegen import dim_of, is_dynamic_emission  # noqa: E402
+
+
 def _emit(module, fname: str, n_args: int, body, outer: int | None, nbytes: int):
     """Define ``fname``; ``body(fb, args, lo, hi)`` emits the work for rows [lo, hi) of the
     outermost loop (None, None: all of it).  ``outer`` None: never split."""
     tasks, chunk = _split_plan(outer or 0, nbytes) if outer else (1, 0)
-    if tasks > 1:
+    if tasks > 1 or (outer and is_dynamic_emission()):  # dynamic: the split is run-time data
         def task(tb, args, t):
             b = tb.b
-            lo = b.mul(t, i64(chunk))
-            hi = _min(b, b.add(lo, i64(chunk)), i64(outer))
+            lo = b.mul(t, tb.dim(chunk))
+            hi = _min(b, b.add(lo, tb.dim(chunk)), tb.dim(outer))
             body(tb, args, lo, hi)
         return parallel_kernel(module, fname, n_args, tasks, task)
     fb = FnBuilder(module, fname, [I8P] * n_args)

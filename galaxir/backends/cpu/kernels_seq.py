@@ -27,7 +27,7 @@ import numpy as np
 from llvmlite import ir
 
 from . import vmath
-from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, memcpy, memset0
+from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, is_dynamic_emission, memcpy, memset0
 from .kernels import Kernel, _fb, prod
 from .kernels_gemm import emit_pack_panels, emit_panel_gemm
 
@@ -140,8 +140,19 @@ def hmax(b, v, w: int):
     return s
 
 
-def vloop(fb: FnBuilder, n: int, body, start=0, width: int = W8) -> None:
-    """``body(j, w)`` over j in [start, start + n): vectors of ``width``, then a scalar tail."""
+def vloop(fb: FnBuilder, n: int, body, start=0, width: int = W8, dynamic: bool = False) -> None:
+    """``body(j, w)`` over j in [start, start + n): vectors of ``width``, then a scalar tail.
+    ``dynamic`` (a shape-dependent ``n`` in a dynamic module): both loops, bounds read at
+    run time."""
+    if dynamic and is_dynamic_emission():
+        b = fb.b
+        s = fb.dim(start) if isinstance(start, int) else start
+        mid = b.add(s, fb.dim((n // width) * width))
+        with fb.loop(s, mid, width) as j:
+            body(j, width)
+        with fb.loop(mid, b.add(s, fb.dim(n))) as j:
+            body(j, 1)
+        return
     nv = (n // width) * width
     if nv:
         with fb.loop(start, start + nv, width) as j:
@@ -210,13 +221,13 @@ class LayerNorm(Kernel):
 
     @property
     def n_tasks(self) -> int:
-        if self.rows * self.D < LN_PARALLEL_MIN:
+        if self.rows * self.D < LN_PARALLEL_MIN and not is_dynamic_emission():
             return 1
         return -(-self.rows // LN_ROWS_PER_TASK)
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
-        if self.n_tasks == 1:
+        if self.n_tasks == 1 and not is_dynamic_emission():  # dynamic: the split is data
             fb = _fb(module, fname, n_args)
             self._rows(fb, fb.args, i64(0), i64(self.rows))
             return fb.finish()
@@ -226,7 +237,8 @@ class LayerNorm(Kernel):
             args = [b.bitcast(a, F32.as_pointer()) for a in args]
             lo = b.mul(t, i64(LN_ROWS_PER_TASK))
             hi = b.add(lo, i64(LN_ROWS_PER_TASK))
-            hi = b.select(b.icmp_signed("<", hi, i64(self.rows)), hi, i64(self.rows))
+            rows = fb.dim(self.rows)
+            hi = b.select(b.icmp_signed("<", hi, rows), hi, rows)
             self._rows(fb, args, lo, hi)
         return parallel_kernel(module, fname, n_args, self.n_tasks, task)
 
@@ -721,7 +733,8 @@ class Attention(Kernel):
     def small(self) -> bool:
         """K and V (packed per head) fit in L1/L2: the panel loops beat sgemm's per-call
         cost (about 8 us for a 64x64x32 product) several times over."""
-        return self.Skv * max(self.D, self.Dv) <= ATT_SMALL
+        # dynamic module: the sgemm path, whose code does not depend on the lengths
+        return self.Skv * max(self.D, self.Dv) <= ATT_SMALL and not is_dynamic_emission()
 
     def _scratch(self) -> tuple[int, int, int, int]:
         """(offset of packed K, of packed V, of the row normalizers, total) in floats after
@@ -738,7 +751,7 @@ class Attention(Kernel):
         one thread only); each task has its own scratch slice."""
         total = prod(self.batch)
         work = total * self.Sq * self.Skv * (self.D + self.Dv)
-        if not self.small or work < ATT_PARALLEL_MIN:
+        if not self.small or work < ATT_PARALLEL_MIN or is_dynamic_emission():
             return 1
         return min(total, ATT_MAX_TASKS)
 
@@ -762,16 +775,16 @@ class Attention(Kernel):
         m = args[4] if self.mask != "none" else None
         total = prod(self.batch)
         chunk = -(-total // self.n_tasks)
-        s = fb.ptr(args[-1], b.mul(t, i64(self._scratch()[3])))
+        s = fb.ptr(args[-1], b.mul(t, fb.dim(self._scratch()[3])))
         gemm = Sgemm(fb)
-        lo = b.mul(t, i64(chunk))
-        hi = b.add(lo, i64(chunk))
-        hi = b.select(b.icmp_signed("<", hi, i64(total)), hi, i64(total))
+        lo = b.mul(t, fb.dim(chunk))
+        hi = b.add(lo, fb.dim(chunk))
+        hi = b.select(b.icmp_signed("<", hi, fb.dim(total)), hi, fb.dim(total))
         with fb.loop(lo, hi) as e:
             idx, rest = [], e
             for size in reversed(self.batch):
-                idx.append(b.urem(rest, i64(size)))
-                rest = b.udiv(rest, i64(size))
+                idx.append(b.urem(rest, fb.dim(size)))
+                rest = b.udiv(rest, fb.dim(size))
             idx.reverse()
 
             def offs(st):
@@ -784,6 +797,13 @@ class Attention(Kernel):
                                  *((self.ldk, 1) if self.kt else (1, self.ldk)), self.wide)
                 emit_pack_panels(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1, self.wide)
             nfull = self.Sq // ATT_ROWS
+            if is_dynamic_emission():  # one block loop, the last block's rows at run time
+                with fb.loop(0, -(-self.Sq // ATT_ROWS)) as blk:
+                    i0 = b.mul(blk, i64(ATT_ROWS))
+                    rest = b.sub(fb.dim(self.Sq), i0)
+                    rows = b.select(b.icmp_signed("<", rest, i64(ATT_ROWS)), rest, i64(ATT_ROWS))
+                    self._block(fb, gemm, i0, rows, out, q, k, v, m, s, qo, ko, vo, yo, mo)
+                return
             if nfull:
                 with fb.loop(0, nfull) as blk:
                     self._block(fb, gemm, b.mul(blk, i64(ATT_ROWS)), ATT_ROWS, out, q, k, v, m, s,
@@ -795,7 +815,7 @@ class Attention(Kernel):
     def _block(self, fb, gemm, i0, rows, out, q, k, v, m, s, qo, ko, vo, yo, mo):
         b = fb.b
         Skv = self.Skv
-        qp = fb.ptr(q, b.add(qo, b.mul(i0, i64(self.ldq))))
+        qp = fb.ptr(q, b.add(qo, b.mul(i0, fb.dim(self.ldq))))
         kpo, vpo, invo, _ = self._scratch()
         # no mask, cap or causal frontier: the scale goes into the exponent, scores stay raw
         plain = not (self.softcap > 0 or m is not None or self.causal) and self.scale > 0
@@ -812,8 +832,8 @@ class Attention(Kernel):
         ninf = -math.inf
         with fb.loop(0, rows) as r:
             i = b.add(i0, r)
-            srow = b.mul(r, i64(Skv))
-            mrow = b.add(mo, b.mul(i, i64(self.m_row))) if m is not None else None
+            srow = b.mul(r, fb.dim(Skv))
+            mrow = b.add(mo, b.mul(i, fb.dim(self.m_row))) if m is not None else None
             b.store(vconst(W, ninf), mx)
             b.store(f32(ninf), smx)
 
@@ -837,7 +857,7 @@ class Attention(Kernel):
                 vstore(fb, x, s, b.add(srow, j), w)
                 slot = mx if w > 1 else smx
                 b.store(vmax(b, x, b.load(slot)), slot)
-            vloop(fb, Skv, scores, width=W)
+            vloop(fb, Skv, scores, width=W, dynamic=True)
             mval = vmax(b, hmax(b, b.load(mx), W), b.load(smx))
             mval = b.select(b.fcmp_ordered("==", mval, f32(ninf)), f32(0.0), mval)
             b.store(vconst(W, 0.0), sm)
@@ -849,19 +869,19 @@ class Attention(Kernel):
                 vstore(fb, e, s, b.add(srow, j), w)
                 slot = sm if w > 1 else ssm
                 b.store(b.fadd(b.load(slot), e), slot)
-            vloop(fb, Skv, expo, width=W)
+            vloop(fb, Skv, expo, width=W, dynamic=True)
             tot = b.fadd(hsum(b, b.load(sm), W), b.load(ssm))
             inv = b.select(b.fcmp_ordered("==", tot, f32(0.0)), f32(0.0), b.fdiv(f32(1.0), tot))
-            fb.store(inv, s, b.add(i64(invo), r))
-        yp = fb.ptr(out, b.add(yo, b.mul(i0, i64(self.ldy))))
+            fb.store(inv, s, b.add(fb.dim(invo), r))
+        yp = fb.ptr(out, b.add(yo, b.mul(i0, fb.dim(self.ldy))))
         if self.small:
             emit_panel_gemm(fb, yp, 0, self.ldy, s, 0, Skv, s, vpo, rows, Skv, self.Dv, self.wide)
         else:
             gemm.call(rows, self.Dv, Skv, s, Skv, False, fb.ptr(v, vo), self.ldv, False, yp,
                       self.ldy, 1.0, 0.0)
         with fb.loop(0, rows) as r:  # normalize the (shorter) output rows, not the scores
-            inv = splat(b, fb.load(s, b.add(i64(invo), r)), W)
-            yrow = b.mul(r, i64(self.ldy))
+            inv = splat(b, fb.load(s, b.add(fb.dim(invo), r)), W)
+            yrow = b.mul(r, fb.dim(self.ldy))
 
             def normalize(j, w):
                 iv = inv if w > 1 else b.extract_element(inv, ir.Constant(I32, 0))
@@ -911,15 +931,15 @@ class TakeConst(Kernel):
         ib = self.inner_bytes
         if n == 1:
             with fb.loop(0, self.outer) as o:
-                src = b.add(b.mul(o, i64(self.axis_dim * ib)), i64(self.indices[0] * ib))
-                memcpy(fb, fb.ptr(out, b.mul(o, i64(ib)), I8), fb.ptr(x, src, I8), ib)
+                src = b.add(b.mul(o, fb.dim(self.axis_dim * ib)), fb.dim(self.indices[0] * ib))
+                memcpy(fb, fb.ptr(out, b.mul(o, fb.dim(ib)), I8), fb.ptr(x, src, I8), ib)
             return fb.finish()
         pp = b.bitcast(param_block(module, self.indices, "take"), I64.as_pointer())
         with fb.loop(0, self.outer) as o:
             with fb.loop(0, n) as kk:
                 ix = b.load(b.gep(pp, [kk], inbounds=True))
-                src = b.add(b.mul(o, i64(self.axis_dim * ib)), b.mul(ix, i64(ib)))
-                dst = b.mul(b.add(b.mul(o, i64(n)), kk), i64(ib))
+                src = b.add(b.mul(o, fb.dim(self.axis_dim * ib)), b.mul(ix, fb.dim(ib)))
+                dst = b.mul(b.add(b.mul(o, fb.dim(n)), kk), fb.dim(ib))
                 memcpy(fb, fb.ptr(out, dst, I8), fb.ptr(x, src, I8), ib)
         return fb.finish()
 
@@ -961,8 +981,8 @@ class Take(Kernel):
         if self.outer and ib:
             with fb.loop(0, self.outer) as o:
                 with fb.loop(0, n) as j:
-                    src = b.add(b.mul(o, i64(d * ib)), b.mul(index(j), i64(ib)))
-                    dst = b.mul(b.add(b.mul(o, i64(n)), j), i64(ib))
+                    src = b.add(b.mul(o, fb.dim(d * ib)), b.mul(index(j), fb.dim(ib)))
+                    dst = b.mul(b.add(b.mul(o, fb.dim(n)), j), fb.dim(ib))
                     memcpy(fb, fb.ptr(out, dst, I8), fb.ptr(x, src, I8), ib)
         return fb.finish()
 

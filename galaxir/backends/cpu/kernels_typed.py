@@ -310,7 +310,7 @@ class Range(Kernel):
             fl = b.sub(q, b.zext(adj, I64))
             n = b.sub(i64(0), fl)
             n = b.select(b.icmp_signed("<", n, i64(0)), i64(0), n)
-            fb.fail_if(b.icmp_signed("!=", n, i64(self.n)))
+            fb.fail_if(b.icmp_signed("!=", n, fb.dim(self.n)))
         with fb.loop(0, self.n) as i:
             if k == "f":
                 v = b.fadd(s, b.fmul(b.sitofp(i, ty), d))
@@ -337,7 +337,7 @@ class ConstFill(Kernel):
         b = fb.b
         out = b.bitcast(fb.args[0], I64.as_pointer())
         for j, v in enumerate(self.values):
-            b.store(i64(v), b.gep(out, [i64(j)], inbounds=True))
+            b.store(fb.dim(v), b.gep(out, [i64(j)], inbounds=True))
         return fb.finish()
 
 

@@ -17,6 +17,7 @@ from . import kernels as K
 from . import kernels_depthwise as KD
 from . import kernels_nhwc as KN
 from . import kernels_gemm as KG
+from .codegen import is_dynamic_emission
 from .jit import has_blas
 
 F32 = DType.float32
@@ -290,7 +291,17 @@ def lower_matmul(op):
         return "empty inner dimension with an epilogue"
     rows = M * K.prod(batch)
     bc = const_of(bm)
-    if (bc is not None and len(bs) == 2 and rows <= 4 and Ka > 0 and len(as_) >= 2
+    if is_dynamic_emission():
+        # a dynamic module: the kernel choice must not depend on the shapes (one compile
+        # for all of them): constant 2-d weights fold every batch dim into the rows and
+        # take the packed GEMM whatever the size (kernels_gemm reads them at run time)
+        if bc is not None and len(bs) == 2 and all(s == 0 for s in b_st) and N >= 16 \
+                and Ka > 0 and rows > 0 and (bs_ is None or (len(bs_) == 1 and bs_[0] == N)):
+            packed = _lower_matmul_packed(rows, N, Ka, [], [], [], bc, bs_, ep, a, bm, bias,
+                                          force=True)
+            if packed is not None:
+                return packed
+    elif (bc is not None and len(bs) == 2 and rows <= 4 and Ka > 0 and len(as_) >= 2
             and (bs_ is None or (len(bs_) == 1 and bs_[0] == N))
             and all(s == 0 for s in b_st)):
         # fully connected at small batch: the vectorized dot-product kernel
@@ -323,6 +334,29 @@ PACKED_MIN_MACS = 1 << 21
 SMALL_DEPTH = 256
 
 
+_PACKED: dict[tuple[int, bool], tuple] = {}
+
+
+def _packed(bc, wide: bool) -> np.ndarray:
+    """``KG.pack_b(bc, wide)``, packed once per weight array: every specialization of a
+    model (each new input shape) lowers the same constant again.  Keyed by the array's id,
+    checked through a weak reference (a freed array's entry is dropped with it)."""
+    import weakref
+    if not isinstance(bc, np.ndarray):
+        return KG.pack_b(bc, wide)
+    key = (id(bc), wide)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0]() is bc:
+        return hit[1]
+    panels = KG.pack_b(bc, wide)
+    try:
+        ref = weakref.ref(bc, lambda _r, key=key: _PACKED.pop(key, None))
+    except TypeError:
+        return panels
+    _PACKED[key] = (ref, panels)
+    return panels
+
+
 def _swapped_source(v: Value) -> Value | None:
     """x when ``v = transpose(x)`` swaps only the last two axes (a K^T): the product packs
     B from x in place and the transpose step is dropped when nothing else reads it."""
@@ -336,9 +370,9 @@ def _swapped_source(v: Value) -> Value | None:
 
 
 def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm, bias,
-                         b_swapped=None):
+                         b_swapped=None, force: bool = False):
     rows = M * K.prod(batch)
-    if rows * N * Ka < PACKED_MIN_MACS or N < 16 or Ka == 0 or M == 0:
+    if (rows * N * Ka < PACKED_MIN_MACS and not force) or N < 16 or Ka == 0 or M == 0:
         return None
     if bias_shape is not None and (tuple(bias_shape)[-1:] != (N,) or K.prod(bias_shape) != N):
         return None     # the bias must be one value per column
@@ -352,7 +386,7 @@ def _lower_matmul_packed(M, N, Ka, batch, a_st, b_st, bc, bias_shape, ep, a, bm,
     if bc is not None and shared_b and np.ndim(bc) == 2 and not batch:
         # constant weights: the dense GEMM with a 12-accumulator tile (kernels_gemm)
         wide = KN.wide_tiles()
-        panels = ConstArray(KG.pack_b(bc, wide), (bm.name or "b") + f".panels{32 if wide else 16}")
+        panels = ConstArray(_packed(bc, wide), (bm.name or "b") + f".panels{32 if wide else 16}")
         kw = {k: v for k, v in kw.items() if k not in ("batch", "a_batch_strides", "b_batch_strides")}
         return KG.GemmPacked(wide=wide, **kw), [a, panels] + extra
     if bc is not None and shared_b and np.ndim(bc) == 2:

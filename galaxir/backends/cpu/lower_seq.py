@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .codegen import is_dynamic_emission
 from ...ir.types import DType
 from . import kernels as K
 from . import kernels_seq as KS
@@ -255,7 +256,9 @@ def lower_attention(op):
     # batch loop: (batch, kv head, query head in its group)
     dims = [(Bn, qb, kb, vb, mst[0], yb), (Hkv, grp * qh, kh, vh, grp * mst[1], grp * yh),
             (grp, qh, 0, 0, mst[1], yh)]
-    dims = [d for d in dims if d[0] != 1]
+    # size-1 dims index nothing; a dynamic module keeps the batch dim whatever its size
+    # (its code must not depend on the shapes: codegen.dynamic_emission)
+    dims = [d for j, d in enumerate(dims) if d[0] != 1 or (j == 0 and is_dynamic_emission())]
     scale = op.attr("scale")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     kern = KS.Attention(Sq=Sq, Skv=Skv, D=D, Dv=Dv, batch=tuple(d[0] for d in dims),

@@ -247,7 +247,7 @@ def parallel_kernel(module: ir.Module, fname: str, n_args: int, n_tasks: int, em
         arr = b.alloca(I8P, size=i64(max(n_args, 1)))
     for k, a in enumerate(fb.args):
         b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
-    b.call(pfor, [task, arr, i64(n_tasks)])
+    b.call(pfor, [task, arr, fb.dim(n_tasks)])
     return fb.finish()
 
 

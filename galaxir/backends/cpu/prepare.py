@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from ...ir import Module
 from ...ir.mapped import detach_constants
-from ...passes.memory import specialize_types
 
 FOLD_LIMIT_BYTES = 1 << 31  # never fold a constant bigger than this (memory)
 
@@ -51,8 +50,3 @@ def prepare(module: Module) -> Module:
                                "fold_max_growth": float("inf")})
     PassManager(prepare_passes(), context=ctx, count_ops=False).run(m)
     return m
-
-
-def specialize(module: Module, shapes: dict[str, tuple[int, ...]]) -> Module:
-    """A copy whose inputs have the given concrete shapes, result types re-inferred."""
-    return specialize_types(module, shapes)

@@ -82,6 +82,8 @@ class TimedCode:
         self.llvm_ir = str(mod)
         obj, _ = jit.compile_ir(self.llvm_ir, None)
         self.loaded = jit.LoadedObject(obj)
+        from .program import bind_dynamic
+        self._dyn_data = bind_dynamic(self.loaded, mod)  # a dynamic module's shape values
         proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
         self.entries = [proto(self.loaded.address(f"gx_seg{k}_timed"))
                         for k in range(len(spec.segments))]

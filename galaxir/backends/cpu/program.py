@@ -16,7 +16,7 @@ from ...ir import Module, Operation, Value
 from ...ir.opdef import describe
 from . import jit
 from . import kernels as K
-from .codegen import I8P, I64
+from .codegen import I8P, I64, begin_dynamic, dyn_pointer, dynamic_blocks, dynamic_emission, dynamic_values
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
 #: the cpu backend's arena alignment (a cache line; the AVX-512 loads want 64 bytes): the
@@ -33,13 +33,19 @@ def plan_offsets(buffers) -> int:
 class Specialization:
     """Everything for one set of concrete input shapes."""
 
-    def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True):
+    def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True,
+                 dynamic: bool = False):
         self.module = module
+        # dynamic: the module came from symbolic input dims; its LLVM IR reads every
+        # shape-dependent integer at run time (codegen.begin_dynamic), so other shapes
+        # with the same kernel structure reuse the object code (no LLVM compile)
+        self.dynamic = dynamic
         self.inplace = inplace  # elementwise steps may write over an input that dies there
         self.split = split  # one segment per native step (debugging: check each step)
-        self.steps = lower_module(module)
-        self._build_plan()
-        self._build_code(cache_dir)
+        with dynamic_emission(dynamic):  # lowering and planning see the same kernel choices
+            self.steps = lower_module(module)
+            self._build_plan()
+            self._build_code(cache_dir)
 
     @classmethod
     def plan_only(cls, module: Module) -> "Specialization":
@@ -47,6 +53,7 @@ class Specialization:
         memory reports and benchmarks: the same plan a compiled specialization executes)."""
         self = cls.__new__(cls)
         self.module = module
+        self.dynamic = False
         self.inplace = True
         self.split = False
         self.steps = lower_module(module)
@@ -155,6 +162,12 @@ class Specialization:
         mod = ir.Module(name="galaxir")
         mod.triple = jit.target_triple()
         mod.data_layout = jit.target_data_layout()
+        if self.dynamic:
+            begin_dynamic(mod)
+        with dynamic_emission(self.dynamic):
+            return self._emit_segments(mod, stamp)
+
+    def _emit_segments(self, mod: ir.Module, stamp) -> tuple[ir.Module, dict]:
         kernel_fns: dict[tuple, ir.Function] = {}
         table_t = I8P.as_pointer()
         for k, seg in enumerate(self.segments):
@@ -168,11 +181,15 @@ class Specialization:
             b = ir.IRBuilder(fn.append_basic_block("entry"))
             table = fn.args[0]
             base = b.load(table)
+            offset = _offsets(b, mod)
             if stamp is not None:
                 stamp(b, fn.args[1], 0)
             for j, (i, s) in enumerate(seg):
                 nargs = len(s.outputs) + len(s.inputs) + (1 if s.kernel.scratch_bytes else 0)
                 inplace = i in self.inplace_steps
+                # steps with equal kernels share one function (its shape values too); in a
+                # dynamic module which steps are equal could depend on the shapes, which
+                # costs at most another variant (the IR text differs), never a wrong value
                 key = (s.kernel.key(), inplace)
                 kf = kernel_fns.get(key)
                 if kf is None:
@@ -187,12 +204,12 @@ class Specialization:
                     if id(r) in self.out_slot:  # a graph output in the caller's array
                         p = b.load(b.gep(table, [ir.Constant(I64, self.out_slot[id(r)])], inbounds=True))
                     elif id(r) in self.produced_native:
-                        p = b.gep(base, [ir.Constant(I64, self.offset[id(r)])], inbounds=True)
+                        p = b.gep(base, [offset(self.offset[id(r)])], inbounds=True)
                     else:
                         p = b.load(b.gep(table, [ir.Constant(I64, self.slot[id(r)])], inbounds=True))
                     args.append(p)
                 if s.kernel.scratch_bytes:
-                    args.append(b.gep(base, [ir.Constant(I64, self.scratch_offset[i])], inbounds=True))
+                    args.append(b.gep(base, [offset(self.scratch_offset[i])], inbounds=True))
                 args = [b.bitcast(a, t.type) for a, t in zip(args, kf.args)]
                 rc = b.call(kf, args)
                 if s.kernel.fallible:
@@ -224,7 +241,9 @@ class Specialization:
         self.n_kernels = len(kernel_fns)
         if self.segments:
             obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
+            self.object_bytes = len(obj)
             self.loaded = jit.LoadedObject(obj)
+            self._dyn_data = bind_dynamic(self.loaded, mod)
             proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)
             self.entries = [proto(self.loaded.address(f"gx_seg{k}")) for k in range(len(self.segments))]
             self.pool_slot = self.loaded.global_address("gx_pool")
@@ -561,6 +580,41 @@ class CallState:
         if spec._native_outputs:  # None where the output is direct
             self.out_views = [None if d is not None else spec.view(v, self)
                               for v, d in zip(spec.module.graph.outputs, spec._direct)]
+
+
+def _offsets(b: ir.IRBuilder, mod: ir.Module):
+    """``offset(v)`` for a segment entry: the constant arena offset ``v``, or in a dynamic
+    module its run-time slot (the slots' base loaded once, here at the entry)."""
+    if dynamic_values(mod) is None:
+        return lambda v: ir.Constant(I64, v)
+    dbase = b.load(dyn_pointer(mod))
+
+    def offset(v):
+        vals = dynamic_values(mod)
+        vals.append(int(v))
+        return b.load(b.gep(dbase, [ir.Constant(I64, len(vals) - 1)], inbounds=True))
+    return offset
+
+
+def bind_dynamic(loaded, mod: ir.Module) -> np.ndarray | None:
+    """Give a loaded dynamic module its shape values: point its ``gx_dynp`` at an int64
+    array of ``dynamic_values(mod)`` (returned: keep it alive with the loaded code) and
+    fill its parameter blocks.  Each specialization loads its own copy of the object code
+    (cheap: no LLVM compile), so calls with different shapes never share these globals."""
+    vals = dynamic_values(mod)
+    if vals is None:
+        return None
+    data = np.asarray(vals if vals else [0], np.int64)
+    slot = loaded.global_address("gx_dynp")
+    if slot:
+        ctypes.c_void_p.from_address(slot).value = data.ctypes.data
+    for name, block in dynamic_blocks(mod).items():
+        addr = loaded.global_address(name)
+        if not addr:
+            raise ExecutionError(f"cpu backend: parameter block {name} missing from the object code")
+        arr = np.asarray(block, np.int64)
+        ctypes.memmove(addr, arr.ctypes.data, arr.nbytes)
+    return data
 
 
 def _into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:

@@ -1,0 +1,165 @@
+"""One LLVM compile per model with symbolic input dims (issue 15, item 2): the cpu backend
+emits such a module in dynamic mode (galaxir/backends/cpu/codegen.py), every
+shape-dependent integer read at run time, so a new input shape costs lowering, the arena
+plan and a load of the cached object code, never an LLVM run.  The per-shape cache is
+bounded by bytes (backend.SHAPE_CACHE_BYTES), not by a count."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import galaxir as gx
+from galaxir.backends.cpu import jit
+from galaxir.errors import InputValidationError
+from galaxir.ir import GraphBuilder, tensor
+
+RNG = np.random.default_rng(0)
+
+
+def _encoder_block(hidden: int = 32) -> gx.Module:
+    """A transformer-style block over x: f32[B, S, hidden] and an additive mask
+    f32[B, S]: linear, layer_norm, softmax over the sequence, a transpose, broadcasting
+    adds, a gelu and a second linear."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "B", "S", hidden))
+    mask = gb.input("mask", tensor("f32", "B", "S"))
+    w1 = gb.constant(RNG.standard_normal((hidden, 2 * hidden)).astype(np.float32) * 0.2)
+    b1 = gb.constant(RNG.standard_normal(2 * hidden).astype(np.float32))
+    w2 = gb.constant(RNG.standard_normal((2 * hidden, hidden)).astype(np.float32) * 0.2)
+    h = gb.add(gb.matmul(x, w1), b1)
+    h = gb.op("gelu", h)
+    h = gb.matmul(h, w2)
+    scale = gb.constant(np.ones(hidden, np.float32))
+    y = gb.op("layer_norm", gb.add(h, x), scale, axis=-1, epsilon=1e-5)
+    scores = gb.add(gb.transpose(y, perm=[0, 2, 1]),
+                    gb.unsqueeze(mask, gb.constant(np.array([1], np.int64))))   # [B, H, S]
+    gb.output(gb.softmax(scores, axis=-1), "att")
+    gb.output(y, "y")
+    return gb.module()
+
+
+def _feeds(b: int, s: int, hidden: int = 32) -> dict:
+    return {"x": RNG.standard_normal((b, s, hidden)).astype(np.float32),
+            "mask": np.where(RNG.random((b, s)) < 0.2, -1e4, 0.0).astype(np.float32)}
+
+
+def _check(exe, ref, feeds) -> None:
+    got, want = exe.run(feeds), ref.run(feeds)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_new_shapes_reuse_the_object_code():
+    m = _encoder_block()
+    exe = gx.compile(m, target="cpu")
+    ref = gx.compile(m, target="numpy")
+    jit.clear_memory_cache()
+    _check(exe, ref, _feeds(2, 7))
+    assert exe.cache_source in ("compiled", "disk")
+    before = jit.stats["compiled"]
+    for b, s in [(1, 1), (1, 9), (3, 16), (4, 33), (2, 64), (1, 130)]:
+        _check(exe, ref, _feeds(b, s))
+        assert exe.cache_source == "memory", (b, s)
+    assert jit.stats["compiled"] == before, "a new shape ran LLVM"
+    assert "numpy fallback: none" in exe.report()
+
+
+def test_static_models_keep_constants_baked_in():
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 4, 8))
+    gb.output(gb.relu(gb.add(x, gb.constant(np.ones(8, np.float32)))), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    assert not exe.dynamic
+    assert "gx_dynp" not in exe.last.llvm_ir
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 70)), min_size=2, max_size=5,
+                unique=True))
+def test_random_shapes_match_the_reference_with_one_compile(shapes):
+    m = _encoder_block(hidden=16)
+    exe = gx.compile(m, target="cpu")
+    ref = gx.compile(m, target="numpy")
+    sources = []
+    for b, s in shapes:
+        _check(exe, ref, _feeds(b, s, hidden=16))
+        sources.append(exe.cache_source)
+    assert all(src == "memory" for src in sources[1:]), sources
+
+
+def test_symbolic_dim_mismatch_between_inputs_is_an_input_error():
+    exe = gx.compile(_encoder_block(), target="cpu")
+    feeds = _feeds(2, 12)
+    feeds["mask"] = feeds["mask"][:, :5]
+    with pytest.raises(InputValidationError, match=r"'mask'.*dim 1.*'S'"):
+        exe.run(feeds)
+    exe.run(_feeds(2, 12))  # the executable still works
+
+
+def test_shape_cache_is_bounded_by_bytes_not_by_count():
+    m = _encoder_block(hidden=16)
+    exe = gx.compile(m, target="cpu")
+    for s in range(1, 13):  # more than the 8 shapes the old cache kept
+        exe.run(_feeds(1, s, hidden=16))
+    assert len(exe._specs) == 12
+    one = max(gx.backends.cpu.backend.spec_bytes(sp) for sp in exe._specs.values())
+    small = gx.compile(m, target="cpu", shape_cache_bytes=3 * one)
+    for s in range(1, 13):
+        small.run(_feeds(1, s, hidden=16))
+        assert small.shape_cache_size() <= 3 * one
+    assert 1 <= len(small._specs) <= 3
+    assert tuple(small._specs)[-1] == tuple(sorted({"x": (1, 12, 16), "mask": (1, 12)}.items()))
+    tiny = gx.compile(m, target="cpu", shape_cache_bytes=0)  # the latest shape always stays
+    tiny.run(_feeds(2, 3, hidden=16))
+    assert len(tiny._specs) == 1
+
+
+def test_bert_export_twenty_shapes_one_compile(tmp_path):
+    pytest.importorskip("torch")
+    from galaxir.testing import dynamic_models as dm
+    path = dm.export("bert", str(tmp_path / "bert.onnx"), layers=2, hidden=64, heads=4)
+    m = gx.import_model(path)
+    exe = gx.compile(m, target="cpu")
+    ref = gx.compile(m, target="numpy")
+    jit.clear_memory_cache()
+    rng = np.random.default_rng(1)
+    shapes = [(1, 8), (4, 200)]
+    while len(shapes) < 20:
+        bs = (int(rng.integers(1, 5)), int(rng.integers(1, 257)))
+        if bs not in shapes:
+            shapes.append(bs)
+    compiled = 0
+    for b, s in shapes:
+        f = dm.feeds(b, s)
+        got, want = exe.run(f), ref.run(f)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+        compiled += exe.cache_source == "compiled"
+    assert compiled == 1
+    assert "numpy fallback: none" in exe.report()
+
+
+def test_concurrent_calls_with_different_shapes():
+    """Each shape's specialization owns its copy of the object code and its shape values:
+    threads running different shapes at once never read each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+    m = _encoder_block(hidden=16)
+    exe = gx.compile(m, target="cpu")
+    ref = gx.compile(m, target="numpy")
+    shapes = [(1, 5), (3, 17), (2, 40), (4, 9)]
+    feeds = [_feeds(b, s, hidden=16) for b, s in shapes]
+    want = [ref.run(f) for f in feeds]
+    for f in feeds:
+        exe.run(f)  # every shape specialized once
+
+    def work(k):
+        for _ in range(20):
+            got = exe.run(feeds[k])
+            for name in want[k]:
+                np.testing.assert_allclose(got[name], want[k][name], rtol=1e-4, atol=1e-4)
+        return k
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(work, range(4))) == [0, 1, 2, 3]
