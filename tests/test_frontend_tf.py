@@ -176,6 +176,72 @@ def test_cond_and_while_loop():
         check(m, [x, np.float32(t)], want)
 
 
+RNN_LAYERS = {
+    "lstm_seq": lambda L: L.LSTM(5, return_sequences=True),
+    "lstm_last": lambda L: L.LSTM(5),
+    "lstm_backwards": lambda L: L.LSTM(4, go_backwards=True, return_sequences=True),
+    "gru_seq": lambda L: L.GRU(6, return_sequences=True),
+    "gru_last": lambda L: L.GRU(6),
+    "gru_reset_before": lambda L: L.GRU(6, reset_after=False, return_sequences=True),
+    "bidirectional_lstm": lambda L: L.Bidirectional(L.LSTM(5, return_sequences=True)),
+    "bidirectional_gru_last": lambda L: L.Bidirectional(L.GRU(4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RNN_LAYERS))
+def test_keras_rnn_layers(name):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((7, 3)), RNN_LAYERS[name](keras.layers)])
+    m = import_tf(model)
+    assert m.graph.inputs[0].type.shape[0] == "batch"
+    for batch in (1, 3):
+        x = rand(batch, 7, 3, seed=20 + batch) * 2.0
+        check(m, [x], [model(x, training=False).numpy()])
+
+
+def test_keras_stacked_rnn_model():
+    """Two recurrent layers feeding a Dense head, the last state only at the end."""
+    keras.utils.set_random_seed(4)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((9, 4)), L.Bidirectional(L.GRU(8, return_sequences=True)),
+                              L.LSTM(6), L.Dense(2)])
+    m = import_tf(model)
+    x = rand(2, 9, 4, seed=31)
+    check(m, [x], [model(x, training=False).numpy()])
+
+
+def test_tensor_array_written_out_of_order_is_refused():
+    @tf.function(input_signature=[tf.TensorSpec([3, 2], tf.float32)])
+    def f(x):
+        ta = tf.TensorArray(tf.float32, size=3)
+
+        def body(i, ta):
+            return i + 1, ta.write(2 - i, x[i] * 2.0)
+        _, ta = tf.while_loop(lambda i, ta: i < 3, body, [0, ta])
+        return ta.stack()
+
+    with pytest.raises(errors.UnsupportedOpError, match="TensorList"):
+        import_tf(f)
+
+
+def test_tensor_array_loop():
+    """A tf.while_loop filling a TensorArray one element per iteration, read back stacked."""
+    @tf.function(input_signature=[tf.TensorSpec([None, 5, 2], tf.float32)])
+    def f(x):
+        xs = tf.TensorArray(tf.float32, size=5).unstack(tf.transpose(x, [1, 0, 2]))
+        ta = tf.TensorArray(tf.float32, size=5)
+
+        def body(i, acc, ta):
+            acc = acc * 0.5 + xs.read(i)
+            return i + 1, acc, ta.write(i, tf.tanh(acc))
+        _, acc, ta = tf.while_loop(lambda i, a, t: i < 5, body, [0, tf.zeros_like(x[:, 0]), ta])
+        return ta.stack(), acc
+
+    m = import_tf(f)
+    x = rand(3, 5, 2, seed=8)
+    check(m, [x], [v.numpy() for v in f(x)])
+
+
 def test_unsupported_ops_are_listed_at_once():
     @tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
     def f(x):
