@@ -113,6 +113,10 @@ def while_(ctx: TfContext):
         raise ctx.unsupported(f"the body '{body_fn}' takes {len(body_graph.inputs)} and returns "
                               f"{len(body_graph.outputs)} values for {len(init)} loop values")
     plan = _plan(ctx, body_graph)
+    from .rnn import recognize
+    out = recognize(ctx, body_graph, ctx.importer.library.graph(cond_fn), plan)
+    if out is not None:
+        return out
     carried = [k for k in range(len(init)) if plan[k] == "carried"]
     lists = [k for k in range(len(init)) if plan[k] in ("scan", "last")]
     for k in carried:
