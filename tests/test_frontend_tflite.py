@@ -34,6 +34,9 @@ def litert_run(blob: bytes, inputs: list[np.ndarray], signature: str | None = No
         names = sorted(it.get_signature_list()[signature]["inputs"])
         out = runner(**dict(zip(names, inputs)))
         return [out[k] for k in sorted(out)]
+    for d, x in zip(it.get_input_details(), inputs):
+        if tuple(d["shape"]) != x.shape:
+            it.resize_tensor_input(d["index"], list(x.shape))
     it.allocate_tensors()
     for d, x in zip(it.get_input_details(), inputs):
         it.set_tensor(d["index"], x)
@@ -135,6 +138,32 @@ def test_int8_file_within_one_step_of_litert(files):
             assert got.dtype == np.int8
             diff = np.abs(got.astype(np.int32) - want.astype(np.int32)).max()
             assert diff <= 1, f"{target}: {diff} steps of {step}"
+
+
+def test_dense_on_dynamic_batch_images_is_a_static_reshape():
+    """Keras' Dense on an NHWC tensor with a dynamic batch: the converter computes the
+    reshapes around FULLY_CONNECTED from SHAPE / GATHER / REDUCE_PROD; the import turns
+    them into constant targets, so nothing runs on the reference."""
+    keras.utils.set_random_seed(4)
+    L = keras.layers
+    x = keras.Input((6, 6, 4))
+    y = L.Conv2D(8, 3, padding="same")(x)
+    y = L.LayerNormalization(epsilon=1e-6)(y)
+    y = L.Dense(12, activation="gelu")(y)
+    y = L.Dense(8)(y)
+    model = keras.Model(x, L.Add()([y, L.Conv2D(8, 1)(x)]))
+    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    m = gx.import_model(blob)
+    reshapes = [op for op in m.walk() if op.name == "reshape"]
+    assert reshapes and all(op.operand(1).producer.name == "constant" for op in reshapes)
+    exe = gx.compile(m, target="cpu")
+    for batch in (1, 3):
+        xv = rand(batch, 6, 6, 4, seed=batch)
+        (want,) = litert_run(blob, [xv])
+        for e in (exe, gx.compile(m, target="numpy")):
+            (got,) = e(xv)
+            assert np.abs(got - want).max() / np.abs(want).max() <= RTOL
+    assert "0 on the numpy reference" in exe.report()
 
 
 def test_bytes_and_several_subgraphs():
