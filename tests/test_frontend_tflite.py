@@ -18,6 +18,7 @@ litert = pytest.importorskip("ai_edge_litert.interpreter",
 
 import galaxir as gx  # noqa: E402
 from galaxir import errors  # noqa: E402
+from galaxir.frontends.tf import import_tf  # noqa: E402
 from galaxir.frontends.tflite import import_tflite  # noqa: E402
 
 RTOL = 1e-4
@@ -164,6 +165,27 @@ def test_dense_on_dynamic_batch_images_is_a_static_reshape():
             (got,) = e(xv)
             assert np.abs(got - want).max() / np.abs(want).max() <= RTOL
     assert "0 on the numpy reference" in exe.report()
+
+
+def test_zero_padding_joins_the_window():
+    """ZeroPadding2D before a conv, and before a max pool of a ReLU output, becomes the
+    window's pads; before a max pool of values that can be negative it stays a pad."""
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    x = keras.Input((12, 12, 3), batch_size=1)
+    y = L.Conv2D(8, 3, strides=2)(L.ZeroPadding2D(((1, 2), (3, 0)))(x))
+    y = L.MaxPooling2D(3, strides=2)(L.ZeroPadding2D(1)(L.ReLU()(y)))
+    z = L.MaxPooling2D(2)(L.ZeroPadding2D(1)(L.Conv2D(4, 1)(y)))
+    model = keras.Model(x, z)
+    xv = rand(1, 12, 12, 3, seed=9)
+    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    want = model(xv, training=False).numpy()
+    for m in (gx.import_model(blob), import_tf(model)):
+        live_pads = [op for op in m.walk() if op.name == "pad" and op.results[0].users]
+        assert len(live_pads) == 1 and live_pads[0].results[0].users[0].name == "max_pool"
+        for target in ("numpy", "cpu"):
+            (got,) = gx.compile(m, target=target)(xv)
+            assert np.abs(got - want).max() / np.abs(want).max() <= RTOL
 
 
 def test_bytes_and_several_subgraphs():
