@@ -1,6 +1,7 @@
 """TF control flow: functional While and If (from tf.while_loop / tf.cond and Keras RNNs)."""
 from __future__ import annotations
 
+from ....errors import ModelImportError, UnsupportedOpError
 from ....ir import Value
 from ..importer import TfContext, convert_function, converter
 
@@ -152,6 +153,8 @@ def while_(ctx: TfContext):
     try:
         region = ctx.b.region((*scalar, *types), body)
         op = ctx.b.create("loop", None, c0, *start, regions=[region])
+    except (UnsupportedOpError, ModelImportError):
+        raise
     except Exception:  # a loop value changes shape between iterations
         region = ctx.b.region((*scalar, *[relax_type(t) for t in types]), body)
         op = ctx.b.create("loop", None, c0, *start, regions=[region])
