@@ -20,6 +20,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's galaxir
 import numpy as np  # noqa: E402
 
 THREADS = 2  # --threads

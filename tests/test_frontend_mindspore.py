@@ -109,6 +109,44 @@ class Encoder(nn.Cell):
         return self.ln2(x + self.ff2(self.gelu(self.ff1(x))))
 
 
+class IfNet(nn.Cell):
+    """A data-dependent if: MindIR keeps both branches as function graphs (Switch/Partial)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Dense(4, 3)
+
+    def construct(self, x):
+        y = self.dense(x)
+        if y.sum() > 0:
+            y = ops.relu(y) * 2.0
+        else:
+            y = ops.tanh(y) - 1.0
+        return y
+
+
+class WhileNet(nn.Cell):
+    """A while loop whose trip count is an input: a header graph the body calls back."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Dense(4, 4)
+
+    def construct(self, x, n):
+        i = ms.Tensor(0, ms.int32)
+        while i < n:
+            x = ops.tanh(self.dense(x)) + x * 0.5
+            i = i + 1
+        return x
+
+
+class CastNet(nn.Cell):
+    def construct(self, x):
+        y = ops.cast(x, ms.int32)
+        z = ops.cast(y * 2, ms.float32) + ops.cast(x > 0.5, ms.float32)
+        return ops.cast(ops.cast(z, ms.float16), ms.float32) - ops.cast(x, ms.float64).astype(ms.float32)
+
+
 NETS = {
     "lenet": (LeNet, (2, 1, 32, 32)),
     "resnet_style": (ResNetStyle, (2, 3, 32, 32)),
@@ -153,6 +191,37 @@ def test_mindir_matches_mindspore(exported, name, target):
     if target == "cpu" and name in CNNS:
         assert exe.report_data()["reference_ops"] == 0 if hasattr(exe, "report_data") else \
             ", 0 on the numpy reference" in exe.report()
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_if_and_cast(tmp_path, target):
+    ms.set_seed(0)
+    for cls, op in ((IfNet, "if"), (CastNet, "cast")):
+        net = cls()
+        x0 = np.random.default_rng(1).uniform(-3, 3, (2, 4)).astype(np.float32)
+        path = tmp_path / cls.__name__
+        ms.export(net, ms.Tensor(x0), file_name=str(path), file_format="MINDIR")
+        m = gx.import_model(f"{path}.mindir")
+        assert m.op_counts().get(op)
+        exe = gx.compile(m, target=target)
+        for seed in range(4):  # both branches of the if
+            x = np.random.default_rng(seed).uniform(-3, 3, (2, 4)).astype(np.float32)
+            x *= 1 if seed % 2 else -1
+            _close(exe(x)[0], net(ms.Tensor(x)).asnumpy())
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_while_loop(tmp_path, target):
+    ms.set_seed(0)
+    net = WhileNet()
+    x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+    path = tmp_path / "whilenet"
+    ms.export(net, ms.Tensor(x), ms.Tensor(3, ms.int32), file_name=str(path), file_format="MINDIR")
+    m = gx.import_model(f"{path}.mindir")
+    assert m.op_counts().get("loop") == 1
+    exe = gx.compile(m, target=target)
+    for n in (0, 1, 4):
+        _close(exe(x, np.int32(n))[0], net(ms.Tensor(x), ms.Tensor(n, ms.int32)).asnumpy())
 
 
 def test_cnn_import_adds_no_transpose(exported):

@@ -176,6 +176,94 @@ def test_cond_and_while_loop():
         check(m, [x, np.float32(t)], want)
 
 
+#: Keras recurrent layers and what their loops become: galaxir's lstm / gru op (run natively
+#: on cpu) when the cell is Keras' standard one, else a loop region
+RNN_LAYERS = {
+    "lstm_seq": (lambda L: L.LSTM(5, return_sequences=True), "lstm"),
+    "lstm_last": (lambda L: L.LSTM(5), "lstm"),
+    "lstm_backwards": (lambda L: L.LSTM(4, go_backwards=True, return_sequences=True), "lstm"),
+    "lstm_no_bias": (lambda L: L.LSTM(4, use_bias=False, return_sequences=True), "lstm"),
+    "lstm_relu": (lambda L: L.LSTM(4, activation="relu", return_sequences=True), "loop"),
+    "gru_seq": (lambda L: L.GRU(6, return_sequences=True), "gru"),
+    "gru_last": (lambda L: L.GRU(6), "gru"),
+    "gru_no_bias": (lambda L: L.GRU(3, use_bias=False), "gru"),
+    "gru_reset_before": (lambda L: L.GRU(6, reset_after=False, return_sequences=True), "loop"),
+    "bidirectional_lstm": (lambda L: L.Bidirectional(L.LSTM(5, return_sequences=True)), "lstm"),
+    "bidirectional_gru_last": (lambda L: L.Bidirectional(L.GRU(4)), "gru"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RNN_LAYERS))
+def test_keras_rnn_layers(name):
+    keras.utils.set_random_seed(3)
+    make, kind = RNN_LAYERS[name]
+    model = keras.Sequential([keras.Input((7, 3)), make(keras.layers)])
+    m = import_tf(model)
+    assert m.graph.inputs[0].type.shape[0] == "batch"
+    counts = m.op_counts()
+    assert counts.get(kind) and not any(counts.get(k) for k in {"lstm", "gru", "loop"} - {kind})
+    for batch in (1, 3):
+        x = rand(batch, 7, 3, seed=20 + batch) * 2.0
+        exes = check(m, [x], [model(x, training=False).numpy()])
+    if kind != "loop":
+        native_only(exes["cpu"])
+
+
+def test_keras_rnn_dynamic_length_stays_a_loop():
+    """A sequence length unknown at import: the trip count is not static, so a loop."""
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(5)])
+    m = import_tf(model)
+    assert m.op_counts().get("loop") == 1
+    for steps in (2, 6):
+        x = rand(2, steps, 3, seed=steps)
+        check(m, [x], [model(x, training=False).numpy()])
+
+
+def test_keras_stacked_rnn_model():
+    """Two recurrent layers feeding a Dense head, the last state only at the end."""
+    keras.utils.set_random_seed(4)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((9, 4)), L.Bidirectional(L.GRU(8, return_sequences=True)),
+                              L.LSTM(6), L.Dense(2)])
+    m = import_tf(model)
+    assert m.op_counts().get("gru") == 2 and m.op_counts().get("lstm") == 1
+    x = rand(2, 9, 4, seed=31)
+    check(m, [x], [model(x, training=False).numpy()])
+
+
+def test_tensor_array_written_out_of_order_is_refused():
+    @tf.function(input_signature=[tf.TensorSpec([3, 2], tf.float32)])
+    def f(x):
+        ta = tf.TensorArray(tf.float32, size=3)
+
+        def body(i, ta):
+            return i + 1, ta.write(2 - i, x[i] * 2.0)
+        _, ta = tf.while_loop(lambda i, ta: i < 3, body, [0, ta])
+        return ta.stack()
+
+    with pytest.raises(errors.UnsupportedOpError, match="TensorList"):
+        import_tf(f)
+
+
+def test_tensor_array_loop():
+    """A tf.while_loop filling a TensorArray one element per iteration, read back stacked."""
+    @tf.function(input_signature=[tf.TensorSpec([None, 5, 2], tf.float32)])
+    def f(x):
+        xs = tf.TensorArray(tf.float32, size=5).unstack(tf.transpose(x, [1, 0, 2]))
+        ta = tf.TensorArray(tf.float32, size=5)
+
+        def body(i, acc, ta):
+            acc = acc * 0.5 + xs.read(i)
+            return i + 1, acc, ta.write(i, tf.tanh(acc))
+        _, acc, ta = tf.while_loop(lambda i, a, t: i < 5, body, [0, tf.zeros_like(x[:, 0]), ta])
+        return ta.stack(), acc
+
+    m = import_tf(f)
+    x = rand(3, 5, 2, seed=8)
+    check(m, [x], [v.numpy() for v in f(x)])
+
+
 def test_unsupported_ops_are_listed_at_once():
     @tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
     def f(x):

@@ -18,6 +18,7 @@ litert = pytest.importorskip("ai_edge_litert.interpreter",
 
 import galaxir as gx  # noqa: E402
 from galaxir import errors  # noqa: E402
+from galaxir.frontends.tf import import_tf  # noqa: E402
 from galaxir.frontends.tflite import import_tflite  # noqa: E402
 
 RTOL = 1e-4
@@ -34,6 +35,9 @@ def litert_run(blob: bytes, inputs: list[np.ndarray], signature: str | None = No
         names = sorted(it.get_signature_list()[signature]["inputs"])
         out = runner(**dict(zip(names, inputs)))
         return [out[k] for k in sorted(out)]
+    for d, x in zip(it.get_input_details(), inputs):
+        if tuple(d["shape"]) != x.shape:
+            it.resize_tensor_input(d["index"], list(x.shape))
     it.allocate_tensors()
     for d, x in zip(it.get_input_details(), inputs):
         it.set_tensor(d["index"], x)
@@ -135,6 +139,53 @@ def test_int8_file_within_one_step_of_litert(files):
             assert got.dtype == np.int8
             diff = np.abs(got.astype(np.int32) - want.astype(np.int32)).max()
             assert diff <= 1, f"{target}: {diff} steps of {step}"
+
+
+def test_dense_on_dynamic_batch_images_is_a_static_reshape():
+    """Keras' Dense on an NHWC tensor with a dynamic batch: the converter computes the
+    reshapes around FULLY_CONNECTED from SHAPE / GATHER / REDUCE_PROD; the import turns
+    them into constant targets, so nothing runs on the reference."""
+    keras.utils.set_random_seed(4)
+    L = keras.layers
+    x = keras.Input((6, 6, 4))
+    y = L.Conv2D(8, 3, padding="same")(x)
+    y = L.LayerNormalization(epsilon=1e-6)(y)
+    y = L.Dense(12, activation="gelu")(y)
+    y = L.Dense(8)(y)
+    model = keras.Model(x, L.Add()([y, L.Conv2D(8, 1)(x)]))
+    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    m = gx.import_model(blob)
+    reshapes = [op for op in m.walk() if op.name == "reshape"]
+    assert reshapes and all(op.operand(1).producer.name == "constant" for op in reshapes)
+    exe = gx.compile(m, target="cpu")
+    for batch in (1, 3):
+        xv = rand(batch, 6, 6, 4, seed=batch)
+        (want,) = litert_run(blob, [xv])
+        for e in (exe, gx.compile(m, target="numpy")):
+            (got,) = e(xv)
+            assert np.abs(got - want).max() / np.abs(want).max() <= RTOL
+    assert "0 on the numpy reference" in exe.report()
+
+
+def test_zero_padding_joins_the_window():
+    """ZeroPadding2D before a conv, and before a max pool of a ReLU output, becomes the
+    window's pads; before a max pool of values that can be negative it stays a pad."""
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    x = keras.Input((12, 12, 3), batch_size=1)
+    y = L.Conv2D(8, 3, strides=2)(L.ZeroPadding2D(((1, 2), (3, 0)))(x))
+    y = L.MaxPooling2D(3, strides=2)(L.ZeroPadding2D(1)(L.ReLU()(y)))
+    z = L.MaxPooling2D(2)(L.ZeroPadding2D(1)(L.Conv2D(4, 1)(y)))
+    model = keras.Model(x, z)
+    xv = rand(1, 12, 12, 3, seed=9)
+    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    want = model(xv, training=False).numpy()
+    for m in (gx.import_model(blob), import_tf(model)):
+        live_pads = [op for op in m.walk() if op.name == "pad" and op.results[0].users]
+        assert len(live_pads) == 1 and live_pads[0].results[0].users[0].name == "max_pool"
+        for target in ("numpy", "cpu"):
+            (got,) = gx.compile(m, target=target)(xv)
+            assert np.abs(got - want).max() / np.abs(want).max() <= RTOL
 
 
 def test_bytes_and_several_subgraphs():

@@ -56,12 +56,57 @@ def window_attrs(x: Value, kernel: Sequence[int], strides: Sequence[int],
     return attrs
 
 
+def _const(v: Value | None) -> np.ndarray | None:
+    p = v.producer if v is not None else None
+    return np.asarray(p.attrs["value"]) if p is not None and p.name == "constant" else None
+
+
+def _non_negative(v: Value) -> bool:
+    """Whether ``v`` is a relu / relu6-style clip output (so a zero pad cannot win a max)."""
+    p = v.producer
+    if p is None:
+        return False
+    if p.name == "relu":
+        return True
+    lo = _const(p.operand(1)) if p.name == "clip" and len(p.operands) > 1 else None
+    return lo is not None and lo.size == 1 and float(lo.reshape(-1)[0]) >= 0
+
+
+def absorb_zero_pad(x: Value, attrs: dict, for_max: bool = False) -> Value:
+    """Keras' ZeroPadding2D (an explicit ``pad`` of H and W) before a conv or pool with
+    explicit pads: the pad joins the window's pads, so no padded copy of the image is made.
+    A max pool takes it only when its input cannot be negative.  Returns the window's input;
+    ``attrs["pads"]`` is updated in place."""
+    p = x.producer
+    if p is None or p.name != "pad" or (p.attr("mode") or "constant") != "constant" or \
+            "pads" not in attrs or (len(p.operands) > 3 and p.operand(3) is not None):
+        return x
+    pads, value = _const(p.operand(1)), p.operand(2) if len(p.operands) > 2 else None
+    src = p.operand(0)
+    rank = len(src.type.shape) if isinstance(src.type, TensorType) and src.type.shape else None
+    if pads is None or rank is None or pads.size != 2 * rank or (pads < 0).any():
+        return x
+    if value is not None:
+        cv = _const(value)
+        if cv is None or cv.size != 1 or float(cv.reshape(-1)[0]) != 0.0:
+            return x
+    begin, end = pads[:rank], pads[rank:]
+    if begin[0] or end[0] or begin[-1] or end[-1] or (for_max and not _non_negative(src)):
+        return x
+    n = rank - 2
+    old = list(attrs["pads"])
+    attrs["pads"] = [int(old[i] + begin[1 + i]) for i in range(n)] + \
+        [int(old[n + i] + end[1 + i]) for i in range(n)]
+    return src
+
+
 def conv_nhwc(b: Builder, x: Value, w_mckk: np.ndarray, bias: np.ndarray | Value | None,
               strides: Sequence[int], dilations: Sequence[int], padding: str, group: int = 1,
               explicit: Sequence[int] | None = None) -> Value:
     """conv(layout="NHWC") of ``x`` with constant weights already in galaxir's [M, C/g, kh, kw]."""
     w_mckk = np.ascontiguousarray(w_mckk)
     attrs = window_attrs(x, w_mckk.shape[2:], strides, dilations, padding, explicit)
+    x = absorb_zero_pad(x, attrs)
     w = b.op("constant", value=w_mckk)
     if isinstance(bias, np.ndarray):
         bias = b.op("constant", value=np.ascontiguousarray(bias.astype(w_mckk.dtype).reshape(-1)))
@@ -91,5 +136,6 @@ def pool_nhwc(b: Builder, kind: str, x: Value, ksize: Sequence[int], strides: Se
     attrs = window_attrs(x, ksize, strides, [1] * len(ksize), padding)
     attrs.pop("dilations")
     if kind == "max":
+        x = absorb_zero_pad(x, attrs, for_max=True)
         return b.op("max_pool", x, num_results=1, layout="NHWC", **attrs)
     return b.op("average_pool", x, layout="NHWC", count_include_pad=0, **attrs)

@@ -12,6 +12,7 @@ Each primitive has a converter ``fn(ctx) -> Value | tuple`` registered in ``ops`
 """
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,10 @@ class MindIRImporter:
         self.model = model
         self.folder = folder
         self.prims = {p.name: p for p in model.primitives}
+        #: the function graphs (MindSpore's control flow: branches, loop headers and bodies)
+        self.graphs = {f.name: f for f in model.functions}
+        #: loop headers being converted into a loop (a call of one is the loop's next iteration)
+        self.loops: list[str] = []
         self.env: dict[str, Any] = {}
         self.dim_names = dim_names or {}
 
@@ -129,7 +134,7 @@ class MindIRImporter:
             prim = self.prims.get(t[5:])
             if prim is None:
                 # a call of a function graph: MindSpore's control flow or a cell kept whole
-                return f"call of graph '{t[5:]}'", None
+                return "call", None
             return prim.op_type, prim
         return t, None
 
@@ -137,9 +142,9 @@ class MindIRImporter:
         """Every op the graph uses has a converter, or one error lists all that do not."""
         conv = CONVERTERS.loaded()
         missing: dict[str, list[str]] = {}
-        for node in self.model.graph.node:
-            t, _ = self.op_type(node)
-            if t != "Constant" and t not in conv:
+        for node in [n for g in (self.model.graph, *self.model.functions) for n in g.node]:
+            t, prim = self.op_type(node)
+            if t != "Constant" and prim is not None and t not in conv:
                 missing.setdefault(t, []).append(short(node.name))
         if missing:
             lines = "; ".join(f"{t} ({', '.join(n[:3])}{', ...' if len(n) > 3 else ''})"
@@ -171,18 +176,46 @@ class MindIRImporter:
             b = Builder(gb.graph.block, provenance=(short(p.name),))
             v = b.op("constant", value=tensor_array(p, self.folder, f"parameter '{short(p.name)}'"))
             self.env[p.name] = v
+        result = self.convert_graph(g, self.env, gb.graph.block)
+        outputs = self.flatten(result, short(g.output[0].name) if g.output else "output")
+        if not outputs:
+            raise ModelImportError("MindIR graph has no tensor output")
+        for i, v in enumerate(outputs):
+            if v in gb.graph.inputs or any(v is o for o in gb.graph.outputs):
+                v = Builder(gb.graph.block).op("identity", v)
+            gb.output(v, "output" if len(outputs) == 1 else f"output_{i}")
+        module = gb.module({"producer": f"{self.model.producer_name} {self.model.producer_version}".strip()})
+        module.verify()
+        return module
+
+    def convert_graph(self, g: Any, env: dict[str, Any], block: Any) -> Any:
+        """Convert graph ``g``'s nodes into ``block`` with ``env`` (its inputs bound);
+        the value of its (first) output."""
+        self.convert_nodes(g, env, block)
+        if not g.output:
+            raise ModelImportError(f"MindIR graph '{short(g.name)}' has no output")
+        return self.lookup(g.output[0].name, None, env)
+
+    def convert_nodes(self, g: Any, env: dict[str, Any], block: Any, skip_calls: bool = False) -> None:
+        """Convert ``g``'s nodes into ``block``; ``skip_calls`` leaves out calls of graphs
+        (a loop header's final call, which the loop itself stands for)."""
         conv = CONVERTERS.loaded()
         for node in g.node:
             t, prim = self.op_type(node)
+            b = Builder(block, provenance=(short(node.name),))
+            if t == "call" and prim is None and skip_calls:
+                continue
             if t == "Constant":
                 vals = [attr_value(a, self.folder, f"value node '{node.name}'")
                         for a in node.attribute if a.name == "value"]
                 result = vals[0] if vals else None
+            elif prim is None:  # a call of a function graph, or of a Partial / Switch value
+                from .control import call
+                result = call(self, node, env, b)
             else:
                 attrs = {a.name: attr_value(a, self.folder, f"primitive '{prim.name}'")
                          for a in prim.attribute if a.name not in ("input_names", "output_names")}
-                inputs = [self.lookup(i, node) for i in node.input]
-                b = Builder(gb.graph.block, provenance=(short(node.name),))
+                inputs = [self.lookup(i, node, env) for i in node.input]
                 ctx = MindContext(node, t, attrs, inputs, b)
                 try:
                     result = conv[t](ctx)
@@ -191,18 +224,9 @@ class MindIRImporter:
                 except (ValueError, TypeError, IndexError, KeyError) as e:
                     raise ModelImportError(f"MindIR node '{ctx.name}' ({t}): {e}") from None
             for out in list(node.output) or [node.name]:
-                self.env[out] = result
-            self.env.setdefault(node.name, result)
-        outputs = []
-        for vi in g.output:
-            outputs.extend(self.flatten(self.lookup(vi.name, None), short(vi.name)))
-        if not outputs:
-            raise ModelImportError("MindIR graph has no tensor output")
-        for i, v in enumerate(outputs):
-            gb.output(v, "output" if len(outputs) == 1 else f"output_{i}")
-        module = gb.module({"producer": f"{self.model.producer_name} {self.model.producer_version}".strip()})
-        module.verify()
-        return module
+                env[out] = result
+            if node.name not in env.maps[0] if isinstance(env, ChainMap) else node.name not in env:
+                env[node.name] = result
 
     def flatten(self, v: Any, name: str) -> list[Value]:
         if isinstance(v, Value):
@@ -214,12 +238,16 @@ class MindIRImporter:
         raise UnsupportedOpError(f"MindIR output '{name}' is a constant ({type(v).__name__}), "
                                  "not a tensor computed from the inputs")
 
-    def lookup(self, name: str, node: Any) -> Any:
-        if name not in self.env:
+    def lookup(self, name: str, node: Any, env: dict[str, Any] | None = None) -> Any:
+        env = self.env if env is None else env
+        if name not in env:
+            if name in self.graphs:
+                from .control import Closure
+                return Closure(self.graphs[name], ())
             who = f"node '{short(node.name)}'" if node is not None else "the graph output"
             raise ModelImportError(f"MindIR {who} reads '{short(name)}', which is not defined "
                                    "before it")
-        return self.env[name]
+        return env[name]
 
 
 def import_mindir(source: Any, dim_names: dict | None = None) -> Module:

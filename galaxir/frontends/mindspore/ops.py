@@ -333,7 +333,18 @@ def concat(ctx: MindContext):
 
 @converter("Cast")
 def cast(ctx: MindContext):
-    raise ctx.unsupported("Cast's target type is a MindSpore type object galaxir does not read")
+    code = ctx.arg("dst_type", 1)
+    to = _TYPE_IDS.get(code) if isinstance(code, (int, np.integer)) else None
+    if to is None:
+        raise ctx.unsupported(f"cast to MindSpore type {code!r}, which galaxir has no dtype for")
+    x = ctx.value(0)
+    return x if x.type.dtype == to else ctx.op("cast", x, to=to)
+
+
+#: MindSpore's TypeId codes (mindapi/base/type_id.h) of the number types, as a Cast's target
+_TYPE_IDS = {30: DType.bool, 32: DType.int8, 33: DType.int16, 34: DType.int32, 35: DType.int64,
+             37: DType.uint8, 42: DType.float16, 43: DType.float32, 44: DType.float64,
+             45: DType.bfloat16}
 
 
 @converter("ReverseV2")
@@ -385,8 +396,11 @@ def gather(ctx: MindContext):
 def _reduce(gx: str):
     def convert(ctx: MindContext):
         x = ctx.value(0)
-        axes = _ints(ctx.arg("axis", 1, ()))
+        axis = ctx.arg("axis", 1, ())
+        axes = [] if axis is None else _ints(axis)  # None (SumExt's dim=None): all axes
         keep = bool(ctx.arg("keep_dims", 2, False))
+        if len(ctx.inputs) > 3 and ctx.op_type.endswith("Ext") and ctx.inputs[3] is not None:
+            raise ctx.unsupported("a dtype for the reduction")
         if not axes:
             axes = list(range(ctx.rank(x)))
         return ctx.op(gx, x, ctx.i64(axes), keepdims=int(keep))
@@ -431,3 +445,6 @@ def lstm(ctx: MindContext):
                        num_results=3, hidden_size=H)
     y = ctx.op("squeeze", y, ctx.i64([1]))
     return (y, hy, cy, None, None)
+
+
+from . import control  # noqa: E402,F401  (Partial, Switch: registered with the rest)

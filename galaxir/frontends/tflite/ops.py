@@ -212,6 +212,9 @@ def reduce(ctx: TfliteContext):
 def reshape(ctx: TfliteContext):
     shape = ctx.static(1) if len(ctx.tfl.inputs) > 1 else None
     if shape is None and ctx.value(1) is not None:  # a shape computed in the graph
+        target = _static_target(ctx.value(1), ctx.real(0))
+        if target is not None:
+            return ctx.finish(ctx.op("reshape", ctx.real(0), ctx.i64(target), allowzero=0))
         s = ctx.value(1)
         s = s if s.type.dtype == DType.int64 else ctx.op("cast", s, to=DType.int64)
         return ctx.finish(ctx.op("reshape", ctx.real(0), s, allowzero=0))
@@ -226,6 +229,79 @@ def reshape(ctx: TfliteContext):
     if src and isinstance(src[0], str) and shape and shape[0] == 1 and -1 not in shape:
         shape[0] = -1
     return ctx.finish(ctx.op("reshape", x, ctx.i64(shape), allowzero=1 if 0 in shape else 0))
+
+
+def _symbolic_ints(v, depth: int = 0) -> list | None:
+    """A small int tensor of shape arithmetic (``SHAPE -> GATHER / STRIDED_SLICE ->
+    REDUCE_PROD -> PACK / CONCATENATION``, which the converter emits for a Dense on a
+    dynamic-batch tensor) as ints, symbolic dim names or "?"; None when not traceable."""
+    p = getattr(v, "producer", None)
+    if p is None or depth > 16:
+        return None
+    if p.name == "constant":
+        arr = np.asarray(p.attrs["value"])
+        return [int(x) for x in arr.reshape(-1)] if arr.dtype.kind in "iu" else None
+    if p.name in ("cast", "identity", "unsqueeze", "reshape") and \
+            (p.name != "reshape" or (v.type.shape is not None and len(v.type.shape) <= 1)):
+        return _symbolic_ints(p.operand(0), depth + 1)
+    if p.name == "shape":
+        dims = p.operand(0).type.shape
+        if dims is None:
+            return None
+        dims = [d if isinstance(d, (int, str)) else "?" for d in dims]
+        return dims[p.attr("start") or 0:p.attr("end")]
+    if p.name == "gather" and (p.attr("axis") or 0) == 0:
+        base, idx = _symbolic_ints(p.operand(0), depth + 1), _symbolic_ints(p.operand(1), depth + 1)
+        if base is None or idx is None or not all(isinstance(i, int) and -len(base) <= i < len(base)
+                                                  for i in idx):
+            return None
+        return [base[i] for i in idx]
+    if p.name == "slice":
+        base = _symbolic_ints(p.operand(0), depth + 1)
+        se = [_symbolic_ints(p.operand(i), depth + 1) if p.operand(i) is not None else None
+              for i in (1, 2, 3, 4)]
+        if base is None or se[0] is None or se[1] is None or len(se[0]) != 1 or \
+                (se[2] is not None and se[2] != [0]) or (se[3] is not None and se[3] != [1]):
+            return None
+        return base[slice(se[0][0], se[1][0])]
+    if p.name == "reduce_prod":
+        base = _symbolic_ints(p.operand(0), depth + 1)
+        if base is None:
+            return None
+        if all(isinstance(d, int) for d in base):
+            return [int(np.prod(base))]
+        return [base[0]] if len(base) == 1 else ["?"]
+    if p.name == "concat" and (p.attr("axis") or 0) in (0, -1):
+        out = []
+        for x in p.operands:
+            part = _symbolic_ints(x, depth + 1)
+            if part is None:
+                return None
+            out.extend(part)
+        return out
+    return None
+
+
+def _static_target(shape, x) -> list[int] | None:
+    """A computed reshape target as constants: 0 (copy the input's dim) where it is the
+    input's own symbolic dim at that position, -1 for one other unknown dim; None when that
+    does not describe it.  So the backend sees a reshape, not shape arithmetic."""
+    items = _symbolic_ints(shape)
+    src = x.type.shape
+    if items is None:
+        return None
+    out, unknown = [], 0
+    for j, d in enumerate(items):
+        if isinstance(d, int):
+            if d <= 0:
+                return None
+            out.append(d)
+        elif d != "?" and src is not None and j < len(src) and src[j] == d:
+            out.append(0)
+        else:
+            unknown += 1
+            out.append(-1)
+    return out if unknown <= 1 else None
 
 
 @converter("SQUEEZE")

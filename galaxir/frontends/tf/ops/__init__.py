@@ -1,2 +1,2 @@
 """TF op converters, one module per op family; importing this package registers them."""
-from . import control, elementwise, nn, tensor  # noqa: F401
+from . import control, elementwise, nn, tensor, tensorlist  # noqa: F401

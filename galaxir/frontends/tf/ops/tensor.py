@@ -305,3 +305,14 @@ def strided_slice(ctx: TfContext):
     if shrink:
         y = ctx.op("squeeze", y, ctx.i64(shrink))
     return y
+
+
+@converter("ReverseV2")
+def reverse(ctx: TfContext):
+    """tf.reverse: a slice with step -1 on each axis."""
+    axes = ctx.need_static(1, "the axes").reshape(-1).astype(np.int64)
+    if not axes.size:
+        return ctx.inputs[0]
+    n, big = axes.size, np.iinfo(np.int64).max
+    return ctx.op("slice", ctx.inputs[0], ctx.i64([-1] * n), ctx.i64([-big] * n), ctx.i64(axes),
+                  ctx.i64([-1] * n))
