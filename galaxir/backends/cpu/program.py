@@ -138,7 +138,8 @@ class Specialization:
         written again.  Only outputs of at least DIRECT_MIN_BYTES (below that a copy is
         cheaper than a fresh array and its address) whose root no other graph output shares
         (two results must not share memory); the arena keeps their planned space unused,
-        so the plan and its in-place pairs stay as validated."""
+        so the plan and its in-place pairs stay as validated.  A dynamic module sends every
+        such output direct: a size threshold would make the code differ between shapes."""
         outs = self.module.graph.outputs
         roots = [id(self.root_of(v)) if v is not None else None for v in outs]
         self.out_slot: dict[int, int] = {}     # root id -> table slot
@@ -146,7 +147,7 @@ class Specialization:
         for v, k in zip(outs, roots):
             d = None
             if k is not None and k in self.produced_native and roots.count(k) == 1 \
-                    and nbytes_of(v) >= DIRECT_MIN_BYTES:
+                    and (self.dynamic or nbytes_of(v) >= DIRECT_MIN_BYTES):
                 slot = len(self.slot_value) + 1 + len(self.out_slot)
                 self.out_slot[k] = slot
                 d = (k, slot, tuple(static_shape(v.type)), v.type.dtype.numpy)
