@@ -93,3 +93,24 @@ def test_out_buffer_of_the_wrong_symbolic_size_is_refused(exe):
     buf = np.empty((4, 4), np.float32)  # batch 4, but the input binds batch to 3
     with pytest.raises(GalaxirError, match="out"):
         exe.run({"x": _x(3)}, out={"y": buf})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_feeds_outside_declared_dim_bounds_are_refused(target):
+    from galaxir.ir import set_dim_bounds
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "batch", "seq"))
+    y = gb.input("y", tensor("f32", "batch", 4))
+    gb.output(gb.op("reduce_sum", x, gb.constant(np.array([1], np.int64)), keepdims=0), "sx")
+    gb.output(gb.op("relu", y), "ry")
+    m = gb.module()
+    set_dim_bounds(m, {"batch": (1, 8), "seq": (2, None)})
+    exe = gx.compile(m, target=target)
+    ok = exe.run({"x": np.ones((3, 5), np.float32), "y": np.ones((3, 4), np.float32)})
+    np.testing.assert_array_equal(ok["sx"], np.full(3, 5, np.float32))
+    for shape_x, shape_y, words in [((9, 5), (9, 4), ["'x'", "dim 0", "'batch'", "9", "1..8"]),
+                                    ((3, 1), (3, 4), ["'x'", "dim 1", "'seq'", "2.."]),
+                                    ((0, 5), (0, 4), ["'x'", "dim 0", "0"])]:
+        with pytest.raises(InputValidationError) as e:
+            exe.run({"x": np.ones(shape_x, np.float32), "y": np.ones(shape_y, np.float32)})
+        assert all(w in str(e.value) for w in words), str(e.value)

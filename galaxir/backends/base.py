@@ -134,6 +134,7 @@ class Executable(abc.ABC):
         # (dtype, shape) of each input whose type is a fully static tensor: an ndarray that
         # matches exactly needs no other check (the common case, at no per-call cost)
         self._static = [_static_signature(t) for t in self.input_types]
+        self._bounds = dim_bounds(module)  # declared ranges of symbolic dims, checked per call
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple:
         if args and kwargs:
@@ -275,6 +276,9 @@ class Executable(abc.ABC):
                 out.append(v)
             else:
                 out.append(check_value(v, t, n, bindings))
+        if self._bounds:
+            for v, n, t in zip(out, self.input_names, self.input_types):
+                check_bounds(v, t, n, self._bounds)
         return out
 
     @abc.abstractmethod
@@ -428,6 +432,18 @@ def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> An
                         f"input '{name}': dim {axis} is symbol '{want}', bound to {bound} by an "
                         f"earlier input, but is {have} here")
     return value
+
+
+def check_bounds(value: Any, ty: Type, name: str, bounds: Mapping[str, tuple]) -> None:
+    """A checked input's symbolic dims against their declared ``(min, max)`` ranges."""
+    if not isinstance(ty, TensorType) or ty.shape is None or not isinstance(value, np.ndarray):
+        return
+    for axis, (want, have) in enumerate(zip(ty.shape, value.shape)):
+        lo, hi = bounds.get(want, (None, None)) if isinstance(want, str) else (None, None)
+        if (lo is not None and have < lo) or (hi is not None and have > hi):
+            raise InputValidationError(
+                f"input '{name}': dim {axis} ('{want}') is {have}, outside its declared range "
+                f"{lo}..{'' if hi is None else hi}")
 
 
 # -- the registry -------------------------------------------------------------------------
