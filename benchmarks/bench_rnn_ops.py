@@ -11,7 +11,7 @@ galaxir / onnxruntime of the per-call medians and of the minima (lower is better
 With ``--threads 2`` onnxruntime's pool is told not to spin after a run (it would take the
 core galaxir's worker needs: docs/performance.md, "Reproduce").
 
-    PYTHONPATH=. python benchmarks/bench_rnn_ops.py [--threads 1] [--runs 200] [--cases bilstm gru_bi]
+    PYTHONPATH=. python benchmarks/bench_rnn_ops.py [--threads 1] [--clock cpu] [--runs 200] [--cases bilstm gru_bi]
 """
 from __future__ import annotations
 
@@ -81,8 +81,10 @@ CASES = {
 }
 
 
-def measure(model: bytes, feeds: dict, threads: int, runs: int) -> tuple[list, list]:
-    """Per-call times (ms) of onnxruntime and galaxir, calls alternating."""
+def measure(model: bytes, feeds: dict, threads: int, runs: int, clock: str = "wall") -> tuple[list, list]:
+    """Per-call times (ms) of onnxruntime and galaxir, calls alternating; ``clock="cpu"``
+    reads the calling thread's CPU time (one thread only: both engines then run on it),
+    steady on a machine other processes load."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -99,14 +101,15 @@ def measure(model: bytes, feeds: dict, threads: int, runs: int) -> tuple[list, l
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4)
     for _ in range(3):
         sess.run(None, feeds), exe.run(feeds)
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     to, tg = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t = now()
         sess.run(None, feeds)
-        to.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        to.append(now() - t)
+        t = now()
         exe.run(feeds)
-        tg.append(time.perf_counter() - t)
+        tg.append(now() - t)
     return [1e3 * t for t in to], [1e3 * t for t in tg]
 
 
@@ -115,9 +118,13 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="*", default=list(CASES))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the calling thread's CPU time (with --threads 1)")
     a = p.parse_args(argv)
+    if a.clock == "cpu" and a.threads != 1:
+        p.error("--clock cpu needs --threads 1 (worker threads' time is not counted)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"threads={a.threads}, {a.runs} alternating calls, load average {load:.1f}")
+    print(f"threads={a.threads}, {a.runs} alternating calls, {a.clock} clock, load average {load:.1f}")
     print("| case | ort ms (median / min) | galaxir ms (median / min) | ratio (median / of mins) |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
@@ -127,7 +134,7 @@ def main(argv=None) -> int:
             except (ImportError, RuntimeError) as e:
                 print(f"| {name} | skipped: {e} | | |")
                 continue
-            to, tg = measure(model, feeds, a.threads, a.runs)
+            to, tg = measure(model, feeds, a.threads, a.runs, a.clock)
             mo, mg = statistics.median(to), statistics.median(tg)
             print(f"| {name} | {mo:.3f} / {min(to):.3f} | {mg:.3f} / {min(tg):.3f} | "
                   f"{mg / mo:.2f} / {min(tg) / min(to):.2f} |", flush=True)
