@@ -3,7 +3,7 @@ the way people build them today (``galaxir.testing.modern``: torchvision and tra
 code with seeded random weights, exported on the fly where torch, torchvision and
 transformers are installed, skipped with the reason otherwise), plus a 1024x1024 float32
 matmul.  Each (model, engine) runs in its own process so peak memory
-(ru_maxrss) is its own.  Threads: 2 for everyone (GALAXIR_NUM_THREADS, intra_op_num_threads).
+(VmHWM) is its own.  Threads: 2 for everyone (GALAXIR_NUM_THREADS, intra_op_num_threads).
 
     python benchmarks/bench_cpu.py                 # everything, markdown table on stdout
     python benchmarks/bench_cpu.py --models squeezenet resnet50 --runs 10
@@ -23,7 +23,6 @@ import glob
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's galaxir
+from galaxir.testing.timing import peak_rss_mb  # noqa: E402
 
 THREADS = 2
 LIGHT = os.path.join(os.path.dirname(__import__("onnx").__file__), "backend", "test", "data", "light")
@@ -113,7 +115,7 @@ def child(engine: str, model: str, runs: int) -> dict:
         run()
         times.append(time.perf_counter() - t)
     return dict(compile_s=compile_s, latency_ms=statistics.median(times) * 1e3,
-                peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                peak_mb=peak_rss_mb())
 
 
 def matmul_child(engine: str, runs: int) -> dict:
@@ -201,7 +203,7 @@ def main():
     zoo_names = sorted(os.path.basename(p)[6:-5] for p in glob.glob(os.path.join(LIGHT, "light_*.onnx")))
     tmp = tempfile.mkdtemp(prefix="galaxir_bench_")
     # built in a child process: torch and the exported models would otherwise sit in this
-    # process's memory, and a child inherits its parent's peak RSS figure (ru_maxrss)
+    # process's memory
     if a.models:
         to_build = [m for m in a.models if m in modern.MODELS or m == "torch"]
         models = [m for m in a.models if m not in to_build]

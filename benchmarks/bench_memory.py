@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's galaxir
+from galaxir.testing.timing import peak_rss_mb  # noqa: E402
 
 MODELS = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
           "shufflenet", "squeezenet", "vgg19", "zfnet512"]
@@ -52,9 +54,9 @@ def ort_child(model: str) -> dict:
     warm.run(None, {"a": np.zeros(4, np.float32)})
     before = _rss_bytes()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after_init = peak_rss_mb() * MiB
     sess.run(None, feeds)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_mb() * MiB
     return dict(ort_peak_growth=peak - before, ort_init_growth=after_init - before)
 
 

@@ -14,12 +14,9 @@ from galaxir.backends.cpu.kernels_conv_transpose import tap_range
 from galaxir.backends.cpu.kernels_depthwise import interior_columns
 from galaxir.ir import GraphBuilder, tensor
 from galaxir.passes.layout import interior_transposes
+from conftest import native_kernels
 
 RNG = np.random.default_rng(11)
-
-
-def _kernels(exe):
-    return [type(s.kernel).__name__ for s in exe.last.steps if s.kind == "native"]
 
 
 def _compile_both(module, feeds, layout):
@@ -66,7 +63,7 @@ def _check_conv(x_shape, w_shape, layout, *, bias=True, activation=None, residua
     convs = [op for op in opt.walk() if op.name in ("conv", "fused_conv")]
     assert convs and all(op.attrs.get("layout", "NCHW") == layout for op in convs)
     if expect is not None:
-        assert expect in _kernels(exe), _kernels(exe)
+        assert expect in native_kernels(exe), native_kernels(exe)
     return exe
 
 
@@ -204,7 +201,7 @@ def test_conv_transpose_matches_reference(xs, ws, attrs, bias):
     got = exe(x)
     assert got[0].shape == ref[0].shape
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
-    assert "ConvTranspose2d" in _kernels(exe) and not exe.fallback_ops, exe.report()
+    assert "ConvTranspose2d" in native_kernels(exe) and not exe.fallback_ops, exe.report()
 
 
 @settings(max_examples=12, deadline=None)
@@ -277,7 +274,7 @@ def test_squeeze_excitation_runs_channels_last(gate):
     assert all(op.attrs.get("layout") == "NHWC" for op in opt.walk() if "conv" in op.name)
     exe = get_backend("cpu").compile(opt)
     np.testing.assert_allclose(exe(xv)[0], ref[0], rtol=1e-4, atol=1e-4)
-    assert "DepthwiseNhwc" in _kernels(exe) and not exe.fallback_ops, exe.report()
+    assert "DepthwiseNhwc" in native_kernels(exe) and not exe.fallback_ops, exe.report()
 
 
 @pytest.mark.parametrize("axes", [[1], [-3], None])

@@ -11,6 +11,7 @@ import galaxir as gx
 from galaxir.backends import get_backend
 from galaxir.ir import GraphBuilder, tensor
 from galaxir.passes.layout import interior_transposes
+from conftest import native_kernels
 
 RNG = np.random.default_rng(7)
 
@@ -221,10 +222,6 @@ def test_nhwc_conv_with_runtime_weights_falls_back_cleanly():
 
 
 # -- large matrix products on the same kernel (kernels_nhwc.MatMulPacked) -------------------
-def _kernels(exe):
-    return [type(s.kernel).__name__ for s in exe.last.steps if s.kind == "native"]
-
-
 @pytest.mark.parametrize("a_shape,b_shape,const_b", [
     ((200, 150), (150, 170), False),          # N not a multiple of 16, rows not of 6
     ((3, 70, 128), (128, 96), True),          # batch folded into the rows, packed at compile time
@@ -243,7 +240,7 @@ def test_packed_matmul_matches_reference(a_shape, b_shape, const_b):
     exe = gx.compile(m, target="cpu")
     (got,) = exe(*feeds)
     np.testing.assert_allclose(got, np.matmul(av, bval), rtol=1e-4, atol=1e-3)
-    assert {"MatMulPacked", "GemmPacked", "BatchedGemm"} & set(_kernels(exe))
+    assert {"MatMulPacked", "GemmPacked", "BatchedGemm"} & set(native_kernels(exe))
 
 
 def test_packed_linear_with_bias_and_relu():
@@ -256,7 +253,7 @@ def test_packed_linear_with_bias_and_relu():
     av = RNG.standard_normal((96, 256)).astype(np.float32)
     (got,) = exe(av)
     np.testing.assert_allclose(got, np.maximum(av @ w + bias, 0), rtol=1e-4, atol=1e-3)
-    assert _kernels(exe) in (["MatMulPacked"], ["GemmPacked"])
+    assert native_kernels(exe) in (["MatMulPacked"], ["GemmPacked"])
 
 
 @pytest.mark.parametrize("trans_b,bias_shape", [(True, (1, 72)), (False, (72,)), (True, None)])
@@ -280,7 +277,7 @@ def test_packed_gemm(trans_b, bias_shape):
     av = RNG.standard_normal((200, 160)).astype(np.float32)
     want = av @ (w.T if trans_b else w) + (bias if bias_shape is not None else 0)
     np.testing.assert_allclose(exe(av)[0], np.maximum(want, 0), rtol=1e-4, atol=1e-3)
-    assert _kernels(exe) in (["MatMulPacked"], ["GemmPacked"])
+    assert native_kernels(exe) in (["MatMulPacked"], ["GemmPacked"])
 
 
 def test_small_products_stay_on_sgemm():
@@ -291,7 +288,7 @@ def test_small_products_stay_on_sgemm():
     exe = gx.compile(gb.module(), target="cpu")
     av, bv = RNG.standard_normal((8, 32)).astype(np.float32), RNG.standard_normal((32, 24)).astype(np.float32)
     np.testing.assert_allclose(exe(av, bv)[0], av @ bv, rtol=1e-5, atol=1e-5)
-    assert not {"MatMulPacked", "GemmPacked", "BatchedGemm"} & set(_kernels(exe))
+    assert not {"MatMulPacked", "GemmPacked", "BatchedGemm"} & set(native_kernels(exe))
 
 
 def test_channel_shuffle_stays_channels_last():

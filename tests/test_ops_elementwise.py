@@ -14,6 +14,7 @@ from galaxir.errors import ShapeInferenceError, VerificationError
 from galaxir.ir.builder import GraphBuilder
 from galaxir.ir.opdef import lookup
 from galaxir.ir.types import DType, tensor
+from conftest import run_op
 
 RNG = np.random.default_rng(0)
 
@@ -25,15 +26,6 @@ def _infer(name, *types, **attrs):
     return str(out.type) if not isinstance(out, tuple) else tuple(str(o.type) for o in out)
 
 
-def _run(name, *arrays, num_results=None, **attrs):
-    gb = GraphBuilder()
-    xs = [gb.input(f"x{i}", tensor(DType.from_numpy(a.dtype), *a.shape)) for i, a in enumerate(arrays)]
-    out = gb.op(name, *xs, num_results=num_results, **attrs)
-    outs = out if isinstance(out, tuple) else (out,)
-    for i, o in enumerate(outs):
-        gb.output(o, f"y{i}")
-    res = gx.compile(gb.module(), target="numpy", level=0)(*arrays)
-    return res if isinstance(out, tuple) else res[0]
 
 
 # -- shape inference ----------------------------------------------------------------------------
@@ -219,26 +211,26 @@ def test_cast_float8_saturate_and_not():
     x = np.array([1e6, -1e6, np.inf, -np.inf, np.nan, 0.3, 1e-9], np.float32)
     for to in (DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz):
         info = ml_dtypes.finfo(to.numpy)
-        sat = _run("cast", x, to=to).astype(np.float32)
+        sat = run_op("cast", x, to=to).astype(np.float32)
         assert sat[0] == float(info.max) and sat[1] == float(info.min)
         assert sat[2] == float(info.max) and sat[3] == float(info.min)
         assert np.isnan(sat[4])
         assert sat[5] == np.float32(x[5]).astype(to.numpy).astype(np.float32)
-        raw = _run("cast", x, to=to, saturate=0).astype(np.float32)
+        raw = run_op("cast", x, to=to, saturate=0).astype(np.float32)
         assert not np.isfinite(raw[0])  # out of range: inf or NaN without saturation
-    f16 = _run("cast", np.array([60000.0, -np.inf], np.float16), to=DType.float8e5m2)
+    f16 = run_op("cast", np.array([60000.0, -np.inf], np.float16), to=DType.float8e5m2)
     assert f16.astype(np.float32).tolist() == [57344.0, -57344.0]
 
 
 def test_cast_float8e8m0_round_modes():
     x = np.array([1.0, 1.5, 3.0, 0.75, 2.0 ** 127 * 1.5, np.inf, np.nan], np.float32)
-    up = _run("cast", x, to=DType.float8e8m0).astype(np.float32)
+    up = run_op("cast", x, to=DType.float8e8m0).astype(np.float32)
     np.testing.assert_array_equal(up[:4], [1.0, 2.0, 4.0, 1.0])
     assert up[4] == 2.0 ** 127  # saturated: no round-up past the largest exponent
     assert np.isnan(up[5]) and np.isnan(up[6])
-    down = _run("cast", x, to=DType.float8e8m0, round_mode="down").astype(np.float32)
+    down = run_op("cast", x, to=DType.float8e8m0, round_mode="down").astype(np.float32)
     np.testing.assert_array_equal(down[:4], [1.0, 1.0, 2.0, 0.5])
-    near = _run("cast", x, to=DType.float8e8m0, round_mode="nearest").astype(np.float32)
+    near = run_op("cast", x, to=DType.float8e8m0, round_mode="nearest").astype(np.float32)
     np.testing.assert_array_equal(near[:4], [1.0, 2.0, 4.0, 1.0])
     want = onnx.numpy_helper.to_float8e8m0(x, True, "nearest").astype(np.float32)
     np.testing.assert_array_equal(near[:5], want[:5])
@@ -246,54 +238,54 @@ def test_cast_float8e8m0_round_modes():
 
 def test_cast_subbyte_bf16_and_strings():
     x = np.arange(-9, 16).astype(np.float32)
-    np.testing.assert_array_equal(_run("cast", x, to=DType.int4).astype(np.int8),
+    np.testing.assert_array_equal(run_op("cast", x, to=DType.int4).astype(np.int8),
                                   x.astype(ml_dtypes.int4).astype(np.int8))
-    np.testing.assert_array_equal(_run("cast", x, to=DType.uint4).astype(np.int8),
+    np.testing.assert_array_equal(run_op("cast", x, to=DType.uint4).astype(np.int8),
                                   x.astype(ml_dtypes.uint4).astype(np.int8))
     i4 = np.array([-8, -1, 0, 7], ml_dtypes.int4)
-    np.testing.assert_array_equal(_run("cast", i4, to=DType.float16), [-8, -1, 0, 7])
-    bf = _run("cast", np.array([1, 300, -7], np.int64), to=DType.bfloat16)
+    np.testing.assert_array_equal(run_op("cast", i4, to=DType.float16), [-8, -1, 0, 7])
+    bf = run_op("cast", np.array([1, 300, -7], np.int64), to=DType.bfloat16)
     assert bf.dtype == ml_dtypes.bfloat16 and bf.astype(np.float32).tolist() == [1, 300, -7]
-    s = _run("cast", np.array([1.5, -2.0, np.nan, -np.inf], np.float64), to=DType.string)
+    s = run_op("cast", np.array([1.5, -2.0, np.nan, -np.inf], np.float64), to=DType.string)
     assert s.tolist() == ["1.5", "-2", "NaN", "-INF"]
-    back = _run("cast", np.array(["7", "-3", "12"], dtype=object), to=DType.int16)
+    back = run_op("cast", np.array(["7", "-3", "12"], dtype=object), to=DType.int16)
     assert back.dtype == np.int16 and back.tolist() == [7, -3, 12]
-    b = _run("cast", np.array([True, False]), to=DType.string)
+    b = run_op("cast", np.array([True, False]), to=DType.string)
     assert b.tolist() == ["1", "0"]
 
 
 def test_bit_cast_and_bitshift_out_of_range():
     x = np.array([1.0, -2.5], np.float32)
-    np.testing.assert_array_equal(_run("bit_cast", x, to=DType.int32), x.view(np.int32))
+    np.testing.assert_array_equal(run_op("bit_cast", x, to=DType.int32), x.view(np.int32))
     a = np.array([-8, 8, -1, 5], np.int8)
     s = np.array([1, 9, 8, -1], np.int8)
-    np.testing.assert_array_equal(_run("bit_shift", a, s, direction="RIGHT"), [-4, 0, -1, 0])
-    np.testing.assert_array_equal(_run("bit_shift", a, s, direction="LEFT"), [-16, 0, 0, 0])
+    np.testing.assert_array_equal(run_op("bit_shift", a, s, direction="RIGHT"), [-4, 0, -1, 0])
+    np.testing.assert_array_equal(run_op("bit_shift", a, s, direction="LEFT"), [-16, 0, 0, 0])
 
 
 def test_int_div_mod_semantics():
     a = np.array([7, -7, 7, -7, 5], np.int32)
     b = np.array([2, 2, -2, -2, 0], np.int32)
-    np.testing.assert_array_equal(_run("div", a, b), [3, -3, -3, 3, 0])  # truncates toward zero
-    np.testing.assert_array_equal(_run("mod", a, b), [1, 1, -1, -1, 0])  # divisor's sign
-    np.testing.assert_array_equal(_run("mod", a, b, fmod=1), [1, -1, 1, -1, 0])
-    np.testing.assert_array_equal(_run("pow", np.array([2, 3], np.int64), np.array([-1, 2], np.int64)), [0, 9])
+    np.testing.assert_array_equal(run_op("div", a, b), [3, -3, -3, 3, 0])  # truncates toward zero
+    np.testing.assert_array_equal(run_op("mod", a, b), [1, 1, -1, -1, 0])  # divisor's sign
+    np.testing.assert_array_equal(run_op("mod", a, b, fmod=1), [1, -1, 1, -1, 0])
+    np.testing.assert_array_equal(run_op("pow", np.array([2, 3], np.int64), np.array([-1, 2], np.int64)), [0, 9])
 
 
 def test_dropout_inference_and_seeded_training():
     x = RNG.standard_normal((4, 5)).astype(np.float32)
-    y, mask = _run("dropout", x, num_results=2)
+    y, mask = run_op("dropout", x, num_results=2)
     np.testing.assert_array_equal(y, x)
     assert mask.dtype == np.bool_ and mask.all()
     r, t = np.array(0.25, np.float32), np.array(True)
-    y, mask = _run("dropout", x, r, t, num_results=2, seed=3)
+    y, mask = run_op("dropout", x, r, t, num_results=2, seed=3)
     keep = np.random.RandomState(3).uniform(0, 1, x.shape) >= 0.25
     np.testing.assert_array_equal(mask, keep)
     np.testing.assert_allclose(y, x * keep / 0.75, rtol=1e-6)
 
 
 # -- the importer: old opset forms ------------------------------------------------------------------
-def _import_run(nodes, ins, outs, feeds, opset, inits=()):
+def _importrun_op(nodes, ins, outs, feeds, opset, inits=()):
     g = helper.make_graph(nodes, "g", ins, outs, list(inits))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     exe = gx.compile(gx.import_model(m), target="numpy", level=0)
@@ -304,15 +296,15 @@ def test_legacy_broadcast_axis_clip_attrs_cast_string_to():
     x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
     b = RNG.standard_normal(3).astype(np.float32)
     vi = helper.make_tensor_value_info
-    out = _import_run([helper.make_node("Add", ["x", "b"], ["y"], broadcast=1, axis=1)],
+    out = _importrun_op([helper.make_node("Add", ["x", "b"], ["y"], broadcast=1, axis=1)],
                       [vi("x", TensorProto.FLOAT, [2, 3, 4]), vi("b", TensorProto.FLOAT, [3])],
                       [vi("y", TensorProto.FLOAT, [2, 3, 4])], {"x": x, "b": b}, opset=6)
     np.testing.assert_allclose(out["y"], x + b[:, None], rtol=1e-6)
-    out = _import_run([helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.25)],
+    out = _importrun_op([helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.25)],
                       [vi("x", TensorProto.FLOAT, [2, 3, 4])], [vi("y", TensorProto.FLOAT, [2, 3, 4])],
                       {"x": x}, opset=6)
     np.testing.assert_allclose(out["y"], np.clip(x, -0.5, 0.25))
-    out = _import_run([helper.make_node("Cast", ["x"], ["y"], to="INT32")],
+    out = _importrun_op([helper.make_node("Cast", ["x"], ["y"], to="INT32")],
                       [vi("x", TensorProto.FLOAT, [2, 3, 4])], [vi("y", TensorProto.INT32, [2, 3, 4])],
                       {"x": x * 10}, opset=5)
     np.testing.assert_array_equal(out["y"], (x * 10).astype(np.int32))
@@ -321,14 +313,14 @@ def test_legacy_broadcast_axis_clip_attrs_cast_string_to():
 def test_legacy_dropout_mask_dtype_and_castlike():
     x = RNG.standard_normal((2, 3)).astype(np.float32)
     vi = helper.make_tensor_value_info
-    out = _import_run([helper.make_node("Dropout", ["x"], ["y", "m"], ratio=0.3)],
+    out = _importrun_op([helper.make_node("Dropout", ["x"], ["y", "m"], ratio=0.3)],
                       [vi("x", TensorProto.FLOAT, [2, 3])],
                       [vi("y", TensorProto.FLOAT, [2, 3]), vi("m", TensorProto.FLOAT, [2, 3])],
                       {"x": x}, opset=7)
     np.testing.assert_array_equal(out["y"], x)
     assert out["m"].dtype == np.float32 and (out["m"] == 1).all()
     like = np.zeros(1, np.float16)
-    out = _import_run([helper.make_node("CastLike", ["x", "t"], ["y"])],
+    out = _importrun_op([helper.make_node("CastLike", ["x", "t"], ["y"])],
                       [vi("x", TensorProto.FLOAT, [2, 3]), vi("t", TensorProto.FLOAT16, [1])],
                       [vi("y", TensorProto.FLOAT16, [2, 3])], {"x": x, "t": like}, opset=19)
     assert out["y"].dtype == np.float16
@@ -337,6 +329,6 @@ def test_legacy_dropout_mask_dtype_and_castlike():
 
 def test_gelu_kernel_matches_formula():
     x = np.linspace(-6, 6, 101).astype(np.float64)
-    y = _run("gelu", x)
+    y = run_op("gelu", x)
     want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-15)

@@ -13,21 +13,12 @@ from galaxir.errors import ShapeInferenceError, UnsupportedOpError
 from galaxir.ir import Builder, GraphBuilder
 from galaxir.ir.opdef import lookup
 from galaxir.ir.types import UNKNOWN, DType, TensorType, tensor
+from conftest import run_op
 
 RNG = np.random.default_rng(7)
 F = "f32"
 
 
-def _run(name, *arrays, num_results=None, **attrs):
-    gb = GraphBuilder()
-    xs = [None if a is None else gb.input(f"x{i}", tensor(DType.from_numpy(a.dtype).short, *a.shape))
-          for i, a in enumerate(arrays)]
-    outs = gb.op(name, *xs, num_results=num_results, **attrs)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    for i, o in enumerate(outs):
-        gb.output(o, f"y{i}")
-    res = gx.compile(gb.module(), target="numpy", level=0)(*[a for a in arrays if a is not None])
-    return res if len(res) > 1 else res[0]
 
 
 def _types(name, *types, **attrs):
@@ -120,11 +111,11 @@ def _attention_ref(q, k, v, mask=None, causal=False, scale=None):
 
 def test_attention_kernel_matches_formula():
     q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in [(2, 4, 5, 8), (2, 2, 5, 8), (2, 2, 5, 3)])
-    y, pk, pv, qk = _run("attention", q, k, v, is_causal=1)
+    y, pk, pv, qk = run_op("attention", q, k, v, is_causal=1)
     np.testing.assert_allclose(y, _attention_ref(q, k, v, causal=True), rtol=1e-5, atol=1e-6)
     assert pk is not None and np.array_equal(pk, k)
     mask = RNG.standard_normal((5, 5)).astype(np.float32)
-    y = _run("attention", q, k, v, mask, scale=0.2)[0]
+    y = run_op("attention", q, k, v, mask, scale=0.2)[0]
     np.testing.assert_allclose(y, _attention_ref(q, k, v, mask=mask, scale=0.2), rtol=1e-5, atol=1e-6)
 
 
@@ -132,7 +123,7 @@ def test_attention_fully_masked_row_is_zero():
     q, k, v = (RNG.standard_normal((1, 1, 3, 4)).astype(np.float32) for _ in range(3))
     mask = np.ones((3, 3), bool)
     mask[1] = False
-    y, _, _, probs = _run("attention", q, k, v, mask, qk_matmul_output_mode=3)
+    y, _, _, probs = run_op("attention", q, k, v, mask, qk_matmul_output_mode=3)
     assert np.all(y[0, 0, 1] == 0) and np.all(probs[0, 0, 1] == 0)
     assert np.all(np.isfinite(y))
 
@@ -141,7 +132,7 @@ def test_linear_attention_is_causal_linear_attention():
     b, t, h, dk, dv = 2, 5, 2, 4, 3
     q, k = (RNG.standard_normal((b, t, h * dk)).astype(np.float32) for _ in range(2))
     v = RNG.standard_normal((b, t, h * dv)).astype(np.float32)
-    out, state = _run("linear_attention", q, k, v, q_num_heads=h, kv_num_heads=h, update_rule="linear")
+    out, state = run_op("linear_attention", q, k, v, q_num_heads=h, kv_num_heads=h, update_rule="linear")
     q4, k4 = (x.reshape(b, t, h, dk).transpose(0, 2, 1, 3) for x in (q, k))
     v4 = v.reshape(b, t, h, dv).transpose(0, 2, 1, 3)
     # unnormalized causal attention: o_t = scale * sum_{s<=t} (q_t . k_s) v_s
@@ -153,38 +144,38 @@ def test_linear_attention_is_causal_linear_attention():
 
 def test_quantize_dequantize_granularities():
     x = np.array([[-1.5, 0.49, 2.5, 300.0], [0.5, -0.5, 1.5, -300.0]], np.float32)
-    y = _run("quantize_linear", x, np.array(1.0, np.float32), np.array(3, np.int8))
+    y = run_op("quantize_linear", x, np.array(1.0, np.float32), np.array(3, np.int8))
     assert y.dtype == np.int8 and y.tolist() == [[1, 3, 5, 127], [3, 3, 5, -128]]  # half to even
     s = np.array([1.0, 2.0], np.float32)
-    y = _run("quantize_linear", x, s, np.array([0, 0], np.uint8), axis=0)
+    y = run_op("quantize_linear", x, s, np.array([0, 0], np.uint8), axis=0)
     assert y.tolist() == [[0, 0, 2, 255], [0, 0, 1, 0]]
     blocked = np.array([[1.0, 4.0], [2.0, 8.0]], np.float32)
-    y = _run("quantize_linear", x, blocked, block_size=2, axis=1, output_dtype=DType.int16)
+    y = run_op("quantize_linear", x, blocked, block_size=2, axis=1, output_dtype=DType.int16)
     assert y.tolist() == [[-2, 0, 1, 75], [0, -0, 0, -38]]
-    back = _run("dequantize_linear", y, blocked, block_size=2, axis=1)
+    back = run_op("dequantize_linear", y, blocked, block_size=2, axis=1)
     assert back.dtype == np.float32 and back[0, 3] == 300.0
-    i4 = _run("quantize_linear", x, np.array(0.25, np.float32), np.array(1, DType.int4.numpy))
+    i4 = run_op("quantize_linear", x, np.array(0.25, np.float32), np.array(1, DType.int4.numpy))
     assert i4.dtype == DType.int4.numpy and i4.astype(np.int32).max() == 7 and i4.astype(np.int32).min() == -8
 
 
 def test_float8_saturation():
     x = np.array([1e6, -1e6, 1.0, np.nan], np.float32)
     zp = np.zeros((), DType.float8e4m3fn.numpy)
-    sat = _run("quantize_linear", x, np.array(1.0, np.float32), zp).astype(np.float32)
+    sat = run_op("quantize_linear", x, np.array(1.0, np.float32), zp).astype(np.float32)
     assert sat[0] == 448 and sat[1] == -448 and sat[2] == 1 and np.isnan(sat[3])
-    raw = _run("quantize_linear", x, np.array(1.0, np.float32), zp, saturate=0).astype(np.float32)
+    raw = run_op("quantize_linear", x, np.array(1.0, np.float32), zp, saturate=0).astype(np.float32)
     assert np.isnan(raw[0])
 
 
 def test_integer_matmul_and_conv_are_exact():
     a = RNG.integers(0, 256, (3, 4, 6)).astype(np.uint8)
     b = RNG.integers(-128, 128, (6, 5)).astype(np.int8)
-    got = _run("matmul_integer", a, b, np.array(12, np.uint8), np.array(-3, np.int8))
+    got = run_op("matmul_integer", a, b, np.array(12, np.uint8), np.array(-3, np.int8))
     assert got.dtype == np.int32
     assert np.array_equal(got, (a.astype(np.int64) - 12) @ (b.astype(np.int64) + 3))
     x = RNG.integers(0, 256, (1, 2, 5, 5)).astype(np.uint8)
     w = RNG.integers(0, 256, (4, 1, 3, 3)).astype(np.uint8)
-    got = _run("conv_integer", x, w, np.array(128, np.uint8), group=2, pads=(1, 1, 1, 1), strides=(2, 2))
+    got = run_op("conv_integer", x, w, np.array(128, np.uint8), group=2, pads=(1, 1, 1, 1), strides=(2, 2))
     xp = np.pad(x.astype(np.int64) - 128, [(0, 0), (0, 0), (1, 1), (1, 1)])
     want = np.zeros((1, 4, 3, 3), np.int64)
     for m in range(4):
@@ -197,18 +188,18 @@ def test_integer_matmul_and_conv_are_exact():
 def test_dft_and_stft_match_numpy_fft():
     x = RNG.standard_normal((2, 12, 1)).astype(np.float64)
     axis = np.array(1, np.int64)
-    got = _run("dft", x, None, axis)
+    got = run_op("dft", x, None, axis)
     want = np.fft.fft(x[..., 0], axis=1)
     np.testing.assert_allclose(got[..., 0] + 1j * got[..., 1], want, atol=1e-12)
-    back = _run("dft", got, None, axis, inverse=1)
+    back = run_op("dft", got, None, axis, inverse=1)
     np.testing.assert_allclose(back[..., 0], x[..., 0], atol=1e-12)
-    half = _run("dft", x, None, axis, onesided=1)
-    real = _run("dft", half, None, axis, inverse=1, onesided=1)
+    half = run_op("dft", x, None, axis, onesided=1)
+    real = run_op("dft", half, None, axis, inverse=1, onesided=1)
     assert real.shape == (2, 12, 1)
     np.testing.assert_allclose(real[..., 0], x[..., 0], atol=1e-12)
-    win = _run("hann_window", np.array(4, np.int64), output_datatype=DType.float64)
+    win = run_op("hann_window", np.array(4, np.int64), output_datatype=DType.float64)
     np.testing.assert_allclose(win, [0, 0.5, 1, 0.5], atol=1e-15)
-    spec = _run("stft", x, np.array(4, np.int64), win)
+    spec = run_op("stft", x, np.array(4, np.int64), win)
     assert spec.shape == (2, 3, 3, 2)
     frame = x[1, 4:8, 0] * win
     np.testing.assert_allclose(spec[1, 1, :, 0] + 1j * spec[1, 1, :, 1], np.fft.rfft(frame), atol=1e-12)

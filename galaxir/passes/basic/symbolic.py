@@ -38,6 +38,16 @@ def _dims(op: Operation, i: int):
     return list(got[0])
 
 
+def _shape_target(op: Operation):
+    """(dims of operand 1, shape of operand 0) for a reshape/expand whose target is computed
+    from shapes and whose input has a known rank; None otherwise."""
+    dims = _dims(op, 1)
+    x = op.operand(0)
+    if dims is None or not isinstance(x.type, TensorType) or x.type.shape is None:
+        return None
+    return dims, list(x.type.shape)
+
+
 def _retarget(op: Operation, rw: Rewriter, i: int, spec: list[int]) -> bool:
     """Give ``op`` the constant ``spec`` as operand ``i`` when that infers the type it has."""
     old = op.operand(i)
@@ -65,19 +75,19 @@ class SymbolicReshape(RewritePattern):
     benefit = 2
 
     def match_and_rewrite(self, op: Operation, rw: Rewriter) -> bool:
-        dims = _dims(op, 1)
-        x = op.operand(0)
-        if dims is None or not isinstance(x.type, TensorType) or x.type.shape is None:
+        got = _shape_target(op)
+        if got is None:
             return False
+        dims, xshape = got
         allowzero = bool(op.attr("allowzero"))
         spec: list[int] = []
         inferred = None
         for j, d in enumerate(dims):
             if isinstance(d, int):
-                if d == 0 and allowzero is False and j >= len(x.type.shape):
+                if d == 0 and allowzero is False and j >= len(xshape):
                     return False
                 spec.append(d)
-            elif not allowzero and j < len(x.type.shape) and x.type.shape[j] == d:
+            elif not allowzero and j < len(xshape) and xshape[j] == d:
                 spec.append(0)          # copies x's dim j
             elif inferred is None and -1 not in dims:
                 inferred = j
@@ -95,11 +105,10 @@ class SymbolicExpand(RewritePattern):
     benefit = 2
 
     def match_and_rewrite(self, op: Operation, rw: Rewriter) -> bool:
-        dims = _dims(op, 1)
-        x = op.operand(0)
-        if dims is None or not isinstance(x.type, TensorType) or x.type.shape is None:
+        got = _shape_target(op)
+        if got is None:
             return False
-        xs = list(x.type.shape)
+        dims, xs = got
         lead = len(dims) - len(xs)
         spec: list[int] = []
         for j, d in enumerate(dims):
