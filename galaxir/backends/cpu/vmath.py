@@ -5,9 +5,10 @@ call per element: GELU in erf form ran 14x slower than onnxruntime).  Here each 
 is plain IR arithmetic, selects and bit casts over whatever value it is given, so the
 elementwise loops and the GEMM epilogues run it on 8 or 16 lanes at once.  Special values
 follow the numpy reference: NaN in gives NaN out, +-inf and large |x| saturate, denormal
-results of exp are rounded once (the scale is applied in two halves).
+results of exp are rounded once (``vscalefps``, or the scale applied in two halves).
 
-Accuracy (float32, measured against float64 over wide ranges in tests/test_cpu_vmath.py):
+Accuracy (float32, measured against float64 over wide ranges in
+tests/test_cpu_elementwise_math.py):
 exp, log, sigmoid, tanh within 2-3 ulp; erf within 1e-6 relative (a rational fit on
 [-4, 4], exactly +-1 beyond where float32 rounds erf to +-1 anyway).
 """
