@@ -6,6 +6,7 @@ transposed (DCGAN) convs, each a one-node ONNX model built with onnx.helper.
     python benchmarks/bench_conv_ops.py --threads 2 --runs 100 --cases dw7_convnext
     python benchmarks/bench_conv_ops.py --from-model efficientnet_b0.onnx --threads 1
 
+``--nchw-level 2`` compiles the plain NCHW model at O2 (no layout pass): the NCHW kernels.
 ``--from-model`` times instead every distinct depthwise / narrow-group conv of an ONNX
 model (as galaxir's O3 pipeline sees it, batch norms folded), one case each, and the sum.
 
@@ -40,6 +41,15 @@ CASES = {
     "dw3_dilated": ("Conv", 128, 28, 28, 128, 3, 1, 128, {"dilations": [2, 2]}),
     "grouped_regnet": ("Conv", 104, 28, 28, 104, 3, 1, 13, {}),
     "grouped_resnext": ("Conv", 128, 56, 56, 128, 3, 1, 32, {}),
+    # dense kxk convs (the 6 x 32 tile): ResNet-50's 3x3 stages and stems with 3 channels
+    "conv3_resnet56": ("Conv", 64, 56, 56, 64, 3, 1, 1, {}),
+    "conv3_resnet28": ("Conv", 128, 28, 28, 128, 3, 1, 1, {}),
+    "conv3_resnet14": ("Conv", 256, 14, 14, 256, 3, 1, 1, {}),
+    "conv3_resnet7": ("Conv", 512, 7, 7, 512, 3, 1, 1, {}),
+    "conv3s2_resnet": ("Conv", 128, 56, 56, 128, 3, 2, 1, {}),
+    "conv1s2_resnet": ("Conv", 512, 28, 28, 1024, 1, 2, 1, {}),
+    "stem7s2_resnet": ("Conv", 3, 224, 224, 64, 7, 2, 1, {}),
+    "stem3s2_squeezenet": ("Conv", 3, 224, 224, 64, 3, 2, 1, {"pads": [0, 0, 0, 0]}),
     # the five layers of the DCGAN generator (nz 100, ngf 64)
     "convT_dcgan1": ("ConvTranspose", 100, 1, 1, 512, 4, 1, 1, {"pads": [0, 0, 0, 0]}),
     "convT_dcgan2": ("ConvTranspose", 512, 4, 4, 256, 4, 2, 1, {}),
@@ -116,7 +126,7 @@ def channels_last(model):
     return m
 
 
-def measure(case: str, threads: int, runs: int, folder: str) -> dict:
+def measure(case: str, threads: int, runs: int, folder: str, nchw_level: int | None = None) -> dict:
     import onnx
     import onnxruntime as ort
     import galaxir as gx
@@ -130,7 +140,8 @@ def measure(case: str, threads: int, runs: int, folder: str) -> dict:
     x = np.random.default_rng(1).standard_normal(
         [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)
     ref = sess.run(None, {"x": x})[0]
-    engines = {"gx NCHW": (gx.compile(path, target="cpu", num_threads=threads), x, False)}
+    engines = {"gx NCHW": (gx.compile(path, target="cpu", level=nchw_level, num_threads=threads),
+                           x, False)}
     if model.graph.node[0].op_type == "Conv":
         last = os.path.join(folder, f"{case}_nhwc.onnx")
         onnx.save(channels_last(model), last)
@@ -163,6 +174,9 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--from-model", help="time the depthwise/grouped convs of this ONNX model")
+    ap.add_argument("--nchw-level", type=int, default=None,
+                    help="optimization level of the plain NCHW model (2: no layout pass, "
+                         "the NCHW kernels; default: the cpu default, O3)")
     a = ap.parse_args(argv)
     if a.from_model:
         a.cases = model_cases(a.from_model)
@@ -173,7 +187,7 @@ def main(argv=None) -> None:
         for threads in a.threads:
             total: dict = {}
             for case in a.cases:
-                for eng, r in measure(case, threads, a.runs, folder).items():
+                for eng, r in measure(case, threads, a.runs, folder, a.nchw_level).items():
                     print(f"| {case} | {threads} | {eng} | {r['gx_ms']:.3f} | {r['ort_ms']:.3f} | "
                           f"{r['median']:.2f} | {r['min']:.2f} | {r['err']:.1e} |", flush=True)
                     t = total.setdefault(eng, [0.0, 0.0])

@@ -130,6 +130,39 @@ def test_depthwise_any_shape(monkeypatch, C, H, W, k, s, d, pads, bias, wide):
                 pads=pads, expect="DepthwiseNhwc" if C > 1 else None)
 
 
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(N=st.integers(1, 2), C=st.integers(2, 20), H=st.integers(1, 40), W=st.integers(1, 40),
+       k=st.integers(1, 7), s=st.integers(1, 3), d=st.integers(1, 2),
+       pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), bias=st.booleans(),
+       residual=st.booleans(), activation=st.sampled_from([None, "relu", "sigmoid", "clip"]),
+       wide=st.sampled_from(["0", "1"]))
+def test_depthwise_nchw_any_shape(monkeypatch, N, C, H, W, k, s, d, pads, bias, residual,
+                                  activation, wide):
+    """The NCHW depthwise kernel (O1/O2 and graphs kept channels-first): row bands staged
+    zero-padded, 16- or 8-lane vectors along the output row, strides through a shuffle."""
+    span = (k - 1) * d + 1
+    if H + pads[0] + pads[2] < span or W + pads[1] + pads[3] < span:
+        return   # no output pixel
+    _check_conv((N, C, H, W), (C, 1, k, k), "NCHW", bias=bias, residual=residual,
+                activation=activation, wide=wide, monkeypatch=monkeypatch, group=C,
+                strides=[s, s], dilations=[d, d], pads=pads, expect="DepthwiseNchw")
+
+
+def test_depthwise_nchw_large_plane_splits_into_bands(monkeypatch):
+    """A plane whose padded rows exceed the stack band runs as several bands per plane."""
+    from galaxir.backends.cpu.kernels_depthwise import DepthwiseNchw, NCHW_BAND_BYTES
+    kern = DepthwiseNchw(N=1, C=2, H=150, W=300, OH=150, OW=300, kh=3, kw=3, pt=1, pl=1)
+    nb, wpad, ob, bands = kern.geometry(16)
+    assert bands > 2 and ((ob - 1) + 3) * wpad * 4 <= NCHW_BAND_BYTES
+    exe = _check_conv((1, 2, 150, 300), (2, 1, 3, 3), "NCHW", group=2, pads=[1, 1, 1, 1],
+                      activation="relu", expect="DepthwiseNchw")
+    assert not exe.fallback_ops
+    huge = DepthwiseNchw(N=1, C=2, H=1000, W=40000, OH=1000, OW=40000, kh=7, kw=7, dh=10,
+                         pt=30, pl=3)
+    assert not huge.fits_stack()     # such a conv stays on the GEMM path (no stack overflow)
+
+
 @pytest.mark.parametrize("OW,W,kw,sw,dw,pl", [(10, 10, 3, 1, 1, 1), (5, 10, 3, 2, 1, 1),
                                                (4, 4, 7, 1, 1, 3), (12, 8, 3, 1, 2, 4)])
 def test_interior_columns_need_no_bounds_checks(OW, W, kw, sw, dw, pl):

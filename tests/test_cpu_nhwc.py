@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import galaxir as gx
 from galaxir.backends import get_backend
@@ -109,8 +110,8 @@ def test_wide_and_narrow_tiles_give_bit_equal_results(monkeypatch, xs, ws, attrs
         ref, got[wide], exe, _ = _run_both(m, [x, z])
         np.testing.assert_allclose(got[wide][0], ref[0], rtol=1e-4, atol=1e-4)
         assert not exe.fallback_ops, exe.report()
-    assert any(k.endswith("_w16") for k in library._symbols)
-    assert any(k.startswith("convnhwc_") and not k.endswith("_w16") for k in library._symbols)
+    assert any(k.startswith("convnhwc_") and "_w16" in k for k in library._symbols)
+    assert any(k.startswith("convnhwc_") and "_w16" not in k for k in library._symbols)
     np.testing.assert_array_equal(got["0"][0], got["1"][0])
 
 
@@ -363,3 +364,114 @@ def test_partial_panels_never_read_past_the_bias():
     r = subprocess.run([sys.executable, "-c", _GUARDED], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+# -- the 6 x 32 conv tile (two zmm per row) for kxk convs with 32+ output channels ----------
+def test_conv_panel_width_choice():
+    from galaxir.backends.cpu.kernels_nhwc import conv_panel_width
+    assert conv_panel_width(64, True) == 32 and conv_panel_width(512, True) == 32
+    assert conv_panel_width(64, False) == 16           # 8 lanes: 6 x 16 as twelve ymm
+    assert conv_panel_width(16, True) == 16            # a 32-wide panel would be half zeros
+    assert conv_panel_width(48, True) == 16            # 16 of 64 columns wasted
+    assert conv_panel_width(208, True) == 32           # 16 of 224 wasted: under 1/8
+    assert conv_panel_width(24, True) == 32            # one 32-wide panel = two 16-wide
+    assert conv_panel_width(20, True) == 32 and conv_panel_width(8, True) == 16
+
+
+def _conv_symbols():
+    from galaxir.backends.cpu import library
+    return {k for k in library._symbols if k.startswith("convnhwc_")}
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(C=st.integers(1, 20), M=st.sampled_from([20, 24, 32, 35, 64, 72, 96]), H=st.integers(1, 13),
+       W=st.integers(1, 15), k=st.sampled_from([1, 2, 3, 5, 7]), s=st.integers(1, 2),
+       d=st.integers(1, 2), pads=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+       group=st.sampled_from([1, 2]), bias=st.booleans(), residual=st.booleans(),
+       wide=st.sampled_from(["0", "1"]))
+def test_kxk_conv_any_shape_both_widths(monkeypatch, C, M, H, W, k, s, d, pads, group, bias,
+                                        residual, wide):
+    """kxk, strided and dilated convs on the 6 x 32 tile (16 lanes, 32+ output channels
+    per group) and on the 6 x 16 tile (8 lanes) against the numpy reference."""
+    span = (k - 1) * d + 1
+    if H + pads[0] + pads[2] < span or W + pads[1] + pads[3] < span:
+        return   # no output pixel
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    C, M = C * group, M * group
+    m = _conv_module((1, C, H, W), (M, C // group, k, k), bias=bias, activation="relu",
+                     residual=residual, strides=[s, s], dilations=[d, d], pads=pads, group=group)
+    feeds = [RNG.standard_normal((1, C, H, W)).astype(np.float32)]
+    if residual:
+        feeds.append(RNG.standard_normal(_conv_out_shape(m)).astype(np.float32))
+    ref, got, exe, _ = _run_both(m, feeds)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    assert not exe.fallback_ops, exe.report()
+
+
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((1, 16, 14, 14), (64, 16, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((1, 3, 23, 23), (64, 3, 7, 7), dict(strides=[2, 2], pads=[3, 3, 3, 3])),
+    ((2, 8, 9, 11), (96, 8, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((1, 24, 7, 7), (416, 12, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),   # 208 per group
+])
+def test_32_wide_tile_is_bit_equal_to_the_16_wide_ones(monkeypatch, xs, ws, attrs):
+    """The 6 x 32 tile runs the same FMA chain per output as the 6 x 16 tiles: the same
+    bits with 16 lanes (32-wide panels) and 8 lanes (16-wide panels)."""
+    m = _conv_module(xs, ws, activation="relu", residual=True, **attrs)
+    x = RNG.standard_normal(xs).astype(np.float32)
+    z = RNG.standard_normal(_conv_out_shape(m)).astype(np.float32)
+    got = {}
+    for wide in ("0", "1"):
+        monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+        before = _conv_symbols()
+        ref, got[wide], exe, _ = _run_both(m, [x, z])
+        np.testing.assert_allclose(got[wide][0], ref[0], rtol=1e-4, atol=1e-4)
+        assert not exe.fallback_ops, exe.report()
+        kerns = [s.kernel for s in exe.last.steps if type(s.kernel).__name__ == "ConvNhwc"]
+        assert kerns and all(kn.nr == (32 if wide == "1" else 16) for kn in kerns)
+        assert _conv_symbols() >= before
+    assert any("_w16_n32_r6" in s for s in _conv_symbols())
+    np.testing.assert_array_equal(got["0"][0], got["1"][0])
+
+
+def test_32_wide_tile_equal_inputs_give_bit_equal_channels(monkeypatch):
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", "1")
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 7, 9, 9))
+    w = gb.constant(np.tile(RNG.standard_normal((1, 7, 3, 3)).astype(np.float32), (70, 1, 1, 1)))
+    gb.output(gb.conv(x, w, pads=[1, 1, 1, 1]), "y")
+    _, got, _, _ = _run_both(gb.module(), [RNG.standard_normal((1, 7, 9, 9)).astype(np.float32)])
+    assert (got[0] == got[0][:, :1]).all()
+
+
+def test_32_wide_panels_need_16_lanes(monkeypatch):
+    from galaxir.backends.cpu.kernels_nhwc import ConvNhwc
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", "0")
+    k = ConvNhwc(N=1, H=4, W=4, C=4, OH=4, OW=4, M=64, kh=1, kw=1, nr=32)
+    with pytest.raises(ValueError, match="panel width 32"):
+        k.library_symbol()
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(kind=st.sampled_from(["max_pool", "average_pool"]), C=st.integers(1, 80),
+       H=st.integers(2, 12), W=st.integers(2, 12), k=st.integers(1, 3), s=st.integers(1, 2),
+       pad=st.integers(0, 1), ceil=st.integers(0, 1), cip=st.integers(0, 1))
+def test_nhwc_pooling_any_channel_count(kind, C, H, W, k, s, pad, ceil, cip):
+    """Channel blocks of 32 (four registers), 8 and 1 over every window shape."""
+    if pad >= k or H + 2 * pad < k or W + 2 * pad < k:
+        return
+    attrs = dict(kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4, ceil_mode=ceil)
+    if kind == "average_pool":
+        attrs["count_include_pad"] = cip
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, C, H, W))
+    w = gb.constant(RNG.standard_normal((C, C, 1, 1)).astype(np.float32))
+    (p, *_) = gb.create(kind, gb.conv(x, w), num_results=1, **attrs).results
+    gb.output(p, "y")
+    xv = RNG.standard_normal((1, C, H, W)).astype(np.float32)
+    ref, got, exe, opt = _run_both(gb.module(), [xv])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    assert any(op.name == kind and op.attrs.get("layout") == "NHWC" for op in opt.walk())
+    assert not exe.fallback_ops, exe.report()

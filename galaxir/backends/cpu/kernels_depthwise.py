@@ -271,3 +271,186 @@ class DepthwiseNhwc(Kernel):
                 with fb.loop(start, end, width) as c:
                     channel_block(c, width)
             start = end
+
+
+# -- NCHW depthwise (O1/O2, or a graph the layout pass keeps channels-first) ----------------
+#: bytes of the zero-padded input band a DepthwiseNchw task stages on its stack
+NCHW_BAND_BYTES = 48 * 1024
+#: the most stack bytes a task may stage (when one output row's input rows exceed the band)
+NCHW_STACK_MAX = 512 * 1024
+#: about this many tasks per conv (planes x row bands) when the planes alone are fewer
+NCHW_TASKS = 24
+
+
+def nchw_depthwise_ok(C: int, M: int, group: int) -> bool:
+    """Whether DepthwiseNchw computes this NCHW conv: one input and one output channel per
+    group (a depth multiplier > 1 stays on the GEMM)."""
+    return group > 1 and C == M == group
+
+
+@dataclass
+class DepthwiseNchw(Kernel):
+    """y[n, c, oh, ow] = act(sum over (i, j) of x[n, c, ih, iw] * w[c, 0, i, j] + bias[c] + z)
+    on NCHW.  A task takes one plane's band of output rows: it copies the input rows the
+    band reads into a zero-padded buffer on its stack (so no tap needs a bounds check),
+    then each output row is computed ``lanes`` columns per vector, four vectors at once
+    (four independent FMA chains), a tap's inputs one unaligned load (strided: a load of
+    ``stride * lanes`` floats and a shuffle).  Each output is one FMA chain over the taps
+    in (row, column) order, then bias, residual and activation."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
+    pt: int = 0
+    pl: int = 0
+    has_bias: bool = False
+    activation: str = "none"
+    act_params: tuple = ()
+    has_z: bool = False
+    relu: bool = False
+    name: str = "dwconv_nchw"
+
+    def key(self):
+        return ("dw_nchw", _lanes(), self.N, self.C, self.H, self.W, self.OH, self.OW, self.kh,
+                self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.has_bias,
+                self.activation, self.act_params, self.has_z, self.relu)
+
+    def geometry(self, lanes: int) -> tuple[int, int, int, int]:
+        """(blocks per output row, padded row width, output rows per band, bands)."""
+        nb = -(-self.OW // lanes)
+        wpad = nb * lanes * self.sw + (self.kw - 1) * self.dw
+        rows_for = lambda ob: (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1   # noqa: E731
+        ob = self.OH
+        while ob > 1 and rows_for(ob) * wpad * 4 > NCHW_BAND_BYTES:
+            ob = -(-ob // 2)
+        planes = self.N * self.C
+        if planes < NCHW_TASKS:   # few planes: split them into bands for the pool
+            ob = min(ob, max(1, -(-self.OH // -(-NCHW_TASKS // planes))))
+        return nb, wpad, ob, -(-self.OH // ob)
+
+    def fits_stack(self) -> bool:
+        """Whether one output row's padded input rows fit NCHW_STACK_MAX (a huge row or
+        dilation would not: such a conv stays on the GEMM)."""
+        nb, wpad, ob, _ = self.geometry(16)
+        rows = (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        return rows * wpad * 4 <= NCHW_STACK_MAX
+
+    def emit(self, module, fname, n_args):
+        from .parallel import parallel_kernel
+        _, _, _, bands = self.geometry(_lanes())
+        return parallel_kernel(module, fname, n_args, self.N * self.C * bands, self._task)
+
+    def _task(self, fb, args, t):
+        from .codegen import memcpy, memset0
+        b = fb.b
+        L = _lanes()
+        V = _vtype(L)
+        y, x, w = args[0], args[1], args[2]
+        k = 3
+        bias = z = None
+        if self.has_bias:
+            bias, k = args[k], k + 1
+        if self.has_z:
+            z = args[k]
+        if self.relu and self.activation == "none":
+            act = ("relu", ())
+        else:
+            act = (self.activation, tuple(float(p) for p in self.act_params))
+        expr = _act_expr_of(self)
+        nb, wpad, ob, bands = self.geometry(L)
+        brows = (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        fma = _fma_vec(fb.module, L)
+        plane = b.sdiv(t, i64(bands))            # n * C + c
+        band = b.srem(t, i64(bands))
+        c = b.srem(plane, i64(self.C))
+        oh0 = b.mul(band, i64(ob))
+        oh1 = _min(b, b.add(oh0, i64(ob)), i64(self.OH))
+        with b.goto_block(fb.entry):
+            buf = b.alloca(F32, size=i64(brows * wpad))
+            buf.align = 64
+            tmp = b.alloca(F32, size=i64(L))
+            tmp.align = 64
+        # the band's input rows, zero-padded: row r is input row oh0*sh - pt + r
+        memset0(fb, buf, brows * wpad * 4)
+        xp = fb.ptr(x, b.mul(plane, i64(self.H * self.W)))
+        ih0 = b.sub(b.mul(oh0, i64(self.sh)), i64(self.pt))
+        r_lo = _max(b, i64(0), b.sub(i64(0), ih0))
+        r_hi = _min(b, i64(brows), b.sub(i64(self.H), ih0))
+        with fb.loop(r_lo, r_hi) as r:
+            memcpy(fb, fb.ptr(buf, b.add(b.mul(r, i64(wpad)), i64(self.pl))),
+                   fb.ptr(xp, b.mul(b.add(ih0, r), i64(self.W))),
+                   i64(min(self.W, wpad - self.pl) * 4))
+        # the plane's taps, splat once per task
+        wp = fb.ptr(w, b.mul(c, i64(self.kh * self.kw)))
+        taps = [[_splat(b, b.load(fb.ptr(wp, i64(i * self.kw + j)), align=4), L)
+                 for j in range(self.kw)] for i in range(self.kh)]
+        bv = _splat(b, b.load(fb.ptr(bias, c), align=4), L) if bias is not None else None
+        yp = fb.ptr(y, b.mul(plane, i64(self.OH * self.OW)))
+        zp = fb.ptr(z, b.mul(plane, i64(self.OH * self.OW))) if z is not None else None
+        full = self.OW // L
+        zero = ir.Constant(V, [0.0] * L)
+        sel = ir.Constant(ir.VectorType(ir.IntType(32), L), [q * self.sw for q in range(L)])
+        WV = _vtype(L * self.sw)
+
+        def blocks(orow, yrow, zrow, b0, count):
+            """Output vectors b0 .. b0+count-1 of one row (count fixed)."""
+            vals = [zero] * count
+            for i in range(self.kh):
+                rp = fb.ptr(buf, b.add(orow, i64(i * self.dh * wpad)))
+                for j in range(self.kw):
+                    for q in range(count):
+                        col = b.add(b.mul(b.add(b0, i64(q)), i64(L * self.sw)), i64(j * self.dw))
+                        v = b.load(b.bitcast(fb.ptr(rp, col), WV.as_pointer()), align=4)
+                        if self.sw > 1:
+                            v = b.shuffle_vector(v, ir.Constant(WV, ir.Undefined), sel)
+                        vals[q] = b.call(fma, [v, taps[i][j], vals[q]])
+            for q in range(count):
+                v = vals[q] if bv is None else b.fadd(vals[q], bv)
+                o = b.mul(b.add(b0, i64(q)), i64(L))
+                _vstore(fb, activate(fb, v if zrow is None else
+                                     b.fadd(v, _vload(fb, fb.ptr(zrow, o), L)),
+                                     L, act[0], act[1], expr), fb.ptr(yrow, o), L)
+
+        with fb.loop(oh0, oh1) as oh:
+            orow = b.mul(b.mul(b.sub(oh, oh0), i64(self.sh)), i64(wpad))
+            yrow = fb.ptr(yp, b.mul(oh, i64(self.OW)))
+            zrow = fb.ptr(zp, b.mul(oh, i64(self.OW))) if zp is not None else None
+            if full >= 4:
+                with fb.loop(0, full // 4 * 4, 4) as b0:
+                    blocks(orow, yrow, zrow, b0, 4)
+            if full % 4:
+                blocks(orow, yrow, zrow, i64(full // 4 * 4), full % 4)
+            rest = self.OW - full * L
+            if rest:
+                # the last, partial vector through the stack (its lanes past OW read the
+                # padded buffer's zeros and are never stored)
+                acc = zero
+                for i in range(self.kh):
+                    rp = fb.ptr(buf, b.add(orow, i64(i * self.dh * wpad)))
+                    for j in range(self.kw):
+                        v = b.load(b.bitcast(fb.ptr(rp, i64(full * L * self.sw + j * self.dw)),
+                                             WV.as_pointer()), align=4)
+                        if self.sw > 1:
+                            v = b.shuffle_vector(v, ir.Constant(WV, ir.Undefined), sel)
+                        acc = b.call(fma, [v, taps[i][j], acc])
+                _vstore(fb, acc if bv is None else b.fadd(acc, bv), tmp, L)
+                for q in range(rest):
+                    s = b.load(fb.ptr(tmp, i64(q)), align=4)
+                    o = i64(full * L + q)
+                    if zrow is not None:
+                        s = b.fadd(s, b.load(fb.ptr(zrow, o), align=4))
+                    b.store(activate(fb, s, 1, act[0], act[1], expr), fb.ptr(yrow, o), align=4)
+
+
+def _splat(b, s, lanes: int):
+    from .kernels import _broadcast
+    return _broadcast(b, s, lanes)

@@ -63,17 +63,40 @@ def wide_tiles() -> bool:
 TILE_OUTER_MAX_BYTES = 192 * 1024
 
 
-def pack_weights_nhwc(w, groups: int):
-    """Conv weights [M, C/g, kh, kw] -> panels [g][ceil(M/g/16)][kh][kw][C/g][16] (zero
-    columns pad the last panel of each group)."""
+def pack_weights_nhwc(w, groups: int, nr: int = NR):
+    """Conv weights [M, C/g, kh, kw] -> panels [g][ceil(M/g/nr)][kh][kw][C/g][nr] (zero
+    columns pad the last panel of each group); ``nr`` is the kernel's panel width."""
     import numpy as np
     M, cg, kh, kw = w.shape
     mg = M // groups
-    panels = -(-mg // NR)
-    out = np.zeros((groups, panels * NR, kh, kw, cg), np.float32)
+    panels = -(-mg // nr)
+    out = np.zeros((groups, panels * nr, kh, kw, cg), np.float32)
     out[:, :mg] = w.reshape(groups, mg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
-    out = out.reshape(groups, panels, NR, kh * kw * cg).transpose(0, 1, 3, 2)
+    out = out.reshape(groups, panels, nr, kh * kw * cg).transpose(0, 1, 3, 2)
     return np.ascontiguousarray(out).reshape(-1)
+
+
+TILE_ROWS_16 = 8
+
+
+def tile_rows(nr: int, wide: bool) -> int:
+    """Rows of the conv tile: 6 (twelve accumulators: 6 x two vectors), or 8 for a 16-wide
+    panel on 16 lanes, whose six one-zmm rows would be six FMA chains, fewer than the FMA
+    latency times the FMA units (Zen 4/5: 4 cycles x 2): eight rows keep both units busy
+    (grouped convs with 16 channels per group, RegNet)."""
+    return TILE_ROWS_16 if wide and nr == NR else MR
+
+
+def conv_panel_width(mg: int, wide: bool) -> int:
+    """The weight panel width for ``mg`` output channels per group: 32 (a 6 x 32 tile, two
+    zmm per row: twelve independent FMA chains and two weight loads per twelve FMAs, as
+    GemmPacked's) with 16 lanes where that computes at most mg/8 more padding columns
+    than 16-wide panels would (24 channels: one 32-wide panel instead of two 16-wide ones,
+    the same columns), else 16 (a 6 x 16 tile: six zmm, or twelve ymm without AVX-512)."""
+    cols16, cols32 = -(-mg // NR) * NR, -(-mg // (2 * NR)) * 2 * NR
+    if wide and cols32 - cols16 <= mg // 8:
+        return 2 * NR
+    return NR
 
 
 @dataclass
@@ -103,25 +126,27 @@ class ConvNhwc(LinearEpilogue, Kernel):
     has_z: bool = False
     lda: int = 0          # row stride of A in elements (0: C); matmul rows may be padded
     relu: bool = False    # set by the lowering's relu fusion
+    nr: int = NR          # panel width: 16, or 32 (two zmm per tile row, AVX-512 only)
     name: str = "conv_nhwc"
 
     def key(self):
         return ("conv_nhwc", self.N, self.H, self.W, self.C, self.OH, self.OW, self.M, self.kh,
                 self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.group,
-                self.has_bias, self.activation, self.act_params, self.has_z, self.lda, self.relu)
+                self.has_bias, self.activation, self.act_params, self.has_z, self.lda, self.relu,
+                self.nr)
 
     @property
     def panels(self) -> int:
-        return -(-(self.M // self.group) // NR)
+        return -(-(self.M // self.group) // self.nr)
 
     @property
     def tiles(self) -> int:
-        return -(-(self.OH * self.OW) // MR)
+        return -(-(self.OH * self.OW) // tile_rows(self.nr, wide_tiles()))
 
     @property
     def psplit(self) -> int:
         cg = self.C // self.group
-        weight_bytes = self.kh * self.kw * cg * self.panels * NR * 4
+        weight_bytes = self.kh * self.kw * cg * self.panels * self.nr * 4
         return 1 if weight_bytes <= TILE_OUTER_MAX_BYTES else self.panels
 
     @property
@@ -141,9 +166,13 @@ class ConvNhwc(LinearEpilogue, Kernel):
         from . import library
         var = self.variant()
         wide = wide_tiles()
+        if self.nr not in (NR, 2 * NR) or (self.nr == 2 * NR and not wide):
+            raise ValueError(f"conv_nhwc: panel width {self.nr} needs 16, or 32 with 16 lanes")
+        nr = self.nr
         vname = "convnhwc_" + "_".join(str(x) for x in var[:2]) + (
-            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "") + ("_w16" if wide else "")
-        return library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var, wide))
+            "_" + "_".join(f"{v:g}" for v in var[2]) if var[2] else "") + ("_w16" if wide else "") \
+            + ("_n32" if nr == 2 * NR else "") + f"_r{tile_rows(nr, wide)}"
+        return library.ensure(vname, lambda m, n: build_conv_nhwc_library(m, n, var, wide, nr))
 
     def params(self) -> list[int]:
         cg = self.C // self.group
@@ -165,18 +194,24 @@ class ConvNhwc(LinearEpilogue, Kernel):
         return fb.finish()
 
 
-def build_conv_nhwc_library(module, name, variant, wide: bool):
-    """Define ``name(state, params, Y, X, Wp, bias, Z)`` for one epilogue variant, with
-    one 16-lane accumulator per tile row where ``wide`` (else two 8-lane ones)."""
+def build_conv_nhwc_library(module, name, variant, wide: bool, nr: int = NR):
+    """Define ``name(state, params, Y, X, Wp, bias, Z)`` for one epilogue variant: a 6 x nr
+    tile of ``nr / lanes`` accumulators per row, 16 lanes where ``wide`` (else 8)."""
     build_task_library(module, name, NC_NTASKS,
-                       lambda tb, params, ptrs, t: _conv_nhwc_task(tb, variant, wide, params, *ptrs, t))
+                       lambda tb, params, ptrs, t: _conv_nhwc_task(tb, variant, wide, nr, params,
+                                                                   *ptrs, t))
 
 
-def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
+def _conv_nhwc_task(fb, variant, wide, nrw, params, y, x, wp, bias, z, t):
+    MR = tile_rows(nrw, wide)       # tile rows: 6, or 8 for a 16-wide panel on 16 lanes
     has_z, act, act_params = variant
     b = fb.b
     V8 = ir.VectorType(F32, 8)
     V8P = V8.as_pointer()
+    L = 16 if wide else 8          # lanes per accumulator
+    NV = nrw // L                  # accumulators per tile row
+    VL = ir.VectorType(F32, L)
+    parts = nrw // 8               # 8-column parts of a tile row (the epilogue's unit)
 
     def P(k):
         return b.load(b.gep(params, [i64(k)], inbounds=True))
@@ -212,76 +247,93 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
     zrow.align = 32
     memset0(fb, zrow, b.mul(zlen, i64(4)))
     with b.goto_block(fb.entry):
-        zeros16 = b.alloca(F32, size=i64(NR))
+        zeros16 = b.alloca(F32, size=i64(nrw))
         zeros16.align = 32
-        tile = b.alloca(F32, size=i64(MR * NR))
+        tile = b.alloca(F32, size=i64(MR * nrw))
         tile.align = 32
-    memset0(fb, zeros16, NR * 4)
+    memset0(fb, zeros16, nrw * 4)
     # a kernel row's taps are one contiguous run of KW*CG floats when dilation is 1 and the
     # conv has one group (channels of neighbouring pixels follow each other)
     rows_contiguous = b.and_(b.icmp_signed("==", DW, i64(1)), b.icmp_signed("==", CG, LDA))
     kw_span = b.mul(b.sub(KW, i64(1)), DW)
+    tap_step = b.mul(DW, LDA)
 
-    accs = [fb.alloca(V16 if wide else V8) for _ in range(MR * (1 if wide else 2))]
+    accs = [fb.alloca(VL) for _ in range(MR * NV)]
     rowp = [fb.alloca(F32.as_pointer()) for _ in range(MR)]
+    rbase = [fb.alloca(F32.as_pointer()) for _ in range(MR)]
+    rstep = [fb.alloca(I64) for _ in range(MR)]
     ih0 = [fb.alloca(I64) for _ in range(MR)]
     iw0 = [fb.alloca(I64) for _ in range(MR)]
-    zero = ir.Constant(V16 if wide else V8, [0.0] * (16 if wide else 8))
-    fma = _fma_vec(fb.module, 16 if wide else 8)
+    zero = ir.Constant(VL, [0.0] * L)
+    fma = _fma_vec(fb.module, L)
 
     def acc(r, h):
-        """The accumulator of tile row r, columns 8h..8h+7."""
-        if not wide:
-            return b.load(accs[2 * r + h])
-        return b.shuffle_vector(b.load(accs[r]), ir.Constant(V16, ir.Undefined),
-                                ir.Constant(ir.VectorType(ir.IntType(32), 8), list(range(8 * h, 8 * h + 8))))
+        """The accumulator part of tile row r, columns 8h..8h+7."""
+        j, q = divmod(8 * h, L)
+        v = b.load(accs[NV * r + j])
+        if L == 8:
+            return v
+        return b.shuffle_vector(v, ir.Constant(VL, ir.Undefined),
+                                ir.Constant(ir.VectorType(ir.IntType(32), 8), list(range(q, q + 8))))
 
     def kloop(wk, count):
         """accs += the MR rows at rowp[...] times the weight panel rows at wk, ``count`` k."""
         ptrs = [b.load(rowp[r]) for r in range(MR)]
         with fb.loop(0, count) as c:
-            if wide:
-                wv = [b.load(b.bitcast(fb.ptr(wk, b.mul(c, i64(NR))), V16.as_pointer()), align=4)]
-            else:
-                wv = [b.load(b.bitcast(fb.ptr(wk, b.add(b.mul(c, i64(NR)), i64(8 * h))), V8P),
-                             align=4) for h in range(2)]
+            wv = [b.load(b.bitcast(fb.ptr(wk, b.add(b.mul(c, i64(nrw)), i64(L * j))),
+                                   VL.as_pointer()), align=4) for j in range(NV)]
             for r in range(MR):
                 x = b.load(b.gep(ptrs[r], [c], inbounds=True), align=4)
-                sv = _broadcast(b, x, 16 if wide else 8)
+                sv = _broadcast(b, x, L)
                 for h, w in enumerate(wv):
                     a = accs[len(wv) * r + h]
                     b.store(b.call(fma, [sv, w, b.load(a)]), a)
 
     def _tile_times_panel(pix0, pj, fast_rows):
-        """The 6 x 16 output block of tile ``pix0`` and panel ``pj``."""
-        wpanel = fb.ptr(wp, b.mul(b.add(b.mul(g, panels), pj), b.mul(KD, i64(NR))))
-        col = b.mul(pj, i64(NR))
-        ncols = _min(b, i64(NR), b.sub(MG, col))
-        full_cols = b.icmp_signed("==", ncols, i64(NR))
+        """The MR x nrw output block of tile ``pix0`` and panel ``pj``."""
+        wpanel = fb.ptr(wp, b.mul(b.add(b.mul(g, panels), pj), b.mul(KD, i64(nrw))))
+        col = b.mul(pj, i64(nrw))
+        ncols = _min(b, i64(nrw), b.sub(MG, col))
+        full_cols = b.icmp_signed("==", ncols, i64(nrw))
         ybase = b.add(ybase0, col)
         yb = fb.ptr(y, ybase)
         zb = fb.ptr(z, ybase) if has_z else None
         bptr = b.select(has_bias, fb.ptr(bias, b.add(b.mul(g, MG), col)), zeros16)
-        # 16 biases as two vectors only for a whole panel: a partial one would read past
-        # the end of the bias array (its epilogue reads the bias one by one)
+        # the panel's biases as vectors only for a whole panel: a partial one would read
+        # past the end of the bias array (its epilogue reads the bias one by one)
         bvp = b.select(full_cols, bptr, zeros16)
-        bv = [b.load(b.bitcast(fb.ptr(bvp, i64(8 * h)), V8P), align=4) for h in range(2)]
+        bv = [b.load(b.bitcast(fb.ptr(bvp, i64(8 * h)), V8P), align=4) for h in range(parts)]
         for a in accs:
             b.store(zero, a)
         with fb.loop(0, KH) as i:
-            wrow = fb.ptr(wpanel, b.mul(b.mul(b.mul(i, KW), CG), i64(NR)))
+            wrow = fb.ptr(wpanel, b.mul(b.mul(b.mul(i, KW), CG), i64(nrw)))
             then, other, done = fb.block("krow"), fb.block("ktaps"), fb.block("kdone")
             b.cbranch(fast_rows, then, other)
-            # the kernel row's taps of each pixel are one run of KW*CG floats
+            # every tap column inside the image: one row check per pixel
             b.position_at_end(then)
             for r in range(MR):
                 ih = b.add(b.load(ih0[r]), b.mul(i, DH))
                 ok = b.icmp_unsigned("<", ih, H)
                 off = b.mul(b.add(b.mul(ih, W), b.load(iw0[r])), LDA)
-                b.store(b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow), rowp[r])
+                base = b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow)
+                b.store(base, rowp[r])
+                b.store(base, rbase[r])
+                # a row in the padding stays on the zero row (step 0)
+                b.store(b.select(ok, tap_step, i64(0)), rstep[r])
+            run, taps, = fb.block("krun"), fb.block("kitaps")
+            b.cbranch(rows_contiguous, run, taps)
+            # the kernel row's taps of each pixel are one run of KW*CG floats
+            b.position_at_end(run)
             kloop(wrow, b.mul(KW, CG))
             b.branch(done)
-            # tap by tap (padding columns, dilation, groups)
+            # groups or dilation: tap j of a pixel is its row start + j * DW * LDA
+            b.position_at_end(taps)
+            with fb.loop(0, KW) as j:
+                for r in range(MR):
+                    b.store(fb.ptr(b.load(rbase[r]), b.mul(j, b.load(rstep[r]))), rowp[r])
+                kloop(fb.ptr(wrow, b.mul(b.mul(j, CG), i64(nrw))), CG)
+            b.branch(done)
+            # tap by tap (a window reaching into the padding columns)
             b.position_at_end(other)
             with fb.loop(0, KW) as j:
                 for r in range(MR):
@@ -290,7 +342,7 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
                     ok = b.and_(b.icmp_unsigned("<", ih, H), b.icmp_unsigned("<", iw, W))
                     off = b.mul(b.add(b.mul(ih, W), iw), LDA)
                     b.store(b.select(ok, fb.ptr(xin, b.select(ok, off, i64(0))), zrow), rowp[r])
-                kloop(fb.ptr(wrow, b.mul(b.mul(j, CG), i64(NR))), CG)
+                kloop(fb.ptr(wrow, b.mul(b.mul(j, CG), i64(nrw))), CG)
             b.branch(done)
             b.position_at_end(done)
 
@@ -308,7 +360,7 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
         b.position_at_end(direct)
         for r in range(MR):
             rowoff = b.mul(b.add(pix0, i64(r)), M)
-            for h in range(2):
+            for h in range(parts):
                 off = b.add(rowoff, i64(8 * h))
                 b.store(finish(acc(r, h), h, off), b.bitcast(fb.ptr(yb, off), V8P),
                         align=4)
@@ -316,16 +368,16 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
         # an edge tile goes through the stack, then one loop over its valid rows
         b.position_at_end(staged)
         for r in range(MR):
-            for h in range(2):
-                b.store(acc(r, h), b.bitcast(fb.ptr(tile, i64(r * NR + 8 * h)), V8P),
+            for h in range(parts):
+                b.store(acc(r, h), b.bitcast(fb.ptr(tile, i64(r * nrw + 8 * h)), V8P),
                         align=32)
         with fb.loop(0, rows) as r:
-            tr = b.mul(r, i64(NR))
+            tr = b.mul(r, i64(nrw))
             rowoff = b.mul(b.add(pix0, r), M)
             then, other, end = fb.block("full"), fb.block("part"), fb.block("stored")
             b.cbranch(full_cols, then, other)
             b.position_at_end(then)
-            for h in range(2):
+            for h in range(parts):
                 v = b.load(b.bitcast(fb.ptr(tile, b.add(tr, i64(8 * h))), V8P), align=32)
                 off = b.add(rowoff, i64(8 * h))
                 b.store(finish(v, h, off), b.bitcast(fb.ptr(yb, off), V8P), align=4)
@@ -357,7 +409,7 @@ def _conv_nhwc_task(fb, variant, wide, params, y, x, wp, bias, z, t):
                 oh = b.add(oh, b.zext(wrap, I64))
             b.store(b.sub(b.mul(oh, SH), PT), ih0[r])
             b.store(b.sub(b.mul(ow, SW), PL), iw0[r])
-        fast_rows = rows_contiguous
+        fast_rows = ir.Constant(ir.IntType(1), 1)
         for r in range(MR):
             iw = b.load(iw0[r])
             inside = b.and_(b.icmp_signed(">=", iw, i64(0)),
@@ -418,8 +470,9 @@ def _max_or_add(b, a, v, max_mode):
 
 @dataclass
 class PoolNhwc(Kernel):
-    """max / average pooling on NHWC: 8 channels of an output pixel reduce in a register
-    over the valid window taps (pads, strides, dilations, ceil mode as Pool2d)."""
+    """max / average pooling on NHWC: 32 channels of an output pixel reduce in four
+    registers (8 at a time for the rest) over the valid window taps (pads, strides,
+    dilations, ceil mode as Pool2d)."""
 
     kind: str
     N: int
@@ -460,7 +513,7 @@ class PoolNhwc(Kernel):
         hs, hlo, hhi = _window_rows(fb, b, oh, self.sh, self.pt, self.kh, self.dh, self.H)
         xn = b.mul(n, i64(self.H * self.W * C))
         V8 = ir.VectorType(F32, 8)
-        accs = {1: fb.alloca(F32), 8: fb.alloca(V8)}
+        accs = {1: [fb.alloca(F32)], 8: [fb.alloca(V8)], 32: [fb.alloca(V8) for _ in range(4)]}
         with fb.loop(0, self.OW) as ow:
             ws, wlo, whi = _window_rows(fb, b, ow, self.sw, self.pl, self.kw, self.dw, self.W)
             orow = b.mul(b.add(b.mul(t, i64(self.OW)), ow), i64(C))
@@ -473,19 +526,30 @@ class PoolNhwc(Kernel):
                 cntf = b.sitofp(_max(b, cnt, i64(1)), F32)
 
             def block(c, width):
+                # ``width`` 32: four independent 8-lane chains (a max or add waits for the
+                # previous one of its chain: one chain alone is latency-bound)
+                vw, nv = (8, 4) if width == 32 else (width, 1)
                 acc = accs[width]
-                b.store(_splat(fb, -math.inf if max_mode else 0.0, width), acc)
+                for q in range(nv):
+                    b.store(_splat(fb, -math.inf if max_mode else 0.0, vw), acc[q])
                 with fb.loop(hlo, hhi) as i:
                     ih = b.add(hs, b.mul(i, i64(self.dh)))
                     with fb.loop(wlo, whi) as j:
                         iw = b.add(ws, b.mul(j, i64(self.dw)))
                         xo = b.add(xn, b.add(b.mul(b.add(b.mul(ih, i64(self.W)), iw), i64(C)), c))
-                        b.store(_max_or_add(b, b.load(acc), _vload(fb, x, xo, width), max_mode), acc)
-                v = b.load(acc)
-                if cntf is not None:
-                    v = b.fdiv(v, cntf if width == 1 else _splat8(b, cntf))
-                _vstore(fb, v, y, b.add(orow, c), width)
-            _channel_blocks(fb, C, block)
+                        for q in range(nv):
+                            v = _vload(fb, x, b.add(xo, i64(8 * q)), vw)
+                            b.store(_max_or_add(b, b.load(acc[q]), v, max_mode), acc[q])
+                for q in range(nv):
+                    v = b.load(acc[q])
+                    if cntf is not None:
+                        v = b.fdiv(v, cntf if vw == 1 else _splat8(b, cntf))
+                    _vstore(fb, v, y, b.add(orow, b.add(c, i64(8 * q))), vw)
+            wide = C // 32 * 32
+            if wide:
+                with fb.loop(0, wide, 32) as c:
+                    block(c, 32)
+            _channel_blocks(fb, C - wide, lambda c, width: block(b.add(c, i64(wide)), width))
 
 
 @dataclass

@@ -168,6 +168,13 @@ def lower_conv(op):
     g = op.attr("group") or 1
     wc = const_of(w)
     cg, mg = xs[1] // g, ws[0] // g
+    if wc is not None and KD.nchw_depthwise_ok(xs[1], ws[0], g):
+        kern = KD.DepthwiseNchw(N=xs[0], C=xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3],
+                                kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1], dh=dl[0],
+                                dw=dl[1], pt=pb[0], pl=pb[1], has_bias=b is not None,
+                                activation=act, act_params=act_params, has_z=z is not None)
+        if kern.fits_stack():
+            return kern, [x, w] + extra
     direct = cg * kernel[0] * kernel[1] <= 16 and mg <= 4 and g > 1
     if wc is not None and not direct:
         kd = cg * kernel[0] * kernel[1]
@@ -230,9 +237,10 @@ def _lower_conv_nhwc(op):
         packed = KD.pack_depthwise_nhwc(wc)
         return (KD.DepthwiseNhwc(cg=xs[3] // g, **geo),
                 [x, ConstArray(packed, (w.name or "w") + ".hwc")] + extra)
-    packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g)
-    return (KN.ConvNhwc(M=ws[0], group=g, **geo),
-            [x, ConstArray(packed, (w.name or "w") + ".nhwc")] + extra)
+    nr = KN.conv_panel_width(ws[0] // g, KN.wide_tiles())
+    packed = KN.pack_weights_nhwc(np.asarray(wc, np.float32), g, nr)
+    return (KN.ConvNhwc(M=ws[0], group=g, nr=nr, **geo),
+            [x, ConstArray(packed, (w.name or "w") + f".nhwc{nr}")] + extra)
 
 
 lower_conv.layouts = ("NCHW", "NHWC")
