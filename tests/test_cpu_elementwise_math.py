@@ -133,6 +133,33 @@ def test_vmath_accuracy(name, lanes):
         assert rel.max() <= max_rel, (name, x[fin][np.argmax(rel)])
 
 
+@pytest.mark.parametrize("lanes", [1, 8, 16, 32])
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh", "softplus", "tanh_softplus"])
+def test_vmath_portable_scaling_gives_the_same_bits(monkeypatch, name, lanes):
+    """exp's 2^n scaling: AVX-512's vscalefps where the host has it, else two products by
+    powers of two built in the exponent bits; both round once, so every function built on
+    exp gives the same bits either way (and the portable path, the only one an AVX2 host
+    runs, is checked here on any host)."""
+    x = _inputs()
+    x = x[: len(x) // 32 * 32]
+    if not vmath.scalef_available():
+        pytest.skip("no AVX-512 on this host: only the portable path exists")
+    fast = _jit_map(getattr(vmath, name), lanes)(x)
+    monkeypatch.setattr(vmath, "scalef_available", lambda: False)
+    portable = _jit_map(getattr(vmath, name), lanes)(x)
+    np.testing.assert_array_equal(fast.view(np.uint32), portable.view(np.uint32))
+
+
+@pytest.mark.parametrize("lanes", [1, 8, 16])
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh"])
+def test_vmath_portable_path_accuracy(monkeypatch, name, lanes):
+    """The path of an AVX2 host (no vscalefps; divisions as a reciprocal estimate and a
+    Newton step) keeps exp/sigmoid/tanh within their ulp bounds."""
+    monkeypatch.setattr(vmath, "scalef_available", lambda: False)
+    monkeypatch.setattr(vmath, "divide_exactly", lambda: False)
+    test_vmath_accuracy(name, lanes)
+
+
 def test_vmath_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, -200.0, 200.0, -1.0], np.float32)
     x = np.tile(x, 2)

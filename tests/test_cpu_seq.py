@@ -146,16 +146,59 @@ def test_recurrent_large_batch_and_one_step():
     run_both(m, feeds, "lstm")
 
 
-@pytest.mark.parametrize("runtime_weights", [False, True])
-def test_recurrent_wide_input_uses_sgemm_projection(runtime_weights):
+def _recurrent_kernel(cpu):
     from galaxir.backends.cpu import kernels_seq as KS
-    I, H = 300, 64
-    assert I * 4 * H > KS.PROJ_PANEL_MAX  # W^T too big for the panel loops
-    m, feeds = _rnn_model("lstm", T=3, B=5, I=I, H=H, direction="bidirectional",
+    return next(s.kernel for s in cpu.last.steps if isinstance(getattr(s, "kernel", None), KS.Recurrent))
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("runtime_weights", [False, True])
+@pytest.mark.parametrize("kind,direction", [("lstm", "bidirectional"), ("gru", "forward")])
+def test_recurrent_projection_column_blocks(monkeypatch, wide, runtime_weights, kind, direction):
+    """A wide input: W^T spans several L2-sized column blocks of the projection (the last
+    one partial), on 8- and 16-lane tiles, packed at lowering time or in the kernel."""
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    I, H = 600, 70
+    m, feeds = _rnn_model(kind, T=3, B=5, I=I, H=H, direction=direction,
                           runtime_weights=runtime_weights)
-    cpu = run_both(m, feeds, "lstm", atol=5e-5)
-    kern = next(s.kernel for s in cpu.last.steps if getattr(s, "kernel", None) is not None)
-    assert not kern.panel_proj
+    cpu = run_both(m, feeds, kind, atol=5e-5)
+    kern = _recurrent_kernel(cpu)
+    cols, nblk = kern.proj_blocks()
+    assert kern.wide == (wide == "1") and nblk >= 2 and nblk * cols > kern.gates * H > (nblk - 1) * cols
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("kind,direction,tasks", [
+    ("lstm", "bidirectional", 2),      # one task per direction
+    ("gru", "bidirectional", 2),
+    ("lstm", "forward", None),         # the projection's column blocks
+    ("gru", "reverse", None),
+])
+def test_recurrent_work_runs_on_the_pool(monkeypatch, wide, kind, direction, tasks):
+    """With a pool the directions of a bidirectional layer are the two tasks of one job,
+    and a single direction's projection is split into column blocks; the answer equals
+    the one-thread answer bit for bit and the numpy reference's."""
+    from galaxir.backends.cpu import parallel as P
+    from galaxir.backends.cpu import program
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    monkeypatch.setattr(program, "POOL_MIN_BYTES", 0)
+    m, feeds = _rnn_model(kind, T=16, B=2, I=300, H=70, direction=direction, h0=True, c0=True)
+    one = gx.compile(m, target="cpu", num_threads=1)(*feeds)
+    cpu = run_both(m, feeds, kind, atol=5e-5)
+    kern = _recurrent_kernel(cpu)
+    if tasks is None:
+        tasks = kern.proj_blocks()[1]
+        assert tasks >= 4
+    pool = P.Pool(2)
+    try:
+        cpu.pool = pool
+        got = cpu(*feeds)
+        assert pool.state[P.GEN] == 1                  # one job on this pool ...
+        assert pool.state[P.N] == pool.state[P.DONE] == tasks   # ... of that many tasks
+    finally:
+        pool.close()
+    for g, o in zip(got, one):
+        np.testing.assert_array_equal(g, o)
 
 
 def test_lstm_partial_sequence_lens_falls_back():

@@ -9,9 +9,10 @@ Why these are hand-written rather than decomposed into the core kernels:
   ``v*`` helpers below evaluate them on ``<8 x float>`` with Cephes-style polynomials
   (about 2 ulp; NaN stays NaN, ``exp(-inf)`` is exactly 0 so masked scores vanish);
 * a recurrent layer is one kernel: the input projection of every time step is one product
-  (register-tiled panel loops, or sgemm when W is too big for the cache), the recurrent
+  (the GemmPacked tile over column blocks of ``W^T`` that stay in L2), the recurrent
   product per step is a register-tiled loop over panels of ``R^T`` packed at lowering time
-  (``pack_panels``) so each step streams the weights once, contiguously;
+  (``pack_panels``) so each step streams the weights once, contiguously; the directions
+  of a bidirectional layer run as two tasks on the worker pool;
 * attention runs per (batch, head) and block of 64 query rows: ``Q K^T``, the masked,
   scaled softmax, ``P V`` (panel loops over K and V packed per head, or sgemm for long
   key sequences) - the scores never leave a scratch block that fits in cache.
@@ -29,11 +30,10 @@ from llvmlite import ir
 from . import vmath
 from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, is_dynamic_emission, memcpy, memset0
 from .kernels import Kernel, _fb, prod
-from .kernels_gemm import emit_pack_panels, emit_panel_gemm
+from .kernels_gemm import emit_pack_panels, emit_panel_gemm, lanes, panel_floats
 
 W8 = 8          # vector width (floats)
 NBW = 64        # columns per packed panel of the recurrent weights (8 vectors)
-PROJ_PANEL_MAX = 1 << 16  # floats of W^T up to which the input projection uses panel loops
 
 
 # -- vector helpers (w = 1: scalar float, else <w x float>) --------------------------------
@@ -417,15 +417,32 @@ def _align16(n: int) -> int:
     return -(-n // 16) * 16
 
 
+#: packed W^T per column block of the input projection (the block stays in L2 while the
+#: 6-row tiles of every time step sweep it)
+PROJ_BLOCK_BYTES = 256 * 1024
+#: multiply-adds of a one-direction input projection from which it is split over the pool
+PROJ_PARALLEL_MIN = 1 << 20
+PROJ_TASKS = 8
+
+
 @dataclass
 class Recurrent(Kernel):
     """ONNX LSTM / GRU (no sequence_lens) for every direction, one time loop each.
 
-    Per direction: ``xp = X @ W^T + bias`` for all steps (``emit_panel_mm`` when
-    ``panel_proj``, else one sgemm); then per step ``g = h @ R^T`` (``emit_panel_mm``) and
-    the gate math on vectors of hidden units.  Outputs: Y, Y_h (and Y_c for lstm); inputs:
-    X, W (panels when ``packed_w``), R (panels when ``packed_r``), then the optional B,
-    initial_h, initial_c, P; then scratch.  Runtime weights are packed into scratch."""
+    Per direction: ``xp = X @ W^T`` for all steps on the GemmPacked tile
+    (``emit_panel_gemm`` over column blocks of W^T packed by ``kernels_gemm.pack_b``);
+    then per step ``g = h @ R^T`` (``emit_panel_mm``) and the gate math (biases added
+    there) on vectors of hidden units.
+
+    Work split: the two directions of a bidirectional layer are independent, so they are
+    two tasks of one pool job (each with its own scratch: projection, recurrence and final
+    states), one per core; a single direction splits its projection into column blocks
+    over the pool and then runs its recurrence on the calling thread.  On one thread the
+    tasks run inline one after the other, as before.
+
+    Outputs: Y, Y_h (and Y_c for lstm); inputs: X, W (panels when ``packed_w``), R (panels
+    when ``packed_r``), then the optional B, initial_h, initial_c, P; then scratch.
+    Runtime weights are packed into each direction's scratch."""
 
     kind: str                 # "lstm" | "gru"
     seq: int
@@ -443,15 +460,15 @@ class Recurrent(Kernel):
     input_forget: bool = False
     linear_before_reset: bool = False
     packed_r: bool = True
-    panel_proj: bool = True
     packed_w: bool = True
+    wide: bool = False        # projection tile 6 x 32 (AVX-512) or 6 x 16, as pack_b
     name: str = "recurrent"
 
     def key(self):
         return ("recurrent", self.kind, self.seq, self.batch, self.input_size, self.hidden,
                 self.reverse, self.acts, self.clip, self.layout, self.has_bias, self.has_h0,
                 self.has_c0, self.has_p, self.input_forget, self.linear_before_reset,
-                self.packed_r, self.panel_proj, self.packed_w)
+                self.packed_r, self.packed_w, self.wide)
 
     @property
     def n_results(self) -> int:
@@ -461,34 +478,121 @@ class Recurrent(Kernel):
     def gates(self) -> int:
         return 4 if self.kind == "lstm" else 3
 
+    @property
+    def n_dirs(self) -> int:
+        return len(self.reverse)
+
+    def proj_blocks(self) -> tuple[int, int]:
+        """(columns per block, blocks) of the projection: a block's packed W^T fits
+        PROJ_BLOCK_BYTES; a single direction worth splitting gets at least PROJ_TASKS
+        blocks where it has that many panels."""
+        nw = 2 * lanes(self.wide)
+        G, I = self.gates * self.hidden, self.input_size
+        panels = -(-G // nw)
+        per = max(1, min(panels, PROJ_BLOCK_BYTES // (I * nw * 4)))
+        if self.n_dirs == 1 and self.seq * self.batch * I * G >= PROJ_PARALLEL_MIN:
+            per = min(per, -(-panels // PROJ_TASKS))
+        return per * nw, -(-panels // per)
+
     def _scratch_layout(self) -> dict[str, int]:
+        """Offsets (floats) inside one direction's scratch, and its size ("_dir")."""
         H, B, G = self.hidden, self.batch, self.gates * self.hidden
         sizes = [("xp", self.seq * B * G), ("g", B * G), ("h", B * H), ("c", B * H),
                  ("rh", B * H), ("bx", G), ("rbh", H)]
         if not self.packed_r:
             sizes.append(("rp", G * H))
-        if self.panel_proj and not self.packed_w:
-            sizes.append(("wp", G * self.input_size))
+        if not self.packed_w:
+            sizes.append(("wp", panel_floats(self.input_size, G, self.wide)))
         off, lay = 0, {}
         for k, n in sizes:
             lay[k] = off
             off += _align16(n)
-        lay["_total"] = off
+        lay["_dir"] = off
         return lay
 
     @property
     def scratch_bytes(self) -> int:
-        return self._scratch_layout()["_total"] * 4
+        return self.n_dirs * self._scratch_layout()["_dir"] * 4
 
+    # -- structure ------------------------------------------------------------------------
     def emit(self, module, fname, n_args):
+        from .parallel import emit_parallel
         fb = _fb(module, fname, n_args)
         b = fb.b
-        nr = self.n_results
+        if self.n_dirs == 2:
+            def task(tb, args, t):
+                args = [tb.b.bitcast(a, F32.as_pointer()) for a in args]
+                first, second, done = tb.block("dir0"), tb.block("dir1"), tb.block("dirs")
+                tb.b.cbranch(tb.b.icmp_signed("==", t, i64(0)), first, second)
+                for d, blk in ((0, first), (1, second)):
+                    tb.b.position_at_end(blk)
+                    self._direction(tb, args, d, parallel_proj=False)
+                    tb.b.branch(done)
+                tb.b.position_at_end(done)
+            emit_parallel(fb, fname + "_dirs", list(fb.args), 2, task)
+            return fb.finish()
+        cols, nblk = self.proj_blocks()
+        if nblk == 1:
+            self._direction(fb, list(fb.args), 0, parallel_proj=False)
+            return fb.finish()
         args = list(fb.args)
+        wp = self._pack_w(fb, args, 0)
+
+        def task(tb, targs, t):
+            targs = [tb.b.bitcast(a, F32.as_pointer()) for a in targs]
+            self._project_block(tb, targs[0], targs[1], targs[2], t)
+        ins = args[self.n_results:]
+        emit_parallel(fb, fname + "_proj", [ins[0], wp, self._sp(fb, args, 0, "xp")], nblk, task)
+        self._direction(fb, args, 0, parallel_proj=True)
+        return fb.finish()
+
+    def _sp(self, fb, args, d, name):
+        lay = self._scratch_layout()
+        return fb.ptr(args[-1], d * lay["_dir"] + lay[name])
+
+    def _pack_w(self, fb, args, d):
+        """W^T of direction d as GemmPacked panels (packed into scratch when W is a runtime
+        input)."""
+        I, G = self.input_size, self.gates * self.hidden
+        W = args[self.n_results + 1]
+        if self.packed_w:
+            return fb.ptr(W, d * panel_floats(I, G, self.wide))
+        wp = self._sp(fb, args, d, "wp")
+        emit_pack_panels(fb, wp, 0, W, d * G * I, I, G, 1, I, self.wide)
+        return wp
+
+    def _project_block(self, fb, X, wp, xp, blk):
+        """xp[:, block blk] = X @ W^T[:, block blk] (blk: an i64 value)."""
+        b = fb.b
+        cols, nblk = self.proj_blocks()
+        G, I, rows = self.gates * self.hidden, self.input_size, self.seq * self.batch
+        last = G - (nblk - 1) * cols
+
+        def block(n):
+            emit_panel_gemm(fb, xp, b.mul(blk, i64(cols)), G, X, 0, I,
+                            fb.ptr(wp, b.mul(blk, i64(cols * I))), 0, rows, I, n, self.wide)
+        if last == cols:
+            block(cols)
+            return
+        full, tail, done = fb.block("pfull"), fb.block("ptail"), fb.block("pdone")
+        b.cbranch(b.icmp_signed("<", blk, i64(nblk - 1)), full, tail)
+        b.position_at_end(full)
+        block(cols)
+        b.branch(done)
+        b.position_at_end(tail)
+        block(last)
+        b.branch(done)
+        b.position_at_end(done)
+
+    def _direction(self, fb, args, d, parallel_proj: bool):
+        """Everything of direction d: weights, projection (unless ``parallel_proj``: done
+        by the pool before), biases, initial state, the time loop, the final states."""
+        b = fb.b
+        nr = self.n_results
         Y, Yh = args[0], args[1]
         Yc = args[2] if self.kind == "lstm" else None
         ins = args[nr:]
-        X, W, R = ins[0], ins[1], ins[2]
+        X, R = ins[0], ins[2]
         k = 3
         Bv = h0 = c0 = P = None
         if self.has_bias:
@@ -499,86 +603,64 @@ class Recurrent(Kernel):
             c0, k = ins[k], k + 1
         if self.has_p:
             P, k = ins[k], k + 1
-        S = args[-1]
-        lay = self._scratch_layout()
-        H, Bn, I, T = self.hidden, self.batch, self.input_size, self.seq
+        H, Bn, T = self.hidden, self.batch, self.seq
         G = self.gates * H
-        nd = len(self.reverse)
+        nd = self.n_dirs
         segs = recurrent_segments(self.kind, H, self.linear_before_reset)
-        gemm = Sgemm(fb)
 
         def sp(name):
-            return fb.ptr(S, lay[name])
+            return self._sp(fb, args, d, name)
 
         xp, gbuf, hs, cs, rh, bx, rbh = (sp(n) for n in ("xp", "g", "h", "c", "rh", "bx", "rbh"))
 
-        def state_off(d, bi):
+        def state_off(bi):
             """offset of (direction d, batch bi) in initial_h / Y_h ([nd,B,H] or [B,nd,H])"""
             if self.layout:
                 return b.mul(b.add(b.mul(bi, i64(nd)), i64(d)), i64(H))
             return b.mul(b.add(i64(d * Bn), bi), i64(H))
 
-        for d in range(nd):
-            rev = self.reverse[d]
-            acts = self.acts[d]
-            # recurrent weights, packed
-            if self.packed_r:
-                rp, rp_off = R, d * G * H
-            else:
-                rp, rp_off = sp("rp"), 0
-                for c0_, c1_ in segs:  # R[d, c0:c1].T
-                    emit_pack(fb, rp, c0_ * H, R, d * G * H + c0_ * H, H, c1_ - c0_, 1, H)
-            # input projection for every step, plus the biases
-            if not self.panel_proj:
-                gemm.call(T * Bn, G, I, X, I, False, fb.ptr(W, d * G * I), I, True, xp, G)
-            elif self.packed_w:
-                emit_panel_mm(fb, xp, i64(0), G, X, I, W, i64(d * G * I), T * Bn, I, G)
-            else:  # W[d].T as panels
-                emit_pack(fb, sp("wp"), 0, W, d * G * I, I, G, 1, I)
-                emit_panel_mm(fb, xp, i64(0), G, X, I, sp("wp"), i64(0), T * Bn, I, G)
-            if self.has_bias:
-                with fb.loop(0, G) as c:
-                    wb = fb.load(Bv, b.add(i64(d * 2 * G), c))
-                    rb = fb.load(Bv, b.add(i64(d * 2 * G + G), c))
-                    if self.kind == "gru":
-                        rb = b.select(b.icmp_signed("<", c, i64(2 * H)), rb, f32(0.0))
-                    fb.store(b.fadd(wb, rb), bx, c)
+        # recurrent weights, packed
+        if self.packed_r:
+            rp, rp_off = R, d * G * H
+        else:
+            rp, rp_off = sp("rp"), 0
+            for c0_, c1_ in segs:  # R[d, c0:c1].T
+                emit_pack(fb, rp, c0_ * H, R, d * G * H + c0_ * H, H, c1_ - c0_, 1, H)
+        if not parallel_proj:
+            wp = self._pack_w(fb, args, d)
+            _, nblk = self.proj_blocks()
+            with fb.loop(0, nblk) as blk:
+                self._project_block(fb, X, wp, xp, blk)
+        if self.has_bias:   # added to the projection as each step reads it
+            with fb.loop(0, G) as c:
+                wb = fb.load(Bv, b.add(i64(d * 2 * G), c))
+                rb = fb.load(Bv, b.add(i64(d * 2 * G + G), c))
                 if self.kind == "gru":
-                    with fb.loop(0, H) as j:
-                        fb.store(fb.load(Bv, b.add(i64(d * 2 * G + G + 2 * H), j)), rbh, j)
-                with fb.loop(0, T * Bn) as r:
-                    self._add_bias(fb, xp, b.mul(r, i64(G)), bx, G)
-            # initial state
-            states = [(h0, hs)] + ([(c0, cs)] if self.kind == "lstm" else [])
-            for src, dst in states:
-                if src is None:
-                    memset0(fb, dst, Bn * H * 4)
-                    continue
-                with fb.loop(0, Bn) as bi:
-                    memcpy(fb, fb.ptr(dst, b.mul(bi, i64(H))), fb.ptr(src, state_off(d, bi)), H * 4)
-            # the time loop
-            with fb.loop(0, T) as s:
-                tt = b.sub(i64(T - 1), s) if rev else s
-                self._step(fb, d, nd, tt, acts, xp, gbuf, hs, cs, rh, rbh, rp, rp_off, segs,
-                           Y, P)
-            # final states
+                    rb = b.select(b.icmp_signed("<", c, i64(2 * H)), rb, f32(0.0))
+                fb.store(b.fadd(wb, rb), bx, c)
+            if self.kind == "gru":
+                with fb.loop(0, H) as j:
+                    fb.store(fb.load(Bv, b.add(i64(d * 2 * G + G + 2 * H), j)), rbh, j)
+        # initial state
+        states = [(h0, hs)] + ([(c0, cs)] if self.kind == "lstm" else [])
+        for src, dst in states:
+            if src is None:
+                memset0(fb, dst, Bn * H * 4)
+                continue
             with fb.loop(0, Bn) as bi:
-                memcpy(fb, fb.ptr(Yh, state_off(d, bi)), fb.ptr(hs, b.mul(bi, i64(H))), H * 4)
-                if Yc is not None:
-                    memcpy(fb, fb.ptr(Yc, state_off(d, bi)), fb.ptr(cs, b.mul(bi, i64(H))), H * 4)
-        return fb.finish()
+                memcpy(fb, fb.ptr(dst, b.mul(bi, i64(H))), fb.ptr(src, state_off(bi)), H * 4)
+        # the time loop
+        with fb.loop(0, T) as s:
+            tt = b.sub(i64(T - 1), s) if self.reverse[d] else s
+            self._step(fb, d, nd, tt, self.acts[d], xp, gbuf, hs, cs, rh, bx, rbh, rp, rp_off,
+                       segs, Y, P)
+        # final states
+        with fb.loop(0, Bn) as bi:
+            memcpy(fb, fb.ptr(Yh, state_off(bi)), fb.ptr(hs, b.mul(bi, i64(H))), H * 4)
+            if Yc is not None:
+                memcpy(fb, fb.ptr(Yc, state_off(bi)), fb.ptr(cs, b.mul(bi, i64(H))), H * 4)
 
-    @staticmethod
-    def _add_bias(fb, xp, row, bx, n):
-        """xp[row + j] += bx[j] for j < n"""
-        b = fb.b
-
-        def body(j, w):
-            vstore(fb, b.fadd(vload(fb, xp, b.add(row, j), w), vload(fb, bx, j, w)), xp,
-                   b.add(row, j), w)
-        vloop(fb, n, body)
-
-    def _step(self, fb, d, nd, tt, acts, xp, gbuf, hs, cs, rh, rbh, rp, rp_off, segs, Y, P):
+    def _step(self, fb, d, nd, tt, acts, xp, gbuf, hs, cs, rh, bx, rbh, rp, rp_off, segs, Y, P):
         b = fb.b
         H, Bn, T = self.hidden, self.batch, self.seq
         G = self.gates * H
@@ -601,11 +683,16 @@ class Recurrent(Kernel):
         def rp_at(c0):
             return b.add(i64(rp_off), i64(c0 * H)) if isinstance(rp_off, int) else rp_off
 
+        def xin(bi, j, w, k):
+            """the input projection of gate k at hidden unit j, with its bias"""
+            off = b.add(j, i64(k * H))
+            v = vload(fb, xp, b.add(xrow(bi), off), w)
+            return b.fadd(v, vload(fb, bx, off, w)) if self.has_bias else v
+
         def gate(bi, j, w, k):
             """x-projection + recurrent product of gate k at hidden unit j"""
-            xr, gr = xrow(bi), b.mul(bi, i64(G))
             off = b.add(j, i64(k * H))
-            return b.fadd(vload(fb, xp, b.add(xr, off), w), vload(fb, gbuf, b.add(gr, off), w))
+            return b.fadd(xin(bi, j, w, k), vload(fb, gbuf, b.add(b.mul(bi, i64(G)), off), w))
 
         f0 = acts[0]
         f1 = acts[1]
@@ -669,7 +756,7 @@ class Recurrent(Kernel):
                     rec = vload(fb, gbuf, b.add(gr, b.add(j, i64(2 * H))), w)
                     if rb is not None:
                         rec = b.fadd(rec, rb)
-                    xh = vload(fb, xp, b.add(xrow(bi), b.add(j, i64(2 * H))), w)
+                    xh = xin(bi, j, w, 2)
                     pre = b.fadd(xh, b.fmul(r, rec))
                 else:
                     z = vload(fb, gbuf, b.add(gr, j), w)

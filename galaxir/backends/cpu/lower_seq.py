@@ -16,6 +16,7 @@ import numpy as np
 from .codegen import is_dynamic_emission
 from ...ir.types import DType
 from . import kernels as K
+from . import kernels_gemm as KG
 from . import kernels_seq as KS
 from .jit import has_blas
 from .kernels_nhwc import wide_tiles
@@ -155,12 +156,12 @@ def lower_recurrent(op):
     rc, wc = const_of(R), const_of(W)
     segs = KS.recurrent_segments(kind, H, lbr)
     r_in = R if rc is None else ConstArray(KS.pack_recurrent(rc, segs), (R.name or "R") + ".panels")
-    # the input projection: panel loops while W^T stays in cache, else sgemm
-    panel_proj = isz * gates * H <= KS.PROJ_PANEL_MAX or not has_blas()
+    wide = wide_tiles()
     w_in = W
-    if panel_proj and wc is not None:
-        w_in = ConstArray(np.concatenate([KS.pack_panels(np.asarray(wc, np.float32)[d].T)
-                                          for d in range(nd)]), (W.name or "W") + ".panels")
+    if wc is not None:  # W^T per direction as the GemmPacked panels of the projection
+        w_in = ConstArray(np.concatenate([KG.pack_b(np.asarray(wc, np.float32)[d].T, wide).reshape(-1)
+                                          for d in range(nd)]),
+                          (W.name or "W") + f".panels{32 if wide else 16}")
     reverse = (True,) if direction == "reverse" else (False, True)[:nd]
     kern = KS.Recurrent(kind=kind, seq=seq, batch=batch, input_size=isz, hidden=H,
                         reverse=reverse, acts=acts,
@@ -169,7 +170,7 @@ def lower_recurrent(op):
                         has_p=P is not None,
                         input_forget=bool(op.attr("input_forget")) if kind == "lstm" else False,
                         linear_before_reset=lbr, packed_r=rc is not None,
-                        panel_proj=panel_proj, packed_w=panel_proj and wc is not None, name=kind)
+                        packed_w=wc is not None, wide=wide, name=kind)
     ins = [X, w_in, r_in] + [v for v in (B, h0, c0, P) if v is not None]
     return kern, ins
 

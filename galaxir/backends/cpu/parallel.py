@@ -227,27 +227,34 @@ def define_parallel_for(module: ir.Module) -> ir.Function:
     return fb.finish()
 
 
-def parallel_kernel(module: ir.Module, fname: str, n_args: int, n_tasks: int, emit_task):
-    """Kernel ``fname(p0..pn)`` running ``emit_task(fb, args, t)`` for t in range(n_tasks)."""
-    from .codegen import F32
-    pfor = define_parallel_for(module)
-    tb = FnBuilder(module, fname + "_task", [I8P.as_pointer(), I64], noalias=False)
+def emit_parallel(fb: FnBuilder, name: str, values, n_tasks: int, emit_task) -> None:
+    """Inside the function ``fb`` builds: run ``emit_task(tb, args, t)`` for t < n_tasks
+    over the pool, as the task function ``name``; ``values`` (pointers) reach the task as
+    ``args`` (i8 pointers) through an array on the caller's stack."""
+    pfor = define_parallel_for(fb.module)
+    tb = FnBuilder(fb.module, name, [I8P.as_pointer(), I64], noalias=False)
     b = tb.b
     ctx, t = tb.args
-    args = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(n_args)]
+    args = [b.load(b.gep(ctx, [i64(k)], inbounds=True)) for k in range(len(values))]
     emit_task(tb, args, t)
     task = tb.finish()
     # never inlined: once the segment function inlines the wrappers, the task pointer of
     # each parallel-for becomes a constant, and inlining every task into one function makes
     # LLVM's loop passes superlinear (inception_v2: 19 s instead of 2 s)
     task.attributes.add("noinline")
-    fb = FnBuilder(module, fname, [F32.as_pointer()] * n_args)
     b = fb.b
     with b.goto_block(fb.entry):
-        arr = b.alloca(I8P, size=i64(max(n_args, 1)))
-    for k, a in enumerate(fb.args):
+        arr = b.alloca(I8P, size=i64(max(len(values), 1)))
+    for k, a in enumerate(values):
         b.store(b.bitcast(a, I8P), b.gep(arr, [i64(k)], inbounds=True))
     b.call(pfor, [task, arr, fb.dim(n_tasks)])
+
+
+def parallel_kernel(module: ir.Module, fname: str, n_args: int, n_tasks: int, emit_task):
+    """Kernel ``fname(p0..pn)`` running ``emit_task(fb, args, t)`` for t in range(n_tasks)."""
+    from .codegen import F32
+    fb = FnBuilder(module, fname, [F32.as_pointer()] * n_args)
+    emit_parallel(fb, fname + "_task", list(fb.args), n_tasks, emit_task)
     return fb.finish()
 
 
