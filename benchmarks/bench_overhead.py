@@ -2,7 +2,7 @@
 call's fixed cost (input validation, binding, the call into native code, output copies)
 is all there is.
 
-- ``chain1``: one op; ``chain50``: 50 elementwise ops that do not fuse (25 native kernels,
+- ``chain1``: one op; ``chain50``: 50 ops that do not fuse (softmax and add: 50 native kernels,
   25 constants; galaxir/testing/tiny.py);
 - ``control_flow``: an If on a constant condition and a Loop of 4 iterations with a scan
   output (unrolled at O1, so one native segment); ``control_flow_dynamic``: the same

@@ -40,7 +40,7 @@ def test_a_native_call_does_no_python_work_per_op(threads):
         m = gx.import_model(chain_model(n))
         exe = gx.compile(m, target="cpu", level=0, num_threads=threads)
         assert exe.fallback_ops == [] and len(exe.last.segments) == 1
-        assert sum(1 for s in exe.last.steps if s.kind == "native") == n // 2
+        assert sum(1 for s in exe.last.steps if s.kind == "native") == n
         assert len(exe.last.slot_value) == n // 2 + 1  # x and one constant per kernel
         (y,) = exe(x)
         np.testing.assert_allclose(y, gx.compile(m, target="numpy")(x)[0], rtol=1e-6)
