@@ -122,3 +122,24 @@ def test_zero_size_agrees_with_onnxruntime(name):
             g = got[o]
             assert g.shape == w.shape, f"{target}: {o} has shape {g.shape}, onnxruntime {w.shape}"
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=target)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_zero_batch_linear_writes_nothing(dynamic):
+    # [0, 3, 4] @ [4, 5] + c -> tanh: the size-0 batch dim broadcast against the weight's
+    # absent one must stay 0 (it became 1, and the kernel wrote a row block past the output)
+    from galaxir.ir import GraphBuilder, tensor
+    rng = np.random.default_rng(3)
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", "B" if dynamic else 0, 3, 4))
+    w, c = gb.constant(rng.standard_normal((4, 5)).astype(np.float32)), gb.constant(np.ones(5, np.float32))
+    gb.output(gb.op("tanh", gb.op("add", gb.op("matmul", a, w), c)), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    for b in ([2, 0, 1, 0] if dynamic else [0]):
+        guard = np.full(b * 15 + 64, 7.0, np.float32)
+        out = guard[:b * 15].reshape(b, 3, 5)
+        feeds = {"a": rng.standard_normal((b, 3, 4)).astype(np.float32)}
+        got = exe.run(feeds, out={"y": out})["y"]
+        assert got.shape == (b, 3, 5)
+        np.testing.assert_allclose(got, np.tanh(feeds["a"] @ w.producer.attr("value") + 1), rtol=1e-5, atol=1e-6)
+        assert (guard[b * 15:] == 7.0).all(), "the kernel wrote past the output"

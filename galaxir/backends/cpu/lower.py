@@ -276,7 +276,7 @@ def lower_matmul(op):
     for x, y in zip(abp, bbp):
         if x != y and x != 1 and y != 1:
             return "batch dims do not broadcast"
-        batch.append(max(x, y))
+        batch.append(x if y == 1 else y)  # a size-0 dim broadcast against 1 stays 0
     a_st = [s * M * Ka for s in K.broadcast_strides(abp, batch)]
     b_st = [s * Kb * N for s in K.broadcast_strides(bbp, batch)]
     # batch dims of size 1 index nothing: dropped, so that [1, S, S, C] @ [C, N] is seen
