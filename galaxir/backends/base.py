@@ -270,16 +270,21 @@ class Executable(abc.ABC):
         """The inputs (in graph order) checked against the signature, in canonical form."""
         out = []
         bindings: dict[str, int] = {}
-        for v, static, n, t in zip(values, self._static, self.input_names, self.input_types):
+        for i, (v, static) in enumerate(zip(values, self._static)):
             if static is not None and type(v) is np.ndarray and v.dtype == static[0] \
                     and v.shape == static[1]:
-                out.append(v)
+                out.append(v)  # the common case, with no Python call
             else:
-                out.append(check_value(v, t, n, bindings))
+                out.append(self._check_input(i, v, bindings))
         if self._bounds:
             for v, n, t in zip(out, self.input_names, self.input_types):
                 check_bounds(v, t, n, self._bounds)
         return out
+
+    def _check_input(self, i: int, v, bindings: dict[str, int]):
+        """Input ``i`` checked against its type (``bindings``: the symbolic dims seen so far);
+        a backend that takes other array kinds (device arrays) overrides this."""
+        return check_value(v, self.input_types[i], self.input_names[i], bindings)
 
     @abc.abstractmethod
     def _execute(self, inputs: list[Any]) -> list[Any]:
@@ -436,9 +441,10 @@ def check_value(value: Any, ty: Type, name: str, bindings: dict[str, int]) -> An
 
 def check_bounds(value: Any, ty: Type, name: str, bounds: Mapping[str, tuple]) -> None:
     """A checked input's symbolic dims against their declared ``(min, max)`` ranges."""
-    if not isinstance(ty, TensorType) or ty.shape is None or not isinstance(value, np.ndarray):
+    shape = getattr(value, "shape", None)  # a numpy or a device array
+    if not isinstance(ty, TensorType) or ty.shape is None or shape is None:
         return
-    for axis, (want, have) in enumerate(zip(ty.shape, value.shape)):
+    for axis, (want, have) in enumerate(zip(ty.shape, shape)):
         lo, hi = bounds.get(want, (None, None)) if isinstance(want, str) else (None, None)
         if (lo is not None and have < lo) or (hi is not None and have > hi):
             raise InputValidationError(

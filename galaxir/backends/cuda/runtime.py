@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import CompileError, ExecutionError, InputValidationError
 from ...ir import Module
 from ...ir.types import UNKNOWN, DType, TensorType
-from ..base import Executable, check_value
+from ..base import Executable
 from .lower import Alias, Blas, Buf, Fallback, Launch, lower_module
 
 MAX_PROGRAMS = 8
@@ -404,15 +404,10 @@ class CudaExecutable(Executable):
         self.last = p
         return p
 
-    def _check_values(self, values) -> list:
-        out = []
-        bindings: dict[str, int] = {}
-        for v, n, t in zip(values, self.input_names, self.input_types):
-            if is_device_array(v):
-                out.append(self._check_device(v, t, n, bindings))
-            else:
-                out.append(check_value(v, t, n, bindings))
-        return out
+    def _check_input(self, i: int, v, bindings: dict[str, int]):
+        if is_device_array(v):
+            return self._check_device(v, self.input_types[i], self.input_names[i], bindings)
+        return super()._check_input(i, v, bindings)
 
     def _check_device(self, v, t, name, bindings):
         cp = self.dev.cp
