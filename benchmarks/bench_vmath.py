@@ -9,38 +9,12 @@ measures with them.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import time
 
-import llvmlite.ir as ir
 import numpy as np
 
-from galaxir.backends.cpu import jit, vmath
-from galaxir.backends.cpu.codegen import F32, I64, FnBuilder
-
-_KEEP = []
-
-
-def compile_map(fn, lanes: int, reps: int):
-    """``out[i] = fn(x[i])`` over n floats, ``reps`` times, on ``lanes``-wide values."""
-    mod = ir.Module("bench_vmath")
-    mod.triple = jit.target_triple()
-    mod.data_layout = jit.target_data_layout()
-    fb = FnBuilder(mod, "f", [F32.as_pointer(), F32.as_pointer(), I64], linkage="external")
-    out, x, n = fb.args
-    b = fb.b
-    V = ir.VectorType(F32, lanes) if lanes > 1 else F32
-    with fb.loop(0, reps):
-        with fb.loop(0, n, lanes) as i:
-            src = b.bitcast(fb.ptr(x, i), V.as_pointer())
-            dst = b.bitcast(fb.ptr(out, i), V.as_pointer())
-            b.store(fn(fb, b.load(src, align=4)), dst, align=4)
-    fb.finish()
-    obj, _ = jit.compile_ir(str(mod))
-    lo = jit.LoadedObject(obj)
-    _KEEP.append(lo)
-    return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(lo.address("f"))
-
+from galaxir.backends.cpu import vmath
+from galaxir.testing.vmath_map import compile_map
 
 def ns_per_element(fn, lanes: int, n: int = 4096, reps: int = 2000) -> float:
     f = compile_map(fn, lanes, reps)

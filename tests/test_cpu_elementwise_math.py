@@ -4,8 +4,6 @@ transcendental/activation op against the numpy reference over random shapes, wit
 8- and 16-lane loops forced (GALAXIR_CPU_WIDE=0/1)."""
 from __future__ import annotations
 
-import ctypes
-import math
 import os
 from contextlib import contextmanager
 
@@ -21,7 +19,7 @@ pytest.importorskip("llvmlite")
 special = pytest.importorskip("scipy.special")
 
 from galaxir.backends.cpu import jit, vmath  # noqa: E402
-from galaxir.backends.cpu.codegen import F32, I64, FnBuilder  # noqa: E402
+from galaxir.testing.vmath_map import compile_map  # noqa: E402
 
 RNG = np.random.default_rng(12)
 
@@ -40,28 +38,9 @@ def lanes_forced(wide: str):
 
 
 # -- vmath on its own ------------------------------------------------------------------------
-_KEEP = []
-
-
 def _jit_map(fn, lanes: int):
     """``out[i] = fn(x[i])`` compiled for ``lanes``-wide values (n a multiple of lanes)."""
-    import llvmlite.ir as ir
-    mod = ir.Module("vmath_test")
-    mod.triple = jit.target_triple()
-    mod.data_layout = jit.target_data_layout()
-    fb = FnBuilder(mod, "f", [F32.as_pointer(), F32.as_pointer(), I64], linkage="external")
-    out, x, n = fb.args
-    b = fb.b
-    V = ir.VectorType(F32, lanes) if lanes > 1 else F32
-    with fb.loop(0, n, lanes) as i:
-        src = b.bitcast(fb.ptr(x, i), V.as_pointer())
-        dst = b.bitcast(fb.ptr(out, i), V.as_pointer())
-        b.store(fn(fb, b.load(src, align=4)), dst, align=4)
-    fb.finish()
-    obj, _ = jit.compile_ir(str(mod))
-    lo = jit.LoadedObject(obj)
-    _KEEP.append(lo)
-    cf = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(lo.address("f"))
+    cf = compile_map(fn, lanes)
 
     def run(a):
         a = np.ascontiguousarray(a, np.float32)
