@@ -266,14 +266,22 @@ def _dq_per_tensor(v):
     return d
 
 
-def _rewrite_add(module: Module, q) -> bool:
-    """DQ(a) + DQ(b) (-> relu) -> Q  ==>  int8_add (a relu becomes the clamp)."""
+def _quantized_source(q):
+    """((scale, zero point, dtype), value, its producer) of a per-tensor QuantizeLinear
+    ``q``: what the rewrites below fold into an 8-bit op; None for other quantizers."""
     qp = _per_tensor_q(q)
     if qp is None:
-        return False
-    sy, zy, out_dt = qp
+        return None
     v = q.operands[0]
-    p = v.producer
+    return qp, v, v.producer
+
+
+def _rewrite_add(module: Module, q) -> bool:
+    """DQ(a) + DQ(b) (-> relu) -> Q  ==>  int8_add (a relu becomes the clamp)."""
+    got = _quantized_source(q)
+    if got is None:
+        return False
+    (sy, zy, out_dt), v, p = got
     absorbed = []
     lo, hi = (0, 255) if out_dt is DType.uint8 else (-128, 127)
     if p is not None and p.name == "relu" and _single_use(module, v):
@@ -311,12 +319,10 @@ SELECTING = {"max_pool": (0,), "concat": None, "resize": (0,)}
 
 def _rewrite_selecting(module: Module, q) -> bool:
     """Q(op(DQ(x), ...)) with every DQ sharing Q's params  ==>  op(x, ...) on 8 bits."""
-    qp = _per_tensor_q(q)
-    if qp is None:
+    got = _quantized_source(q)
+    if got is None:
         return False
-    sy, zy, out_dt = qp
-    v = q.operands[0]
-    p = v.producer
+    (sy, zy, out_dt), v, p = got
     if p is None or p.name not in SELECTING or not _single_use(module, v) or p.regions:
         return False
     if any(r.uses for r in p.results[1:]):
