@@ -47,9 +47,10 @@ from ..ir.verifier import check_op_semantics
 from .gxm_fb import Model as FModel
 from .gxm_fb.AttrKind import AttrKind
 from .gxm_fb.TypeKind import TypeKind
+from .subbyte import PACKED_BITS, pack, packed_nbytes, unpack
 
 MAGIC = b"GALAXIR\x00"
-FORMAT_VERSION = 3  # 3: per-tensor CRC32 column (tensor_crcs)
+FORMAT_VERSION = 4  # 3: per-tensor CRC32 column (tensor_crcs); 4: 4-/2-bit tensors packed (subbyte.py)
 ALIGN = 64
 _HEADER = struct.Struct("<8sIIQQQQI")  # magic, version, flags, graph off/len, weights off/len, graph crc
 HEADER_SIZE = 64
@@ -88,10 +89,12 @@ def _align(n: int) -> int:
 # element sizes by ONNX code (0: no such dtype); string tensors are stored inline
 _DTYPE_CODES = 32
 _ITEMSIZE = np.zeros(_DTYPE_CODES, np.int64)
+_BITS = np.zeros(_DTYPE_CODES, np.int64)  # bits per element in the file (sub-byte types packed)
 _VALID_DTYPE = np.zeros(_DTYPE_CODES, bool)
 for _d in DType:
     _VALID_DTYPE[_d.onnx] = True
     _ITEMSIZE[_d.onnx] = 0 if _d is DType.string else _d.itemsize
+    _BITS[_d.onnx] = PACKED_BITS.get(_d, 8 * _ITEMSIZE[_d.onnx])
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -166,6 +169,8 @@ class _Writer:
             c["tensor_crcs"].append(0)
         else:
             data = np.ascontiguousarray(arr)
+            if dt in PACKED_BITS:
+                data = pack(data, PACKED_BITS[dt])
             offset = _align(self.weights_size)
             self.chunks.append((offset, data))
             self.weights_size = offset + data.nbytes
@@ -472,6 +477,8 @@ _VALID16 = np.zeros(1 << 16, bool)  # valid ONNX element type codes, indexed by 
 _VALID16[:_DTYPE_CODES] = _VALID_DTYPE
 _ITEMSIZE16 = np.zeros(1 << 16, np.int64)
 _ITEMSIZE16[:_DTYPE_CODES] = _ITEMSIZE
+_BITS16 = np.zeros(1 << 16, np.int64)
+_BITS16[:_DTYPE_CODES] = _BITS
 # the pool of each attribute kind: ints, floats, strs, list items; 4 = none
 _ATTR_POOL = np.array([4, 4, 4, 4, 0, 1, 2, 4, 4, 4, 3], np.int64)
 _ACCEPTED: dict[str, int] = {}
@@ -680,7 +687,7 @@ class _Section:
         codes = c["tensor_dtypes"].view("<u2")
         if np.count_nonzero(_VALID16[codes]) != n:
             self.fail("a tensor has an unknown element type code")
-        itemsize = _ITEMSIZE16[codes]
+        bits = _BITS16[codes]
         if dims.size:
             if _any(dims < 0):
                 self.fail("a tensor shape has a negative dim")
@@ -695,9 +702,9 @@ class _Section:
             numel[has] = np.multiply.reduceat(dims, starts[has])
         strings = codes == DType.string.onnx
         offs, nbytes = c["tensor_offsets"].view("<i8"), c["tensor_nbytes"].view("<i8")
-        bad = (nbytes != numel * itemsize) | (c["tensor_num_strings"] != np.where(strings, numel, 0))
+        bad = (nbytes != (numel * bits + 7) // 8) | (c["tensor_num_strings"] != np.where(strings, numel, 0))
         bad |= (offs < 0) | (offs > weights_len - nbytes) | ((offs & (ALIGN - 1)) != 0)
-        if _any(bad):  # (nbytes >= 0 here: it equals numel * itemsize; strings ignore offsets)
+        if _any(bad):  # (nbytes >= 0 here: it equals the packed size; strings ignore offsets)
             self.fail(f"tensor #{int(np.argmax(bad))}: its size does not match its shape, or its data lies "
                       f"outside the weights section ({weights_len} bytes) or is misaligned")
 
@@ -1023,8 +1030,13 @@ class _Section:
             arr = np.zeros(shape, dtype=dt.numpy)
         else:
             self.check_tensor(t)
-            return np.frombuffer(self.weights, dtype=dt.numpy, count=n,
-                                 offset=int(c["tensor_offsets"][t])).reshape(shape)
+            if dt not in PACKED_BITS:
+                return np.frombuffer(self.weights, dtype=dt.numpy, count=n,
+                                     offset=int(c["tensor_offsets"][t])).reshape(shape)
+            bits = PACKED_BITS[dt]  # sub-byte values are unpacked into a new array
+            raw = np.frombuffer(self.weights, dtype=np.uint8, count=packed_nbytes(n, bits),
+                                offset=int(c["tensor_offsets"][t]))
+            arr = unpack(raw, bits, n, dt.numpy).reshape(shape)
         arr.flags.writeable = False
         return arr
 
