@@ -1,0 +1,227 @@
+"""MatMulInteger / QLinearMatMul and ConvInteger / QLinearConv whose weights, scales or
+zero points are run-time tensors (lowering in lower_qnodes.py).  kernels_int8.QGemm packs
+constant weights ahead of time; these read every operand as it comes: a direct int32
+multiply-accumulate of ``(x - x_zp) * (w - w_zp)``, then (QLinear) the reference's
+requantization: the factor ``x_scale * w_scale / y_scale`` in the scales' own type
+(float32 or float16, rounded after each operation as numpy does), ``acc * factor + y_zp``
+in float64, round half to even, saturate.  Zero points and scales per tensor, per row of
+A / column of B (matmul) or per output channel (conv).  Run-time scales are checked first
+(positive and finite), as the reference does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from .codegen import F64, I8, I32, I64, FnBuilder, i64
+from .kernels import Kernel
+from .kernels_qtypes import check_scales, load_f32, load_int, round_wide, store_int
+
+I8P = I8.as_pointer()
+
+
+def _factor(fb, ss, s_dtype):
+    """(sa * sb) / sy in the scales' type (float32 values in, float64 out)."""
+    b = fb.b
+    sa, sb, sy = ss
+    f = round_wide(fb, b.fmul(sa, sb), s_dtype)
+    return b.fpext(round_wide(fb, b.fdiv(f, sy), s_dtype), F64)
+
+
+def _requant_store(fb, acc, factor, zy, out, idx, out_dtype):
+    b = fb.b
+    r = b.fadd(b.fmul(b.sitofp(acc, F64), factor), zy)
+    store_int(fb, fb.intrinsic("llvm.rint.f64", F64, [r]), out, idx, out_dtype)
+
+
+@dataclass
+class QMatMulRT(Kernel):
+    """``out[batch, m, n]`` of A ``[.., M, K]`` and B ``[.., K, N]`` (batch dims broadcast
+    through ``a_strides`` / ``b_strides``, element strides of each batch dim, 0 where
+    broadcast).  ``qlinear``: buffers out, a, sa, za, b, sb, zb, sy, zy; else out, a, b
+    and the zero points present (``za`` / ``zb`` sizes, 0 when absent)."""
+
+    batch: tuple
+    a_strides: tuple
+    b_strides: tuple
+    M: int
+    K: int
+    N: int
+    a_dtype: str
+    b_dtype: str
+    qlinear: bool
+    za: int             # zero point / scale sizes: 0 absent, 1 per tensor, M (a) or N (b)
+    zb: int
+    sa: int = 0
+    sb: int = 0
+    s_dtype: str = "float32"
+    out_dtype: str = "int32"
+    name: str = "qmatmul_rt"
+    fallible = True
+
+    def key(self):
+        return ("qmatmul_rt",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def failure(self) -> str:
+        return "qlinear_matmul: scale must be positive and finite"
+
+    def emit(self, module, fname, n_args):
+        fb = FnBuilder(module, fname, [I8P] * n_args, ret=I64)
+        b = fb.b
+        args = list(fb.args)
+        out = args[0]
+        if self.qlinear:
+            a, sa, za, bb, sb, zb, sy, zy = args[1:9]
+            check_scales(fb, sa, self.sa, self.s_dtype)
+            check_scales(fb, sb, self.sb, self.s_dtype)
+            check_scales(fb, sy, 1, self.s_dtype)
+            zyv = b.sitofp(load_int(fb, zy, i64(0), self.out_dtype), F64)
+        else:
+            a, bb = args[1], args[2]
+            rest = args[3:]
+            za = rest.pop(0) if self.za else None
+            zb = rest.pop(0) if self.zb else None
+        M, K, N = self.M, self.K, self.N
+
+        def per(n_params, full, i):
+            return i if n_params == full and full != 1 else i64(0)
+
+        def body(bidx):
+            a0 = fb.mul_add(list(zip(bidx, self.a_strides)))
+            b0 = fb.mul_add(list(zip(bidx, self.b_strides)))
+            o0 = fb.mul_add(list(zip(bidx, _contig(self.batch, M * N))))
+            with fb.loop(0, M) as m:
+                zam = load_int(fb, za, per(self.za, M, m), self.a_dtype) if za is not None \
+                    else ir.Constant(I32, 0)
+                with fb.loop(0, N) as n:
+                    zbn = load_int(fb, zb, per(self.zb, N, n), self.b_dtype) if zb is not None \
+                        else ir.Constant(I32, 0)
+                    acc = fb.alloca(I32)
+                    b.store(ir.Constant(I32, 0), acc)
+                    with fb.loop(0, K) as k:
+                        av = b.sub(load_int(fb, a, b.add(a0, fb.mul_add([(m, K), (k, 1)])), self.a_dtype), zam)
+                        bv = b.sub(load_int(fb, bb, b.add(b0, fb.mul_add([(k, N), (n, 1)])), self.b_dtype), zbn)
+                        b.store(b.add(b.load(acc), b.mul(av, bv)), acc)
+                    idx = b.add(o0, fb.mul_add([(m, N), (n, 1)]))
+                    if not self.qlinear:
+                        fb.store(b.load(acc), out, idx, I32)
+                    else:
+                        ss = (load_f32(fb, sa, per(self.sa, M, m), self.s_dtype),
+                              load_f32(fb, sb, per(self.sb, N, n), self.s_dtype),
+                              load_f32(fb, sy, i64(0), self.s_dtype))
+                        _requant_store(fb, b.load(acc), _factor(fb, ss, self.s_dtype), zyv, out,
+                                       idx, self.out_dtype)
+        fb.loop_nest(list(self.batch), body)
+        return fb.finish()
+
+
+def _contig(shape, inner: int) -> list[int]:
+    st, acc = [], inner
+    for d in reversed(shape):
+        st.append(acc)
+        acc *= int(d)
+    return st[::-1]
+
+
+@dataclass
+class QConvRT(Kernel):
+    """2-d NCHW convolution (1-d as H = 1) of 8-bit x and w, any group count, pads,
+    strides and dilations.  ``qlinear``: buffers out, x, sx, zx, w, sw, zw, sy, zy[, bias]
+    (``zw`` / ``sw``: 1 or M values); else out, x, w[, zx][, zw]."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    M: int
+    OH: int
+    OW: int
+    kh: int
+    kw: int
+    sh: int
+    sw_: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    group: int
+    x_dtype: str
+    w_dtype: str
+    qlinear: bool
+    zx: bool
+    zw: int             # 0 absent, 1 per tensor, M per output channel
+    s_w: int = 0
+    bias: bool = False
+    s_dtype: str = "float32"
+    out_dtype: str = "int32"
+    name: str = "qconv_rt"
+    fallible = True
+
+    def key(self):
+        return ("qconv_rt",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def failure(self) -> str:
+        return "qlinear_conv: scale must be positive and finite"
+
+    def emit(self, module, fname, n_args):
+        fb = FnBuilder(module, fname, [I8P] * n_args, ret=I64)
+        b = fb.b
+        args = list(fb.args)
+        out = args[0]
+        bias = None
+        if self.qlinear:
+            x, sx, zx, w, sw, zw, sy, zy = args[1:9]
+            if self.bias:
+                bias = args[9]
+            check_scales(fb, sx, 1, self.s_dtype)
+            check_scales(fb, sw, self.s_w, self.s_dtype)
+            check_scales(fb, sy, 1, self.s_dtype)
+            zyv = b.sitofp(load_int(fb, zy, i64(0), self.out_dtype), F64)
+        else:
+            x, w = args[1], args[2]
+            rest = args[3:]
+            zx = rest.pop(0) if self.zx else None
+            zw = rest.pop(0) if self.zw else None
+        zxv = load_int(fb, zx, i64(0), self.x_dtype) if zx is not None else ir.Constant(I32, 0)
+        cg, mg = self.C // self.group, self.M // self.group
+        H, W = self.H, self.W
+        with fb.loop(0, self.N) as n:
+            with fb.loop(0, self.M) as m:
+                g = b.sdiv(m, i64(mg))
+                zwm = ir.Constant(I32, 0) if zw is None else load_int(
+                    fb, zw, m if self.zw == self.M and self.M != 1 else i64(0), self.w_dtype)
+                with fb.loop(0, self.OH) as oh:
+                    with fb.loop(0, self.OW) as ow:
+                        acc = fb.alloca(I32)
+                        b.store(ir.Constant(I32, 0) if bias is None else fb.load(bias, m, I32), acc)
+                        with fb.loop(0, cg) as c:
+                            ch = b.add(b.mul(g, i64(cg)), c)
+                            with fb.loop(0, self.kh) as r:
+                                ih = b.add(b.sub(b.mul(oh, i64(self.sh)), i64(self.pt)), b.mul(r, i64(self.dh)))
+                                with fb.loop(0, self.kw) as s:
+                                    iw = b.add(b.sub(b.mul(ow, i64(self.sw_)), i64(self.pl)),
+                                               b.mul(s, i64(self.dw)))
+                                    inside = b.and_(
+                                        b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H))),
+                                        b.and_(b.icmp_signed(">=", iw, i64(0)), b.icmp_signed("<", iw, i64(W))))
+                                    with fb.if_(inside):
+                                        xi = fb.mul_add([(n, self.C * H * W), (ch, H * W), (ih, W), (iw, 1)])
+                                        wi = fb.mul_add([(m, cg * self.kh * self.kw), (c, self.kh * self.kw),
+                                                         (r, self.kw), (s, 1)])
+                                        xv = b.sub(load_int(fb, x, xi, self.x_dtype), zxv)
+                                        wv = b.sub(load_int(fb, w, wi, self.w_dtype), zwm)
+                                        b.store(b.add(b.load(acc), b.mul(xv, wv)), acc)
+                        idx = fb.mul_add([(n, self.M * self.OH * self.OW), (m, self.OH * self.OW),
+                                          (oh, self.OW), (ow, 1)])
+                        if not self.qlinear:
+                            fb.store(b.load(acc), out, idx, I32)
+                        else:
+                            ss = (load_f32(fb, sx, i64(0), self.s_dtype),
+                                  load_f32(fb, sw, m if self.s_w == self.M and self.M != 1 else i64(0),
+                                           self.s_dtype),
+                                  load_f32(fb, sy, i64(0), self.s_dtype))
+                            _requant_store(fb, b.load(acc), _factor(fb, ss, self.s_dtype), zyv, out,
+                                           idx, self.out_dtype)
+        return fb.finish()
+

@@ -1,0 +1,255 @@
+"""Lowering of the quantization ops lower_quant.py leaves to the reference: quantize /
+dequantize to and from 16-bit, 4-bit, 2-bit integers and float8 / float4, float16 scales,
+blocked (``block_size``) scales, DynamicQuantizeLinear, and the integer / QLinear matmul
+and conv whose weights, scales or zero points are run-time tensors (the ONNX node cases
+feed every operand as an input).  Kernels: kernels_qtypes.py, kernels_qlinear_rt.py.
+
+Each rule here first asks the rule it replaces (lower_quant's packed int8 kernels), and
+takes the op only when that one declines.  Imported at the end of lower.py, after
+lower_quant.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.types import TensorType
+from . import kernels_qtypes as KQ
+from .kernels import broadcast_strides
+from .kernels_qlinear_rt import QConvRT, QMatMulRT
+from .lower import RULES, _window, rule, static_shape
+
+_previous = {n: RULES.get(n) for n in ("quantize_linear", "dequantize_linear", "qlinear_matmul",
+                                       "matmul_integer", "qlinear_conv", "conv_integer")}
+#: 8-bit operands of the integer matmul / conv (int32 accumulation stays exact for
+#: K < 2**31 / 255**2)
+EIGHT = ("uint8", "int8")
+MAX_K = (1 << 31) // (255 * 255)
+
+
+def _dt(v) -> str | None:
+    return v.type.dtype.name if v is not None and isinstance(v.type, TensorType) else None
+
+
+def _shape(v):
+    return static_shape(v.type) if v is not None and isinstance(v.type, TensorType) else None
+
+
+def _size(v) -> int:
+    return int(np.prod(_shape(v)))
+
+
+def _chain(name: str, op, ours):
+    """The previous rule's lowering, else ours; both reasons when neither takes it."""
+    prev = _previous.get(name)
+    first = prev(op) if prev is not None else "no native kernel"
+    if not isinstance(first, str):
+        return first
+    second = ours(op)
+    return second if not isinstance(second, str) else f"{first}; {second}"
+
+
+# -- quantize / dequantize ---------------------------------------------------------------------
+def _layout(op, xs):
+    """(outer, C, inner, mode, block) of x's scale / zero point, or a reason."""
+    sv, zv = op.operand(1), op.operand(2)
+    ss = _shape(sv)
+    if ss is None:
+        return "scale shape not static"
+    if zv is not None and _shape(zv) is None:
+        return "zero point shape not static"
+    if zv is not None and int(np.prod(_shape(zv))) != int(np.prod(ss)):
+        return "zero point and scale differ in size"
+    block = int(op.attr("block_size") or 0)
+    axis = op.attr("axis")
+    axis = 1 if axis is None else int(axis)
+    n = int(np.prod(ss))
+    if not block and n == 1:
+        return 1, 1, int(np.prod(xs)), "tensor", 0
+    if not xs:
+        return "scalar input with a per-axis scale"
+    ax = axis + len(xs) if axis < 0 else axis
+    if not 0 <= ax < len(xs):
+        return "axis out of range"
+    outer, C, inner = int(np.prod(xs[:ax])), int(xs[ax]), int(np.prod(xs[ax + 1:]))
+    if block:
+        want = tuple(-(-d // block) if i == ax else d for i, d in enumerate(xs))
+        if tuple(ss) != want or (zv is not None and tuple(_shape(zv)) != want):
+            return f"blocked scale of shape {list(ss)} does not fit x {list(xs)}"
+        return outer, C, inner, "block", block
+    if len(ss) != 1 or ss[0] != C:
+        return "per-axis scale does not match the axis"
+    return outer, C, inner, "axis", 0
+
+
+def _quantize_typed(op):
+    x, sv, zv, y = op.operand(0), op.operand(1), op.operand(2), op.results[0]
+    xs = _shape(x)
+    if xs is None or _dt(x) not in KQ.WIDE or _dt(sv) not in KQ.WIDE:
+        return "x and scale must be static float32 / float16 tensors"
+    if _dt(y) not in KQ.QUANT:
+        return f"no native quantization to {_dt(y)}"
+    if zv is not None and _dt(zv) != _dt(y):
+        return "zero point type differs from the result's"
+    if op.attr("precision") is not None:
+        return "precision attribute"
+    lay = _layout(op, xs)
+    if isinstance(lay, str):
+        return lay
+    sat = op.attr("saturate")
+    # float8 ignores its zero point (the reference does)
+    use_zp = zv is not None and _dt(y) not in ("float8e4m3fn", "float8e5m2")
+    kern = KQ.QuantizeT(*lay, x_dtype=_dt(x), s_dtype=_dt(sv),
+                        zp_dtype=_dt(zv) if use_zp else None, out_dtype=_dt(y),
+                        saturate=True if sat is None else bool(sat))
+    return kern, [x, sv] + ([zv] if use_zp else [])
+
+
+def _dequantize_typed(op):
+    x, sv, zv, y = op.operand(0), op.operand(1), op.operand(2), op.results[0]
+    xs = _shape(x)
+    if xs is None or _dt(x) not in KQ.QUANT | {"int32"}:
+        return f"no native dequantization of {_dt(x)}"
+    if _dt(sv) not in KQ.WIDE or _dt(y) not in KQ.WIDE:
+        return "scale and result must be float32 / float16"
+    if zv is not None and _dt(zv) != _dt(x):
+        return "zero point type differs from x's"
+    lay = _layout(op, xs)
+    if isinstance(lay, str):
+        return lay
+    use_zp = zv is not None and _dt(x) not in KQ.FLOATS
+    kern = KQ.DequantizeT(*lay, x_dtype=_dt(x), s_dtype=_dt(sv),
+                          zp_dtype=_dt(zv) if use_zp else None, out_dtype=_dt(y))
+    return kern, [x, sv] + ([zv] if use_zp else [])
+
+
+@rule("quantize_linear")
+def lower_quantize_any(op):
+    return _chain("quantize_linear", op, _quantize_typed)
+
+
+@rule("dequantize_linear")
+def lower_dequantize_any(op):
+    return _chain("dequantize_linear", op, _dequantize_typed)
+
+
+@rule("dynamic_quantize_linear")
+def lower_dynamic_quantize(op):
+    x = op.operand(0)
+    xs = _shape(x)
+    if xs is None or _dt(x) != "float32":
+        return "x must be a static float32 tensor"
+    if _dt(op.results[1]) != "float32":
+        return "float32 scale only"
+    return KQ.DynamicQuantize(n=int(np.prod(xs))), [x]
+
+
+# -- integer / QLinear matmul and conv with run-time operands -----------------------------------
+def _scales(vals):
+    """The one float type of the scale operands, or None."""
+    dts = {_dt(v) for v in vals}
+    return dts.pop() if len(dts) == 1 and next(iter(dts)) in KQ.WIDE else None
+
+
+def _qmatmul_rt(op):
+    q = op.name == "qlinear_matmul"
+    if q:
+        a, sa, za, bb, sb, zb, sy, zy = (op.operand(i) for i in range(8))
+    else:
+        a, bb, za, zb = (op.operand(i) for i in range(4))
+    sa_, sb_ = _shape(a), _shape(bb)
+    ys = _shape(op.results[0])
+    if sa_ is None or sb_ is None or ys is None:
+        return "shapes not static"
+    if _dt(a) not in EIGHT or _dt(bb) not in EIGHT:
+        return "uint8 / int8 operands only"
+    if len(sa_) < 2 or len(sb_) < 2:
+        return "1-d operands"
+    M, K, N = sa_[-2], sa_[-1], sb_[-1]
+    if sb_[-2] != K or K > MAX_K:
+        return "inner dims differ, or too long for int32 accumulation"
+    for v, full, what in ((za, M, "a zero point"), (zb, N, "b zero point")):
+        if v is not None and (_shape(v) is None or _size(v) not in (1, full) or _dt(v) != _dt(a if v is za else bb)):
+            return f"{what}: per tensor, or one per {'row' if v is za else 'column'}, of the operand's type"
+    batch = tuple(ys[:-2])
+    a_st = tuple(s * M * K for s in broadcast_strides(sa_[:-2], batch)) if batch else ()
+    b_st = tuple(s * K * N for s in broadcast_strides(sb_[:-2], batch)) if batch else ()
+    if min(M, N, K, *batch, 1) == 0:
+        return "zero-size tensor"
+    kw = dict(batch=batch, a_strides=a_st, b_strides=b_st, M=M, K=K, N=N, a_dtype=_dt(a),
+              b_dtype=_dt(bb), qlinear=q, za=0 if za is None else _size(za),
+              zb=0 if zb is None else _size(zb))
+    if not q:
+        return QMatMulRT(**kw), [v for v in (a, bb, za, zb) if v is not None]
+    sdt = _scales((sa, sb, sy))
+    if sdt is None:
+        return "scales of one float32 / float16 type only"
+    if _size(sa) not in (1, M) or _size(sb) not in (1, N) or _size(sy) != 1 or _size(zy) != 1:
+        return "y scale / zero point per tensor; a's per row, b's per column"
+    if _dt(zy) not in EIGHT:
+        return "uint8 / int8 result only"
+    kern = QMatMulRT(**kw, sa=_size(sa), sb=_size(sb), s_dtype=sdt, out_dtype=_dt(zy))
+    return kern, [a, sa, za, bb, sb, zb, sy, zy]
+
+
+def _qconv_rt(op):
+    q = op.name == "qlinear_conv"
+    if q:
+        x, sx, zx, w, sw, zw, sy, zy = (op.operand(i) for i in range(8))
+        bias = op.operand(8)
+    else:
+        x, w, zx, zw = (op.operand(i) for i in range(4))
+        bias = None
+    xs, ws, ys = _shape(x), _shape(w), _shape(op.results[0])
+    if xs is None or ws is None or ys is None:
+        return "shapes not static"
+    if _dt(x) not in EIGHT or _dt(w) not in EIGHT:
+        return "uint8 / int8 operands only"
+    if len(xs) not in (3, 4) or len(ws) != len(xs):
+        return "only 1-d and 2-d convolutions are native"
+    kernel = tuple(ws[2:])
+    if op.attr("kernel_shape") is not None and tuple(op.attr("kernel_shape")) != kernel:
+        return "kernel_shape differs from the weights'"
+    st, dl, pb, _ = _window(op, xs, kernel)
+    if len(xs) == 3:    # 1-d: H = 1
+        xs, ys, kernel = (xs[0], xs[1], 1, xs[2]), (ys[0], ys[1], 1, ys[2]), (1,) + kernel
+        st, dl, pb = [1] + st, [1] + dl, [0] + pb
+    g = int(op.attr("group") or 1)
+    M = ws[0]
+    if xs[1] % g or M % g or ws[1] != xs[1] // g:
+        return "channels do not match the group count"
+    if min(*xs, *ys, *ws) == 0:
+        return "zero-size tensor"
+    if ws[1] * kernel[0] * kernel[1] > MAX_K:
+        return "too long a reduction for int32 accumulation"
+    if zx is not None and (_size(zx) != 1 or _dt(zx) != _dt(x)):
+        return "x zero point: one, of x's type"
+    if zw is not None and (_size(zw) not in (1, M) or _dt(zw) != _dt(w)):
+        return "w zero point: per tensor or per output channel, of w's type"
+    kw = dict(N=xs[0], C=xs[1], H=xs[2], W=xs[3], M=M, OH=ys[2], OW=ys[3], kh=kernel[0],
+              kw=kernel[1], sh=st[0], sw_=st[1], dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g,
+              x_dtype=_dt(x), w_dtype=_dt(w), qlinear=q, zx=zx is not None,
+              zw=0 if zw is None else _size(zw))
+    if not q:
+        return QConvRT(**kw), [v for v in (x, w, zx, zw) if v is not None]
+    sdt = _scales((sx, sw, sy))
+    if sdt is None:
+        return "scales of one float32 / float16 type only"
+    if _size(sx) != 1 or _size(sw) not in (1, M) or _size(sy) != 1 or _size(zy) != 1:
+        return "x / y scales and zero points per tensor; w's per tensor or per output channel"
+    if _dt(zy) not in EIGHT:
+        return "uint8 / int8 result only"
+    if bias is not None and (_dt(bias) != "int32" or _size(bias) != M):
+        return "bias: int32, one per output channel"
+    kern = QConvRT(**kw, s_w=_size(sw), bias=bias is not None, s_dtype=sdt, out_dtype=_dt(zy))
+    return kern, [x, sx, zx, w, sw, zw, sy, zy] + ([bias] if bias is not None else [])
+
+
+@rule("qlinear_matmul", "matmul_integer")
+def lower_qmatmul_any(op):
+    return _chain(op.name, op, _qmatmul_rt)
+
+
+@rule("qlinear_conv", "conv_integer")
+def lower_qconv_any(op):
+    return _chain(op.name, op, _qconv_rt)
+
