@@ -63,6 +63,10 @@ class QMatMulRT(Kernel):
     def key(self):
         return ("qmatmul_rt",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
+    @property
+    def scratch_bytes(self) -> int:
+        return 4 * self.N
+
     def failure(self) -> str:
         return "qlinear_matmul: scale must be positive and finite"
 
@@ -79,13 +83,15 @@ class QMatMulRT(Kernel):
             zyv = b.sitofp(load_int(fb, zy, i64(0), self.out_dtype), F64)
         else:
             a, bb = args[1], args[2]
-            rest = args[3:]
+            rest = args[3:-1]
             za = rest.pop(0) if self.za else None
             zb = rest.pop(0) if self.zb else None
         M, K, N = self.M, self.K, self.N
 
         def per(n_params, full, i):
             return i if n_params == full and full != 1 else i64(0)
+
+        acc = fb.args[-1]       # scratch: one int32 row of the result
 
         def body(bidx):
             a0 = fb.mul_add(list(zip(bidx, self.a_strides)))
@@ -95,23 +101,26 @@ class QMatMulRT(Kernel):
                 zam = load_int(fb, za, per(self.za, M, m), self.a_dtype) if za is not None \
                     else ir.Constant(I32, 0)
                 with fb.loop(0, N) as n:
-                    zbn = load_int(fb, zb, per(self.zb, N, n), self.b_dtype) if zb is not None \
-                        else ir.Constant(I32, 0)
-                    acc = fb.alloca(I32)
-                    b.store(ir.Constant(I32, 0), acc)
-                    with fb.loop(0, K) as k:
-                        av = b.sub(load_int(fb, a, b.add(a0, fb.mul_add([(m, K), (k, 1)])), self.a_dtype), zam)
-                        bv = b.sub(load_int(fb, bb, b.add(b0, fb.mul_add([(k, N), (n, 1)])), self.b_dtype), zbn)
-                        b.store(b.add(b.load(acc), b.mul(av, bv)), acc)
+                    fb.store(ir.Constant(I32, 0), acc, n, I32)
+                # k outside n: the inner loop walks a row of B and the accumulators (vectorizes)
+                with fb.loop(0, K) as k:
+                    av = b.sub(load_int(fb, a, b.add(a0, fb.mul_add([(m, K), (k, 1)])), self.a_dtype), zam)
+                    brow = b.add(b0, fb.mul_add([(k, N)]))
+                    with fb.loop(0, N) as n:
+                        bv = load_int(fb, bb, b.add(brow, n), self.b_dtype)
+                        if zb is not None:
+                            bv = b.sub(bv, load_int(fb, zb, per(self.zb, N, n), self.b_dtype))
+                        fb.store(b.add(fb.load(acc, n, I32), b.mul(av, bv)), acc, n, I32)
+                with fb.loop(0, N) as n:
                     idx = b.add(o0, fb.mul_add([(m, N), (n, 1)]))
                     if not self.qlinear:
-                        fb.store(b.load(acc), out, idx, I32)
+                        fb.store(fb.load(acc, n, I32), out, idx, I32)
                     else:
                         ss = (load_f32(fb, sa, per(self.sa, M, m), self.s_dtype),
                               load_f32(fb, sb, per(self.sb, N, n), self.s_dtype),
                               load_f32(fb, sy, i64(0), self.s_dtype))
-                        _requant_store(fb, b.load(acc), _factor(fb, ss, self.s_dtype), zyv, out,
-                                       idx, self.out_dtype)
+                        _requant_store(fb, fb.load(acc, n, I32), _factor(fb, ss, self.s_dtype), zyv,
+                                       out, idx, self.out_dtype)
         fb.loop_nest(list(self.batch), body)
         return fb.finish()
 
@@ -161,6 +170,18 @@ class QConvRT(Kernel):
     def key(self):
         return ("qconv_rt",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
+    @property
+    def scratch_bytes(self) -> int:
+        return 4 * self.OW
+
+    def _cols(self, s: int) -> tuple[int, int]:
+        """The output columns whose tap ``s`` reads inside the row: ``0 <= ow * sw - pl +
+        s * dw < W``."""
+        off = s * self.dw - self.pl
+        lo = max(0, -(off // self.sw_) if off < 0 else 0)
+        hi = min(self.OW, (self.W - 1 - off) // self.sw_ + 1) if self.W - 1 - off >= 0 else 0
+        return lo, hi
+
     def failure(self) -> str:
         return "qlinear_conv: scale must be positive and finite"
 
@@ -173,16 +194,17 @@ class QConvRT(Kernel):
         if self.qlinear:
             x, sx, zx, w, sw, zw, sy, zy = args[1:9]
             if self.bias:
-                bias = args[9]
+                bias = args[9]      # (the scratch row is the last argument)
             check_scales(fb, sx, 1, self.s_dtype)
             check_scales(fb, sw, self.s_w, self.s_dtype)
             check_scales(fb, sy, 1, self.s_dtype)
             zyv = b.sitofp(load_int(fb, zy, i64(0), self.out_dtype), F64)
         else:
             x, w = args[1], args[2]
-            rest = args[3:]
+            rest = args[3:-1]
             zx = rest.pop(0) if self.zx else None
             zw = rest.pop(0) if self.zw else None
+        acc = fb.args[-1]       # scratch: one int32 output row
         zxv = load_int(fb, zx, i64(0), self.x_dtype) if zx is not None else ir.Constant(I32, 0)
         cg, mg = self.C // self.group, self.M // self.group
         H, W = self.H, self.W
@@ -193,35 +215,36 @@ class QConvRT(Kernel):
                     fb, zw, m if self.zw == self.M and self.M != 1 else i64(0), self.w_dtype)
                 with fb.loop(0, self.OH) as oh:
                     with fb.loop(0, self.OW) as ow:
-                        acc = fb.alloca(I32)
-                        b.store(ir.Constant(I32, 0) if bias is None else fb.load(bias, m, I32), acc)
-                        with fb.loop(0, cg) as c:
-                            ch = b.add(b.mul(g, i64(cg)), c)
-                            with fb.loop(0, self.kh) as r:
-                                ih = b.add(b.sub(b.mul(oh, i64(self.sh)), i64(self.pt)), b.mul(r, i64(self.dh)))
-                                with fb.loop(0, self.kw) as s:
-                                    iw = b.add(b.sub(b.mul(ow, i64(self.sw_)), i64(self.pl)),
-                                               b.mul(s, i64(self.dw)))
-                                    inside = b.and_(
-                                        b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H))),
-                                        b.and_(b.icmp_signed(">=", iw, i64(0)), b.icmp_signed("<", iw, i64(W))))
-                                    with fb.if_(inside):
-                                        xi = fb.mul_add([(n, self.C * H * W), (ch, H * W), (ih, W), (iw, 1)])
-                                        wi = fb.mul_add([(m, cg * self.kh * self.kw), (c, self.kh * self.kw),
-                                                         (r, self.kw), (s, 1)])
-                                        xv = b.sub(load_int(fb, x, xi, self.x_dtype), zxv)
-                                        wv = b.sub(load_int(fb, w, wi, self.w_dtype), zwm)
-                                        b.store(b.add(b.load(acc), b.mul(xv, wv)), acc)
+                        fb.store(ir.Constant(I32, 0) if bias is None else fb.load(bias, m, I32), acc, ow, I32)
+                    with fb.loop(0, cg) as c:
+                        ch = b.add(b.mul(g, i64(cg)), c)
+                        with fb.loop(0, self.kh) as r:
+                            ih = b.add(b.sub(b.mul(oh, i64(self.sh)), i64(self.pt)), b.mul(r, i64(self.dh)))
+                            inside = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
+                            with fb.if_(inside):
+                                xrow = fb.mul_add([(n, self.C * H * W), (ch, H * W), (ih, W)])
+                                for s_ in range(self.kw):   # unrolled: each tap's valid columns are known
+                                    lo, hi = self._cols(s_)
+                                    if lo >= hi:
+                                        continue
+                                    wi = fb.mul_add([(m, cg * self.kh * self.kw), (c, self.kh * self.kw),
+                                                     (r, self.kw)], s_)
+                                    wv = b.sub(load_int(fb, w, wi, self.w_dtype), zwm)
+                                    with fb.loop(lo, hi) as ow:
+                                        iw = b.add(xrow, fb.mul_add([(ow, self.sw_)], s_ * self.dw - self.pl))
+                                        xv = b.sub(load_int(fb, x, iw, self.x_dtype), zxv)
+                                        fb.store(b.add(fb.load(acc, ow, I32), b.mul(xv, wv)), acc, ow, I32)
+                    with fb.loop(0, self.OW) as ow:
                         idx = fb.mul_add([(n, self.M * self.OH * self.OW), (m, self.OH * self.OW),
                                           (oh, self.OW), (ow, 1)])
                         if not self.qlinear:
-                            fb.store(b.load(acc), out, idx, I32)
+                            fb.store(fb.load(acc, ow, I32), out, idx, I32)
                         else:
                             ss = (load_f32(fb, sx, i64(0), self.s_dtype),
                                   load_f32(fb, sw, m if self.s_w == self.M and self.M != 1 else i64(0),
                                            self.s_dtype),
                                   load_f32(fb, sy, i64(0), self.s_dtype))
-                            _requant_store(fb, b.load(acc), _factor(fb, ss, self.s_dtype), zyv, out,
-                                           idx, self.out_dtype)
+                            _requant_store(fb, fb.load(acc, ow, I32), _factor(fb, ss, self.s_dtype), zyv,
+                                           out, idx, self.out_dtype)
         return fb.finish()
 

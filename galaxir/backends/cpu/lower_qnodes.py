@@ -219,6 +219,8 @@ def _qconv_rt(op):
         return "channels do not match the group count"
     if min(*xs, *ys, *ws) == 0:
         return "zero-size tensor"
+    if kernel[1] > 16:
+        return "kernel wider than 16 (the native loop unrolls the taps of a row)"
     if ws[1] * kernel[0] * kernel[1] > MAX_K:
         return "too long a reduction for int32 accumulation"
     if zx is not None and (_size(zx) != 1 or _dt(zx) != _dt(x)):
