@@ -265,3 +265,31 @@ def test_bad_run_time_scale_is_refused(op, bad):
     assert exe.fallback_ops == [], exe.report()
     with pytest.raises(GalaxirError, match=r"(?i)(quantize_linear|qlinear_matmul).*scale"):
         exe.run(f)
+
+
+from tests.test_cpu_int8 import path  # noqa: E402,F401  (the forced VNNI / AVX2, 16 / 8-lane paths)
+
+
+@pytest.mark.parametrize("xt,wt", [(np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8)])
+def test_matmul_integer_run_time_zero_point_on_packed_weights(path, xt, wt):
+    """Dynamic quantization's matmul_integer (constant weights, x's zero point computed at
+    run time) runs on the packed int8 kernel plus a zero-point correction: the reference's
+    int32 values exactly, on every forced instruction path."""
+    from tests.conftest import native_kernels
+    rng = np.random.default_rng(6)
+    for xs, (K, N), zw_size in (((3, 5, 37), (37, 21), 21), ((64, 300), (300, 96), 1)):
+        w = _q8(rng, wt, (K, N))
+        zw = _q8(rng, wt, (zw_size,))
+        nodes = [helper.make_node("MatMulInteger", ["a", "w", "za", "zw"], ["y"])]
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("a", ONNX_TYPE[np.dtype(xt)], xs),
+                         helper.make_tensor_value_info("za", ONNX_TYPE[np.dtype(xt)], ())],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, xs[:-1] + (N,))],
+            [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(zw, "zw")])
+        m = gx.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]))
+        exe = gx.compile(m, target="cpu")
+        ref = gx.compile(m, target="numpy")
+        for _ in range(2):
+            f = {"a": _q8(rng, xt, xs), "za": _q8(rng, xt, ())}
+            same_bits(exe.run(f)["y"], ref.run(f)["y"])
+        assert native_kernels(exe) == ["RuntimeZeroPoint"], exe.report()

@@ -248,3 +248,42 @@ class QConvRT(Kernel):
                                            out, idx, self.out_dtype)
         return fb.finish()
 
+
+
+@dataclass
+class RuntimeZeroPoint(Kernel):
+    """``matmul_integer`` with constant weights and x's zero point read at run time (the
+    zero point dynamic quantization computes): the packed int8 kernel (``inner``, a
+    kernels_int8.QGemm built for zero point 0 and int32 output) gives ``x @ (w - zw)``, then
+    ``- zx * colsum[n]`` with ``colsum = sum_k (w - zw)``: exact in wrapping int32 arithmetic,
+    as (x - zx) @ (w - zw) = x @ (w - zw) - zx * colsum.  Buffers: out, x, packed, corrections,
+    colsum (int32 [N]), zx, then the inner kernel's scratch."""
+
+    inner: Kernel
+    M: int
+    N: int
+    zx_dtype: str
+    name: str = "qgemm_runtime_zp"
+
+    def key(self):
+        return ("qgemm_runtime_zp", self.inner.key(), self.M, self.N, self.zx_dtype)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.inner.scratch_bytes
+
+    def emit(self, module, fname, n_args):
+        has_scratch = bool(self.inner.scratch_bytes)
+        inner = self.inner.emit(module, fname + "_packed", 4 + has_scratch)
+        fb = FnBuilder(module, fname, [I8P] * n_args)
+        b = fb.b
+        out, x, pk, corr, colsum, zx = fb.args[:6]
+        args = [out, x, pk, corr] + ([fb.args[6]] if has_scratch else [])
+        b.call(inner, [b.bitcast(a, t.type) for a, t in zip(args, inner.args)])
+        z = load_int(fb, zx, i64(0), self.zx_dtype)
+        with fb.loop(0, self.M) as m:
+            with fb.loop(0, self.N) as n:
+                idx = fb.mul_add([(m, self.N), (n, 1)])
+                fix = b.mul(z, fb.load(colsum, n, I32))
+                fb.store(b.sub(fb.load(out, idx, I32), fix), out, idx, I32)
+        return fb.finish()

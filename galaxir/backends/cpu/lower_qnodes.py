@@ -15,8 +15,9 @@ import numpy as np
 from ...ir.types import TensorType
 from . import kernels_qtypes as KQ
 from .kernels import broadcast_strides
-from .kernels_qlinear_rt import QConvRT, QMatMulRT
-from .lower import RULES, _window, rule, static_shape
+from . import kernels_int8 as KI
+from .kernels_qlinear_rt import QConvRT, QMatMulRT, RuntimeZeroPoint
+from .lower import RULES, ConstArray, _window, const_of, rule, static_shape
 
 _previous = {n: RULES.get(n) for n in ("quantize_linear", "dequantize_linear", "qlinear_matmul",
                                        "matmul_integer", "qlinear_conv", "conv_integer")}
@@ -246,9 +247,53 @@ def _qconv_rt(op):
     return kern, [x, sx, zx, w, sw, zw, sy, zy] + ([bias] if bias is not None else [])
 
 
+def _packed_runtime_zp(op):
+    """matmul_integer of constant 2-d weights whose x zero point is a run-time scalar (what
+    dynamic quantization builds): the packed int8 kernel with zero point 0, corrected."""
+    a, w, za, zw = (op.operand(i) for i in range(4))
+    wq = const_of(w)
+    xs = _shape(a)
+    if op.name != "matmul_integer" or wq is None or za is None or const_of(za) is not None:
+        return "not a constant-weight matmul with a run-time x zero point"
+    wq = np.asarray(wq)
+    if xs is None or len(xs) < 2 or wq.ndim != 2 or _dt(a) not in EIGHT or wq.dtype.name not in EIGHT:
+        return "8-bit x of rank >= 2 and 2-d 8-bit weights only"
+    if _size(za) != 1 or _dt(za) != _dt(a):
+        return "x zero point: one, of x's type"
+    zwc = np.zeros(1, wq.dtype) if zw is None else const_of(zw)
+    if zwc is None:
+        return "weight zero point is not a constant"
+    K, N = wq.shape
+    M = int(np.prod(xs[:-1]))
+    zwv = np.asarray(zwc).reshape(-1)
+    if xs[-1] != K or min(M, K, N) == 0 or zwv.size not in (1, N):
+        return "shapes do not fit"
+    lanes = KI.int8_lanes()
+    vnni = KI.use_vnni(lanes)
+    x_signed = _dt(a) == "int8"
+    zs = (-128 if not x_signed else 0) if vnni else 0     # as lower_quant with x zero point 0
+    packed, corr = KI.pack_u_const(wq, zwv, None, zs, vnni, KI.npad_of(N, lanes, 1 if vnni else 0))
+    inner = KI.QGemm(kind="matmul", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=0, out="i32",
+                     M=M, K=K, N=N)
+    colsum = (wq.astype(np.int64) - zwv.astype(np.int64)).sum(axis=0)
+    colsum = ((colsum + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)   # wraps as int32 does
+    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a))
+    return kern, [a, ConstArray(packed, "qmatmul.w"), ConstArray(corr.reshape(-1), "qmatmul.corr"),
+                  ConstArray(colsum, "qmatmul.colsum"), za]
+
+
 @rule("qlinear_matmul", "matmul_integer")
 def lower_qmatmul_any(op):
-    return _chain(op.name, op, _qmatmul_rt)
+    return _chain(op.name, op, lambda o: _first(o, _packed_runtime_zp, _qmatmul_rt))
+
+
+def _first(op, *rules):
+    """The first of ``rules`` that lowers ``op``; else the last one's reason."""
+    for r in rules:
+        res = r(op)
+        if not isinstance(res, str):
+            return res
+    return res
 
 
 @rule("qlinear_conv", "conv_integer")
