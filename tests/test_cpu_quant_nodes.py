@@ -92,8 +92,8 @@ def _hard_floats(t) -> np.ndarray:
     pos = np.unique(vals[np.isfinite(vals) & (vals >= 0)])
     mids = (pos[:-1] + pos[1:]) / 2
     top = pos[-1] + (pos[-1] - pos[-2]) * np.array([0.25, 0.5, 0.75, 1, 2], np.float32)
-    core = np.concatenate([pos, mids, np.nextafter(mids, np.float32(0)), np.nextafter(mids, np.float32(np.inf)),
-                           top, [1e-42, 1e-30, 3e38, np.inf, np.nan]]).astype(np.float32)
+    near = [np.nextafter(mids, np.float32(0)), np.nextafter(mids, np.float32(np.inf))]
+    core = np.concatenate([pos, mids, *near, top, [1e-42, 1e-30, 3e38, np.inf, np.nan]]).astype(np.float32)
     return np.concatenate([core, -core, [0.0, -0.0]]).astype(np.float32)
 
 

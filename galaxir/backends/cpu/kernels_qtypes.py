@@ -340,7 +340,8 @@ class DynamicQuantize(Kernel):
         y, so, zo, x = fb.args[:4]
         b = fb.b
         zero = ir.Constant(F32, 0.0)
-        hi, lo, nan = fb.alloca(F32, zero), fb.alloca(F32, zero), fb.alloca(ir.IntType(1), ir.Constant(ir.IntType(1), 0))
+        i1 = ir.IntType(1)
+        hi, lo, nan = fb.alloca(F32, zero), fb.alloca(F32, zero), fb.alloca(i1, ir.Constant(i1, 0))
         with fb.loop(0, self.n) as i:
             v = fb.load(x, i, F32)
             h, l_ = b.load(hi), b.load(lo)

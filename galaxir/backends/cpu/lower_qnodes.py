@@ -168,8 +168,8 @@ def _qmatmul_rt(op):
     M, K, N = sa_[-2], sa_[-1], sb_[-1]
     if sb_[-2] != K or K > MAX_K:
         return "inner dims differ, or too long for int32 accumulation"
-    for v, full, what in ((za, M, "a zero point"), (zb, N, "b zero point")):
-        if v is not None and (_shape(v) is None or _size(v) not in (1, full) or _dt(v) != _dt(a if v is za else bb)):
+    for v, full, what, owner in ((za, M, "a zero point", a), (zb, N, "b zero point", bb)):
+        if v is not None and (_shape(v) is None or _size(v) not in (1, full) or _dt(v) != _dt(owner)):
             return f"{what}: per tensor, or one per {'row' if v is za else 'column'}, of the operand's type"
     batch = tuple(ys[:-2])
     a_st = tuple(s * M * K for s in broadcast_strides(sa_[:-2], batch)) if batch else ()
