@@ -63,6 +63,9 @@ class CpuExecutable(Executable):
         self.prepared = prepared if prepared is not None else prepare(module)
         self._interp = Interpreter(self.prepared)
         self._specs: OrderedDict[tuple, Specialization] = OrderedDict()
+        # per kernel structure: the object code and traced shape program a new shape
+        # reuses without emitting LLVM IR (dynreuse.py)
+        self._templates: dict = {}
         self._lock = threading.RLock()
         self.last: Specialization | None = None
         self._last_key: tuple | None = None  # input shapes the latest specialization serves
@@ -89,7 +92,8 @@ class CpuExecutable(Executable):
         if spec is None:
             try:
                 m = specialize_types(self.prepared, shapes)  # the one shape specialization
-                spec = Specialization(m, self.cache_dir, dynamic=self.dynamic)
+                spec = Specialization(m, self.cache_dir, dynamic=self.dynamic,
+                                      templates=self._templates)
             except GalaxirError:
                 raise
             except MemoryError as e:
