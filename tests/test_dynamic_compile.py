@@ -163,3 +163,54 @@ def test_concurrent_calls_with_different_shapes():
 
     with ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(work, range(4))) == [0, 1, 2, 3]
+
+
+# -- a new shape emits no LLVM IR (galaxir/backends/cpu/dynreuse.py, shapetrace.py) ----------
+def test_shape_trace_program_guards_decisions():
+    """The traced program recomputes values from new leaves and answers None when a
+    decision taken on a traced number (a comparison, an int() use) comes out differently."""
+    from galaxir.backends.cpu.shapetrace import Tracer, name_of, select, test, tmin
+    tr = Tracer()
+    a, b = tr.leaf(6), tr.leaf(4)
+    x = (a * b) // 3 + tmin(a, b)                  # no guard: min is a value choice
+    y = a - 1 if a > 2 else b                      # guarded: a > 2
+    z = select(test(b, "==", 1), 0, a * 2)         # no guard
+    w = int(np.prod([a, b]))                       # np.prod keeps tracing; int() guards
+    fn = tr.program("[" + ", ".join(name_of(v) for v in (x, y, z)) + "]")
+    assert [x.v, y.v, z.v, w] == [12, 5, 12, 24]
+    assert fn([6, 4]) == [12, 5, 12]
+    assert fn([1, 24]) is None                     # a > 2 no longer holds
+    assert fn([6, 5]) is None                      # int(a * b) was 24, now 30
+    assert fn([4, 6]) == [12, 3, 8]                # both decisions as traced
+    assert fn([3, 8]) == [11, 2, 6]
+
+
+def test_new_shape_emits_no_llvm_ir(monkeypatch):
+    """The first shape of a kernel structure is emitted (traced); every later shape takes
+    the template's object code and computes its run-time integers from its kernels'
+    fields: ``emit_module`` is not called again, and the values are those a plain
+    emission for that shape gives."""
+    from galaxir.backends.cpu import dynreuse, program
+    from galaxir.backends.cpu.codegen import dynamic_blocks, dynamic_values
+    m = _encoder_block(hidden=16)
+    exe = gx.compile(m, target="cpu")
+    ref = gx.compile(m, target="numpy")
+    _check(exe, ref, _feeds(2, 7, hidden=16))
+    emitted = []
+    real_emit = program.Specialization.emit_module
+    monkeypatch.setattr(program.Specialization, "emit_module",
+                        lambda self, *a, **k: emitted.append(1) or real_emit(self, *a, **k))
+    reused = dynreuse.stats["reused"]
+    shapes = [(1, 3), (3, 16), (4, 33), (2, 64), (1, 130)]
+    for b, s in shapes:
+        _check(exe, ref, _feeds(b, s, hidden=16))
+        assert exe.cache_source == "memory"
+    assert emitted == [], "a new shape emitted LLVM IR"
+    assert dynreuse.stats["reused"] - reused == len(shapes)
+    (tpl,) = [t for ts in exe._templates.values() for t in ts]
+    for spec in list(exe._specs.values())[1:]:
+        mod, _ = real_emit(spec)  # a plain emission for this shape, to compare with
+        assert str(mod) == spec.llvm_ir
+        vals, blocks = tpl.values(spec)
+        assert vals == dynamic_values(mod) == list(spec._dyn_data)
+        assert blocks == {k: list(v) for k, v in dynamic_blocks(mod).items()}
