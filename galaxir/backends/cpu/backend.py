@@ -53,7 +53,8 @@ def _passes_ready() -> bool:
 
 class CpuExecutable(Executable):
     def __init__(self, module: Module, cache_dir=None, prepared: Module | None = None,
-                 num_threads: int | None = None, shape_cache_bytes: int | None = None):
+                 num_threads: int | None = None, shape_cache_bytes: int | None = None,
+                 warm: bool = True):
         super().__init__(module)
         self.shape_cache_bytes = SHAPE_CACHE_BYTES if shape_cache_bytes is None else int(shape_cache_bytes)
         from .parallel import get_pool
@@ -80,6 +81,24 @@ class CpuExecutable(Executable):
         self.dynamic = static is None  # symbolic input dims: shape values read at run time
         if static is not None:
             self._spec_for(static)
+        elif warm:
+            self._warm()
+
+    def _warm(self) -> None:
+        """Compile a dynamic module now, for representative shapes (dynreuse.warm_shapes),
+        so that no call waits for LLVM: the specialization is dropped, its object code and
+        traced shape program stay as the template later shapes reuse.  If those shapes do
+        not fit the model (a reshape that needs divisible sizes, ...), the first call
+        compiles instead."""
+        from .dynreuse import warm_shapes
+        shapes = warm_shapes(self.prepared, self._bounds)
+        if shapes is None:
+            return
+        try:
+            Specialization(specialize_types(self.prepared, shapes), self.cache_dir,
+                           dynamic=True, templates=self._templates)
+        except (GalaxirError, MemoryError, ValueError, ZeroDivisionError):
+            pass
 
     @property
     def cache_source(self) -> str | None:
@@ -262,7 +281,8 @@ class CpuBackend(Backend):
         return first_bad_kernel(module, feeds, rtol, atol)
 
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
-                shape_cache_bytes: int | None = None, **options: Any) -> CpuExecutable:
+                shape_cache_bytes: int | None = None, warm: bool = True,
+                **options: Any) -> CpuExecutable:
         from ..numpy.registry import get_kernel
         missing = sorted({op.name for op in module.walk()
                           if not op.is_terminator and get_kernel(op.name) is None
@@ -274,4 +294,4 @@ class CpuBackend(Backend):
         if cache_dir is None:
             cache_dir = jit.default_cache_dir()
         return CpuExecutable(module, cache_dir, num_threads=num_threads,
-                             shape_cache_bytes=shape_cache_bytes)
+                             shape_cache_bytes=shape_cache_bytes, warm=warm)

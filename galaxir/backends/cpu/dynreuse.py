@@ -166,3 +166,36 @@ def keep(spec, obj: bytes) -> None:
     kept.append(tpl)
     del kept[:-MAX_PER_STRUCTURE]
     spec._template = None
+
+
+#: the sizes a dynamic module's symbolic dims get for the compile at ``gx.compile`` time
+#: (distinct, so no two symbols look equal; not 1, whose size-1 dims broadcast)
+WARM_SIZES = (5, 7, 11, 13, 17, 19, 23, 29)
+
+
+def warm_shapes(module, bounds) -> dict[str, tuple] | None:
+    """Input shapes for compiling a dynamic module before its first call: each symbolic
+    dim a distinct size of WARM_SIZES, moved into its declared ``(min, max)``; None when
+    an input dim is an expression of symbols (its value would have to be solved for)."""
+    from ...ir.types import TensorType
+    sizes: dict[str, int] = {}
+    shapes = {}
+    for a in module.graph.inputs:
+        t = a.type
+        if not isinstance(t, TensorType) or t.shape is None:
+            return None
+        shape = []
+        for d in t.shape:
+            if isinstance(d, str):
+                if not d.isidentifier():
+                    return None
+                if d not in sizes:
+                    v = WARM_SIZES[len(sizes) % len(WARM_SIZES)]
+                    lo, hi = bounds.get(d, (None, None)) if bounds else (None, None)
+                    v = max(v, lo) if lo is not None else v
+                    v = min(v, hi) if hi is not None else v
+                    sizes[d] = v
+                d = sizes[d]
+            shape.append(int(d))
+        shapes[a.name] = tuple(shape)
+    return shapes
