@@ -51,11 +51,13 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
     t0 = time.perf_counter()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     t_ort_load = time.perf_counter() - t0
-    from galaxir.backends.cpu import jit
+    from galaxir.backends.cpu import dynreuse, jit
+    load0 = jit.stats["compiled"]
     t0 = time.perf_counter()
-    exe = gx.compile(gx.import_model(path), target="cpu")
+    exe = gx.compile(gx.import_model(path), target="cpu")  # a dynamic model compiles here
     t_gx_load = time.perf_counter() - t0
     compiles0 = jit.stats["compiled"]
+    traced0, reused0 = dynreuse.stats["traced"], dynreuse.stats["reused"]
     rng = np.random.default_rng(args.seed)
     first_gx, first_ort, steady_gx, steady_ort, extra = [], [], [], [], []
     seen = set()
@@ -88,7 +90,9 @@ def run_one(name: str, exporter: str, args, tmp: str) -> dict | None:
                 steady_ratio_min=min(g / o for g, o in zip(steady_gx, steady_ort)),
                 new_shape_ms=1e3 * statistics.median(extra), gx_load=t_gx_load,
                 ort_load=t_ort_load, report=head, fallback=sorted(set(exe.fallback_ops)),
-                llvm_runs=llvm_runs, model_compiles=model_compiles, static=static)
+                llvm_runs=llvm_runs, model_compiles=model_compiles, static=static,
+                load_llvm_runs=compiles0 - load0,
+                traced=dynreuse.stats["traced"] - traced0, reused=dynreuse.stats["reused"] - reused0)
 
 
 def _static_vs_dynamic(gx, dm, path, exe, args, reps: int = 15) -> list:
@@ -147,9 +151,11 @@ def main(argv=None) -> int:
               f"{r['steady_ratio_min']:10.2f} {r['new_shape_ms']:12.0f}  {r['report']}")
         if r["fallback"]:
             print(f"{'':27s}on the reference: {', '.join(r['fallback'])}")
-        print(f"{'':27s}load: galaxir {r['gx_load']:.2f} s, onnxruntime {r['ort_load']:.2f} s; "
-              f"model compiles during the calls: {r['model_compiles']} (LLVM runs, shared "
-              f"library kernels included: {r['llvm_runs']})")
+        print(f"{'':27s}load: galaxir {r['gx_load']:.2f} s ({r['load_llvm_runs']} LLVM runs), "
+              f"onnxruntime {r['ort_load']:.2f} s; model compiles during the calls: "
+              f"{r['model_compiles']} (LLVM runs, shared library kernels included: "
+              f"{r['llvm_runs']}); new shapes that emitted no LLVM IR: {r['reused']}, "
+              f"traced emissions: {r['traced']}")
         for b, s_, med, lo in r["static"] or []:
             print(f"{'':27s}steady {b}x{s_}: dynamic / static-shape compile {med:.2f} (min {lo:.2f})")
     return 0

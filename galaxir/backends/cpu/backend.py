@@ -6,7 +6,9 @@ static, else at the first call with new shapes), holding native code for the ops
 backend lowers and the list of ops that run on the numpy reference in between.  With
 symbolic input dims the native code reads its shape values at run time (program.py,
 ``dynamic``), so every new shape reuses the first one's object code: one LLVM compile per
-model.  The specializations are kept in an LRU bounded by bytes (SHAPE_CACHE_BYTES).
+model, done at ``compile`` time for representative shapes, and a new shape computes its
+shape values from a traced program without emitting IR (dynreuse.py).  The
+specializations are kept in an LRU bounded by bytes (SHAPE_CACHE_BYTES).
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ SHAPE_CACHE_BYTES = int(os.environ.get("GALAXIR_SHAPE_CACHE_BYTES", str(256 << 2
 
 def spec_bytes(spec: Specialization) -> int:
     """What keeping ``spec`` costs: its arena (one per call state it holds), its object
-    code, its shape values and the lowered module (weights are shared, not counted)."""
-    ir_text = len(getattr(spec, "llvm_ir", "") or "")
+    code, its shape values and the lowered module (weights are shared, not counted; so is
+    the IR text of a shape that reused its structure's template, dynreuse.py)."""
+    ir_text = 0 if getattr(spec, "reused", False) else len(getattr(spec, "llvm_ir", "") or "")
     dyn = getattr(spec, "_dyn_data", None)
     return (spec.arena_size * max(1, len(spec._free)) + getattr(spec, "object_bytes", 0)
             + ir_text + (dyn.nbytes if dyn is not None else 0) + 64 * len(spec.steps))

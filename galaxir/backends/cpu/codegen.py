@@ -6,7 +6,10 @@ LLVM can unroll and vectorize.  For a module with symbolic input dims the LLVM m
 emitted in *dynamic* mode (``begin_dynamic``): every shape-dependent integer a kernel asks
 for through ``FnBuilder.dim`` (and every ``library.param_block``) is read at run time from
 per-specialization data, so every set of input shapes with the same kernel structure emits
-the same LLVM IR and shares one compile (docs/performance.md, "Dynamic shapes").
+the same LLVM IR and shares one compile (docs/performance.md, "Dynamic shapes").  Those
+integers may be ``shapetrace.Traced`` numbers: then the first shape of a structure records
+how each is computed, and later shapes get theirs without emitting IR (dynreuse.py); the
+emitters treat ``INT`` (int or traced) as a Python-side integer.
 """
 from __future__ import annotations
 

@@ -265,6 +265,7 @@ class Specialization:
         reused = None
         if self.templates is not None and self.segments:
             reused = dynreuse.reuse(self, self.templates)
+        self.reused = reused is not None
         if reused is not None:  # no LLVM IR emitted: the structure's object code
             tpl, values = reused
             self.llvm_ir, self.n_kernels = tpl.llvm_ir, tpl.n_kernels
