@@ -89,17 +89,17 @@ class CpuExecutable(Executable):
 
     def _warm(self) -> None:
         """Compile a dynamic module now, for representative shapes (dynreuse.warm_shapes),
-        so that no call waits for LLVM: the specialization is dropped, its object code and
-        traced shape program stay as the template later shapes reuse.  If those shapes do
-        not fit the model (a reshape that needs divisible sizes, ...), the first call
-        compiles instead."""
-        from .dynreuse import warm_shapes
+        so that no call waits for LLVM: its object code and traced shape program become
+        the template later shapes reuse.  Only when the program serves a second set of
+        sizes too (code not specific to one shape), and the shapes fit the model (not a
+        reshape that needs divisible sizes, ...); else the first call compiles."""
+        from .dynreuse import warm, warm_shapes
         shapes = warm_shapes(self.prepared, self._bounds)
+        other = warm_shapes(self.prepared, self._bounds, step=2)
         if shapes is None:
             return
         try:
-            Specialization(specialize_types(self.prepared, shapes), self.cache_dir,
-                           dynamic=True, templates=self._templates)
+            warm(self.prepared, shapes, other, self._templates, self.cache_dir)
         except (GalaxirError, MemoryError, ValueError, ZeroDivisionError):
             pass
 

@@ -173,9 +173,10 @@ def keep(spec, obj: bytes) -> None:
 WARM_SIZES = (5, 7, 11, 13, 17, 19, 23, 29)
 
 
-def warm_shapes(module, bounds) -> dict[str, tuple] | None:
+def warm_shapes(module, bounds, step: int = 0) -> dict[str, tuple] | None:
     """Input shapes for compiling a dynamic module before its first call: each symbolic
-    dim a distinct size of WARM_SIZES, moved into its declared ``(min, max)``; None when
+    dim a distinct size of WARM_SIZES (plus ``step``), moved into its declared
+    ``(min, max)``; None when
     an input dim is an expression of symbols (its value would have to be solved for)."""
     from ...ir.types import TensorType
     sizes: dict[str, int] = {}
@@ -190,7 +191,7 @@ def warm_shapes(module, bounds) -> dict[str, tuple] | None:
                 if not d.isidentifier():
                     return None
                 if d not in sizes:
-                    v = WARM_SIZES[len(sizes) % len(WARM_SIZES)]
+                    v = WARM_SIZES[len(sizes) % len(WARM_SIZES)] + step
                     lo, hi = bounds.get(d, (None, None)) if bounds else (None, None)
                     v = max(v, lo) if lo is not None else v
                     v = min(v, hi) if hi is not None else v
@@ -199,3 +200,28 @@ def warm_shapes(module, bounds) -> dict[str, tuple] | None:
             shape.append(int(d))
         shapes[a.name] = tuple(shape)
     return shapes
+
+
+def warm(prepared, shapes: dict, other: dict, templates: dict, cache_dir) -> bool:
+    """Compile a dynamic module before its first call: trace its emission for ``shapes``
+    and run LLVM only if the traced program also serves ``other`` (different sizes of
+    the same symbols), i.e. the code is not specific to one shape; the template is filed
+    in ``templates``.  False when it was not compiled (the first call compiles then)."""
+    from ...passes.memory import specialize_types
+    from . import jit
+    from .program import Specialization
+    a = Specialization.planned(specialize_types(prepared, shapes), dynamic=True)
+    b = Specialization.planned(specialize_types(prepared, other), dynamic=True)
+    if not a.segments:
+        return False
+    a._structure = structure(a)
+    if structure(b) != a._structure:
+        return False
+    _, _, text, _ = emit_traced(a)
+    tpl = a._template
+    if tpl is None or tpl.values(b) is None:
+        return False
+    obj, _ = jit.compile_ir(text, cache_dir)
+    a.templates = templates
+    keep(a, obj)
+    return True

@@ -245,8 +245,26 @@ class Specialization:
             b.ret(ir.Constant(I64, 0))
         return mod, kernel_fns
 
+    @classmethod
+    def planned(cls, module: Module, dynamic: bool = False) -> "Specialization":
+        """Lowered, planned and cut into segments, without code (what a dynamic module's
+        compile at ``gx.compile`` traces and checks before it runs LLVM, dynreuse.warm)."""
+        self = cls.__new__(cls)
+        self.module, self.dynamic, self.templates = module, dynamic, None
+        self.inplace, self.split = True, False
+        with dynamic_emission(dynamic):
+            self.steps = lower_module(module)
+            self._build_plan()
+        self._cut_segments()
+        return self
+
     # -- code -------------------------------------------------------------------------------
     def _build_code(self, cache_dir) -> None:
+        self._cut_segments()
+        self._code_from(cache_dir)
+
+    def _cut_segments(self) -> None:
+        """``segments`` (runs of native steps) and ``seq``, the runtime program."""
         self.segments: list[list[NativeStep]] = []
         seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
         cur: list[NativeStep] | None = None
@@ -261,6 +279,9 @@ class Specialization:
                 cur = None
                 seq.append(("fallback", s))
         self.seq = seq
+
+    def _code_from(self, cache_dir) -> None:
+        """The object code (a template's, or emitted and compiled), loaded and bound."""
         from . import dynreuse
         reused = None
         if self.templates is not None and self.segments:
