@@ -233,3 +233,23 @@ def test_new_shape_emits_no_llvm_ir(monkeypatch):
         vals, blocks = tpl.values(spec)
         assert vals == dynamic_values(mod) == list(spec._dyn_data)
         assert blocks == {k: list(v) for k, v in dynamic_blocks(mod).items()}
+
+
+def test_a_shape_that_fails_a_guard_is_emitted_again():
+    """A zero-size batch takes another path in the elementwise kernel (a guard of the
+    traced program fails): that shape is emitted (traced) as before and becomes a second
+    template of the structure; other shapes keep reusing the first."""
+    from galaxir.backends.cpu import dynreuse
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "N", 8))
+    gb.output(gb.relu(gb.add(x, gb.constant(np.ones(8, np.float32)))), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    (kept,) = exe._templates.values()
+    assert len(kept) == 1
+    traced = dynreuse.stats["traced"]
+    for n in (3, 0, 4, 1):
+        xs = RNG.standard_normal((n, 8)).astype(np.float32)
+        (y,) = exe(xs)
+        np.testing.assert_allclose(y, np.maximum(xs + 1, 0), rtol=1e-6)
+        assert exe.last.reused == (n != 0), n
+    assert dynreuse.stats["traced"] - traced == 1 and len(kept) == 2
