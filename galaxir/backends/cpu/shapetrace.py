@@ -270,10 +270,6 @@ def name_of(x) -> str:
 
 
 # -- kernel fields ---------------------------------------------------------------------------
-def _is_leaf(x) -> bool:
-    return (type(x) is int) or (isinstance(x, np.integer) and not isinstance(x, np.bool_))
-
-
 def _skeleton(x, ints: list):
     """``x`` with every int leaf taken out (appended to ``ints``): what must be equal for
     two kernels to emit the same code apart from those ints."""
