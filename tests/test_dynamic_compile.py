@@ -53,17 +53,26 @@ def _check(exe, ref, feeds) -> None:
 
 def test_new_shapes_reuse_the_object_code():
     m = _encoder_block()
-    exe = gx.compile(m, target="cpu")
-    ref = gx.compile(m, target="numpy")
     jit.clear_memory_cache()
-    _check(exe, ref, _feeds(2, 7))
-    assert exe.cache_source in ("compiled", "disk")
     before = jit.stats["compiled"]
-    for b, s in [(1, 1), (1, 9), (3, 16), (4, 33), (2, 64), (1, 130)]:
+    exe = gx.compile(m, target="cpu")  # compiled here, for representative shapes
+    assert jit.stats["compiled"] - before >= 1 and exe._templates and not exe._specs
+    ref = gx.compile(m, target="numpy")
+    before = jit.stats["compiled"]
+    for b, s in [(2, 7), (1, 1), (1, 9), (3, 16), (4, 33), (2, 64), (1, 130)]:
         _check(exe, ref, _feeds(b, s))
         assert exe.cache_source == "memory", (b, s)
     assert jit.stats["compiled"] == before, "a new shape ran LLVM"
     assert "numpy fallback: none" in exe.report()
+
+
+def test_first_call_compiles_when_not_warmed():
+    m = _encoder_block()
+    jit.clear_memory_cache()
+    exe = gx.compile(m, target="cpu", warm=False)
+    assert not exe._templates
+    _check(exe, gx.compile(m, target="numpy"), _feeds(2, 7))
+    assert exe.cache_source in ("compiled", "disk")
 
 
 def test_static_models_keep_constants_baked_in():
@@ -121,23 +130,33 @@ def test_bert_export_twenty_shapes_one_compile(tmp_path):
     from galaxir.testing import dynamic_models as dm
     path = dm.export("bert", str(tmp_path / "bert.onnx"), layers=2, hidden=64, heads=4)
     m = gx.import_model(path)
+    from galaxir.backends.cpu import library
+    jit.clear_memory_cache()
+    before, lib_before = jit.stats["compiled"], library.stats["compiled"]
     exe = gx.compile(m, target="cpu")
     ref = gx.compile(m, target="numpy")
-    jit.clear_memory_cache()
     rng = np.random.default_rng(1)
     shapes = [(1, 8), (4, 200)]
     while len(shapes) < 20:
         bs = (int(rng.integers(1, 5)), int(rng.integers(1, 257)))
         if bs not in shapes:
             shapes.append(bs)
-    compiled = 0
-    for b, s in shapes:
-        f = dm.feeds(b, s)
-        got, want = exe.run(f), ref.run(f)
-        for k in want:
-            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
-        compiled += exe.cache_source == "compiled"
-    assert compiled == 1
+    from galaxir.backends.cpu import program
+    real_emit, emitted = program.Specialization.emit_module, []
+    program.Specialization.emit_module = \
+        lambda self, *a, **k: emitted.append(1) or real_emit(self, *a, **k)
+    try:
+        for b, s in shapes:
+            f = dm.feeds(b, s)
+            got, want = exe.run(f), ref.run(f)
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+    finally:
+        program.Specialization.emit_module = real_emit
+    # the model's one compile (at gx.compile; shared library kernels are LLVM runs of
+    # their own, once per process) and no IR emitted for any of the 20 shapes
+    assert jit.stats["compiled"] - before - (library.stats["compiled"] - lib_before) == 1
+    assert emitted == []
     assert "numpy fallback: none" in exe.report()
 
 
@@ -163,3 +182,74 @@ def test_concurrent_calls_with_different_shapes():
 
     with ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(work, range(4))) == [0, 1, 2, 3]
+
+
+# -- a new shape emits no LLVM IR (galaxir/backends/cpu/dynreuse.py, shapetrace.py) ----------
+def test_shape_trace_program_guards_decisions():
+    """The traced program recomputes values from new leaves and answers None when a
+    decision taken on a traced number (a comparison, an int() use) comes out differently."""
+    from galaxir.backends.cpu.shapetrace import Tracer, name_of, select, test, tmin
+    tr = Tracer()
+    a, b = tr.leaf(6), tr.leaf(4)
+    x = (a * b) // 3 + tmin(a, b)                  # no guard: min is a value choice
+    y = a - 1 if a > 2 else b                      # guarded: a > 2
+    z = select(test(b, "==", 1), 0, a * 2)         # no guard
+    w = int(np.prod([a, b]))                       # np.prod keeps tracing; int() guards
+    fn = tr.program("[" + ", ".join(name_of(v) for v in (x, y, z)) + "]")
+    assert [x.v, y.v, z.v, w] == [12, 5, 12, 24]
+    assert fn([6, 4]) == [12, 5, 12]
+    assert fn([1, 24]) is None                     # a > 2 no longer holds
+    assert fn([6, 5]) is None                      # int(a * b) was 24, now 30
+    assert fn([4, 6]) == [12, 3, 8]                # both decisions as traced
+    assert fn([3, 8]) == [11, 2, 6]
+
+
+def test_new_shape_emits_no_llvm_ir(monkeypatch):
+    """The first shape of a kernel structure is emitted (traced); every later shape takes
+    the template's object code and computes its run-time integers from its kernels'
+    fields: ``emit_module`` is not called again, and the values are those a plain
+    emission for that shape gives."""
+    from galaxir.backends.cpu import dynreuse, program
+    from galaxir.backends.cpu.codegen import dynamic_blocks, dynamic_values
+    m = _encoder_block(hidden=16)
+    exe = gx.compile(m, target="cpu")
+    ref = gx.compile(m, target="numpy")
+    _check(exe, ref, _feeds(2, 7, hidden=16))
+    emitted = []
+    real_emit = program.Specialization.emit_module
+    monkeypatch.setattr(program.Specialization, "emit_module",
+                        lambda self, *a, **k: emitted.append(1) or real_emit(self, *a, **k))
+    reused = dynreuse.stats["reused"]
+    shapes = [(1, 3), (3, 16), (4, 33), (2, 64), (1, 130)]
+    for b, s in shapes:
+        _check(exe, ref, _feeds(b, s, hidden=16))
+        assert exe.cache_source == "memory"
+    assert emitted == [], "a new shape emitted LLVM IR"
+    assert dynreuse.stats["reused"] - reused == len(shapes)
+    (tpl,) = [t for ts in exe._templates.values() for t in ts]
+    for spec in list(exe._specs.values())[1:]:
+        mod, _ = real_emit(spec)  # a plain emission for this shape, to compare with
+        assert str(mod) == spec.llvm_ir
+        vals, blocks = tpl.values(spec)
+        assert vals == dynamic_values(mod) == list(spec._dyn_data)
+        assert blocks == {k: list(v) for k, v in dynamic_blocks(mod).items()}
+
+
+def test_a_shape_that_fails_a_guard_is_emitted_again():
+    """A zero-size batch takes another path in the elementwise kernel (a guard of the
+    traced program fails): that shape is emitted (traced) as before and becomes a second
+    template of the structure; other shapes keep reusing the first."""
+    from galaxir.backends.cpu import dynreuse
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "N", 8))
+    gb.output(gb.relu(gb.add(x, gb.constant(np.ones(8, np.float32)))), "y")
+    exe = gx.compile(gb.module(), target="cpu")
+    (kept,) = exe._templates.values()
+    assert len(kept) == 1
+    traced = dynreuse.stats["traced"]
+    for n in (3, 0, 4, 1):
+        xs = RNG.standard_normal((n, 8)).astype(np.float32)
+        (y,) = exe(xs)
+        np.testing.assert_allclose(y, np.maximum(xs + 1, 0), rtol=1e-6)
+        assert exe.last.reused == (n != 0), n
+    assert dynreuse.stats["traced"] - traced == 1 and len(kept) == 2

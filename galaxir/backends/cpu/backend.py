@@ -6,7 +6,9 @@ static, else at the first call with new shapes), holding native code for the ops
 backend lowers and the list of ops that run on the numpy reference in between.  With
 symbolic input dims the native code reads its shape values at run time (program.py,
 ``dynamic``), so every new shape reuses the first one's object code: one LLVM compile per
-model.  The specializations are kept in an LRU bounded by bytes (SHAPE_CACHE_BYTES).
+model, done at ``compile`` time for representative shapes, and a new shape computes its
+shape values from a traced program without emitting IR (dynreuse.py).  The
+specializations are kept in an LRU bounded by bytes (SHAPE_CACHE_BYTES).
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ SHAPE_CACHE_BYTES = int(os.environ.get("GALAXIR_SHAPE_CACHE_BYTES", str(256 << 2
 
 def spec_bytes(spec: Specialization) -> int:
     """What keeping ``spec`` costs: its arena (one per call state it holds), its object
-    code, its shape values and the lowered module (weights are shared, not counted)."""
-    ir_text = len(getattr(spec, "llvm_ir", "") or "")
+    code, its shape values and the lowered module (weights are shared, not counted; so is
+    the IR text of a shape that reused its structure's template, dynreuse.py)."""
+    ir_text = 0 if getattr(spec, "reused", False) else len(getattr(spec, "llvm_ir", "") or "")
     dyn = getattr(spec, "_dyn_data", None)
     return (spec.arena_size * max(1, len(spec._free)) + getattr(spec, "object_bytes", 0)
             + ir_text + (dyn.nbytes if dyn is not None else 0) + 64 * len(spec.steps))
@@ -53,7 +56,8 @@ def _passes_ready() -> bool:
 
 class CpuExecutable(Executable):
     def __init__(self, module: Module, cache_dir=None, prepared: Module | None = None,
-                 num_threads: int | None = None, shape_cache_bytes: int | None = None):
+                 num_threads: int | None = None, shape_cache_bytes: int | None = None,
+                 warm: bool = True):
         super().__init__(module)
         self.shape_cache_bytes = SHAPE_CACHE_BYTES if shape_cache_bytes is None else int(shape_cache_bytes)
         from .parallel import get_pool
@@ -63,6 +67,9 @@ class CpuExecutable(Executable):
         self.prepared = prepared if prepared is not None else prepare(module)
         self._interp = Interpreter(self.prepared)
         self._specs: OrderedDict[tuple, Specialization] = OrderedDict()
+        # per kernel structure: the object code and traced shape program a new shape
+        # reuses without emitting LLVM IR (dynreuse.py)
+        self._templates: dict = {}
         self._lock = threading.RLock()
         self.last: Specialization | None = None
         self._last_key: tuple | None = None  # input shapes the latest specialization serves
@@ -77,6 +84,24 @@ class CpuExecutable(Executable):
         self.dynamic = static is None  # symbolic input dims: shape values read at run time
         if static is not None:
             self._spec_for(static)
+        elif warm:
+            self._warm()
+
+    def _warm(self) -> None:
+        """Compile a dynamic module now, for representative shapes (dynreuse.warm_shapes),
+        so that no call waits for LLVM: its object code and traced shape program become
+        the template later shapes reuse.  Only when the program serves a second set of
+        sizes too (code not specific to one shape), and the shapes fit the model (not a
+        reshape that needs divisible sizes, ...); else the first call compiles."""
+        from .dynreuse import warm, warm_shapes
+        shapes = warm_shapes(self.prepared, self._bounds)
+        other = warm_shapes(self.prepared, self._bounds, step=2)
+        if shapes is None:
+            return
+        try:
+            warm(self.prepared, shapes, other, self._templates, self.cache_dir)
+        except Exception:  # noqa: BLE001 - an optimization only: the first call compiles
+            pass
 
     @property
     def cache_source(self) -> str | None:
@@ -89,7 +114,8 @@ class CpuExecutable(Executable):
         if spec is None:
             try:
                 m = specialize_types(self.prepared, shapes)  # the one shape specialization
-                spec = Specialization(m, self.cache_dir, dynamic=self.dynamic)
+                spec = Specialization(m, self.cache_dir, dynamic=self.dynamic,
+                                      templates=self._templates)
             except GalaxirError:
                 raise
             except MemoryError as e:
@@ -258,7 +284,8 @@ class CpuBackend(Backend):
         return first_bad_kernel(module, feeds, rtol, atol)
 
     def compile(self, module: Module, cache_dir=None, num_threads: int | None = None,
-                shape_cache_bytes: int | None = None, **options: Any) -> CpuExecutable:
+                shape_cache_bytes: int | None = None, warm: bool = True,
+                **options: Any) -> CpuExecutable:
         from ..numpy.registry import get_kernel
         missing = sorted({op.name for op in module.walk()
                           if not op.is_terminator and get_kernel(op.name) is None
@@ -270,4 +297,4 @@ class CpuBackend(Backend):
         if cache_dir is None:
             cache_dir = jit.default_cache_dir()
         return CpuExecutable(module, cache_dir, num_threads=num_threads,
-                             shape_cache_bytes=shape_cache_bytes)
+                             shape_cache_bytes=shape_cache_bytes, warm=warm)

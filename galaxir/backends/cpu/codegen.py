@@ -6,7 +6,10 @@ LLVM can unroll and vectorize.  For a module with symbolic input dims the LLVM m
 emitted in *dynamic* mode (``begin_dynamic``): every shape-dependent integer a kernel asks
 for through ``FnBuilder.dim`` (and every ``library.param_block``) is read at run time from
 per-specialization data, so every set of input shapes with the same kernel structure emits
-the same LLVM IR and shares one compile (docs/performance.md, "Dynamic shapes").
+the same LLVM IR and shares one compile (docs/performance.md, "Dynamic shapes").  Those
+integers may be ``shapetrace.Traced`` numbers: then the first shape of a structure records
+how each is computed, and later shapes get theirs without emitting IR (dynreuse.py); the
+emitters treat ``INT`` (int or traced) as a Python-side integer.
 """
 from __future__ import annotations
 
@@ -15,6 +18,12 @@ from contextlib import contextmanager
 from typing import Sequence
 
 import llvmlite.ir as ir
+
+from .shapetrace import Traced, concrete
+
+#: what the emitters treat as a Python-side integer (a shape value) rather than an IR value:
+#: ``int``, or a number being traced (shapetrace.py)
+INT = (int, Traced)
 
 VOID = ir.VoidType()
 I1 = ir.IntType(1)
@@ -63,13 +72,13 @@ class FnBuilder:
         module (``begin_dynamic``) a load, in the entry block, of its slot in the
         specialization's run-time integer array (values computed in Python from the shapes
         are fine: the IR records only the slot)."""
-        if not isinstance(v, int) and not hasattr(v, "__index__"):
+        if not isinstance(v, INT) and not hasattr(v, "__index__"):
             return v  # already an IR value
         vals = dynamic_values(self.module)
         if vals is None:
             return i64(v)
         k = len(vals)
-        vals.append(int(v))
+        vals.append(v if isinstance(v, Traced) else int(v))
         b = self.b
         with b.goto_block(self.entry):
             if self._dyn_base is None:
@@ -96,8 +105,8 @@ class FnBuilder:
     def loop(self, start, stop, step=1):
         """``for i in range(start, stop, step)`` (signed i64, step > 0)."""
         b = self.b
-        start = self.dim(start) if isinstance(start, int) else start
-        stop = self.dim(stop) if isinstance(stop, int) else stop
+        start = self.dim(start) if isinstance(start, INT) else start
+        stop = self.dim(stop) if isinstance(stop, INT) else stop
         var = self.alloca(I64)
         b.store(start, var)
         head, body, end = self.block("head"), self.block("loop"), self.block("end")
@@ -158,7 +167,7 @@ class FnBuilder:
     def ptr(self, base, index, ty=F32):
         """Address of element ``index`` of a buffer of ``ty``."""
         base = self.b.bitcast(base, ty.as_pointer()) if base.type != ty.as_pointer() else base
-        index = self.dim(index) if isinstance(index, int) else index
+        index = self.dim(index) if isinstance(index, INT) else index
         return self.b.gep(base, [index], inbounds=True)
 
     def load(self, base, index, ty=F32):
@@ -244,7 +253,7 @@ def dyn_pointer(module: ir.Module) -> ir.GlobalVariable:
 
 def dim_of(builder: ir.IRBuilder, v) -> ir.Value:
     """``FnBuilder.dim`` of the function ``builder`` is in (for helpers given a builder)."""
-    if not isinstance(v, int):
+    if not isinstance(v, INT):
         return v
     fb = getattr(builder.function, "gx_builder", None)
     return fb.dim(v) if fb is not None else i64(v)
@@ -269,7 +278,7 @@ def declare_extern(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Fu
 
 def memcpy(fb: FnBuilder, dst, src, nbytes) -> None:
     b = fb.b
-    nbytes = fb.dim(nbytes) if isinstance(nbytes, int) else nbytes
+    nbytes = fb.dim(nbytes) if isinstance(nbytes, INT) else nbytes
     fn = fb.module.globals.get("llvm.memcpy.p0.p0.i64")
     if fn is None:
         fn = fb.module.declare_intrinsic("llvm.memcpy", [I8P, I8P, I64])
@@ -279,7 +288,7 @@ def memcpy(fb: FnBuilder, dst, src, nbytes) -> None:
 def memset(fb: FnBuilder, dst, byte: int, nbytes) -> None:
     """Set ``nbytes`` (an int or an i64 value) bytes at ``dst`` to ``byte``."""
     b = fb.b
-    nbytes = fb.dim(nbytes) if isinstance(nbytes, int) else nbytes
+    nbytes = fb.dim(nbytes) if isinstance(nbytes, INT) else nbytes
     fn = fb.module.globals.get("llvm.memset.p0.i64")
     if fn is None:
         fn = fb.module.declare_intrinsic("llvm.memset", [I8P, I64])
@@ -315,7 +324,7 @@ class Sgemm:
 
     def _i32(self, v):
         """An i32 argument: a constant, or (dynamic module) the run-time value."""
-        if not isinstance(v, int):
+        if not isinstance(v, INT):
             return self.fb.b.trunc(v, I32)  # an i64 computed at run time
         if dynamic_values(self.fb.module) is None:
             return ir.Constant(I32, v)

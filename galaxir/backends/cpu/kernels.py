@@ -11,13 +11,14 @@ from typing import Any, Sequence
 import llvmlite.ir as ir
 
 from . import jit, vmath
-from .codegen import (F32, I64, INT_OF_SIZE, FnBuilder, Sgemm, f32, i64, memcpy, memset0)
+from .shapetrace import as_int, select, test, tmax, tmin
+from .codegen import (F32, I64, INT, INT_OF_SIZE, FnBuilder, Sgemm, f32, i64, memcpy, memset0)
 
 
 def prod(xs) -> int:
     p = 1
     for x in xs:
-        p *= int(x)
+        p *= as_int(x)
     return p
 
 
@@ -25,7 +26,7 @@ def contiguous_strides(shape: Sequence[int]) -> list[int]:
     st, acc = [], 1
     for d in reversed(shape):
         st.append(acc)
-        acc *= int(d)
+        acc *= as_int(d)
     return st[::-1]
 
 
@@ -34,7 +35,9 @@ def broadcast_strides(in_shape: Sequence[int], out_shape: Sequence[int]) -> list
     pad = len(out_shape) - len(in_shape)
     shape = [1] * pad + list(in_shape)
     st = contiguous_strides(shape)
-    return [0 if (s == 1 and o != 1) else t for s, o, t in zip(shape, out_shape, st)]
+    # a size-1 dim read against a larger one: stride 0 (a value choice, not traced as a
+    # decision: shapetrace.select)
+    return [select(test(s, "==", 1) * test(o, "!=", 1), 0, t) for s, o, t in zip(shape, out_shape, st)]
 
 
 def collapse(out_shape: Sequence[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
@@ -45,7 +48,7 @@ def collapse(out_shape: Sequence[int], strides: list[list[int]]) -> tuple[list[i
     if is_dynamic_emission():
         if not out_shape:
             return [1], [[0] for _ in strides]
-        return [int(d) for d in out_shape], [list(s) for s in strides]
+        return [as_int(d) for d in out_shape], [list(s) for s in strides]
     dims = [(int(d), [s[i] for s in strides]) for i, d in enumerate(out_shape) if d != 1]
     if not dims:
         return [1], [[0] for _ in strides]
@@ -218,7 +221,7 @@ class Elementwise(Kernel):
                                                                         n_in, lanes))
         fb = _fb(module, fname, n_args)
         if prod(self.out_shape) > 0:
-            params = [int(d) for d in shape] + [int(x) for st in per for x in st]
+            params = [as_int(d) for d in shape] + [as_int(x) for st in per for x in st]
             params += list(_ew_split(shape))
             from .library import param_block
             pp = fb.b.bitcast(param_block(module, params, "ew"), I64.as_pointer())
@@ -245,12 +248,12 @@ EW_MAX_TASKS = 8
 
 def _ew_split(shape) -> tuple[int, int]:
     """(tasks, chunk of dim 0 per task) for an elementwise loop nest over ``shape``."""
-    total = prod(shape)
-    if total < EW_PARALLEL_MIN or shape[0] < 2:
-        return 1, int(shape[0])
-    tasks = min(EW_MAX_TASKS, int(shape[0]))
-    chunk = -(-int(shape[0]) // tasks)
-    return -(-int(shape[0]) // chunk), chunk
+    total, d0 = prod(shape), as_int(shape[0])
+    # one task when small; written as value choices so a traced emission serves both
+    serial = tmax(test(total, "<", EW_PARALLEL_MIN), test(d0, "<", 2))
+    tasks = tmax(1, tmin(EW_MAX_TASKS, d0))
+    chunk = tmax(1, -(-d0 // tasks))
+    return select(serial, 1, -(-d0 // chunk)), select(serial, d0, chunk)
 
 
 def ew_lanes() -> int:
@@ -477,7 +480,7 @@ class Conv2d(Kernel):
             return
         b = fb.b
         with fb.loop(0, rows) as r:
-            m = b.add(m_start, r) if not isinstance(m_start, int) else b.add(i64(m_start), r)
+            m = b.add(m_start, r) if not isinstance(m_start, INT) else b.add(i64(m_start), r)
             bv = fb.load(bias, m) if self.has_bias else None
             rowoff = b.mul(r, i64(plane))
             with fb.loop(0, plane) as p:
@@ -716,17 +719,17 @@ def padded_window_count(b, pool, hs, ws):
 
 def _min(b, x, y):
     """Signed min of i64 values or Python ints (two ints fold to an int)."""
-    if isinstance(x, int) and isinstance(y, int):
+    if isinstance(x, INT) and isinstance(y, INT):
         return min(x, y)
-    x, y = (i64(v) if isinstance(v, int) else v for v in (x, y))
+    x, y = (i64(v) if isinstance(v, INT) else v for v in (x, y))
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 def _max(b, x, y):
     """Signed max of i64 values or Python ints (two ints fold to an int)."""
-    if isinstance(x, int) and isinstance(y, int):
+    if isinstance(x, INT) and isinstance(y, INT):
         return max(x, y)
-    x, y = (i64(v) if isinstance(v, int) else v for v in (x, y))
+    x, y = (i64(v) if isinstance(v, INT) else v for v in (x, y))
     return b.select(b.icmp_signed(">", x, y), x, y)
 
 
@@ -937,7 +940,7 @@ def _build_concat_generic(module, name):
     pp, out, srcs = fb.args
 
     def P(k):
-        return b.load(b.gep(pp, [k if not isinstance(k, int) else i64(k)], inbounds=True))
+        return b.load(b.gep(pp, [k if not isinstance(k, INT) else i64(k)], inbounds=True))
 
     outer, total, n = P(0), P(1), P(2)
     off = fb.alloca(I64)

@@ -18,7 +18,7 @@ from typing import Sequence
 import llvmlite.ir as ir
 import numpy as np
 
-from .codegen import I8, I64, FnBuilder, i64, memcpy, memset
+from .codegen import I8, I64, INT, FnBuilder, i64, memcpy, memset
 from .kernels import Kernel, _max, _min, collapse, contiguous_strides, prod
 from .parallel import parallel_kernel
 
@@ -33,7 +33,7 @@ PAD_MODES = ("constant", "reflect", "edge", "wrap")
 
 # -- helpers --------------------------------------------------------------------------------
 def _v(x):
-    return i64(x) if isinstance(x, int) else x
+    return i64(x) if isinstance(x, INT) else x
 
 
 def _off(b, base, idx, stride: int):
@@ -43,19 +43,19 @@ def _off(b, base, idx, stride: int):
         return b.add(dim_of(b, base), b.mul(dim_of(b, idx), dim_of(b, stride)))
     if stride == 0:
         return base
-    if isinstance(idx, int):
+    if isinstance(idx, INT):
         t = idx * stride
-        if isinstance(base, int):
+        if isinstance(base, INT):
             return base + t
         return base if t == 0 else b.add(base, i64(t))
     t = idx if stride == 1 else b.mul(idx, i64(stride))
-    if isinstance(base, int):
+    if isinstance(base, INT):
         return t if base == 0 else b.add(t, i64(base))
     return b.add(base, t)
 
 
 def _sub(b, x, y):
-    if isinstance(x, int) and isinstance(y, int):
+    if isinstance(x, INT) and isinstance(y, INT):
         return x - y
     return b.sub(_v(x), _v(y))
 
@@ -78,11 +78,11 @@ def _copy_elem(fb: FnBuilder, dst, src, itemsize: int) -> None:
 
 def _fill(fb: FnBuilder, dst, count, pattern: bytes, itemsize: int) -> None:
     """Store ``count`` elements (an int or an i64 value) whose bytes are ``pattern``."""
-    if isinstance(count, int) and count <= 0:
+    if isinstance(count, INT) and count <= 0:
         return
     b = fb.b
     if len(set(pattern)) == 1:
-        nbytes = count * itemsize if isinstance(count, int) else b.mul(count, i64(itemsize))
+        nbytes = count * itemsize if isinstance(count, INT) else b.mul(count, i64(itemsize))
         memset(fb, dst, pattern[0], nbytes)
         return
     ty = ELEM_TYPES[itemsize]
@@ -360,7 +360,7 @@ class Pad(Kernel):
 
 def _fill_dyn(fb, dst, count, slab: int, pattern: bytes, itemsize: int) -> None:
     """Fill ``count`` slabs of ``slab`` elements (count an int or an i64 value)."""
-    if isinstance(count, int):
+    if isinstance(count, INT):
         _fill(fb, dst, count * slab, pattern, itemsize)
         return
     _fill(fb, dst, fb.b.mul(count, i64(slab)) if slab != 1 else count, pattern, itemsize)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from .codegen import F32, i64
+from .codegen import F32, INT, i64
+from .shapetrace import tmax, tmin
 from .kernels import (EpilogueCode, Kernel, LinearEpilogue, _broadcast, _f32_bits, _fma_vec,
                       _min, build_task_library, epilogue_args, library_call)
 
@@ -93,9 +94,10 @@ class GemmPacked(LinearEpilogue, Kernel):
     def params(self) -> list[int]:
         panels = -(-self.N // self.nw)
         tiles = -(-self.M // self.tile_rows)
-        pb = max(1, min(panels, BLOCK_BYTES // max(1, self.K * self.nw * 4)))
+        # value choices (tmin/tmax): a traced emission serves every outcome (shapetrace.py)
+        pb = tmax(1, tmin(panels, BLOCK_BYTES // tmax(1, self.K * self.nw * 4)))
         nblocks = -(-panels // pb)
-        chunks = max(1, min(tiles, -(-TASKS // nblocks)))
+        chunks = tmax(1, tmin(tiles, -(-TASKS // nblocks)))
         tper = -(-tiles // chunks)
         chunks = -(-tiles // tper)
         p = [self.M, self.N, self.K, self.lda or self.K, panels, tiles, tper, chunks, pb, nblocks,
@@ -267,7 +269,7 @@ def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: i
     columns that are never stored)."""
     b = fb.b
     nw = 2 * lanes(wide)
-    soff = i64(src_off) if isinstance(src_off, int) else src_off
+    soff = i64(src_off) if isinstance(src_off, INT) else src_off
     if sk == 1 and sc != 1 and n >= 8 and kd >= 8:
         _pack_transposed(fb, dst, dst_off, src, soff, kd, n, sc, nw)
         return
@@ -368,8 +370,8 @@ def emit_panel_gemm(fb, out, out_off, ldo: int, a, a_off, lda: int, bp, bp_off: 
     with b.goto_block(fb.entry):
         stage = b.alloca(F32, size=i64(MR * nw))
         stage.align = 64
-    out_off = i64(out_off) if isinstance(out_off, int) else out_off
-    a_off = i64(a_off) if isinstance(a_off, int) else a_off
+    out_off = i64(out_off) if isinstance(out_off, INT) else out_off
+    a_off = i64(a_off) if isinstance(a_off, INT) else a_off
     full_p, rem_c = n // nw, n % nw
 
     def tile(r0, nr):

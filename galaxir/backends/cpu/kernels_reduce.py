@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from .codegen import F32, I32, FnBuilder, f32, i64
+from .codegen import F32, I32, INT, FnBuilder, f32, i64
 from .kernels import Kernel, _fb, contiguous_strides, prod
 from .kernels_seq import splat, vconst, vexp, vintr, vload, vstore, vty
 
@@ -103,10 +103,10 @@ def _chunks(fb: FnBuilder, lo, hi, widths, body) -> None:
     """``body(j, w)`` over j in [lo, hi): blocks of widths[0], then widths[1], ... (the last
     width is 1).  Static bounds emit only the loops that run."""
     b = fb.b
-    static = isinstance(lo, int) and isinstance(hi, int)
+    static = isinstance(lo, INT) and isinstance(hi, INT)
     if not static:
-        lo = i64(lo) if isinstance(lo, int) else lo
-        hi = i64(hi) if isinstance(hi, int) else hi
+        lo = i64(lo) if isinstance(lo, INT) else lo
+        hi = i64(hi) if isinstance(hi, INT) else hi
     for w in widths:
         if static:
             end = lo + (hi - lo) // w * w

@@ -28,8 +28,9 @@ import numpy as np
 from llvmlite import ir
 
 from . import vmath
-from .codegen import F32, I8, I32, I64, FnBuilder, Sgemm, f32, i64, is_dynamic_emission, memcpy, memset0
+from .codegen import F32, I8, I32, I64, INT, FnBuilder, Sgemm, f32, i64, is_dynamic_emission, memcpy, memset0
 from .kernels import Kernel, _fb, prod
+from .shapetrace import tmin
 from .kernels_gemm import emit_pack_panels, emit_panel_gemm, lanes, panel_floats
 
 W8 = 8          # vector width (floats)
@@ -146,7 +147,7 @@ def vloop(fb: FnBuilder, n: int, body, start=0, width: int = W8, dynamic: bool =
     run time."""
     if dynamic and is_dynamic_emission():
         b = fb.b
-        s = fb.dim(start) if isinstance(start, int) else start
+        s = fb.dim(start) if isinstance(start, INT) else start
         mid = b.add(s, fb.dim((n // width) * width))
         with fb.loop(s, mid, width) as j:
             body(j, width)
@@ -221,13 +222,13 @@ class LayerNorm(Kernel):
 
     @property
     def n_tasks(self) -> int:
-        if self.rows * self.D < LN_PARALLEL_MIN and not is_dynamic_emission():
+        if not is_dynamic_emission() and self.rows * self.D < LN_PARALLEL_MIN:
             return 1
         return -(-self.rows // LN_ROWS_PER_TASK)
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
-        if self.n_tasks == 1 and not is_dynamic_emission():  # dynamic: the split is data
+        if not is_dynamic_emission() and self.n_tasks == 1:  # dynamic: the split is data
             fb = _fb(module, fname, n_args)
             self._rows(fb, fb.args, i64(0), i64(self.rows))
             return fb.finish()
@@ -397,7 +398,7 @@ def emit_pack(fb: FnBuilder, dst, dst_off: int, src, src_off, Kd: int, N: int, s
     attention: their own strides)."""
     b = fb.b
     nb, rem = N // NBW, N % NBW
-    soff = i64(src_off) if isinstance(src_off, int) else src_off
+    soff = i64(src_off) if isinstance(src_off, INT) else src_off
     if nb:
         with fb.loop(0, nb) as jb:
             with fb.loop(0, Kd) as k:
@@ -681,7 +682,7 @@ class Recurrent(Kernel):
             return b.mul(b.add(b.mul(b.add(b.mul(tt, i64(nd)), i64(d)), i64(Bn)), bi), i64(H))
 
         def rp_at(c0):
-            return b.add(i64(rp_off), i64(c0 * H)) if isinstance(rp_off, int) else rp_off
+            return b.add(i64(rp_off), i64(c0 * H)) if isinstance(rp_off, INT) else rp_off
 
         def xin(bi, j, w, k):
             """the input projection of gate k at hidden unit j, with its bias"""
@@ -827,7 +828,7 @@ class Attention(Kernel):
         """(offset of packed K, of packed V, of the row normalizers, total) in floats after
         the scores block at 0"""
         from .kernels_gemm import panel_floats
-        sc = _align16(min(self.Sq, ATT_ROWS) * self.Skv)
+        sc = _align16(tmin(self.Sq, ATT_ROWS) * self.Skv)
         kp = _align16(panel_floats(self.D, self.Skv, self.wide)) if self.small else 0
         vp = _align16(panel_floats(self.Skv, self.Dv, self.wide)) if self.small else 0
         return sc, sc + kp, sc + kp + vp, sc + kp + vp + ATT_ROWS

@@ -69,14 +69,16 @@ def param_block(module: ir.Module, values: Sequence[int], hint: str = "params") 
     """An internal constant ``[n x i64]`` holding ``values`` (deduplicated per module); in
     a dynamic module (codegen.begin_dynamic) a fresh external mutable block whose values
     the loader writes per specialization (the IR holds only its length)."""
-    vals = tuple(int(v) for v in values)
     from .codegen import dynamic_blocks, dynamic_values
-    if dynamic_values(module) is not None:
+    from .shapetrace import Traced
+    if dynamic_values(module) is not None:  # traced numbers stay traced (shapetrace.py)
+        vals = tuple(v if isinstance(v, Traced) else int(v) for v in values)
         ty = ir.ArrayType(ir.IntType(64), len(vals))
         g = ir.GlobalVariable(module, ty, module.get_unique_name(f"gx_dyn_{hint}"))
         g.initializer = ir.Constant(ty, None)
         dynamic_blocks(module)[g.name] = vals
         return g
+    vals = tuple(int(v) for v in values)
     cache = module.__dict__.setdefault("_gx_param_blocks", {})
     g = cache.get(vals)
     if g is None:

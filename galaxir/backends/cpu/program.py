@@ -17,6 +17,7 @@ from ...ir.opdef import describe
 from . import jit
 from . import kernels as K
 from .codegen import I8P, I64, begin_dynamic, dyn_pointer, dynamic_blocks, dynamic_emission, dynamic_values
+from .shapetrace import Traced
 from .lower import AliasStep, ConstArray, FallbackStep, NativeStep, lower_module, nbytes_of, static_shape
 
 #: the cpu backend's arena alignment (a cache line; the AVX-512 loads want 64 bytes): the
@@ -34,12 +35,16 @@ class Specialization:
     """Everything for one set of concrete input shapes."""
 
     def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True,
-                 dynamic: bool = False):
+                 dynamic: bool = False, templates: dict | None = None):
         self.module = module
         # dynamic: the module came from symbolic input dims; its LLVM IR reads every
         # shape-dependent integer at run time (codegen.begin_dynamic), so other shapes
         # with the same kernel structure reuse the object code (no LLVM compile)
         self.dynamic = dynamic
+        # templates: the executable's dynreuse.Template per kernel structure; a shape whose
+        # structure has one takes its object code and computes its shape values from the
+        # traced program, emitting no LLVM IR (dynreuse.py)
+        self.templates = templates if dynamic else None
         self.inplace = inplace  # elementwise steps may write over an input that dies there
         self.split = split  # one segment per native step (debugging: check each step)
         with dynamic_emission(dynamic):  # lowering and planning see the same kernel choices
@@ -155,20 +160,32 @@ class Specialization:
         self._direct_index = {d[0]: j for j, d in enumerate(self._direct) if d is not None}
         self.n_slots = len(self.slot_value) + 1 + len(self.out_slot)
 
-    def emit_module(self, stamp=None) -> tuple[ir.Module, dict]:
+    def emit_module(self, stamp=None, trace=None) -> tuple[ir.Module, dict]:
         """The LLVM module: the kernels and one entry point ``gx_seg{k}(table)`` per native
         segment.  ``stamp`` (the profiler's, galaxir/backends/cpu/profile.py) makes timed
         entry points instead: ``stamp(builder, times, j)`` is emitted before the first step
-        (j = 0) and after each step; the normal module has no timing code at all."""
+        (j = 0) and after each step; the normal module has no timing code at all.
+        ``trace`` (dynreuse.Recorder) is told each emitted kernel and arena offset, and
+        gives the traced stand-ins the emission uses instead."""
         mod = ir.Module(name="galaxir")
         mod.triple = jit.target_triple()
         mod.data_layout = jit.target_data_layout()
         if self.dynamic:
             begin_dynamic(mod)
         with dynamic_emission(self.dynamic):
-            return self._emit_segments(mod, stamp)
+            return self._emit_segments(mod, stamp, trace)
 
-    def _emit_segments(self, mod: ir.Module, stamp) -> tuple[ir.Module, dict]:
+    def arg_offset(self, i: int, j: int) -> int:
+        """Arena offset of argument ``j`` of step ``i`` (outputs then inputs; -1: its
+        scratch), for an argument that lives in the arena."""
+        if j < 0:
+            return self.scratch_offset[i]
+        s = self.steps[i]
+        n = len(s.outputs)
+        v = s.outputs[j] if j < n else s.inputs[j - n]
+        return self.offset[id(self.root_of(v))]
+
+    def _emit_segments(self, mod: ir.Module, stamp, trace=None) -> tuple[ir.Module, dict]:
         kernel_fns: dict[tuple, ir.Function] = {}
         table_t = I8P.as_pointer()
         for k, seg in enumerate(self.segments):
@@ -194,23 +211,30 @@ class Specialization:
                 key = (s.kernel.key(), inplace)
                 kf = kernel_fns.get(key)
                 if kf is None:
-                    kf = s.kernel.emit(mod, f"gx_k{len(kernel_fns)}_{s.kernel.name}", nargs)
+                    kern = s.kernel if trace is None else trace.kernel(i, s.kernel)
+                    kf = kern.emit(mod, f"gx_k{len(kernel_fns)}_{s.kernel.name}", nargs)
                     if inplace:  # output and an input share memory: no noalias promise
                         for a in kf.args:
                             a.attributes.discard("noalias")
                     kernel_fns[key] = kf
                 args = []
-                for v in list(s.outputs) + list(s.inputs):
+                for jv, v in enumerate(list(s.outputs) + list(s.inputs)):
                     r = self.root_of(v)
                     if id(r) in self.out_slot:  # a graph output in the caller's array
                         p = b.load(b.gep(table, [ir.Constant(I64, self.out_slot[id(r)])], inbounds=True))
                     elif id(r) in self.produced_native:
-                        p = b.gep(base, [offset(self.offset[id(r)])], inbounds=True)
+                        off = self.offset[id(r)]
+                        if trace is not None:
+                            off = trace.offset(i, jv, off)
+                        p = b.gep(base, [offset(off)], inbounds=True)
                     else:
                         p = b.load(b.gep(table, [ir.Constant(I64, self.slot[id(r)])], inbounds=True))
                     args.append(p)
                 if s.kernel.scratch_bytes:
-                    args.append(b.gep(base, [offset(self.scratch_offset[i])], inbounds=True))
+                    off = self.scratch_offset[i]
+                    if trace is not None:
+                        off = trace.offset(i, -1, off)
+                    args.append(b.gep(base, [offset(off)], inbounds=True))
                 args = [b.bitcast(a, t.type) for a, t in zip(args, kf.args)]
                 rc = b.call(kf, args)
                 if s.kernel.fallible:
@@ -221,8 +245,26 @@ class Specialization:
             b.ret(ir.Constant(I64, 0))
         return mod, kernel_fns
 
+    @classmethod
+    def planned(cls, module: Module, dynamic: bool = False) -> "Specialization":
+        """Lowered, planned and cut into segments, without code (what a dynamic module's
+        compile at ``gx.compile`` traces and checks before it runs LLVM, dynreuse.warm)."""
+        self = cls.__new__(cls)
+        self.module, self.dynamic, self.templates = module, dynamic, None
+        self.inplace, self.split = True, False
+        with dynamic_emission(dynamic):
+            self.steps = lower_module(module)
+            self._build_plan()
+        self._cut_segments()
+        return self
+
     # -- code -------------------------------------------------------------------------------
     def _build_code(self, cache_dir) -> None:
+        self._cut_segments()
+        self._code_from(cache_dir)
+
+    def _cut_segments(self) -> None:
+        """``segments`` (runs of native steps) and ``seq``, the runtime program."""
         self.segments: list[list[NativeStep]] = []
         seq: list[Any] = []  # runtime program: ("native", segment index) | ("fallback", step)
         cur: list[NativeStep] | None = None
@@ -237,14 +279,38 @@ class Specialization:
                 cur = None
                 seq.append(("fallback", s))
         self.seq = seq
-        mod, kernel_fns = self.emit_module()
-        self.llvm_ir = str(mod)
-        self.n_kernels = len(kernel_fns)
+
+    def _code_from(self, cache_dir) -> None:
+        """The object code (a template's, or emitted and compiled), loaded and bound."""
+        from . import dynreuse
+        reused = None
+        if self.templates is not None and self.segments:
+            reused = dynreuse.reuse(self, self.templates)
+        self.reused = reused is not None
+        if reused is not None:  # no LLVM IR emitted: the structure's object code
+            tpl, values = reused
+            self.llvm_ir, self.n_kernels = tpl.llvm_ir, tpl.n_kernels
+            obj, self.cache_source = tpl.obj, "memory"
+        else:
+            values = None
+            if self.templates is not None and self.segments:
+                # the first shape of a structure: emitted once more, traced (values: None
+                # when the trace failed and the module was emitted plainly)
+                mod, kernel_fns, self.llvm_ir, values = dynreuse.emit_traced(self)
+            else:
+                mod, kernel_fns = self.emit_module()
+                self.llvm_ir = str(mod)
+            self.n_kernels = len(kernel_fns)
+            if self.segments:
+                obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
+                dynreuse.keep(self, obj)
         if self.segments:
-            obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
             self.object_bytes = len(obj)
             self.loaded = jit.LoadedObject(obj)
-            self._dyn_data = bind_dynamic(self.loaded, mod)
+            if values is not None:
+                self._dyn_data = bind_values(self.loaded, *values)
+            else:
+                self._dyn_data = bind_dynamic(self.loaded, mod)
             proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)
             self.entries = [proto(self.loaded.address(f"gx_seg{k}")) for k in range(len(self.segments))]
             self.pool_slot = self.loaded.global_address("gx_pool")
@@ -592,24 +658,30 @@ def _offsets(b: ir.IRBuilder, mod: ir.Module):
 
     def offset(v):
         vals = dynamic_values(mod)
-        vals.append(int(v))
+        vals.append(v if isinstance(v, Traced) else int(v))
         return b.load(b.gep(dbase, [ir.Constant(I64, len(vals) - 1)], inbounds=True))
     return offset
 
 
 def bind_dynamic(loaded, mod: ir.Module) -> np.ndarray | None:
-    """Give a loaded dynamic module its shape values: point its ``gx_dynp`` at an int64
-    array of ``dynamic_values(mod)`` (returned: keep it alive with the loaded code) and
-    fill its parameter blocks.  Each specialization loads its own copy of the object code
-    (cheap: no LLVM compile), so calls with different shapes never share these globals."""
+    """Give a loaded dynamic module its shape values: ``bind_values`` with
+    ``dynamic_values(mod)`` and ``dynamic_blocks(mod)`` (None: a static module)."""
     vals = dynamic_values(mod)
     if vals is None:
         return None
-    data = np.asarray(vals if vals else [0], np.int64)
+    return bind_values(loaded, vals, dynamic_blocks(mod))
+
+
+def bind_values(loaded, vals, blocks: dict) -> np.ndarray:
+    """Point a loaded dynamic module's ``gx_dynp`` at an int64 array of ``vals``
+    (returned: keep it alive with the loaded code) and fill its parameter blocks (name ->
+    values).  Each specialization loads its own copy of the object code (cheap: no LLVM
+    compile), so calls with different shapes never share these globals."""
+    data = np.asarray(vals if len(vals) else [0], np.int64)
     slot = loaded.global_address("gx_dynp")
     if slot:
         ctypes.c_void_p.from_address(slot).value = data.ctypes.data
-    for name, block in dynamic_blocks(mod).items():
+    for name, block in blocks.items():
         addr = loaded.global_address(name)
         if not addr:
             raise ExecutionError(f"cpu backend: parameter block {name} missing from the object code")
