@@ -16,6 +16,7 @@ import numpy as np
 from ...ir import Builder, Module
 from ...ir.types import DType, TensorType
 from .kernels_f16 import HalfCast
+from .lower_bf16 import dot_form, use_bf16_dot
 from .lower import ELEMENTWISE, RULES, const_of, rule, static_shape
 from .lower_reduce import REDUCTIONS
 
@@ -55,8 +56,11 @@ def widen_half(module: Module) -> int:
         if half is None or any(static_shape(r.type) is None for r in op.results):
             continue
         b = Builder(op.parent, before=op, provenance=op.provenance, created_by="cpu.widen_half")
+        # a bf16 product for the vdpbf16ps GEMM keeps its activation and weights in bf16
+        as_is = (0, 1) if half is DType.bfloat16 and use_bf16_dot() and dot_form(op) else ()
         for i, v in enumerate(op.operands):
-            if v is None or not isinstance(v.type, TensorType) or v.type.dtype is not half:
+            if v is None or not isinstance(v.type, TensorType) or v.type.dtype is not half \
+                    or i in as_is:
                 continue
             c = const_of(v)
             if c is not None:
