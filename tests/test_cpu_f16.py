@@ -185,3 +185,20 @@ def test_bf16_dot_path_is_chosen_from_the_host(monkeypatch):
     monkeypatch.setenv("GALAXIR_CPU_WIDE", "1")
     monkeypatch.setenv("GALAXIR_CPU_BF16DOT", "0")
     assert not use_bf16_dot()
+
+
+def test_convert_float_round_trips_are_skipped():
+    # convert_float's f32 -> f16 -> f32 boundary casts between a kept op (softmax,
+    # layer_norm) and a widened one read the f32 value; the dead casts are dropped
+    from tests.quant_models import feeds, mlp
+    m = mlp()
+    hm = gx.convert_float(m, "f16")
+    exe = gx.compile(hm, target="cpu")
+    f = feeds("x", (1, 8, 64), 1, 6)[0]
+    got = exe.run(f)["y"]
+    casts = [op for op, where, _ in exe.last.placement() if op.name == "cast"]
+    assert exe.fallback_ops == [] and len(casts) < hm.op_counts()["cast"]
+    assert not any(op.operands[0].producer is not None and op.operands[0].producer.name == "cast"
+                   for op in casts)
+    ref = gx.compile(m, target="numpy").run(f)["y"]
+    np.testing.assert_allclose(got, ref, rtol=3e-3, atol=1e-3)
