@@ -6,8 +6,11 @@ softmax, ... -- float32 operands and results when its floats are all one 16-bit 
 constant operands become float32 constants, the others go through a ``cast`` to float32,
 and each result is cast back to its 16-bit type right after the op.  The casts run
 natively (kernels_f16.HalfCast, F16C conversions), so the tensors between the ops stay
-16-bit and every such op runs on the float32 kernels.  The results match the numpy
-reference within the 16-bit type's rounding (the reference computes some ops in 16 bits).
+16-bit and every such op runs on the float32 kernels; a widened op whose operand was
+narrowed from a float32 value (by a widened op or at one of convert_float's boundaries)
+reads that value, and casts nothing reads are dropped.  bf16 products may run on
+vdpbf16ps instead (lower_bf16.py).  The results match the numpy reference within the
+16-bit type's rounding (the reference computes some ops in 16 bits).
 """
 from __future__ import annotations
 
