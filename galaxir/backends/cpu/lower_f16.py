@@ -30,7 +30,8 @@ HALF = {DType.float16: "f16", DType.bfloat16: "bf16"}
 WIDEN = set(ELEMENTWISE) | {"conv", "fused_conv", "matmul", "linear", "gemm", "fused_gemm",
                             "fused_add", "max_pool", "average_pool", "global_average_pool",
                             "global_max_pool", "softmax", "log_softmax",
-                            "conv_transpose", "resize", "pad", "layer_norm", *REDUCTIONS}
+                            "conv_transpose", "resize", "pad", "layer_norm", "attention",
+                            *REDUCTIONS}
 
 
 def _half_of(op) -> DType | None:
