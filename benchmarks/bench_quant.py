@@ -112,6 +112,20 @@ def time_turns(fns: dict, x, runs: int, budget_s: float = 20.0) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _forced_bf16_dot() -> bool:
+    """Set GALAXIR_CPU_BF16DOT=1 for the next compile where the host has AVX512-BF16 but
+    the vdpbf16ps GEMM is not its default (lower_bf16.use_bf16_dot)."""
+    from galaxir.backends.cpu import jit
+    from galaxir.backends.cpu.lower_bf16 import use_bf16_dot
+    if "GALAXIR_CPU_BF16DOT" in os.environ or not jit.has_feature("avx512bf16") or use_bf16_dot():
+        return False
+    os.environ["GALAXIR_CPU_BF16DOT"] = "1"
+    if use_bf16_dot():
+        return True
+    os.environ.pop("GALAXIR_CPU_BF16DOT")
+    return False
+
+
 def bench_model(name, args):
     import galaxir as gx
     model, shape = build(name)
@@ -135,6 +149,10 @@ def bench_model(name, args):
     for k, mod in variants.items():
         exe = gx.compile(mod, target="cpu", num_threads=args.threads)
         engines[k] = (lambda e: lambda f: e.run(f)["y"])(exe)
+    if _forced_bf16_dot():   # bf16 products on vdpbf16ps even where it is not the default
+        exe = gx.compile(variants["gx bf16"], target="cpu", num_threads=args.threads)
+        os.environ.pop("GALAXIR_CPU_BF16DOT")
+        engines["gx bf16 vdpbf16ps"] = (lambda e: lambda f: e.run(f)["y"])(exe)
     for k, path in (("ort fp32", src), ("ort int8 static", st), ("ort int8 dynamic", dy)):
         s = ort_session(path, args.threads)
         engines[k] = (lambda s: lambda f: s.run(None, f)[0])(s)

@@ -33,6 +33,25 @@ def mlp(seed=0, k=64, n=96):
     return gb.module()
 
 
+def attention_block(seed=0, t=16, d=32):
+    """One attention head as an exporter writes it: softmax(q @ k^T * s) @ v, then an
+    MLP with the erf gelu (the decomposed forms O2 recognizes)."""
+    rng = np.random.default_rng(seed)
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, t, d))
+
+    def proj(n):
+        return gb.matmul(x, gb.constant((rng.standard_normal((d, n)) / np.sqrt(d)).astype(np.float32)))
+    q, k, v = proj(d), proj(d), proj(d)
+    s = gb.mul(gb.matmul(q, gb.transpose(k, perm=(0, 2, 1))), gb.constant(np.float32(d ** -0.5)))
+    a = gb.matmul(gb.softmax(s, axis=-1), v)
+    h = gb.matmul(a, gb.constant((rng.standard_normal((d, 2 * d)) / np.sqrt(d)).astype(np.float32)))
+    g = gb.mul(gb.mul(h, gb.constant(np.float32(0.5))),
+               gb.add(gb.erf(gb.div(h, gb.constant(np.float32(np.sqrt(2))))), gb.constant(np.float32(1))))
+    gb.output(g, "y")
+    return gb.module()
+
+
 def feeds(name, shape, count, seed):
     rng = np.random.default_rng(seed)
     return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]

@@ -107,3 +107,98 @@ def test_torch_f16_model_runs_natively(tmp_path):
     torch.onnx.export(net, torch.randn(1, 8, 10, 10).half(), p, input_names=["x"], dynamo=False)
     x = np.random.default_rng(1).standard_normal((1, 8, 10, 10)).astype(np.float16)
     _check(p, {"x": x}, 2e-2)
+
+
+# -- bf16 products on vdpbf16ps (kernels_bf16.GemmBf16, lower_bf16.py) ----------------------------
+def _host_bf16() -> bool:
+    from galaxir.backends.cpu import jit
+    return jit.has_feature("avx512bf16") and jit.has_feature("avx512f")
+
+
+@pytest.fixture(params=["1", "0"], ids=["dpbf16", "f32-path"])
+def bf16dot(request, monkeypatch):
+    """Both bf16 product paths, forced: vdpbf16ps (on hosts with AVX512-BF16) and the
+    float32 kernels between casts."""
+    if request.param == "1" and not _host_bf16():
+        pytest.skip("host has no AVX512-BF16")
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", "1")
+    monkeypatch.setenv("GALAXIR_CPU_BF16DOT", request.param)
+    return request.param == "1"
+
+
+def _kernels(exe) -> list[str]:
+    return [detail for _, where, detail in exe.last.placement() if where == "native"]
+
+
+def test_pack_b_bf16_pairs_k_two_at_a_time():
+    from galaxir.backends.cpu.kernels_bf16 import NW, pack_b_bf16
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((7, 40)).astype(ml_dtypes.bfloat16)
+    p = pack_b_bf16(b)
+    assert p.shape == (2, 4, NW) and p.dtype == np.uint32
+    bits = b.view(np.uint16)
+    for k in range(7):
+        for n in (0, 5, 31, 32, 39):
+            half = (p[n // NW, k // 2, n % NW] >> (16 * (k % 2))) & 0xFFFF
+            assert half == bits[k, n]
+    assert not (p[1, :, 8:]).any()              # columns past N
+    assert not (p[:, 3, :] >> 16).any()         # the pair row past an odd K
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(M=st.integers(1, 30), K=st.integers(1, 70), N=st.integers(16, 70),
+       form=st.sampled_from(["gemm_relu", "matmul3d", "linear_tanh"]), seed=st.integers(0, 2**16))
+def test_bf16_products(bf16dot, M, K, N, form, seed):
+    dt, onnx_t, tol = TYPES["bf16"]
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dt)
+    b = rng.standard_normal(N).astype(dt)
+    inits = [numpy_helper.from_array(b, "b")]
+    if form == "gemm_relu":
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "w"))
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+                 helper.make_node("Relu", ["g"], ["y"])]
+        xshape = [M, K]
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]),
+                 helper.make_node("Add", ["mm", "b"], ["y" if form == "matmul3d" else "l"])]
+        if form == "linear_tanh":
+            nodes.append(helper.make_node("Tanh", ["l"], ["y"]))
+        xshape = [2, M, K]
+    m = _model(nodes, [helper.make_tensor_value_info("x", onnx_t, xshape)],
+               [helper.make_tensor_value_info("y", onnx_t, xshape[:-1] + [N])], inits)
+    exe = _check(m, {"x": rng.standard_normal(xshape).astype(dt)}, tol)
+    assert ("gemm_bf16" in _kernels(exe)) == bf16dot
+
+
+def test_bf16_dot_path_is_chosen_from_the_host(monkeypatch):
+    from galaxir.backends.cpu import jit
+    from galaxir.backends.cpu.lower_bf16 import use_bf16_dot
+    monkeypatch.delenv("GALAXIR_CPU_BF16DOT", raising=False)
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", "1")
+    assert use_bf16_dot() == (_host_bf16() and not jit.has_feature("avx512fp16"))
+    monkeypatch.setenv("GALAXIR_CPU_BF16DOT", "1")
+    assert use_bf16_dot() == _host_bf16()     # forcing cannot add an instruction
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", "0")
+    assert not use_bf16_dot()                 # 16-lane tiles only
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", "1")
+    monkeypatch.setenv("GALAXIR_CPU_BF16DOT", "0")
+    assert not use_bf16_dot()
+
+
+def test_convert_float_round_trips_are_skipped():
+    # convert_float's f32 -> f16 -> f32 boundary casts between a kept op (softmax,
+    # layer_norm) and a widened one read the f32 value; the dead casts are dropped
+    from tests.quant_models import feeds, mlp
+    m = mlp()
+    hm = gx.convert_float(m, "f16")
+    exe = gx.compile(hm, target="cpu")
+    f = feeds("x", (1, 8, 64), 1, 6)[0]
+    got = exe.run(f)["y"]
+    casts = [op for op, where, _ in exe.last.placement() if op.name == "cast"]
+    assert exe.fallback_ops == [] and len(casts) < hm.op_counts()["cast"]
+    assert not any(op.operands[0].producer is not None and op.operands[0].producer.name == "cast"
+                   for op in casts)
+    ref = gx.compile(m, target="numpy").run(f)["y"]
+    np.testing.assert_allclose(got, ref, rtol=3e-3, atol=1e-3)

@@ -4,7 +4,7 @@ import pytest
 
 import galaxir as gx
 from galaxir.precision.params import QuantizationError
-from tests.quant_models import cnn, feeds, mlp
+from tests.quant_models import attention_block, cnn, feeds, mlp
 
 
 def run(m, f, target="numpy"):
@@ -40,6 +40,27 @@ def test_sensitive_ops_stay_f32(dtype):
     assert hm.op_counts()["cast"] >= 3   # into 16 bits, back for softmax, in for the 2nd matmul...
     f = feeds("x", (1, 8, 64), 1, 6)[0]
     np.testing.assert_allclose(run(hm, f)["y"], run(mlp(), f)["y"], rtol=3e-2 if dtype == "bf16" else 3e-3)
+
+
+@pytest.mark.parametrize("dtype, tol", [("f16", 5e-3), ("bf16", 4e-2)])
+def test_composites_recognized_before_conversion(dtype, tol):
+    # casts around the softmax and gelu's rounded constants would hide the patterns:
+    # attention (kept in f32 like its softmax) and gelu (converted) are found first
+    m = attention_block()
+    hm = gx.convert_float(m, dtype)
+    counts = hm.op_counts()
+    assert counts.get("attention") == 1 and counts.get("gelu") == 1
+    assert "softmax" not in counts and "erf" not in counts
+    assert next(op for op in hm.walk() if op.name == "attention").results[0].type.dtype.name == "float32"
+    assert next(op for op in hm.walk() if op.name == "gelu").results[0].type.dtype.name != "float32"
+    f = feeds("x", (1, 16, 32), 1, 8)[0]
+    ref = run(m, f)["y"]
+    # attention converted too (keep without it) runs natively on the cpu as well
+    for h in (hm, gx.convert_float(m, dtype, keep=["layer_norm"])):
+        exe = gx.compile(h, target="cpu")
+        got = exe.run(f)["y"]
+        assert exe.fallback_ops == []
+        assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
 
 
 def test_keep_overrides_the_default():
