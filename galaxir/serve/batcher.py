@@ -223,7 +223,7 @@ class Batcher:
         log.info("model '%s': batch sizes %s%s", self.model.name, self.buckets,
                  f" (dropped {dropped}: no cheaper per row)" if dropped else "")
         if self.auto_instances and self.buckets[-1] > 1:
-            self.rates = self.time_instances(max(1, repeats))
+            self.rates = self.time_instances(2 * max(1, repeats) + 1)
             self.instances = choose_instances(self.rates)
             log.info("model '%s': %d batch instance(s) (rows/s with k batches at once, %d rows "
                      "waiting: %s)", self.model.name, self.instances, self.max_batch,
@@ -234,7 +234,8 @@ class Batcher:
         """Rows per second of k batches run at once when ``max_batch`` rows wait, each batch
         taking its share (``instance_shares``), for k = 1, 2, 4 ...: the best of ``repeats``
         rounds, the candidates alternating within a round so that load from elsewhere hits
-        each alike."""
+        each alike (``warm`` gives it 2 * repeats + 1 rounds: each round is a few runs, and
+        the choice between candidates is closer than between batch sizes)."""
         shares = instance_shares(self.max_batch, self.buckets, self.max_instances)
         best = {k: float("inf") for k in shares}
         for _ in range(repeats):
