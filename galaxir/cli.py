@@ -426,15 +426,9 @@ def cmd_convert_float(a) -> int:
     return 0
 
 
-def cmd_serve(a) -> int:
-    import os
-    try:
-        from galaxir.serve.app import ServeConfig, create_app
-        from galaxir.serve.models import load_models
-        from galaxir.serve.server import serve
-    except ImportError as e:
-        raise CliError(f"galaxir serve needs the serve extra (starlette, uvicorn, "
-                       f"prometheus_client): {e}") from None
+def serve_config(a, token: str | None = None):
+    """The ServeConfig for parsed ``galaxir serve`` arguments (CliError on bad flags)."""
+    from galaxir.serve.app import ServeConfig
     sizes = None
     if a.batch_sizes is not None:
         try:
@@ -454,18 +448,30 @@ def cmd_serve(a) -> int:
         raise CliError("--warmup-runs must be at least 1 (--no-warmup skips the warm-up)")
     if a.batch_instances is not None and a.batch_instances < 1:
         raise CliError("--batch-instances must be at least 1 (leave it out: chosen at warm-up)")
+    return ServeConfig(max_batch=max_batch, max_delay_ms=a.max_delay_ms,
+                       max_body_bytes=int(a.max_body_mb * (1 << 20)), token=token,
+                       run_threads=a.run_threads, batch_instances=a.batch_instances,
+                       batch_sizes=sizes, warm=not a.no_warmup, warmup_runs=a.warmup_runs)
+
+
+def cmd_serve(a) -> int:
+    import os
+    try:
+        from galaxir.serve.app import create_app
+        from galaxir.serve.models import load_models
+        from galaxir.serve.server import serve
+    except ImportError as e:
+        raise CliError(f"galaxir serve needs the serve extra (starlette, uvicorn, "
+                       f"prometheus_client): {e}") from None
     token = a.token or os.environ.get("GALAXIR_SERVE_TOKEN") or None
+    config = serve_config(a, token)
     if a.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("galaxir serve: warning: listening beyond loopback without --token",
               file=sys.stderr)
     models = load_models(a.models, target=a.target, num_threads=a.threads)
     for name, m in models.items():
-        how = "dynamic batching" if (max_batch > 1 or sizes) and m.batchable else "no batching"
+        how = "dynamic batching" if config.batching and m.batchable else "no batching"
         print(f"galaxir serve: model '{name}' ({how})", flush=True)
-    config = ServeConfig(max_batch=max_batch, max_delay_ms=a.max_delay_ms,
-                         max_body_bytes=int(a.max_body_mb * (1 << 20)), token=token,
-                         run_threads=a.run_threads, batch_instances=a.batch_instances,
-                         batch_sizes=sizes, warm=not a.no_warmup, warmup_runs=a.warmup_runs)
     try:
         serve(create_app(models, config), host=a.host, port=a.port, log_level=a.log_level)
     except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown

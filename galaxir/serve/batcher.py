@@ -240,8 +240,11 @@ class Batcher:
         best = {k: float("inf") for k in shares}
         for _ in range(repeats):
             for k, rows in shares.items():
-                best[k] = min(best[k], _run_together(self.model, k, rows))
+                best[k] = min(best[k], self._time_together(k, rows))
         return {k: k * shares[k] / t for k, t in best.items()}
+
+    def _time_together(self, k: int, rows: int) -> float:
+        return _run_together(self.model, k, rows)
 
     def pad_to(self, rows: int) -> int:
         for b in self.buckets:
