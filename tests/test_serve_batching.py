@@ -330,3 +330,42 @@ def test_serve_help_documents_the_flags():
     text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
     for flag in ("--batch-sizes", "--warmup-runs", "--no-warmup", "--batch-instances"):
         assert flag in text
+
+
+def _grouping(exe, last_group, gaps):
+    """Batch sizes (rows) when requests arrive ``gaps`` seconds apart at an idle batcher whose
+    last batch held ``last_group`` requests, and the seconds they all took."""
+    model = PerRow("m", exe, lambda rows: 0.0)
+    sizes: list[int] = []
+
+    async def go():
+        pool = ThreadPoolExecutor(1)
+        b = Batcher(model, 8, 5.0, pool, on_batch=lambda rows, n: sizes.append(rows),
+                    instances=1)
+        b.buckets, b.times = [1, 2, 4, 8], {1: 0.001, 2: 0.001, 4: 0.001, 8: 0.001}
+        b._last_group = last_group
+        b.start()
+        t0 = time.monotonic()
+        tasks = []
+        for i, gap in enumerate(gaps):
+            await asyncio.sleep(gap)
+            tasks.append(asyncio.ensure_future(
+                b.submit({"x": np.full((1, 3, 8, 8), i, np.float32)}, None)))
+        outs = await asyncio.gather(*tasks)
+        took = time.monotonic() - t0
+        await b.stop()
+        pool.shutdown()
+        assert [o["y"][0, 0] for o in outs] == list(range(len(gaps)))
+        return took
+
+    return sizes, asyncio.run(go())
+
+
+def test_an_idle_batcher_waits_for_as_many_requests_as_its_last_batch_held(exe):
+    # 4 clients answered together come back one by one: one batch of 4, closed as the 4th
+    # arrives (not after the 5 s delay), not the first alone and 3 queued behind it
+    sizes, took = _grouping(exe, 4, [0, 0.02, 0.02, 0.02])
+    assert sizes == [4] and took < 4.0
+    # a lone client does not wait for anyone
+    sizes, took = _grouping(exe, 1, [0])
+    assert sizes == [1] and took < 4.0

@@ -9,8 +9,11 @@ times choose, for a batch whose rows fall between two sizes, between padding up 
 running the largest size that fits now, leaving the rest for the next batch (``plan``).
 
 A request waits at most ``max_delay`` seconds (from its arrival) for others; a batch
-closes early when it holds ``max_batch`` rows, and a request that finds the model idle
-(no batch running, nothing queued) runs at once with whatever is already there.  Requests merge only when their inputs
+closes early when it holds ``max_batch`` rows.  A request that finds the model idle (no
+batch running, nothing queued) waits only for as many requests as the last batch held:
+after a batch of one (a lone client) it runs at once; after a batch of 16 answered 16
+clients, their next requests come back within a moment and form the next batch of 16,
+instead of the first one back running alone while the other 15 queue behind it.  Requests merge only when their inputs
 agree in everything but the batch dim (dtypes, other dims) and ask for the same outputs.
 The merged rows are padded with zeros up to a power of two (capped at ``max_batch``), so
 a compiled target specializes for a handful of batch sizes instead of every sum; each
@@ -156,6 +159,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._held: list[_Pending] = []  # taken from the queue, did not fit the last batch
+        self._last_group = 1  # requests in the last batch: how many to expect in the next
         self.auto_instances = instances is None
         self.max_instances = max(1, max_instances)
         self.instances = max(1, instances) if instances is not None else \
@@ -294,10 +298,13 @@ class Batcher:
             first = await self._next(None)
             batch, rows, skipped = [first], first.rows, []
             deadline = first.arrived + self.max_delay
-            if not self._running and not self._held and self._queue.empty():
-                deadline = 0.0  # idle model, nothing queued: waiting would only add latency
+            idle = not self._running and not self._held and self._queue.empty()
+            if idle and self._last_group <= 1:
+                deadline = 0.0  # a lone client, nothing queued: waiting would only add latency
             limit = self.buckets[-1] if self.times else self.max_batch
             while rows < limit:
+                if idle and len(batch) >= self._last_group and self._queue.empty():
+                    break  # the last batch's clients are back: no need to wait longer
                 item = await self._next(deadline - time.monotonic())
                 if item is None:
                     break
@@ -317,6 +324,7 @@ class Batcher:
                 kept += p.rows
             rows = kept
             self._held = skipped + self._held
+            self._last_group = len(batch)
             task = asyncio.get_running_loop().create_task(self._run(batch, rows))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
