@@ -4,7 +4,8 @@ into one run.
 Before serving, ``warm`` runs the model once at every batch size the batcher may use
 (powers of two up to ``max_batch``), so a target that compiles per shape never compiles
 while serving, and times more runs of each: sizes above the one with the best time per
-row are dropped (on some models and machines a bigger batch costs more per row), and the
+row are dropped after a second look (on some models and machines a bigger batch costs
+more per row), and the
 times choose, for a batch whose rows fall between two sizes, between padding up and
 running the largest size that fits now, leaving the rest for the next batch (``plan``).
 
@@ -13,10 +14,11 @@ closes early when it holds ``max_batch`` rows.  A request that finds the model i
 batch running, nothing queued) waits only for as many requests as the last batch held:
 after a batch of one (a lone client) it runs at once; after a batch of 16 answered 16
 clients, their next requests come back within a moment and form the next batch of 16,
-instead of the first one back running alone while the other 15 queue behind it.  Requests merge only when their inputs
-agree in everything but the batch dim (dtypes, other dims) and ask for the same outputs.
-The merged rows are padded with zeros up to a power of two (capped at ``max_batch``), so
-a compiled target specializes for a handful of batch sizes instead of every sum; each
+instead of the first one back running alone while the other 15 queue behind it.
+Requests merge only when their inputs agree in everything but the batch dim (dtypes,
+other dims) and ask for the same outputs.  The merged rows are padded with zeros up to a
+batch size (powers of two up to ``max_batch``, or the ``sizes`` given), so a compiled
+target specializes for a handful of batch sizes instead of every sum; each
 request gets its own rows of every output back.  Padding and merging assume the model
 treats rows independently (what a batch dimension means for inference: no batch
 statistics).  Up to ``instances`` batches of a model run at once on the server's thread
@@ -26,9 +28,10 @@ while all are busy requests queue up and the next batches come out bigger.
 How many instances (``instances=None``: chosen by ``warm``): when ``max_batch`` rows wait,
 k instances take about max_batch/k rows each, so the warm-up times k runs of that many
 rows (the largest kept size that fits) at once for k = 1, 2, 4 ... and keeps the fewest k
-within 5% of the most rows per second (``choose_instances``).  One run that already keeps every core busy (a conv-heavy model
-with a thread per core) does best with one instance and batches of B; a model whose runs
-leave cores idle (small kernels, serial parts) gains from running batches side by side.
+within 5% of the most rows per second (``choose_instances``).  One run that already keeps
+every core busy (a conv-heavy model with a thread per core) does best with one instance
+and full batches; a model whose runs leave cores idle (small kernels, serial parts) gains
+from running batches side by side.
 Without warm-up times the guess is one instance per ``threads`` cores of the machine."""
 from __future__ import annotations
 
@@ -199,10 +202,10 @@ class Batcher:
         """Run every bucket size before serving (a per-shape target compiles each now, not
         inside a request), time the best of ``repeats`` more runs, keep the sizes that pay
         (``keep_sizes``, after ``2 * repeats`` more runs of each size it would drop; sizes
-        given by the user are all kept) and, when ``instances`` was
-        left to the warm-up, choose it (``time_instances``).  Blocking: call it on a worker
-        thread.  Returns the times (empty when the model's non-batch dims are symbolic:
-        nothing can be warmed)."""
+        given by the user are all kept) and, when ``instances`` was left to the warm-up,
+        choose it (``time_instances``).  Blocking: call it on a worker thread.  Returns the
+        times (empty when the model's non-batch dims are symbolic: nothing can be
+        warmed)."""
         times: dict[int, float] = {}
         for b in self.buckets:
             feeds = example_feeds(self.model, b)
