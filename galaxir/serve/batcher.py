@@ -5,9 +5,9 @@ Before serving, ``warm`` runs the model once at every batch size the batcher may
 (powers of two up to ``max_batch``), so a target that compiles per shape never compiles
 while serving, and times more runs of each: sizes above the one with the best time per
 row are dropped after a second look (on some models and machines a bigger batch costs
-more per row), and the
-times choose, for a batch whose rows fall between two sizes, between padding up and
-running the largest size that fits now, leaving the rest for the next batch (``plan``).
+more per row), and the times choose, for a batch whose rows fall between two sizes,
+between padding up and running the largest size that fits now, leaving the rest for the
+next batch (``plan``).
 
 A request waits at most ``max_delay`` seconds (from its arrival) for others; a batch
 closes early when it holds ``max_batch`` rows.  A request that finds the model idle (no
