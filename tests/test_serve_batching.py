@@ -135,10 +135,23 @@ def test_plan_pads_or_splits_by_the_warm_up_times(exe):
     assert untimed.plan(5) == 5 and untimed.pad_to(5) == 8
 
 
-def test_a_model_no_size_helps_is_served_without_batching(exe, caplog):
-    worse = PerRow("m", exe, lambda rows: 0.01 * rows)  # per-row cost grows with the batch
-    # (steeply: a sleep overshooting by a few ms on a loaded machine cannot hide it)
-    app = create_app({"m": worse}, ServeConfig(max_batch=4))
+def fake_clock(monkeypatch, seconds):
+    """Warm-up timings from ``seconds(rows, nth)`` (nth: how many times that size was timed
+    before) instead of a clock, so what the warm-up decides does not depend on the load."""
+    calls: dict[int, int] = {}
+
+    def best_time(self, feeds, runs):
+        rows = next(iter(feeds.values())).shape[0]
+        calls[rows] = calls.get(rows, 0) + 1
+        return seconds(rows, calls[rows] - 1)
+
+    monkeypatch.setattr(Batcher, "_best_time", best_time)
+    return calls
+
+
+def test_a_model_no_size_helps_is_served_without_batching(exe, caplog, monkeypatch):
+    fake_clock(monkeypatch, lambda rows, nth: 0.01 * rows * rows)  # per-row cost grows
+    app = create_app({"m": ServedModel("m", exe)}, ServeConfig(max_batch=4))
     with caplog.at_level(logging.INFO, logger="galaxir.serve"):
         with BackgroundServer(app):
             assert app.state.galaxir.batchers == {}
@@ -371,23 +384,17 @@ def test_an_idle_batcher_waits_for_as_many_requests_as_its_last_batch_held(exe):
     assert sizes == [1] and took < 4.0
 
 
-class SlowAtFirst(PerRow):
-    """Linear in rows, except that the first ``slow`` runs of ``size`` rows take 0.3 s (a
-    run descheduled by other work on a shared machine)."""
-
-    def __init__(self, name, exe, size, slow):
-        super().__init__(name, exe, lambda rows: 0.002)
-        self.size, self.slow = size, slow
-
-    def run(self, feeds, outputs=None):
-        if next(iter(feeds.values())).shape[0] == self.size and self.slow > 0:
-            self.slow -= 1
-            time.sleep(0.3)
-        return super().run(feeds, outputs)
-
-
-def test_a_size_that_timed_slow_gets_a_second_look_before_it_is_dropped(exe):
-    # the compiling run and both timed runs of batch 4 are slow; the second look is not
-    b = Batcher(SlowAtFirst("m", exe, 4, slow=3), 4, 0.001, None, instances=1)
+def test_a_size_that_timed_slow_gets_a_second_look_before_it_is_dropped(exe, monkeypatch):
+    # linear in rows, but batch 4's compiling run and its timed runs were descheduled; the
+    # second look is not
+    calls = fake_clock(monkeypatch, lambda rows, nth: 0.3 if rows == 4 and nth < 2
+                       else 0.002 * rows)
+    b = Batcher(ServedModel("m", exe), 4, 0.001, None, instances=1)
     b.warm(repeats=2)
-    assert b.buckets == [1, 2, 4] and b.times[4] < 0.3
+    assert calls == {1: 2, 2: 2, 4: 3}
+    assert b.buckets == [1, 2, 4] and b.times[4] == pytest.approx(0.008)
+    # a size that stays slow is dropped
+    fake_clock(monkeypatch, lambda rows, nth: 0.3 if rows == 4 else 0.002 * rows)
+    b = Batcher(ServedModel("m", exe), 4, 0.001, None, instances=1)
+    b.warm(repeats=2)
+    assert b.buckets == [1, 2]
