@@ -429,15 +429,18 @@ def cmd_convert_float(a) -> int:
 def serve_config(a, token: str | None = None):
     """The ServeConfig for parsed ``galaxir serve`` arguments (CliError on bad flags)."""
     from galaxir.serve.app import ServeConfig
+    from galaxir.serve.batcher import check_sizes
     sizes = None
     if a.batch_sizes is not None:
         try:
-            sizes = sorted({int(b) for b in a.batch_sizes.split(",") if b.strip()})
+            sizes = [int(b) for b in a.batch_sizes.split(",") if b.strip()]
         except ValueError:
             raise CliError(f"--batch-sizes takes comma-separated integers, got {a.batch_sizes!r}") \
                 from None
-        if not sizes or sizes[0] < 1 or sizes[-1] > 128:
-            raise CliError(f"--batch-sizes must be 1..128, got {a.batch_sizes!r}")
+        try:
+            sizes = check_sizes(sizes)
+        except ValueError as e:
+            raise CliError(f"--batch-sizes: {e}") from None
         if a.max_batch is not None and a.max_batch != sizes[-1]:
             raise CliError(f"--max-batch {a.max_batch} differs from the largest of --batch-sizes "
                            f"({sizes[-1]}); give one of them")
