@@ -262,12 +262,19 @@ def panel_floats(kd: int, n: int, wide: bool) -> int:
 
 def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: int, sc: int,
                      wide: bool) -> None:
-    """dst[dst_off + (p, k, q)] = src[src_off + k*sk + (p*NW + q)*sc] for the [kd, n] matrix
-    (the columns past n of the last panel are left as they are: they only feed tile
-    columns that are never stored)."""
+    """dst[dst_off + (p, k, q)] = src[src_off + k*sk + (p*NW + q)*sc] for the [kd, n] matrix,
+    and 0 in the columns past n of the last panel: they only feed tile columns that are
+    never stored, but scratch may hold anything, and a denormal or NaN there costs a
+    microcode assist per FMA (Q K^T at 197 tokens ran 20 times slower on stale scratch)."""
     b = fb.b
     nw = 2 * lanes(wide)
     soff = i64(src_off) if isinstance(src_off, int) else src_off
+    if n % nw and kd:
+        last = dst_off + (n // nw) * kd * nw
+        with fb.loop(0, kd) as k:
+            row = b.add(i64(last), b.mul(k, i64(nw)))
+            with fb.loop(n % nw, nw) as q:
+                fb.store(ir.Constant(F32, 0.0), dst, b.add(row, q))
     if sk == 1 and sc != 1 and n >= 8 and kd >= 8:
         _pack_transposed(fb, dst, dst_off, src, soff, kd, n, sc, nw)
         return
@@ -436,11 +443,39 @@ class BatchedGemm(GemmPacked):
                                                         self.b_batch_strides, self.trans_b)
 
     @property
+    def _products(self) -> int:
+        return int(np.prod(self.batch, dtype=np.int64))
+
+    @property
+    def _fits_per_product(self) -> bool:
+        return (self.raw and self._products >= PRODUCT_MIN and
+                any(s != 0 for s in self.b_batch_strides) and
+                panel_floats(self.K, self.N, self.wide) * 4 <= BLOCK_BYTES)
+
+    @property
+    def per_product(self) -> bool:
+        """Many small products of two activations (attention's Q K^T and P V per head):
+        one pool job whose tasks each take whole products, packing their own B and running
+        the tile with every size a constant (``emit_panel_gemm``, edge tiles of exactly the
+        rows left).  Per product, the library path packs B on the calling thread and then
+        starts a pool job of about one tile per task: at 12 heads of 128 x 128 x 64 those
+        12 serial packs and 12 job starts cost 5-8% of the product."""
+        from .codegen import is_dynamic_emission
+        return self._fits_per_product and not is_dynamic_emission()
+
+    @property
+    def n_product_tasks(self) -> int:
+        return min(self._products, PRODUCT_TASKS)
+
+    @property
     def scratch_bytes(self) -> int:
-        return panel_floats(self.K, self.N, self.wide) * 4
+        one = panel_floats(self.K, self.N, self.wide) * 4
+        return _align64(one) * self.n_product_tasks if self._fits_per_product else one
 
     def emit(self, module, fname, n_args):
         from .kernels import contiguous_strides
+        if self.per_product:
+            return self._emit_per_product(module, fname, n_args)
         fb, lib, state, pp = library_call(module, fname, n_args, self.library_symbol(),
                                           self.params(), "gemmpk")
         b = fb.b
@@ -465,3 +500,47 @@ class BatchedGemm(GemmPacked):
                          bias, ir.Constant(F32P, None)])
         fb.loop_nest(self.batch, product)
         return fb.finish()
+
+    def _emit_per_product(self, module, fname, n_args):
+        """Tasks over the batch: task t packs and multiplies products [t*chunk, (t+1)*chunk)
+        in its own scratch slice."""
+        from .kernels import contiguous_strides
+        from .parallel import parallel_kernel
+        total, tasks = self._products, self.n_product_tasks
+        chunk = -(-total // tasks)
+        slice_ = _align64(panel_floats(self.K, self.N, self.wide) * 4) // 4
+        sk, sc = (1, self.K) if self.trans_b else (self.N, 1)
+        out_st = contiguous_strides(self.batch)
+        M, N, K = self.M, self.N, self.K
+
+        def task(fb, args, t):
+            b = fb.b
+            F32P = F32.as_pointer()
+            args = [b.bitcast(x, F32P) for x in args]
+            out, a, bm, scratch = args[0], args[1], args[2], args[-1]
+            s = fb.ptr(scratch, b.mul(t, i64(slice_)))
+            lo = b.mul(t, i64(chunk))
+            hi = _min(b, b.add(lo, i64(chunk)), i64(total))
+            with fb.loop(lo, hi) as e:
+                idx, rest = [], e
+                for size in reversed(self.batch):
+                    idx.append(b.urem(rest, i64(size)))
+                    rest = b.udiv(rest, i64(size))
+                idx.reverse()
+                bo = fb.mul_add(list(zip(idx, self.b_batch_strides)))
+                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+                oo = fb.mul_add([(i, st * M * N) for i, st in zip(idx, out_st)])
+                emit_pack_panels(fb, s, 0, bm, bo, K, N, sk, sc, self.wide)
+                emit_panel_gemm(fb, out, oo, N, a, ao, self.lda or K, s, 0, M, K, N, self.wide)
+        return parallel_kernel(module, fname, n_args, tasks, task)
+
+
+#: tasks of a BatchedGemm.per_product job (the pool takes them in turn: 12 heads on 2
+#: threads are 6 each), and the fewest products that take that path (fewer, larger
+#: products split better by rows)
+PRODUCT_TASKS = 16
+PRODUCT_MIN = 4
+
+
+def _align64(nbytes: int) -> int:
+    return -(-nbytes // 64) * 64
