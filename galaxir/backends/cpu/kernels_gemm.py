@@ -351,6 +351,14 @@ def _pack_transposed(fb, dst, dst_off: int, src, soff, kd: int, n: int, sc: int,
 PANEL_MR_WIDE = 12
 
 
+def emit_prefetch_write(fb, ptr) -> None:
+    """``prefetchw`` of the cache line at ``ptr`` (into L1, for writing)."""
+    I8P = ir.IntType(8).as_pointer()
+    I32 = ir.IntType(32)
+    fb.intrinsic("llvm.prefetch.p0i8", ir.VoidType(),
+                 [fb.b.bitcast(ptr, I8P), ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
 def tile_rows(wide: bool) -> int:
     """Rows of the tile for products of small depth (attention's, a transposed K): 12
     with 16 lanes (24 zmm accumulators of the 32 registers: 24 FMAs per 2 B loads, 6-8%
@@ -385,6 +393,13 @@ def emit_panel_gemm(fb, out, out_off, ldo: int, a, a_off, lda: int, bp, bp_off: 
 
         def panel(pj, ncols):
             wpanel = fb.ptr(bp, b.add(i64(bp_off), b.mul(pj, i64(kd * nw))))
+            # the tile's output lines, for writing, while its k loop runs: at attention's
+            # depth (64) the store of a tile that missed L1 stalled on the read-for-ownership
+            # (Q K^T at 128-256 tokens: 6-8% faster)
+            for r in range(nr):
+                for h in range(0, ncols, 16):
+                    emit_prefetch_write(fb, fb.ptr(out, b.add(orow[r], b.add(b.mul(pj, i64(nw)),
+                                                                          i64(h)))))
             for acc in accs[:2 * nr]:
                 b.store(zero, acc)
             with fb.loop(0, kd) as k:
