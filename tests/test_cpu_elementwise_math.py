@@ -280,3 +280,73 @@ def test_reciprocal_paths_same_bits_on_every_width(monkeypatch, hide):
         if max_ulp is not None:
             with np.errstate(all="ignore"):
                 assert _ulps(outs[2], ref(x.astype(np.float64))).max() <= max_ulp + 1
+
+
+@contextmanager
+def env_forced(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = old
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("name,shape", [("tanh", (3, 5, 4099)), ("silu", (37,)), ("se_scale", (2, 7, 9, 31)),
+                                        ("gelu", (1, 33))])
+def test_streaming_stores_give_the_same_bits(name, shape, wide):
+    """A large graph output is written with non-temporal stores after a scalar head that
+    aligns them (GALAXIR_CPU_STREAM_MIN=1 streams every output here): the same bits as the
+    cached stores, into fresh arrays and into out= buffers at every offset from a vector
+    boundary, split over tasks or not."""
+    yshape = tuple(shape[:2]) + (1,) * (len(shape) - 2) if len(shape) > 2 else shape
+    m = _module(name, shape, yshape)
+    x, y = _values(shape, 3.0), _values(yshape, 3.0)
+    with lanes_forced(wide):
+        with env_forced("GALAXIR_CPU_STREAM_MIN", "0"):
+            plain = gx.compile(m, target="cpu")
+        with env_forced("GALAXIR_CPU_STREAM_MIN", "1"):
+            streamed = gx.compile(m, target="cpu")
+    spec = next(iter(streamed._specs.values()))
+    flags = [s.kernel.stream for s in spec.steps if hasattr(s.kernel, "stream")]
+    assert flags[-1] and not any(flags[:-1])   # the output's kernel only
+    assert "!nontemporal" in spec.llvm_ir
+    want = plain(x, y)[0]
+    np.testing.assert_array_equal(streamed(x, y)[0].view(np.uint32), want.view(np.uint32))
+    n = want.size
+    raw = np.empty(n + 32, np.float32)
+    for off in range(0, 17, 3):
+        buf = raw[off:off + n].reshape(shape)
+        got = streamed.run({"x": x, "y": y}, out={"out": buf})["out"]
+        assert got is buf
+        np.testing.assert_array_equal(buf.view(np.uint32), want.view(np.uint32))
+
+
+def test_small_outputs_and_intermediates_are_not_streamed():
+    """Only a graph output of at least stream_min_bytes streams: an intermediate that the
+    next kernel reads, or a small output, keeps cached stores."""
+    from galaxir.backends.cpu import lower
+    limit = lower.stream_min_bytes()
+    assert limit >= 1 << 16
+    n = limit // 8 + 16
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 2, n))
+    y = gb.input("y", tensor("f32", 16))
+    gb.output(gb.op("exp", x), "big")
+    gb.output(gb.op("transpose", gb.op("tanh", x), perm=[1, 0]), "moved")
+    gb.output(gb.op("sigmoid", y), "small")
+    cpu = gx.compile(gb.module(), target="cpu")
+    spec = next(iter(cpu._specs.values()))
+    flags = {s.ops[0].name: s.kernel.stream for s in spec.steps
+             if hasattr(s, "kernel") and hasattr(s.kernel, "stream")}
+    assert flags == {"exp": True, "tanh": False, "sigmoid": False}, flags
+    xv = RNG.standard_normal((2, n)).astype(np.float32)
+    yv = RNG.standard_normal(16).astype(np.float32)
+    big, moved, small = cpu(xv, yv)
+    np.testing.assert_allclose(big, np.exp(xv), rtol=2e-6)
+    np.testing.assert_allclose(moved, np.tanh(xv).T, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(small, 1 / (1 + np.exp(-yv)), rtol=2e-6)
