@@ -139,6 +139,23 @@ def test_vmath_portable_path_accuracy(monkeypatch, name, lanes):
     test_vmath_accuracy(name, lanes)
 
 
+@pytest.mark.parametrize("lanes", [1, 16])
+@pytest.mark.parametrize("exact", [True, False])
+def test_tanh_both_forms(monkeypatch, exact, lanes):
+    """tanh has two forms, chosen by whether divisions are exact (AVX-512 hosts): one
+    expm1-based formula, or a polynomial below 0.625 and 1 - 2e/(1 + e) above (the one the
+    reciprocal path needs).  Both are checked on any host by forcing the choice: within 2
+    ulp, exactly +-1 from 9.2 on, and tanh(-0) = -0."""
+    monkeypatch.setattr(vmath, "divide_exactly", lambda: exact)
+    test_vmath_accuracy("tanh", lanes)
+    x = np.array([9.2, 9.5, 12.0, 20.0, 21.0, 1e30, np.inf, 0.0] * 2, np.float32)
+    x[8:] *= -1
+    y = _jit_map(vmath.tanh, lanes)(x)
+    np.testing.assert_array_equal(y[:7], 1.0)
+    np.testing.assert_array_equal(y[8:15], -1.0)
+    assert y[7] == 0 and not np.signbit(y[7]) and y[15] == 0 and np.signbit(y[15])
+
+
 def test_vmath_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, -200.0, 200.0, -1.0], np.float32)
     x = np.tile(x, 2)
@@ -350,3 +367,15 @@ def test_small_outputs_and_intermediates_are_not_streamed():
     np.testing.assert_allclose(big, np.exp(xv), rtol=2e-6)
     np.testing.assert_allclose(moved, np.tanh(xv).T, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(small, 1 / (1 + np.exp(-yv)), rtol=2e-6)
+
+
+def test_feature_set_can_be_turned_off():
+    """GALAXIR_CPU_FEATURES=-avx512f (read once per process, so benchmarks can time an AVX2
+    host's code here) takes avx512f and every AVX-512 extension out of the LLVM target;
+    other features, and a spec without '-' names, leave it as it was."""
+    host = "+avx,+avx2,+fma,+avx512f,+avx512vl,+avx512bw,-avx512fp16,+evex512,+sse4.2"
+    off = jit.turned_off(host, "-avx512f").split(",")
+    assert "+avx2" in off and "+fma" in off and "+sse4.2" in off and "+avx" in off
+    assert not [f for f in off if f.startswith("+avx512") or f == "+evex512"]
+    assert jit.turned_off(host, "-fma").split(",")[2] == "-fma"
+    assert jit.turned_off(host, "") == host and jit.turned_off(host, "avx2") == host
