@@ -139,14 +139,14 @@ def test_vmath_portable_path_accuracy(monkeypatch, name, lanes):
     test_vmath_accuracy(name, lanes)
 
 
-@pytest.mark.parametrize("lanes", [1, 16])
-@pytest.mark.parametrize("exact", [True, False])
-def test_tanh_both_forms(monkeypatch, exact, lanes):
-    """tanh has two forms, chosen by whether divisions are exact (AVX-512 hosts): one
-    expm1-based formula, or a polynomial below 0.625 and 1 - 2e/(1 + e) above (the one the
-    reciprocal path needs).  Both are checked on any host by forcing the choice: within 2
-    ulp, exactly +-1 from 9.2 on, and tanh(-0) = -0."""
-    monkeypatch.setattr(vmath, "divide_exactly", lambda: exact)
+@pytest.mark.parametrize("lanes", [1, 8, 16])
+@pytest.mark.parametrize("hide", [(), ("avx512f",), ("avx512f", "avx")])
+def test_tanh_on_every_path(monkeypatch, hide, lanes):
+    """tanh is one expm1-based formula with a true division on every host; its 2^n comes
+    from vscalefps or from the exponent bits (AVX-512 hidden).  Within 2 ulp either way,
+    exactly +-1 from 9.2 on, and tanh(-0) = -0."""
+    real = jit.has_feature
+    monkeypatch.setattr(jit, "has_feature", lambda name: name not in hide and real(name))
     test_vmath_accuracy("tanh", lanes)
     x = np.array([9.2, 9.5, 12.0, 20.0, 21.0, 1e30, np.inf, 0.0] * 2, np.float32)
     x[8:] *= -1
@@ -282,9 +282,9 @@ def test_no_libm_calls_in_the_loops():
 
 @pytest.mark.parametrize("hide", [(), ("avx512f",), ("avx512f", "avx")])
 def test_reciprocal_paths_same_bits_on_every_width(monkeypatch, hide):
-    """sigmoid/tanh divide through the host's reciprocal estimate plus a Newton step: the
-    AVX-512 estimate, the AVX one (16 lanes in two pieces), or a true division without
-    AVX.  Each path is accurate, and gives the same bits on 1, 8 and 16 lanes (so a GEMM
+    """sigmoid divides through the host's reciprocal estimate plus a Newton step (the
+    AVX-512 estimate, the AVX one: 16 lanes in two pieces), or a true division (AVX-512 or
+    no AVX; tanh always).  Each path is accurate, and gives the same bits on 1, 8 and 16 lanes (so a GEMM
     epilogue's vector columns and scalar edge columns agree)."""
     real = jit.has_feature
     monkeypatch.setattr(jit, "has_feature", lambda name: name not in hide and real(name))

@@ -9,7 +9,7 @@ results of exp are rounded once (``vscalefps``, or the scale applied in two halv
 
 Accuracy (float32, measured against float64 over wide ranges in
 tests/test_cpu_elementwise_math.py):
-exp, log, sigmoid, tanh within 2-3 ulp (tanh: 1.94 with AVX-512, 1.7 without); erf within 1e-6 relative (a rational fit on
+exp, log, sigmoid, tanh within 2-3 ulp; erf within 1e-6 relative (a rational fit on
 [-4, 4], exactly +-1 beyond where float32 rounds erf to +-1 anyway).
 """
 from __future__ import annotations
@@ -211,6 +211,17 @@ def scale(fb, y, n, t=None):
     return b.fmul(b.fmul(y, _pow2(fb, n1)), _pow2(fb, n2))
 
 
+def _exact_pow2(fb, n, t):
+    """2^n for integral n in [-126, 127] (``t`` = n + 1.5 * 2^23): ``vscalefps`` of 1, or
+    n's bits from t moved into the exponent field (two integer instructions); equal bits."""
+    s = _scalef(fb, const(n, 1.0), n)
+    if s is not None:
+        return s
+    b = fb.b
+    ti = b.bitcast(t, _ity(n))
+    return b.bitcast(b.shl(b.add(ti, _iconst(ti, 127 - _ROUNDER_BITS)), _iconst(ti, 23)), n.type)
+
+
 def scalef_available() -> bool:
     """Whether ``vscalefps`` (AVX-512 with VL) may be used (tests turn it off to check the
     portable path on an AVX-512 host)."""
@@ -313,39 +324,15 @@ def sigmoid(fb, x):
 
 
 def tanh(fb, x):
-    """tanh x: with a true division (AVX-512 hosts) ``_tanh_expm1``, one formula for every
-    x; else ``_tanh_split``, whose two halves keep the reciprocal path within 2 ulp."""
-    if divide_exactly():
-        return _tanh_expm1(fb, x)
-    return _tanh_split(fb, x)
-
-
-def _tanh_split(fb, x):
-    """An odd polynomial below |x| = 0.625 (Cephes), (1 - e) / (1 + e) = 1 - 2e / (1 + e)
-    with e = e^-2|x| (never overflows) and x's sign above (max 1.4 ulp; 1.7 on the
-    reciprocal path)."""
-    b = fb.b
-    z = b.fmul(x, x)
-    p = poly(fb, z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
-                     1.33314422036e-1, -3.33332819422e-1])
-    small = fmuladd(fb, b.fmul(x, z), p, x)
-    ax = intrinsic(fb, "fabs", x)
-    e = exp(fb, b.fmul(ax, const(x, -2.0)), nonpositive=True)
-    big = b.fadd(const(x, 1.0), divide(fb, b.fmul(e, const(x, -2.0)), b.fadd(e, const(x, 1.0)),
-                                       finite=True))
-    # x's sign on both halves at once (small has it already, but for -0)
-    return intrinsic(fb, "copysign", b.select(b.fcmp_ordered("<", ax, const(x, 0.625)), small, big), x)
-
-
-def _tanh_expm1(fb, x):
     """tanh |x| = -m / (1 + e) with e = e^u, m = e^u - 1 (u = -2|x|), x's sign: exp's range
     reduction u = n ln2 + r and polynomial give e^r - 1 = r + r^2 P(r) without a rounding
     of 1 + r, then m = 2^n (e^r - 1) + (2^n - 1) and 1 + e = 2^n (e^r - 1) + (2^n + 1),
-    each one FMA (2^n - 1 and 2^n + 1 are exact).  No second polynomial for small x and
-    no select: 22 instructions a vector where ``_tanh_split`` takes 30 (23% faster on
-    Emerald Rapids).  Max 1.94 ulp (every float32 in [2^-12, 9.5]), so only with a true
-    division: the reciprocal estimate's error would take it past 2.  |x| is clamped to
-    20, where m rounds to -1 and 1 + e to 1: tanh is exactly +-1 from 9.2 on."""
+    each one FMA (2^n - 1 and 2^n + 1 are exact).  One formula for every x: 22
+    instructions a vector where a polynomial below |x| = 0.625 and 1 - 2e / (1 + e) above
+    took 30 (0.35 -> 0.28 ns per element on Emerald Rapids; with AVX2 code, 0.72 -> 0.39).
+    Max 1.94 ulp (every float32 in [2^-12, 9.5]) with a true division, on every host:
+    the reciprocal estimate's error would take it past 2.  |x| is clamped to 20, where m
+    rounds to -1 and 1 + e to 1: tanh is exactly +-1 from 9.2 on."""
     b = fb.b
     a = _min(fb, intrinsic(fb, "fabs", x), const(x, 20.0))
     t = fmuladd(fb, a, const(x, -2.0 * LOG2E), const(x, _ROUNDER))
@@ -353,10 +340,10 @@ def _tanh_expm1(fb, x):
     r = fmuladd(fb, n, const(x, -LN2_HI), b.fmul(a, const(x, -2.0)))
     r = fmuladd(fb, n, const(x, -LN2_LO), r)
     em_r = fmuladd(fb, b.fmul(poly(fb, r, _EXP_P), r), r, r)     # e^r - 1
-    s = scale(fb, const(x, 1.0), n, t)                           # 2^n, exact
+    s = _exact_pow2(fb, n, t)
     m = fmuladd(fb, s, em_r, b.fsub(s, const(x, 1.0)))
     d = fmuladd(fb, s, em_r, b.fadd(s, const(x, 1.0)))
-    return intrinsic(fb, "copysign", divide(fb, b.fneg(m), d, finite=True), x)
+    return intrinsic(fb, "copysign", b.fdiv(b.fneg(m), d), x)
 
 
 def tanh_softplus(fb, x):
