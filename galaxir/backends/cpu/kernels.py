@@ -216,7 +216,9 @@ class Elementwise(Kernel):
         inner = tuple(0 if p[-1] == 0 else 1 if p[-1] == 1 else 2 for p in per)
         n_in = len(self.in_shapes)
         lanes = ew_lanes()
-        stream = self.stream and inner[0] == 1 and all(kind in (0, 1) for kind in inner[1:])
+        # streaming wants whole cache lines written by vector stores: long contiguous rows
+        stream = self.stream and inner[0] == 1 and all(kind in (0, 1) for kind in inner[1:]) \
+            and int(shape[-1]) >= EW_STREAM_MIN_ROW
         var = ("ew", self.expr, r, inner, n_in, lanes, stream)
         gen = _generic(module, var, lambda m, name: _build_ew_generic(m, name, self.expr, r, inner,
                                                                         n_in, lanes, stream))
@@ -244,6 +246,9 @@ def _generic(module, var, build):
 
 
 EW_PARALLEL_MIN = 1 << 15   # elements; below this a parallel split costs more than it saves
+#: innermost rows shorter than this are never streamed (each row has a scalar head and
+#: tail, and a cache line written partly by non-temporal and partly by cached stores is slow)
+EW_STREAM_MIN_ROW = 1024
 EW_MAX_TASKS = 8
 
 
