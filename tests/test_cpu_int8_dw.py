@@ -21,9 +21,18 @@ from galaxir.ir import GraphBuilder  # noqa: E402
 from galaxir.ir.types import DType, tensor  # noqa: E402
 
 from conftest import native_kernels  # noqa: E402
-from test_cpu_int8 import DT, _one, _rand, conv_model, path  # noqa: E402,F401
+from test_cpu_int8 import DT, _one, _rand, _path_ok, conv_model  # noqa: E402
 
 SLOW = dict(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+
+
+@pytest.fixture(params=["1", "0"], ids=["vnni", "avx2"])
+def path(request, monkeypatch):
+    """The instruction path, forced (QDepthwise's vectors are 8 lanes on any host)."""
+    if not _path_ok(request.param, "0"):
+        pytest.skip("the host lacks this instruction set")
+    monkeypatch.setenv("GALAXIR_CPU_VNNI", request.param)
+    return request.param
 
 
 def _set_wz(model, wz):
@@ -47,17 +56,34 @@ def check_dw(model, feeds, want_kernel=True):
     exe = gx.compile(model, target="cpu")
     got = _one(exe(**feeds))
     assert exe.fallback_ops == [], exe.report()
-    assert ("QDepthwise" in native_kernels(exe)) == want_kernel, native_kernels(exe)
+    kernels = native_kernels(exe)
+    assert ("QDepthwise" in kernels) == want_kernel, kernels
     np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 0), (7, 2, 3),
                                    (3, 1, 0)])
 def test_depthwise_all_paths(path, k, s, p):
+    """Wide planes (one output row per vector) and narrow ones (several rows per vector)."""
     rng = np.random.default_rng(k * 10 + s)
-    for xdt, wdt, sym in itertools.product(DT, DT, (True, False)):
-        m = dw_model(rng, 2, 5, 11, 19, k, s, p, xdt, wdt, sym)
-        check_dw(m, {"x": _rand(rng, xdt, (2, 5, 11, 19))})
+    for (H, W), xdt, wdt, sym in itertools.product(((11, 19), (7, 7)), DT, DT, (True, False)):
+        if W + 2 * p < k:
+            continue
+        m = dw_model(rng, 2, 5, H, W, k, s, p, xdt, wdt, sym)
+        check_dw(m, {"x": _rand(rng, xdt, (2, 5, H, W))})
+
+
+def test_narrow_planes_pack_rows():
+    """MobileNet's 7x7 and 14x14 stride-1 planes put 2 or 4 output rows in a vector."""
+    from galaxir.backends.cpu.kernels_int8_dw import LANES, QDepthwise
+    base = dict(x_signed=False, zx=3, y_signed=False, zy=0, lo=0, hi=255, batch=1, C=8,
+                kh=3, kw=3, pt=1, pl=1)
+    k7 = QDepthwise(vnni=True, H=7, W=7, OH=7, OW=7, **base)
+    k14 = QDepthwise(vnni=True, H=14, W=14, OH=14, OW=14, **base)
+    k56 = QDepthwise(vnni=True, H=56, W=56, OH=56, OW=56, **base)
+    assert (k7.row_lanes, k7.wq) == (2, 8) and k14.row_lanes == 4
+    assert k56.row_lanes == LANES and k56.wq >= 58
+    assert QDepthwise(vnni=False, H=7, W=7, OH=7, OW=7, **base).row_lanes == 4
 
 
 def test_depthwise_vnni_and_avx2_bit_equal(monkeypatch):
@@ -79,7 +105,7 @@ def test_depthwise_vnni_and_avx2_bit_equal(monkeypatch):
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
-@settings(max_examples=20, **SLOW)
+@settings(max_examples=25, **SLOW)
 @given(N=st.integers(1, 2), C=st.integers(1, 20), H=st.integers(1, 12), W=st.integers(1, 40),
        k=st.sampled_from([3, 5, 7]), s=st.sampled_from([1, 2, 3]), p=st.integers(0, 3),
        dil=st.sampled_from([1, 1, 2]), xs=st.sampled_from(DT), ws=st.sampled_from(DT),

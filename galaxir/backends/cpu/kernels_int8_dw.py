@@ -122,21 +122,48 @@ class QDepthwise(Kernel):
         return 1 if self.vnni else 2
 
     @property
+    def row_lanes(self) -> int:
+        """Lanes per output row in a vector: ``LANES``, or fewer for a narrow plane
+        (stride-1 rows): then one vector spans ``LANES / row_lanes`` output rows, lane
+        ``l`` being row ``l // row_lanes``, column ``v + e * (l % row_lanes)``, and the
+        padded rows are ``g * row_lanes / sh`` elements apart (so the lanes' words are
+        still next to each other; a row's right padding is the next row's left)."""
+        right = max(0, (self.OW - 1) * self.sw + (self.kw - 1) * self.dw - self.pl - self.W + 1)
+        for r in (1, 2, 4):
+            wq, rem = divmod(self.g * r, self.sh)
+            if not rem and self.e * r >= self.OW and wq >= self.W + max(self.pl, right):
+                return r
+        return LANES
+
+    @property
+    def rows_per_vector(self) -> int:
+        return LANES // self.row_lanes
+
+    @property
+    def ohpad(self) -> int:
+        return -(-self.OH // self.rows_per_vector) * self.rows_per_vector
+
+    @property
     def hp(self) -> int:
-        """Rows of the padded plane: every input row an output row reads."""
-        return (self.OH - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        """Rows of the padded plane: every input row an output row (or a row of the last
+        vector past the image) reads."""
+        return (self.ohpad - 1) * self.sh + (self.kh - 1) * self.dh + 1
 
     @property
     def wq(self) -> int:
         """Elements per padded row: the image with its left padding, and every element
-        the last block's loads reach."""
+        the last block's loads reach (narrow planes: see row_lanes)."""
+        if self.row_lanes < LANES:
+            return self.g * self.row_lanes // self.sh
         last = self.sw * (self.owpad - self.block + self.e - 1) + self.g * (self.ng - 1) \
             + self.g * LANES
         return max(self.pl + self.W, last)
 
     @property
     def plane_bytes(self) -> int:
-        return -(-self.hp * self.wq * self.elem // 64) * 64
+        """The padded rows and the elements loads of garbage lanes reach past them."""
+        slack = self.sw * (self.e - 1) + self.g * (self.ng + LANES)
+        return -(-(self.hp * self.wq + slack) * self.elem // 64) * 64
 
     @property
     def planes(self) -> int:
@@ -166,6 +193,8 @@ class QDepthwise(Kernel):
         b = fb.b
         out, x, wk, corr, mult, scratch = args[0], args[1], args[2], args[3], args[4], args[-1]
         plane = b.gep(scratch, [b.mul(t, i64(self.plane_bytes))])
+        # the elements past the last row (read by lanes past the image only): defined once
+        self._fill(fb, plane, self.hp * self.wq, self.plane_bytes // self.elem - self.hp * self.wq)
         with fb.loop(t, self.planes, self.slots) as p:
             c = b.srem(p, i64(self.C))
             xin = b.gep(x, [b.mul(p, i64(self.H * self.W))])
@@ -173,22 +202,24 @@ class QDepthwise(Kernel):
             o = b.gep(out, [b.mul(p, i64(self.OH * self.OW))])
             self._plane(fb, plane, o, wk, corr, mult, c)
 
+    def _fill(self, fb, row, a, n):
+        """Elements [a, a + n) of ``row`` = ``zx_u``."""
+        b = fb.b
+        if n <= 0:
+            return
+        if self.vnni:
+            memset(fb, b.gep(row, [i64(a)]), self.zxu & 0xFF, n)
+        else:
+            with fb.loop(a, a + n) as k:
+                fb.store(ir.Constant(I16, self.zxu), row, k, I16)
+
     def _pad_plane(self, fb, xin, plane):
         """The plane with its padding (``zx_u``) into scratch: uint8 (int8 flipped) for
         VNNI, zero-extended to int16 for AVX2."""
         b = fb.b
-        zxu = self.zxu & 0xFF
         ty = I8 if self.vnni else I16
         lo, hi = self.pl, self.pl + self.W
-
-        def fill(row, a, n):
-            if n <= 0:
-                return
-            if self.vnni:
-                memset(fb, b.gep(row, [i64(a)]), zxu, n)
-            else:
-                with fb.loop(a, a + n) as k:
-                    fb.store(ir.Constant(I16, zxu), row, k, I16)
+        fill = lambda row, a, n: self._fill(fb, row, a, n)  # noqa: E731
 
         with fb.loop(0, self.hp) as r:
             row = b.gep(plane, [b.mul(r, i64(self.wq * self.elem))])
@@ -232,38 +263,68 @@ class QDepthwise(Kernel):
                   for p in range(ng)] for i in range(kh)]
         rc = _splat(b, fb.load(corr, c, I32), vty)
         m = _splat(b, fb.load(mult, c, F64), ir.VectorType(F64, LANES))
-        full = (self.OW // self.block) * self.block
         ety = I8 if self.vnni else I16
+
+        def rows_at(oh):
+            """Kernel row i's padded row for output row ``oh``, as element pointers."""
+            return [b.bitcast(b.gep(plane, [b.mul(b.add(b.mul(oh, i64(self.sh)),
+                                                        i64(i * self.dh)),
+                                                 i64(self.wq * self.elem))]), ety.as_pointer())
+                    for i in range(kh)]
+
+        def block(rows, ow0):
+            """The ``e`` requantized byte vectors of columns ow0 + v + e*l."""
+            ys = []
+            for v in range(e):
+                acc = rc
+                col = b.mul(b.add(ow0, i64(v)), i64(self.sw))
+                for i in range(kh):
+                    for p in range(ng):
+                        at = b.gep(rows[i], [b.add(col, i64(p * self.g))])
+                        u = b.load(b.bitcast(at, vty.as_pointer()), align=1)
+                        acc = self._dot(fb, acc, u, words[i][p])
+                ys.append(self._requantize(fb, acc, m))
+            return ys
+
+        if self.row_lanes < LANES:
+            self._narrow(fb, o, rows_at, block)
+            return
+        full = (self.OW // self.block) * self.block
         with fb.loop(0, self.OH) as oh:
             orow = b.gep(o, [b.mul(oh, i64(self.OW))])
-            rows = [b.bitcast(b.gep(plane, [b.mul(b.add(b.mul(oh, i64(self.sh)),
-                                                         i64(i * self.dh)),
-                                                  i64(self.wq * self.elem))]),
-                              ety.as_pointer()) for i in range(kh)]
-
-            def block(ow0):
-                ys = []
-                for v in range(e):
-                    acc = rc
-                    col = b.mul(b.add(ow0, i64(v)), i64(self.sw))
-                    for i in range(kh):
-                        for p in range(ng):
-                            at = b.gep(rows[i], [b.add(col, i64(p * self.g))])
-                            u = b.load(b.bitcast(at, vty.as_pointer()), align=1)
-                            acc = self._dot(fb, acc, u, words[i][p])
-                    ys.append(self._requantize(fb, acc, m))
-                return _interleave(b, ys)
-
+            rows = rows_at(oh)
             if full:
                 with fb.loop(0, full, self.block) as ow0:
-                    y = block(ow0)
+                    y = _interleave(b, block(rows, ow0))
                     ptr = b.bitcast(b.gep(orow, [ow0]), y.type.as_pointer())
                     b.store(y, ptr, align=1)
             if self.OW > full:
-                y = block(i64(full))
+                y = _interleave(b, block(rows, i64(full)))
                 for lane in range(self.OW - full):
                     fb.store(b.extract_element(y, ir.Constant(I32, lane)), orow,
                              i64(full + lane), I8)
+
+    def _narrow(self, fb, o, rows_at, block):
+        """Narrow planes: a block of ``rows_per_vector`` output rows, lane by lane."""
+        b = fb.b
+        R, rl, e = self.rows_per_vector, self.row_lanes, self.e
+
+        def store(oh0, n_rows):
+            ys = block(rows_at(oh0), i64(0))
+            base = b.mul(oh0, i64(self.OW))
+            for v in range(e):
+                for lane in range(LANES):
+                    q, col = lane // rl, v + e * (lane % rl)
+                    if q < n_rows and col < self.OW:
+                        fb.store(b.extract_element(ys[v], ir.Constant(I32, lane)), o,
+                                 b.add(base, i64(q * self.OW + col)), I8)
+
+        whole = self.OH // R * R
+        if whole:
+            with fb.loop(0, whole, R) as oh0:
+                store(oh0, R)
+        if self.OH > whole:
+            store(i64(whole), self.OH - whole)
 
     def _requantize(self, fb, acc, m):
         b = fb.b
