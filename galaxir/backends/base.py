@@ -173,7 +173,10 @@ class Executable(abc.ABC):
             exe = self if names == self.output_names else self._pruned(tuple(names))
         inputs = exe.validate(feeds)
         if out is None:
-            return dict(zip(names, exe._run_checked(inputs)))
+            results = exe._run_checked(inputs)
+            if len(names) == 1:  # dict(zip()) costs ~0.3 us, a display ~0.05
+                return {names[0]: results[0]}
+            return dict(zip(names, results))
         bufs = exe._check_out(out)
         return dict(zip(names, exe._run_checked(inputs, bufs)))
 
@@ -268,7 +271,7 @@ class Executable(abc.ABC):
             values = None
             if type(feeds) is dict:  # a plain dict has no __missing__: a lookup may fail
                 try:
-                    values = [feeds[n] for n in names]
+                    values = list(map(feeds.__getitem__, names))
                 except KeyError:
                     pass
             elif all(n in feeds for n in names):

@@ -497,6 +497,8 @@ class Specialization:
                     return [v.copy() for v in call.out_views]
                 return [v.copy() if o is None else _into(o, v) for v, o in zip(call.out_views, out)]
             if fresh is not None:
+                if len(fresh) == len(call.out_views):  # every output direct, in order
+                    return fresh
                 res = [None if v is None else v.copy() for v in call.out_views]
                 for (j, *_), arr in zip(self._fresh, fresh):
                     res[j] = arr
@@ -611,12 +613,13 @@ MAX_FREE_CALLS = 4
 
 #: graph outputs of at least this size are written into a new array per call and handed
 #: over (``Specialization._plan_direct_outputs``); smaller ones are copied out of the arena
-#: (measured: a fresh array and its address cost ~1.2 us, a copy of 64 KiB ~0.8 us)
-DIRECT_MIN_BYTES = 64 << 10
+#: (measured: a fresh array and its address cost ~0.4 us, a copy of 16 KiB ~0.35 us, of
+#: 32 KiB ~1 us; A/B on exp over 2-16 Ki floats: 32 KiB at least as fast as 16 or 64)
+DIRECT_MIN_BYTES = 32 << 10
 
 #: inputs up to this size are copied into a staging buffer (one memcpy is cheaper than
-#: asking numpy for the array's address); larger ones are passed in place
-STAGE_MAX_BYTES = 32 << 10
+#: checking the array and reading its address, ~0.45 us); larger ones are passed in place
+STAGE_MAX_BYTES = 16 << 10
 
 
 class CallState:
