@@ -2,6 +2,8 @@
 call's fixed cost (input validation, binding, the call into native code, output copies)
 is all there is.
 
+- ``exp32`` / ``exp64k``: one Exp on 32 / 65536 floats (the latter: the fixed cost beside
+  a 256 KiB kernel, its output handed over without a copy);
 - ``chain1``: one op; ``chain50``: 50 ops that do not fuse (softmax and add: 50 native kernels,
   25 constants; galaxir/testing/tiny.py);
 - ``control_flow``: an If on a constant condition and a Loop of 4 iterations with a scan
@@ -23,11 +25,13 @@ import time
 import numpy as np
 
 import galaxir as gx
-from galaxir.testing.tiny import chain_model, control_flow_model
+from galaxir.testing.tiny import chain_model, control_flow_model, unary_model
 
 
 def models():
     return {
+        "exp32": (unary_model("Exp", 32), (32,)),
+        "exp64k": (unary_model("Exp", 65536), (65536,)),
         "chain1": (chain_model(1), (4, 8)),
         "chain50": (chain_model(50), (4, 8)),
         "control_flow": (control_flow_model(4), (2, 8)),

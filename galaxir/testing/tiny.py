@@ -29,6 +29,14 @@ def chain_model(n_ops: int, shape=(4, 8)) -> ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def unary_model(op: str, n: int) -> ModelProto:
+    """One elementwise ``op`` on ``n`` floats: a single op whose call is the fixed cost
+    plus one kernel (``Exp`` on 65536 floats: the issue's single-op case)."""
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"])], f"{op.lower()}{n}",
+                          [vi("x", F, [n])], [vi("y", F, [n])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def vi(name, elem, shape):
     return helper.make_tensor_value_info(name, elem, shape)
 

@@ -72,7 +72,9 @@ class CpuExecutable(Executable):
         self._templates: dict = {}
         self._lock = threading.RLock()
         self.last: Specialization | None = None
-        self._last_key: tuple | None = None  # input shapes the latest specialization serves
+        # (input shapes, specialization) of the latest call: one attribute, read without the
+        # lock, so a thread never sees one call's shapes with another call's code
+        self._hit: tuple | None = None
         static = {}
         for a in self.prepared.graph.inputs:
             t = a.type
@@ -82,6 +84,10 @@ class CpuExecutable(Executable):
                 static = None
                 break
         self.dynamic = static is None  # symbolic input dims: shape values read at run time
+        # the inputs' checks let one set of shapes through: the specialization made here
+        self._one_shape = static is not None and static == {
+            n: tuple(t.shape) for n, t in zip(self.input_names, self.input_types)
+            if isinstance(t, TensorType)}
         if static is not None:
             self._spec_for(static)
         elif warm:
@@ -125,7 +131,6 @@ class CpuExecutable(Executable):
         else:
             self._specs.move_to_end(key)
         self.last = spec
-        self._last_key = None  # the caller that knows the input key sets it again
         return spec
 
     def shape_cache_size(self) -> int:
@@ -141,29 +146,31 @@ class CpuExecutable(Executable):
             total -= spec_bytes(old)
 
     def _spec_for_inputs(self, inputs: list[Any]) -> Specialization:
-        """The specialization for these (validated) inputs' shapes; call under the lock.
-        The latest one serves every call with the same shapes: one tuple comparison, no
-        dict or sort per call."""
-        key = tuple(x.shape if isinstance(x, np.ndarray) else None for x in inputs)
-        if key == self._last_key:
-            return self.last
+        """The specialization for these (validated) inputs' shapes.  A static module has
+        one; else the latest call's serves every call with the same shapes (one tuple
+        comparison, no lock, dict or sort); another takes the lock."""
+        if self._one_shape:
+            return self.last  # compiled at compile time, for the one set of shapes inputs pass
+        key = tuple([x.shape if isinstance(x, np.ndarray) else None for x in inputs])
+        hit = self._hit
+        if hit is not None and hit[0] == key:
+            return hit[1]
         shapes = {}
         for a, x in zip(self.prepared.graph.inputs, inputs):
             if isinstance(a.type, TensorType) and isinstance(x, np.ndarray):
                 shapes[a.name] = tuple(int(d) for d in x.shape)
-        spec = self._spec_for(shapes)
-        self._last_key = key
+        with self._lock:
+            spec = self._spec_for(shapes)
+            self._hit = (key, spec)
         return spec
 
     def _execute_into(self, inputs: list[Any], out: list) -> list[Any]:
         return self._execute(inputs, out)  # arena outputs are copied straight into out
 
     def _execute(self, inputs: list[Any], out: list | None = None) -> list[Any]:
-        # the lock covers choosing (or compiling) the specialization only: the run itself
+        # the lock covers compiling or choosing a new specialization only: the run itself
         # uses a per-call arena, so threads calling at once run side by side
-        with self._lock:
-            spec = self._spec_for_inputs(inputs)
-        return spec.run(inputs, self._interp, pool=self.pool, out=out)
+        return self._spec_for_inputs(inputs).run(inputs, self._interp, self.pool, out)
 
     def kernel_steps(self, inputs: list[Any]):
         """Every step of the specialization for these inputs, for the shared profiler
@@ -171,8 +178,7 @@ class CpuExecutable(Executable):
         copy of the native code (galaxir/backends/cpu/profile.py); the code that
         ``exe(...)`` runs is never changed."""
         from .profile import kernel_plan
-        with self._lock:
-            spec = self._spec_for_inputs(inputs)
+        spec = self._spec_for_inputs(inputs)
         return kernel_plan(spec, inputs, self._interp, self.pool)
 
     def profile(self, feeds, runs: int = 10, warmup: int = 1, clock: str = "wall"):

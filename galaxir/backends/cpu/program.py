@@ -4,8 +4,6 @@ segments and runs fallback ops on the numpy reference in between."""
 from __future__ import annotations
 
 import ctypes
-import threading
-from contextlib import contextmanager
 from typing import Any
 
 import llvmlite.ir as ir
@@ -320,8 +318,8 @@ class Specialization:
             self.loaded = None
             self.entries = []
         self._bind = None  # the per-call plan, made at the first call (_prepare_run)
-        self._free: list[CallState] = []
-        self._free_lock = threading.Lock()
+        self._free: list[CallState] = []  # call states not in use (run)
+        self._pool_used = False  # the pool run pointed the code's gx_pool at (use_pool)
         self._table = (ctypes.c_void_p * self.n_slots)()  # fixed entries
         self._fixed: list[Any] = []
         for k, v in enumerate(self.slot_value, start=1):
@@ -370,27 +368,14 @@ class Specialization:
                 for v in list(s.outputs) + list(s.inputs):
                     self.work_bytes += v.array.nbytes if isinstance(v, ConstArray) else nbytes_of(v)
         self._pool_set: dict[int, int | None] = {}
+        #: (graph output index, table slot, shape, dtype) of each direct output
+        self._fresh = [(j, *d[1:]) for j, d in enumerate(self._direct) if d is not None]
         self._bind = bind
 
     def new_call(self) -> "CallState":
         """Fresh memory for one call: arena, pointer table, staging buffers."""
         self._ensure_arena()
         return CallState(self)
-
-    @contextmanager
-    def call_state(self):
-        """A call's memory, from a small free list (a new one when every state is in use:
-        concurrent calls never share an arena and never wait for one)."""
-        with self._free_lock:
-            c = self._free.pop() if self._free else None
-        if c is None:
-            c = self.new_call()
-        try:
-            yield c
-        finally:
-            with self._free_lock:
-                if len(self._free) < MAX_FREE_CALLS:
-                    self._free.append(c)
 
     def view(self, v: Value, call: "CallState") -> np.ndarray:
         """The arena view (in ``call``'s arena) holding natively produced value ``v``."""
@@ -417,7 +402,7 @@ class Specialization:
         _, slot, shape, dtype = self._direct[j]
         arr = np.empty(shape, dtype) if into is None else into
         call.direct[j] = arr
-        call.table[slot] = arr.ctypes.data
+        call.table[slot] = data_address(arr)
         return arr
 
     def _bind_outputs(self, call: "CallState", inputs, out=None) -> None:
@@ -451,11 +436,24 @@ class Specialization:
 
     def run(self, inputs: list[Any], interp, pool=None, out: list | None = None) -> list[Any]:
         """Run on validated inputs; ``out`` (one array or None per graph output) receives
-        outputs in place of fresh copies."""
-        self._ensure_arena()
-        self.use_pool(pool, self.pool_slot)
-        with self.call_state() as call:
+        outputs in place of fresh copies.  The call's memory comes from a small free list
+        (a new state when every one is in use: concurrent calls never share an arena and
+        never wait for one; list pop and append are atomic, so no lock)."""
+        if self._bind is None:
+            self._prepare_run()
+        if self.pool_slot and pool is not self._pool_used:
+            self.use_pool(pool, self.pool_slot)
+            self._pool_used = pool
+        free = self._free
+        try:
+            call = free.pop()
+        except IndexError:
+            call = CallState(self)
+        try:
             return self._run(call, inputs, interp, out)
+        finally:
+            if len(free) < MAX_FREE_CALLS:
+                free.append(call)
 
     def use_pool(self, pool, pool_slot: int) -> None:
         """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool``, or at nothing
@@ -477,11 +475,18 @@ class Specialization:
                 if stage is not None:
                     stage[...] = x
                 elif slot is not None:
-                    x = _native_ready(x)
+                    x, table[slot] = _native_arg(x)
                     keep.append(x)
-                    table[slot] = x.ctypes.data
+            fresh = None
             if self.out_slot:
-                self._bind_outputs(call, inputs, out)
+                if out is None:  # new arrays the code writes and the caller gets
+                    fresh = []
+                    for _, slot, shape, dtype in self._fresh:
+                        arr = np.empty(shape, dtype)
+                        table[slot] = data_address(arr)
+                        fresh.append(arr)
+                else:
+                    self._bind_outputs(call, inputs, out)
             addr = call.table_addr
             for entry in self.entries:
                 failed = entry(addr)
@@ -491,8 +496,13 @@ class Specialization:
                 if out is None:
                     return [v.copy() for v in call.out_views]
                 return [v.copy() if o is None else _into(o, v) for v, o in zip(call.out_views, out)]
-            if out is None:
-                out = [None] * len(self._direct)
+            if fresh is not None:
+                if len(fresh) == len(call.out_views):  # every output direct, in order
+                    return fresh
+                res = [None if v is None else v.copy() for v in call.out_views]
+                for (j, *_), arr in zip(self._fresh, fresh):
+                    res[j] = arr
+                return res
             return [self._take_direct(call, j, o) if v is None else
                     (v.copy() if o is None else _into(o, v))
                     for j, (v, o) in enumerate(zip(call.out_views, out))]
@@ -514,8 +524,7 @@ class Specialization:
             if stage is not None:
                 stage[...] = x
             elif slot is not None:
-                x = _native_ready(x)
-                call.table[slot] = x.ctypes.data
+                x, call.table[slot] = _native_arg(x)
             ext[id(a)] = x
         return ext
 
@@ -545,7 +554,7 @@ class Specialization:
             slot = self.slot.get(id(r))
             if slot is not None:
                 x = _native_ready(x, static_shape(r.type))
-                call.table[slot] = x.ctypes.data
+                call.table[slot] = data_address(x)
             ext[id(r)] = x
 
     def _outputs(self, call: "CallState", ext: dict[int, Any], out=None) -> list[Any]:
@@ -604,12 +613,13 @@ MAX_FREE_CALLS = 4
 
 #: graph outputs of at least this size are written into a new array per call and handed
 #: over (``Specialization._plan_direct_outputs``); smaller ones are copied out of the arena
-#: (measured: a fresh array and its address cost ~1.2 us, a copy of 64 KiB ~0.8 us)
-DIRECT_MIN_BYTES = 64 << 10
+#: (measured: a fresh array and its address cost ~0.4 us, a copy of 16 KiB ~0.35 us, of
+#: 32 KiB ~1 us; A/B on exp over 2-16 Ki floats: 32 KiB at least as fast as 16 or 64)
+DIRECT_MIN_BYTES = 32 << 10
 
 #: inputs up to this size are copied into a staging buffer (one memcpy is cheaper than
-#: asking numpy for the array's address); larger ones are passed in place
-STAGE_MAX_BYTES = 32 << 10
+#: checking the array and reading its address, ~0.45 us); larger ones are passed in place
+STAGE_MAX_BYTES = 16 << 10
 
 
 class CallState:
@@ -710,6 +720,50 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     return raw[off:off + n].view(dtype).reshape(shape)
 
 
+def _struct_address(x: np.ndarray) -> int:
+    """``x.ctypes.data`` read from the array's C struct: numpy's ABI puts the data pointer
+    right after the object header (``PyArray_DATA``).  ~0.25 us where ``ctypes.data``
+    builds an object (~1 us), paid per input and output of every call."""
+    return _void_at(id(x) + _DATA_FIELD).value or 0
+
+
+_void_at = ctypes.c_void_p.from_address
+_DATA_FIELD = object.__basicsize__  # the end of PyObject_HEAD (CPython: id is the address)
+
+
+def _ctypes_address(x: np.ndarray) -> int:
+    return x.ctypes.data
+
+
+def _pick_address():
+    """``_struct_address`` where it reads what numpy reports on this interpreter (checked
+    on arrays, views and subclasses), else ``ndarray.ctypes.data``."""
+    try:
+        base = np.arange(12, dtype=np.float64)
+        probes = [base, base[3:], base.reshape(3, 4)[:, 1], base.view(np.memmap),
+                  np.empty(0, np.uint8)]
+        if all(_struct_address(a) == a.ctypes.data for a in probes):
+            return _struct_address
+    except Exception:  # noqa: BLE001 - another interpreter: the documented way
+        pass
+    return _ctypes_address
+
+
+#: the data address of an ndarray (``ndarray.ctypes.data``, faster)
+data_address = _pick_address()
+
+
+def _native_arg(x: Any) -> tuple[np.ndarray, int]:
+    """``_native_ready(x)`` and its data address, at one address read for an array that
+    needs no copy (the common case)."""
+    if type(x) is np.ndarray and not x.dtype.hasobject and x.flags.c_contiguous:
+        addr = data_address(x)
+        if not addr % (x.itemsize or 1):
+            return x, addr
+    x = _native_ready(x)
+    return x, data_address(x)
+
+
 def _native_ready(x: Any, shape=None) -> np.ndarray:
     """A C-contiguous array whose data is aligned for its element type (copied if not)."""
     if not isinstance(x, np.ndarray):
@@ -717,7 +771,7 @@ def _native_ready(x: Any, shape=None) -> np.ndarray:
     if shape is not None and x.shape != tuple(shape):
         raise ExecutionError(f"cpu backend: a fallback op produced shape {list(x.shape)}, "
                              f"expected {list(shape)}")
-    if not x.flags.c_contiguous or x.ctypes.data % max(x.dtype.itemsize, 1) or x.dtype.hasobject:
+    if not x.flags.c_contiguous or data_address(x) % max(x.dtype.itemsize, 1) or x.dtype.hasobject:
         if x.dtype.hasobject:
             raise ExecutionError("cpu backend: object arrays cannot enter native code")
         y = np.empty(x.shape, x.dtype)
