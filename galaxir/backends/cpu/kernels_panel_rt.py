@@ -6,16 +6,15 @@ with 6 (or 12) row tiles instead of calling sgemm; the static emitters unroll on
 sizes (the panel count, the last panel's columns, the last tile's rows), so a dynamic
 module used to take sgemm (one thread, about 8 us per call).  Here every size is an IR
 value: full tiles and panels are loops with run-time bounds, the last panel's columns go
-through the staging buffer with a run-time count, and the last rows are covered by tiles
-of 8/4/2/1 rows (MR 12) or 4/2/1 (MR 6) chosen by the bits of the remainder, so the
-emitted code is the same for every length.  Sizes come in as anything ``FnBuilder.dim``
+through the staging buffer with a run-time count, and the last tile's rows past the end
+are clamped to the last row, so the emitted code is the same for every length.  Sizes come in as anything ``FnBuilder.dim``
 takes (ints, traced numbers) or as i64 IR values.
 """
 from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from .codegen import F32, I64, INT, i64
+from .codegen import F32, INT, i64
 from .kernels import _broadcast, _fma_vec
 from .kernels_gemm import _transpose8, lanes, tile_rows
 
@@ -90,9 +89,13 @@ def emit_panel_gemm_rt(fb, out, out_off, ldo, a, a_off, lda, bp, bp_off, rows, k
     rem_c = b.urem(n, i64(nw))
     pstride = b.mul(kd, i64(nw))
 
+    last = b.sub(rows, i64(1))
+
     def tile(r0, nr):
-        rowp = [fb.ptr(a, b.add(a_off, b.mul(b.add(r0, i64(r)), lda))) for r in range(nr)]
-        orow = [b.add(out_off, b.mul(b.add(r0, i64(r)), ldo)) for r in range(nr)]
+        ri = [b.add(r0, i64(r)) for r in range(nr)]
+        ri = [b.select(b.icmp_signed("<", x, rows), x, last) for x in ri]
+        rowp = [fb.ptr(a, b.add(a_off, b.mul(x, lda))) for x in ri]
+        orow = [b.add(out_off, b.mul(x, ldo)) for x in ri]
 
         def panel(pj, ncols):  # ncols None: a whole panel
             wpanel = fb.ptr(bp, b.add(bp_off, b.mul(pj, pstride)))
@@ -129,17 +132,10 @@ def emit_panel_gemm_rt(fb, out, out_off, ldo, a, a_off, lda, bp, bp_off, rows, k
         with fb.if_(b.icmp_unsigned("!=", rem_c, i64(0))):
             panel(full_p, rem_c)
 
-    nfull = b.mul(b.udiv(rows, i64(MR)), i64(MR))
-    with fb.loop(0, nfull, MR) as r0:
+    # every tile MR rows, the last one's rows past ``rows`` clamped to the last row: they
+    # recompute and store that row's values again (the same FMA order: the same bits), so
+    # one tile body serves every row count (a tile per remainder size, as the static
+    # emitter has, costs several times the attention kernel's compile time)
+    ntiles = b.udiv(b.add(rows, i64(MR - 1)), i64(MR))
+    with fb.loop(0, b.mul(ntiles, i64(MR)), MR) as r0:
         tile(r0, MR)
-    # the last rows (< MR): tiles of the remainder's bits, largest first
-    pos = fb.alloca(I64)
-    b.store(nfull, pos)
-    rest = b.sub(rows, nfull)
-    bit = 1 << (MR - 1).bit_length() - 1
-    while bit:
-        with fb.if_(b.icmp_unsigned("!=", b.and_(rest, i64(bit)), i64(0))):
-            r0 = b.load(pos)
-            tile(r0, bit)
-            b.store(b.add(r0, i64(bit)), pos)
-        bit //= 2
