@@ -161,9 +161,8 @@ def test_bert_export_twenty_shapes_one_compile(tmp_path):
 
 
 def test_concurrent_calls_with_different_shapes():
-    """Shapes a template serves share its loaded code and bind their shape values when
-    they enter it (dynreuse.SharedCode): threads running different shapes at once never
-    read each other's."""
+    """Each shape's specialization owns its copy of the object code and its shape values:
+    threads running different shapes at once never read each other's."""
     from concurrent.futures import ThreadPoolExecutor
     m = _encoder_block(hidden=16)
     exe = gx.compile(m, target="cpu")
@@ -183,24 +182,6 @@ def test_concurrent_calls_with_different_shapes():
 
     with ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(work, range(4))) == [0, 1, 2, 3]
-
-
-
-def test_shapes_of_a_template_share_one_loaded_copy():
-    """A new shape served by a template loads no object code of its own; calls that
-    alternate shapes rebind the shared code's values each time and stay right."""
-    m = _encoder_block(hidden=16)
-    exe = gx.compile(m, target="cpu")
-    ref = gx.compile(m, target="numpy")
-    shapes = [(1, 5), (3, 17), (2, 40)]
-    feeds = [_feeds(b, s, hidden=16) for b, s in shapes]
-    for f in feeds:
-        exe.run(f)
-    specs = [sp for sp in exe._specs.values() if sp._shared is not None]
-    assert len(specs) == len(shapes)
-    assert len({id(sp.loaded) for sp in specs}) == 1 and all(sp.object_bytes == 0 for sp in specs)
-    for f in feeds + feeds[::-1] + feeds:
-        _check(exe, ref, f)
 
 
 # -- a new shape emits no LLVM IR (galaxir/backends/cpu/dynreuse.py, shapetrace.py) ----------

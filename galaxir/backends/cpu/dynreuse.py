@@ -14,8 +14,6 @@ template.
 """
 from __future__ import annotations
 
-import threading
-
 from .codegen import dynamic_blocks, dynamic_values
 from .shapetrace import Tracer, concrete, flatten, name_of, traced_copy
 
@@ -90,21 +88,11 @@ def structure(spec) -> tuple:
 class Template:
     """One kernel structure's object code and traced program."""
 
-    __slots__ = ("recipe", "fn", "n_values", "layout", "llvm_ir", "n_kernels", "obj", "_shared",
-                 "_lock")
+    __slots__ = ("recipe", "fn", "n_values", "layout", "llvm_ir", "n_kernels", "obj")
 
     def __init__(self, recipe, fn, n_values: int, layout, llvm_ir: str, n_kernels: int):
         self.recipe, self.fn, self.n_values, self.layout = recipe, fn, n_values, layout
         self.llvm_ir, self.n_kernels, self.obj = llvm_ir, n_kernels, None
-        self._shared, self._lock = None, threading.Lock()
-
-    def shared(self, n_segments: int) -> "SharedCode":
-        """The one loaded copy of the object code that the shapes this template serves
-        share (loaded at the first of them)."""
-        with self._lock:
-            if self._shared is None:
-                self._shared = SharedCode(self.obj, n_segments)
-            return self._shared
 
     def values(self, spec) -> tuple[list, dict] | None:
         """(run-time integers, parameter blocks) for ``spec``, or None when this template
@@ -119,42 +107,6 @@ class Template:
         if flat is None:
             return None
         return flat[:self.n_values], {name: flat[a:b] for name, a, b in self.layout}
-
-
-class SharedCode:
-    """A template's object code, loaded once for all its shapes (a private copy per shape
-    cost 2-3 ms of each new shape's ~10).  Its ``gx_dynp`` and parameter blocks hold one
-    shape's values at a time: a call binds its shape's (``enter``) when they are not the
-    bound ones, which waits until no call of another shape is running in this code."""
-
-    def __init__(self, obj: bytes, n_segments: int):
-        import ctypes
-
-        from . import jit
-        self.loaded = jit.LoadedObject(obj)
-        proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)
-        self.entries = [proto(self.loaded.address(f"gx_seg{k}")) for k in range(n_segments)]
-        self.pool_slot = self.loaded.global_address("gx_pool")
-        self._cond = threading.Condition()
-        self._owner = None     # the bound shape's (values, blocks) key
-        self._active = 0       # calls running in this code with the bound values
-
-    def enter(self, key, bind) -> None:
-        """Wait until this code holds ``key``'s values (``bind(loaded)`` puts them there)
-        and count a call in; ``leave`` counts it out."""
-        with self._cond:
-            while self._owner is not key and self._active:
-                self._cond.wait()
-            if self._owner is not key:
-                bind(self.loaded)
-                self._owner = key
-            self._active += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self._active -= 1
-            if not self._active:
-                self._cond.notify_all()
 
 
 def reuse(spec, templates: dict) -> tuple[Template, tuple] | None:

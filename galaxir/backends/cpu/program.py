@@ -34,9 +34,6 @@ def plan_offsets(buffers) -> int:
 class Specialization:
     """Everything for one set of concrete input shapes."""
 
-    #: the template's loaded code this shape shares with others (dynreuse.SharedCode)
-    _shared = None
-
     def __init__(self, module: Module, cache_dir=None, split: bool = False, inplace: bool = True,
                  dynamic: bool = False, templates: dict | None = None):
         self.module = module
@@ -307,16 +304,7 @@ class Specialization:
             if self.segments:
                 obj, self.cache_source = jit.compile_ir(self.llvm_ir, cache_dir)
                 dynreuse.keep(self, obj)
-        self._shared = None
-        if self.segments and reused is not None:  # the template's loaded copy, shared
-            self._shared = tpl.shared(len(self.segments))
-            self.object_bytes = 0  # counted once, not per shape
-            self.loaded = self._shared.loaded
-            self._dyn_data = np.asarray(values[0] if len(values[0]) else [0], np.int64)
-            self._blocks = {k: np.asarray(v, np.int64) for k, v in values[1].items()}
-            self.entries = self._shared.entries
-            self.pool_slot = self._shared.pool_slot
-        elif self.segments:
+        if self.segments:
             self.object_bytes = len(obj)
             self.loaded = jit.LoadedObject(obj)
             if values is not None:
@@ -465,33 +453,9 @@ class Specialization:
         """Run on validated inputs; ``out`` (one array or None per graph output) receives
         outputs in place of fresh copies."""
         self._ensure_arena()
-        shared = self._shared
-        if shared is not None:  # this shape's values (and pool choice) into the shared code
-            shared.enter(self, lambda loaded: self._bind_shared(loaded, pool))
-        else:
-            self.use_pool(pool, self.pool_slot)
-        try:
-            with self.call_state() as call:
-                return self._run(call, inputs, interp, out)
-        finally:
-            if shared is not None:
-                shared.leave()
-
-    def _bind_shared(self, loaded, pool) -> None:
-        """Point the shared code's ``gx_dynp`` at this shape's values, fill its parameter
-        blocks and set its ``gx_pool`` as ``use_pool`` would for this shape
-        (dynreuse.SharedCode.enter calls this when another shape's are bound)."""
-        if self.pool_slot:
-            addr = pool.address if pool is not None and self.work_bytes >= POOL_MIN_BYTES else None
-            ctypes.c_void_p.from_address(self.pool_slot).value = addr
-        slot = loaded.global_address("gx_dynp")
-        if slot:
-            ctypes.c_void_p.from_address(slot).value = self._dyn_data.ctypes.data
-        for name, arr in self._blocks.items():
-            addr = loaded.global_address(name)
-            if not addr:
-                raise ExecutionError(f"cpu backend: parameter block {name} missing from the object code")
-            ctypes.memmove(addr, arr.ctypes.data, arr.nbytes)
+        self.use_pool(pool, self.pool_slot)
+        with self.call_state() as call:
+            return self._run(call, inputs, interp, out)
 
     def use_pool(self, pool, pool_slot: int) -> None:
         """Point the loaded code's ``gx_pool`` (at ``pool_slot``) at ``pool``, or at nothing
