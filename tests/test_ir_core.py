@@ -145,6 +145,23 @@ def test_clone_is_independent():
     verify(c)
 
 
+def test_clone_shares_frozen_attrs_copied_on_write():
+    """A clone takes its ops' frozen attributes as they are (no second freezing pass);
+    setting one on the clone leaves the original's."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 2, 3))
+    gb.output(gb.transpose(x, perm=[1, 0]), "y")
+    m = gb.module()
+    c = m.clone()
+    src = next(op for op in m.walk() if op.name == "transpose")
+    dup = next(op for op in c.walk() if op.name == "transpose")
+    assert dup.attrs == src.attrs and dup.attr("perm") == (1, 0)
+    dup.set_attr("perm", [0, 1])
+    assert dup.attr("perm") == (0, 1) and src.attr("perm") == (1, 0)
+    with pytest.raises(TypeError):
+        dup.attrs["perm"] = (1, 0)  # read-only either way
+
+
 def test_mutation_api_insert_erase_replace():
     m = small_module()
     block = m.graph.block

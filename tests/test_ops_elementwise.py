@@ -332,3 +332,24 @@ def test_gelu_kernel_matches_formula():
     y = run_op("gelu", x)
     want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-15)
+
+
+def test_erf_imports_scipy_special_only_when_used():
+    """scipy.special (about 0.5 s to import) loads at the first erf the reference runs,
+    not with the reference kernels that every gx.compile's constant folding loads."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, galaxir as gx\n"
+            "from galaxir.ir import GraphBuilder, tensor\n"
+            "gb = GraphBuilder()\n"
+            "gb.output(gb.relu(gb.add(gb.input('x', tensor('f32', 4)), gb.constant(np.ones(4, np.float32)))), 'y')\n"
+            "exe = gx.compile(gb.module(), target='numpy')\n"
+            "exe(np.ones(4, np.float32))\n"
+            "print('special' if 'scipy.special' in sys.modules else 'lazy')\n"
+            "from galaxir.reference.kernels.elementwise import erf_array\n"
+            "print(float(erf_array(np.array([0.5], np.float32))[0]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.split()
+    assert lines[0] == "lazy"
+    assert abs(float(lines[1]) - math.erf(0.5)) < 1e-6

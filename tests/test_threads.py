@@ -97,3 +97,18 @@ print("ALIVE", sum(t.is_alive() for t in pool._threads))
 """, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "SLEEPERS 2" in r.stdout and "ALIVE 0" in r.stdout
+
+
+def test_pool_runtime_comes_from_the_disk_cache(monkeypatch, tmp_path):
+    """The pool's worker code is kept in the disk cache as model code is: a process that
+    sets GALAXIR_CACHE_DIR runs LLVM for none of it at its next start."""
+    from galaxir.backends.cpu import jit
+    from galaxir.backends.cpu.parallel import Pool
+    monkeypatch.setenv("GALAXIR_CACHE_DIR", str(tmp_path))
+    jit.clear_memory_cache()
+    Pool(2).close()
+    assert list(tmp_path.glob("*.o"))
+    jit.clear_memory_cache()
+    before = jit.stats["compiled"]
+    Pool(2).close()
+    assert jit.stats["compiled"] == before

@@ -25,8 +25,11 @@ def clone_op(op: Operation, mapping: dict[int, Value]) -> Operation:
 def _clone_op(op: Operation, mapping: dict[int, Value]) -> Operation:
     operands = [None if v is None else mapping.get(id(v), v) for v in op.operands]
     regions = [_clone_region(r, mapping) for r in op.regions]
-    new = Operation(op.name, operands, [r.type for r in op.results], dict(op.attrs), regions,
+    new = Operation(op.name, operands, [r.type for r in op.results], None, regions,
                     [r.name for r in op.results], op.provenance, op.created_by)
+    # the attributes are frozen already and copied on write (Operation.set_attr): share
+    # them (freezing again walked every long tuple, 5% of a new input shape's cost)
+    new._attrs = op._attrs
     for old, r in zip(op.results, new.results):
         mapping[id(old)] = r
     return new

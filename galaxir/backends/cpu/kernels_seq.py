@@ -30,8 +30,9 @@ from llvmlite import ir
 from . import vmath
 from .codegen import F32, I8, I32, I64, INT, FnBuilder, Sgemm, f32, i64, is_dynamic_emission, memcpy, memset0
 from .kernels import Kernel, _fb, prod
-from .shapetrace import tmin
+from .shapetrace import select, test, tmax, tmin
 from .kernels_gemm import emit_pack_panels, emit_panel_gemm, lanes, panel_floats
+from .kernels_panel_rt import emit_pack_panels_rt, emit_panel_gemm_rt
 
 W8 = 8          # vector width (floats)
 NBW = 64        # columns per packed panel of the recurrent weights (8 vectors)
@@ -824,8 +825,9 @@ class Attention(Kernel):
     def small(self) -> bool:
         """K and V (packed per head) fit in L1/L2: the panel loops beat sgemm's per-call
         cost (about 8 us for a 64x64x32 product) several times over."""
-        # dynamic module: the sgemm path, whose code does not depend on the lengths
-        return self.Skv * max(self.D, self.Dv) <= ATT_SMALL and not is_dynamic_emission()
+        # dynamic module: a guard on the lengths (kernels_panel_rt reads them at run time);
+        # a longer sequence is a second variant, on the sgemm path
+        return bool(self.Skv * tmax(self.D, self.Dv) <= ATT_SMALL)
 
     def _scratch(self) -> tuple[int, int, int, int]:
         """(offset of packed K, of packed V, of the row normalizers, total) in floats after
@@ -842,7 +844,11 @@ class Attention(Kernel):
         one thread only); each task has its own scratch slice."""
         total = prod(self.batch)
         work = total * self.Sq * self.Skv * (self.D + self.Dv)
-        if not self.small or work < ATT_PARALLEL_MIN or is_dynamic_emission():
+        if not self.small:
+            return 1
+        if is_dynamic_emission():  # the split is run-time data: no guard on the sizes
+            return select(test(work, ">=", ATT_PARALLEL_MIN), tmin(total, ATT_MAX_TASKS), 1)
+        if work < ATT_PARALLEL_MIN:
             return 1
         return min(total, ATT_MAX_TASKS)
 
@@ -852,7 +858,7 @@ class Attention(Kernel):
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
-        if self.n_tasks > 1:
+        if (self.small and is_dynamic_emission()) or self.n_tasks > 1:
             return parallel_kernel(module, fname, n_args, self.n_tasks, self._task)
         fb = _fb(module, fname, n_args)
         self._task(fb, list(fb.args), i64(0))
@@ -884,9 +890,10 @@ class Attention(Kernel):
             mo = offs(self.m_st) if m is not None else None
             if self.small:  # K^T and V as panels for emit_panel_gemm
                 ko_, vo_, _, _ = self._scratch()
-                emit_pack_panels(fb, s, ko_, k, ko, self.D, self.Skv,
-                                 *((self.ldk, 1) if self.kt else (1, self.ldk)), self.wide)
-                emit_pack_panels(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1, self.wide)
+                pack = emit_pack_panels_rt if is_dynamic_emission() else emit_pack_panels
+                pack(fb, s, ko_, k, ko, self.D, self.Skv,
+                     *((self.ldk, 1) if self.kt else (1, self.ldk)), self.wide)
+                pack(fb, s, vo_, v, vo, self.Skv, self.Dv, self.ldv, 1, self.wide)
             nfull = self.Sq // ATT_ROWS
             if is_dynamic_emission():  # one block loop, the last block's rows at run time
                 with fb.loop(0, -(-self.Sq // ATT_ROWS)) as blk:
@@ -910,8 +917,9 @@ class Attention(Kernel):
         kpo, vpo, invo, _ = self._scratch()
         # no mask, cap or causal frontier: the scale goes into the exponent, scores stay raw
         plain = not (self.softcap > 0 or m is not None or self.causal) and self.scale > 0
+        panel_gemm = emit_panel_gemm_rt if is_dynamic_emission() else emit_panel_gemm
         if self.small:
-            emit_panel_gemm(fb, s, 0, Skv, qp, 0, self.ldq, s, kpo, rows, self.D, Skv, self.wide)
+            panel_gemm(fb, s, 0, Skv, qp, 0, self.ldq, s, kpo, rows, self.D, Skv, self.wide)
         else:
             gemm.call(rows, Skv, self.D, qp, self.ldq, False, fb.ptr(k, ko), self.ldk, not self.kt,
                       s, Skv, 1.0, 0.0)
@@ -966,7 +974,7 @@ class Attention(Kernel):
             fb.store(inv, s, b.add(fb.dim(invo), r))
         yp = fb.ptr(out, b.add(yo, b.mul(i0, fb.dim(self.ldy))))
         if self.small:
-            emit_panel_gemm(fb, yp, 0, self.ldy, s, 0, Skv, s, vpo, rows, Skv, self.Dv, self.wide)
+            panel_gemm(fb, yp, 0, self.ldy, s, 0, Skv, s, vpo, rows, Skv, self.Dv, self.wide)
         else:
             gemm.call(rows, self.Dv, Skv, s, Skv, False, fb.ptr(v, vo), self.ldv, False, yp,
                       self.ldy, 1.0, 0.0)

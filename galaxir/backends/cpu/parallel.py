@@ -323,7 +323,7 @@ class Pool:
         self.size = size
         self.state = np.zeros(NSLOTS * SLOT, np.int64)
         self.address = self.state.ctypes.data
-        obj, _ = jit.compile_ir(str(_worker_module()))
+        obj, _ = jit.compile_ir(str(_worker_module()), jit.default_cache_dir())  # disk too
         self._loaded = jit.LoadedObject(obj)
         self._worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._loaded.address("gx_worker"))
         self._threads = [threading.Thread(target=self._worker, args=(self.address,),

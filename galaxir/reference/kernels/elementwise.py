@@ -111,17 +111,28 @@ def sigmoid(ctx, x):
     return _sigmoid(_floatwork(x))
 
 
-try:  # scipy is optional; its erf is fast and exact to the last bit or two
-    from scipy.special import erf as _scipy_erf
-except ImportError:  # pragma: no cover - exercised only without scipy
-    _scipy_erf = None
 _math_erf = np.frompyfunc(math.erf, 1, 1)
+_erf_impl: list = []
+
+
+def _scipy_erf():
+    """scipy's erf (fast, exact to the last bit or two), None without scipy; imported at
+    the first erf, not with the reference kernels: scipy.special takes about 0.5 s to
+    import, which every ``gx.compile`` (constant folding loads these kernels) paid."""
+    if not _erf_impl:
+        try:
+            from scipy.special import erf as f
+        except ImportError:  # pragma: no cover - exercised only without scipy
+            f = None
+        _erf_impl.append(f)
+    return _erf_impl[0]
 
 
 def erf_array(x: np.ndarray) -> np.ndarray:
     x = _floatwork(x)
-    if _scipy_erf is not None:
-        return _scipy_erf(x).astype(x.dtype, copy=False)
+    f = _scipy_erf()
+    if f is not None:
+        return f(x).astype(x.dtype, copy=False)
     return _math_erf(x.astype(np.float64)).astype(x.dtype)
 
 
