@@ -12,6 +12,9 @@ kernels ms" is the native kernels alone (the profiler's fastest run).  Each cell
 engine's median over ``--runs`` runs; the ratio is galaxir / onnxruntime (lower is better).
 
     PYTHONPATH=. python benchmarks/bench_elementwise_ops.py [--threads 1] [--runs 15] [--rounds 5] [--cases gelu_erf se]
+
+``GALAXIR_CPU_FEATURES=-avx512f`` times the code an AVX2 host runs (vmath's portable paths,
+8-lane loops) on this one; ``GALAXIR_CPU_STREAM_MIN=0`` turns streaming stores off.
 """
 from __future__ import annotations
 

@@ -100,7 +100,11 @@ CASES = {
     "linear_bert_768": lambda: linear_case((1, 128, 768), 768, 768),
     "linear_bert_3072": lambda: linear_case((1, 128, 768), 768, 3072),
     "qk_12x128x64": lambda: qk_case(1, 12, 128, 64),
+    "qk_12x197x64": lambda: qk_case(1, 12, 197, 64),        # ViT-B/16's 197 tokens
+    "qk_12x256x64": lambda: qk_case(1, 12, 256, 64),
     "attention_chain_12x128x64": lambda: attention_chain_case(1, 12, 128, 64),
+    "attention_chain_12x197x64": lambda: attention_chain_case(1, 12, 197, 64),
+    "attention_chain_12x256x64": lambda: attention_chain_case(1, 12, 256, 64),
     "attention_causal_12x128x64": lambda: attention_chain_case(1, 12, 128, 64, causal=True),
     "mha_torch_768x12x128": lambda: mha_case(768, 12, 128),
 }

@@ -13,7 +13,11 @@ printed with every row.
 
     python benchmarks/bench_serve.py [--model cifar|alexnet|squeezenet] [--requests 400]
         [--rounds 2] [--clients 1,4,16] [--rss-requests 5000] [--max-batch 16]
-        [--max-delay-ms 2] [--batch-instances 2]
+        [--max-delay-ms 2] [--batch-instances K] [--batch-sizes 1,2,4,8,16]
+        [--warmup-runs N]
+
+With no --batch-instances the batching server chooses it at warm-up (the default of
+``galaxir serve``).
 """
 from __future__ import annotations
 
@@ -89,13 +93,13 @@ def _rss_kb(pid: int) -> int:
 
 class Server:
     def __init__(self, path: Path, max_batch: int, delay_ms: float, run_threads: int = 4,
-                 instances: int = 2):
+                 extra: list[str] | None = None):
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.p = subprocess.Popen(
             [sys.executable, "-m", "galaxir.cli", "serve", f"m={path}", "--port", "0",
-             "--run-threads", str(run_threads), "--batch-instances", str(instances),
-             "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms), "--log-level",
-             "info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             "--run-threads", str(run_threads), "--max-batch", str(max_batch),
+             "--max-delay-ms", str(delay_ms), "--log-level", "info"] + (extra or []),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.url = None
         self.lines: list[str] = []  # the server's own lines (warm-up, batch sizes)
         deadline = time.time() + 600
@@ -199,10 +203,20 @@ def main() -> None:
     ap.add_argument("--rss-requests", type=int, default=5000)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
-    ap.add_argument("--batch-instances", type=int, default=2,
-                    help="batches of the model running at once (1 gives full batches to a "
-                         "model whose one run already uses every core)")
+    ap.add_argument("--batch-instances", type=int, default=None,
+                    help="batches of the model running at once (default: the server chooses "
+                         "at warm-up)")
+    ap.add_argument("--batch-sizes", help="the batching server's --batch-sizes (default: "
+                                          "powers of two up to --max-batch)")
+    ap.add_argument("--warmup-runs", type=int, default=None, help="the servers' --warmup-runs")
     args = ap.parse_args()
+    extra = ["--warmup-runs", str(args.warmup_runs)] if args.warmup_runs else []
+    batch_extra = list(extra)
+    if args.batch_instances is not None:
+        batch_extra += ["--batch-instances", str(args.batch_instances)]
+    if args.batch_sizes:
+        batch_extra += ["--batch-sizes", args.batch_sizes]
+        args.max_batch = max(int(b) for b in args.batch_sizes.split(","))
     module = cifar_cnn() if args.model == "cifar" else \
         zoo_cnn("bvlc_alexnet" if args.model == "alexnet" else args.model)
     shape = [d for d in module.graph.inputs[0].type.shape[1:]]
@@ -218,9 +232,8 @@ def main() -> None:
     name = module.graph.input_names[0]
     exe.run({name: xs[0]})
     batched = f"server, batch<={args.max_batch}"
-    servers = {"server, no batching": Server(path, 0, args.max_delay_ms)}
-    servers[batched] = Server(path, args.max_batch, args.max_delay_ms,
-                              instances=args.batch_instances)
+    servers = {"server, no batching": Server(path, 0, args.max_delay_ms, extra=extra)}
+    servers[batched] = Server(path, args.max_batch, args.max_delay_ms, extra=batch_extra)
     for mode, srv in servers.items():
         for line in srv.lines:
             print(f"  [{mode}] {line}")

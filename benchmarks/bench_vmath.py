@@ -5,6 +5,7 @@ the polynomial code from memory traffic and per-call overhead, which bench_eleme
 measures with them.
 
     PYTHONPATH=. python benchmarks/bench_vmath.py [exp sigmoid tanh erf copy]
+    GALAXIR_CPU_FEATURES=-avx512f PYTHONPATH=. python benchmarks/bench_vmath.py   # AVX2 code
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 
-from galaxir.backends.cpu import vmath
+from galaxir.backends.cpu import jit, vmath
 from galaxir.testing.vmath_map import compile_map
 
 def ns_per_element(fn, lanes: int, n: int = 4096, reps: int = 2000) -> float:
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("names", nargs="*", default=["exp", "sigmoid", "tanh", "erf", "log", "copy"])
     a = p.parse_args(argv)
-    print(f"vscalefps: {getattr(vmath, 'scalef_available', lambda: False)()}")
+    print(f"avx512f: {jit.has_feature('avx512f')}, vscalefps: {vmath.scalef_available()}, "
+          f"true divisions: {vmath.divide_exactly()}")
     print("| function | 32 lanes | 16 lanes | 8 lanes |  (ns per element)")
     print("|---|---|---|---|")
     for name in a.names:

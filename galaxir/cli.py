@@ -426,28 +426,55 @@ def cmd_convert_float(a) -> int:
     return 0
 
 
+def serve_config(a, token: str | None = None):
+    """The ServeConfig for parsed ``galaxir serve`` arguments (CliError on bad flags)."""
+    from galaxir.serve.app import ServeConfig
+    from galaxir.serve.batcher import check_sizes
+    sizes = None
+    if a.batch_sizes is not None:
+        try:
+            sizes = [int(b) for b in a.batch_sizes.split(",") if b.strip()]
+        except ValueError:
+            raise CliError(f"--batch-sizes takes comma-separated integers, got {a.batch_sizes!r}") \
+                from None
+        try:
+            sizes = check_sizes(sizes)
+        except ValueError as e:
+            raise CliError(f"--batch-sizes: {e}") from None
+        if a.max_batch is not None and a.max_batch != sizes[-1]:
+            raise CliError(f"--max-batch {a.max_batch} differs from the largest of --batch-sizes "
+                           f"({sizes[-1]}); give one of them")
+    max_batch = a.max_batch if a.max_batch is not None else (sizes[-1] if sizes else 0)
+    if not 0 <= max_batch <= 128:
+        raise CliError("--max-batch must be 0..128")
+    if a.warmup_runs < 1:
+        raise CliError("--warmup-runs must be at least 1 (--no-warmup skips the warm-up)")
+    if a.batch_instances is not None and a.batch_instances < 1:
+        raise CliError("--batch-instances must be at least 1 (leave it out: chosen at warm-up)")
+    return ServeConfig(max_batch=max_batch, max_delay_ms=a.max_delay_ms,
+                       max_body_bytes=int(a.max_body_mb * (1 << 20)), token=token,
+                       run_threads=a.run_threads, batch_instances=a.batch_instances,
+                       batch_sizes=sizes, warm=not a.no_warmup, warmup_runs=a.warmup_runs)
+
+
 def cmd_serve(a) -> int:
     import os
     try:
-        from galaxir.serve.app import ServeConfig, create_app
+        from galaxir.serve.app import create_app
         from galaxir.serve.models import load_models
         from galaxir.serve.server import serve
     except ImportError as e:
         raise CliError(f"galaxir serve needs the serve extra (starlette, uvicorn, "
                        f"prometheus_client): {e}") from None
-    if not 0 <= a.max_batch <= 128:
-        raise CliError("--max-batch must be 0..128")
     token = a.token or os.environ.get("GALAXIR_SERVE_TOKEN") or None
+    config = serve_config(a, token)
     if a.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("galaxir serve: warning: listening beyond loopback without --token",
               file=sys.stderr)
     models = load_models(a.models, target=a.target, num_threads=a.threads)
     for name, m in models.items():
-        how = "dynamic batching" if a.max_batch > 1 and m.batchable else "no batching"
+        how = "dynamic batching" if config.batching and m.batchable else "no batching"
         print(f"galaxir serve: model '{name}' ({how})", flush=True)
-    config = ServeConfig(max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
-                         max_body_bytes=int(a.max_body_mb * (1 << 20)), token=token,
-                         run_threads=a.run_threads, batch_instances=a.batch_instances)
     try:
         serve(create_app(models, config), host=a.host, port=a.port, log_level=a.log_level)
     except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
@@ -606,13 +633,25 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--target", default="cpu")
     sv.add_argument("--threads", type=int, default=None, help="cpu threads per run (default: all cores)")
     sv.add_argument("--run-threads", type=int, default=4, help="model runs at the same time")
-    sv.add_argument("--max-batch", type=int, default=0,
+    sv.add_argument("--max-batch", type=int, default=None,
                     help="merge concurrent requests into batches of up to this many rows (models "
-                         "with a symbolic batch dim; 0: off)")
+                         "with a symbolic batch dim; padded to powers of two, sizes that cost "
+                         "more per row dropped at warm-up; default 0: off, or the largest of "
+                         "--batch-sizes)")
+    sv.add_argument("--batch-sizes", metavar="B1,B2,...",
+                    help="batch sizes to pad to, used as given (e.g. 1,2,4,8,16; turns "
+                         "batching on, up to the largest)")
     sv.add_argument("--max-delay-ms", type=float, default=2.0,
                     help="how long a request may wait for others to batch with")
-    sv.add_argument("--batch-instances", type=int, default=2,
-                    help="batches of one model running at once")
+    sv.add_argument("--batch-instances", type=int, default=None,
+                    help="batches of one model running at once (default: chosen at warm-up, "
+                         "the count with the most rows/s; without warm-up, cores / threads)")
+    sv.add_argument("--warmup-runs", type=int, default=2, metavar="N",
+                    help="timed runs per batch size at warm-up (best of N, after the run that "
+                         "compiles it)")
+    sv.add_argument("--no-warmup", action="store_true",
+                    help="report ready at once: batch sizes compile on first use, nothing is "
+                         "timed (all sizes kept, padding only)")
     sv.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit")
     sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or GALAXIR_SERVE_TOKEN)")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

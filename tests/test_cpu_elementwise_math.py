@@ -139,6 +139,23 @@ def test_vmath_portable_path_accuracy(monkeypatch, name, lanes):
     test_vmath_accuracy(name, lanes)
 
 
+@pytest.mark.parametrize("lanes", [1, 8, 16])
+@pytest.mark.parametrize("hide", [(), ("avx512f",), ("avx512f", "avx")])
+def test_tanh_on_every_path(monkeypatch, hide, lanes):
+    """tanh is one expm1-based formula with a true division on every host; its 2^n comes
+    from vscalefps or from the exponent bits (AVX-512 hidden).  Within 2 ulp either way,
+    exactly +-1 from 9.2 on, and tanh(-0) = -0."""
+    real = jit.has_feature
+    monkeypatch.setattr(jit, "has_feature", lambda name: name not in hide and real(name))
+    test_vmath_accuracy("tanh", lanes)
+    x = np.array([9.2, 9.5, 12.0, 20.0, 21.0, 1e30, np.inf, 0.0] * 2, np.float32)
+    x[8:] *= -1
+    y = _jit_map(vmath.tanh, lanes)(x)
+    np.testing.assert_array_equal(y[:7], 1.0)
+    np.testing.assert_array_equal(y[8:15], -1.0)
+    assert y[7] == 0 and not np.signbit(y[7]) and y[15] == 0 and np.signbit(y[15])
+
+
 def test_vmath_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, -200.0, 200.0, -1.0], np.float32)
     x = np.tile(x, 2)
@@ -265,9 +282,9 @@ def test_no_libm_calls_in_the_loops():
 
 @pytest.mark.parametrize("hide", [(), ("avx512f",), ("avx512f", "avx")])
 def test_reciprocal_paths_same_bits_on_every_width(monkeypatch, hide):
-    """sigmoid/tanh divide through the host's reciprocal estimate plus a Newton step: the
-    AVX-512 estimate, the AVX one (16 lanes in two pieces), or a true division without
-    AVX.  Each path is accurate, and gives the same bits on 1, 8 and 16 lanes (so a GEMM
+    """sigmoid divides through the host's reciprocal estimate plus a Newton step (the
+    AVX-512 estimate, the AVX one: 16 lanes in two pieces), or a true division (AVX-512 or
+    no AVX; tanh always).  Each path is accurate, and gives the same bits on 1, 8 and 16 lanes (so a GEMM
     epilogue's vector columns and scalar edge columns agree)."""
     real = jit.has_feature
     monkeypatch.setattr(jit, "has_feature", lambda name: name not in hide and real(name))
@@ -280,3 +297,90 @@ def test_reciprocal_paths_same_bits_on_every_width(monkeypatch, hide):
         if max_ulp is not None:
             with np.errstate(all="ignore"):
                 assert _ulps(outs[2], ref(x.astype(np.float64))).max() <= max_ulp + 1
+
+
+@contextmanager
+def env_forced(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = old
+
+
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("name,shape", [("tanh", (3, 5, 4099)), ("silu", (5003,)), ("se_scale", (2, 3, 40, 37)),
+                                        ("gelu", (1, 1033))])
+def test_streaming_stores_give_the_same_bits(name, shape, wide):
+    """A large graph output is written with non-temporal stores after a scalar head that
+    aligns them (GALAXIR_CPU_STREAM_MIN=1 streams every output here): the same bits as the
+    cached stores, into fresh arrays and into out= buffers at every offset from a vector
+    boundary, split over tasks or not."""
+    yshape = tuple(shape[:2]) + (1,) * (len(shape) - 2) if len(shape) > 2 else shape
+    m = _module(name, shape, yshape)
+    x, y = _values(shape, 3.0), _values(yshape, 3.0)
+    with lanes_forced(wide):
+        with env_forced("GALAXIR_CPU_STREAM_MIN", "0"):
+            plain = gx.compile(m, target="cpu")
+        with env_forced("GALAXIR_CPU_STREAM_MIN", "1"):
+            streamed = gx.compile(m, target="cpu")
+    spec = next(iter(streamed._specs.values()))
+    flags = [s.kernel.stream for s in spec.steps if hasattr(s.kernel, "stream")]
+    assert flags[-1] and not any(flags[:-1])   # the output's kernel only
+    assert "!nontemporal" in spec.llvm_ir
+    assert "!nontemporal" not in next(iter(plain._specs.values())).llvm_ir
+    want = plain(x, y)[0]
+    np.testing.assert_array_equal(streamed(x, y)[0].view(np.uint32), want.view(np.uint32))
+    n = want.size
+    raw = np.empty(n + 32, np.float32)
+    for off in range(0, 17, 3):
+        buf = raw[off:off + n].reshape(shape)
+        got = streamed.run({"x": x, "y": y}, out={"out": buf})["out"]
+        assert got is buf
+        np.testing.assert_array_equal(buf.view(np.uint32), want.view(np.uint32))
+
+
+def test_small_outputs_and_intermediates_are_not_streamed():
+    """Only a graph output of at least stream_min_bytes streams: an intermediate that the
+    next kernel reads, or a small output, keeps cached stores."""
+    from galaxir.backends.cpu import lower
+    limit = lower.stream_min_bytes()
+    assert limit >= 1 << 16
+    n = limit // 8 + 16
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 2, n))
+    y = gb.input("y", tensor("f32", 16))
+    gb.output(gb.op("exp", x), "big")
+    gb.output(gb.op("transpose", gb.op("tanh", x), perm=[1, 0]), "moved")
+    gb.output(gb.op("sigmoid", y), "small")
+    cpu = gx.compile(gb.module(), target="cpu")
+    spec = next(iter(cpu._specs.values()))
+    flags = {s.ops[0].name: s.kernel.stream for s in spec.steps
+             if hasattr(s, "kernel") and hasattr(s.kernel, "stream")}
+    assert flags == {"exp": True, "tanh": False, "sigmoid": False}, flags
+    # a streamed output whose innermost rows are short keeps cached stores
+    with env_forced("GALAXIR_CPU_STREAM_MIN", "1"):
+        short = gx.compile(_module("se_scale", (2, 3, 5, 7), (2, 3, 1, 1)), target="cpu")
+    assert "!nontemporal" not in next(iter(short._specs.values())).llvm_ir
+    xv = RNG.standard_normal((2, n)).astype(np.float32)
+    yv = RNG.standard_normal(16).astype(np.float32)
+    big, moved, small = cpu(xv, yv)
+    np.testing.assert_allclose(big, np.exp(xv), rtol=2e-6)
+    np.testing.assert_allclose(moved, np.tanh(xv).T, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(small, 1 / (1 + np.exp(-yv)), rtol=2e-6)
+
+
+def test_feature_set_can_be_turned_off():
+    """GALAXIR_CPU_FEATURES=-avx512f (read once per process, so benchmarks can time an AVX2
+    host's code here) takes avx512f and every AVX-512 extension out of the LLVM target;
+    other features, and a spec without '-' names, leave it as it was."""
+    host = "+avx,+avx2,+fma,+avx512f,+avx512vl,+avx512bw,-avx512fp16,+evex512,+sse4.2"
+    off = jit.turned_off(host, "-avx512f").split(",")
+    assert "+avx2" in off and "+fma" in off and "+sse4.2" in off and "+avx" in off
+    assert not [f for f in off if f.startswith("+avx512") or f == "+evex512"]
+    assert jit.turned_off(host, "-fma").split(",")[2] == "-fma"
+    assert jit.turned_off(host, "") == host and jit.turned_off(host, "avx2") == host

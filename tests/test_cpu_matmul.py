@@ -180,6 +180,59 @@ def test_batched_gemm_tiles_and_transposed_packing(monkeypatch, h, m, k, n, tran
     assert kern.tile_rows == (12 if wide == "1" else 6)
 
 
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(h=st.integers(2, 6), bcast=st.sampled_from(["none", "a", "b"]), m=st.integers(1, 40),
+       k=st.integers(1, 70), n=st.integers(16, 80), trans_b=st.booleans(),
+       wide=st.sampled_from(["0", "1"]))
+def test_batched_gemm_per_product_tasks(monkeypatch, h, bcast, m, k, n, trans_b, wide):
+    """Heads as tasks (BatchedGemm.per_product): each task packs its own B and runs the
+    constant-size tile; one operand broadcast over the batch dim (stride 0), odd sizes."""
+    from galaxir.backends.cpu import lower
+    monkeypatch.setattr(lower, "PACKED_MIN_MACS", 1)
+    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
+    a_shape = (2, 1 if bcast == "a" else h, m, k)
+    b_shape = (2, 1 if bcast == "b" else h) + ((n, k) if trans_b else (k, n))
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", *a_shape))
+    bm = gb.input("b", tensor("f32", *b_shape))
+    if trans_b:
+        bm = gb.transpose(bm, perm=(0, 1, 3, 2))
+    gb.output(gb.matmul(a, bm), "y")
+    cpu = run_both(gb.module(), [rand(*a_shape), rand(*b_shape)])
+    (kern,) = kernels(cpu)
+    assert type(kern).__name__ == "BatchedGemm" and kern.per_product, cpu.report()
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("kd,n,trans", [(64, 197, True), (13, 40, True), (20, 35, False),
+                                        (64, 64, True)])
+def test_pack_panels_layout_zeroes_the_padding(kd, n, trans, wide):
+    """emit_pack_panels gives kernels_gemm.pack_b's layout, with zeros (not the scratch's
+    old contents) in the columns past n of the last panel: stale denormals or NaNs there
+    would slow every FMA of those tile columns."""
+    import ctypes
+    import llvmlite.ir as ir
+    from galaxir.backends.cpu import jit
+    from galaxir.backends.cpu import kernels_gemm as KG
+    from galaxir.backends.cpu.codegen import F32, FnBuilder
+    mod = ir.Module("pack")
+    mod.triple = jit.target_triple()
+    mod.data_layout = jit.target_data_layout()
+    fb = FnBuilder(mod, "f", [F32.as_pointer(), F32.as_pointer()], linkage="external")
+    sk, sc = (1, kd) if trans else (n, 1)       # B [kd, n] read from [n, kd] when trans
+    KG.emit_pack_panels(fb, fb.args[0], 0, fb.args[1], 0, kd, n, sk, sc, wide)
+    fb.finish()
+    lo = jit.LoadedObject(jit.compile_ir(str(mod))[0])
+    f = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(lo.address("f"))
+    bmat = rand(kd, n)
+    src = np.ascontiguousarray(bmat.T if trans else bmat)
+    dst = np.full(KG.panel_floats(kd, n, wide), np.nan, np.float32)
+    dst[-1:] = np.float32(1e-40)      # a denormal, as stale scratch might hold
+    f(dst.ctypes.data, src.ctypes.data)
+    np.testing.assert_array_equal(dst, KG.pack_b(bmat, wide).ravel())
+
+
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(sq=st.integers(1, 40), skv=st.integers(1, 70), d=st.integers(1, 40), dv=st.integers(1, 40),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
 import galaxir as gx  # noqa: E402
 from galaxir.integrations import ray as gxray  # noqa: E402
 
-from test_serve import cnn_module  # noqa: E402
+from conftest import cnn_input, cnn_module, http_post, kserve_json  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +47,8 @@ def model_file(tmp_path_factory):
     return path
 
 
-def _x(n, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, 12, 12)).astype(np.float32)
-
-
 def test_ray_data_map_batches_runs_one_executable_per_actor(local_ray, model_file):
-    x = _x(10)
+    x = cnn_input(10)
     ds = ray.data.from_numpy(x).rename_columns({"data": "image"})
     out = gxray.map_batches(ds, model_file, columns={"x": "image"}, outputs=["logits"],
                             batch_size=4, concurrency=1, num_cpus=1)
@@ -77,22 +72,16 @@ def test_ray_serve_deployment_answers_handles_and_kserve_http(local_ray, model_f
     app = gxray.deployment(model_file, "cnn", num_replicas=1,
                            ray_actor_options={"num_cpus": 1})
     handle = serve.run(app, name="cnn", route_prefix="/cnn")
-    x = _x(3, seed=1)
+    x = cnn_input(3, seed=1)
     want = gx.compile(cnn_module(), target="numpy").run({"x": x})
     got = handle.run.remote({"x": x}).result()
     np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-5)
-    body = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.reshape(-1).tolist()}],
-                       "outputs": [{"name": "logits"}]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/cnn/v2/models/cnn/infer", data=body,
-                                 method="POST")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        out = json.loads(r.read())["outputs"][0]
+    url = f"http://127.0.0.1:{port}/cnn/v2/models/cnn/infer"
+    status, text = http_post(url, kserve_json(x))
+    assert status == 200, text[:300]
+    out = {o["name"]: o for o in json.loads(text)["outputs"]}["logits"]
     np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]),
                                want["logits"], rtol=1e-4, atol=1e-5)
-    bad = urllib.request.Request(f"http://127.0.0.1:{port}/cnn/v2/models/cnn/infer",
-                                 data=b"{nope", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(bad, timeout=60)
-    assert e.value.code == 400 and "not valid JSON" in json.loads(e.value.read())["error"]
+    status, text = http_post(url, b"{nope")
+    assert status == 400 and "not valid JSON" in json.loads(text)["error"]
     serve.delete("cnn")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,26 +26,15 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import galaxir as gx  # noqa: E402
-from galaxir.ir import GraphBuilder, tensor  # noqa: E402
 from galaxir.serve.app import ServeConfig, create_app  # noqa: E402
 from galaxir.serve.models import ServedModel  # noqa: E402
 from galaxir.serve.server import BackgroundServer  # noqa: E402
 
+from conftest import cnn_input as _x, cnn_module  # noqa: E402
+from conftest import http_get as _get, http_post as _post  # noqa: E402
+from conftest import kserve_json as _json_req, metric_value as _metric  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cnn_module(channels: int = 8, seed: int = 0):
-    """A small CNN with a symbolic batch: conv -> relu -> mean over space (logits) and the
-    relu map itself (features)."""
-    rng = np.random.default_rng(seed)
-    gb = GraphBuilder()
-    x = gb.input("x", tensor("f32", "N", 3, 12, 12))
-    w = gb.constant(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32))
-    r = gb.relu(gb.conv(x, w, pads=(1, 1, 1, 1)))
-    logits = gb.reduce_mean(r, gb.constant(np.array([2, 3], np.int64)), keepdims=0)
-    gb.output(logits, "logits")
-    gb.output(r, "features")
-    return gb.module()
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +52,6 @@ def server(cnn_exe):
         yield s
 
 
-def _x(n=2, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, 12, 12)).astype(np.float32)
-
-
 def _triton(s):
     return httpclient.InferenceServerClient(s.url.removeprefix("http://"), concurrency=1)
 
@@ -78,24 +62,6 @@ def _infer(client, x, outputs=None, binary=True, model="cnn"):
     outs = None if outputs is None else [httpclient.InferRequestedOutput(n, binary_data=binary)
                                          for n in outputs]
     return client.infer(model, [inp], outputs=outs)
-
-
-def _post(url, body: bytes, headers=None):
-    req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def _get(url, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -126,11 +92,6 @@ def test_health_and_metadata_through_tritonclient(server):
     assert client.get_server_metadata()["name"] == "galaxir"
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("nope")
-
-
-def _json_req(x, datatype="FP32", name="x"):
-    return json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
-                                   "data": x.reshape(-1).tolist()}]}).encode()
 
 
 _BIN_HEAD = (b'{"inputs":[{"name":"x","shape":[1,3,12,12],"datatype":"FP32",'
@@ -236,13 +197,6 @@ def test_16_concurrent_clients_x_50_requests(cnn_exe, max_batch):
         runs = _metric(text, 'galaxir_batch_requests_count{model="cnn"}')
         merged = _metric(text, 'galaxir_batch_requests_sum{model="cnn"}')
         assert merged == 16 * 50 and runs < merged
-
-
-def _metric(text: str, key: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(key + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{key} not in metrics")
 
 
 class _SlowModel(ServedModel):

@@ -8,7 +8,8 @@ values too, so a QDQ CNN has no float round trip:
 
 * ``DequantizeLinear x2 -> add (-> relu) -> QuantizeLinear`` becomes ``int8_add`` (the
   same float32 arithmetic in one pass over the 8-bit tensors: bit-equal to the QDQ graph);
-* ``max_pool``, ``concat`` and nearest ``resize`` whose inputs are DequantizeLinears with
+* ``max_pool``, ``concat``, nearest ``resize`` and the shape ops (flatten, reshape,
+  squeeze, unsqueeze) whose inputs are DequantizeLinears with
   the QuantizeLinear's own scale and zero point run on the 8-bit tensors directly (they
   only select values, and dequantization is monotonic: exact).
 
@@ -314,7 +315,8 @@ def _rewrite_add(module: Module, q) -> bool:
 
 #: ops that only select or move values: on inputs quantized with the result's own scale and
 #: zero point they give exactly the quantized result; value: their tensor operands
-SELECTING = {"max_pool": (0,), "concat": None, "resize": (0,)}
+SELECTING = {"max_pool": (0,), "concat": None, "resize": (0,), "flatten": (0,), "reshape": (0,),
+             "squeeze": (0,), "unsqueeze": (0,)}
 
 
 def _rewrite_selecting(module: Module, q) -> bool:

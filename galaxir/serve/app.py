@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import ExecutionError, GalaxirError, InputValidationError
-from .batcher import Batcher, example_feeds
+from .batcher import MAX_INSTANCES, Batcher, check_sizes, example_feeds
 from .metrics import Metrics
 from .models import ServedModel
 from .protocol import RequestError, decode_request, encode_response
@@ -39,8 +39,23 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     token: str | None = None     # bearer token required on every route but health
     run_threads: int = 4         # threads running models (concurrent calls per model)
-    batch_instances: int = 2     # batches of one model running at once
+    batch_instances: int | None = None  # batches of one model running at once (None: warm-up)
+    batch_sizes: list[int] | None = None  # sizes to pad to, as given (None: powers of two)
     warm: bool = True            # run (compile) and time the batch sizes before serving
+    warmup_runs: int = 2         # timed runs per batch size (best of), after the compiling one
+
+    def __post_init__(self):
+        if self.batch_sizes is not None:
+            self.batch_sizes = check_sizes(self.batch_sizes)
+        if self.warmup_runs < 1:
+            raise ValueError(f"warmup_runs must be at least 1, got {self.warmup_runs} "
+                             "(warm=False skips the warm-up)")
+        if self.batch_instances is not None and self.batch_instances < 1:
+            raise ValueError(f"batch_instances must be at least 1, got {self.batch_instances}")
+
+    @property
+    def batching(self) -> bool:
+        return bool(self.batch_sizes) or self.max_batch > 1
 
 
 #: bytes past the body limit the server still reads (and drops) before answering 413
@@ -84,19 +99,20 @@ class _App:
         for name, m in self.models.items():
             if not m.batchable:
                 continue
-            if cfg.max_batch <= 1:  # unbatched: requests of one row are the usual case
+            if not cfg.batching:  # unbatched: requests of one row are the usual case
                 feeds = example_feeds(m, 1) if cfg.warm else None
                 if feeds is not None:
                     await loop.run_in_executor(self.executor, m.run, feeds)
                 continue
             b = Batcher(m, cfg.max_batch, cfg.max_delay_ms / 1e3, self.executor,
-                        self._batch_observer(name), instances=cfg.batch_instances)
+                        self._batch_observer(name), instances=cfg.batch_instances,
+                        sizes=cfg.batch_sizes, max_instances=min(MAX_INSTANCES, cfg.run_threads))
             if cfg.warm:
-                await loop.run_in_executor(self.executor, b.warm)
-                if b.times and b.buckets == [1]:
-                    log.info("model '%s': no batch size is cheaper per row than 1; serving it "
-                             "without batching", name)
-                    continue
+                await loop.run_in_executor(self.executor, b.warm, max(1, cfg.warmup_runs))
+            if b.buckets == [1]:
+                log.info("model '%s': no batch size but 1 (none cheaper per row, or as "
+                         "given); serving it without batching", name)
+                continue
             b.start()
             self.batchers[name] = b
 

@@ -36,7 +36,8 @@ def _llvm():
         llvm.initialize_native_asmprinter()
         llvm.initialize_native_asmparser()  # inline asm (pause) in the worker loop
         cpu = llvm.get_host_cpu_name()
-        features = llvm.get_host_cpu_features().flatten()
+        features = turned_off(llvm.get_host_cpu_features().flatten(),
+                              os.environ.get("GALAXIR_CPU_FEATURES", ""))
         triple = llvm.get_process_triple()
         target = llvm.Target.from_triple(triple)
         _state["target"] = target
@@ -47,6 +48,21 @@ def _llvm():
         _state["features"] = features
         _bind_symbols(llvm)
     return llvm
+
+
+def turned_off(features: str, spec: str) -> str:
+    """``features`` (LLVM's "+avx2,+fma,...") less those ``spec`` names ("-avx512f,-fma"), so
+    this host compiles and runs another host's code paths (``GALAXIR_CPU_FEATURES``, read
+    once per process: "-avx512f" gives an AVX2 host's code, for timing it here).  Turning
+    off avx512f turns off every AVX-512 extension with it."""
+    off = {w.strip()[1:] for w in spec.split(",") if w.strip().startswith("-")}
+    if not off:
+        return features
+
+    def gone(name):
+        return name in off or ("avx512f" in off and name.startswith(("avx512", "evex512", "avx10")))
+    return ",".join("-" + f[1:] if f.startswith("+") and gone(f[1:]) else f
+                    for f in features.split(","))
 
 
 def has_feature(name: str) -> bool:

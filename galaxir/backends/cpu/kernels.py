@@ -202,9 +202,12 @@ class Elementwise(Kernel):
     in_shapes: list
     expr: Any
     name: str = "elementwise"
+    #: write the output with non-temporal (streaming) stores: set by the lowering for a
+    #: graph output too large to stay in cache (``stream_min_bytes``)
+    stream: bool = False
 
     def key(self):
-        return ("ew", self.out_shape, tuple(map(tuple, self.in_shapes)), self.expr)
+        return ("ew", self.out_shape, tuple(map(tuple, self.in_shapes)), self.expr, self.stream)
 
     def emit(self, module, fname, n_args):
         """A wrapper passing the (collapsed) shape and strides to a shape-generic loop nest
@@ -217,9 +220,12 @@ class Elementwise(Kernel):
         inner = tuple(0 if p[-1] == 0 else 1 if p[-1] == 1 else 2 for p in per)
         n_in = len(self.in_shapes)
         lanes = ew_lanes()
-        var = ("ew", self.expr, r, inner, n_in, lanes)
+        # streaming wants whole cache lines written by vector stores: long contiguous rows
+        stream = self.stream and inner[0] == 1 and all(kind in (0, 1) for kind in inner[1:]) \
+            and int(shape[-1]) >= EW_STREAM_MIN_ROW
+        var = ("ew", self.expr, r, inner, n_in, lanes, stream)
         gen = _generic(module, var, lambda m, name: _build_ew_generic(m, name, self.expr, r, inner,
-                                                                        n_in, lanes))
+                                                                        n_in, lanes, stream))
         fb = _fb(module, fname, n_args)
         if prod(self.out_shape) > 0:
             params = [as_int(d) for d in shape] + [as_int(x) for st in per for x in st]
@@ -244,6 +250,9 @@ def _generic(module, var, build):
 
 
 EW_PARALLEL_MIN = 1 << 15   # elements; below this a parallel split costs more than it saves
+#: innermost rows shorter than this are never streamed (each row has a scalar head and
+#: tail, and a cache line written partly by non-temporal and partly by cached stores is slow)
+EW_STREAM_MIN_ROW = 1024
 EW_MAX_TASKS = 8
 
 
@@ -264,12 +273,15 @@ def ew_lanes() -> int:
     return 16 if wide_tiles() else 8
 
 
-def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8):
+def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8, stream=False):
     """``name(params, out, ins...)``: params = sizes[r], strides[(1+n_in) x r], tasks, chunk;
     dim 0 is split into ``tasks`` chunks run over the thread pool.  When every operand is
     contiguous or broadcast along the innermost dim, that loop runs ``<2*lanes x float>``
     then ``<lanes x float>`` vectors (then a scalar tail), so the expression's polynomial
-    math runs on all lanes."""
+    math runs on all lanes.  ``stream``: the vector stores are non-temporal (an output
+    larger than the cache: no read-for-ownership of its lines, no eviction of the inputs),
+    after a scalar head that aligns them, and the task ends with ``sfence`` so the stores
+    are visible before the pool reports the task done."""
     from .codegen import I8P
     from .parallel import define_parallel_for
     tb = FnBuilder(module, name + "_task", [I8P.as_pointer(), I64], noalias=False)
@@ -296,8 +308,29 @@ def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8):
             for k in range(1, 1 + n_in):
                 if inner[k] == 0:
                     hoisted[k] = fb.load(ptrs[k], bases[k])
+
+            def scalars(lo, hi):
+                with fb.loop(lo, hi) as i:
+                    def at(k):
+                        if inner[k] == 1:
+                            return b.add(bases[k], i)
+                        return b.add(bases[k], b.mul(i, strides[k][depth]))
+                    vals = [hoisted[k] if k in hoisted else fb.load(ptrs[k], at(k))
+                            for k in range(1, 1 + n_in)]
+                    v = emit_expr(fb, expr, vals, F32)
+                    fb.store(v, ptrs[0], at(0) if inner[0] else bases[0])
+
             if inner[0] == 1 and all(kind in (0, 1) for kind in inner[1:]):
                 hi = _max(b, hi, lo)
+                align = 4
+                if stream:
+                    # scalars up to the first output element on a vector-size boundary
+                    align = 4 * lanes
+                    addr = b.ptrtoint(fb.ptr(ptrs[0], b.add(bases[0], lo)), I64)
+                    skip = b.lshr(b.and_(b.sub(i64(0), addr), i64(align - 1)), i64(2))
+                    head = _min(b, b.add(lo, skip), hi)
+                    scalars(lo, head)
+                    lo = head
                 # two vectors per step (independent chains for the out-of-order core),
                 # then one, then scalars
                 for width in (2 * lanes, lanes):
@@ -311,22 +344,18 @@ def _build_ew_generic(module, name, expr, r, inner, n_in, lanes=8):
                     with fb.loop(lo, vend, width) as i:
                         vals = [vhoisted[k] if k in vhoisted else b.load(vptr(k, i), align=4)
                                 for k in range(1, 1 + n_in)]
-                        b.store(emit_expr(fb, expr, vals, V), vptr(0, i), align=4)
+                        st = b.store(emit_expr(fb, expr, vals, V), vptr(0, i), align=align)
+                        if stream:
+                            st.set_metadata("nontemporal", module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
                     lo = vend
-            with fb.loop(lo, hi) as i:
-                def at(k):
-                    if inner[k] == 1:
-                        return b.add(bases[k], i)
-                    return b.add(bases[k], b.mul(i, strides[k][depth]))
-                vals = [hoisted[k] if k in hoisted else fb.load(ptrs[k], at(k))
-                        for k in range(1, 1 + n_in)]
-                v = emit_expr(fb, expr, vals, F32)
-                fb.store(v, ptrs[0], at(0) if inner[0] else bases[0])
+            scalars(lo, hi)
             return
         with fb.loop(lo, hi) as i:
             body(depth + 1, [b.add(bases[k], b.mul(i, strides[k][depth])) for k in range(1 + n_in)])
 
     body(0, [i64(0)] * (1 + n_in))
+    if stream:
+        _sfence(tb)
     task = tb.finish()
     pfor = define_parallel_for(module)
     gb = FnBuilder(module, name, [I64.as_pointer()] + [F32.as_pointer()] * (1 + n_in))
@@ -1216,6 +1245,15 @@ class EpilogueCode:
         v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
         v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
         return b.select(b.fcmp_ordered("<", v, f32(0.0)), b.fmul(v, alpha), v)
+
+
+def _sfence(fb) -> None:
+    """Order the task's non-temporal stores before whatever it does next (x86 ``sfence``;
+    a sequentially consistent fence elsewhere)."""
+    if jit.target_triple().startswith(("x86_64", "i686", "i386")):
+        fb.intrinsic("llvm.x86.sse.sfence", ir.VoidType(), [])
+    else:
+        fb.b.fence("seq_cst")
 
 
 def _broadcast(b, s, lanes: int):

@@ -264,12 +264,19 @@ def panel_floats(kd: int, n: int, wide: bool) -> int:
 
 def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: int, sc: int,
                      wide: bool) -> None:
-    """dst[dst_off + (p, k, q)] = src[src_off + k*sk + (p*NW + q)*sc] for the [kd, n] matrix
-    (the columns past n of the last panel are left as they are: they only feed tile
-    columns that are never stored)."""
+    """dst[dst_off + (p, k, q)] = src[src_off + k*sk + (p*NW + q)*sc] for the [kd, n] matrix,
+    and 0 in the columns past n of the last panel: they only feed tile columns that are
+    never stored, but scratch may hold anything, and a denormal or NaN there costs a
+    microcode assist per FMA (Q K^T at 197 tokens ran 20 times slower on stale scratch)."""
     b = fb.b
     nw = 2 * lanes(wide)
     soff = i64(src_off) if isinstance(src_off, INT) else src_off
+    if n % nw and kd:
+        last = dst_off + (n // nw) * kd * nw
+        with fb.loop(0, kd) as k:
+            row = b.add(i64(last), b.mul(k, i64(nw)))
+            with fb.loop(n % nw, nw) as q:
+                fb.store(ir.Constant(F32, 0.0), dst, b.add(row, q))
     if sk == 1 and sc != 1 and n >= 8 and kd >= 8:
         _pack_transposed(fb, dst, dst_off, src, soff, kd, n, sc, nw)
         return
@@ -290,44 +297,44 @@ def emit_pack_panels(fb, dst, dst_off: int, src, src_off, kd: int, n: int, sk: i
             fb.store(fb.load(src, b.add(s0, b.mul(k, i64(sk)))), dst, b.add(d0, b.mul(k, i64(nw))))
 
 
-def _transpose8(b, rows):
-    """The 8 x 8 transpose of eight ``<8 x float>`` rows (unpack, 2-lane and 4-lane
-    shuffles: 24 shuffles, no memory traffic)."""
+def _transpose8_halves(b, load4):
+    """The 8 x 8 transpose of rows given as 4-float halves (``load4(r, h)``: row r, floats
+    4h..4h+3): rows r and r + 4 are joined per half as they load (a 128-bit insert, which
+    runs beside the loads), then 4 x 4 transposes within the 128-bit lanes, 16 shuffles
+    (the unpack / 2-lane / 4-lane form takes 24, 8 of them on the one port that crosses
+    lanes; K^T of 12 heads packs 2-4% faster)."""
     I32 = ir.IntType(32)
 
     def sh(x, y, mask):
-        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 8), mask))
-    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-    t = []
-    for r in range(0, 8, 2):
-        t += [sh(rows[r], rows[r + 1], lo), sh(rows[r], rows[r + 1], hi)]
-    m0, m1 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-    u = [sh(t[0], t[2], m0), sh(t[0], t[2], m1), sh(t[1], t[3], m0), sh(t[1], t[3], m1),
-         sh(t[4], t[6], m0), sh(t[4], t[6], m1), sh(t[5], t[7], m0), sh(t[5], t[7], m1)]
-    out = [None] * 8
-    for c in range(4):
-        out[c] = sh(u[c], u[c + 4], [0, 1, 2, 3, 8, 9, 10, 11])
-        out[c + 4] = sh(u[c], u[c + 4], [4, 5, 6, 7, 12, 13, 14, 15])
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(mask)), mask))
+    out = []
+    for h in range(2):
+        t = [sh(load4(r, h), load4(r + 4, h), list(range(8))) for r in range(4)]
+        u0, u1 = sh(t[0], t[1], [0, 8, 1, 9, 4, 12, 5, 13]), sh(t[0], t[1], [2, 10, 3, 11, 6, 14, 7, 15])
+        u2, u3 = sh(t[2], t[3], [0, 8, 1, 9, 4, 12, 5, 13]), sh(t[2], t[3], [2, 10, 3, 11, 6, 14, 7, 15])
+        lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        out += [sh(u0, u2, lo), sh(u0, u2, hi), sh(u1, u3, lo), sh(u1, u3, hi)]
     return out
 
 
 def _pack_transposed(fb, dst, dst_off: int, src, soff, kd: int, n: int, sc: int, nw: int) -> None:
     """``emit_pack_panels`` for a B read transposed (column c of B is a contiguous run of
-    kd floats ``sc`` apart: K of ``Q @ K^T``): 8 columns x 8 k at a time, eight vector
+    kd floats ``sc`` apart: K of ``Q @ K^T``): 8 columns x 8 k at a time, sixteen half-vector
     loads, an in-register transpose and eight vector stores into the panel rows (the
     scalar loop stored one float per load, ``nw`` floats apart); the edges scalar."""
     b = fb.b
     V8P = ir.VectorType(F32, 8).as_pointer()
+    V4P = ir.VectorType(F32, 4).as_pointer()
     n8, k8 = n // 8 * 8, kd // 8 * 8
     with fb.loop(0, n8, 8) as c0:
         p = b.udiv(c0, i64(nw))
         d0 = b.add(i64(dst_off), b.add(b.mul(p, i64(kd * nw)), b.urem(c0, i64(nw))))
         s0 = b.add(soff, b.mul(c0, i64(sc)))
         with fb.loop(0, k8, 8) as k0:
-            rows = [b.load(b.bitcast(fb.ptr(src, b.add(s0, b.add(k0, i64(r * sc)))), V8P), align=4)
-                    for r in range(8)]
             dk = b.add(d0, b.mul(k0, i64(nw)))
-            for j, v in enumerate(_transpose8(b, rows)):
+            outs = _transpose8_halves(b, lambda r, h: b.load(b.bitcast(
+                fb.ptr(src, b.add(s0, b.add(k0, i64(r * sc + 4 * h)))), V4P), align=4))
+            for j, v in enumerate(outs):
                 b.store(v, b.bitcast(fb.ptr(dst, b.add(dk, i64(j * nw))), V8P), align=4)
         if k8 < kd:
             with fb.loop(0, 8) as q:
@@ -344,6 +351,14 @@ def _pack_transposed(fb, dst, dst_off: int, src, soff, kd: int, n: int, sc: int,
 
 
 PANEL_MR_WIDE = 12
+
+
+def emit_prefetch_write(fb, ptr) -> None:
+    """``prefetchw`` of the cache line at ``ptr`` (into L1, for writing)."""
+    I8P = ir.IntType(8).as_pointer()
+    I32 = ir.IntType(32)
+    fb.intrinsic("llvm.prefetch.p0i8", ir.VoidType(),
+                 [fb.b.bitcast(ptr, I8P), ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
 def tile_rows(wide: bool) -> int:
@@ -380,6 +395,18 @@ def emit_panel_gemm(fb, out, out_off, ldo: int, a, a_off, lda: int, bp, bp_off: 
 
         def panel(pj, ncols):
             wpanel = fb.ptr(bp, b.add(i64(bp_off), b.mul(pj, i64(kd * nw))))
+            # the output lines of the next tile (the next panel, after the last one the
+            # next rows' first), for writing, while this k loop runs: at attention's depth
+            # (64) a tile's stores that missed L1 stalled on the read-for-ownership (Q K^T
+            # at 128 tokens 10-12% faster; prefetching the tile's own lines gave 6-8%)
+            nxt = b.mul(b.add(pj, i64(1)), i64(nw))
+            more = b.icmp_signed("<", nxt, i64(n))
+            for r in range(nr):     # (a row past the product: its own line, not a neighbour's)
+                below = b.icmp_signed("<", b.add(r0, i64(nr + r)), i64(rows))
+                down = b.select(below, i64(nr * ldo), i64(0))
+                line = b.select(more, b.add(orow[r], nxt), b.add(orow[r], down))
+                for h in range(0, nw, 16):
+                    emit_prefetch_write(fb, fb.ptr(out, b.add(line, i64(h))))
             for acc in accs[:2 * nr]:
                 b.store(zero, acc)
             with fb.loop(0, kd) as k:
@@ -438,11 +465,39 @@ class BatchedGemm(GemmPacked):
                                                         self.b_batch_strides, self.trans_b)
 
     @property
+    def _products(self) -> int:
+        return int(np.prod(self.batch, dtype=np.int64))
+
+    @property
+    def _fits_per_product(self) -> bool:
+        return (self.raw and self._products >= PRODUCT_MIN and
+                any(s != 0 for s in self.b_batch_strides) and
+                panel_floats(self.K, self.N, self.wide) * 4 <= BLOCK_BYTES)
+
+    @property
+    def per_product(self) -> bool:
+        """Many small products of two activations (attention's Q K^T and P V per head):
+        one pool job whose tasks each take whole products, packing their own B and running
+        the tile with every size a constant (``emit_panel_gemm``, edge tiles of exactly the
+        rows left).  Per product, the library path packs B on the calling thread and then
+        starts a pool job of about one tile per task: at 12 heads of 128 x 128 x 64 those
+        12 serial packs and 12 job starts cost 5-8% of the product."""
+        from .codegen import is_dynamic_emission
+        return self._fits_per_product and not is_dynamic_emission()
+
+    @property
+    def n_product_tasks(self) -> int:
+        return min(self._products, PRODUCT_TASKS)
+
+    @property
     def scratch_bytes(self) -> int:
-        return panel_floats(self.K, self.N, self.wide) * 4
+        one = panel_floats(self.K, self.N, self.wide) * 4
+        return _align64(one) * self.n_product_tasks if self._fits_per_product else one
 
     def emit(self, module, fname, n_args):
         from .kernels import contiguous_strides
+        if self.per_product:
+            return self._emit_per_product(module, fname, n_args)
         fb, lib, state, pp = library_call(module, fname, n_args, self.library_symbol(),
                                           self.params(), "gemmpk")
         b = fb.b
@@ -467,3 +522,47 @@ class BatchedGemm(GemmPacked):
                          bias, ir.Constant(F32P, None)])
         fb.loop_nest(self.batch, product)
         return fb.finish()
+
+    def _emit_per_product(self, module, fname, n_args):
+        """Tasks over the batch: task t packs and multiplies products [t*chunk, (t+1)*chunk)
+        in its own scratch slice."""
+        from .kernels import contiguous_strides
+        from .parallel import parallel_kernel
+        total, tasks = self._products, self.n_product_tasks
+        chunk = -(-total // tasks)
+        slice_ = _align64(panel_floats(self.K, self.N, self.wide) * 4) // 4
+        sk, sc = (1, self.K) if self.trans_b else (self.N, 1)
+        out_st = contiguous_strides(self.batch)
+        M, N, K = self.M, self.N, self.K
+
+        def task(fb, args, t):
+            b = fb.b
+            F32P = F32.as_pointer()
+            args = [b.bitcast(x, F32P) for x in args]
+            out, a, bm, scratch = args[0], args[1], args[2], args[-1]
+            s = fb.ptr(scratch, b.mul(t, i64(slice_)))
+            lo = b.mul(t, i64(chunk))
+            hi = _min(b, b.add(lo, i64(chunk)), i64(total))
+            with fb.loop(lo, hi) as e:
+                idx, rest = [], e
+                for size in reversed(self.batch):
+                    idx.append(b.urem(rest, i64(size)))
+                    rest = b.udiv(rest, i64(size))
+                idx.reverse()
+                bo = fb.mul_add(list(zip(idx, self.b_batch_strides)))
+                ao = fb.mul_add(list(zip(idx, self.a_batch_strides)))
+                oo = fb.mul_add([(i, st * M * N) for i, st in zip(idx, out_st)])
+                emit_pack_panels(fb, s, 0, bm, bo, K, N, sk, sc, self.wide)
+                emit_panel_gemm(fb, out, oo, N, a, ao, self.lda or K, s, 0, M, K, N, self.wide)
+        return parallel_kernel(module, fname, n_args, tasks, task)
+
+
+#: tasks of a BatchedGemm.per_product job (the pool takes them in turn: 12 heads on 2
+#: threads are 6 each), and the fewest products that take that path (fewer, larger
+#: products split better by rows)
+PRODUCT_TASKS = 16
+PRODUCT_MIN = 4
+
+
+def _align64(nbytes: int) -> int:
+    return -(-nbytes // 64) * 64

@@ -5,6 +5,8 @@ object.  Produces a list of steps in schedule order, one per op: lowering fuses 
 rule, galaxir/backends/cpu/rules.py, becomes one elementwise loop)."""
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -765,7 +767,58 @@ def lower_module(module: Module, report_reasons: dict | None = None) -> list:
         kern, ins = res
         step = NativeStep(kern, list(op.results[:getattr(kern, "n_results", 1)]), ins, [op])
         steps.append(step)
+    _stream_large_outputs(steps, outputs)
     return _drop_unread_transposes(steps, outputs)
+
+
+def stream_min_bytes() -> int:
+    """Graph outputs from this size on are written with streaming stores: the host's L2
+    cache size per core (``GALAXIR_CPU_STREAM_MIN`` overrides; 0 turns streaming off).
+    Measured on a 4 MiB-L2 Xeon: Exp over 4.8 MB 35% faster, over 1.2 MB (in and out fit
+    L2) 20% slower."""
+    forced = os.environ.get("GALAXIR_CPU_STREAM_MIN")
+    if forced is not None:
+        return int(forced) or -1
+    return _l2_bytes() or 2 << 20
+
+
+def _l2_bytes() -> int:
+    """The L2 cache size of cpu0 from sysfs (Linux), 0 when unknown."""
+    import glob
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        try:
+            return int(text.rstrip("KM")) * scale
+        except ValueError:
+            return 0
+    return 0
+
+
+def _stream_large_outputs(steps: list, outputs: set) -> None:
+    """Mark the elementwise steps whose result is a graph output (or viewed as one) of at
+    least ``stream_min_bytes``: nothing in the call reads it again, so its stores need not
+    pass through the cache."""
+    limit = stream_min_bytes()
+    if limit < 0 or is_dynamic_emission():  # one compile for every shape: no size test
+        return
+    final = set(outputs)
+    for step in reversed(steps):
+        if isinstance(step, AliasStep) and id(step.result) in final:
+            final.add(id(step.source))
+    for k, step in enumerate(steps):
+        if isinstance(step, NativeStep) and type(step.kernel) is K.Elementwise \
+                and len(step.outputs) == 1 and id(step.outputs[0]) in final \
+                and nbytes_of(step.outputs[0]) >= limit:
+            steps[k] = NativeStep(dataclasses.replace(step.kernel, stream=True), step.outputs,
+                                  step.inputs, step.ops)
 
 
 def _drop_unread_transposes(steps: list, outputs: set) -> list:
@@ -794,5 +847,7 @@ from . import lower_resize  # noqa: E402,F401  (resize / upsample)
 from . import lower_conv_transpose  # noqa: E402,F401  (conv_transpose)
 from . import lower_typed  # noqa: E402,F401  (comparisons, logic, cast, integer ops, range, ...)
 from . import lower_quant  # noqa: E402,F401  (int8 conv / matmul, quantize / dequantize)
+from . import lower_quant_dw  # noqa: E402,F401  (int8 depthwise conv; after lower_quant)
+from . import lower_quant_pool  # noqa: E402,F401  (int8 global average pooling)
 from . import lower_f16  # noqa: E402,F401  (f16 / bf16 <-> f32 casts; other casts: lower_typed's rule)
 from . import lower_qnodes  # noqa: E402,F401  (other quantized types, run-time quantized operands)
