@@ -17,79 +17,7 @@ import galaxir as gx  # noqa: E402
 from galaxir.backends.cpu import jit  # noqa: E402
 from galaxir.errors import GalaxirError, CompileError  # noqa: E402
 
-ONNX_T = {np.uint8: TensorProto.UINT8, np.int8: TensorProto.INT8}
-PATHS = [("1", "1"), ("0", "1"), ("1", "0"), ("0", "0")]   # (VNNI, WIDE)
-
-
-def _path_ok(vnni: str, wide: str) -> bool:
-    if vnni == "1":
-        return jit.has_feature("avx512vnni") or jit.has_feature("avxvnni")
-    return jit.has_feature("avx2")
-
-
-@pytest.fixture(params=PATHS, ids=lambda p: f"vnni{p[0]}-wide{p[1]}")
-def path(request, monkeypatch):
-    vnni, wide = request.param
-    if not _path_ok(vnni, wide):
-        pytest.skip("the host lacks this instruction set")
-    monkeypatch.setenv("GALAXIR_CPU_VNNI", vnni)
-    monkeypatch.setenv("GALAXIR_CPU_WIDE", wide)
-    return request.param
-
-
-def _rand(rng, dt, shape):
-    info = np.iinfo(dt)
-    return rng.integers(info.min, info.max + 1, shape).astype(dt)
-
-
-def _params(rng, wdt, n, per_channel):
-    shape = (n,) if per_channel else ()
-    ws = (rng.random(shape) * 0.01 + 0.001).astype(np.float32)
-    info = np.iinfo(wdt)
-    wz = rng.integers(info.min // 2, info.max // 2 + 1, shape).astype(wdt)
-    return ws, wz
-
-
-def matmul_model(rng, M, K, N, xdt, wdt, per_channel, op="QLinearMatMul"):
-    w = _rand(rng, wdt, (K, N))
-    ws, wz = _params(rng, wdt, N, per_channel)
-    xz = np.array(7 if xdt == np.uint8 else -3, xdt)
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
-             numpy_helper.from_array(xz, "xz"), numpy_helper.from_array(ws, "ws"),
-             numpy_helper.from_array(wz, "wz"), numpy_helper.from_array(np.array(0.05, np.float32), "ys"),
-             numpy_helper.from_array(np.array(100, np.uint8), "yz")]
-    if op == "MatMulInteger":
-        node, yt = helper.make_node(op, ["x", "w", "xz", "wz"], ["y"]), TensorProto.INT32
-    else:
-        node = helper.make_node(op, ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
-        yt = TensorProto.UINT8
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", ONNX_T[xdt], [M, K])],
-                          [helper.make_tensor_value_info("y", yt, [M, N])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-
-
-def conv_model(rng, N, C, H, W, M, k, s, p, g, xdt, wdt, per_channel, op="QLinearConv", dil=1):
-    w = _rand(rng, wdt, (M, C // g, k, k))
-    ws, wz = _params(rng, wdt, M, per_channel)
-    xz = np.array(7 if xdt == np.uint8 else -3, xdt)
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
-             numpy_helper.from_array(xz, "xz"), numpy_helper.from_array(ws, "ws"),
-             numpy_helper.from_array(wz, "wz"), numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
-             numpy_helper.from_array(np.array(-5, np.int8), "yz"),
-             numpy_helper.from_array(rng.integers(-5000, 5000, M).astype(np.int32), "b")]
-    att = dict(kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g, dilations=[dil, dil])
-    if op == "ConvInteger":
-        node, yt = helper.make_node(op, ["x", "w", "xz", "wz"], ["y"], **att), TensorProto.INT32
-    else:
-        node = helper.make_node(op, ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **att)
-        yt = TensorProto.INT8
-    gr = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", ONNX_T[xdt], [N, C, H, W])],
-                           [helper.make_tensor_value_info("y", yt, [None] * 4)], inits)
-    return helper.make_model(gr, opset_imports=[helper.make_opsetid("", 13)])
-
-
-def _one(r):
-    return r[0] if isinstance(r, (list, tuple)) else r
+from conftest import DT, _one, _qdq_cnn, _rand, conv_model, matmul_model  # noqa: E402
 
 
 def check_native_equal(model, feeds):
@@ -99,9 +27,6 @@ def check_native_equal(model, feeds):
     assert exe.fallback_ops == [], exe.report()
     np.testing.assert_array_equal(got, ref)
     return got
-
-
-DT = [np.uint8, np.int8]
 
 
 @pytest.mark.parametrize("op", ["QLinearMatMul", "MatMulInteger"])
@@ -193,50 +118,6 @@ def test_bad_quantize_scale_names_the_op():
     # the IR's verifier rejects a constant non-positive scale before the backend sees it
     with pytest.raises(GalaxirError, match="quantize_linear.*scale must be positive"):
         gx.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), target="cpu")
-
-
-def _qdq_cnn(tmp_path):
-    torch = pytest.importorskip("torch")
-    q = pytest.importorskip("onnxruntime.quantization")
-    torch.manual_seed(0)
-
-    class Block(torch.nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.c1 = torch.nn.Conv2d(c, c, 3, padding=1)
-            self.c2 = torch.nn.Conv2d(c, c, 3, padding=1)
-
-        def forward(self, x):
-            return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
-            self.b1, self.b2 = Block(16), Block(16)
-            self.pool = torch.nn.MaxPool2d(2)
-            self.fc = torch.nn.Linear(16, 10)
-
-        def forward(self, x):
-            x = self.b2(self.pool(self.b1(torch.relu(self.stem(x)))))
-            return self.fc(x.mean((2, 3)))
-
-    fp, qp = str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")
-    torch.onnx.export(Net().eval(), torch.randn(1, 3, 32, 32), fp, input_names=["x"],
-                      output_names=["y"], dynamo=False)
-    rng = np.random.default_rng(0)
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)}
-                            for _ in range(8)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    q.quantize_static(fp, qp, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
-    return qp
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -20,8 +20,7 @@ from galaxir.errors import GalaxirError  # noqa: E402
 from galaxir.ir import GraphBuilder  # noqa: E402
 from galaxir.ir.types import DType, tensor  # noqa: E402
 
-from conftest import native_kernels  # noqa: E402
-from test_cpu_int8 import DT, _one, _rand, _path_ok, conv_model  # noqa: E402
+from conftest import DT, _one, _path_ok, _rand, conv_model, native_kernels  # noqa: E402
 
 SLOW = dict(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 

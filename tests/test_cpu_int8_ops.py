@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import galaxir as gx  # noqa: E402
 from galaxir.backends.cpu import kernels_int8 as KI  # noqa: E402
 
-from test_cpu_int8 import DT, _one, _rand, conv_model, matmul_model, path  # noqa: E402,F401
+from conftest import DT, _one, _qdq_cnn, _rand, conv_model, matmul_model  # noqa: E402
 
 ONNX_T = {np.uint8: TensorProto.UINT8, np.int8: TensorProto.INT8}
 
@@ -217,7 +217,6 @@ def test_qdq_cnn_has_no_round_trips(tmp_path):
     """Residual adds and max pooling of onnxruntime's QDQ model run in int8: the only
     quantize/dequantize left are at the input, the output and around the global average
     pool (float in this form)."""
-    from test_cpu_int8 import _qdq_cnn
     qp = _qdq_cnn(tmp_path)
     exe = gx.compile(qp, target="cpu")
     assert exe.fallback_ops == [] and len(exe.last.segments) == 1, exe.report()

@@ -267,15 +267,12 @@ def test_bad_run_time_scale_is_refused(op, bad):
         exe.run(f)
 
 
-from tests.test_cpu_int8 import path  # noqa: E402,F401  (the forced VNNI / AVX2, 16 / 8-lane paths)
-
-
 @pytest.mark.parametrize("xt,wt", [(np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8)])
 def test_matmul_integer_run_time_zero_point_on_packed_weights(path, xt, wt):
     """Dynamic quantization's matmul_integer (constant weights, x's zero point computed at
     run time) runs on the packed int8 kernel plus a zero-point correction: the reference's
     int32 values exactly, on every forced instruction path."""
-    from tests.conftest import native_kernels
+    from conftest import native_kernels
     rng = np.random.default_rng(6)
     for xs, (K, N), zw_size in (((3, 5, 37), (37, 21), 21), ((64, 300), (300, 96), 1)):
         w = _q8(rng, wt, (K, N))

@@ -421,6 +421,25 @@ def test_fuse_elementwise_is_linear(monkeypatch):
         assert len(ew.collect_group(last)) == ew.MAX_GROUP_OPS
 
 
+def test_fusion_asks_fusible_a_few_times_per_op(monkeypatch):
+    """The cpu's elementwise fusion over a long chain asks ``fusible`` a few times per op,
+    not once for each of the CHAIN_LOOKAHEAD ops looking ahead past it (before: 35 per op;
+    the answers are kept until the IR changes, Rewriter.memo); counted, not timed."""
+    from galaxir.backends.cpu.lower import MAX_EXPR_DEPTH
+    from galaxir.backends.cpu.rules import FuseNativeElementwise
+    from galaxir.passes.rewrite import apply_patterns_greedily
+    calls = []
+    real = FuseNativeElementwise.fusible
+    monkeypatch.setattr(FuseNativeElementwise, "fusible",
+                        lambda self, op: calls.append(1) or real(self, op))
+    for n in (300, 2000):
+        m = gx.import_model(_chain_model(n))
+        calls.clear()
+        st = apply_patterns_greedily(m, [FuseNativeElementwise()])
+        assert st.rewrites["cpu-fuse-elementwise"] == -(-n // MAX_EXPR_DEPTH)
+        assert len(calls) <= 6 * n, (n, len(calls))
+
+
 def test_lowered_expressions_are_bounded():
     """A deep chain lowers to several elementwise kernels, each at most MAX_EXPR_DEPTH deep."""
     from galaxir.backends.cpu import lower

@@ -245,6 +245,35 @@ def test_class_based_pattern_and_disabled_rules():
     assert counts(m2) == {"abs": 1}
 
 
+def test_rewriter_memo_lasts_until_the_ir_changes():
+    """What a pattern keeps in ``Rewriter.memo`` stays while nothing changes and is gone
+    after the first change; each owner has its own."""
+    seen = []
+
+    class AbsOfRelu(RewritePattern):
+        name = "abs-of-relu"
+        root = ("relu", "abs")
+
+        def match_and_rewrite(self, op, rw):
+            memo = rw.memo(self)
+            assert rw.memo("someone else") is not memo
+            seen.append((op.name, sorted(memo)))
+            memo[op.name] = True
+            x = op.operand(0).producer
+            if op.name == "abs" and x is not None and x.name == "relu":
+                rw.replace_op(op, [op.operand(0)])  # abs(relu(x)) == relu(x)
+                return True
+            return False
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 3))
+    gb.output(gb.relu(gb.abs(gb.relu(x))), "y")
+    m = gb.module()
+    assert apply_patterns_greedily(m, [AbsOfRelu()]).total == 1
+    assert seen[:2] == [("relu", []), ("abs", ["relu"])]    # kept from op to op
+    assert seen[2][1] == [] and len(seen) > 2                 # dropped by the rewrite
+    assert counts(m) == {"relu": 2}
+
+
 # -- O1 rewrites (differential) --------------------------------------------------------------
 def test_constant_folding_and_dce():
     gb = GraphBuilder()

@@ -427,6 +427,20 @@ class Rewriter:
         self.erased: list[Operation] = []
         self._freed: list[Operation] = []  # producers of what the rule erased
         self.erase_orphans = True  # (off when the driver keeps dead ops: erase_dead=False)
+        self._memos: dict = {}
+        self._memos_at = -1
+
+    def memo(self, owner) -> dict:
+        """A dict where ``owner`` (a pattern) keeps what it learned about the IR, emptied
+        whenever the IR changes (every change is reported to the listener): what it holds
+        stays true until the next rewrite, so a pattern need not recompute it per op."""
+        if self._memos_at != self.listener.changes:
+            self._memos = {}
+            self._memos_at = self.listener.changes
+        got = self._memos.get(owner)
+        if got is None:
+            got = self._memos[owner] = {}
+        return got
 
     # -- setup by the driver ------------------------------------------------------------
     def _begin(self, root: Operation, rule: str, matched: Sequence[Operation] = ()) -> None:
@@ -630,15 +644,19 @@ class _Listener:
 
     def __init__(self):
         self.touched = False
+        self.changes = 0  # notifications so far: Rewriter.memo's validity
 
     def added(self, op: Operation) -> None:
         self.touched = True
+        self.changes += 1
 
     def erased(self, op: Operation) -> None:
         self.touched = True
+        self.changes += 1
 
     def touched_op(self, op: Operation) -> None:
         self.touched = True
+        self.changes += 1
 
 
 class RewritePattern:
@@ -832,16 +850,16 @@ class _Worklist(_Listener):
         return None
 
     def added(self, op):
-        self.touched = True
+        super().added(op)
         self.push(op)
 
     def erased(self, op):
-        self.touched = True
+        super().erased(op)
         for inner in op.walk():
             self.members.pop(id(inner), None)
 
     def touched_op(self, op):
-        self.touched = True
+        super().touched_op(op)
         if _attached(op):
             self.push(op)
 

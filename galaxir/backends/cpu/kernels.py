@@ -13,6 +13,7 @@ import llvmlite.ir as ir
 from . import jit, vmath
 from .shapetrace import as_int, select, test, tmax, tmin
 from .codegen import (F32, I64, INT, INT_OF_SIZE, FnBuilder, Sgemm, f32, i64, memcpy, memset0)
+from .window import Window2d
 
 
 def prod(xs) -> int:
@@ -654,47 +655,25 @@ class Conv2d(Kernel):
 
 # -- pooling -------------------------------------------------------------------------------
 @dataclass
-class Pool2d(Kernel):
+class Pool2d(Window2d, Kernel):
     """max / average pooling over NCHW planes with pads, strides, dilations, ceil mode."""
 
     kind: str  # "max" | "avg"
     planes: int
-    H: int
-    W: int
-    OH: int
-    OW: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    pt: int
-    pl: int
-    pb: int
+    pb: int  # pads after the last row / column
     pr: int
     count_include_pad: bool
     name: str = "pool"
 
     def key(self):
-        return ("pool", self.kind, self.planes, self.H, self.W, self.OH, self.OW, self.kh, self.kw,
-                self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.pb, self.pr,
-                self.count_include_pad)
+        return ("pool", self.kind, self.planes) + self.window_key() + (
+            self.pb, self.pr, self.count_include_pad)
 
     def emit(self, module, fname, n_args):
         fb = _fb(module, fname, n_args)
         b = fb.b
         out, x = fb.args[0], fb.args[1]
         H, W, OH, OW = self.H, self.W, self.OH, self.OW
-        # per output row/col: the valid window taps (static), as python lists
-        def taps(o, s, p, k, d, size):
-            return [t for t in range(k) if 0 <= o * s - p + t * d < size]
-
-        def padded_count(o, s, p, pend, k, d, size):
-            start = o * s - p
-            end = min(start + (k - 1) * d + 1, size + pend)
-            return len(range(start, end, d)) if end > start else 0
-
         max_mode = self.kind == "max"
         acc = fb.alloca(F32)
         with fb.loop(0, self.planes) as pl:
@@ -702,9 +681,9 @@ class Pool2d(Kernel):
             ob = b.mul(pl, i64(OH * OW))
             # rows are emitted generically; columns too, with a runtime-computed window
             with fb.loop(0, OH) as oh:
-                hs = b.sub(b.mul(oh, i64(self.sh)), i64(self.pt))
+                hs = self.first_row(b, oh)
                 with fb.loop(0, OW) as ow:
-                    ws = b.sub(b.mul(ow, i64(self.sw)), i64(self.pl))
+                    ws = self.first_col(b, ow)
                     b.store(f32(-math.inf if max_mode else 0.0), acc)
                     cnt = fb.alloca(I64)
                     b.store(i64(0), cnt)

@@ -29,6 +29,7 @@ import llvmlite.ir as ir
 
 from .codegen import F32, i64
 from .kernels import Kernel, _act_expr_of, _fma_vec, _max, _min, apply_activation_v8, emit_expr
+from .window import Window2d, interior_columns  # noqa: F401 - interior_columns: re-exported
 
 
 def _lanes() -> int:
@@ -54,14 +55,6 @@ def direct_group_ok(C: int, M: int, group: int) -> bool:
     with cg in 1, 2, 4, 8 (a vector block then always starts at a group's first channel)."""
     cg = C // group
     return group > 1 and C == M and C % group == 0 and cg in (1, 2, 4, MAX_DIRECT_GROUP)
-
-
-def interior_columns(OW: int, W: int, kw: int, sw: int, dw: int, pl: int) -> tuple[int, int]:
-    """[lo, hi): the output columns whose every tap lies inside [0, W)."""
-    lo = min(-(-pl // sw), OW)
-    last = (kw - 1) * dw - pl          # iw of the last tap = ow*sw + last < W
-    hi = min(OW, (W - 1 - last) // sw + 1) if W - 1 - last >= 0 else 0
-    return lo, max(lo, hi)
 
 
 def _vtype(width: int):
@@ -109,7 +102,7 @@ def activate(fb, v, width, act, params, expr):
 
 
 @dataclass
-class DepthwiseNhwc(Kernel):
+class DepthwiseNhwc(Window2d, Kernel):
     """y[n, oh, ow, m] = act(sum over (i, j, q) of x[n, ih, iw, g*cg + q] * w[i, j, q, m]
     + bias[m] + z) with g = m // cg, on NHWC, w packed by ``pack_depthwise_nhwc``: a
     depthwise conv (cg = 1), or a grouped one with few channels per group (RegNet,
@@ -117,19 +110,7 @@ class DepthwiseNhwc(Kernel):
     group with a shuffle."""
 
     N: int
-    H: int
-    W: int
     C: int
-    OH: int
-    OW: int
-    kh: int
-    kw: int
-    sh: int = 1
-    sw: int = 1
-    dh: int = 1
-    dw: int = 1
-    pt: int = 0
-    pl: int = 0
     has_bias: bool = False
     activation: str = "none"
     act_params: tuple = ()
@@ -139,9 +120,8 @@ class DepthwiseNhwc(Kernel):
     name: str = "dwconv_nhwc"
 
     def key(self):
-        return ("dw_nhwc", _lanes(), self.cg, self.N, self.H, self.W, self.C, self.OH, self.OW,
-                self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl,
-                self.has_bias, self.activation, self.act_params, self.has_z, self.relu)
+        return ("dw_nhwc", _lanes(), self.cg, self.N, self.C) + self.window_key() + (
+            self.has_bias, self.activation, self.act_params, self.has_z, self.relu)
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
@@ -166,7 +146,7 @@ class DepthwiseNhwc(Kernel):
         n = b.sdiv(t, i64(self.OH))
         oh = b.srem(t, i64(self.OH))
         # the kernel rows inside the image: [hlo, hhi)
-        hs = b.sub(b.mul(oh, i64(self.sh)), i64(self.pt))
+        hs = self.first_row(b, oh)
         hlo = _max(b, i64(0), b.sdiv(b.add(b.sub(i64(0), hs), i64(self.dh - 1)), i64(self.dh)))
         hhi = _min(b, i64(self.kh), b.sdiv(b.add(b.sub(i64(self.H), hs), i64(self.dh - 1)),
                                            i64(self.dh)))
@@ -177,7 +157,7 @@ class DepthwiseNhwc(Kernel):
             zeros = b.alloca(F32, size=i64(16))
             zeros.align = 64
         _vstore(fb, ir.Constant(ir.VectorType(F32, 16), [0.0] * 16), zeros, 16)
-        lo, hi = interior_columns(self.OW, self.W, self.kw, self.sw, self.dw, self.pl)
+        lo, hi = self.interior_cols()
         group = 8 if lanes == 16 else 6
         accs = {}
 
@@ -191,7 +171,7 @@ class DepthwiseNhwc(Kernel):
             zero = ir.Constant(V, [0.0] * width) if width > 1 else ir.Constant(F32, 0.0)
             for s in slots:
                 b.store(zero, s)
-            iw0 = b.sub(b.mul(ow0, i64(self.sw)), i64(self.pl))
+            iw0 = self.first_col(b, ow0)
             # the first input channel the block reads: its own index for a vector block
             # (aligned to the groups), the group's first channel for a single channel
             cin = c if width > 1 or cg == 1 else b.sub(c, b.srem(c, i64(cg)))
@@ -289,7 +269,7 @@ def nchw_depthwise_ok(C: int, M: int, group: int) -> bool:
 
 
 @dataclass
-class DepthwiseNchw(Kernel):
+class DepthwiseNchw(Window2d, Kernel):
     """y[n, c, oh, ow] = act(sum over (i, j) of x[n, c, ih, iw] * w[c, 0, i, j] + bias[c] + z)
     on NCHW.  A task takes one plane's band of output rows: it copies the input rows the
     band reads into a zero-padded buffer on its stack (so no tap needs a bounds check),
@@ -300,18 +280,6 @@ class DepthwiseNchw(Kernel):
 
     N: int
     C: int
-    H: int
-    W: int
-    OH: int
-    OW: int
-    kh: int
-    kw: int
-    sh: int = 1
-    sw: int = 1
-    dh: int = 1
-    dw: int = 1
-    pt: int = 0
-    pl: int = 0
     has_bias: bool = False
     activation: str = "none"
     act_params: tuple = ()
@@ -320,17 +288,15 @@ class DepthwiseNchw(Kernel):
     name: str = "dwconv_nchw"
 
     def key(self):
-        return ("dw_nchw", _lanes(), self.N, self.C, self.H, self.W, self.OH, self.OW, self.kh,
-                self.kw, self.sh, self.sw, self.dh, self.dw, self.pt, self.pl, self.has_bias,
-                self.activation, self.act_params, self.has_z, self.relu)
+        return ("dw_nchw", _lanes(), self.N, self.C) + self.window_key() + (
+            self.has_bias, self.activation, self.act_params, self.has_z, self.relu)
 
     def geometry(self, lanes: int) -> tuple[int, int, int, int]:
         """(blocks per output row, padded row width, output rows per band, bands)."""
         nb = -(-self.OW // lanes)
         wpad = nb * lanes * self.sw + (self.kw - 1) * self.dw
-        rows_for = lambda ob: (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1   # noqa: E731
         ob = self.OH
-        while ob > 1 and rows_for(ob) * wpad * 4 > NCHW_BAND_BYTES:
+        while ob > 1 and self.rows_read(ob) * wpad * 4 > NCHW_BAND_BYTES:
             ob = -(-ob // 2)
         planes = self.N * self.C
         if planes < NCHW_TASKS:   # few planes: split them into bands for the pool
@@ -341,8 +307,7 @@ class DepthwiseNchw(Kernel):
         """Whether one output row's padded input rows fit NCHW_STACK_MAX (a huge row or
         dilation would not: such a conv stays on the GEMM)."""
         nb, wpad, ob, _ = self.geometry(16)
-        rows = (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1
-        return rows * wpad * 4 <= NCHW_STACK_MAX
+        return self.rows_read(ob) * wpad * 4 <= NCHW_STACK_MAX
 
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
@@ -367,7 +332,7 @@ class DepthwiseNchw(Kernel):
             act = (self.activation, tuple(float(p) for p in self.act_params))
         expr = _act_expr_of(self)
         nb, wpad, ob, bands = self.geometry(L)
-        brows = (ob - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        brows = self.rows_read(ob)
         fma = _fma_vec(fb.module, L)
         plane = b.sdiv(t, i64(bands))            # n * C + c
         band = b.srem(t, i64(bands))
@@ -382,7 +347,7 @@ class DepthwiseNchw(Kernel):
         # the band's input rows, zero-padded: row r is input row oh0*sh - pt + r
         memset0(fb, buf, brows * wpad * 4)
         xp = fb.ptr(x, b.mul(plane, i64(self.H * self.W)))
-        ih0 = b.sub(b.mul(oh0, i64(self.sh)), i64(self.pt))
+        ih0 = self.first_row(b, oh0)
         r_lo = _max(b, i64(0), b.sub(i64(0), ih0))
         r_hi = _min(b, i64(brows), b.sub(i64(self.H), ih0))
         with fb.loop(r_lo, r_hi) as r:

@@ -38,6 +38,7 @@ import numpy as np
 from . import jit
 from .codegen import F32, F64, I8, I8P, I32, I64, FnBuilder, i64
 from .kernels import Kernel, prod
+from .window import Window2d
 
 I16 = ir.IntType(16)
 R_TILE = 4      # rows of the register tile
@@ -938,30 +939,18 @@ class QAdd(Kernel):
 
 
 @dataclass
-class MaxPool8(Kernel):
+class MaxPool8(Window2d, Kernel):
     """2-d max pooling of uint8 / int8 NCHW planes: per output row, one pass per kernel
     tap over the output columns whose input column is inside the image (ranges fixed at
     compile time, no per-element bounds checks, so the loop vectorizes); rows outside the
     image are skipped.  Planes are split over the pool."""
 
     planes: int
-    H: int
-    W: int
-    OH: int
-    OW: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    pt: int
-    pl: int
     signed: bool
     name: str = "maxpool8"
 
     def key(self):
-        return ("maxpool8",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+        return ("maxpool8", self.planes) + self.window_key() + (self.signed, self.name)
 
     @property
     def per_task(self) -> int:
@@ -970,13 +959,6 @@ class MaxPool8(Kernel):
     def emit(self, module, fname, n_args):
         from .parallel import parallel_kernel
         return parallel_kernel(module, fname, n_args, -(-self.planes // self.per_task), self._task)
-
-    def _cols(self, j: int) -> tuple[int, int]:
-        """Output columns [lo, hi) whose tap-j input column lies in [0, W)."""
-        off = j * self.dw - self.pl
-        lo = max(0, -(-(-off) // self.sw)) if off < 0 else 0
-        hi = min(self.OW, (self.W - 1 - off) // self.sw + 1) if self.W - 1 - off >= 0 else 0
-        return lo, max(lo, hi)
 
     def _task(self, fb, args, t):
         b = fb.b
@@ -1000,7 +982,7 @@ class MaxPool8(Kernel):
                 with fb.if_(ok):
                     irow = fb.mul_add([(p, self.H * self.W), (ih, self.W)])
                     for j in range(self.kw):
-                        lo, hi = self._cols(j)
+                        lo, hi = self.tap_cols(j)
                         if hi <= lo:
                             continue
                         with fb.loop(lo, hi) as ow:

@@ -68,12 +68,15 @@ def _absorbs(user: Operation, p: Operation, fusible=None) -> bool:
     return (fusible or _fusible)(user) and user.parent is p.parent and _same_shape(p, user)
 
 
-def _continues(op: Operation, fusible=None, max_ops: int = MAX_GROUP_OPS) -> bool:
+def _continues(op: Operation, fusible=None, max_ops: int = MAX_GROUP_OPS,
+               memo: dict | None = None) -> bool:
     """Will a later op of the chain absorb ``op``?  (Every user is a fusible op of the same
     block reading it at its own shape, and the users' chains end at one op: the group
     grown back from that end then takes it in.  Users whose chains end apart, e.g. one
-    feeding an op that is not fusible, leave ``op`` the end of a chain of its own.)"""
-    return _chain_end(op, fusible, max_ops, [CHAIN_LOOKAHEAD]) is not op
+    feeding an op that is not fusible, leave ``op`` the end of a chain of its own.)
+    ``memo``: ``_takers``' answers, kept while the IR is unchanged (Rewriter.memo)."""
+    memo = {} if memo is None else memo
+    return _chain_end(op, fusible, max_ops, [CHAIN_LOOKAHEAD], memo) is not op
 
 
 def _distinct_users(op: Operation) -> list[Operation]:
@@ -83,7 +86,27 @@ def _distinct_users(op: Operation) -> list[Operation]:
     return list(seen.values())
 
 
-def _chain_end(op: Operation, fusible, max_ops: int, budget: list[int]) -> Operation | None:
+def _takers(cur: Operation, fusible, max_ops: int, memo: dict) -> tuple[Operation, ...]:
+    """The users that carry ``cur``'s chain on: all its distinct users when each absorbs
+    it, else none (``cur`` ends a chain); a single user whose fused op would outgrow
+    ``max_ops`` takes it not either.  Remembered in ``memo`` by op: each op of a long
+    chain is looked at by the CHAIN_LOOKAHEAD ops before it, so without the memo every op
+    would ask ``fusible`` of its users that many times."""
+    got = memo.get(id(cur))
+    if got is None:
+        users = _distinct_users(cur)
+        if not users or not all(_absorbs(u, cur, fusible) for u in users):
+            got = ()
+        elif len(users) == 1 and op_weight(users[0]) + op_weight(cur) > max_ops:
+            got = ()  # a full fused op takes no more: the chain ends here
+        else:
+            got = tuple(users)
+        memo[id(cur)] = got
+    return got
+
+
+def _chain_end(op: Operation, fusible, max_ops: int, budget: list[int],
+               memo: dict) -> Operation | None:
     """The op ending the chain that ``op`` flows into (``op`` itself when no later op
     absorbs it); None when that is not known within ``budget`` steps (a long chain: its
     end is far, so ``op`` is not one)."""
@@ -92,18 +115,15 @@ def _chain_end(op: Operation, fusible, max_ops: int, budget: list[int]) -> Opera
         budget[0] -= 1
         if budget[0] < 0:
             return None
-        users = _distinct_users(cur)
-        if not users or not all(_absorbs(u, cur, fusible) for u in users):
+        users = _takers(cur, fusible, max_ops, memo)
+        if not users:
             return cur
         if len(users) > 1:
-            ends = [_chain_end(u, fusible, max_ops, budget) for u in users]
+            ends = [_chain_end(u, fusible, max_ops, budget, memo) for u in users]
             if any(e is None for e in ends):
                 return None
             return ends[0] if all(e is ends[0] for e in ends) else cur
-        nxt = users[0]
-        if op_weight(nxt) + op_weight(cur) > max_ops:
-            return cur  # a full fused op takes no more: the chain ends here
-        cur = nxt
+        cur = users[0]
 
 
 def op_weight(op: Operation) -> int:
@@ -183,10 +203,10 @@ class FuseElementwise(RewritePattern):
         built, so ops defined after import count too)."""
         return tuple(sorted(ops_with(Elementwise, lambda t: t.fusible)))
 
-    def _match(self, op: Operation):
+    def _match(self, op: Operation, memo: dict | None = None):
         if not self.fusible(op):
             return None, "not a fusible elementwise op"
-        if _continues(op, self.fusible, self.max_ops):
+        if _continues(op, self.fusible, self.max_ops, memo):
             return None, "not the end of its chain"
         if op.parent is None or _inside_fused(op):
             return None, "already inside a fused op"
@@ -196,7 +216,7 @@ class FuseElementwise(RewritePattern):
         return group, None
 
     def match_and_rewrite(self, op: Operation, rewriter: Rewriter) -> bool:
-        group, _ = self._match(op)
+        group, _ = self._match(op, rewriter.memo(self))
         if group is None:
             return False
         inside = {id(g) for g in group}
