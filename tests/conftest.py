@@ -221,3 +221,119 @@ def _qdq_cnn(tmp_path):
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
     return qp
 # --- end of the int8 helpers ---------------------------------------------------------------------
+
+
+# --- models and runners shared by several modules (IR core, ONNX import, CLI, threads) -----
+import os as _os  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+import textwrap as _textwrap  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+ROOT = _Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=None):
+    """``python -m galaxir.cli ARGS`` in a subprocess (CompletedProcess, text output)."""
+    return _subprocess.run([_sys.executable, "-m", "galaxir.cli", *map(str, args)],
+                           capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def run_script(code: str, timeout: float = 180, env: dict | None = None, cwd=None):
+    """Run ``code`` in a fresh interpreter that imports this checkout's galaxir; returns the
+    CompletedProcess (a hang fails the test through the timeout)."""
+    e = dict(_os.environ)
+    e["PYTHONPATH"] = str(ROOT) + _os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env or {})
+    try:
+        return _subprocess.run([_sys.executable, "-c", _textwrap.dedent(code)],
+                               capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd)
+    except _subprocess.TimeoutExpired:
+        _pytest.fail(f"subprocess hung (> {timeout} s)")
+
+
+CONV_MODELS = """
+import threading, numpy as np
+from onnx import TensorProto, helper
+import galaxir as gx
+
+def conv_model(seed, cout):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Mul", ["r", "r"], ["y"])]
+    g = helper.make_graph(nodes, f"conv{seed}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 64, 64])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+def hammer(exes, feeds, expected, calls):
+    bad = []
+    def work(k):
+        exe = exes[k % len(exes)]
+        for i in range(calls):
+            (y,) = exe(feeds[i % len(feeds)])
+            if not np.array_equal(y, expected[k % len(exes)][i % len(feeds)]):
+                bad.append((k, i))
+    ts = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
+    for t in ts: t.start()
+    for t in ts:
+        t.join(120)
+        assert not t.is_alive(), "a thread hung"
+    return bad
+
+rng = np.random.default_rng(0)
+feeds = [rng.standard_normal((1, 8, 64, 64)).astype(np.float32) for _ in range(3)]
+"""
+
+
+def small_module():
+    """x[N,4] + y[1,4] -> relu -> * 3: a symbolic dim, a broadcast and a constant."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", "N", 4))
+    y = gb.input("y", tensor("f32", 1, 4))
+    s = gb.constant(np.float32(3.0))
+    z = gb.relu(gb.add(x, y))
+    gb.output(gb.mul(z, s), "out")
+    return gb.module({"producer": "test"})
+
+
+def if_loop_module():
+    """An ``if`` feeding a 3-trip ``loop``: regions that capture outer values."""
+    gb = GraphBuilder()
+    c = gb.input("c", tensor("bool"))
+    x = gb.input("x", tensor("f32", "N"))
+    k = gb.constant(np.float32(2))
+    then_r = gb.region(body=lambda b: b.mul(x, k))
+    else_r = gb.region(body=lambda b: b.add(x, k))
+    (r,) = gb.create("if", c, regions=[then_r, else_r]).results
+    n = gb.constant(np.int64(3))
+
+    def body(b, i, cond, acc):
+        return [cond, b.add(acc, x)]
+    loop_r = gb.region([tensor("i64"), tensor("bool"), tensor("f32", "N")], body)
+    (acc,) = gb.create("loop", n, None, r, regions=[loop_r]).results
+    gb.output(acc, "acc")
+    return gb.module()
+
+
+def add_relu_model(extra_nodes=(), opset=17):
+    """ONNX x[batch,4] + w -> Relu (y), and an Identity copy of the sum (s_copy)."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 4), "w")
+    nodes = [helper.make_node("Add", ["x", "w"], ["s"], name="add0"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu0"),
+             helper.make_node("Identity", ["s"], ["s_copy"], name="copy0")] + list(extra_nodes)
+    g = helper.make_graph(nodes, "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
+                           helper.make_tensor_value_info("s_copy", TensorProto.FLOAT, [None, None])],
+                          [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])

@@ -8,12 +8,7 @@ import onnx
 import pytest
 
 import galaxir as gx
-from tests.test_onnx_import import add_relu_model
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "galaxir.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+from conftest import add_relu_model, cli
 
 
 @pytest.fixture()

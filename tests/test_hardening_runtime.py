@@ -6,10 +6,6 @@ Tests that could crash or hang the interpreter on a regression run in a subproce
 timeout, so a regression fails the test instead of killing the run."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,63 +13,10 @@ import pytest
 from onnx import TensorProto, helper
 
 import galaxir as gx
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(code: str, timeout: float = 180, env: dict | None = None, cwd=None):
-    """Run ``code`` in a fresh interpreter that imports this checkout's galaxir; returns the
-    CompletedProcess (a hang fails the test through the timeout)."""
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    e.update(env or {})
-    try:
-        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                              text=True, timeout=timeout, env=e, cwd=cwd)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"subprocess hung (> {timeout} s)")
+from conftest import CONV_MODELS, run_script
 
 
 # -- thread safety of the cpu worker pool (finding 2 and the concurrency requirement) -------
-CONV_MODELS = """
-import threading, numpy as np
-from onnx import TensorProto, helper
-import galaxir as gx
-
-def conv_model(seed, cout):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((cout, 8, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(cout).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Mul", ["r", "r"], ["y"])]
-    g = helper.make_graph(nodes, f"conv{seed}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 64, 64])],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
-         helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-def hammer(exes, feeds, expected, calls):
-    bad = []
-    def work(k):
-        exe = exes[k % len(exes)]
-        for i in range(calls):
-            (y,) = exe(feeds[i % len(feeds)])
-            if not np.array_equal(y, expected[k % len(exes)][i % len(feeds)]):
-                bad.append((k, i))
-    ts = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
-    for t in ts: t.start()
-    for t in ts:
-        t.join(120)
-        assert not t.is_alive(), "a thread hung"
-    return bad
-
-rng = np.random.default_rng(0)
-feeds = [rng.standard_normal((1, 8, 64, 64)).astype(np.float32) for _ in range(3)]
-"""
-
-
 @pytest.mark.parametrize("n_models", [4, 1], ids=["4-executables", "1-executable"])
 def test_threads_share_the_worker_pool(n_models):
     """4 threads calling 4 different (or one) cpu executables with a 2-thread pool get

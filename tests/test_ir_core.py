@@ -7,16 +7,7 @@ import galaxir as gx
 from galaxir import errors
 from galaxir.ir import (Builder, DType, Graph, GraphBuilder, Module, Operation, SequenceType, OptionalType, TensorType, parse, tensor, verify)
 from galaxir.ir.types import UNKNOWN
-
-
-def small_module():
-    gb = GraphBuilder()
-    x = gb.input("x", tensor("f32", "N", 4))
-    y = gb.input("y", tensor("f32", 1, 4))
-    s = gb.constant(np.float32(3.0))
-    z = gb.relu(gb.add(x, y))
-    gb.output(gb.mul(z, s), "out")
-    return gb.module({"producer": "test"})
+from conftest import if_loop_module, small_module
 
 
 def run(m, *args):
@@ -100,24 +91,6 @@ def test_symbolic_and_odd_dims_print_and_parse():
     assert m2 == m
     assert m2.graph.input_names == ["input:0", "seq", "maybe"]
     assert m2.graph.output_names == ["out/0", "s", "o"]
-
-
-def if_loop_module():
-    gb = GraphBuilder()
-    c = gb.input("c", tensor("bool"))
-    x = gb.input("x", tensor("f32", "N"))
-    k = gb.constant(np.float32(2))
-    then_r = gb.region(body=lambda b: b.mul(x, k))
-    else_r = gb.region(body=lambda b: b.add(x, k))
-    (r,) = gb.create("if", c, regions=[then_r, else_r]).results
-    n = gb.constant(np.int64(3))
-
-    def body(b, i, cond, acc):
-        return [cond, b.add(acc, x)]
-    loop_r = gb.region([tensor("i64"), tensor("bool"), tensor("f32", "N")], body)
-    (acc,) = gb.create("loop", n, None, r, regions=[loop_r]).results
-    gb.output(acc, "acc")
-    return gb.module()
 
 
 def test_regions_round_trip_clone_and_run():

@@ -3,24 +3,12 @@ data inside the model folder, the onnx.backend adapter, and clear errors for bad
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import galaxir as gx
 from galaxir import errors
 from galaxir.onnx_backend import GalaxirBackend
-
-
-def add_relu_model(extra_nodes=(), opset=17):
-    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 4), "w")
-    nodes = [helper.make_node("Add", ["x", "w"], ["s"], name="add0"),
-             helper.make_node("Relu", ["s"], ["y"], name="relu0"),
-             helper.make_node("Identity", ["s"], ["s_copy"], name="copy0")] + list(extra_nodes)
-    g = helper.make_graph(nodes, "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
-                           helper.make_tensor_value_info("s_copy", TensorProto.FLOAT, [None, None])],
-                          [w])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+from conftest import add_relu_model
 
 
 def test_import_from_proto_path_and_bytes(tmp_path):

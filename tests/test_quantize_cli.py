@@ -5,7 +5,7 @@ import onnx
 import galaxir as gx
 from galaxir.frontends.onnx.exporter import export_onnx
 from tests.quant_models import cnn
-from tests.test_cli import cli
+from conftest import cli
 
 
 def _files(tmp_path):

@@ -15,7 +15,7 @@ from galaxir import errors
 from galaxir.ir import DType, GraphBuilder, OptionalType, SequenceType, TensorType, tensor
 from galaxir.ir.types import UNKNOWN
 from galaxir.serialize import gxm, load, loads, save
-from tests.test_ir_core import if_loop_module, small_module
+from conftest import if_loop_module, small_module
 
 
 def rich_module():

@@ -12,7 +12,7 @@ import pytest
 from galaxir.backends.cpu import parallel
 from galaxir.errors import CompileError
 
-from test_hardening_runtime import CONV_MODELS, run_script
+from conftest import CONV_MODELS, run_script
 
 pytest.importorskip("llvmlite")
 

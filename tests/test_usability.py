@@ -16,8 +16,8 @@ import galaxir as gx
 from galaxir import errors
 from galaxir.ir import GraphBuilder, tensor
 from galaxir.testing import zoo
-from tests.test_cli import cli
-from tests.test_onnx_import import add_relu_model
+from conftest import cli
+from conftest import add_relu_model
 
 ROOT = Path(__file__).parent.parent
 

@@ -16,7 +16,7 @@ import llvmlite.ir as ir
 
 from .codegen import F32, INT, i64
 from .kernels import _broadcast, _fma_vec
-from .kernels_gemm import _transpose8, lanes, tile_rows
+from .kernels_gemm import _transpose8_halves, lanes, tile_rows
 
 
 def _v(fb, x):
@@ -37,6 +37,7 @@ def emit_pack_panels_rt(fb, dst, dst_off, src, src_off, kd, n, sk, sc, wide: boo
     pstride = b.mul(kd, i64(nw))          # floats per packed panel
     if transposed:
         V8P = ir.VectorType(F32, 8).as_pointer()
+        V4P = ir.VectorType(F32, 4).as_pointer()
         n8 = b.and_(n, i64(-8))
         k8 = b.and_(kd, i64(-8))
         with fb.loop(0, n8, 8) as c0:
@@ -44,10 +45,11 @@ def emit_pack_panels_rt(fb, dst, dst_off, src, src_off, kd, n, sk, sc, wide: boo
             d0 = b.add(dst_off, b.add(b.mul(p, pstride), b.urem(c0, i64(nw))))
             s0 = b.add(soff, b.mul(c0, sc))
             with fb.loop(0, k8, 8) as k0:
-                rows = [b.load(b.bitcast(fb.ptr(src, b.add(s0, b.add(k0, b.mul(i64(r), sc)))),
-                                         V8P), align=4) for r in range(8)]
                 dk = b.add(d0, b.mul(k0, i64(nw)))
-                for j, v in enumerate(_transpose8(b, rows)):
+                outs = _transpose8_halves(b, lambda r, h: b.load(b.bitcast(fb.ptr(
+                    src, b.add(s0, b.add(k0, b.add(b.mul(i64(r), sc), i64(4 * h))))), V4P),
+                    align=4))
+                for j, v in enumerate(outs):
                     b.store(v, b.bitcast(fb.ptr(dst, b.add(dk, i64(j * nw))), V8P), align=4)
             with fb.loop(0, 8) as q:
                 with fb.loop(k8, kd) as k:
