@@ -377,11 +377,13 @@ def qdq_to_int8(module: Module, ctx=None) -> bool:
     for op in list(module.graph.block):
         if op.name == "quantize_linear" and op.parent is not None:
             changed |= _rewrite_one(module, op)
-    if native is not None and "int8_add" not in native:
-        return changed
+    from .qdq_pool import rewrite_mean  # (it builds on this module's matchers)
+    add = native is None or "int8_add" in native
+    pool = native is None or "int8_global_average_pool" in native
     for op in list(module.graph.block):
         if op.name == "quantize_linear" and op.parent is not None:
-            changed |= _rewrite_add(module, op) or _rewrite_selecting(module, op)
+            changed |= (add and (_rewrite_add(module, op) or _rewrite_selecting(module, op))) \
+                or (pool and rewrite_mean(module, op))
     return changed
 
 

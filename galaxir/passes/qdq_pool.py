@@ -4,18 +4,17 @@ QuantizeLinear`` (per-tensor) becomes ``int8_global_average_pool`` (then the sam
 op on the 8-bit result), so the pooling in front of a QDQ CNN's classifier runs on the
 8-bit tensor (galaxir/ir/ops/quant_int8_pool.py).
 
-Runs at O1 and above right after qdq-int8 (passes/qdq.py), and only for a target that
-runs the op natively; the numpy reference keeps the float QDQ graph."""
+Part of the qdq-int8 pass (passes/qdq.py calls ``rewrite_mean`` with its other 8-bit
+rewrites), and only for a target that runs the op natively; the numpy reference keeps
+the float QDQ graph."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir import Builder, Module
 from ..ir.types import TensorType
-from .manager import FunctionPass
-from .pipeline import LEVEL_PASSES, register_level_pass
-from .qdq import _const, _dq_per_tensor, _native_ops, _quantized_source, _single_use, \
-    check_scale, check_zero_point
+from .qdq import _const, _dq_per_tensor, _quantized_source, _single_use, check_scale, \
+    check_zero_point
 
 #: shape ops allowed between the mean and the QuantizeLinear (value: their data operand)
 RESHAPES = ("flatten", "reshape", "squeeze")
@@ -41,7 +40,7 @@ def _spatial_mean(p):
     return 1 if keep is None else int(bool(keep))
 
 
-def _rewrite_mean(module: Module, q) -> bool:
+def rewrite_mean(module: Module, q) -> bool:
     got = _quantized_source(q)
     if got is None:
         return False
@@ -82,19 +81,3 @@ def _rewrite_mean(module: Module, q) -> bool:
         if all(not r.uses for r in op.results):
             op.erase()
     return True
-
-
-def qdq_pool_to_int8(module: Module, ctx=None) -> bool:
-    """Rewrite the top-level quantized spatial means of ``module`` (in place)."""
-    native = _native_ops(getattr(ctx, "backend", None)) if ctx is not None else None
-    if ctx is not None and (native is None or "int8_global_average_pool" not in native):
-        return False
-    changed = False
-    for op in list(module.graph.block):
-        if op.name == "quantize_linear" and op.parent is not None:
-            changed |= _rewrite_mean(module, op)
-    return changed
-
-
-register_level_pass(1, lambda: FunctionPass(qdq_pool_to_int8, "qdq-int8-pool"),
-                    index=min(1, len(LEVEL_PASSES[1])))
