@@ -184,7 +184,12 @@ def test_dynamic_quantize_matches_reference():
     for x in (rng.standard_normal((5, 9)).astype(np.float32) * 3,
               np.abs(rng.standard_normal(40)).astype(np.float32),        # min clamps to 0
               -np.abs(rng.standard_normal(40)).astype(np.float32),       # max clamps to 0
-              np.zeros(7, np.float32), np.array([1.0, np.nan, -2.0], np.float32)):
+              np.zeros(7, np.float32), np.array([1.0, np.nan, -2.0], np.float32),
+              # the range pass runs 16 lanes at a time, then a tail: extremes and NaN in each
+              rng.standard_normal((7, 15)).astype(np.float32) * 5,
+              np.where(np.arange(100) == 20, np.nan, np.linspace(-3, 9, 100)).astype(np.float32),
+              np.where(np.arange(100) == 99, np.nan, np.linspace(-3, 9, 100)).astype(np.float32),
+              np.linspace(-7, 2, 100).astype(np.float32)[::-1].copy()):
         m = node_model("DynamicQuantizeLinear", {"x": x},
                        [TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8])
         got, want = run_both(m, {"x": x})

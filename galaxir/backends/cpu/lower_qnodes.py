@@ -277,7 +277,7 @@ def _packed_runtime_zp(op):
                      M=M, K=K, N=N)
     colsum = (wq.astype(np.int64) - zwv.astype(np.int64)).sum(axis=0)
     colsum = ((colsum + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)   # wraps as int32 does
-    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a))
+    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a), n_corr=corr.size)
     return kern, [a, ConstArray(packed, "qmatmul.w"), ConstArray(corr.reshape(-1), "qmatmul.corr"),
                   ConstArray(colsum, "qmatmul.colsum"), za]
 
