@@ -339,19 +339,26 @@ class DynamicQuantize(Kernel):
         fb = FnBuilder(module, fname, [I8P] * n_args)
         y, so, zo, x = fb.args[:4]
         b = fb.b
-        zero = ir.Constant(F32, 0.0)
-        h, l_, any_nan = _range(fb, x, self.n)
-        h = b.select(any_nan, zero, h)
-        l_ = b.select(any_nan, zero, l_)
-        rng = b.fsub(h, l_)
-        rng = b.select(b.fcmp_ordered("==", rng, zero), ir.Constant(F32, 1.0), rng)
-        s = b.fdiv(rng, ir.Constant(F32, 255.0))
-        z = _fmin_keep_nan(b, b.fsub(zero, b.fdiv(l_, s)), 0.0, 255.0)
-        z = fb.intrinsic("llvm.rint.f32", F32, [z])
+        s, z = dynamic_params(fb, x, self.n)
         store_wide(fb, s, so, i64(0), self.s_dtype)
         fb.store(b.trunc(b.fptosi(z, I32), I8), zo, i64(0), I8)
         quantize_u8(fb, x, y, self.n, s, z)
         return fb.finish()
+
+
+def dynamic_params(fb: FnBuilder, x, n: int):
+    """(scale, zero point) of DynamicQuantizeLinear over ``n`` float32 values, both float32
+    and computed as the reference does."""
+    b = fb.b
+    zero = ir.Constant(F32, 0.0)
+    h, l_, any_nan = _range(fb, x, n)
+    h = b.select(any_nan, zero, h)
+    l_ = b.select(any_nan, zero, l_)
+    rng = b.fsub(h, l_)
+    rng = b.select(b.fcmp_ordered("==", rng, zero), ir.Constant(F32, 1.0), rng)
+    s = b.fdiv(rng, ir.Constant(F32, 255.0))
+    z = _fmin_keep_nan(b, b.fsub(zero, b.fdiv(l_, s)), 0.0, 255.0)
+    return s, fb.intrinsic("llvm.rint.f32", F32, [z])
 
 
 #: lanes of the explicit float32 vectors of the range pass

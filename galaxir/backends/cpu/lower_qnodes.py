@@ -16,6 +16,7 @@ from ...ir.types import TensorType
 from . import kernels_qtypes as KQ
 from .kernels import broadcast_strides
 from . import kernels_int8 as KI
+from .kernels_qdyn import DynQMatMul, QGemmF32
 from .kernels_qlinear_rt import QConvRT, QMatMulRT, RuntimeZeroPoint
 from .lower import RULES, ConstArray, _window, const_of, rule, static_shape
 
@@ -268,18 +269,58 @@ def _packed_runtime_zp(op):
     zwv = np.asarray(zwc).reshape(-1)
     if xs[-1] != K or min(M, K, N) == 0 or zwv.size not in (1, N):
         return "shapes do not fit"
+    inner, packed, corr, colsum = _packed_zero_point_0(wq, zwv, M, _dt(a) == "int8")
+    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a), n_corr=corr.size)
+    return kern, [a, ConstArray(packed, "qmatmul.w"), ConstArray(corr, "qmatmul.corr"),
+                  ConstArray(colsum, "qmatmul.colsum"), za]
+
+
+def _packed_zero_point_0(wq, zwv, M: int, x_signed: bool, gemm=KI.QGemm, **extra):
+    """The packed int8 kernel for ``M`` rows of x times constant ``wq - zwv`` with x's zero
+    point 0 and int32 output, its packed weights and corrections (flat), and the weights'
+    column sums (int32, wrapping as int32 does) for a run-time zero-point correction."""
+    K, N = wq.shape
     lanes = KI.int8_lanes()
     vnni = KI.use_vnni(lanes)
-    x_signed = _dt(a) == "int8"
     zs = (-128 if not x_signed else 0) if vnni else 0     # as lower_quant with x zero point 0
     packed, corr = KI.pack_u_const(wq, zwv, None, zs, vnni, KI.npad_of(N, lanes, 1 if vnni else 0))
-    inner = KI.QGemm(kind="matmul", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=0, out="i32",
-                     M=M, K=K, N=N)
+    inner = gemm(kind="matmul", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=0, out="i32",
+                 M=M, K=K, N=N, **extra)
     colsum = (wq.astype(np.int64) - zwv.astype(np.int64)).sum(axis=0)
-    colsum = ((colsum + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)   # wraps as int32 does
-    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a), n_corr=corr.size)
-    return kern, [a, ConstArray(packed, "qmatmul.w"), ConstArray(corr.reshape(-1), "qmatmul.corr"),
-                  ConstArray(colsum, "qmatmul.colsum"), za]
+    colsum = ((colsum + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+    return inner, packed, corr.reshape(-1), colsum
+
+
+@rule("dynamic_qmatmul")
+def lower_dynamic_qmatmul(op):
+    """The fused dynamic-quantization matmul (galaxir/passes/qdq_dynamic.py)."""
+    x, w, ws, wz, bias = (op.operand(i) for i in range(5))
+    xs, wq, wsc, wzc = _shape(x), const_of(w), const_of(ws), const_of(wz)
+    bc = const_of(bias) if bias is not None else None
+    if xs is None or _dt(x) != "float32" or len(xs) < 1:
+        return "x must be a static float32 tensor"
+    if wq is None or wsc is None or wzc is None or (bias is not None and bc is None):
+        return "weights, their scale and zero point, and the bias must be constants"
+    wq, wsc, wzc = np.asarray(wq), np.asarray(wsc), np.asarray(wzc)
+    if wq.ndim != 2 or wq.dtype.name not in EIGHT or wzc.dtype != wq.dtype:
+        return "2-d 8-bit weights with a zero point of their type only"
+    K, N = wq.shape
+    M = int(np.prod(xs[:-1]))
+    if xs[-1] != K or min(M, K, N) == 0 or K > MAX_K:
+        return "shapes do not fit, or too long a reduction for int32 accumulation"
+    if wsc.dtype != np.float32 or wsc.size not in (1, N) or wzc.size not in (1, N):
+        return "float32 weight scale and zero point per tensor or per column only"
+    if bc is not None and (np.asarray(bc).dtype != np.float32 or np.asarray(bc).size != N):
+        return "float32 bias, one per column"
+    inner, packed, corr, colsum = _packed_zero_point_0(wq, wzc.reshape(-1), M, False, QGemmF32,
+                                                       bias=bc is not None)
+    kern = DynQMatMul(inner=inner, M=M, K=K, N=N, n_corr=corr.size, bias=bc is not None)
+    wsn = np.ascontiguousarray(np.broadcast_to(wsc.reshape(-1), (N,)), np.float32)
+    ins = [x, ConstArray(packed, "dynqmm.w"), ConstArray(corr, "dynqmm.corr"),
+           ConstArray(colsum, "dynqmm.colsum"), ConstArray(wsn, "dynqmm.scale")]
+    if bc is not None:
+        ins.append(ConstArray(np.asarray(bc, np.float32).reshape(-1), "dynqmm.bias"))
+    return kern, ins
 
 
 @rule("qlinear_matmul", "matmul_integer")
