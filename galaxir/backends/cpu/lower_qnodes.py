@@ -17,8 +17,9 @@ from . import kernels_qtypes as KQ
 from .kernels import broadcast_strides
 from . import kernels_int8 as KI
 from .kernels_qdyn import DynQMatMul, QGemmF32
-from .kernels_qlinear_rt import QConvRT, QMatMulRT, RuntimeZeroPoint
+from .kernels_qlinear_rt import QConvRT, QMatMulRT, RuntimeZeroPoint, RuntimeZeroPointConv
 from .lower import RULES, ConstArray, _window, const_of, rule, static_shape
+from .lower_quant import qconv_kernel
 
 _previous = {n: RULES.get(n) for n in ("quantize_linear", "dequantize_linear", "qlinear_matmul",
                                        "matmul_integer", "qlinear_conv", "conv_integer")}
@@ -337,7 +338,56 @@ def _first(op, *rules):
     return res
 
 
+def _valid_taps(n_out: int, n_in: int, k: int, stride: int, dil: int, pad: int):
+    """Per output index, which of the k taps read inside [0, n_in): (class per output index,
+    the distinct masks [classes, k])."""
+    idx = np.arange(n_out)[:, None] * stride - pad + np.arange(k)[None, :] * dil
+    masks, cls = np.unique((idx >= 0) & (idx < n_in), axis=0, return_inverse=True)
+    return cls.reshape(-1).astype(np.int32), masks
+
+
+def _packed_conv_runtime_zp(op):
+    """conv_integer of constant 2-d weights whose x zero point is a run-time scalar (what
+    dynamic quantization builds): the packed conv with zero point 0, then the zero point
+    times the weights' sum over each output's valid taps (RuntimeZeroPointConv)."""
+    x, w, zx, zw = (op.operand(i) for i in range(4))
+    wq, xs, ys = const_of(w), _shape(x), _shape(op.results[0])
+    if op.name != "conv_integer" or wq is None or zx is None or const_of(zx) is not None:
+        return "not a constant-weight conv with a run-time x zero point"
+    wq = np.asarray(wq)
+    if xs is None or ys is None or len(xs) != 4 or wq.ndim != 4 or _dt(x) not in EIGHT \
+            or wq.dtype.name not in EIGHT:
+        return "2-d conv of 8-bit x and 8-bit weights only"
+    if _size(zx) != 1 or _dt(zx) != _dt(x):
+        return "x zero point: one, of x's type"
+    zwc = np.zeros((), wq.dtype) if zw is None else const_of(zw)
+    if zwc is None:
+        return "weight zero point is not a constant"
+    M = wq.shape[0]
+    zwv = np.asarray(zwc).reshape(-1)
+    if zwv.size not in (1, M):
+        return "w zero point: per tensor or per output channel"
+    arrs = {"sx": np.asarray(1.0), "sw": np.asarray(1.0), "sy": np.asarray(1.0),
+            "zx": np.zeros((), np.dtype(_dt(x))), "zw": zwv,
+            "zy": np.asarray(0)}
+    res = qconv_kernel(op, "i32", x, arrs, wq, None)
+    if isinstance(res, str):
+        return res
+    inner, ins = res
+    kernel = wq.shape[2:]
+    st, dl, pb, _ = _window(op, xs, kernel)
+    hc, hm = _valid_taps(ys[2], xs[2], kernel[0], st[0], dl[0], pb[0])
+    wc, wm = _valid_taps(ys[3], xs[3], kernel[1], st[1], dl[1], pb[1])
+    wsum = (wq.astype(np.int64) - np.broadcast_to(zwv.astype(np.int64), (M,))[:, None, None, None]).sum(axis=1)
+    table = np.einsum("ar,bs,mrs->mab", hm.astype(np.int64), wm.astype(np.int64), wsum)
+    table = ((table + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)     # wraps as int32 does
+    kern = RuntimeZeroPointConv(inner=inner, N=xs[0], M=M, OH=ys[2], OW=ys[3], nh=len(hm), nw=len(wm),
+                                zx_dtype=_dt(x))
+    return kern, ins + [ConstArray(table.reshape(-1), "qconv.taps"), ConstArray(hc, "qconv.hcls"),
+                        ConstArray(wc, "qconv.wcls"), zx]
+
+
 @rule("qlinear_conv", "conv_integer")
 def lower_qconv_any(op):
-    return _chain(op.name, op, _qconv_rt)
+    return _chain(op.name, op, lambda o: _first(o, _packed_conv_runtime_zp, _qconv_rt))
 
