@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .codegen import F32, I8, I32, FnBuilder, i64
 from .kernels import Kernel
-from .kernels_int8 import R_TILE, QGemm, _smin
+from .kernels_int8 import QGemm, _smin
 from .kernels_qtypes import dynamic_params, quantize_u8
 
 I8P = I8.as_pointer()
@@ -35,7 +35,7 @@ class QGemmF32(QGemm):
         b = fb.b
         out, x, pk, corr, _, packed, cbuf = self._bufs(fb, args)
         sc, bias = args[4], (args[5] if self.bias else None)
-        per, _ = self._chunks(self.M, R_TILE)
+        per, _ = self._chunks(self.M, self.r_tile)
         m_lo = b.mul(t, i64(per))
         m_hi = _smin(b, b.add(m_lo, i64(per)), i64(self.M))
         self._pack_rows(fb, x, packed, m_lo, m_hi)
