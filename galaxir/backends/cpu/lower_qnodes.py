@@ -378,7 +378,8 @@ def _packed_conv_runtime_zp(op):
     st, dl, pb, _ = _window(op, xs, kernel)
     hc, hm = _valid_taps(ys[2], xs[2], kernel[0], st[0], dl[0], pb[0])
     wc, wm = _valid_taps(ys[3], xs[3], kernel[1], st[1], dl[1], pb[1])
-    wsum = (wq.astype(np.int64) - np.broadcast_to(zwv.astype(np.int64), (M,))[:, None, None, None]).sum(axis=1)
+    zcol = np.broadcast_to(zwv.astype(np.int64), (M,))[:, None, None, None]
+    wsum = (wq.astype(np.int64) - zcol).sum(axis=1)
     table = np.einsum("ar,bs,mrs->mab", hm.astype(np.int64), wm.astype(np.int64), wsum)
     table = ((table + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)     # wraps as int32 does
     kern = RuntimeZeroPointConv(inner=inner, N=xs[0], M=M, OH=ys[2], OW=ys[3], nh=len(hm), nw=len(wm),
