@@ -184,7 +184,12 @@ def test_dynamic_quantize_matches_reference():
     for x in (rng.standard_normal((5, 9)).astype(np.float32) * 3,
               np.abs(rng.standard_normal(40)).astype(np.float32),        # min clamps to 0
               -np.abs(rng.standard_normal(40)).astype(np.float32),       # max clamps to 0
-              np.zeros(7, np.float32), np.array([1.0, np.nan, -2.0], np.float32)):
+              np.zeros(7, np.float32), np.array([1.0, np.nan, -2.0], np.float32),
+              # the range pass runs 16 lanes at a time, then a tail: extremes and NaN in each
+              rng.standard_normal((7, 15)).astype(np.float32) * 5,
+              np.where(np.arange(100) == 20, np.nan, np.linspace(-3, 9, 100)).astype(np.float32),
+              np.where(np.arange(100) == 99, np.nan, np.linspace(-3, 9, 100)).astype(np.float32),
+              np.linspace(-7, 2, 100).astype(np.float32)[::-1].copy()):
         m = node_model("DynamicQuantizeLinear", {"x": x},
                        [TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8])
         got, want = run_both(m, {"x": x})
@@ -290,3 +295,33 @@ def test_matmul_integer_run_time_zero_point_on_packed_weights(path, xt, wt):
             f = {"a": _q8(rng, xt, xs), "za": _q8(rng, xt, ())}
             same_bits(exe.run(f)["y"], ref.run(f)["y"])
         assert native_kernels(exe) == ["RuntimeZeroPoint"], exe.report()
+
+
+@pytest.mark.parametrize("xt,wt", [(np.uint8, np.int8), (np.int8, np.uint8)])
+def test_conv_integer_run_time_zero_point_on_packed_weights(path, xt, wt):
+    """Dynamic quantization's conv_integer (constant weights, x's zero point computed at run
+    time) runs on the packed conv with zero point 0 plus the zero point times the weights'
+    sum over each output's valid taps: the reference's int32 values exactly, borders,
+    strides, dilations, groups and 1x1 convs included, on every forced instruction path."""
+    from tests.conftest import native_kernels
+    rng = np.random.default_rng(7)
+    cases = (((2, 5, 9, 11), (8, 5, 3, 3), dict(pads=[1, 2, 0, 1], strides=[2, 1])),
+             ((1, 6, 7, 7), (6, 2, 3, 3), dict(pads=[2, 2, 2, 2], dilations=[2, 2], group=3)),
+             ((1, 16, 5, 6), (12, 16, 1, 1), {}),
+             ((1, 4, 8, 8), (4, 1, 5, 5), dict(pads=[2, 2, 2, 2], group=4)))
+    for xs, ws, attrs in cases:
+        w = _q8(rng, wt, ws)
+        zw = _q8(rng, wt, (ws[0],)) if wt == np.uint8 else np.zeros((), wt)
+        nodes = [helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["y"], **attrs)]
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", ONNX_TYPE[np.dtype(xt)], xs),
+                         helper.make_tensor_value_info("zx", ONNX_TYPE[np.dtype(xt)], ())],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [None] * 4)],
+            [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(zw, "zw")])
+        m = gx.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]))
+        exe = gx.compile(m, target="cpu")
+        ref = gx.compile(m, target="numpy")
+        for _ in range(2):
+            f = {"x": _q8(rng, xt, xs), "zx": _q8(rng, xt, ())}
+            same_bits(exe.run(f)["y"], ref.run(f)["y"])
+        assert native_kernels(exe) == ["RuntimeZeroPointConv"], (attrs, exe.report())

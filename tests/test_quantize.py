@@ -87,6 +87,28 @@ def test_dynamic_3d_matmul_model():
     assert sqnr(run(m, f[0])["y"], run(qm, f[0])["y"]) > 30
 
 
+def test_weights_shared_through_identity_are_quantized():
+    """torch's ONNX export shares the equal weights of copied layers through Identity
+    nodes: every matmul behind one is quantized (static and dynamic), the input untouched."""
+    rng = np.random.default_rng(5)
+    gb = GraphBuilder()
+    x = gb.input("x", tensor("f32", 1, 8, 32))
+    w = gb.constant((rng.standard_normal((32, 32)) / 6).astype(np.float32))
+    h = gb.relu(gb.matmul(x, w))
+    gb.output(gb.matmul(h, gb.identity(w)), "y")
+    m = gb.module()
+    before = m.to_text()
+    f = feeds("x", (1, 8, 32), 4, 6)
+    st = gx.quantize(m, f, progress=False)
+    dy = gx.quantize(m, None)
+    assert m.to_text() == before and m.op_counts()["identity"] == 1
+    assert "matmul" not in dy.op_counts() and dy.op_counts()["matmul_integer"] == 2
+    mm = [op for op in st.walk() if op.name == "matmul"]
+    assert len(mm) == 2 and all(op.operand(1).producer.name == "dequantize_linear" for op in mm)
+    for q in (st, dy):
+        assert sqnr(run(m, f[0])["y"], run(q, f[0])["y"]) > 30
+
+
 @pytest.mark.parametrize("block", [16, 32, 64])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_int4_blockwise_weights(block, symmetric):

@@ -36,3 +36,4 @@ __all__ = [
 from . import fusion  # noqa: E402,F401  (registers the O2 fusion passes for level 2)
 from . import layout, memory  # noqa: E402,F401  (registers the O3 layout and memory passes)
 from . import qdq  # noqa: E402,F401  (registers the QDQ -> int8 op recognition, first at O1)
+from . import qdq_dynamic  # noqa: E402,F401  (dynamic quantization's matmul chain, first at O2)

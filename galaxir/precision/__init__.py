@@ -23,7 +23,7 @@ from .params import QTYPES, QuantizationError
 from .rewrite import drop_dead
 from .report import QuantizationReport, quantization_report
 from .static import activation_values, quantize_static
-from .targets import find_targets
+from .targets import find_targets, forward_constant_identities
 
 
 def _check_options(method, weight_type, activation_type, weight_bits):
@@ -57,7 +57,7 @@ def quantize(model: Any, calibration: Iterable | None = None, method: str = "min
     faster on big models)."""
     from .. import import_model
     _check_options(method, weight_type, activation_type, weight_bits)
-    base = import_model(model)
+    base = forward_constant_identities(import_model(model))
     if calibration is not None and weight_bits == 8:
         calibration = list(calibration)
         if not calibration:

@@ -34,6 +34,24 @@ def _is_f32(v: Value | None) -> bool:
     return v is not None and isinstance(v.type, TensorType) and v.type.dtype is DType.float32
 
 
+def forward_constant_identities(module: Module) -> Module:
+    """``module``, or a copy of it whose ``identity`` ops of a constant are gone (their
+    users read the constant): torch's ONNX export shares equal weights that way (the
+    layers of a TransformerEncoder are copies of one layer), and a weight behind an
+    identity would not be seen as a constant, so its op would stay float."""
+    def found(m):
+        return [op for op in m.graph.block if op.name == "identity" and op.operands
+                and op.operand(0).constant_value() is not None
+                and not any(u.is_terminator for u in op.results[0].users)]
+    if not found(module):
+        return module
+    module = module.clone()
+    for op in found(module):
+        op.results[0].replace_all_uses_with(op.operand(0))
+        op.erase()
+    return module
+
+
 def label_of(op: Operation, index: int) -> str:
     name = op.results[0].name
     return name if name else f"{op.name}#{index}"

@@ -42,6 +42,7 @@ from .window import Window2d
 
 I16 = ir.IntType(16)
 R_TILE = 4      # rows of the register tile
+R_WIDE = 8      # rows of the matmul's register tile with 16 lanes (32 vector registers)
 DIRECT_R = 8    # rows (output channels) of the direct conv's register tile
 V_TILE = 2      # vectors (of ``lanes`` int32) per tile row
 TASKS = 16      # most tasks one conv (per image and group) or matmul is split into
@@ -322,6 +323,12 @@ class QGemm(Kernel):
     def scratch_bytes(self) -> int:
         return self.slots * self.slot_bytes
 
+    @property
+    def r_tile(self) -> int:
+        """Rows of the GEMM's register tile: a matmul with 16 lanes keeps 8 rows x V_TILE
+        accumulators in its 32 vector registers; 8 lanes (16 registers) and convs 4."""
+        return R_WIDE if self.kind == "matmul" and self.lanes == 16 else R_TILE
+
     def _chunks(self, rows: int, tile: int) -> tuple[int, int]:
         """(rows per task, number of tasks) for ``rows`` split in multiples of ``tile``."""
         tiles = -(-rows // tile)
@@ -339,7 +346,7 @@ class QGemm(Kernel):
     def n_tasks(self) -> int:
         """Tasks of the main parallel loop (tests read it)."""
         if self.mode == "matmul":
-            return self._chunks(self.M, R_TILE)[1]
+            return self._chunks(self.M, self.r_tile)[1]
         if self.mode == "groups":
             return self.slots
         _, rt = self._chunks(self.M // self.group, DIRECT_R if self.direct else R_TILE)
@@ -405,7 +412,7 @@ class QGemm(Kernel):
     def _matmul_task(self, fb, args, extra, t):
         b = fb.b
         out, x, pk, corr, mult, packed, cbuf = self._bufs(fb, args)
-        per, _ = self._chunks(self.M, R_TILE)
+        per, _ = self._chunks(self.M, self.r_tile)
         m_lo = b.mul(t, i64(per))
         m_hi = _smin(b, b.add(m_lo, i64(per)), i64(self.M))
         self._pack_rows(fb, x, packed, m_lo, m_hi)
@@ -716,7 +723,7 @@ class QGemm(Kernel):
                         cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)), b.add(n0, i64(v * L)))
                         b.store(b.load(accs[r][v]), b.bitcast(b.gep(c32, [cidx]), vptr), align=4)
 
-        _row_tiles(fb, m_lo, m_hi, R_TILE, tile)
+        _row_tiles(fb, m_lo, m_hi, self.r_tile, tile)
 
     def _store(self, fb, out, c, corr, mult, obase, gi, m_lo, m_hi, oh_lo, oh_hi):
         """out[obase + m*cols + n] = requantize / store of the corrected accumulator, rows

@@ -254,19 +254,73 @@ class QConvRT(Kernel):
 class RuntimeZeroPoint(Kernel):
     """``matmul_integer`` with constant weights and x's zero point read at run time (the
     zero point dynamic quantization computes): the packed int8 kernel (``inner``, a
-    kernels_int8.QGemm built for zero point 0 and int32 output) gives ``x @ (w - zw)``, then
-    ``- zx * colsum[n]`` with ``colsum = sum_k (w - zw)``: exact in wrapping int32 arithmetic,
-    as (x - zx) @ (w - zw) = x @ (w - zw) - zx * colsum.  Buffers: out, x, packed, corrections,
-    colsum (int32 [N]), zx, then the inner kernel's scratch."""
+    kernels_int8.QGemm built for zero point 0 and int32 output) with ``- zx * colsum[n]``,
+    ``colsum = sum_k (w - zw)``, folded into its per-column corrections first, so its own
+    store applies it (no second pass over the result): exact in wrapping int32
+    arithmetic, as (x - zx) @ (w - zw) = x @ (w - zw) - zx * colsum.  Buffers: out, x,
+    packed, corrections (``n_corr`` int32, the first N per column), colsum (int32 [N]),
+    zx, then scratch (the corrected copy, then the inner kernel's)."""
 
     inner: Kernel
     M: int
     N: int
     zx_dtype: str
+    n_corr: int = 0
     name: str = "qgemm_runtime_zp"
 
     def key(self):
-        return ("qgemm_runtime_zp", self.inner.key(), self.M, self.N, self.zx_dtype)
+        return ("qgemm_runtime_zp", self.inner.key(), self.M, self.N, self.zx_dtype, self.n_corr)
+
+    @property
+    def corr_bytes(self) -> int:
+        return -(-4 * self.n_corr // 64) * 64
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.corr_bytes + self.inner.scratch_bytes
+
+    def emit(self, module, fname, n_args):
+        has_scratch = bool(self.inner.scratch_bytes)
+        inner = self.inner.emit(module, fname + "_packed", 4 + has_scratch)
+        fb = FnBuilder(module, fname, [I8P] * n_args)
+        b = fb.b
+        out, x, pk, corr, colsum, zx, scratch = fb.args[:7]
+        z = load_int(fb, zx, i64(0), self.zx_dtype)
+        with fb.loop(0, self.n_corr) as n:
+            fb.store(fb.load(corr, n, I32), scratch, n, I32)
+        with fb.loop(0, self.N) as n:
+            fix = b.mul(z, fb.load(colsum, n, I32))
+            fb.store(b.sub(fb.load(scratch, n, I32), fix), scratch, n, I32)
+        args = [out, x, pk, scratch] + ([b.gep(scratch, [i64(self.corr_bytes)])] if has_scratch else [])
+        b.call(inner, [b.bitcast(a, t.type) for a, t in zip(args, inner.args)])
+        return fb.finish()
+
+
+@dataclass
+class RuntimeZeroPointConv(Kernel):
+    """``conv_integer`` with constant weights and x's zero point read at run time: the
+    packed conv (``inner``, a kernels_int8.QGemm for zero point 0, so padding reads 0, and
+    int32 output) gives the sum over each output's valid taps of ``x * (w - zw)``; minus
+    ``zx * T[m, oh, ow]``, T the sum of ``w - zw`` over those same valid taps, which depends
+    on the output position only through which kernel rows and columns fall inside the
+    image: T is stored per (row class, column class), ``hcls[oh]`` / ``wcls[ow]``.  Exact
+    in wrapping int32 arithmetic.  Buffers: out, x, packed, corrections, table (int32
+    [M, nh, nw]), hcls (int32 [OH]), wcls (int32 [OW]), zx, then the inner kernel's
+    scratch."""
+
+    inner: Kernel
+    N: int
+    M: int
+    OH: int
+    OW: int
+    nh: int
+    nw: int
+    zx_dtype: str
+    name: str = "qconv_runtime_zp"
+
+    def key(self):
+        return ("qconv_runtime_zp", self.inner.key(), self.N, self.M, self.OH, self.OW, self.nh,
+                self.nw, self.zx_dtype)
 
     @property
     def scratch_bytes(self) -> int:
@@ -277,13 +331,18 @@ class RuntimeZeroPoint(Kernel):
         inner = self.inner.emit(module, fname + "_packed", 4 + has_scratch)
         fb = FnBuilder(module, fname, [I8P] * n_args)
         b = fb.b
-        out, x, pk, corr, colsum, zx = fb.args[:6]
-        args = [out, x, pk, corr] + ([fb.args[6]] if has_scratch else [])
+        out, x, pk, corr, table, hcls, wcls, zx = fb.args[:8]
+        args = [out, x, pk, corr] + ([fb.args[8]] if has_scratch else [])
         b.call(inner, [b.bitcast(a, t.type) for a, t in zip(args, inner.args)])
         z = load_int(fb, zx, i64(0), self.zx_dtype)
-        with fb.loop(0, self.M) as m:
-            with fb.loop(0, self.N) as n:
-                idx = fb.mul_add([(m, self.N), (n, 1)])
-                fix = b.mul(z, fb.load(colsum, n, I32))
-                fb.store(b.sub(fb.load(out, idx, I32), fix), out, idx, I32)
+        with fb.loop(0, self.N) as n, fb.loop(0, self.M) as m:
+            with fb.loop(0, self.OH) as oh:
+                trow = fb.mul_add([(m, self.nh * self.nw)])
+                trow = b.add(trow, b.mul(b.sext(fb.load(hcls, oh, I32), I64), i64(self.nw)))
+                orow = fb.mul_add([(n, self.M * self.OH * self.OW), (m, self.OH * self.OW),
+                                   (oh, self.OW)])
+                with fb.loop(0, self.OW) as ow:
+                    t = fb.load(table, b.add(trow, b.sext(fb.load(wcls, ow, I32), I64)), I32)
+                    idx = b.add(orow, ow)
+                    fb.store(b.sub(fb.load(out, idx, I32), b.mul(z, t)), out, idx, I32)
         return fb.finish()

@@ -339,28 +339,76 @@ class DynamicQuantize(Kernel):
         fb = FnBuilder(module, fname, [I8P] * n_args)
         y, so, zo, x = fb.args[:4]
         b = fb.b
-        zero = ir.Constant(F32, 0.0)
-        i1 = ir.IntType(1)
-        hi, lo, nan = fb.alloca(F32, zero), fb.alloca(F32, zero), fb.alloca(i1, ir.Constant(i1, 0))
-        with fb.loop(0, self.n) as i:
-            v = fb.load(x, i, F32)
-            h, l_ = b.load(hi), b.load(lo)
-            b.store(b.select(b.fcmp_ordered(">", v, h), v, h), hi)
-            b.store(b.select(b.fcmp_ordered("<", v, l_), v, l_), lo)
-            b.store(b.or_(b.load(nan), b.fcmp_unordered("uno", v, v)), nan)
-        any_nan = b.load(nan)
-        h = b.select(any_nan, zero, b.load(hi))
-        l_ = b.select(any_nan, zero, b.load(lo))
-        rng = b.fsub(h, l_)
-        rng = b.select(b.fcmp_ordered("==", rng, zero), ir.Constant(F32, 1.0), rng)
-        s = b.fdiv(rng, ir.Constant(F32, 255.0))
-        z = _fmin_keep_nan(b, b.fsub(zero, b.fdiv(l_, s)), 0.0, 255.0)
-        z = fb.intrinsic("llvm.rint.f32", F32, [z])
+        s, z = dynamic_params(fb, x, self.n)
         store_wide(fb, s, so, i64(0), self.s_dtype)
         fb.store(b.trunc(b.fptosi(z, I32), I8), zo, i64(0), I8)
-        with fb.loop(0, self.n) as i:
-            q = fb.intrinsic("llvm.rint.f32", F32, [b.fdiv(fb.load(x, i, F32), s)])
-            q = _fmin_keep_nan(b, b.fadd(q, z), 0.0, 255.0)
-            q = b.select(b.fcmp_unordered("uno", q, q), zero, q)
-            fb.store(b.trunc(b.fptosi(q, I32), I8), y, i, I8)
+        quantize_u8(fb, x, y, self.n, s, z)
         return fb.finish()
+
+
+def dynamic_params(fb: FnBuilder, x, n: int):
+    """(scale, zero point) of DynamicQuantizeLinear over ``n`` float32 values, both float32
+    and computed as the reference does."""
+    b = fb.b
+    zero = ir.Constant(F32, 0.0)
+    h, l_, any_nan = _range(fb, x, n)
+    h = b.select(any_nan, zero, h)
+    l_ = b.select(any_nan, zero, l_)
+    rng = b.fsub(h, l_)
+    rng = b.select(b.fcmp_ordered("==", rng, zero), ir.Constant(F32, 1.0), rng)
+    s = b.fdiv(rng, ir.Constant(F32, 255.0))
+    z = _fmin_keep_nan(b, b.fsub(zero, b.fdiv(l_, s)), 0.0, 255.0)
+    return s, fb.intrinsic("llvm.rint.f32", F32, [z])
+
+
+#: lanes of the explicit float32 vectors of the range pass
+RANGE_LANES = 16
+
+
+def _range(fb: FnBuilder, x, n: int):
+    """(max(x, 0), min(x, 0), any NaN) over ``n`` float32 values: ``RANGE_LANES``-wide
+    vectors, then the lanes and the tail (min / max are exact, so the order is free; NaN
+    never wins a compare and sets the flag)."""
+    b = fb.b
+    L = RANGE_LANES
+    vty = ir.VectorType(F32, L)
+    bty = ir.VectorType(ir.IntType(1), L)
+    zv = ir.Constant(vty, [0.0] * L)
+    hi, lo = fb.alloca(vty, zv), fb.alloca(vty, zv)
+    nan = fb.alloca(bty, ir.Constant(bty, [0] * L))
+    xv = b.bitcast(x, vty.as_pointer())
+    with fb.loop(0, n // L) as i:
+        v = b.load(b.gep(xv, [i]), align=4)
+        h, l_ = b.load(hi), b.load(lo)
+        b.store(b.select(b.fcmp_ordered(">", v, h), v, h), hi)
+        b.store(b.select(b.fcmp_ordered("<", v, l_), v, l_), lo)
+        b.store(b.or_(b.load(nan), b.fcmp_unordered("uno", v, v)), nan)
+    i1 = ir.IntType(1)
+    zero = ir.Constant(F32, 0.0)
+    sh, sl, sn = fb.alloca(F32, zero), fb.alloca(F32, zero), fb.alloca(i1, ir.Constant(i1, 0))
+
+    def take(v):
+        h, l_ = b.load(sh), b.load(sl)
+        b.store(b.select(b.fcmp_ordered(">", v, h), v, h), sh)
+        b.store(b.select(b.fcmp_ordered("<", v, l_), v, l_), sl)
+        b.store(b.or_(b.load(sn), b.fcmp_unordered("uno", v, v)), sn)
+    hv, lv, nv = b.load(hi), b.load(lo), b.load(nan)
+    for k in range(L):
+        take(b.extract_element(hv, ir.Constant(I32, k)))
+        take(b.extract_element(lv, ir.Constant(I32, k)))
+        b.store(b.or_(b.load(sn), b.extract_element(nv, ir.Constant(I32, k))), sn)
+    with fb.loop(n // L * L, n) as i:
+        take(fb.load(x, i, F32))
+    return b.load(sh), b.load(sl), b.load(sn)
+
+
+def quantize_u8(fb: FnBuilder, x, y, n: int, s, z) -> None:
+    """y[i] = clip(rint(x[i] / s) + z, 0, 255) as uint8 (NaN stores 0), in float32 as the
+    reference; a select chain without branches, so LLVM vectorizes it."""
+    b = fb.b
+    zero = ir.Constant(F32, 0.0)
+    with fb.loop(0, n) as i:
+        q = fb.intrinsic("llvm.rint.f32", F32, [b.fdiv(fb.load(x, i, F32), s)])
+        q = _fmin_keep_nan(b, b.fadd(q, z), 0.0, 255.0)
+        q = b.select(b.fcmp_unordered("uno", q, q), zero, q)
+        fb.store(b.trunc(b.fptosi(q, I32), I8), y, i, I8)

@@ -16,8 +16,10 @@ from ...ir.types import TensorType
 from . import kernels_qtypes as KQ
 from .kernels import broadcast_strides
 from . import kernels_int8 as KI
-from .kernels_qlinear_rt import QConvRT, QMatMulRT, RuntimeZeroPoint
+from .kernels_qdyn import DynQMatMul, QGemmF32
+from .kernels_qlinear_rt import QConvRT, QMatMulRT, RuntimeZeroPoint, RuntimeZeroPointConv
 from .lower import RULES, ConstArray, _window, const_of, rule, static_shape
+from .lower_quant import qconv_kernel
 
 _previous = {n: RULES.get(n) for n in ("quantize_linear", "dequantize_linear", "qlinear_matmul",
                                        "matmul_integer", "qlinear_conv", "conv_integer")}
@@ -268,18 +270,58 @@ def _packed_runtime_zp(op):
     zwv = np.asarray(zwc).reshape(-1)
     if xs[-1] != K or min(M, K, N) == 0 or zwv.size not in (1, N):
         return "shapes do not fit"
+    inner, packed, corr, colsum = _packed_zero_point_0(wq, zwv, M, _dt(a) == "int8")
+    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a), n_corr=corr.size)
+    return kern, [a, ConstArray(packed, "qmatmul.w"), ConstArray(corr, "qmatmul.corr"),
+                  ConstArray(colsum, "qmatmul.colsum"), za]
+
+
+def _packed_zero_point_0(wq, zwv, M: int, x_signed: bool, gemm=KI.QGemm, **extra):
+    """The packed int8 kernel for ``M`` rows of x times constant ``wq - zwv`` with x's zero
+    point 0 and int32 output, its packed weights and corrections (flat), and the weights'
+    column sums (int32, wrapping as int32 does) for a run-time zero-point correction."""
+    K, N = wq.shape
     lanes = KI.int8_lanes()
     vnni = KI.use_vnni(lanes)
-    x_signed = _dt(a) == "int8"
     zs = (-128 if not x_signed else 0) if vnni else 0     # as lower_quant with x zero point 0
     packed, corr = KI.pack_u_const(wq, zwv, None, zs, vnni, KI.npad_of(N, lanes, 1 if vnni else 0))
-    inner = KI.QGemm(kind="matmul", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=0, out="i32",
-                     M=M, K=K, N=N)
+    inner = gemm(kind="matmul", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=0, out="i32",
+                 M=M, K=K, N=N, **extra)
     colsum = (wq.astype(np.int64) - zwv.astype(np.int64)).sum(axis=0)
-    colsum = ((colsum + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)   # wraps as int32 does
-    kern = RuntimeZeroPoint(inner=inner, M=M, N=N, zx_dtype=_dt(a))
-    return kern, [a, ConstArray(packed, "qmatmul.w"), ConstArray(corr.reshape(-1), "qmatmul.corr"),
-                  ConstArray(colsum, "qmatmul.colsum"), za]
+    colsum = ((colsum + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+    return inner, packed, corr.reshape(-1), colsum
+
+
+@rule("dynamic_qmatmul")
+def lower_dynamic_qmatmul(op):
+    """The fused dynamic-quantization matmul (galaxir/passes/qdq_dynamic.py)."""
+    x, w, ws, wz, bias = (op.operand(i) for i in range(5))
+    xs, wq, wsc, wzc = _shape(x), const_of(w), const_of(ws), const_of(wz)
+    bc = const_of(bias) if bias is not None else None
+    if xs is None or _dt(x) != "float32" or len(xs) < 1:
+        return "x must be a static float32 tensor"
+    if wq is None or wsc is None or wzc is None or (bias is not None and bc is None):
+        return "weights, their scale and zero point, and the bias must be constants"
+    wq, wsc, wzc = np.asarray(wq), np.asarray(wsc), np.asarray(wzc)
+    if wq.ndim != 2 or wq.dtype.name not in EIGHT or wzc.dtype != wq.dtype:
+        return "2-d 8-bit weights with a zero point of their type only"
+    K, N = wq.shape
+    M = int(np.prod(xs[:-1]))
+    if xs[-1] != K or min(M, K, N) == 0 or K > MAX_K:
+        return "shapes do not fit, or too long a reduction for int32 accumulation"
+    if wsc.dtype != np.float32 or wsc.size not in (1, N) or wzc.size not in (1, N):
+        return "float32 weight scale and zero point per tensor or per column only"
+    if bc is not None and (np.asarray(bc).dtype != np.float32 or np.asarray(bc).size != N):
+        return "float32 bias, one per column"
+    inner, packed, corr, colsum = _packed_zero_point_0(wq, wzc.reshape(-1), M, False, QGemmF32,
+                                                       bias=bc is not None)
+    kern = DynQMatMul(inner=inner, M=M, K=K, N=N, n_corr=corr.size, bias=bc is not None)
+    wsn = np.ascontiguousarray(np.broadcast_to(wsc.reshape(-1), (N,)), np.float32)
+    ins = [x, ConstArray(packed, "dynqmm.w"), ConstArray(corr, "dynqmm.corr"),
+           ConstArray(colsum, "dynqmm.colsum"), ConstArray(wsn, "dynqmm.scale")]
+    if bc is not None:
+        ins.append(ConstArray(np.asarray(bc, np.float32).reshape(-1), "dynqmm.bias"))
+    return kern, ins
 
 
 @rule("qlinear_matmul", "matmul_integer")
@@ -296,7 +338,57 @@ def _first(op, *rules):
     return res
 
 
+def _valid_taps(n_out: int, n_in: int, k: int, stride: int, dil: int, pad: int):
+    """Per output index, which of the k taps read inside [0, n_in): (class per output index,
+    the distinct masks [classes, k])."""
+    idx = np.arange(n_out)[:, None] * stride - pad + np.arange(k)[None, :] * dil
+    masks, cls = np.unique((idx >= 0) & (idx < n_in), axis=0, return_inverse=True)
+    return cls.reshape(-1).astype(np.int32), masks
+
+
+def _packed_conv_runtime_zp(op):
+    """conv_integer of constant 2-d weights whose x zero point is a run-time scalar (what
+    dynamic quantization builds): the packed conv with zero point 0, then the zero point
+    times the weights' sum over each output's valid taps (RuntimeZeroPointConv)."""
+    x, w, zx, zw = (op.operand(i) for i in range(4))
+    wq, xs, ys = const_of(w), _shape(x), _shape(op.results[0])
+    if op.name != "conv_integer" or wq is None or zx is None or const_of(zx) is not None:
+        return "not a constant-weight conv with a run-time x zero point"
+    wq = np.asarray(wq)
+    if xs is None or ys is None or len(xs) != 4 or wq.ndim != 4 or _dt(x) not in EIGHT \
+            or wq.dtype.name not in EIGHT:
+        return "2-d conv of 8-bit x and 8-bit weights only"
+    if _size(zx) != 1 or _dt(zx) != _dt(x):
+        return "x zero point: one, of x's type"
+    zwc = np.zeros((), wq.dtype) if zw is None else const_of(zw)
+    if zwc is None:
+        return "weight zero point is not a constant"
+    M = wq.shape[0]
+    zwv = np.asarray(zwc).reshape(-1)
+    if zwv.size not in (1, M):
+        return "w zero point: per tensor or per output channel"
+    arrs = {"sx": np.asarray(1.0), "sw": np.asarray(1.0), "sy": np.asarray(1.0),
+            "zx": np.zeros((), np.dtype(_dt(x))), "zw": zwv,
+            "zy": np.asarray(0)}
+    res = qconv_kernel(op, "i32", x, arrs, wq, None)
+    if isinstance(res, str):
+        return res
+    inner, ins = res
+    kernel = wq.shape[2:]
+    st, dl, pb, _ = _window(op, xs, kernel)
+    hc, hm = _valid_taps(ys[2], xs[2], kernel[0], st[0], dl[0], pb[0])
+    wc, wm = _valid_taps(ys[3], xs[3], kernel[1], st[1], dl[1], pb[1])
+    zcol = np.broadcast_to(zwv.astype(np.int64), (M,))[:, None, None, None]
+    wsum = (wq.astype(np.int64) - zcol).sum(axis=1)
+    table = np.einsum("ar,bs,mrs->mab", hm.astype(np.int64), wm.astype(np.int64), wsum)
+    table = ((table + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)     # wraps as int32 does
+    kern = RuntimeZeroPointConv(inner=inner, N=xs[0], M=M, OH=ys[2], OW=ys[3], nh=len(hm), nw=len(wm),
+                                zx_dtype=_dt(x))
+    return kern, ins + [ConstArray(table.reshape(-1), "qconv.taps"), ConstArray(hc, "qconv.hcls"),
+                        ConstArray(wc, "qconv.wcls"), zx]
+
+
 @rule("qlinear_conv", "conv_integer")
 def lower_qconv_any(op):
-    return _chain(op.name, op, _qconv_rt)
+    return _chain(op.name, op, lambda o: _first(o, _packed_conv_runtime_zp, _qconv_rt))
 

@@ -110,7 +110,12 @@ def lower_qconv(op):
     res = _params(op)
     if isinstance(res, str):
         return res
-    kind, x, arrs, wq, bias = res
+    return qconv_kernel(op, *res)
+
+
+def qconv_kernel(op, kind, x, arrs, wq, bias):
+    """The packed conv kernel of ``op`` and its inputs (or a reason) given its constants
+    (lower_qnodes.py also builds one with x's zero point 0 for a run-time one)."""
     xs, ys = static_shape(x.type), static_shape(op.results[0].type)
     if len(xs) != 4 or ys is None or len(ys) != 4 or wq.ndim != 4:
         return "only 2-d convolutions are native"

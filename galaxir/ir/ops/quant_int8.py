@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..opdef import INT32, attr, define
 from ..types import TensorType
-from .quant import CONV_ATTRS, _qlinear_types, conv_shape, matmul_shape
+from .quant import CONV_ATTRS, INT8S, _qlinear_types, conv_shape, matmul_shape
 from .rules import broadcast_shapes, fail, tensor_operand
 
 _CLAMP = {"clamp_lo": attr("int"), "clamp_hi": attr("int")}
@@ -53,3 +53,18 @@ define("int8_add", operands=["a", "a_scale", "a_zero_point", "b", "b_scale", "b_
        doc="quantize(dequantize(a) + dequantize(b)) (numpy broadcasting, per-tensor scales), "
            "in float32 exactly as the QDQ graph computes it, then clamp to "
            "[clamp_lo, clamp_hi] (a folded relu).")
+
+
+def _dynamic_qmatmul(op):
+    x, w = tensor_operand(op, 0), tensor_operand(op, 1)
+    if w.shape is not None and len(w.shape) != 2:
+        raise fail(op, f"the weights must be 2-d, got {w}")
+    return [TensorType(x.dtype, matmul_shape(op, x, w))]
+
+
+define("dynamic_qmatmul", operands=["x", "w", "w_scale", "w_zero_point", "bias?"],
+       infer=_dynamic_qmatmul, types={"w": ("T1", INT8S), "w_zero_point": "T1"},
+       doc="Dynamic quantization's matmul in one op (galaxir/passes/qdq_dynamic.py): x "
+           "quantized as dynamic_quantize_linear does, matmul_integer with w - w_zero_point "
+           "(int32), then float32: acc * (x_scale * w_scale) (+ bias), as the graph "
+           "``cast(matmul_integer(...)) * (x_scale * w_scale) + bias`` computes it.")

@@ -114,13 +114,19 @@ def dequantize_linear(ctx, x, scale, zp=None):
 
 @kernel("dynamic_quantize_linear")
 def dynamic_quantize_linear(ctx, x):
+    y, scale, zp = dynamic_quantize(x)
+    return y, np.array(scale, dtype=ctx.result_dtype(1)), np.array(zp, dtype=np.uint8)
+
+
+def dynamic_quantize(x):
+    """(uint8 x, float32 scale, zero point) as DynamicQuantizeLinear computes them."""
     x = x.astype(np.float32)
     hi = np.float32(max(0.0, float(np.max(x)) if x.size else 0.0))
     lo = np.float32(min(0.0, float(np.min(x)) if x.size else 0.0))
     scale = np.float32((hi - lo) if hi != lo else 1.0) / np.float32(255)
     zp = np.rint(np.clip(np.float32(0) - lo / scale, 0, 255))
     y = np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.uint8)
-    return y, np.array(scale, dtype=ctx.result_dtype(1)), np.array(zp, dtype=np.uint8)
+    return y, scale, zp
 
 
 # -- integer matmul and conv -------------------------------------------------------------------

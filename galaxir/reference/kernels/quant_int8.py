@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import kernel
-from .quant import _exact_matmul, _int_range, _requantize, qlinear_conv
+from .quant import _exact_matmul, _int_range, _requantize, dynamic_quantize, matmul_integer, qlinear_conv
 
 
 def _clamp(ctx, y: np.ndarray) -> np.ndarray:
@@ -42,3 +42,12 @@ def int8_add(ctx, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
     lo, hi = _int_range(out)
     r = np.rint(q).astype(np.float64) + np.asarray(y_zp).astype(np.float64)
     return _clamp(ctx, np.clip(r, lo, hi).astype(out))
+
+
+@kernel("dynamic_qmatmul")
+def dynamic_qmatmul(ctx, x, w, w_scale, w_zp, bias=None):
+    """The dynamic quantization chain it fuses, step by step in float32."""
+    xq, xs, xz = dynamic_quantize(x)
+    acc = matmul_integer(ctx, xq, w, np.uint8(xz), w_zp)
+    y = acc.astype(np.float32) * (np.float32(xs) * np.asarray(w_scale, np.float32))
+    return y if bias is None else y + np.asarray(bias, np.float32)
