@@ -10,6 +10,7 @@ import pytest
 import galaxir as gx
 from galaxir.backends import get_backend
 from galaxir.ir import GraphBuilder, tensor
+from galaxir.ir.types import DType
 from conftest import native_kernels
 
 RNG = np.random.default_rng(5)
@@ -82,3 +83,24 @@ def test_instance_norm_with_runtime_scale():
     _check(gb.module(), [RNG.standard_normal((2, 6, 33)).astype(np.float32),
                          RNG.standard_normal(6).astype(np.float32),
                          RNG.standard_normal(6).astype(np.float32)])
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "float32", "float64"])
+@pytest.mark.parametrize("shape,axis", [((1, 128), 1), ((3, 5, 4), 1), ((3, 5, 4), -1),
+                                        ((6,), 0), ((2, 0, 3), 2)])
+@pytest.mark.parametrize("op,exclusive,reverse", [("cumsum", 0, 0), ("cumsum", 1, 0),
+                                                  ("cumsum", 0, 1), ("cumsum", 1, 1),
+                                                  ("cumprod", 0, 0), ("cumprod", 1, 1)])
+def test_scan_matches_reference(dtype, shape, axis, op, exclusive, reverse):
+    """cumsum/cumprod natively (RoBERTa's position ids are a cumsum of the mask)."""
+    gb = GraphBuilder()
+    x = gb.input("x", tensor(DType.from_numpy(np.dtype(dtype)), *shape))
+    gb.output(gb.op(op, x, gb.constant(np.asarray(axis, np.int64)), exclusive=exclusive,
+                    reverse=reverse), "y")
+    if dtype.startswith("int"):
+        feed = RNG.integers(-3, 4, shape).astype(dtype)
+    else:
+        feed = RNG.uniform(0.5, 1.5, shape).astype(dtype)
+    exe = _check(gb.module(), [feed])
+    if 0 not in shape:
+        assert "Scan" in native_kernels(exe)
