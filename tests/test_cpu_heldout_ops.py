@@ -1,7 +1,7 @@
-"""1-d convolutions (audio front ends, wav2vec2's positional conv) and instance_norm
-(torch's GroupNorm with one channel per group) run natively on the cpu backend and match
-the numpy reference.  Found by the held-out model set (galaxir.testing.modern.HELDOUT):
-both ran on the numpy reference."""
+"""Ops the held-out model set (galaxir.testing.modern.HELDOUT) found on the numpy reference
+or slow, against the numpy reference: 1-d convolutions (audio front ends, wav2vec2's
+positional conv), instance_norm (torch's GroupNorm with one channel per group), cumsum /
+cumprod (RoBERTa's position ids) and the tiled transpose."""
 from __future__ import annotations
 
 import numpy as np
@@ -104,3 +104,33 @@ def test_scan_matches_reference(dtype, shape, axis, op, exclusive, reverse):
     exe = _check(gb.module(), [feed])
     if 0 not in shape:
         assert "Scan" in native_kernels(exe)
+
+
+@pytest.mark.parametrize("shape,perm", [((1, 3199, 512), (0, 2, 1)),   # wav2vec2's front end
+                                        ((2, 37, 256), (0, 2, 1)),     # tile remainders
+                                        ((2, 13, 5, 256), (0, 3, 1, 2)),
+                                        ((2, 33, 47), (0, 2, 1)),      # plain loop
+                                        ((16, 16), (1, 0)),
+                                        ((2, 5, 40, 17), (0, 3, 1, 2)),  # NHWC -> NCHW
+                                        ((2, 17, 5, 40), (0, 2, 3, 1)),  # NCHW -> NHWC
+                                        ((3, 20, 4, 18), (2, 0, 3, 1)),
+                                        ((1, 12, 128, 64), (0, 2, 1, 3)),  # heads: no tiling
+                                        ((40, 3), (1, 0))])               # too narrow to tile
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_transpose_matches_reference(shape, perm, dtype):
+    gb = GraphBuilder()
+    x = gb.input("x", tensor(DType.from_numpy(np.dtype(dtype)), *shape))
+    gb.output(gb.transpose(x, perm=list(perm)), "y")
+    feed = RNG.integers(-100, 100, shape).astype(dtype)
+    exe = get_backend("cpu").compile(gb.module())
+    np.testing.assert_array_equal(exe(feed)[0], np.transpose(feed, perm))
+
+
+@pytest.mark.parametrize("shape,strides,want", [([512, 3199], [1, 512], 0),
+                                                ([2, 3199, 512], [1637888, 1, 512], 1),
+                                                ([12, 128, 64], [64, 768, 1], None),
+                                                ([3199, 512], [1, 3199], None),  # odd stride
+                                                ([40, 3], [1, 40], None)])
+def test_transpose_tiles_the_contiguous_input_dim(shape, strides, want):
+    from galaxir.backends.cpu.kernels import transpose_tile_dim
+    assert transpose_tile_dim(shape, strides) == want
