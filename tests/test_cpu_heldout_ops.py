@@ -134,3 +134,38 @@ def test_transpose_matches_reference(shape, perm, dtype):
 def test_transpose_tiles_the_contiguous_input_dim(shape, strides, want):
     from galaxir.backends.cpu.kernels import transpose_tile_dim
     assert transpose_tile_dim(shape, strides) == want
+
+
+@pytest.mark.parametrize("eq,sa,sb", [
+    ("bghid,bghjd->bghij", (1, 2, 3, 7, 8), (1, 2, 3, 5, 8)),   # MaxViT attention scores
+    ("bghij,bghjd->bghid", (1, 2, 3, 7, 5), (1, 2, 3, 5, 8)),   # and the weighted sum
+    ("ij,jk->ik", (6, 4), (4, 9)),
+    ("bij,bkj->bki", (3, 6, 4), (3, 5, 4)),                     # both transposed, output too
+    ("nchw,dc->ndhw", (2, 6, 5, 4), (7, 6)),                    # 1x1 conv as an einsum
+    ("ik,kj", (3, 5), (5, 4)),                                  # implicit output
+    ("i,j->ij", (5,), (3,)),                                    # outer product
+    ("bi,bi->b", (4, 6), (4, 6)),                               # row dots
+])
+@pytest.mark.parametrize("level", [0, 3])
+def test_einsum_as_matmul_matches_reference(eq, sa, sb, level):
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", *sa))
+    bb = gb.input("b", tensor("f32", *sb))
+    gb.output(gb.einsum(a, bb, equation=eq), "y")
+    feeds = [RNG.standard_normal(sa).astype(np.float32), RNG.standard_normal(sb).astype(np.float32)]
+    exe = _check(gb.module(), feeds, level)
+    np.testing.assert_allclose(exe(*feeds)[0], np.einsum(eq, *feeds), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("eq,sa,sb", [("ii,ij->j", (4, 4), (4, 3)),     # repeated letter
+                                      ("ij,jk->k", (3, 4), (4, 5)),     # i summed out of a alone
+                                      ("bij,bjk->bik", (1, 3, 4), (2, 4, 5))])  # broadcast b
+def test_einsum_forms_not_rewritten_stay_correct(eq, sa, sb):
+    gb = GraphBuilder()
+    a = gb.input("a", tensor("f32", *sa))
+    bb = gb.input("b", tensor("f32", *sb))
+    gb.output(gb.einsum(a, bb, equation=eq), "y")
+    feeds = [RNG.standard_normal(sa).astype(np.float32), RNG.standard_normal(sb).astype(np.float32)]
+    exe = get_backend("cpu").compile(gx.optimize(gb.module(), level=3, target="cpu"))
+    np.testing.assert_allclose(exe(*feeds)[0], np.einsum(eq, *feeds), rtol=1e-4, atol=1e-4)
+    assert exe.fallback_ops == ["einsum"]
