@@ -8,6 +8,8 @@ matmul.  Each (model, engine) runs in its own process so peak memory
     python benchmarks/bench_cpu.py                 # everything, markdown table on stdout
     python benchmarks/bench_cpu.py --models squeezenet resnet50 --runs 10
     python benchmarks/bench_cpu.py --set modern --skip-numpy     # only the modern networks
+    python benchmarks/bench_cpu.py --set heldout --skip-numpy    # architectures not tuned on
+                                                                 # (modern.HELDOUT; opt-in)
     python benchmarks/bench_cpu.py --cpu-levels 1 2 --skip-numpy   # cpu at O1 and O2
 
 Compile time is cold: a fresh process, no disk cache (GALAXIR_CACHE_DIR unset).  Each
@@ -173,9 +175,11 @@ def _median_of_rounds(results: list[dict]) -> dict | None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*",
-                    help="model-zoo names, modern names (galaxir.testing.modern.MODELS), 'torch', or .onnx paths")
-    ap.add_argument("--set", choices=["all", "zoo", "modern"], default="all",
-                    help="which models when --models is not given")
+                    help="model-zoo names, modern names (galaxir.testing.modern.MODELS or HELDOUT), "
+                         "'torch', or .onnx paths")
+    ap.add_argument("--set", choices=["all", "zoo", "modern", "heldout"], default="all",
+                    help="which models when --models is not given ('all' = zoo + modern; "
+                         "'heldout' = modern.HELDOUT, architectures kept out of tuning)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--numpy-runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3,
@@ -205,11 +209,13 @@ def main():
     # built in a child process: torch and the exported models would otherwise sit in this
     # process's memory
     if a.models:
-        to_build = [m for m in a.models if m in modern.MODELS or m == "torch"]
+        to_build = [m for m in a.models if m in modern.MODELS or m in modern.HELDOUT or m == "torch"]
         models = [m for m in a.models if m not in to_build]
     else:
         models = zoo_names if a.set in ("all", "zoo") else []
         to_build = list(modern.MODELS) + ["torch"] if a.set in ("all", "modern") else []
+        if a.set == "heldout":
+            to_build = list(modern.HELDOUT)
     if to_build:
         models += spawn(["--export-child", tmp] + to_build) or []
     cpus = [f"cpu:{lv}" for lv in a.cpu_levels] if a.cpu_levels else ["cpu"]

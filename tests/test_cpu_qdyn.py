@@ -9,7 +9,6 @@ import galaxir as gx
 from galaxir.ir.builder import GraphBuilder
 from galaxir.ir.types import DType, tensor
 from tests.conftest import native_kernels
-from tests.test_cpu_int8 import path  # noqa: F401  (the forced VNNI / AVX2, 16 / 8-lane paths)
 
 
 def _linear(shape, n, bias=True, seed=0, out=None):

@@ -18,7 +18,7 @@ KNOWN_FALLBACKS: dict[str, set] = {}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(modern.MODELS))
+@pytest.mark.parametrize("name", sorted(modern.MODELS) + sorted(modern.HELDOUT))
 def test_modern_model_matches_onnxruntime(name, tmp_path):
     why = modern.available(name)
     if why:
@@ -38,3 +38,8 @@ def test_modern_model_matches_onnxruntime(name, tmp_path):
 
 def test_unknown_modern_model_is_reported():
     assert "unknown model" in modern.available("no-such-net")
+
+
+def test_heldout_set_is_disjoint_from_the_bench_set():
+    """The held-out architectures check that speedups generalize: none may be tuned on."""
+    assert modern.HELDOUT and not set(modern.HELDOUT) & set(modern.MODELS)

@@ -209,7 +209,8 @@ LN_PARALLEL_MIN = 1 << 15  # elements
 class LayerNorm(Kernel):
     """y = (x - mean) / sqrt(var + eps) * scale + bias over the last ``D`` elements of each
     of ``rows`` rows (two passes for the statistics, as the numpy reference does);
-    ``scale``/``bias`` are "vec" ([D]), "scalar" or "none"."""
+    ``scale``/``bias`` are "vec" ([D]), "scalar", "none" or "chan" (one value per row,
+    row ``r`` taking entry ``r % channels``: instance_norm, whose rows are (n, c) pairs)."""
 
     rows: int
     D: int
@@ -217,9 +218,10 @@ class LayerNorm(Kernel):
     scale: str = "vec"
     bias: str = "none"
     name: str = "layer_norm"
+    channels: int = 1
 
     def key(self):
-        return ("layer_norm", self.rows, self.D, self.eps, self.scale, self.bias)
+        return ("layer_norm", self.rows, self.D, self.eps, self.scale, self.bias, self.channels)
 
     @property
     def n_tasks(self) -> int:
@@ -268,14 +270,18 @@ class LayerNorm(Kernel):
             var = reduce(lambda v, w: b.fmul(b.fsub(v, splat(b, mean, w)),
                                               b.fsub(v, splat(b, mean, w))))
             rstd = b.fdiv(f32(1.0), fb.intrinsic("llvm.sqrt.f32", F32, [b.fadd(var, f32(self.eps))]))
+            ch = b.srem(r, i64(self.channels)) if "chan" in (self.scale, self.bias) else None
+
+            def param(ptr, kind, j, w):
+                if kind == "vec":
+                    return vload(fb, ptr, j, w)
+                return splat(b, fb.load(ptr, ch if kind == "chan" else 0), w)
 
             def norm(j, w):
                 v = b.fmul(b.fsub(vload(fb, x, b.add(base, j), w), splat(b, mean, w)), splat(b, rstd, w))
-                s = vload(fb, sc, j, w) if self.scale == "vec" else splat(b, fb.load(sc, 0), w)
-                v = b.fmul(v, s)
+                v = b.fmul(v, param(sc, self.scale, j, w))
                 if bias is not None:
-                    bv = vload(fb, bias, j, w) if self.bias == "vec" else splat(b, fb.load(bias, 0), w)
-                    v = b.fadd(v, bv)
+                    v = b.fadd(v, param(bias, self.bias, j, w))
                 vstore(fb, v, out, b.add(base, j), w)
             vloop(fb, D, norm)
 

@@ -445,5 +445,51 @@ class ArgReduce(Kernel):
         return fb.finish()
 
 
-__all__ = ["ArgReduce", "ConstFill", "GatherElements", "LLVM_DTYPES", "OPS", "Range",
+@dataclass
+class Scan(Kernel):
+    """cumsum / cumprod of ``x`` [outer, D, inner] along D, in the element type and in
+    order (as numpy's ``accumulate``); ``exclusive`` shifts by one (identity first),
+    ``reverse`` scans from the end.  RoBERTa-style position ids are a cumsum of the mask."""
+
+    outer: int
+    D: int
+    inner: int
+    dtype: str
+    op: str            # "add" or "mul"
+    exclusive: bool
+    reverse: bool
+    name: str = "scan"
+
+    def key(self):
+        return ("scan", self.outer, self.D, self.inner, self.dtype, self.op, self.exclusive,
+                self.reverse)
+
+    def emit(self, module, fname, n_args):
+        fb = FnBuilder(module, fname, [I8P] * n_args)
+        b = fb.b
+        ty, k = _ty(self.dtype), _kind(self.dtype)
+        out = b.bitcast(fb.args[0], ty.as_pointer())
+        x = b.bitcast(fb.args[1], ty.as_pointer())
+        one = self.op == "mul"
+        ident = ir.Constant(ty, float(one) if k == "f" else int(one))
+        if k == "f":
+            step_fn = b.fmul if one else b.fadd
+        else:
+            step_fn = b.mul if one else b.add
+        acc = fb.alloca(ty)
+        with fb.loop(0, self.outer) as o:
+            with fb.loop(0, self.inner) as n:
+                base = b.add(b.mul(o, i64(self.D * self.inner)), n)
+                b.store(ident, acc)
+                with fb.loop(0, self.D) as step:
+                    j = b.sub(i64(self.D - 1), step) if self.reverse else step
+                    at = b.add(base, b.mul(j, i64(self.inner)))
+                    cur = b.load(acc)
+                    nxt = step_fn(cur, b.load(b.gep(x, [at], inbounds=True)))
+                    b.store(cur if self.exclusive else nxt, b.gep(out, [at], inbounds=True))
+                    b.store(nxt, acc)
+        return fb.finish()
+
+
+__all__ = ["ArgReduce", "ConstFill", "Scan", "GatherElements", "LLVM_DTYPES", "OPS", "Range",
            "TypedElementwise", "emit_cast", "emit_op"]

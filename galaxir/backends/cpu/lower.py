@@ -164,12 +164,17 @@ def lower_conv(op):
     if z is not None and static_shape(z.type) != ys:
         return "residual z does not have the conv result's shape"
     extra = ([b] if b is not None else []) + ([z] if z is not None else [])
-    if len(xs) != 4:
-        return "only 2-d convolutions are native"
+    if len(xs) not in (3, 4):
+        return "only 1-d and 2-d convolutions are native"
     if K.prod(ys) == 0 or K.prod(xs) == 0 or K.prod(ws) == 0:
         return "zero-size tensor"
     kernel = op.attr("kernel_shape") or ws[2:]
     st, dl, pb, pe = _window(op, xs, kernel)
+    if len(xs) == 3:
+        # a 1-d conv is a 2-d one over a unit height: [N, C, L] and [N, C, 1, L] are the
+        # same bytes, so the 2-d kernels run it on the buffers as they are
+        xs, ws, ys = (xs[0], xs[1], 1, xs[2]), (ws[0], ws[1], 1, ws[2]), (ys[0], ys[1], 1, ys[2])
+        kernel, st, dl, pb, pe = (1, kernel[0]), [1] + st, [1] + dl, [0] + pb, [0] + pe
     g = op.attr("group") or 1
     wc = const_of(w)
     cg, mg = xs[1] // g, ws[0] // g
@@ -211,8 +216,8 @@ def _lower_conv_nhwc(op):
     z = op.operand(3) if op.name == "fused_conv" else None
     act, act_params = activation_of(op)
     xs, ws, ys = static_shape(x.type), static_shape(w.type), static_shape(op.results[0].type)
-    if len(xs) != 4:
-        return "only 2-d convolutions are native"
+    if len(xs) not in (3, 4):
+        return "only 1-d and 2-d convolutions are native"
     if K.prod(ys) == 0 or K.prod(xs) == 0 or K.prod(ws) == 0:
         return "zero-size tensor"
     if z is not None and static_shape(z.type) != ys:
@@ -222,6 +227,11 @@ def _lower_conv_nhwc(op):
         return "NHWC conv needs constant weights"
     kernel = op.attr("kernel_shape") or ws[2:]
     st, dl, pb, pe = _window(op, _nchw_shape(xs), kernel)
+    if len(xs) == 3:
+        # [N, L, C] is [N, 1, L, C]: a unit height, as in the NCHW path
+        xs, ws, ys = (xs[0], 1, xs[1], xs[2]), (ws[0], ws[1], 1, ws[2]), (ys[0], 1, ys[1], ys[2])
+        kernel, st, dl, pb, pe = (1, kernel[0]), [1] + st, [1] + dl, [0] + pb, [0] + pe
+        wc = np.asarray(wc, np.float32).reshape(ws)
     g = op.attr("group") or 1
     extra = ([b] if b is not None else []) + ([z] if z is not None else [])
     geo = dict(N=xs[0], H=xs[1], W=xs[2], C=xs[3], OH=ys[1], OW=ys[2], kh=kernel[0],

@@ -71,6 +71,26 @@ def lower_layer_norm(op):
     return kern, [x, scale] + ([bias] if bias is not None else [])
 
 
+@rule("instance_norm")
+def lower_instance_norm(op):
+    """Each (n, c) plane normalized over its spatial elements: the layer_norm kernel over
+    N*C rows with a per-channel scale and bias (torch's GroupNorm with one channel per
+    group, style-transfer and audio front ends)."""
+    why = _all_static_f32(op)
+    if why:
+        return why
+    x, scale, bias = op.operands
+    xs = static_shape(x.type)
+    C, D = xs[1], K.prod(xs[2:])
+    if K.prod(xs[:2]) == 0 or D == 0:
+        return "zero-size tensor"
+    if K.prod(static_shape(scale.type)) != C or K.prod(static_shape(bias.type)) != C:
+        return "scale/bias do not hold one value per channel"
+    kern = KS.LayerNorm(rows=xs[0] * C, D=D, eps=float(op.attr("epsilon")), scale="chan",
+                        bias="chan", channels=C)
+    return kern, [x, scale, bias]
+
+
 # -- recurrent layers ---------------------------------------------------------------------------
 _NEEDS_ALPHA = {"affine": 1.0, "leakyrelu": 0.01, "thresholdedrelu": 1.0, "scaledtanh": 1.0,
                 "hardsigmoid": 0.2, "elu": 1.0}

@@ -207,3 +207,29 @@ def lower_arg(op):
     return KT.ArgReduce(outer=outer, D=xs[ax], inner=inner, dtype=x.type.dtype.name,
                         largest=op.name == "argmax",
                         last=bool(op.attr("select_last_index"))), [x]
+
+
+@rule("cumsum", "cumprod")
+def lower_scan(op):
+    """Any typed dtype but bool, with a constant axis (the numpy reference's order of
+    additions, so float results agree bit for bit)."""
+    x, y = op.operands[0], op.results[0]
+    xs, ys = static_shape(x.type), static_shape(y.type)
+    if xs is None or ys != xs:
+        return "shape not static"
+    dt = x.type.dtype.name
+    if dt not in KT.LLVM_DTYPES or dt == "bool" or y.type.dtype.name != dt:
+        return f"dtype {dt}"
+    axis = const_of(op.operands[1])
+    if axis is None or np.asarray(axis).size != 1:
+        return "axis is not a constant scalar"
+    if not xs:
+        return "scalar input"
+    ax = int(np.asarray(axis).reshape(-1)[0])
+    ax = ax + len(xs) if ax < 0 else ax
+    if not 0 <= ax < len(xs):
+        return "invalid axis"
+    outer, inner = int(np.prod(xs[:ax], dtype=np.int64)), int(np.prod(xs[ax + 1:], dtype=np.int64))
+    return KT.Scan(outer=outer, D=xs[ax], inner=inner, dtype=dt,
+                   op="add" if op.name == "cumsum" else "mul",
+                   exclusive=bool(op.attr("exclusive")), reverse=bool(op.attr("reverse"))), [x]

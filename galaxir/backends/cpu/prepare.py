@@ -29,11 +29,12 @@ def own_passes(level: int) -> list:
     O0 ``prepare`` is what runs them."""
     from ...passes import PatternPass
     from ...passes.fusion import FoldBatchNorm, FuseActivations
-    from .rules import batch_norm_patterns, cpu_patterns, fusion_patterns
+    from .rules import batch_norm_patterns, cpu_patterns, einsum_patterns, fusion_patterns
     if level >= 2:
         return [PatternPass("cpu-rules", cpu_patterns()),
                 PatternPass("cpu-fuse-elementwise", fusion_patterns())]
     return [FoldBatchNorm(), PatternPass("cpu-batchnorm-affine", batch_norm_patterns()),
+            PatternPass("cpu-einsum-matmul", einsum_patterns()),
             FuseActivations(), PatternPass("cpu-fuse-elementwise", fusion_patterns())]
 
 

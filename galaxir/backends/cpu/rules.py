@@ -102,6 +102,87 @@ class FuseNativeElementwise(FuseElementwise):
             and isinstance(v.type, TensorType) and v.type.dtype.numpy == np.float32
 
 
+class EinsumAsMatmul(RewritePattern):
+    """A two-operand einsum that is a (batched) matrix product -> transpose, reshape,
+    matmul, reshape, transpose (each left out where it is the identity), so that it runs on
+    the GEMM kernels (MaxViT's attention: ``bghid,bghjd->bghij``; bilinear and
+    contraction layers).  Letters are sorted into batch (both inputs and the output),
+    contracted (both inputs only) and free (one input and the output); any other form
+    (a repeated letter, an ellipsis, a letter summed out of one input, broadcasting, a
+    non-static shape) stays an einsum."""
+
+    name = "cpu-einsum-matmul"
+    root = "einsum"
+
+    def match_and_rewrite(self, op, rewriter: Rewriter) -> bool:
+        plan = self._plan(op)
+        if plan is None:
+            return False
+        (ta, tb, out), sizes = plan
+        batch = [c for c in out if c in ta and c in tb]
+        fa = [c for c in out if c in ta and c not in tb]
+        fb = [c for c in out if c in tb and c not in ta]
+        con = [c for c in ta if c in tb and c not in out]
+        b = rewriter.builder(before=op)
+
+        def arrange(x, term, order, shape):
+            perm = [term.index(c) for c in order]
+            if perm != list(range(len(term))):
+                x = b.transpose(x, perm=perm)
+            if [sizes[c] for c in order] != list(shape):
+                x = b.reshape(x, b.constant(np.asarray(shape, np.int64)))
+            return x
+
+        def n(letters):
+            return int(np.prod([sizes[c] for c in letters], dtype=np.int64))
+
+        bs = [sizes[c] for c in batch]
+        a = arrange(op.operands[0], ta, batch + fa + con, bs + [n(fa), n(con)])
+        c = arrange(op.operands[1], tb, batch + con + fb, bs + [n(con), n(fb)])
+        y = b.matmul(a, c)
+        order = batch + fa + fb
+        if [n([ch]) for ch in order] != bs + [n(fa), n(fb)]:
+            y = b.reshape(y, b.constant(np.asarray([sizes[ch] for ch in order], np.int64)))
+        perm = [order.index(ch) for ch in out]
+        if perm != list(range(len(out))):
+            y = b.transpose(y, perm=perm)
+        rewriter.replace_op(op, [y])
+        return True
+
+    @staticmethod
+    def _plan(op):
+        from ...ir.ops.linalg import parse_einsum
+        if len(op.operands) != 2 or len(op.results) != 1:
+            return None
+        types = [v.type for v in op.operands]
+        if not all(isinstance(t, TensorType) and t.shape is not None
+                   and all(isinstance(d, int) for d in t.shape) for t in types):
+            return None
+        if types[0].dtype != types[1].dtype or types[0].dtype.numpy != np.float32:
+            return None
+        try:
+            (ta, tb), out, _ = parse_einsum(op.attr("equation"), [t.rank for t in types])
+        except ValueError:
+            return None
+        if any("." in t or len(set(t)) != len(t) for t in (ta, tb, out)):
+            return None
+        if any(c not in out and c not in (tb if t is ta else ta) for t in (ta, tb) for c in t):
+            return None  # a letter summed out of one input alone
+        sizes: dict[str, int] = {}
+        for term, t in ((ta, types[0]), (tb, types[1])):
+            for c, d in zip(term, t.shape):
+                if sizes.setdefault(c, d) != d:
+                    return None  # broadcasting a size-1 dim: left to the reference
+        return (ta, tb, out), sizes
+
+    def explain(self, op) -> str:
+        return "a two-operand einsum that is a batched matrix product -> matmul"
+
+
+def einsum_patterns() -> list:
+    return [EinsumAsMatmul()]
+
+
 def batch_norm_patterns() -> list:
     return [BatchNormAffine()]
 
@@ -110,7 +191,7 @@ def cpu_patterns() -> list:
     """What the generic fusions made that the cpu does not run, back to ops it runs."""
     return [Decompose("sdpa", "cpu-decompose-sdpa"),
             Decompose("fused_elementwise", "cpu-decompose-elementwise", _region_not_native),
-            *batch_norm_patterns()]
+            *batch_norm_patterns(), *einsum_patterns()]
 
 
 def fusion_patterns() -> list:
