@@ -158,6 +158,7 @@ def lower_qconv(op):
                     zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=H, W=W,
                     OH=OH, OW=OW, kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
                     dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct,
+                    fuse=os.environ.get("GALAXIR_CPU_INT8_FUSED", "1") != "0",
                     colsum=bool(any(np.any(c.reshape(2, -1)[1] != 0) for c in corrs)))
     ins = [x, ConstArray(np.concatenate(packs), "qconv.w"),
            ConstArray(np.concatenate(corrs).reshape(-1), "qconv.corr")]
