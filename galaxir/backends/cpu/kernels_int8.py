@@ -373,10 +373,12 @@ class QGemm(Kernel):
                     if self.gemm_rows > self.M // self.group else None)
             n_pack = self.hp if self.direct else self.C // self.group + 1
             with fb.loop(0, self.batch) as n, fb.loop(0, self.group) as gi:
-                run(pack, n_pack, n, gi)
+                if not os.environ.get("GXH_NOPACK"):
+                    run(pack, n_pack, n, gi)
                 if ones is not None:
                     run(ones, 1, n, gi)
-                run(gemm, self.n_tasks(), n, gi)
+                if not os.environ.get("GXH_NOGEMM"):
+                    run(gemm, self.n_tasks(), n, gi)
         return fb.finish()
 
     @staticmethod
@@ -699,9 +701,9 @@ class QGemm(Kernel):
         vty, dty = ir.VectorType(I32, L), ir.VectorType(F64, L)
         oty = ir.VectorType(I8, L)
         cr = b.bitcast(corr, I32.as_pointer())
-        lo = ir.Constant(dty, [float(self.lo)] * L)
-        hi = ir.Constant(dty, [float(self.hi)] * L)
-        zy = ir.Constant(dty, [float(self.zy)] * L)
+        lo = ir.Constant(dty, [float(self.lo - self.zy)] * L)
+        hi = ir.Constant(dty, [float(self.hi - self.zy)] * L)
+        zy = ir.Constant(vty, [self.zy] * L)
         tmp = fb.alloca(oty)
         css = []
         if self.vnni and self.colsum:
@@ -722,11 +724,13 @@ class QGemm(Kernel):
                 acc = b.add(b.load(accs[r][v]), rc)
                 if css:
                     acc = b.sub(acc, b.mul(rz, css[v]))
-                d = fb.intrinsic(f"llvm.rint.v{L}f64", dty, [b.fmul(b.sitofp(acc, dty), mvv)])
-                d = b.fadd(d, zy)
+                # clamp(rint(d) + zy, lo, hi) == rint(clamp(d, lo - zy, hi - zy)) + zy (integer
+                # bounds, rint monotone); lrint rounds and converts in one instruction
+                d = b.fmul(b.sitofp(acc, dty), mvv)
                 d = b.select(b.fcmp_ordered("<", d, lo), lo, d)
                 d = b.select(b.fcmp_ordered(">", d, hi), hi, d)
-                q = b.trunc(b.fptosi(d, vty), oty)
+                q = fb.intrinsic(f"llvm.lrint.v{L}i32.v{L}f64", vty, [d])
+                q = b.trunc(b.add(q, zy), oty)
                 col = b.add(ow0, i64(v * L))
                 dst = b.gep(b.bitcast(out, I8P), [b.add(row, col)])
                 full = b.icmp_signed("<=", b.add(col, i64(L)), i64(self.OW))
