@@ -373,12 +373,10 @@ class QGemm(Kernel):
                     if self.gemm_rows > self.M // self.group else None)
             n_pack = self.hp if self.direct else self.C // self.group + 1
             with fb.loop(0, self.batch) as n, fb.loop(0, self.group) as gi:
-                if not os.environ.get("GXH_NOPACK"):
-                    run(pack, n_pack, n, gi)
+                run(pack, n_pack, n, gi)
                 if ones is not None:
                     run(ones, 1, n, gi)
-                if not os.environ.get("GXH_NOGEMM"):
-                    run(gemm, self.n_tasks(), n, gi)
+                run(gemm, self.n_tasks(), n, gi)
         return fb.finish()
 
     @staticmethod
