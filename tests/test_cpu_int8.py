@@ -142,3 +142,25 @@ def test_qdq_model_from_onnxruntime_is_one_native_segment(tmp_path):
         assert np.abs(got - want).max() <= out_scale + 1e-6
     # the numpy reference keeps the float QDQ graph
     assert "int8_conv" not in {op.name for op in gx.optimize(gx.import_model(qp), 3).walk()}
+
+
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "store"])
+def test_conv_fused_requantization(path, fused, monkeypatch):
+    """The direct conv requantizing in its register tile (default) and the separate store
+    pass give the reference's bytes: 19 output columns end each row in a partial vector."""
+    monkeypatch.setenv("GALAXIR_CPU_INT8_FUSED", fused)
+    monkeypatch.setenv("GALAXIR_CPU_INT8_DIRECT", "1")
+    rng = np.random.default_rng(3)
+    for xdt, wdt in ((np.uint8, np.int8), (np.int8, np.uint8)):
+        m = conv_model(rng, 2, 12, 9, 19, 20, 3, 1, 1, 1, xdt, wdt, True)
+        got = check_native_equal(m, {"x": _rand(rng, xdt, (2, 12, 9, 19))})
+        assert int(got.max()) - int(got.min()) > 100
+
+
+def test_conv_direct_or_im2col_by_lane_occupancy(monkeypatch):
+    from galaxir.backends.cpu.lower_quant import _direct
+    monkeypatch.delenv("GALAXIR_CPU_INT8_DIRECT", raising=False)
+    assert not _direct(7, 49, 16)          # 7 of 16 lanes per row vs 49 of 64
+    assert _direct(56, 56 * 56, 16) and _direct(14, 196, 16) and _direct(49, 49, 16)
+    monkeypatch.setenv("GALAXIR_CPU_INT8_DIRECT", "1")
+    assert _direct(7, 49, 16)

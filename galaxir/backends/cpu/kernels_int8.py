@@ -213,6 +213,7 @@ class QGemm(Kernel):
     group: int = 1
     direct: bool = False    # conv without im2col (see _pack_direct_row)
     colsum: bool = True     # conv, VNNI: a weight zero point needs the column sums
+    fuse: bool = True       # direct conv: requantize in the GEMM's tile (see ``fused``)
     name: str = "qgemm"
 
     def key(self):
@@ -460,6 +461,10 @@ class QGemm(Kernel):
         m_hi = _smin(b, b.add(m_lo, i64(per)), i64(mg))
         oh_lo = b.mul(oc, i64(ohc))
         oh_hi = _smin(b, b.add(oh_lo, i64(ohc)), i64(self.OH))
+        if self.fused:
+            fuse = (out, corr, mult, self._obase(fb, n, gi), gi)
+            self._conv_gemm(fb, sg, packed, cbuf, m_lo, m_hi, oh_lo, oh_hi, fuse)
+            return
         self._conv_gemm(fb, sg, packed, cbuf, m_lo, m_hi, oh_lo, oh_hi)
         if not self.direct:
             oh_lo, oh_hi = i64(0), i64(1)
@@ -486,9 +491,9 @@ class QGemm(Kernel):
             self._store(fb, out, cbuf, corr, mult, self._obase(fb, n, gi), gi, i64(0), i64(mg),
                         i64(0), i64(oh_hi))
 
-    def _conv_gemm(self, fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi):
+    def _conv_gemm(self, fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi, fuse=None):
         if self.direct:
-            self._gemm_direct(fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi)
+            self._gemm_direct(fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi, fuse)
         else:
             self._gemm(fb, s, u, c, m_lo, m_hi)
 
@@ -625,9 +630,11 @@ class QGemm(Kernel):
         b.branch(end)
         b.position_at_end(end)
 
-    def _gemm_direct(self, fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi):
+    def _gemm_direct(self, fb, s, u, c, m_lo, m_hi, oh_lo, oh_hi, fuse=None):
         """C[m_lo:m_hi][oh_lo*owpad:oh_hi*owpad] = S rows x the padded input read at each
-        kernel tap: vectors of ``lanes`` output columns of one output row."""
+        kernel tap: vectors of ``lanes`` output columns of one output row.  With ``fuse``
+        (out, corr, mult, obase, gi) the tile is requantized in registers and written to
+        out instead (``_store_tile``)."""
         b = fb.b
         L = self.lanes
         vty = ir.VectorType(I32, L)
@@ -660,6 +667,9 @@ class QGemm(Kernel):
                         sv = _splat(b, b.load(b.gep(s32, [sidx]), align=4), L)
                         for v in range(V):
                             b.store(dot(b.load(accs[r][v]), uvs[v], sv), accs[r][v])
+            if fuse is not None:
+                self._store_tile(fb, fuse, c32, accs, m0, R, oh, ow0, V)
+                return
             for r in range(R):
                 for v in range(V):
                     cidx = b.add(b.mul(b.add(m0, i64(r)), i64(npad)),
@@ -676,6 +686,72 @@ class QGemm(Kernel):
                         tile_at(m0, R, oh, ow0, 1)
 
         _row_tiles(fb, m_lo, m_hi, DIRECT_R, tile)
+
+    @property
+    def fused(self) -> bool:
+        """The direct conv's "phased" GEMM requantizes its register tile and writes the
+        8-bit output itself: no int32 round trip through C and no scalar store pass (for
+        convs with few input channels, e.g. MobileNetV2's pointwise expansions, that pass
+        cost more than the GEMM).  ``GALAXIR_CPU_INT8_FUSED=0`` (read at lowering) keeps
+        the separate store."""
+        return self.fuse and self.direct and self.out != "i32" and self.mode == "phased"
+
+    def _store_tile(self, fb, fuse, c32, accs, m0, R, oh, ow0, V):
+        """Requantize the R x V vectors of a direct-conv tile (output row oh, columns
+        ow0...) as ``_store`` does, in float64 vectors, and store the valid columns (< OW)
+        as bytes: full vectors at once, a row's last partial vector through a stack
+        buffer."""
+        b, L = fb.b, self.lanes
+        out, corr, mult, obase, gi = fuse
+        mg = self.M // self.group
+        vty, dty = ir.VectorType(I32, L), ir.VectorType(F64, L)
+        oty = ir.VectorType(I8, L)
+        cr = b.bitcast(corr, I32.as_pointer())
+        lo = ir.Constant(dty, [float(self.lo - self.zy)] * L)
+        hi = ir.Constant(dty, [float(self.hi - self.zy)] * L)
+        zy = ir.Constant(vty, [self.zy] * L)
+        tmp = fb.alloca(oty)
+        css = []
+        if self.vnni and self.colsum:
+            for v in range(V):
+                at = b.add(i64(mg * self.npad), b.add(b.mul(oh, i64(self.owpad)),
+                                                      b.add(ow0, i64(v * L))))
+                css.append(b.load(b.bitcast(b.gep(c32, [at]), vty.as_pointer()), align=4))
+        for r in range(R):
+            m = b.add(m0, i64(r))
+            cidx = b.add(b.mul(gi, i64(2 * mg)), m)
+            rc = _splat(b, b.load(b.gep(cr, [cidx])), L)
+            rz = _splat(b, b.load(b.gep(cr, [b.add(cidx, i64(mg))])), L)
+            mv = fb.load(mult, b.add(b.mul(gi, i64(mg)), m), F64)
+            mvv = b.shuffle_vector(b.insert_element(ir.Constant(dty, None), mv, ir.Constant(I32, 0)),
+                                   ir.Constant(dty, None), ir.Constant(vty, [0] * L))
+            row = b.add(obase, fb.mul_add([(m, self.cols), (oh, self.OW)]))
+            for v in range(V):
+                acc = b.add(b.load(accs[r][v]), rc)
+                if css:
+                    acc = b.sub(acc, b.mul(rz, css[v]))
+                # clamp(rint(d) + zy, lo, hi) == rint(clamp(d, lo - zy, hi - zy)) + zy (integer
+                # bounds, rint monotone); lrint rounds and converts in one instruction
+                d = b.fmul(b.sitofp(acc, dty), mvv)
+                d = b.select(b.fcmp_ordered("<", d, lo), lo, d)
+                d = b.select(b.fcmp_ordered(">", d, hi), hi, d)
+                q = fb.intrinsic(f"llvm.lrint.v{L}i32.v{L}f64", vty, [d])
+                q = b.trunc(b.add(q, zy), oty)
+                col = b.add(ow0, i64(v * L))
+                dst = b.gep(b.bitcast(out, I8P), [b.add(row, col)])
+                full = b.icmp_signed("<=", b.add(col, i64(L)), i64(self.OW))
+                whole, part, done = fb.block("qfull"), fb.block("qpart"), fb.block("qdone")
+                b.cbranch(full, whole, part)
+                b.position_at_end(whole)
+                b.store(q, b.bitcast(dst, oty.as_pointer()), align=1)
+                b.branch(done)
+                b.position_at_end(part)
+                b.store(q, tmp)
+                t8 = b.bitcast(tmp, I8P)
+                with fb.loop(0, b.sub(i64(self.OW), col)) as k:
+                    b.store(b.load(b.gep(t8, [k])), b.gep(dst, [k]))
+                b.branch(done)
+                b.position_at_end(done)
 
     def _dot(self, fb, vty):
         b, L = fb.b, vty.count

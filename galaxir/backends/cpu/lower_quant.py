@@ -105,6 +105,20 @@ def _multiplier(arrs, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(f.astype(np.float64), (n,)))
 
 
+def _direct(row: int, cols: int, lanes: int) -> bool:
+    """The direct conv (no im2col copy) computes whole output rows of ``row`` columns in
+    vectors of ``lanes``; im2col packs all ``cols`` output pixels as one row.  Direct
+    unless its lanes are much emptier: a 7x7 map keeps 7 of 16 lanes busy per row but 49
+    of 64 as one (ResNet's 512-channel 3x3 convs ran about 1.5-2x faster im2col).
+    ``GALAXIR_CPU_INT8_DIRECT=1/0`` forces either."""
+    forced = os.environ.get("GALAXIR_CPU_INT8_DIRECT")
+    if forced in ("0", "1"):
+        return forced == "1"
+    busy_direct = row / (-(-row // lanes) * lanes)
+    busy_im2col = cols / KI.npad_of(cols, lanes)
+    return busy_direct >= busy_im2col - 0.15
+
+
 @rule("int8_conv", "qlinear_conv", "conv_integer")
 def lower_qconv(op):
     res = _params(op)
@@ -146,7 +160,8 @@ def qconv_kernel(op, kind, x, arrs, wq, bias):
     bf = None if bias is None else np.asarray(bias).reshape(M).astype(np.int64)
     packs, corrs = [], []
     w2 = wq.reshape(g, mg, kd)
-    direct = os.environ.get("GALAXIR_CPU_INT8_DIRECT", "1") != "0"
+    pointwise = tuple(kernel) == (1, 1) and tuple(st) == (1, 1) and not any(pb) and not any(pe)
+    direct = _direct(ys[2] * ys[3] if pointwise else ys[3], ys[2] * ys[3], lanes)
     order = KI.direct_order(wq.shape[1], kernel[0], kernel[1], KI.group_of(vnni)) if direct else None
     for gi in range(g):
         p, c = KI.pack_s_const(w2[gi], zwf[gi * mg:(gi + 1) * mg],
@@ -156,13 +171,14 @@ def qconv_kernel(op, kind, x, arrs, wq, bias):
     lo, hi = _clamp(op, kind) if kind != "i32" else (0, 0)
     zy = int(arrs["zy"].reshape(())) if kind != "i32" else 0
     H, W, OH, OW = xs[2], xs[3], ys[2], ys[3]
-    if tuple(kernel) == (1, 1) and tuple(st) == (1, 1) and not any(pb) and not any(pe):
+    if pointwise:
         # pointwise: the pixels as one row (a 7x7 map keeps 49 of 64 lanes busy, not 7 of 16)
         H, W, OH, OW = 1, H * W, 1, OH * OW
     kern = KI.QGemm(kind="conv", vnni=vnni, lanes=lanes, x_signed=x_signed, zx=zx, out=kind,
                     zy=zy, lo=lo, hi=hi, M=M, batch=xs[0], C=xs[1], H=H, W=W,
                     OH=OH, OW=OW, kh=kernel[0], kw=kernel[1], sh=st[0], sw=st[1],
                     dh=dl[0], dw=dl[1], pt=pb[0], pl=pb[1], group=g, direct=direct,
+                    fuse=os.environ.get("GALAXIR_CPU_INT8_FUSED", "1") != "0",
                     colsum=bool(any(np.any(c.reshape(2, -1)[1] != 0) for c in corrs)))
     ins = [x, ConstArray(np.concatenate(packs), "qconv.w"),
            ConstArray(np.concatenate(corrs).reshape(-1), "qconv.corr")]
