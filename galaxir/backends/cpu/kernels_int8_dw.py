@@ -28,6 +28,7 @@ import numpy as np
 
 from .codegen import F64, I8, I32, i64, memcpy, memset
 from .kernels import Kernel
+from .window import Window2d
 from .kernels_int8 import I16, TASKS, _wrap32
 
 LANES = 8       # int32 words per vector (ymm)
@@ -65,7 +66,7 @@ def pack_weights(w: np.ndarray, zw: np.ndarray, bias, zxu: int, vnni: bool):
 
 
 @dataclass
-class QDepthwise(Kernel):
+class QDepthwise(Window2d, Kernel):
     """Buffers: out (8-bit NCHW), x (8-bit NCHW), weight words (int32 [C][kh][ng]),
     corrections (int32 [C]), multipliers (float64 [C]), scratch."""
 
@@ -78,22 +79,11 @@ class QDepthwise(Kernel):
     hi: int
     batch: int
     C: int
-    H: int
-    W: int
-    OH: int
-    OW: int
-    kh: int
-    kw: int
-    sh: int = 1
-    sw: int = 1
-    dh: int = 1
-    dw: int = 1
-    pt: int = 0
-    pl: int = 0
     name: str = "qdepthwise"
 
     def key(self):
-        return ("qdepthwise",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+        return ("qdepthwise", self.vnni, self.x_signed, self.zx, self.y_signed, self.zy,
+                self.lo, self.hi, self.batch, self.C) + self.window_key() + (self.name,)
 
     @property
     def g(self) -> int:
@@ -147,7 +137,7 @@ class QDepthwise(Kernel):
     def hp(self) -> int:
         """Rows of the padded plane: every input row an output row (or a row of the last
         vector past the image) reads."""
-        return (self.ohpad - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        return self.rows_read(self.ohpad)
 
     @property
     def wq(self) -> int:
