@@ -226,8 +226,10 @@ def check_scales(fb: FnBuilder, sc, n: int, dtype: str) -> None:
 
 
 @dataclass
-class QuantizeT(Kernel):
-    """QuantizeLinear to any QUANT type.  Buffers: out, x, scale[, zero point]."""
+class _ScaledT(Kernel):
+    """What QuantizeT and DequantizeT share: the [outer, C, inner] layout of x with one
+    scale (and zero point) per ``mode`` / ``block`` (``_Params``), the four dtypes, and
+    an entry that refuses scales that are not positive and finite."""
 
     outer: int
     C: int
@@ -238,23 +240,35 @@ class QuantizeT(Kernel):
     s_dtype: str
     zp_dtype: str | None
     out_dtype: str
-    saturate: bool = True
-    name: str = "quantize_typed"
     fallible = True
 
     def key(self):
-        return ("quantize_typed",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+        return (self.name,) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def _start(self, module, fname, n_args):
+        """The function, its (out, x, scale, zero point or None) and the ``_Params``
+        loop, after the scale check."""
+        fb = FnBuilder(module, fname, [I8P] * n_args, ret=I64)
+        out, x, sc = fb.args[:3]
+        zp = fb.args[3] if self.zp_dtype is not None else None
+        p = _Params(self.outer, self.C, self.inner, self.mode, self.block)
+        check_scales(fb, sc, p.n_params, self.s_dtype)
+        return fb, (out, x, sc, zp), p
+
+
+@dataclass
+class QuantizeT(_ScaledT):
+    """QuantizeLinear to any QUANT type.  Buffers: out, x, scale[, zero point]."""
+
+    saturate: bool = True
+    name: str = "quantize_typed"
 
     def failure(self) -> str:
         return "quantize_linear: scale must be positive and finite"
 
     def emit(self, module, fname, n_args):
-        fb = FnBuilder(module, fname, [I8P] * n_args, ret=I64)
-        out, x, sc = fb.args[:3]
-        zp = fb.args[3] if self.zp_dtype is not None else None
+        fb, (out, x, sc, zp), p = self._start(module, fname, n_args)
         b = fb.b
-        p = _Params(self.outer, self.C, self.inner, self.mode, self.block)
-        check_scales(fb, sc, p.n_params, self.s_dtype)
         odt = self.out_dtype
 
         def body(idx, pi):
@@ -281,35 +295,18 @@ class QuantizeT(Kernel):
 
 
 @dataclass
-class DequantizeT(Kernel):
+class DequantizeT(_ScaledT):
     """DequantizeLinear from any QUANT type or int32 to float32 / float16.  Buffers: out,
     x, scale[, zero point] (the float formats ignore their zero point, as the reference)."""
 
-    outer: int
-    C: int
-    inner: int
-    mode: str
-    block: int
-    x_dtype: str
-    s_dtype: str
-    zp_dtype: str | None
-    out_dtype: str
     name: str = "dequantize_typed"
-    fallible = True
-
-    def key(self):
-        return ("dequantize_typed",) + tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
     def failure(self) -> str:
         return "dequantize_linear: scale must be positive and finite"
 
     def emit(self, module, fname, n_args):
-        fb = FnBuilder(module, fname, [I8P] * n_args, ret=I64)
-        out, x, sc = fb.args[:3]
-        zp = fb.args[3] if self.zp_dtype is not None else None
+        fb, (out, x, sc, zp), p = self._start(module, fname, n_args)
         b = fb.b
-        p = _Params(self.outer, self.C, self.inner, self.mode, self.block)
-        check_scales(fb, sc, p.n_params, self.s_dtype)
 
         def body(idx, pi):
             v = load_f32(fb, x, idx, self.x_dtype)
