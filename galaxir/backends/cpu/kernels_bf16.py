@@ -23,9 +23,10 @@ import llvmlite.ir as ir
 import numpy as np
 
 from .codegen import F32, I32, i64
-from .kernels import EpilogueCode, build_task_library, _min
+from .kernels import EpilogueCode, build_task_library
 from .kernels_gemm import (G_CHUNKS, G_K, G_LDA, G_LO, G_M, G_N, G_PANELS, G_PB, G_TILES,
-                           G_TPER, G_HAS_BIAS, G_NTASKS, GemmPacked, _store_tile)
+                           G_TPER, G_HAS_BIAS, G_NTASKS, GemmPacked, _store_tile, task_span,
+                           tile_row_pointers)
 
 LANES = 16          # float lanes of one zmm accumulator
 NW = 2 * LANES      # columns of a panel
@@ -155,20 +156,10 @@ def _bf16_task(fb, variant, params, c, a, bp, bias, z, t):
     def last(row, kk):       # A[m, 2kk] alone (odd K), high half zero
         return b.zext(b.load(b.gep(row, [b.mul(kk, i64(2))], inbounds=True), align=2), I32)
 
-    chunk = b.srem(t, chunks)
-    blk = b.sdiv(t, chunks)
-    t0 = b.mul(chunk, tper)
-    t1 = _min(b, b.add(t0, tper), P(G_TILES))
-    p0 = b.mul(blk, pb)
-    p1 = _min(b, b.add(p0, pb), panels)
+    t0, t1, p0, p1 = task_span(b, t, chunks, tper, P(G_TILES), pb, panels)
     with fb.loop(t0, t1) as ti:
-        r0 = b.mul(ti, i64(MR))
-        rows = _min(b, i64(MR), b.sub(M, r0))
-        # rows past M read row r0 again (valid memory); their results are never stored
-        rowp = []
-        for r in range(MR):
-            rr = b.select(b.icmp_signed("<", i64(r), rows), b.add(r0, i64(r)), r0)
-            rowp.append(b.gep(a16, [b.mul(rr, LDA)], inbounds=True))
+        r0, rows, rowp = tile_row_pointers(
+            b, ti, MR, M, lambda rr: b.gep(a16, [b.mul(rr, LDA)], inbounds=True))
         with fb.loop(p0, p1) as pj:
             wpanel = b.gep(bp32, [b.mul(pj, b.mul(kp, i64(NW)))], inbounds=True)
             for acc in accs:

@@ -126,6 +126,30 @@ class GemmPacked(LinearEpilogue, Kernel):
         return fb.finish()
 
 
+
+def task_span(b, t, chunks, tper, tiles, pb, panels):
+    """Task ``t``'s row tiles [t0, t1) and B panels [p0, p1): tasks are numbered
+    chunk-fastest, ``tper`` tiles a chunk and ``pb`` panels a block (the GemmPacked
+    parameter block's split, shared by every packed-GEMM task body)."""
+    chunk = b.srem(t, chunks)
+    blk = b.sdiv(t, chunks)
+    t0 = b.mul(chunk, tper)
+    t1 = _min(b, b.add(t0, tper), tiles)
+    p0 = b.mul(blk, pb)
+    p1 = _min(b, b.add(p0, pb), panels)
+    return t0, t1, p0, p1
+
+
+def tile_row_pointers(b, ti, MR, M, row_ptr):
+    """Row tile ``ti``'s first row, its row count (MR but at the end) and a pointer per
+    row (``row_ptr(row index)``): rows past M read row r0 again (valid memory); their
+    results are never stored."""
+    r0 = b.mul(ti, i64(MR))
+    rows = _min(b, i64(MR), b.sub(M, r0))
+    rowp = [row_ptr(b.select(b.icmp_signed("<", i64(r), rows), b.add(r0, i64(r)), r0))
+            for r in range(MR)]
+    return r0, rows, rowp
+
 def _gemm_task(fb, variant, wide, params, c, a, bp, bias, z, t):
     act, act_params, has_z, MR = variant
     b = fb.b
@@ -153,20 +177,9 @@ def _gemm_task(fb, variant, wide, params, c, a, bp, bias, z, t):
     for j in range(NW // 8):
         b.store(ir.Constant(V8, [0.0] * 8), b.bitcast(fb.ptr(zb, j * 8), V8P), align=32)
 
-    chunk = b.srem(t, chunks)
-    blk = b.sdiv(t, chunks)
-    t0 = b.mul(chunk, tper)
-    t1 = _min(b, b.add(t0, tper), P(G_TILES))
-    p0 = b.mul(blk, pb)
-    p1 = _min(b, b.add(p0, pb), panels)
+    t0, t1, p0, p1 = task_span(b, t, chunks, tper, P(G_TILES), pb, panels)
     with fb.loop(t0, t1) as ti:
-        r0 = b.mul(ti, i64(MR))
-        rows = _min(b, i64(MR), b.sub(M, r0))
-        # rows past M read row r0 again (valid memory); their results are never stored
-        rowp = []
-        for r in range(MR):
-            rr = b.select(b.icmp_signed("<", i64(r), rows), b.add(r0, i64(r)), r0)
-            rowp.append(fb.ptr(a, b.mul(rr, LDA)))
+        r0, rows, rowp = tile_row_pointers(b, ti, MR, M, lambda rr: fb.ptr(a, b.mul(rr, LDA)))
         with fb.loop(p0, p1) as pj:
             wpanel = fb.ptr(bp, b.mul(pj, b.mul(K, i64(NW))))
             for acc in accs:
